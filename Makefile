@@ -1,0 +1,41 @@
+# Fresh machine: `make run` sets up .venv and starts the instrument; `make test` runs the tests.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint system-deps clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "needs Python 3.11 ($(PY))"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine.
+	$(BIN)/pip install -q torch==2.13.0
+	# encodec declares torchaudio, whose PyPI build breaks beside CPU torch; the EnCodec model
+	# never uses it, so install encodec alone and give it a stub (pgesam_live/model/codec.py).
+	$(BIN)/pip install -q --no-deps encodec==0.1.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages: libfluidsynth for the soundfont data set, General MIDI soundfonts, tmux for
+# the terminal tests. Needs root (apt-get); CI runs it.
+system-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 fluid-soundfont-gm \
+	  timgm6mb-soundfont musescore-general-soundfont tmux >/dev/null
+
+run: $(STAMP)
+	PYO_GUI_WX=0 $(BIN)/pgesam-live play
+
+test: $(STAMP)
+	PYO_GUI_WX=0 $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV)
