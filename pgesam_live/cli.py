@@ -1,0 +1,148 @@
+"""The one entry point, `pgesam-live` (also `python -m pgesam_live`).
+
+Each subcommand is parsed here and handed to a `run_*` function in the module that owns it,
+imported lazily so `pgesam-live train` never loads pyo and `pgesam-live play` never pays for
+matplotlib. Exit codes: 0 success, 1 a user error (one line naming the fix), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from pgesam_live.errors import PgesamError
+
+
+def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
+    p.add_argument("--model", default="default",
+                   help="checkpoint name or path (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (auto prefers CUDA)")
+    if audio:
+        p.add_argument("--audio", default="auto",
+                       choices=["auto", "portaudio", "jack", "record", "none"],
+                       help="audio backend (auto: a real device, else record to sessions/)")
+        p.add_argument("--osc-host", default="127.0.0.1", help="OSC bind address")
+        p.add_argument("--osc-port", type=int, default=9000, help="OSC UDP port")
+        p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port")
+        p.add_argument("--sample-rate", type=int, default=None,
+                       help="output sample rate (the model renders at its own and is resampled)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pgesam-live", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd")
+
+    p = sub.add_parser("play", help="the live instrument: audio, REPL, OSC, journal")
+    p.add_argument("patch", nargs="?", help="a patch to load at start")
+    _add_common(p, audio=True)
+    p.add_argument("--no-repl", action="store_true",
+                   help="no prompt: run until interrupted (OSC / MIDI only)")
+    p.add_argument("--lookahead", type=float, default=None, help="look-ahead in seconds")
+    p.set_defaults(func="pgesam_live.app:run_play")
+
+    p = sub.add_parser("render", help="offline bounce of a patch")
+    p.add_argument("patch")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=None)
+    _add_common(p)
+    p.add_argument("--sample-rate", type=int, default=None)
+    p.set_defaults(func="pgesam_live.app:run_render")
+
+    p = sub.add_parser("replay", help="replay a session journal live, or offline with --out")
+    p.add_argument("session")
+    p.add_argument("--out", default=None)
+    _add_common(p, audio=True)
+    p.set_defaults(func="pgesam_live.app:run_replay")
+
+    p = sub.add_parser("note", help="render one note")
+    p.add_argument("x", type=float)
+    p.add_argument("y", type=float)
+    p.add_argument("pitch")
+    p.add_argument("--out", required=True)
+    p.add_argument("--velocity", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.add_argument("--sample-rate", type=int, default=None)
+    p.set_defaults(func="pgesam_live.app:run_note")
+
+    p = sub.add_parser("map", help="picture of the timbre map")
+    p.add_argument("--out", required=True)
+    _add_common(p)
+    p.set_defaults(func="pgesam_live.model.mapplot:run_map")
+
+    p = sub.add_parser("dataset", help="build an NSynth-format data set")
+    dsub = p.add_subparsers(dest="dataset_cmd", required=True)
+    d = dsub.add_parser("soundfont", help="render one from General MIDI soundfonts")
+    d.add_argument("--soundfont", nargs="+", required=True, metavar="PATH")
+    d.add_argument("--out", required=True)
+    d.add_argument("--pitches", default="36-84")
+    d.add_argument("--velocities", default="100")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--sample-rate", type=int, default=24000)
+    d.set_defaults(func="pgesam_live.model.soundfont:run_dataset_soundfont")
+
+    p = sub.add_parser("train", help="train the VAE, the Transformer, or both")
+    p.add_argument("stage", choices=["vae", "transformer", "all"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="runs/default", help="run directory (checkpoints, logs)")
+    p.add_argument("--config", default="small", help="small | paper | tiny")
+    p.add_argument("--codec", default="harmonic", choices=["harmonic", "encodec"])
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--vae", default=None, help="VAE checkpoint for the transformer stage")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--pitch-range", default=None, help="e.g. 48-72 (default: the config's)")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--max-instruments-per-family", type=int, default=None)
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func="pgesam_live.model.train:run_train")
+
+    p = sub.add_parser("eval", help="evaluate a model on an NSynth-format set")
+    p.add_argument("--model", default="default")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["test", "valid", "train", "all"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", default=None, help="markdown report path")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-notes", type=int, default=None)
+    p.set_defaults(func="pgesam_live.model.eval:run_eval")
+
+    p = sub.add_parser("bench", help="performance figures")
+    p.add_argument("--json", action="store_true")
+    _add_common(p)
+    p.add_argument("--only", default=None, help="comma-separated keys to measure")
+    p.set_defaults(func="pgesam_live.bench:run_bench")
+
+    p = sub.add_parser("doctor", help="what works on this machine and what to do")
+    _add_common(p, audio=True)
+    p.set_defaults(func="pgesam_live.app:run_doctor")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PYO_GUI_WX", "0")
+    ap = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help"):
+        args = ["play", *args]
+    ns = ap.parse_args(args)
+    if ns.cmd is None:
+        ap.print_help()
+        return 2
+    mod_name, fn_name = ns.func.split(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+        rc = fn(ns)
+    except PgesamError as e:
+        print(f"pgesam-live: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
