@@ -1,0 +1,96 @@
+"""Typed settings: defaults < environment (PGESAM_*) < patch < command line.
+
+A frozen dataclass; `Settings.from_env()` reads the environment, `.replace(**changes)` layers
+a patch's or the command line's values on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgesam_live.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pgesam-live"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "default"
+    device: str = "auto"
+    audio: str = "auto"
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000
+    midi: str | None = None
+    sample_rate: int | None = None      # output rate; None = the model's rate
+    buffer_size: int = 256              # samples per audio block
+    n_voices: int = 32
+    lookahead_s: float = 0.2
+    tempo_bpm: float = 120.0
+    seed: int = 0
+    cache_max_bytes: int = 512 * 1024 * 1024
+    cache_grid: float = 0.02            # x, y quantum of the render cache
+    cache_spill: bool = True            # keep rendered notes on disk between runs
+    cache_dir: Path = dataclasses.field(default_factory=_user_cache_dir)
+    patch_dir: Path = REPO_ROOT / "patches"
+    session_dir: Path = Path("sessions")
+    worker_threads: int = 1             # torch threads in the synthesis worker
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Defaults overridden by PGESAM_<FIELD> environment variables."""
+        env = dict(os.environ if env is None else env)
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"PGESAM_{f.name.upper()}")
+            if raw is not None:
+                changes[f.name] = raw
+        return cls().replace(**changes)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (None values are ignored), converted and checked."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        clean: dict[str, Any] = {}
+        for name, value in changes.items():
+            if value is None:
+                continue
+            if name not in fields:
+                raise ConfigError(f"unknown setting {name!r}: choose one of {', '.join(fields)}")
+            current = getattr(self, name)
+            try:
+                if isinstance(current, bool):
+                    value = value if isinstance(value, bool) else str(value).lower() in (
+                        "1", "true", "yes", "on")
+                elif isinstance(current, int):
+                    value = int(value)
+                elif isinstance(current, float):
+                    value = float(value)
+                elif isinstance(current, Path):
+                    value = Path(value)
+            except ValueError as e:
+                raise ConfigError(f"setting {name}: {value!r} is not a valid "
+                                  f"{type(current).__name__}") from e
+            clean[name] = value
+        out = dataclasses.replace(self, **clean)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        if self.audio not in ("auto", "portaudio", "jack", "record", "none", "offline"):
+            raise ConfigError(f"audio {self.audio!r}: choose auto, portaudio, jack, record or none")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
+        if not 0.0 <= self.lookahead_s <= 5.0:
+            raise ConfigError(f"lookahead {self.lookahead_s} s is out of range 0..5")
+        if not 1 <= self.n_voices <= 256:
+            raise ConfigError(f"voices {self.n_voices} is out of range 1..256")
+        if not 0 < self.osc_port < 65536:
+            raise ConfigError(f"OSC port {self.osc_port} is out of range 1..65535")
