@@ -1,0 +1,241 @@
+"""The authors' evaluation plus an independent pitch tracker: `pgesam-live eval`.
+
+Figures (JSON keys): mse_vae, mse_transformer, pitch_acc_classifier {real, reconstructed,
+generated}, pitch_within_50c, pitch_within_50c_midi, octave_errors, pitch_median_abs_cents,
+var_per_instrument, var_per_pitch, family_knn_acc, codec_mrstft, plus counts. A short markdown
+report goes next to the JSON (or to --report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgesam_live.errors import DataError
+from pgesam_live.model import metrics
+from pgesam_live.model.checkpoints import ModelBundle, load_model
+from pgesam_live.model.data import FAMILIES, FrameSet, load_frames, read_split
+
+DEFAULT_MAX_NOTES = 240  # generated notes for the audio figures (deterministic subsample)
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _subsample(n: int, k: int | None, seed: int = 0) -> np.ndarray:
+    if k is None or k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def _variances(mu: np.ndarray, inst: np.ndarray, pitch: np.ndarray) -> tuple[float, float]:
+    """Mean over instruments of the latent variance across its pitches, and mean over pitches
+    of the variance across instruments (trace of the 2-D covariance, i.e. summed over x, y)."""
+    per_inst = [mu[inst == i].var(axis=0).sum() for i in np.unique(inst) if (inst == i).sum() > 1]
+    per_pitch = [mu[pitch == p].var(axis=0).sum() for p in np.unique(pitch)
+                 if (pitch == p).sum() > 1]
+    return (float(np.mean(per_inst)) if per_inst else math.nan,
+            float(np.mean(per_pitch)) if per_pitch else math.nan)
+
+
+def _knn_family(points: np.ndarray, fams: np.ndarray, ref_pts: np.ndarray, ref_fams: np.ndarray,
+                k: int = 5) -> float:
+    """Share of `points` whose k nearest reference points vote their family (ties: nearest)."""
+    if len(points) == 0 or len(ref_pts) == 0:
+        return math.nan
+    d = np.linalg.norm(points[:, None, :] - ref_pts[None, :, :], axis=-1)
+    order = np.argsort(d, axis=1)[:, :k]
+    hits = 0
+    for row, fam in zip(order, fams, strict=True):
+        votes = ref_fams[row]
+        counts = np.bincount(votes, minlength=len(FAMILIES))
+        best = np.flatnonzero(counts == counts.max())
+        pred = next(v for v in votes if v in best)  # the nearest among the tied families
+        hits += int(pred == fam)
+    return hits / len(points)
+
+
+def _fold_octave_cents(c: float) -> float:
+    """Cents folded to (-600, 600] (an organ stop an octave off counts as in tune)."""
+    return (c + 600.0) % 1200.0 - 600.0
+
+
+@torch.inference_mode()
+def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
+             max_notes: int | None = DEFAULT_MAX_NOTES, seed: int = 0,
+             progress: bool = True) -> dict[str, Any]:
+    """All figures for `bundle` on the `split` of an NSynth-format directory."""
+    from pgesam_live.model.synth import Synth  # noqa: PLC0415
+
+    t0 = time.time()
+    vae, tr, codec = bundle.vae, bundle.transformer, bundle.codec
+    device = next(vae.parameters()).device
+    lo, hi = bundle.pitch_range
+    fs: FrameSet = load_frames(data_dir, split, codec, pitch_range=(lo, hi), velocities=None,
+                               max_instruments_per_family=None, progress=progress)
+    if len(fs.pitch) == 0:
+        raise DataError(f"{data_dir}: no notes in split {split!r} within MIDI {lo}..{hi}")
+    frames = fs.frames.float()
+    n_vae = vae.cfg.n_frames
+    pitch_idx = (fs.pitch - lo).long()
+
+    # Stage 1: reconstruction, latent means, pitch head on real and reconstructed frames.
+    mus, recons, acc_real, acc_rec = [], [], 0, 0
+    for sl in _batches(len(frames), 64):
+        x = frames[sl, :n_vae].to(device)
+        mu, _, logits = vae.encode(x)
+        rec = vae.decode(mu, pitch_idx[sl].to(device))
+        mus.append(mu.cpu())
+        recons.append(rec.cpu())
+        acc_real += int((logits.argmax(-1).cpu() == pitch_idx[sl]).sum())
+        acc_rec += int((vae.encode(rec)[2].argmax(-1).cpu() == pitch_idx[sl]).sum())
+    mu_all = torch.cat(mus)
+    rec_all = torch.cat(recons)
+    mse_vae = float(((rec_all - frames[:, :n_vae]) ** 2).mean())
+
+    # Stage 2, free-running, on a deterministic subsample (generation is the slow part).
+    idx = _subsample(len(frames), max_notes, seed)
+    synth = Synth(bundle, device=str(device))
+    gen_frames, gen_audio = [], []
+    for sl in _batches(len(idx), 25):
+        sel = idx[sl]
+        pts = mu_all[sel].numpy()
+        g = tr.generate(torch.as_tensor(pts, device=device),
+                        fs.pitch[sel].to(device), n_frames=frames.shape[1])
+        gen_frames.append(g.float().cpu())
+        gen_audio.append(synth.decode_frames(g, seed=seed))
+    gen = torch.cat(gen_frames)
+    mse_tr = float(((gen - frames[idx]) ** 2).mean())
+    acc_gen = 0
+    for sl in _batches(len(gen), 64):
+        logits = vae.encode(gen[sl, :n_vae].to(device))[2]
+        acc_gen += int((logits.argmax(-1).cpu() == pitch_idx[idx[sl]]).sum())
+    audio = np.concatenate(gen_audio)
+
+    # Independent pitch tracker on the decoded audio vs the original note and vs MIDI.
+    sr = codec.sample_rate
+    within, within_midi, octave_errs, abs_cents = 0, 0, 0, []
+    mrstft = []
+    originals = fs.load_audio(idx, sr)
+    for j, i in enumerate(idx):
+        midi_hz = 440.0 * 2 ** ((int(fs.pitch[i]) - 69) / 12)
+        f_lo, f_hi = midi_hz / 2.3, midi_hz * 2.3
+        f_orig = metrics.track_pitch(originals[j], sr, f_lo, f_hi)
+        f_gen = metrics.track_pitch(audio[j], sr, f_lo, f_hi)
+        if not (f_orig > 0 and f_gen > 0):
+            abs_cents.append(math.inf)
+            continue
+        c = metrics.cents(f_gen, f_orig)
+        abs_cents.append(abs(c))
+        within += int(abs(c) <= 50)
+        c_midi = metrics.cents(f_gen, midi_hz)
+        within_midi += int(abs(_fold_octave_cents(c_midi)) <= 50)
+        octave_errs += int(abs(c_midi) > 600)
+    # Codec round trip on the evaluated originals (foundation issue's MR-STFT).
+    n_codec = min(len(idx), 60)
+    wav = torch.as_tensor(np.stack(originals[:n_codec]))
+    rt = codec.decode(codec.encode(wav)).cpu().numpy()
+    for j in range(n_codec):
+        n = min(len(originals[j]), rt.shape[1])
+        mrstft.append(metrics.mrstft_distance(originals[j][:n], rt[j, :n]))
+
+    mu_np = mu_all.numpy()
+    inst_np, pitch_np, fam_np = fs.instrument.numpy(), fs.pitch.numpy(), fs.family.numpy()
+    var_inst, var_pitch = _variances(mu_np, inst_np, pitch_np)
+    # 5-NN family of each evaluated instrument's mean point against the training instruments.
+    inst_ids = np.unique(inst_np)
+    inst_pts = np.stack([mu_np[inst_np == i].mean(axis=0) for i in inst_ids])
+    inst_fams = np.array([fam_np[inst_np == i][0] for i in inst_ids])
+    ref = bundle.training_points
+    ref_pts = np.array([[p["x"], p["y"]] for p in ref], dtype=np.float32).reshape(-1, 2)
+    ref_fams = np.array([FAMILIES.index(p["family"]) for p in ref], dtype=np.int64)
+    knn = _knn_family(inst_pts, inst_fams, ref_pts, ref_fams)
+
+    n_gen = len(idx)
+    return {
+        "model": bundle.model_id,
+        "data": str(data_dir),
+        "split": split,
+        "notes": int(len(frames)),
+        "instruments": int(len(inst_ids)),
+        "notes_generated": int(n_gen),
+        "mse_vae": mse_vae,
+        "mse_transformer": mse_tr,
+        "pitch_acc_classifier": {"real": acc_real / len(frames),
+                                 "reconstructed": acc_rec / len(frames),
+                                 "generated": acc_gen / n_gen},
+        "pitch_within_50c": within / n_gen,
+        "pitch_within_50c_midi": within_midi / n_gen,
+        "octave_errors": int(octave_errs),
+        "pitch_median_abs_cents": float(np.median(abs_cents)),
+        "var_per_instrument": var_inst,
+        "var_per_pitch": var_pitch,
+        "family_knn_acc": knn,
+        "codec_mrstft": float(np.mean(mrstft)),
+        "eval_s": round(time.time() - t0, 1),
+    }
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    """A short human report of `evaluate`'s figures."""
+    pa = r["pitch_acc_classifier"]
+    lines = [
+        f"# Evaluation of {r['model']}",
+        "",
+        f"Data: `{r['data']}`, split `{r['split']}`: {r['notes']} notes, {r['instruments']} "
+        f"instruments; {r['notes_generated']} notes generated for the audio figures.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| MSE VAE (reconstruction) | {r['mse_vae']:.5f} |",
+        f"| MSE Transformer (free-running) | {r['mse_transformer']:.5f} |",
+        f"| pitch head accuracy real / reconstructed / generated | {pa['real']:.3f} / "
+        f"{pa['reconstructed']:.3f} / {pa['generated']:.3f} |",
+        f"| pitch within 50 cents of the original (tracker) | {r['pitch_within_50c']:.3f} |",
+        f"| pitch within 50 cents of MIDI, octaves folded | {r['pitch_within_50c_midi']:.3f} "
+        f"({r['octave_errors']} octave errors) |",
+        f"| median abs cents vs the original | {r['pitch_median_abs_cents']:.1f} |",
+        f"| latent variance per instrument / per pitch | {r['var_per_instrument']:.4f} / "
+        f"{r['var_per_pitch']:.4f} |",
+        f"| 5-NN family accuracy (instrument means) | {r['family_knn_acc']:.3f} |",
+        f"| codec round trip MR-STFT | {r['codec_mrstft']:.3f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_eval(ns: Namespace) -> int:
+    """`pgesam-live eval --model M --data DIR [--split S] [--json] [--report MD]`."""
+    from pgesam_live.model.synth import pick_device  # noqa: PLC0415
+
+    bundle = load_model(ns.model, device=pick_device(ns.device))
+    splits = ["train", "valid", "test"] if ns.split == "all" else [ns.split]
+    result: dict[str, Any] = {}
+    for sp in splits:
+        if not any(r for r in [read_split(ns.data, sp)]):
+            raise DataError(f"{ns.data}: split {sp} is empty")
+    r = evaluate(bundle, ns.data, ns.split, max_notes=ns.max_notes or DEFAULT_MAX_NOTES,
+                 progress=not ns.json)
+    result = r
+    md = report_markdown(r)
+    report = Path(ns.report) if ns.report else Path(ns.data) / f"eval-{ns.split}.md"
+    try:
+        report.write_text(md)
+    except OSError:
+        report = Path(f"eval-{ns.split}.md")
+        report.write_text(md)
+    if ns.json:
+        print(json.dumps(result))
+    else:
+        print(md)
+        print(f"(report written to {report})")
+    return 0

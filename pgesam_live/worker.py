@@ -1,0 +1,254 @@
+"""The synthesis worker: a separate process (spawn) that owns the model.
+
+torch runs there so it never takes the GIL from the clock, the REPL or OSC. The engine side,
+`WorkerClient`, sends `RenderRequest`s with deadlines (engine seconds); the worker drains its
+queue, serves the earliest deadlines first in batches, and sends each note back. Duplicates are
+coalesced against the cache and the pending set. If the process dies, the client restarts it
+and re-queues what was pending; notes already cached keep playing meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pgesam_live.cache import NoteKey, RenderCache
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 25  # one pitch bank per batch: the batched render is the efficient unit
+
+
+@dataclass(frozen=True, order=True)
+class RenderRequest:
+    """One note to render; ordered by deadline (engine seconds), then by a sequence number."""
+
+    deadline_s: float
+    seq: int
+    key: NoteKey
+    x: float
+    y: float
+
+
+def _worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int) -> None:
+    """Process entry: load the model once, then render batches of the earliest deadlines."""
+    import torch  # noqa: PLC0415  (only the worker process pays for torch)
+
+    from pgesam_live.model.synth import Synth  # noqa: PLC0415
+
+    torch.set_num_threads(max(1, n_threads))
+    try:
+        synth = Synth.load(model, device=device)
+    except Exception as e:  # report why, then exit: the client shows it
+        res_q.put(("fatal", f"{type(e).__name__}: {e}"))
+        return
+    res_q.put(("ready", synth.model_id, synth.sample_rate, str(synth.device)))
+    heap: list[RenderRequest] = []
+    while True:
+        block = not heap
+        try:
+            while True:
+                item = req_q.get(block=block, timeout=0.5 if block else None)
+                block = False
+                if item is None:
+                    return
+                heapq.heappush(heap, item)
+        except queue.Empty:
+            pass
+        if not heap:
+            continue
+        # Earliest deadlines first; one batch shares a seed (the seed is part of the key).
+        first = heapq.heappop(heap)
+        batch = [first]
+        rest: list[RenderRequest] = []
+        while heap and len(batch) < BATCH_MAX:
+            r = heapq.heappop(heap)
+            (batch if r.key.seed == first.key.seed else rest).append(r)
+        for r in rest:
+            heapq.heappush(heap, r)
+        try:
+            pts = np.array([[r.x, r.y] for r in batch], dtype=np.float32)
+            pitches = np.array([r.key.pitch for r in batch], dtype=np.int64)
+            audio = synth.render(pts, pitches, seed=first.key.seed)
+            for r, a in zip(batch, audio, strict=True):
+                res_q.put(("note", r.key, a))
+        except Exception as e:  # one bad batch must not kill the worker
+            for r in batch:
+                res_q.put(("error", r.key, f"{type(e).__name__}: {e}"))
+
+
+class WorkerClient:
+    """Engine-side handle of the worker process. Thread-safe.
+
+    `request()` is cheap and never blocks; results land in `cache` from a receiver thread,
+    which then calls `on_ready(key)`. `start()` waits for the model to load.
+    """
+
+    def __init__(self, cache: RenderCache, model: str = "default", device: str = "auto",
+                 on_ready: Callable[[NoteKey], None] | None = None,
+                 on_message: Callable[[str], None] | None = None, n_threads: int = 1) -> None:
+        self.cache = cache
+        self.model = model
+        self.device = device
+        self.on_ready = on_ready
+        self.on_message = on_message
+        self.n_threads = n_threads
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()
+        self._pending: dict[NoteKey, RenderRequest] = {}
+        self._seq = 0
+        self._proc: Any = None
+        self._req_q: Any = None
+        self._res_q: Any = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.model_id: str | None = None
+        self.sample_rate: int | None = None
+        self.device_name: str | None = None
+        self.restarts = 0
+        self.errors = 0
+        self.rendered = 0
+        self.status = "stopped"
+        self._ready = threading.Event()
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Spawn the worker and wait until its model is loaded (raises on a fatal error)."""
+        self._spawn()
+        self._stop.clear()
+        for target in (self._receive_loop, self._watch_loop):
+            t = threading.Thread(target=target, daemon=True, name=f"worker-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the synthesis worker did not start within {timeout_s:.0f} s")
+        if self.status.startswith("failed"):
+            from pgesam_live.errors import CheckpointError  # noqa: PLC0415
+
+            raise CheckpointError(self.status.removeprefix("failed: "))
+
+    def _spawn(self) -> None:
+        self._ready.clear()
+        self._req_q = self._ctx.Queue()
+        self._res_q = self._ctx.Queue()
+        self._proc = self._ctx.Process(
+            target=_worker_main, name="pgesam-worker", daemon=True,
+            args=(self.model, self.device, self._req_q, self._res_q, self.n_threads))
+        self._proc.start()
+        self.status = "starting"
+
+    def stop(self) -> None:
+        """Stop the worker process and the helper threads (idempotent)."""
+        self._stop.set()
+        proc, q = self._proc, self._req_q
+        if proc is not None and proc.is_alive():
+            try:
+                q.put(None)
+                proc.join(2.0)
+            except (OSError, ValueError):
+                pass
+            if proc.is_alive():
+                proc.kill()
+        self.status = "stopped"
+
+    def kill(self) -> None:
+        """Kill the worker process abruptly (tests: the watchdog must bring it back)."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    # -- requests --------------------------------------------------------------------------
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool:
+        """Ask for a note by `deadline_s` (engine seconds). Returns False when coalesced
+        (already cached, or already pending with an earlier or equal deadline)."""
+        if key in self.cache:
+            return False
+        with self._lock:
+            old = self._pending.get(key)
+            if old is not None and old.deadline_s <= deadline_s:
+                return False
+            self._seq += 1
+            req = RenderRequest(deadline_s, self._seq, key, x, y)
+            self._pending[key] = req
+            q = self._req_q
+        try:
+            q.put(req)
+        except (OSError, ValueError):  # the queue died with the worker: the watchdog re-sends
+            pass
+        return True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # -- threads ---------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            q = self._res_q
+            try:
+                msg = q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except (OSError, ValueError, EOFError):
+                time.sleep(0.05)
+                continue
+            kind = msg[0]
+            if kind == "ready":
+                _, self.model_id, self.sample_rate, self.device_name = msg
+                self.status = "running"
+                self._ready.set()
+            elif kind == "fatal":
+                self.status = f"failed: {msg[1]}"
+                self._ready.set()
+                self._say(f"synthesis worker failed: {msg[1]}")
+            elif kind == "note":
+                _, key, audio = msg
+                self.cache.put(key, np.asarray(audio, dtype=np.float32))
+                with self._lock:
+                    self._pending.pop(key, None)
+                self.rendered += 1
+                if self.on_ready is not None:
+                    self.on_ready(key)
+            elif kind == "error":
+                _, key, text = msg
+                with self._lock:
+                    self._pending.pop(key, None)
+                self.errors += 1
+                self._say(f"render failed for pitch {key.pitch} at ({key.xq:.2f}, {key.yq:.2f}):"
+                          f" {text}")
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(0.25):
+            if self.status.startswith("failed") or self.alive:
+                continue
+            # The worker died: restart it and re-queue what was pending, earliest first.
+            self.restarts += 1
+            self.status = "restarting"
+            self._say(f"synthesis worker died; restarting (restart {self.restarts})")
+            self._spawn()
+            with self._lock:
+                todo = sorted(self._pending.values())
+            for req in todo:
+                self._req_q.put(req)
+
+    def _say(self, text: str) -> None:
+        log.warning(text)
+        if self.on_message is not None:
+            self.on_message(text)
