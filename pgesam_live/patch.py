@@ -1,0 +1,804 @@
+"""Patch files, format v1 (see the user contract): parse, validate completely, and return
+frozen dataclasses the scheduler plays.
+
+Validation walks the YAML node tree (``yaml.compose``) rather than the loaded dict, so every
+error can name the file, the line and the key path::
+
+    patches/x.yaml:12: sequences.arp.notes: "H4" at step 3 is not a note name (...)
+
+All errors are collected; PatchValidationError carries the whole list in ``.errors`` and its
+message shows the first few. Nothing here plays or imports audio code: a bad patch loaded
+while another plays never touches the running one.
+
+Extension to the contract: ``commands:`` is a list of REPL lines, each a string (run when the
+patch starts) or ``{at: BEAT, do: "LINE"}`` (run at that beat). The lines are kept as text:
+the engine parses them with its command table.
+
+Defaults where the contract is silent (documented for the README): a sequence's ``step`` is
+0.5 beats, ``velocity`` 0.8, ``start`` 0, ``repeat`` 1 (plays once; 0 = until stopped), and
+a sequence or event without ``timbre`` plays at the performer's current point. An event's
+``note`` may be one pitch or a list of pitches (a chord).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pgesam_live.errors import CommandError, PatchError
+from pgesam_live.notes import NoteError, Step, format_notes, parse_notes, parse_pitch
+
+FORMAT_VERSION = 1
+XY_LIMIT = 1.5          # the latent plane is nominally [-1, 1]; a little overshoot is allowed
+TEMPO_MIN_BPM = 20.0
+TEMPO_MAX_BPM = 400.0
+GATE_MAX = 16.0         # gate > 1 overlaps the next step (legato pads); 16 steps is plenty
+STEP_MAX_BEATS = 64.0
+MAX_ERRORS_SHOWN = 5
+
+DEFAULT_TEMPO_BPM = 120.0
+DEFAULT_STEP_BEATS = 0.5
+DEFAULT_VELOCITY = 0.8
+DEFAULT_REPEAT = 1
+
+CURVES = ("linear", "smooth")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+XY = tuple[float, float]
+
+
+class PatchValidationError(PatchError):
+    """A patch with one or more errors; ``errors`` lists every one as
+    ``FILE:LINE: key.path: what is wrong (what is allowed)``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        shown = errors[:MAX_ERRORS_SHOWN]
+        more = len(errors) - len(shown)
+        text = "\n".join(shown) + (f"\n... and {more} more errors" if more > 0 else "")
+        super().__init__(text)
+        self.errors = list(errors)
+
+
+# ----------------------------------------------------------------------------- dataclasses
+
+
+def _smoothstep(t: float) -> float:
+    return t * t * (3.0 - 2.0 * t)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Timbre moving in musical time: ``keys`` are (beat, (x, y)) with strictly increasing
+    beats. Before the first key the point is the first key's; after the last it holds the
+    last, unless ``loop`` repeats the whole path every ``keys[-1][0]`` beats."""
+
+    name: str
+    keys: tuple[tuple[float, XY], ...]
+    curve: str = "linear"
+    loop: bool = False
+
+    @property
+    def period_beats(self) -> float:
+        return self.keys[-1][0]
+
+    def at(self, beat: float) -> XY:
+        """The (x, y) point at ``beat`` (beats from the trajectory's origin)."""
+        keys = self.keys
+        if self.loop and self.period_beats > 0:
+            beat = beat % self.period_beats
+        if beat <= keys[0][0]:
+            return keys[0][1]
+        if beat >= keys[-1][0]:
+            return keys[-1][1]
+        for (b0, p0), (b1, p1) in zip(keys, keys[1:], strict=False):
+            if b0 <= beat < b1:
+                t = (beat - b0) / (b1 - b0)
+                if self.curve == "smooth":
+                    t = _smoothstep(t)
+                return (p0[0] + (p1[0] - p0[0]) * t, p0[1] + (p1[1] - p0[1]) * t)
+        return keys[-1][1]  # not reached: the loop above covers [first, last)
+
+
+# Where a note's timbre comes from: a fixed point, a trajectory sampled at the note's onset,
+# or None for the performer's current point.
+Timbre = XY | Trajectory | None
+
+
+def timbre_at(timbre: Timbre, beat: float) -> XY | None:
+    """The point of ``timbre`` at ``beat`` (beats from the owner's origin); None = current."""
+    if timbre is None:
+        return None
+    if isinstance(timbre, Trajectory):
+        return timbre.at(beat)
+    return timbre
+
+
+@dataclass(frozen=True)
+class SeqStep:
+    """One expanded step of a sequence. ``index`` counts steps from 0 over all passes
+    (velocity lists cycle over it); ``offset_beats`` is from the sequence's origin and
+    includes ``start``; a rest has no pitches."""
+
+    index: int
+    offset_beats: float
+    pitches: Step
+    velocity: float
+    length_beats: float | None
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """A repeating pattern of steps. ``pattern`` is the parsed ``notes``; ``repeat`` 0 means
+    until stopped; ``gate`` None means each note plays its full one-shot."""
+
+    name: str
+    notes: str
+    pattern: tuple[Step, ...]
+    step_beats: float = DEFAULT_STEP_BEATS
+    velocity: tuple[float, ...] = (DEFAULT_VELOCITY,)
+    gate: float | None = None
+    start_beats: float = 0.0
+    repeat: int = DEFAULT_REPEAT
+    timbre: Timbre = None
+    timbre_name: str | None = None
+
+    @property
+    def total_steps(self) -> int | None:
+        """Steps over all passes; None when it repeats until stopped."""
+        return None if self.repeat == 0 else self.repeat * len(self.pattern)
+
+    @property
+    def length_beats(self) -> float | None:
+        """Beats from the origin to the end of the last step; None = until stopped."""
+        total = self.total_steps
+        return None if total is None else self.start_beats + total * self.step_beats
+
+    def step_at(self, index: int) -> SeqStep:
+        """The step with global number ``index`` (0-based, over all passes)."""
+        length = None if self.gate is None else self.gate * self.step_beats
+        return SeqStep(
+            index=index,
+            offset_beats=self.start_beats + index * self.step_beats,
+            pitches=self.pattern[index % len(self.pattern)],
+            velocity=self.velocity[index % len(self.velocity)],
+            length_beats=length,
+        )
+
+    def steps(self, passes: int = 1) -> tuple[SeqStep, ...]:
+        """The first ``passes`` passes of the pattern, expanded (rests included)."""
+        if passes < 0:
+            raise ValueError("passes must be >= 0")
+        return tuple(self.step_at(i) for i in range(passes * len(self.pattern)))
+
+    def timbre_at(self, offset_beats: float) -> XY | None:
+        return timbre_at(self.timbre, offset_beats)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A single note (or chord) at ``at_beats`` from the patch origin."""
+
+    at_beats: float
+    pitches: Step
+    velocity: float = DEFAULT_VELOCITY
+    length_beats: float | None = None
+    timbre: Timbre = None
+    timbre_name: str | None = None
+
+
+@dataclass(frozen=True)
+class PatchCommand:
+    """A REPL line from ``commands:``; ``at_beats`` None = run when the patch starts."""
+
+    line: str
+    at_beats: float | None = None
+
+
+@dataclass(frozen=True)
+class Patch:
+    path: str
+    tempo_bpm: float = DEFAULT_TEMPO_BPM
+    model: str = "default"
+    seed: int = 0
+    points: Mapping[str, XY] = field(default_factory=dict)
+    trajectories: Mapping[str, Trajectory] = field(default_factory=dict)
+    sequences: Mapping[str, Sequence] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+    commands: tuple[PatchCommand, ...] = ()
+
+    def length_beats(self) -> float | None:
+        """Beats until the last sequence step, event or timed command ends; None when a
+        sequence repeats until stopped. Looping trajectories do not count (they only colour
+        notes)."""
+        end = 0.0
+        for seq in self.sequences.values():
+            seq_end = seq.length_beats
+            if seq_end is None:
+                return None
+            end = max(end, seq_end)
+        for ev in self.events:
+            end = max(end, ev.at_beats + (ev.length_beats or 0.0))
+        for cmd in self.commands:
+            if cmd.at_beats is not None:
+                end = max(end, cmd.at_beats)
+        return end
+
+
+def make_sequence(
+    name: str,
+    notes: str,
+    step_beats: float = DEFAULT_STEP_BEATS,
+    *,
+    velocity: float | tuple[float, ...] = DEFAULT_VELOCITY,
+    gate: float | None = None,
+    start_beats: float = 0.0,
+    repeat: int = 0,
+    timbre: Timbre = None,
+    timbre_name: str | None = None,
+) -> Sequence:
+    """A Sequence from REPL-style arguments (``seq NAME "NOTES" STEP``), validated with the
+    patch rules; raises CommandError (NoteError for the notes). Repeats until stopped by
+    default, as a live ``seq`` should."""
+    if not _NAME_RE.match(name):
+        raise CommandError(f"sequence name {name!r}: use letters, digits, _ or -")
+    pattern = parse_notes(notes)
+    if not 0 < step_beats <= STEP_MAX_BEATS:
+        raise CommandError(f"step {step_beats}: use a number of beats in (0, {STEP_MAX_BEATS:g}]")
+    vels = (velocity,) if isinstance(velocity, int | float) else tuple(velocity)
+    if not vels or any(not 0.0 <= v <= 1.0 for v in vels):
+        raise CommandError(f"velocity {velocity}: use 0..1 (or a list of them)")
+    if gate is not None and not 0 < gate <= GATE_MAX:
+        raise CommandError(f"gate {gate}: use a fraction of the step in (0, {GATE_MAX:g}]")
+    if start_beats < 0:
+        raise CommandError(f"start {start_beats}: use a beat >= 0")
+    if repeat < 0:
+        raise CommandError(f"repeat {repeat}: use a count >= 0 (0 = until stopped)")
+    if isinstance(timbre, tuple) and any(abs(c) > XY_LIMIT for c in timbre):
+        raise CommandError(f"timbre {timbre}: x and y must lie in [-1.5, 1.5]")
+    return Sequence(
+        name=name, notes=format_notes(pattern), pattern=pattern, step_beats=float(step_beats),
+        velocity=tuple(float(v) for v in vels), gate=None if gate is None else float(gate),
+        start_beats=float(start_beats), repeat=int(repeat), timbre=timbre,
+        timbre_name=timbre_name,
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+_MISSING = object()
+
+
+class _Validator:
+    """Collects errors while turning a node tree into dataclasses. Every check returns None
+    (and records an error) when a value is bad, so validation carries on past it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._found: list[tuple[int, str]] = []
+        # Names defined with a bad value: already reported, so a reference to one is not
+        # reported again as "undefined".
+        self.broken_names: set[str] = set()
+        self._constructor = SafeConstructor()
+
+    def err(self, node: Node | None, key_path: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        where = f"{key_path}: " if key_path else ""
+        self._found.append((line, f"{self.path}:{line}: {where}{message}"))
+
+    @property
+    def errors(self) -> list[str]:
+        """Every error so far, in file order (a stable sort keeps same-line order)."""
+        return [text for _, text in sorted(self._found, key=lambda item: item[0])]
+
+    # -- scalars
+
+    def value(self, node: Node) -> Any:
+        """A scalar node's Python value (YAML 1.1 rules, safe), or _MISSING if not a scalar."""
+        if not isinstance(node, ScalarNode):
+            return _MISSING
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ConstructorError, ValueError):
+            return node.value
+
+    def number(self, node: Node, key_path: str, lo: float, hi: float, what: str) -> float | None:
+        v = self.value(node)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.err(node, key_path, f"{_show(node)} is not a number ({what})")
+            return None
+        if not math.isfinite(v) or not lo <= v <= hi:
+            self.err(node, key_path, f"{v} is out of range ({what})")
+            return None
+        return float(v)
+
+    def integer(self, node: Node, key_path: str, lo: int, hi: int | None, what: str) -> int | None:
+        v = self.value(node)
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.err(node, key_path, f"{_show(node)} is not a whole number ({what})")
+            return None
+        if v < lo or (hi is not None and v > hi):
+            self.err(node, key_path, f"{v} is out of range ({what})")
+            return None
+        return v
+
+    def string(self, node: Node, key_path: str, what: str) -> str | None:
+        v = self.value(node)
+        if not isinstance(v, str) or not v.strip():
+            self.err(node, key_path, f"{_show(node)} is not a text value ({what})")
+            return None
+        return v
+
+    def boolean(self, node: Node, key_path: str) -> bool | None:
+        v = self.value(node)
+        if not isinstance(v, bool):
+            self.err(node, key_path, f"{_show(node)} is not true or false")
+            return None
+        return v
+
+    def name(self, node: Node, key_path: str) -> str | None:
+        v = self.value(node)
+        if not isinstance(v, str) or not _NAME_RE.match(v):
+            self.err(node, key_path, f"{_show(node)} is not a name (letters, digits, _ or -)")
+            return None
+        return v
+
+    def xy(self, node: Node, key_path: str) -> XY | None:
+        if not isinstance(node, SequenceNode) or len(node.value) != 2:
+            self.err(node, key_path, f"{_show(node)} is not a point [x, y]")
+            return None
+        what = f"x and y lie in [-{XY_LIMIT}, {XY_LIMIT}], nominally [-1, 1]"
+        x = self.number(node.value[0], key_path + "[0]", -XY_LIMIT, XY_LIMIT, what)
+        y = self.number(node.value[1], key_path + "[1]", -XY_LIMIT, XY_LIMIT, what)
+        if x is None or y is None:
+            return None
+        return (x, y)
+
+    # -- collections
+
+    def is_null(self, node: Node) -> bool:
+        return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+    def mapping(
+        self,
+        node: Node,
+        key_path: str,
+        allowed: tuple[str, ...] | None,
+        required: tuple[str, ...] = (),
+    ) -> dict[str, tuple[Node, Node]] | None:
+        """Keys of a mapping node -> (key node, value node); checks unknown, duplicate and
+        missing keys. ``allowed`` None accepts any name-shaped key (user-named entries)."""
+        if self.is_null(node) and allowed is None:
+            return {}  # `points:` with nothing under it: an empty section
+        if not isinstance(node, MappingNode):
+            self.err(node, key_path, f"{_show(node)} is not a mapping of key: value")
+            return None
+        out: dict[str, tuple[Node, Node]] = {}
+        for knode, vnode in node.value:
+            key = self.value(knode)
+            sub = f"{key_path}.{key}" if key_path else str(key)
+            if not isinstance(key, str):
+                self.err(knode, key_path or str(key), f"key {_show(knode)} is not a name")
+                continue
+            if key in out:
+                self.err(knode, sub, "duplicate key (each key appears once)")
+                continue
+            if allowed is not None and key not in allowed:
+                self.err(knode, sub, f"unknown key; allowed: {', '.join(allowed)}")
+                continue
+            if allowed is None and not _NAME_RE.match(key):
+                self.err(knode, sub, "is not a name (letters, digits, _ or -)")
+                continue
+            out[key] = (knode, vnode)
+        for key in required:
+            if key not in out:
+                sub = f"{key_path}.{key}" if key_path else key
+                self.err(node, sub, "is required")
+        return out
+
+    def sequence_node(self, node: Node, key_path: str, what: str) -> list[Node] | None:
+        if self.is_null(node):
+            return []  # `events:` with nothing under it: an empty section
+        if not isinstance(node, SequenceNode):
+            self.err(node, key_path, f"{_show(node)} is not a list ({what})")
+            return None
+        return list(node.value)
+
+
+def _show(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        return f'"{node.value}"' if node.value else "an empty value"
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    return "a list"
+
+
+_TOP_KEYS = ("pgesam", "tempo", "model", "seed", "points", "trajectories", "sequences",
+             "events", "commands")
+_TRAJ_KEYS = ("keys", "curve", "loop")
+_SEQ_KEYS = ("timbre", "notes", "step", "velocity", "gate", "start", "repeat")
+_EVENT_KEYS = ("at", "note", "timbre", "velocity", "length")
+_CMD_KEYS = ("at", "do")
+_VEL_WHAT = "velocity is 0..1"
+
+
+def parse_patch(text: str, path: str = "<patch>") -> Patch:
+    """Validate a patch's YAML text completely and build it; raises PatchValidationError
+    listing every error as ``path:line: key.path: message``."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PatchValidationError(
+            [f"{path}:{line}: not valid YAML: {problem} (check indentation and quotes)"]
+        ) from None
+    v = _Validator(path)
+    if root is None:
+        raise PatchValidationError([f"{path}:1: the patch is empty; it starts with 'pgesam: 1'"])
+    top = v.mapping(root, "", _TOP_KEYS, required=("pgesam",))
+    if top is None:
+        raise PatchValidationError(v.errors)
+
+    if "pgesam" in top:
+        node = top["pgesam"][1]
+        ver = v.value(node)
+        if isinstance(ver, bool) or ver != FORMAT_VERSION:
+            v.err(node, "pgesam", f"version {_show(node)} is not supported; this build reads "
+                  f"'pgesam: {FORMAT_VERSION}'")
+    tempo = DEFAULT_TEMPO_BPM
+    if "tempo" in top:
+        t = v.number(top["tempo"][1], "tempo", TEMPO_MIN_BPM, TEMPO_MAX_BPM,
+                     f"beats per minute, {TEMPO_MIN_BPM:g}..{TEMPO_MAX_BPM:g}")
+        tempo = t if t is not None else tempo
+    model = "default"
+    if "model" in top:
+        m = v.string(top["model"][1], "model", "a checkpoint name or path")
+        model = m if m is not None else model
+    seed = 0
+    if "seed" in top:
+        s = v.integer(top["seed"][1], "seed", 0, 2**31 - 1, "a render seed, 0..2147483647")
+        seed = s if s is not None else seed
+
+    points = _points(v, top)
+    trajectories = _trajectories(v, top, points)
+    for name in set(points) & set(trajectories):
+        v.err(top["trajectories"][1], f"trajectories.{name}",
+              "has the same name as a point; a timbre name must say which one it means")
+
+    def resolve(node: Node, key_path: str) -> tuple[Timbre, str | None, bool]:
+        """A timbre reference -> (timbre, name, ok)."""
+        if isinstance(node, SequenceNode):
+            xy = v.xy(node, key_path)
+            return xy, None, xy is not None
+        ref = v.value(node)
+        if isinstance(ref, str) and ref in points:
+            return points[ref], ref, True
+        if isinstance(ref, str) and ref in trajectories:
+            return trajectories[ref], ref, True
+        if isinstance(ref, str) and ref in v.broken_names:
+            return None, None, False
+        known = ", ".join(sorted(points) + sorted(trajectories)) or "none in this patch"
+        v.err(node, key_path, f"{_show(node)} is not a defined point or trajectory, nor "
+              f"[x, y]; defined: {known}")
+        return None, None, False
+
+    sequences = _sequences(v, top, resolve)
+    events = _events(v, top, resolve)
+    commands = _commands(v, top)
+    if v.errors:
+        raise PatchValidationError(v.errors)
+    return Patch(path=path, tempo_bpm=tempo, model=model, seed=seed, points=points,
+                 trajectories=trajectories, sequences=sequences, events=events,
+                 commands=commands)
+
+
+def _points(v: _Validator, top: dict[str, tuple[Node, Node]]) -> dict[str, XY]:
+    points: dict[str, XY] = {}
+    if "points" not in top:
+        return points
+    entries = v.mapping(top["points"][1], "points", None)
+    for name, (_, vnode) in (entries or {}).items():
+        xy = v.xy(vnode, f"points.{name}")
+        if xy is not None:
+            points[name] = xy
+        else:
+            v.broken_names.add(name)
+    return points
+
+
+def _trajectories(
+    v: _Validator, top: dict[str, tuple[Node, Node]], points: dict[str, XY]
+) -> dict[str, Trajectory]:
+    out: dict[str, Trajectory] = {}
+    if "trajectories" not in top:
+        return out
+    entries = v.mapping(top["trajectories"][1], "trajectories", None)
+    for name, (_, tnode) in (entries or {}).items():
+        path = f"trajectories.{name}"
+        fields = v.mapping(tnode, path, _TRAJ_KEYS, required=("keys",))
+        if fields is None:
+            continue
+        ok = True
+        keys: list[tuple[float, XY]] = []
+        if "keys" in fields:
+            items = v.sequence_node(fields["keys"][1], f"{path}.keys", "[beat, point] pairs")
+            if items is None:
+                ok = False
+            elif not items:
+                v.err(fields["keys"][1], f"{path}.keys", "needs at least one [beat, point]")
+                ok = False
+            for i, item in enumerate(items or []):
+                kpath = f"{path}.keys[{i}]"
+                if not isinstance(item, SequenceNode) or len(item.value) != 2:
+                    v.err(item, kpath, f"{_show(item)} is not a [beat, point name or [x, y]]")
+                    ok = False
+                    continue
+                beat = v.number(item.value[0], kpath + "[0]", 0.0, 1e6, "a beat >= 0")
+                pnode = item.value[1]
+                xy: XY | None
+                if isinstance(pnode, SequenceNode):
+                    xy = v.xy(pnode, kpath + "[1]")
+                else:
+                    ref = v.value(pnode)
+                    xy = points.get(ref) if isinstance(ref, str) else None
+                    if xy is None and ref not in v.broken_names:
+                        known = ", ".join(sorted(points)) or "none in this patch"
+                        v.err(pnode, kpath + "[1]", f"{_show(pnode)} is not a defined point "
+                              f"nor [x, y]; points: {known}")
+                if beat is None or xy is None:
+                    ok = False
+                    continue
+                if keys and beat <= keys[-1][0]:
+                    v.err(item.value[0], kpath + "[0]",
+                          f"beat {beat:g} is not after the previous key's {keys[-1][0]:g} "
+                          "(key beats increase)")
+                    ok = False
+                    continue
+                keys.append((beat, xy))
+        curve = "linear"
+        if "curve" in fields:
+            c = v.value(fields["curve"][1])
+            if c not in CURVES:
+                v.err(fields["curve"][1], f"{path}.curve",
+                      f"{_show(fields['curve'][1])} is not a curve; allowed: {', '.join(CURVES)}")
+                ok = False
+            else:
+                curve = c
+        loop = False
+        if "loop" in fields:
+            lp = v.boolean(fields["loop"][1], f"{path}.loop")
+            ok = ok and lp is not None
+            loop = bool(lp)
+        if ok and loop and keys and keys[-1][0] <= 0:
+            v.err(fields["loop"][1], f"{path}.loop",
+                  "a looping trajectory needs a last key after beat 0 (its period)")
+            ok = False
+        if ok and keys:
+            out[name] = Trajectory(name=name, keys=tuple(keys), curve=curve, loop=loop)
+        else:
+            v.broken_names.add(name)
+    return out
+
+
+_Resolver = Callable[[Node, str], tuple[Timbre, str | None, bool]]
+
+
+def _velocity(v: _Validator, node: Node, path: str) -> tuple[float, ...] | None:
+    if isinstance(node, SequenceNode):
+        if not node.value:
+            v.err(node, path, "an empty list; give a number 0..1 or a list of them")
+            return None
+        vals = [v.number(n, f"{path}[{i}]", 0.0, 1.0, _VEL_WHAT) for i, n in enumerate(node.value)]
+        if any(x is None for x in vals):
+            return None
+        return tuple(x for x in vals if x is not None)
+    x = v.number(node, path, 0.0, 1.0, _VEL_WHAT + ", or a list of them cycled over the steps")
+    return None if x is None else (x,)
+
+
+def _sequences(
+    v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
+) -> dict[str, Sequence]:
+    out: dict[str, Sequence] = {}
+    if "sequences" not in top:
+        return out
+    entries = v.mapping(top["sequences"][1], "sequences", None)
+    for name, (_, snode) in (entries or {}).items():
+        path = f"sequences.{name}"
+        fields = v.mapping(snode, path, _SEQ_KEYS, required=("notes",))
+        if fields is None:
+            continue
+        ok = True
+        pattern: tuple[Step, ...] = ()
+        if "notes" in fields:
+            nnode = fields["notes"][1]
+            raw = v.value(nnode)
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                raw = str(raw)  # a single MIDI number is a one-step pattern
+            if not isinstance(raw, str):
+                v.err(nnode, f"{path}.notes", f'{_show(nnode)} is not a note string '
+                      '(e.g. "C4 E4 G4 ~ [C4 E4]")')
+                ok = False
+            else:
+                try:
+                    pattern = parse_notes(raw)
+                except NoteError as exc:
+                    v.err(nnode, f"{path}.notes", str(exc))
+                    ok = False
+        step = DEFAULT_STEP_BEATS
+        if "step" in fields:
+            s = v.number(fields["step"][1], f"{path}.step", 1e-3, STEP_MAX_BEATS,
+                         f"beats per step, > 0 and <= {STEP_MAX_BEATS:g}")
+            ok = ok and s is not None
+            step = s if s is not None else step
+        velocity: tuple[float, ...] = (DEFAULT_VELOCITY,)
+        if "velocity" in fields:
+            vel = _velocity(v, fields["velocity"][1], f"{path}.velocity")
+            ok = ok and vel is not None
+            velocity = vel if vel is not None else velocity
+        gate: float | None = None
+        if "gate" in fields:
+            gate = v.number(fields["gate"][1], f"{path}.gate", 1e-3, GATE_MAX,
+                            f"a fraction of the step, > 0 and <= {GATE_MAX:g}")
+            ok = ok and gate is not None
+        start = 0.0
+        if "start" in fields:
+            st = v.number(fields["start"][1], f"{path}.start", 0.0, 1e6, "a beat >= 0")
+            ok = ok and st is not None
+            start = st if st is not None else start
+        repeat = DEFAULT_REPEAT
+        if "repeat" in fields:
+            r = v.integer(fields["repeat"][1], f"{path}.repeat", 0, None,
+                          "a count >= 0; 0 = until stopped")
+            ok = ok and r is not None
+            repeat = r if r is not None else repeat
+        timbre: Timbre = None
+        timbre_name: str | None = None
+        if "timbre" in fields:
+            timbre, timbre_name, t_ok = resolve(fields["timbre"][1], f"{path}.timbre")
+            ok = ok and t_ok
+        if ok:
+            out[name] = Sequence(
+                name=name, notes=str(v.value(fields["notes"][1])), pattern=pattern,
+                step_beats=step, velocity=velocity, gate=gate, start_beats=start,
+                repeat=repeat, timbre=timbre, timbre_name=timbre_name,
+            )
+    return out
+
+
+def _event_pitches(v: _Validator, node: Node, path: str) -> Step | None:
+    nodes = node.value if isinstance(node, SequenceNode) else [node]
+    if not nodes:
+        v.err(node, path, "an empty chord; give a note (C4, 60) or a list of notes")
+        return None
+    pitches: list[int] = []
+    for i, n in enumerate(nodes):
+        sub = f"{path}[{i}]" if isinstance(node, SequenceNode) else path
+        raw = v.value(n)
+        try:
+            if raw is _MISSING:
+                raise NoteError("")
+            pitches.append(parse_pitch(raw))
+        except NoteError:
+            v.err(n, sub, f"{_show(n)} is not a note (C4 = 60, F#3, Bb2, or 0..127)")
+            return None
+    return tuple(pitches)
+
+
+def _events(v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
+            ) -> tuple[Event, ...]:
+    out: list[Event] = []
+    if "events" not in top:
+        return ()
+    items = v.sequence_node(top["events"][1], "events", "of {at, note, ...} mappings")
+    for i, enode in enumerate(items or []):
+        path = f"events[{i}]"
+        fields = v.mapping(enode, path, _EVENT_KEYS, required=("at", "note"))
+        if fields is None:
+            continue
+        ok = "at" in fields and "note" in fields
+        at = None
+        if "at" in fields:
+            at = v.number(fields["at"][1], f"{path}.at", 0.0, 1e6, "a beat >= 0")
+            ok = ok and at is not None
+        pitches = None
+        if "note" in fields:
+            pitches = _event_pitches(v, fields["note"][1], f"{path}.note")
+            ok = ok and pitches is not None
+        velocity = DEFAULT_VELOCITY
+        if "velocity" in fields:
+            vel = v.number(fields["velocity"][1], f"{path}.velocity", 0.0, 1.0, _VEL_WHAT)
+            ok = ok and vel is not None
+            velocity = vel if vel is not None else velocity
+        length = None
+        if "length" in fields:
+            length = v.number(fields["length"][1], f"{path}.length", 1e-3, 1e6,
+                              "a length in beats > 0")
+            ok = ok and length is not None
+        timbre: Timbre = None
+        timbre_name = None
+        if "timbre" in fields:
+            timbre, timbre_name, t_ok = resolve(fields["timbre"][1], f"{path}.timbre")
+            ok = ok and t_ok
+        if ok and at is not None and pitches is not None:
+            out.append(Event(at_beats=at, pitches=pitches, velocity=velocity,
+                             length_beats=length, timbre=timbre, timbre_name=timbre_name))
+    # Sorted by beat (stable): the scheduler walks them in order.
+    return tuple(sorted(out, key=lambda e: e.at_beats))
+
+
+def _command_line(v: _Validator, node: Node, path: str) -> str | None:
+    line = v.string(node, path, "a REPL line, e.g. \"at glass\"")
+    if line is not None and ("\n" in line or "\r" in line):
+        v.err(node, path, "is more than one line; give one REPL line per entry")
+        return None
+    return None if line is None else line.strip()
+
+
+def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> tuple[PatchCommand, ...]:
+    out: list[PatchCommand] = []
+    if "commands" not in top:
+        return ()
+    items = v.sequence_node(top["commands"][1], "commands",
+                            'of REPL lines or {at: BEAT, do: "LINE"}')
+    for i, cnode in enumerate(items or []):
+        path = f"commands[{i}]"
+        if isinstance(cnode, MappingNode):
+            fields = v.mapping(cnode, path, _CMD_KEYS, required=("at", "do"))
+            if fields is None or "at" not in fields or "do" not in fields:
+                continue
+            at = v.number(fields["at"][1], f"{path}.at", 0.0, 1e6, "a beat >= 0")
+            line = _command_line(v, fields["do"][1], f"{path}.do")
+            if at is not None and line is not None:
+                out.append(PatchCommand(line=line, at_beats=at))
+        else:
+            line = _command_line(v, cnode, path)
+            if line is not None:
+                out.append(PatchCommand(line=line))
+    # Load-time commands first (in file order), then timed ones by beat (stable).
+    untimed = [c for c in out if c.at_beats is None]
+    timed = sorted((c for c in out if c.at_beats is not None), key=lambda c: c.at_beats or 0.0)
+    return tuple(untimed + timed)
+
+
+def load_patch(path: str | Path) -> Patch:
+    """Read and validate a patch file; errors name the file as given."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PatchError(f"{p}: no such patch file (see the patches/ folder)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PatchError(f"{p}: cannot read the patch ({exc.__class__.__name__}); "
+                         "is it a UTF-8 YAML file?") from None
+    return parse_patch(text, str(path))
+
+
+def find_patch(name: str, folder: str | Path = "patches") -> Path:
+    """A patch by path or by name in ``folder`` (``drift`` -> ``patches/drift.yaml``)."""
+    candidates = [Path(name), Path(folder) / name]
+    if not name.endswith((".yaml", ".yml")):
+        candidates += [Path(name + ".yaml"), Path(folder) / (name + ".yaml"),
+                       Path(folder) / (name + ".yml")]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = ", ".join(p.stem for p in list_patches(folder)) or "none"
+    raise PatchError(f"no patch {name!r}; patches in {folder}/: {known}")
+
+
+def list_patches(folder: str | Path = "patches") -> list[Path]:
+    """Patch files in ``folder``, sorted by name (for completion and `load`)."""
+    f = Path(folder)
+    if not f.is_dir():
+        return []
+    return sorted(p for p in f.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
