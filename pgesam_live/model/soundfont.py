@@ -202,6 +202,9 @@ class SoundfontRenderer:
             raise ConfigError(f"pitch {pitch} / velocity {velocity} out of MIDI range: use "
                               "pitch 0..127 and velocity 1..127")
         with self._lock:
+            if self._fs is None:
+                raise DataError(f"the renderer for {self.path.name} is closed; make a new "
+                                "SoundfontRenderer")
             if self._fs.program_select(0, self._sfid, bank, program) != 0:
                 raise DataError(f"{self.path.name} has no preset bank {bank} program {program}; "
                                 "choose one it holds")
@@ -219,9 +222,10 @@ class SoundfontRenderer:
 
     def close(self) -> None:
         """Free the synth (and the soundfont's samples)."""
-        if self._fs is not None:
-            self._fs.delete()
-            self._fs = None
+        with self._lock:
+            if self._fs is not None:
+                self._fs.delete()
+                self._fs = None
 
     def __enter__(self) -> SoundfontRenderer:
         return self
@@ -249,6 +253,13 @@ def _renderer(soundfont: str, sample_rate: int) -> SoundfontRenderer:
             _, old = _RENDERERS.popitem(last=False)
             old.close()
         return r
+
+
+def clear_render_cache() -> None:
+    """Close the soundfonts render_note keeps open (frees their samples' memory)."""
+    with _RENDERERS_LOCK:
+        while _RENDERERS:
+            _RENDERERS.popitem()[1].close()
 
 
 def render_note(soundfont: str, program: int, pitch: int, velocity: int = 100,

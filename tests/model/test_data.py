@@ -176,7 +176,7 @@ def test_load_frames_shapes_labels_and_f0_hint(nsynth: Path) -> None:
     assert torch.allclose(fs.frames[:, :, 3], hints[:, None].expand(-1, fs.frames.shape[1])
                           / 1000.0)
     # louder (velocity) notes give larger rms frames: the audio really went through
-    quiet = load(nsynth, "train", FakeCodec(), velocities=[50], cache=False)
+    quiet = load(nsynth, "train", FakeCodec(), velocities=[50], cache=False, progress=True)
     assert float(quiet.frames[..., 0].mean()) < float(fs.frames[..., 0].mean())
 
 

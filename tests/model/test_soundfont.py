@@ -136,6 +136,11 @@ def test_render_note_shape_and_determinism() -> None:
     with sfm.SoundfontRenderer(SF_SMALL, 16000) as r:  # and so does a fresh one
         c = r.render(0, 60, 100, 0.5, 0.25)
     assert np.array_equal(a, c)
+    with pytest.raises(DataError, match="closed"):
+        r.render(0, 60)
+    sfm.clear_render_cache()
+    assert np.array_equal(a, sfm.render_note(str(SF_SMALL), 0, 60, sample_rate=16000,
+                                             hold_s=0.5, release_s=0.25))
 
 
 @needs_fs
