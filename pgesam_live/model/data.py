@@ -229,10 +229,11 @@ def codec_fingerprint(codec: Codec) -> str:
     """A short hash of everything that decides a codec's frames.
 
     A codec may define `cache_key() -> str` (preferred: it knows what matters). Otherwise the
-    hash covers the class, name, rate, frame rate, dim, every plain attribute (numbers,
-    strings, tuples) and the bytes of every tensor or module state it holds, so new weights or
-    a changed setting give a new cache folder. Attributes whose name starts with '_' are
-    runtime state (counters, buffers) and are left out.
+    hash covers the class, name, rate, frame rate, dim, the source file that defines the codec
+    (an edited algorithm must not reuse old frames), its plain class constants, every plain
+    instance attribute (numbers, strings, tuples) and the bytes of every tensor or module
+    state it holds, so new weights, code or settings give a new cache folder. Instance
+    attributes whose name starts with '_' are runtime state (counters) and are left out.
     """
     key_fn = getattr(codec, "cache_key", None)
     if callable(key_fn):
@@ -240,6 +241,17 @@ def codec_fingerprint(codec: Codec) -> str:
     h = hashlib.sha1()
     h.update(f"{type(codec).__module__}.{type(codec).__qualname__}".encode())
     h.update(repr((codec.name, codec.sample_rate, codec.frame_rate_hz, codec.dim)).encode())
+
+    try:
+        src = inspect.getsourcefile(type(codec))
+        if src is not None:
+            h.update(Path(src).read_bytes())
+    except (OSError, TypeError):
+        pass  # a class without a source file (built at run time): its attributes still count
+    for klass in reversed(type(codec).__mro__):
+        for k, v in sorted(vars(klass).items()):
+            if not k.startswith("__") and isinstance(v, bool | int | float | str | tuple):
+                h.update(f"{klass.__name__}.{k}={v!r};".encode())
 
     def add_tensor(name: str, t: torch.Tensor) -> None:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

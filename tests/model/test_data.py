@@ -27,6 +27,7 @@ class FakeCodec(Codec):
     sample_rate = 24000
     frame_rate_hz = 75.0
     dim = 4
+    HOP = 320
 
     def __init__(self, gain: float = 1.0) -> None:
         self.gain = gain
@@ -37,7 +38,7 @@ class FakeCodec(Codec):
     def encode(self, wave: torch.Tensor, f0_hint_hz: torch.Tensor | None = None) -> torch.Tensor:
         self._calls += 1
         self._notes_encoded += wave.shape[0]
-        hop = 320
+        hop = self.HOP
         t = wave.shape[1] // hop
         w = wave[:, : t * hop].reshape(wave.shape[0], t, hop)
         hint = torch.zeros(wave.shape[0]) if f0_hint_hz is None else f0_hint_hz / 1000.0
@@ -251,6 +252,12 @@ def test_codec_fingerprint_follows_settings_and_weights() -> None:
 
     assert dm.codec_fingerprint(WeightCodec(0)) == dm.codec_fingerprint(WeightCodec(0))
     assert dm.codec_fingerprint(WeightCodec(0)) != dm.codec_fingerprint(WeightCodec(1))
+
+    before = dm.codec_fingerprint(FakeCodec())
+    with pytest.MonkeyPatch.context() as mp:  # a class constant is configuration too
+        mp.setattr(FakeCodec, "HOP", 160)
+        assert dm.codec_fingerprint(FakeCodec()) != before
+    assert dm.codec_fingerprint(FakeCodec()) == before
 
     class KeyCodec(FakeCodec):
         def cache_key(self) -> str:
