@@ -617,7 +617,7 @@ def _sequences(
         fields = v.mapping(snode, path, _SEQ_KEYS, required=("notes",))
         if fields is None:
             continue
-        ok = True
+        ok = "notes" in fields  # a missing one is already reported
         pattern: tuple[Step, ...] = ()
         if "notes" in fields:
             nnode = fields["notes"][1]

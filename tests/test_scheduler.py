@@ -518,3 +518,30 @@ def test_tempo_map_round_trip() -> None:
     assert tm.beat_to_s(4.0) == pytest.approx(3.0)
     assert tm.beat_to_s(8.0) == pytest.approx(7.0)
     assert tm.beat_to_s(12.0) == pytest.approx(8.0)
+
+
+def test_demo_patches_play_through_on_the_beat_grid() -> None:
+    from pathlib import Path
+
+    from pgesam_live.patch import load_patch
+
+    folder = Path(__file__).resolve().parents[1] / "patches"
+    for f in sorted(folder.glob("*.yaml")):
+        p = load_patch(f)
+        length = p.length_beats()
+        assert length is not None
+        lines: list[str] = []
+        rig = Rig()
+        rig.sched.command_runner = lines.append
+        rig.sched.load_patch(p)
+        end_s = length * 60 / p.tempo_bpm
+        rig.run(end_s + 1.0)
+        assert not rig.sched.is_playing(), f.name
+        assert len(rig.sink.calls) >= 16, f.name
+        sixteenth_s = 60 / p.tempo_bpm / 4
+        for c in rig.sink.calls:
+            assert 0 <= c.start_s < end_s
+            grid = c.start_s / sixteenth_s
+            assert abs(grid - round(grid)) < 1e-6, (f.name, c)
+        assert lines == [c.line for c in p.commands if c.at_beats is None] + [
+            c.line for c in p.commands if c.at_beats is not None]
