@@ -1,0 +1,431 @@
+"""The render cache: content-addressed notes, LRU by bytes, optional spill to disk.
+
+A note is addressed by what made it: the model (its content hash), the codec, the timbre
+point quantised to a grid, the pitch and the render seed (``NoteKey``). The scheduler and the
+audio thread read it; the worker's result thread writes it. One lock guards the dictionaries
+only; decoding, copying and disk I/O happen outside it, so a reader never waits on a render or
+on another thread's file write.
+
+Spill (optional): every note put is also written to ``<spill_root>/<model_id>/`` as a .npy
+file (atomically: a temporary file, then ``os.replace``), so a restart starts warm. At start
+the folder is indexed by file name (cheap); a note that is on disk but not in memory is loaded
+on its first ``get`` (a fraction of a millisecond for a few-second note), or ahead of time with
+``warm()``. A file that does not load as mono float audio is removed and counted in
+``corrupt``, never a crash. ``spill_dir``: None = no spill, ``"default"`` = the user's cache
+folder (``$XDG_CACHE_HOME`` or ``~/.cache``)/pgesam-live/notes, or a folder of your choice.
+
+This module does not import pyo (the worker and tests use it without audio).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly  # at import: its first import takes ~1 s, never mid-set
+
+from pgesam_live.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRID = 0.02
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_DISK_BYTES = 2 * 1024 * 1024 * 1024
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME = re.compile(
+    r"^(?P<codec>[A-Za-z0-9._-]+)_x(?P<x>[+-]\d+\.\d+)_y(?P<y>[+-]\d+\.\d+)"
+    r"_p(?P<pitch>-?\d+)_s(?P<seed>-?\d+)\.npy$"
+)
+
+
+def _safe(name: str) -> str:
+    return _SAFE.sub("-", name) or "-"
+
+
+def default_spill_root() -> Path:
+    """The user's cache folder for notes: $XDG_CACHE_HOME or ~/.cache, /pgesam-live/notes."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pgesam-live" / "notes"
+
+
+def quantise(value: float, grid: float) -> float:
+    """value rounded to a multiple of grid; exact to 1e-9 so equal points give equal keys."""
+    return round(round(float(value) / grid) * grid, 9) + 0.0  # + 0.0: no -0.0 in keys
+
+
+@dataclass(frozen=True)
+class NoteKey:
+    """What a note is made of. xq, yq are the quantised point the worker should render."""
+
+    model_id: str
+    codec: str
+    xq: float
+    yq: float
+    pitch: int
+    seed: int
+
+    def file_name(self) -> str:
+        return (f"{_safe(self.codec)}_x{self.xq:+.9f}_y{self.yq:+.9f}"
+                f"_p{self.pitch}_s{self.seed}.npy")
+
+
+def repitch(audio: np.ndarray, semitones: float, max_denominator: int = 64) -> np.ndarray:
+    """Play a note `semitones` higher by resampling (higher is shorter), float32 [N] -> [M].
+
+    The speed ratio 2**(semitones/12) is approximated by a fraction with a small denominator
+    (error well under 1 cent for |semitones| <= 12) and applied with a polyphase filter, so
+    shifting up does not alias.
+    """
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise ConfigError(f"repitch takes mono [N] audio, got shape {x.shape}: pass one channel")
+    if semitones == 0:
+        return x.copy()
+    ratio = Fraction(2.0 ** (float(semitones) / 12.0)).limit_denominator(max_denominator)
+    # ratio = speed: `down` input samples become `up` output samples.
+    return resample_poly(x, ratio.denominator, ratio.numerator).astype(np.float32)
+
+
+class RenderCache:
+    """Notes by NoteKey, LRU by bytes in memory, optionally spilled to disk. Thread-safe."""
+
+    def __init__(self, model_id: str, codec: str, grid: float = DEFAULT_GRID,
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 spill_dir: str | os.PathLike[str] | None = None,
+                 max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES) -> None:
+        if grid <= 0:
+            raise ConfigError(f"cache grid must be > 0 (got {grid}): e.g. 0.02")
+        if max_bytes < 0 or max_disk_bytes < 0:
+            raise ConfigError("cache sizes must be >= 0 bytes")
+        self.model_id = model_id
+        self.codec = codec
+        self.grid = float(grid)
+        self.max_bytes = int(max_bytes)
+        self.max_disk_bytes = int(max_disk_bytes)
+        self.hits = 0
+        self.misses = 0
+        self.late = 0
+        self.fallbacks = 0
+        self.evictions = 0
+        self.corrupt = 0
+        self._lock = threading.Lock()
+        self._mem: OrderedDict[NoteKey, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._disk: OrderedDict[NoteKey, int] = OrderedDict()  # key -> file bytes, LRU order
+        self._disk_bytes = 0
+        # point -> pitches and pitch -> points, over memory and disk, for the fallbacks
+        self._pitches: dict[tuple[str, str, float, float, int], set[int]] = {}
+        self._points: dict[tuple[str, str, int, int], set[tuple[float, float]]] = {}
+        self.spill_path: Path | None = None
+        if spill_dir is not None:
+            root = default_spill_root() if str(spill_dir) == "default" else Path(spill_dir)
+            self.spill_path = root / _safe(model_id)
+            self._index_disk()
+
+    # ------------------------------------------------------------------ keys
+    def key(self, x: float, y: float, pitch: int, seed: int = 0) -> NoteKey:
+        return NoteKey(self.model_id, self.codec, quantise(x, self.grid), quantise(y, self.grid),
+                       int(pitch), int(seed))
+
+    # ------------------------------------------------------------------ read
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._mem or key in self._disk
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._mem.keys() | self._disk.keys())
+
+    def get(self, key: NoteKey) -> np.ndarray | None:
+        """The note (float32 [N], read-only) or None; counts a hit or a miss."""
+        with self._lock:
+            audio = self._mem.get(key)
+            if audio is not None:
+                self._mem.move_to_end(key)
+                self.hits += 1
+                return audio
+            on_disk = key in self._disk
+            if not on_disk:
+                self.misses += 1
+                return None
+        audio = self._load(key)  # outside the lock
+        with self._lock:
+            if audio is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._insert_mem(key, audio)
+            if key in self._disk:
+                self._disk.move_to_end(key)
+            return audio
+
+    def peek(self, key: NoteKey) -> np.ndarray | None:
+        """Like get, from memory only, without counting or reordering (for status/tests)."""
+        with self._lock:
+            return self._mem.get(key)
+
+    def nearest_pitch(self, key: NoteKey, max_semitones: int = 3
+                      ) -> tuple[NoteKey, np.ndarray] | None:
+        """Same point and seed, the cached pitch nearest key.pitch within max_semitones
+        (ties: the lower one, so the fallback is shifted up and gets shorter, not longer)."""
+        with self._lock:
+            pitches = self._pitches.get(self._point_id(key), set())
+            cands = sorted((abs(p - key.pitch), p) for p in pitches
+                           if abs(p - key.pitch) <= max_semitones)
+        for _, p in cands:
+            k = NoteKey(key.model_id, key.codec, key.xq, key.yq, p, key.seed)
+            audio = self._fetch_quiet(k)
+            if audio is not None:
+                return k, audio
+        return None
+
+    def nearest_point(self, key: NoteKey, max_distance: float | None = None
+                      ) -> tuple[NoteKey, np.ndarray] | None:
+        """Same pitch and seed, the cached point nearest (xq, yq) (Euclidean, latent units)."""
+        with self._lock:
+            pts = self._points.get((key.model_id, key.codec, key.pitch, key.seed), set())
+            cands = sorted(((px - key.xq) ** 2 + (py - key.yq) ** 2, px, py) for px, py in pts)
+        for d2, px, py in cands:
+            if max_distance is not None and d2 > max_distance ** 2:
+                break
+            k = NoteKey(key.model_id, key.codec, px, py, key.pitch, key.seed)
+            audio = self._fetch_quiet(k)
+            if audio is not None:
+                return k, audio
+        return None
+
+    # ------------------------------------------------------------------ write
+    def put(self, key: NoteKey, audio: np.ndarray) -> None:
+        """Store a note (copied, read-only); spilled to disk too when spill is on."""
+        if key.model_id != self.model_id or key.codec != self.codec:
+            raise ConfigError(f"note key for {key.model_id}/{key.codec} put into the cache of "
+                              f"{self.model_id}/{self.codec}: use this cache's key()")
+        x = np.array(audio, dtype=np.float32, copy=True)
+        if x.ndim != 1 or len(x) == 0:
+            raise ConfigError(f"a cached note is mono [N > 0] float32, got shape {x.shape}")
+        x.setflags(write=False)
+        with self._lock:
+            self._insert_mem(key, x)
+            self._index_add(key)
+            need_file = self.spill_path is not None and key not in self._disk
+        if need_file:
+            self._spill(key, x)
+
+    def count_late(self, n: int = 1) -> None:
+        with self._lock:
+            self.late += n
+
+    def count_fallback(self, n: int = 1) -> None:
+        with self._lock:
+            self.fallbacks += n
+
+    def clear_memory(self) -> None:
+        """Forget what is in memory (disk files stay)."""
+        with self._lock:
+            for k in list(self._mem):
+                self._drop_mem(k)
+
+    def warm(self, max_bytes: int | None = None) -> int:
+        """Load spilled notes into memory, most recently used first; returns how many."""
+        budget = self.max_bytes if max_bytes is None else min(max_bytes, self.max_bytes)
+        with self._lock:
+            todo = [k for k in reversed(self._disk) if k not in self._mem]
+            used = self._bytes
+        n = 0
+        for k in todo:
+            if used >= budget:
+                break
+            audio = self._load(k)
+            if audio is None:
+                continue
+            with self._lock:
+                if self._bytes + audio.nbytes > budget:
+                    break
+                if k not in self._mem:
+                    # Behind the notes already in use: warming must not evict live notes.
+                    self._insert_mem(k, audio, front=True)
+                    n += 1
+                used = self._bytes
+        return n
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                "bytes": self._bytes, "max_bytes": self.max_bytes,
+                "fill": self._bytes / self.max_bytes if self.max_bytes else 1.0,
+                "entries": len(self._mem), "disk_entries": len(self._disk),
+                "disk_bytes": self._disk_bytes,
+                "hits": self.hits, "misses": self.misses, "late": self.late,
+                "fallbacks": self.fallbacks, "evictions": self.evictions,
+                "corrupt": self.corrupt,
+            }
+
+    # ------------------------------------------------------------------ internals (lock held)
+    @staticmethod
+    def _point_id(key: NoteKey) -> tuple[str, str, float, float, int]:
+        return (key.model_id, key.codec, key.xq, key.yq, key.seed)
+
+    def _index_add(self, key: NoteKey) -> None:
+        self._pitches.setdefault(self._point_id(key), set()).add(key.pitch)
+        self._points.setdefault((key.model_id, key.codec, key.pitch, key.seed),
+                                set()).add((key.xq, key.yq))
+
+    def _index_remove_if_gone(self, key: NoteKey) -> None:
+        if key in self._mem or key in self._disk:
+            return
+        pid = self._point_id(key)
+        self._pitches.get(pid, set()).discard(key.pitch)
+        if not self._pitches.get(pid, True):
+            del self._pitches[pid]
+        qid = (key.model_id, key.codec, key.pitch, key.seed)
+        self._points.get(qid, set()).discard((key.xq, key.yq))
+        if not self._points.get(qid, True):
+            del self._points[qid]
+
+    def _insert_mem(self, key: NoteKey, audio: np.ndarray, front: bool = False) -> None:
+        if key in self._mem:
+            self._bytes -= self._mem[key].nbytes
+            del self._mem[key]
+        if audio.nbytes > self.max_bytes:
+            self._index_remove_if_gone(key)
+            return  # bigger than the whole budget: disk only (if spilling)
+        self._mem[key] = audio
+        self._bytes += audio.nbytes
+        if front:
+            self._mem.move_to_end(key, last=False)
+        while self._bytes > self.max_bytes:
+            victim = next(iter(self._mem))
+            if victim == key and len(self._mem) == 1:
+                break
+            self._drop_mem(victim)
+            self.evictions += 1
+
+    def _drop_mem(self, key: NoteKey) -> None:
+        audio = self._mem.pop(key)
+        self._bytes -= audio.nbytes
+        self._index_remove_if_gone(key)
+
+    # ------------------------------------------------------------------ disk
+    def _file(self, key: NoteKey) -> Path:
+        assert self.spill_path is not None
+        return self.spill_path / key.file_name()
+
+    def _index_disk(self) -> None:
+        assert self.spill_path is not None
+        try:
+            self.spill_path.mkdir(parents=True, exist_ok=True)
+            entries = list(os.scandir(self.spill_path))
+        except OSError as e:
+            log.warning("note cache: cannot use %s (%s): spill off", self.spill_path, e)
+            self.spill_path = None
+            return
+        found: list[tuple[float, NoteKey, int]] = []
+        for ent in entries:
+            if ent.name.startswith(".tmp-"):  # a write cut off by a crash
+                self._remove(Path(ent.path))
+                continue
+            m = _NAME.match(ent.name)
+            if m is None or m["codec"] != _safe(self.codec):
+                continue
+            try:
+                st = ent.stat()
+            except OSError:
+                continue
+            key = NoteKey(self.model_id, self.codec, float(m["x"]) + 0.0, float(m["y"]) + 0.0,
+                          int(m["pitch"]), int(m["seed"]))
+            found.append((st.st_mtime, key, st.st_size))
+        found.sort(key=lambda f: f[0])  # oldest first = least recently used first
+        with self._lock:
+            for _, key, size in found:
+                self._disk[key] = size
+                self._disk_bytes += size
+                self._index_add(key)
+        self._trim_disk()
+
+    def _load(self, key: NoteKey) -> np.ndarray | None:
+        if self.spill_path is None:
+            return None
+        path = self._file(key)
+        try:
+            audio = np.load(path, allow_pickle=False)
+            if audio.dtype != np.float32 or audio.ndim != 1 or len(audio) == 0:
+                raise ValueError(f"not mono float32 audio ({audio.dtype}, {audio.shape})")
+        except Exception as e:  # truncated, garbage, wrong content: drop it, never crash
+            log.warning("note cache: removing unreadable %s (%s)", path.name, e)
+            self._forget_disk(key)
+            self._remove(path)
+            with self._lock:
+                self.corrupt += 1
+            return None
+        audio.setflags(write=False)
+        return audio
+
+    def _fetch_quiet(self, key: NoteKey) -> np.ndarray | None:
+        with self._lock:
+            audio = self._mem.get(key)
+            if audio is not None:
+                self._mem.move_to_end(key)
+                return audio
+            if key not in self._disk:
+                return None
+        audio = self._load(key)
+        if audio is not None:
+            with self._lock:
+                self._insert_mem(key, audio)
+        return audio
+
+    def _spill(self, key: NoteKey, audio: np.ndarray) -> None:
+        assert self.spill_path is not None
+        path = self._file(key)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.spill_path)
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, audio, allow_pickle=False)
+            os.replace(tmp, path)
+            tmp = None
+            size = path.stat().st_size
+        except OSError as e:
+            log.warning("note cache: cannot spill %s (%s)", path.name, e)
+            if tmp is not None:
+                self._remove(Path(tmp))
+            return
+        with self._lock:
+            if key in self._disk:
+                self._disk_bytes -= self._disk[key]
+            self._disk[key] = size
+            self._disk_bytes += size
+            self._index_add(key)
+        self._trim_disk()
+
+    def _forget_disk(self, key: NoteKey) -> None:
+        with self._lock:
+            size = self._disk.pop(key, None)
+            if size is not None:
+                self._disk_bytes -= size
+            self._index_remove_if_gone(key)
+
+    def _trim_disk(self) -> None:
+        while True:
+            with self._lock:
+                if self._disk_bytes <= self.max_disk_bytes or not self._disk:
+                    return
+                victim = next(iter(self._disk))
+            self._forget_disk(victim)
+            self._remove(self._file(victim))
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
