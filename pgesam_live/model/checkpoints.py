@@ -1,0 +1,397 @@
+"""Model files: verified, self-describing checkpoints with a short content hash in the name.
+
+A model file (`pgesam_<config>_<codec>-<hash8>.pt`) is one `torch.save` payload made only of
+tensors and plain Python types, so it loads with `weights_only=True`. It carries everything
+needed to rebuild and use the model without the data set: both network configs (as dicts that
+rebuild the dataclasses), the codec name and config, the normalisation, the pitch range, the
+instrument and family names, the training points (each training instrument's mean latent point
+and family, for the map) and training metadata. `<hash8>` is the first 8 hex digits of the
+sha256 of the file's bytes, as in EnCodec's `encodec_24khz-d7cc33bc.th`, and is checked on load.
+
+Training-state files (`vae.pt`, `transformer.pt` in a run directory) use the same atomic
+writer and damage checks but no hash in the name: they change at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import pgesam_live
+from pgesam_live.errors import CheckpointError, CodecError, ConfigError
+
+if TYPE_CHECKING:
+    from pgesam_live.model.codec import Codec
+    from pgesam_live.model.transformer import FrameTransformer
+    from pgesam_live.model.vae import TimbreVAE
+
+FORMAT = "pgesam-live/model"
+STATE_FORMAT = "pgesam-live/train-state"
+FORMAT_VERSION = 1
+
+MODEL_KEYS = (
+    "format", "format_version", "config_name", "vae_config", "vae_state",
+    "transformer_config", "transformer_state", "codec", "normalisation", "pitch_range",
+    "instrument_names", "family_names", "training_points", "training",
+)
+_HASHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
+TRAIN_HINT = "pgesam-live train all --data DIR"
+
+
+def checkpoints_dir() -> Path:
+    """The repository's `checkpoints/` folder, where the bundled model lives.
+
+    `PGESAM_CHECKPOINT_DIR` overrides it (tests, installs without the repository).
+    """
+    env = os.environ.get("PGESAM_CHECKPOINT_DIR")
+    if env:
+        return Path(env)
+    return Path(pgesam_live.__file__).resolve().parents[1] / "checkpoints"
+
+
+TRAINING_POINT_KEYS = ("name", "x", "y", "family")
+
+
+def make_training_points(xy: torch.Tensor, family: Sequence[str],
+                         names: Sequence[str]) -> list[dict[str, Any]]:
+    """Training points as plain dicts {name, x, y, family} (family: an NSynth family name).
+
+    xy [M, 2] (each training instrument's mean latent point), family and names: M strings.
+    """
+    xy = xy.detach().float().cpu()
+    return [{"name": str(n), "x": float(xy[i, 0]), "y": float(xy[i, 1]), "family": str(f)}
+            for i, (n, f) in enumerate(zip(names, family, strict=True))]
+
+
+@dataclass
+class ModelMeta:
+    """Everything about a model that is not weights."""
+
+    config_name: str
+    codec_name: str
+    codec_config: dict[str, Any]
+    normalisation: dict[str, Any]
+    pitch_range: tuple[int, int]
+    instrument_names: list[str]
+    family_names: list[str]
+    # Each training instrument's mean latent point: [{name, x, y, family}], for the map.
+    training_points: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model: both networks in eval mode on one device, the codec, meta and id."""
+
+    vae: TimbreVAE
+    transformer: FrameTransformer
+    codec: Codec
+    meta: ModelMeta
+    id: str
+    path: Path | None
+
+    @property
+    def model_id(self) -> str:
+        return self.id
+
+    @property
+    def pitch_range(self) -> tuple[int, int]:
+        return self.meta.pitch_range
+
+    @property
+    def training_points(self) -> list[dict[str, Any]]:
+        return self.meta.training_points
+
+
+# --- config dataclasses <-> plain dicts -------------------------------------------------------
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a plain dict (tuples become lists: weights_only-safe)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+    return _plain(d)
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild `cls` from `config_to_dict`'s output; unknown keys are an error (stale file)."""
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(dict(d))
+    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    kw = {}
+    for k, v in d.items():
+        # Dataclass fields declared as tuples were stored as lists.
+        kw[k] = tuple(v) if isinstance(v, list) and "tuple" in str(names[k].type) else v
+    return cls(**kw)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):  # int keys stay ints (optimiser states index params by int)
+        return {(int(k) if isinstance(k, int) else _plain(str(k))): _plain(v)
+                for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, bool) or x is None:
+        return x
+    if isinstance(x, str):
+        # Interned: pickle shares equal strings by identity, so without this the same content
+        # could give different bytes (and a different hash) depending on where it came from.
+        return sys.intern(str(x))  # str(): subclasses (TorchVersion) are not weights-safe
+    for base in (int, float):  # subclasses (IntEnum, numpy scalars) are not weights-safe
+        if isinstance(x, base):
+            return base(x)
+    if hasattr(x, "item"):  # numpy scalars
+        return x.item()
+    return str(x)
+
+
+def codec_normalisation(codec: Codec) -> dict[str, float]:
+    """The codec's fixed normalisation constants (class attributes named *OFFSET* / *SCALE*):
+    stored so that a model is never paired with a codec whose frames mean something else."""
+    out: dict[str, float] = {}
+    for k in dir(type(codec)):
+        v = getattr(type(codec), k, None)
+        if k.isupper() and ("OFFSET" in k or "SCALE" in k) and isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+# --- atomic, verified files --------------------------------------------------------------------
+
+def payload_bytes(payload: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def short_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_payload(path: Path, data: bytes, fmt: str) -> dict[str, Any]:
+    """Unpickle (weights_only) and check the format tag and version."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise CheckpointError(f"{path}: not a torch checkpoint (truncated or another file "
+                              f"type); re-download it or retrain with `{TRAIN_HINT}`")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged archives
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: damaged checkpoint ({first[:160]}); replace the file "
+                              f"or retrain with `{TRAIN_HINT}`") from e
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a {fmt} file (format {got!r}); "
+                              f"pass a file written by pgesam-live")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {obj.get('format_version')!r}, this "
+                              f"pgesam-live reads version {FORMAT_VERSION}; retrain or upgrade")
+    return obj
+
+
+def save_training_state(path: Path, payload: dict[str, Any]) -> Path:
+    """Atomically write a training state (model, optimiser, step, RNG) to `path`."""
+    payload = _plain({"format": STATE_FORMAT, "format_version": FORMAT_VERSION, **payload})
+    atomic_write_bytes(Path(path), payload_bytes(payload))
+    return Path(path)
+
+
+def load_training_state(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a training state; damage or missing keys raise CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such training state; train this stage first")
+    obj = _read_payload(path, path.read_bytes(), STATE_FORMAT)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: missing keys {', '.join(missing)}; the file is from "
+                              f"another version or damaged, retrain this stage")
+    return obj
+
+
+# --- model files --------------------------------------------------------------------------------
+
+def save_model(directory: Path | str, vae: TimbreVAE, transformer: FrameTransformer,
+               meta: ModelMeta) -> Path:
+    """Write a model file into `directory`; returns its path (`pgesam_<cfg>_<codec>-<h8>.pt`)."""
+    lo, hi = (int(p) for p in meta.pitch_range)
+    payload = _plain({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config_name": meta.config_name,
+        "vae_config": config_to_dict(vae.cfg),
+        "vae_state": _plain(vae.state_dict()),
+        "transformer_config": config_to_dict(transformer.cfg),
+        "transformer_state": _plain(transformer.state_dict()),
+        "codec": {"name": meta.codec_name, "config": _plain(meta.codec_config)},
+        "normalisation": _plain(meta.normalisation),
+        "pitch_range": [lo, hi],
+        "instrument_names": list(meta.instrument_names),
+        "family_names": list(meta.family_names),
+        "training_points": [_plain(dict(p)) for p in meta.training_points],
+        "training": _plain(meta.training),
+    })
+    data = payload_bytes(payload)
+    safe_cfg = re.sub(r"[^A-Za-z0-9]+", "", meta.config_name) or "model"
+    path = Path(directory) / f"pgesam_{safe_cfg}_{meta.codec_name}-{short_hash(data)}.pt"
+    atomic_write_bytes(path, data)
+    return path
+
+
+def resolve_model(name_or_path: str | Path = "default", directory: Path | None = None) -> Path:
+    """`default` -> the newest `pgesam_*.pt` in checkpoints/; else a name there, else a path."""
+    directory = checkpoints_dir() if directory is None else Path(directory)
+    name = str(name_or_path)
+    if name == "default":
+        found = sorted(directory.glob("pgesam_*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
+        if not found:
+            raise CheckpointError(f"no bundled model in {directory}: train one with "
+                                  f"`{TRAIN_HINT}` and copy the pgesam_*.pt it writes there")
+        return found[-1]
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    for cand in (directory / name, directory / f"{name}.pt"):
+        if cand.is_file():
+            return cand
+    avail = ", ".join(sorted(q.stem for q in directory.glob("pgesam_*.pt"))) or "none"
+    raise CheckpointError(f"model {name!r} not found (not a file, not in {directory}; "
+                          f"available: {avail}); pass a path or `default`")
+
+
+def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
+    """Verified payload of a model file and its id (`<stem>-<hash8>`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror}); check the path") from e
+    digest = short_hash(data)
+    m = _HASHED_NAME.match(path.name)
+    if m and m.group("hash") != digest:
+        raise CheckpointError(f"{path}: content hash {digest} does not match the name's "
+                              f"{m.group('hash')}: the file is damaged or was modified; "
+                              f"replace it")
+    obj = _read_payload(path, data, FORMAT)
+    missing = [k for k in MODEL_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: missing keys {', '.join(missing)}; "
+                              f"not a complete model file, retrain with `{TRAIN_HINT}`")
+    bad_points = [p for p in obj["training_points"]
+                  if not isinstance(p, dict) or any(k not in p for k in TRAINING_POINT_KEYS)]
+    if bad_points:
+        raise CheckpointError(f"{path}: training_points need keys "
+                              f"{', '.join(TRAINING_POINT_KEYS)}; the file is damaged, retrain")
+    stem = m.group("stem") if m else path.stem
+    return obj, f"{stem}-{digest}"
+
+
+def meta_from_payload(obj: dict[str, Any]) -> ModelMeta:
+    lo, hi = obj["pitch_range"]
+    return ModelMeta(
+        config_name=str(obj["config_name"]),
+        codec_name=str(obj["codec"]["name"]),
+        codec_config=dict(obj["codec"].get("config") or {}),
+        normalisation=dict(obj["normalisation"] or {}),
+        pitch_range=(int(lo), int(hi)),
+        instrument_names=list(obj["instrument_names"]),
+        family_names=list(obj["family_names"]),
+        training_points=[dict(p) for p in obj["training_points"]],
+        training=dict(obj["training"] or {}),
+    )
+
+
+def build_vae(cfg_dict: dict[str, Any], state: dict[str, torch.Tensor] | None,
+              source: Path | str) -> TimbreVAE:
+    """Rebuild a TimbreVAE from a stored config (and weights); errors name `source`."""
+    from pgesam_live.model.vae import TimbreVAE, VAEConfig
+    return _build(TimbreVAE, VAEConfig, cfg_dict, state, source, "VAE")
+
+
+def build_transformer(cfg_dict: dict[str, Any], state: dict[str, torch.Tensor] | None,
+                      source: Path | str) -> FrameTransformer:
+    """Rebuild a FrameTransformer from a stored config (and weights)."""
+    from pgesam_live.model.transformer import FrameTransformer, TransformerConfig
+    return _build(FrameTransformer, TransformerConfig, cfg_dict, state, source, "Transformer")
+
+
+def _build(model_cls: Any, cfg_cls: type, cfg_dict: dict[str, Any],
+           state: dict[str, torch.Tensor] | None, source: Path | str, what: str) -> Any:
+    try:
+        model = model_cls(config_from_dict(cfg_cls, cfg_dict))
+    except (TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{source}: stored {what} config does not fit this version "
+                              f"({e}); retrain with `{TRAIN_HINT}`") from e
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{source}: {what} weights do not match its config "
+                                  f"({first[:160]}); the file is damaged, retrain") from e
+    model.eval()
+    return model
+
+
+def load_model(name_or_path: str | Path = "default", device: str | torch.device = "cpu",
+               directory: Path | None = None) -> ModelBundle:
+    """Load a model file (see `resolve_model`) onto `device`, verified, in eval mode."""
+    from pgesam_live.model.codec import get_codec
+
+    path = resolve_model(name_or_path, directory)
+    obj, model_id = read_model_payload(path)
+    meta = meta_from_payload(obj)
+    vae = build_vae(obj["vae_config"], obj["vae_state"], path)
+    transformer = build_transformer(obj["transformer_config"], obj["transformer_state"], path)
+    try:
+        codec = get_codec(meta.codec_name, **meta.codec_config)
+    except (CodecError, TypeError) as e:
+        raise CheckpointError(f"{path}: its codec {meta.codec_name!r} cannot be built: "
+                              f"{e}") from e
+    now = codec_normalisation(codec)
+    if meta.normalisation and now != {k: float(v) for k, v in meta.normalisation.items()}:
+        raise CheckpointError(f"{path}: trained with codec normalisation {meta.normalisation},"
+                              f" this codec uses {now}; retrain with `{TRAIN_HINT}`")
+    if codec.dim != transformer.cfg.frame_dim:
+        raise CheckpointError(f"{path}: frames of {transformer.cfg.frame_dim} dims but codec "
+                              f"{meta.codec_name!r} makes {codec.dim}; retrain with "
+                              f"`{TRAIN_HINT}`")
+    dev = torch.device(device)
+    for m in (vae, transformer):
+        m.to(dev)
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return ModelBundle(vae=vae, transformer=transformer, codec=codec.to(dev), meta=meta,
+                       id=model_id, path=path)

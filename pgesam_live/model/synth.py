@@ -1,0 +1,188 @@
+"""The synthesiser: (x, y, pitch) -> a note, batched. The one call the live layer makes.
+
+`Synth.load("default")` reads the bundled model (see checkpoints.py); `Synth.render(points
+[B, 2], pitches [B], seed)` runs the Transformer's batched, KV-cached generation for all B notes
+at once and decodes the frames with the model's codec. The same seed gives the same samples on
+the same device: all sampling noise (the Transformer's and the codec's) is drawn inside a forked
+RNG seeded from `seed`, so rendering never disturbs or depends on the caller's RNG state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgesam_live.errors import ConfigError
+from pgesam_live.model.checkpoints import ModelBundle, ModelMeta, load_model
+
+_threads_configured = False
+
+
+def configure_threads() -> int:
+    """Set torch's intra-op threads once per process; returns the count.
+
+    `PGESAM_TORCH_THREADS` overrides; otherwise all cores this process may use (torch's own
+    default can count hyper-threads or ignore the affinity mask of a container).
+    """
+    global _threads_configured
+    if not _threads_configured:
+        env = os.environ.get("PGESAM_TORCH_THREADS")
+        try:
+            n = int(env) if env else len(os.sched_getaffinity(0))
+        except (ValueError, AttributeError):
+            n = os.cpu_count() or 1
+        torch.set_num_threads(max(1, n))
+        _threads_configured = True
+    return torch.get_num_threads()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> CUDA when present, else CPU; `cuda` without CUDA is a ConfigError."""
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda but torch sees no CUDA GPU: use --device cpu "
+                              "or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"unknown device {device!r}: choose auto, cpu or cuda")
+
+
+pick_device = resolve_device  # the name the live layer uses
+
+
+class Synth:
+    """A loaded model ready to render notes. Not thread-safe: one Synth per worker."""
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "auto") -> None:
+        configure_threads()
+        self.device = resolve_device(device)
+        self.bundle = bundle
+        bundle.vae.to(self.device).eval()
+        bundle.transformer.to(self.device).eval()
+        self.codec = bundle.codec.to(self.device)
+        self.meta = bundle.meta
+        self.model_id: str = bundle.id
+        self.codec_name: str = bundle.meta.codec_name
+        self.sample_rate: int = int(self.codec.sample_rate)
+        lo, hi = bundle.meta.pitch_range
+        self.pitch_range: tuple[int, int] = (int(lo), int(hi))
+        self.n_frames: int = int(bundle.transformer.cfg.n_frames)
+        self.duration_s: float = self.n_frames / float(self.codec.frame_rate_hz)
+        try:
+            self._decode_takes_seed = "seed" in inspect.signature(self.codec.decode).parameters
+        except (TypeError, ValueError):
+            self._decode_takes_seed = False
+        self.training_points: list[dict[str, Any]] = bundle.meta.training_points
+        self.vae = bundle.vae
+        self.transformer = bundle.transformer
+
+    @classmethod
+    def untrained(cls, config: str = "small", codec: str = "harmonic",
+                  pitch_range: tuple[int, int] = (48, 72),
+                  device: str | torch.device = "auto", seed: int = 0) -> Synth:
+        """A randomly initialised model of a named config: for benchmarks and tests only."""
+        from pgesam_live.model.codec import get_codec
+        from pgesam_live.model.train import build_configs
+
+        c = get_codec(codec)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae, tr = build_configs(config, c.dim, n_instruments=1, pitch_range=pitch_range)
+        meta = ModelMeta(config_name=config, codec_name=codec, codec_config={},
+                         normalisation={}, pitch_range=pitch_range, instrument_names=[],
+                         family_names=[])
+        bundle = ModelBundle(vae=vae, transformer=tr, codec=c, meta=meta,
+                             id=f"untrained_{config}_{codec}", path=None)
+        return cls(bundle, device)
+
+    @classmethod
+    def load(cls, model: str | Path = "default", device: str | torch.device = "auto",
+             directory: Path | None = None) -> Synth:
+        """Load `model` (`default`, a name in checkpoints/, or a path) onto `device`."""
+        dev = resolve_device(device)
+        return cls(load_model(model, dev, directory=directory), dev)
+
+    def check_pitches(self, pitches: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """pitches [B] (MIDI ints in the model's range) -> int64 tensor on the device."""
+        p = torch.as_tensor(np.asarray(pitches)).reshape(-1)
+        if p.is_floating_point():
+            if not torch.equal(p, p.round()):
+                raise ConfigError(f"pitches must be whole MIDI numbers, got {p.tolist()}")
+        p = p.long()
+        lo, hi = self.pitch_range
+        bad = [int(v) for v in p.tolist() if not lo <= int(v) <= hi]
+        if bad:
+            raise ConfigError(f"pitch {bad[0]} is outside model {self.model_id}'s range "
+                              f"{lo}..{hi}: choose a pitch in {lo}..{hi}")
+        return p.to(self.device)
+
+    def _check_points(self, points: Any) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(points, dtype=np.float32))
+        if x.dim() == 1 and x.numel() == 2:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != 2:
+            raise ConfigError(f"points must be [B, 2] (x, y pairs), got shape {list(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ConfigError("points must be finite numbers")
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def render_frames(self, points: Any, pitches: Any, seed: int = 0) -> torch.Tensor:
+        """points [B, 2], pitches [B] -> generated frames [B, T, D] (normalised, on device)."""
+        pts = self._check_points(points)
+        p = self.check_pitches(pitches)
+        if pts.shape[0] != p.shape[0]:
+            raise ConfigError(f"{pts.shape[0]} points but {p.shape[0]} pitches: give one "
+                              f"pitch per point")
+        with self._seeded(seed):
+            return self.bundle.transformer.generate(pts, p, noise_seed=int(seed))
+
+    @torch.inference_mode()
+    def render(self, points: Any, pitches: Any, seed: int = 0) -> np.ndarray:
+        """points [B, 2], pitches [B] -> float32 audio [B, N] at `sample_rate` (N ~ duration).
+
+        All B notes are generated in one batched call, then decoded in one codec call.
+        Deterministic for a seed on a given device.
+        """
+        pts = self._check_points(points)
+        if pts.shape[0] == 0:
+            n = int(round(self.duration_s * self.sample_rate))
+            return np.zeros((0, n), dtype=np.float32)
+        frames = self.render_frames(pts, pitches, seed)
+        return self.decode_frames(frames, seed)
+
+    @torch.inference_mode()
+    def decode_frames(self, frames: torch.Tensor, seed: int = 0) -> np.ndarray:
+        """frames [B, T, D] (normalised) -> float32 audio [B, N]; the codec's noise is seeded."""
+        with self._seeded(int(seed) + 1):  # its own stream, so it differs from generation's
+            if self._decode_takes_seed:
+                wave = self.codec.decode(frames.to(self.device), seed=int(seed))  # type: ignore[call-arg]
+            else:
+                wave = self.codec.decode(frames.to(self.device))
+        return wave.detach().float().cpu().numpy().astype(np.float32, copy=False)
+
+    @contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """Fork torch's RNG (CPU and this CUDA device) and seed it: reproducible noise that
+        leaves the caller's RNG state untouched."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            yield
+
+
+__all__ = ["Synth", "configure_threads", "pick_device", "resolve_device"]

@@ -1,0 +1,204 @@
+"""Model files: save -> load round trip, content hash in the name, damaged files named."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgesam_live.errors import CheckpointError
+from pgesam_live.model import checkpoints as ck
+from pgesam_live.model.codec import get_codec
+from pgesam_live.model.train import build_configs
+from pgesam_live.model.vae import VAEConfig
+
+PITCHES = (48, 60)
+
+
+def _meta(codec_name: str = "harmonic") -> ck.ModelMeta:
+    codec = get_codec(codec_name)
+    pts = ck.make_training_points(torch.tensor([[0.1, -0.2], [0.5, 0.4]]), ["bass", "organ"],
+                                  ["sf_001", "sf_019"])
+    return ck.ModelMeta(config_name="tiny", codec_name=codec_name,
+                        codec_config={"n_harmonics": 64, "n_noise_bands": 32},
+                        normalisation=ck.codec_normalisation(codec), pitch_range=PITCHES,
+                        instrument_names=["sf_001", "sf_019"],
+                        family_names=["bass", "brass", "flute", "guitar", "keyboard", "mallet",
+                                      "organ", "reed", "string", "synth_lead", "vocal"],
+                        training_points=pts, training={"vae_steps": 3, "hardware": {"cpu": "x"}})
+
+
+def _models(seed: int = 0):  # noqa: ANN202
+    torch.manual_seed(seed)
+    return build_configs("tiny", get_codec("harmonic").dim, 2, PITCHES)
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> tuple[Path, object, object]:
+    vae, tr = _models()
+    path = ck.save_model(tmp_path, vae, tr, _meta())
+    return path, vae, tr
+
+
+def test_name_carries_the_content_hash(saved: tuple) -> None:
+    path = saved[0]
+    m = re.fullmatch(r"pgesam_tiny_harmonic-([0-9a-f]{8})\.pt", path.name)
+    assert m, path.name
+    assert hashlib.sha256(path.read_bytes()).hexdigest()[:8] == m.group(1)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_save_load_round_trip(saved: tuple) -> None:
+    path, vae, tr = saved
+    b = ck.load_model(path, "cpu")
+    assert b.id == path.stem and b.model_id == path.stem
+    assert b.vae.cfg == vae.cfg and b.transformer.cfg == tr.cfg
+    for mine, theirs in ((vae, b.vae), (tr, b.transformer)):
+        sd1, sd2 = mine.state_dict(), theirs.state_dict()
+        assert sd1.keys() == sd2.keys()
+        assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert not b.vae.training and not b.transformer.training
+    meta = b.meta
+    assert meta.pitch_range == PITCHES and b.pitch_range == PITCHES
+    assert meta.codec_name == "harmonic" and b.codec.name == "harmonic"
+    assert meta.instrument_names == ["sf_001", "sf_019"]
+    assert [p["family"] for p in b.training_points] == ["bass", "organ"]
+    assert b.training_points[0]["x"] == pytest.approx(0.1)
+    assert meta.training["hardware"] == {"cpu": "x"}
+    # Weights-only: the file holds nothing but tensors and plain types.
+    obj = torch.load(path, weights_only=True)
+    assert obj["format_version"] == ck.FORMAT_VERSION
+
+
+def test_config_dicts_rebuild_the_dataclasses() -> None:
+    cfg = VAEConfig.tiny(98, 5, n_pitches=13)
+    d = ck.config_to_dict(cfg)
+    assert isinstance(d["conv_channels"], list)  # plain types only
+    assert ck.config_from_dict(VAEConfig, d) == cfg
+
+
+def _expect_error(path: Path, *fragments: str) -> str:
+    with pytest.raises(CheckpointError) as ei:
+        ck.load_model(path, "cpu")
+    msg = str(ei.value)
+    assert str(path) in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+    assert "\n" not in msg
+    return msg
+
+
+def test_truncated_file_is_named(saved: tuple, tmp_path: Path) -> None:
+    data = saved[0].read_bytes()
+    bad = tmp_path / "cut" / "pgesam_tiny_harmonic.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(data[: len(data) // 2])
+    _expect_error(bad, "not a torch checkpoint")
+
+
+def test_not_a_torch_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "pgesam_text.pt"
+    bad.write_text("hello, I am not a model\n")
+    _expect_error(bad, "not a torch checkpoint")
+
+
+def test_hash_mismatch_is_named(saved: tuple, tmp_path: Path) -> None:
+    data = bytearray(saved[0].read_bytes())
+    # Same name, one byte changed: the content no longer matches the name's hash.
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad" / saved[0].name
+    bad.parent.mkdir()
+    bad.write_bytes(bytes(data))
+    _expect_error(bad, "content hash", "does not match")
+    # An intact file renamed to another hash is caught the same way.
+    renamed = tmp_path / "bad" / "pgesam_tiny_harmonic-00000000.pt"
+    renamed.write_bytes(saved[0].read_bytes())
+    _expect_error(renamed, "00000000")
+
+
+def _write_payload(tmp_path: Path, payload: dict) -> Path:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    p = tmp_path / f"pgesam_tiny_harmonic-{ck.short_hash(data)}.pt"
+    p.write_bytes(data)
+    return p
+
+
+def test_missing_keys_and_wrong_version_are_named(saved: tuple, tmp_path: Path) -> None:
+    obj = torch.load(saved[0], weights_only=True)
+    no_vae = {k: v for k, v in obj.items() if k != "vae_state"}
+    d1 = tmp_path / "a"
+    d1.mkdir()
+    _expect_error(_write_payload(d1, no_vae), "missing keys", "vae_state")
+    d2 = tmp_path / "b"
+    d2.mkdir()
+    _expect_error(_write_payload(d2, {**obj, "format_version": 99}), "format version 99")
+    d3 = tmp_path / "c"
+    d3.mkdir()
+    _expect_error(_write_payload(d3, {**obj, "format": "something-else"}), "not a")
+
+
+def test_weights_that_do_not_fit_the_config_are_named(saved: tuple, tmp_path: Path) -> None:
+    obj = torch.load(saved[0], weights_only=True)
+    state = dict(obj["transformer_state"])
+    state.pop(next(iter(state)))
+    _expect_error(_write_payload(tmp_path, {**obj, "transformer_state": state}),
+                  "Transformer weights")
+
+
+def test_resolve_default_newest_name_and_path(saved: tuple, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError) as ei:
+        ck.resolve_model("default", empty)
+    assert "pgesam-live train all --data DIR" in str(ei.value) and str(empty) in str(ei.value)
+
+    first = saved[0]
+    vae, tr = _models(seed=1)
+    second = ck.save_model(first.parent, vae, tr, _meta())
+    assert second != first
+    now = time.time()
+    os.utime(first, (now - 100, now - 100))
+    os.utime(second, (now, now))
+    assert ck.resolve_model("default", first.parent) == second
+    assert ck.resolve_model(first.stem, first.parent) == first
+    assert ck.resolve_model(first.name, first.parent) == first
+    assert ck.resolve_model(str(first), empty) == first
+    with pytest.raises(CheckpointError, match="not found"):
+        ck.resolve_model("pgesam_nothing", first.parent)
+
+
+def test_default_dir_is_the_repository_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGESAM_CHECKPOINT_DIR", raising=False)
+    import pgesam_live
+    assert ck.checkpoints_dir() == Path(pgesam_live.__file__).resolve().parents[1] / "checkpoints"
+
+
+def test_training_state_round_trip_and_damage(tmp_path: Path) -> None:
+    vae, _ = _models()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    vae(torch.randn(2, vae.cfg.n_frames, vae.cfg.frame_dim)).recon.pow(2).mean().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(3)
+    p = ck.save_training_state(tmp_path / "vae.pt", {
+        "step": 7, "optimizer": opt.state_dict(), "rng": gen.get_state(),
+        "version": torch.__version__})
+    st = ck.load_training_state(p, required=("step", "optimizer"))
+    assert st["step"] == 7 and isinstance(st["version"], str)
+    opt2 = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    opt2.load_state_dict(st["optimizer"])  # int parameter keys survived
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"],
+                       opt.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(CheckpointError, match="missing keys"):
+        ck.load_training_state(p, required=("step", "model"))
+    data = p.read_bytes()
+    p.write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match=re.escape(str(p))):
+        ck.load_training_state(p)
