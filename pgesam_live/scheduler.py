@@ -630,10 +630,12 @@ class Scheduler:
 
     def _request_ahead(self) -> None:
         until_beat = self.committed_beat() + self.request_ahead_beats
+        # The playing patch ends at a pending swap: do not render what will never play.
+        swap_beat = self._swap.origin_beat if self._swap is not None else math.inf
         for s in (*self._streams, *([self._swap] if self._swap else [])):
-            seed = s.seed
-            for note in s.peek_notes(until_beat):
-                self._request_note(note, seed)
+            until = min(until_beat, swap_beat) if s.owner == "patch" else until_beat
+            for note in s.peek_notes(until):
+                self._request_note(note, s.seed)
 
     def _prune_requests(self, now_s: float) -> None:
         # Forget requests whose deadline has passed: a looping pattern asks again next pass

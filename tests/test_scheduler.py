@@ -545,3 +545,16 @@ def test_demo_patches_play_through_on_the_beat_grid() -> None:
             assert abs(grid - round(grid)) < 1e-6, (f.name, c)
         assert lines == [c.line for c in p.commands if c.at_beats is None] + [
             c.line for c in p.commands if c.at_beats is not None]
+
+
+def test_no_renders_requested_past_a_pending_swap() -> None:
+    rig = Rig()
+    rig.sched.load_patch(patch(ARP.replace("repeat: 1", "repeat: 0")))
+    rig.run(2.3)
+    rig.sched.load_patch(patch("events: [{at: 0, note: C3, timbre: [0.1, 0.2]}]"))
+    n = len(rig.req.requests)
+    rig.run(12.0)
+    later = rig.req.requests[n:]
+    # the old arpeggio ends at beat 8 (4.0 s): nothing of it is asked for past there
+    assert all(r[5] < 4.0 - 0.2 + EXACT for r in later)
+    assert [c.pitch for c in rig.sink.calls].count(48) == 1
