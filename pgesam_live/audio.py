@@ -41,6 +41,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly  # at import: its first import takes ~1 s
 
 from pgesam_live.errors import AudioError, ConfigError
 
@@ -108,8 +109,6 @@ def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
         raise ConfigError(f"sample rates must be positive, got {from_sr} -> {to_sr}")
     if from_sr == to_sr:
         return x.copy()
-    from scipy.signal import resample_poly
-
     g = gcd(int(from_sr), int(to_sr))
     return resample_poly(x, int(to_sr) // g, int(from_sr) // g).astype(np.float32)
 

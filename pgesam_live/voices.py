@@ -193,7 +193,8 @@ class VoicePool:
         if length_s is not None:
             cut = int(round(length_s * self.sample_rate))
         if cut + self.release_samples > self.max_note_samples and n > self.max_note_samples:
-            self.truncated += 1
+            with self._lock:
+                self.truncated += 1
             cut = min(cut, self.max_note_samples - self.release_samples)
         if cut < n:
             end = min(n, cut + self.release_samples)
