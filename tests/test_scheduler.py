@@ -558,3 +558,25 @@ def test_no_renders_requested_past_a_pending_swap() -> None:
     # the old arpeggio ends at beat 8 (4.0 s): nothing of it is asked for past there
     assert all(r[5] < 4.0 - 0.2 + EXACT for r in later)
     assert [c.pitch for c in rig.sink.calls].count(48) == 1
+
+
+def test_the_render_cache_is_a_note_source() -> None:
+    # The real cache plugs in as it is (its keys carry .pitch; its repitch fits repitch_fn).
+    from pgesam_live.cache import RenderCache
+    from pgesam_live.cache import repitch as cache_repitch
+
+    cache = RenderCache("m", "harmonic")
+    clock = Clock()
+    sink, req = FakeSink(clock), FakeRequester(clock)
+    sched = Scheduler(sink, cache, req, repitch_fn=cache_repitch)
+    tone = np.sin(np.arange(24000) * 2 * np.pi * 220 / 24000).astype(np.float32)
+    cache.put(cache.key(0.0, 0.0, 60), tone)
+    cache.put(cache.key(0.0, 0.0, 62), tone)
+    sched.play_now([60, 61, 70])
+    sched.tick(0.0)
+    assert len(sink.calls) == 2
+    assert sink.calls[0].n_samples == 24000  # a hit
+    assert sink.calls[1].n_samples != 24000  # 61 from 60 or 62, re-pitched
+    st = sched.status()
+    assert (st["late"], st["fallbacks"], st["skipped"]) == (2, 1, 1)
+    assert [r[3] for r in req.requests] == [61, 70]  # the missing ones asked for at once
