@@ -47,7 +47,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
 
 def run_note(ns: Namespace) -> int:
     """`pgesam-live note X Y PITCH --out WAV [--velocity V]`: one note through the model."""
-    from pgesam_live.model.synth import Synth, pick_device  # noqa: PLC0415
+    from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
     from pgesam_live.notes import note_to_midi  # noqa: PLC0415
     from pgesam_live.voices import velocity_gain  # noqa: PLC0415
 
@@ -57,7 +57,7 @@ def run_note(ns: Namespace) -> int:
     for name, v in (("x", ns.x), ("y", ns.y)):
         if not np.isfinite(v) or abs(v) > 1.5:
             raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
-    synth = Synth.load(ns.model, device=pick_device(ns.device))
+    synth = Synth.load(ns.model, device=resolve_device(ns.device))
     audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([pitch]), seed=ns.seed)[0]
     audio = audio * velocity_gain(ns.velocity)
     sr = synth.sample_rate
@@ -152,4 +152,261 @@ def run_doctor(ns: Namespace) -> int:
     for name, ok, text in rows:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {text}")
     sys.stdout.flush()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# building the engine
+
+LIVE_PREROLL_S = 1.0  # a patch started from silence gets this long to render its first bar
+TAIL_S = 4.5          # a bounce runs this long past its last note (a one-shot is 4 s)
+
+
+def _model_info(model: str, patch_dir: Path) -> tuple[Path, object]:
+    """The checkpoint path and the engine's ModelInfo, read without building the networks
+    (the worker process builds them)."""
+    from pgesam_live.core import ModelInfo  # noqa: PLC0415
+    from pgesam_live.model.checkpoints import (  # noqa: PLC0415
+        meta_from_payload,
+        read_model_payload,
+        resolve_model,
+    )
+
+    path = resolve_model(model)
+    payload, model_id = read_model_payload(path)
+    m = meta_from_payload(payload)
+    return path, ModelInfo(model_id=model_id, codec=m.codec_name,
+                           sample_rate=CODEC_SAMPLE_RATE, pitch_range=m.pitch_range,
+                           training_points=list(m.training_points),
+                           named_points=_named_points(patch_dir))
+
+
+CODEC_SAMPLE_RATE = 24000  # both codecs (harmonic, EnCodec 24 kHz) render at 24 kHz
+
+
+def _named_points(patch_dir: Path) -> dict[str, tuple[float, float]]:
+    """Named points of the demo patches, so `at glass` works before any patch is loaded."""
+    from pgesam_live.patch import list_patches, load_patch  # noqa: PLC0415
+
+    out: dict[str, tuple[float, float]] = {}
+    for p in list_patches(patch_dir):
+        try:
+            out.update({k: v for k, v in load_patch(p).points.items() if k not in out})
+        except PgesamError:
+            continue
+    return out
+
+
+class OfflineRig:
+    """An offline engine: manual pyo server advanced by the caller, in-process renderer.
+
+    The same engine, scheduler and voice pool as the live instrument; only the clock (blocks
+    computed as fast as possible) and the renderer (on demand, in this process) differ."""
+
+    def __init__(self, settings: Settings, synth: object | None = None,
+                 cache: object | None = None) -> None:
+        from pgesam_live.audio import AudioEngine  # noqa: PLC0415
+        from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
+        from pgesam_live.core import Engine, ModelInfo  # noqa: PLC0415
+        from pgesam_live.model.synth import Synth  # noqa: PLC0415
+        from pgesam_live.voices import VoicePool  # noqa: PLC0415
+        from pgesam_live.worker import InlineRenderer, OnDemandSource  # noqa: PLC0415
+
+        self.synth = synth if synth is not None else Synth.load(settings.model, settings.device)
+        sy = self.synth
+        out_sr = settings.sample_rate or sy.sample_rate
+        self.audio = AudioEngine("offline", sample_rate=out_sr, buffer_size=settings.buffer_size)
+        self.audio.boot()
+        self.voices = VoicePool(self.audio, n_voices=settings.n_voices)
+        self.cache = cache if cache is not None else RenderCache(
+            sy.model_id, sy.codec_name, grid=settings.cache_grid,
+            max_bytes=settings.cache_max_bytes)
+        self.renderer = InlineRenderer(sy, self.cache)
+        info = ModelInfo(model_id=sy.model_id, codec=sy.codec_name, sample_rate=sy.sample_rate,
+                         pitch_range=tuple(sy.pitch_range),
+                         training_points=list(sy.training_points),
+                         named_points=_named_points(settings.patch_dir))
+        self.engine = Engine(clock=self.audio, voices=self.voices, cache=self.cache,
+                             renderer=self.renderer, model=info, tempo_bpm=settings.tempo_bpm,
+                             lookahead_s=settings.lookahead_s, seed=settings.seed,
+                             patch_dir=settings.patch_dir, out_sample_rate=out_sr,
+                             source=OnDemandSource(self.cache, self.renderer))
+        self.engine.scheduler.repitch_fn = repitch
+        self.audio.add_hook(self.engine.on_block)
+
+    def submit_or_fail(self, line: str, src: str, at_s: float | None = None) -> None:
+        r = self.engine.submit(line, src=src, at_s=at_s)
+        if not r.ok:
+            raise PgesamError(r.text)
+
+    def run_until(self, t_s: float) -> None:
+        self.audio.advance_to(t_s)
+
+    def save(self, path: str | Path) -> Path:
+        return self.audio.save(path, subtype="PCM_16")
+
+    def close(self) -> None:
+        self.audio.close()
+
+
+def _patch_seconds(patch_path: Path, tempo_hint: float | None = None) -> float:
+    from pgesam_live.patch import load_patch  # noqa: PLC0415
+
+    patch = load_patch(patch_path)
+    beats = patch.length_beats()
+    if beats is None:
+        raise PgesamError(f"{patch_path}: a sequence repeats forever (repeat: 0); give the "
+                          f"bounce a length with --seconds S")
+    return beats * 60.0 / (tempo_hint or patch.tempo_bpm) + TAIL_S
+
+
+def run_render(ns: Namespace) -> int:
+    """`pgesam-live render PATCH --out WAV [--seconds S]`: offline bounce."""
+    from pgesam_live.patch import find_patch, load_patch  # noqa: PLC0415
+
+    s = settings_from_args(ns)
+    path = find_patch(ns.patch, s.patch_dir)
+    patch = load_patch(path)  # validated completely before anything plays
+    s = s.replace(seed=patch.seed, tempo_bpm=patch.tempo_bpm)
+    seconds = ns.seconds if ns.seconds is not None else _patch_seconds(path)
+    if seconds <= 0:
+        raise PgesamError(f"--seconds {seconds}: give a length > 0")
+    rig = OfflineRig(s)
+    try:
+        rig.submit_or_fail(f"load {_quote(str(path))}", src="patch", at_s=0.0)
+        rig.run_until(seconds)
+        out = rig.save(ns.out)
+    finally:
+        rig.close()
+    st = rig.engine.snapshot()
+    print(f"{out}: {seconds:.2f} s at {rig.audio.sample_rate} Hz, "
+          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered")
+    return 0 if st["late_notes"] == 0 else 0
+
+
+def _quote(text: str) -> str:
+    import shlex  # noqa: PLC0415
+
+    return shlex.quote(text)
+
+
+def run_replay(ns: Namespace) -> int:
+    """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
+    from pgesam_live.session import replay_schedule  # noqa: PLC0415
+
+    header, schedule = replay_schedule(ns.session)
+    s = settings_from_args(ns)
+    s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"))
+    if ns.out is None:
+        return _run_live(s, replay=schedule)
+    rig = OfflineRig(s)
+    try:
+        for t_s, src, cmd in schedule:
+            r = rig.engine.submit(cmd, src=src, at_s=t_s)
+            if not r.ok:
+                print(f"{ns.session}: skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}",
+                      file=sys.stderr)
+        end_s = (schedule[-1][0] if schedule else 0.0) + TAIL_S
+        rig.run_until(end_s)
+        out = rig.save(ns.out)
+    finally:
+        rig.close()
+    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
+    return 0
+
+
+def run_play(ns: Namespace) -> int:
+    """`pgesam-live [play [PATCH]]`: the live instrument."""
+    s = settings_from_args(ns)
+    return _run_live(s, patch=ns.patch, repl=not ns.no_repl)
+
+
+def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
+              repl: bool = True) -> int:
+    import asyncio  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pgesam_live.audio import AudioEngine, default_record_path  # noqa: PLC0415
+    from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
+    from pgesam_live.core import Engine  # noqa: PLC0415
+    from pgesam_live.session import Journal, make_header, session_path  # noqa: PLC0415
+    from pgesam_live.voices import VoicePool  # noqa: PLC0415
+    from pgesam_live.worker import WorkerClient  # noqa: PLC0415
+
+    path, info = _model_info(s.model, s.patch_dir)
+    out_sr = s.sample_rate or info.sample_rate
+    s.session_dir.mkdir(parents=True, exist_ok=True)
+    audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
+                        record_path=default_record_path(s.session_dir)
+                        if s.audio in ("auto", "record") else None)
+    audio.boot()
+    if audio.message:
+        print(audio.message, flush=True)
+    voices = VoicePool(audio, n_voices=s.n_voices)
+    cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid, max_bytes=s.cache_max_bytes,
+                        spill_dir=(s.cache_dir / "notes") if s.cache_spill else None)
+    worker = WorkerClient(cache, model=str(path), device=s.device, n_threads=s.worker_threads)
+    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
+                    tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
+                    patch_dir=s.patch_dir, out_sample_rate=out_sr)
+    engine.scheduler.repitch_fn = repitch
+    engine.scheduler.preroll_s = LIVE_PREROLL_S
+    worker.on_ready = engine.note_ready
+    worker.on_message = engine.message
+    journal = Journal(session_path(s.session_dir),
+                      make_header(info.model_id, s.seed, s.tempo_bpm))
+    engine.add_listener(journal)
+    audio.add_hook(engine.on_block)
+
+    loop = asyncio.new_event_loop()
+    osc = None
+    midi = None
+    try:
+        print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
+              f"journal {journal.path}", flush=True)
+        worker.start()
+        audio.start()
+        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
+        from pgesam_live.osc import OscServer  # noqa: PLC0415
+
+        osc = OscServer(engine, s.osc_host, s.osc_port)
+        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
+        if s.midi:
+            from pgesam_live.midi import start_midi  # noqa: PLC0415
+
+            midi = start_midi(engine, s.midi, message=print)
+        if patch:
+            r = engine.submit(f"load {_quote(patch)}", src="patch")
+            print(r.text if not r.ok else f"loaded {patch}", flush=True)
+        if replay is not None:
+            t0 = engine.time_s() + LIVE_PREROLL_S
+            for t_s, src, cmd in replay:
+                engine.submit(cmd, src=src, at_s=t0 + t_s)
+            end = t0 + (replay[-1][0] if replay else 0.0) + TAIL_S
+            import time  # noqa: PLC0415
+
+            while engine.time_s() < end:
+                time.sleep(0.1)
+        elif repl:
+            from pgesam_live.repl import run_repl  # noqa: PLC0415
+
+            run_repl(engine)
+        else:
+            engine.quit_requested.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if osc is not None:
+            loop.call_soon_threadsafe(osc.close)
+        if midi is not None:
+            midi.close()
+        loop.call_soon_threadsafe(loop.stop)
+        audio.stop()
+        audio.close()
+        worker.stop()
+        journal.close()
+        if audio.record_path is not None and audio.backend == "record":
+            print(f"recorded {audio.record_path}", flush=True)
+        print(f"session journal {journal.path}", flush=True)
     return 0

@@ -33,10 +33,10 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     import torch  # noqa: PLC0415
 
     from pgesam_live.errors import CheckpointError  # noqa: PLC0415
-    from pgesam_live.model.synth import Synth, pick_device  # noqa: PLC0415
+    from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    dev = pick_device(device)
+    dev = resolve_device(device)
     try:
         synth = Synth.load(model, device=dev)
         source = synth.model_id

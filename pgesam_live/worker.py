@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import multiprocessing as mp
 import queue
 import threading
@@ -252,3 +253,96 @@ class WorkerClient:
         log.warning(text)
         if self.on_message is not None:
             self.on_message(text)
+
+
+class InlineRenderer:
+    """Renders in this process, on demand: the offline bounce and replay use it.
+
+    Requests are queued; `ensure(key)` renders the queue (earliest deadlines first, in batches
+    of one seed) until `key` is cached. Deterministic: the same requests in the same order
+    give the same batches, so two bounces are byte-identical.
+    """
+
+    def __init__(self, synth: Any, cache: RenderCache,
+                 on_ready: Callable[[NoteKey], None] | None = None) -> None:
+        self.synth = synth
+        self.cache = cache
+        self.on_ready = on_ready
+        self._heap: list[RenderRequest] = []
+        self._queued: set[NoteKey] = set()
+        self._seq = 0
+        self.rendered = 0
+        self.model_id = synth.model_id
+        self.sample_rate = synth.sample_rate
+
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool:
+        if key in self._queued or key in self.cache:
+            return False
+        self._seq += 1
+        heapq.heappush(self._heap, RenderRequest(deadline_s, self._seq, key, x, y))
+        self._queued.add(key)
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._queued)
+
+    def ensure(self, key: NoteKey) -> None:
+        """Render queued notes (and `key`) until `key` is in the cache."""
+        if key in self.cache:
+            return
+        if key not in self._queued:
+            self.request(key, key.xq, key.yq, -math.inf)
+        while key not in self.cache and self._heap:
+            first = heapq.heappop(self._heap)
+            batch, rest = [first], []
+            while self._heap and len(batch) < BATCH_MAX:
+                r = heapq.heappop(self._heap)
+                (batch if r.key.seed == first.key.seed else rest).append(r)
+            for r in rest:
+                heapq.heappush(self._heap, r)
+            todo = [r for r in batch if r.key not in self.cache]
+            if todo:
+                pts = np.array([[r.x, r.y] for r in todo], dtype=np.float32)
+                pitches = np.array([r.key.pitch for r in todo], dtype=np.int64)
+                audio = self.synth.render(pts, pitches, seed=first.key.seed)
+                for r, a in zip(todo, audio, strict=True):
+                    self.cache.put(r.key, np.asarray(a, dtype=np.float32))
+                    self.rendered += 1
+                    if self.on_ready is not None:
+                        self.on_ready(r.key)
+            for r in batch:
+                self._queued.discard(r.key)
+
+    def drain(self) -> None:
+        """Render everything queued."""
+        while self._heap:
+            self.ensure(self._heap[0].key)
+
+
+class OnDemandSource:
+    """The cache as the scheduler's NoteSource, rendering a missing note on the spot (offline
+    only: it blocks). Nothing is ever late in a bounce."""
+
+    def __init__(self, cache: RenderCache, renderer: InlineRenderer) -> None:
+        self.cache = cache
+        self.renderer = renderer
+
+    def key(self, x: float, y: float, pitch: int, seed: int) -> NoteKey:
+        return self.cache.key(x, y, pitch, seed)
+
+    def get(self, key: NoteKey) -> np.ndarray | None:
+        self.renderer.ensure(key)
+        return self.cache.get(key)
+
+    def nearest_pitch(self, key: NoteKey, max_semitones: int = 3) -> Any:
+        return self.cache.nearest_pitch(key, max_semitones)
+
+    def nearest_point(self, key: NoteKey) -> Any:
+        return self.cache.nearest_point(key)
+
+    def count_late(self) -> None:
+        self.cache.count_late()
+
+    def count_fallback(self) -> None:
+        self.cache.count_fallback()

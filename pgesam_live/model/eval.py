@@ -215,9 +215,9 @@ def report_markdown(r: dict[str, Any]) -> str:
 
 def run_eval(ns: Namespace) -> int:
     """`pgesam-live eval --model M --data DIR [--split S] [--json] [--report MD]`."""
-    from pgesam_live.model.synth import pick_device  # noqa: PLC0415
+    from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
 
-    bundle = load_model(ns.model, device=pick_device(ns.device))
+    bundle = load_model(ns.model, device=resolve_device(ns.device))
     splits = ["train", "valid", "test"] if ns.split == "all" else [ns.split]
     result: dict[str, Any] = {}
     for sp in splits:

@@ -1,0 +1,444 @@
+"""The engine: the one door into the performance.
+
+Every change (from the REPL, OSC, MIDI, a patch or a journal) enters through `Engine.submit`,
+which parses and validates at once (the reply says what is wrong) and queues the command. The
+queue is drained by the audio block hook, so commands are applied between blocks, in order,
+at a known engine time: that time is journalled, and replaying a journal applies each command
+before the same block. The scheduler then ticks in the same hook and the voice pool copies the
+notes due in the block (sample-accurate).
+
+Thread model: front ends call `submit` from their threads; the hook runs in the audio thread
+(our real-time thread for record/none, pyo's for portaudio/jack, the caller's for offline).
+One lock guards the engine state; nothing slow (no render, no file I/O but the journal line)
+happens under it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pgesam_live.cache import NoteKey, RenderCache
+from pgesam_live.commands import COMMANDS, Command, help_text, parse_line, validate
+from pgesam_live.errors import CommandError, PgesamError
+from pgesam_live.patch import Patch, find_patch, list_patches, load_patch, make_sequence
+from pgesam_live.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest pitches first
+_INFO_WORDS = ("status", "points", "seqs", "help", "map")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a front end shows or sends back: ok, one line of text, optional data."""
+
+    ok: bool
+    text: str
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know of the model (the worker process owns the model)."""
+
+    model_id: str
+    codec: str
+    sample_rate: int
+    pitch_range: tuple[int, int]
+    training_points: list[dict[str, Any]] = field(default_factory=list)
+    named_points: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+class Renderer(Protocol):
+    """The worker client (live) or an in-process renderer (offline)."""
+
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
+class Sink(Protocol):
+    def play(self, samples: np.ndarray, start_s: float | None = None, velocity: float = 1.0,
+             pan: float = 0.0, length_s: float | None = None) -> int: ...
+
+    def release_all(self) -> int: ...
+
+    def panic(self) -> None: ...
+
+    def in_use(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class Clock(Protocol):
+    def time_s(self) -> float: ...
+
+    @property
+    def block_s(self) -> float: ...
+
+
+class _Requester:
+    """Scheduler's RenderRequester -> the renderer, with cache keys."""
+
+    def __init__(self, cache: RenderCache, renderer: Renderer) -> None:
+        self.cache = cache
+        self.renderer = renderer
+
+    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
+        key = self.cache.key(x, y, pitch, seed)
+        self.renderer.request(key, key.xq, key.yq, deadline_s)
+
+
+class _ResamplingSink:
+    """Voice pool at another rate than the model's: resample each note once (memoised)."""
+
+    def __init__(self, pool: Sink, from_sr: int, to_sr: int) -> None:
+        from pgesam_live.audio import resample  # noqa: PLC0415
+
+        self.pool, self.from_sr, self.to_sr, self._resample = pool, from_sr, to_sr, resample
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
+             length_s: float | None) -> None:
+        hit = self._memo.get(id(samples))
+        if hit is None or hit[0] is not samples:
+            if len(self._memo) > 512:
+                self._memo.clear()
+            hit = (samples, self._resample(samples, self.from_sr, self.to_sr))
+            self._memo[id(samples)] = hit
+        self.pool.play(hit[1], start_s, velocity, pan, length_s)
+
+
+class Engine:
+    """The one door. See the module docstring."""
+
+    def __init__(self, *, clock: Clock, voices: Sink, cache: RenderCache, renderer: Renderer,
+                 model: ModelInfo, tempo_bpm: float = 120.0, lookahead_s: float = 0.2,
+                 seed: int = 0, patch_dir: str | Path = "patches", out_sample_rate: int | None
+                 = None, source: Any = None) -> None:
+        self.clock = clock
+        self.voices = voices
+        self.cache = cache
+        self.renderer = renderer
+        self.model = model
+        self.patch_dir = Path(patch_dir)
+        self.model_points = [(p["x"], p["y"], p.get("family", "")) for p in
+                             model.training_points]
+        sink: Any = voices
+        if out_sample_rate and out_sample_rate != model.sample_rate:
+            sink = _ResamplingSink(voices, model.sample_rate, out_sample_rate)
+        self.scheduler = Scheduler(sink, source if source is not None else cache,
+                                   _Requester(cache, renderer), tempo_bpm=tempo_bpm,
+                                   lookahead_s=lookahead_s, sample_rate=model.sample_rate,
+                                   command_runner=self._run_patch_line, seed=seed)
+        self._lock = threading.RLock()
+        self._queue: list[tuple[float, int, Command, str, Any]] = []
+        self._order = itertools.count()
+        self._listeners: list[Listener] = []
+        self.bookmarks: dict[str, tuple[float, float]] = {}
+        self.point_name: str | None = None
+        self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2
+        self.applied = 0
+        self.rejected = 0
+        self.apply_errors = 0
+        self.quit_requested = threading.Event()
+        self._time_s = 0.0
+
+    # -- listeners -------------------------------------------------------------------------
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners = [*self._listeners, fn]
+
+    def remove_listener(self, fn: Listener) -> None:
+        self._listeners = [f for f in self._listeners if f is not fn]
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event)
+            except Exception:  # a broken listener never stops the engine
+                log.exception("listener %r failed", fn)
+
+    def message(self, text: str) -> None:
+        """An engine message for the performer (the REPL prints it above the prompt)."""
+        self.emit({"kind": "message", "text": text})
+
+    def note_ready(self, key: NoteKey) -> None:
+        """Called by the renderer when a note is cached."""
+        self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
+
+    # -- the door ---------------------------------------------------------------------------
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None) -> Reply:
+        """Parse, validate and queue one command (thread-safe; never raises for bad input).
+
+        at_s: engine time to apply it (None = before the next block)."""
+        try:
+            command = parse_line(cmd) if isinstance(cmd, str) else validate(cmd)
+            if not command.journal:
+                return self._info(command)
+            with self._lock:
+                prepared = self._prepare(command)
+                when = -math.inf if at_s is None else float(at_s)
+                heapq.heappush(self._queue, (when, next(self._order), command, src, prepared))
+            return Reply(True, command.to_line())
+        except PgesamError as e:
+            self.rejected += 1
+            return Reply(False, str(e))
+        except Exception as e:  # an internal error is one line, never a crash
+            self.rejected += 1
+            log.exception("submit failed for %r", cmd)
+            return Reply(False, f"internal error: {type(e).__name__}: {e}")
+
+    def time_s(self) -> float:
+        return self.clock.time_s()
+
+    def on_block(self, t_s: float) -> None:
+        """The audio hook: apply the commands due in this block, then tick the clock."""
+        end_s = t_s + self.clock.block_s
+        with self._lock:
+            self._time_s = t_s
+            while self._queue and self._queue[0][0] < end_s:
+                _, _, command, src, prepared = heapq.heappop(self._queue)
+                self._apply(command, src, prepared, t_s)
+            self.scheduler.tick(t_s)
+
+    def _apply(self, command: Command, src: str, prepared: Any, t_s: float) -> None:
+        try:
+            getattr(self, f"_do_{command.name}")(command.args, prepared)
+        except Exception as e:  # per event: log, count, tell, carry on
+            self.apply_errors += 1
+            self.message(f"{command.to_line()}: {e}")
+            return
+        self.applied += 1
+        self.emit({"kind": "command", "t": t_s, "src": src, "cmd": command.to_line()})
+        self.emit({"kind": "state", **self._snapshot_locked()})
+
+    # -- validation against the state (in the caller's thread) -----------------------------
+    def _prepare(self, c: Command) -> Any:
+        a = c.args
+        if c.name == "at" and "name" in a:
+            return self.resolve_point(a["name"])
+        if c.name == "load":
+            return load_patch(find_patch(a["patch"], self.patch_dir))
+        if c.name == "start":
+            patch = self.scheduler.patch
+            if patch is None or a["name"] not in patch.sequences:
+                have = ", ".join(patch.sequences) if patch else "no patch loaded"
+                raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
+            return patch.sequences[a["name"]]
+        if c.name == "seq":
+            return make_sequence(a["name"], a["notes"], a["step"])
+        if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
+            running = ", ".join(self.scheduler.running_sequences()) or "none"
+            raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
+        pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
+        if c.name == "prerender":
+            pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
+        lo, hi = self.model.pitch_range
+        for p in pitches:
+            if c.name != "release" and not lo <= p <= hi:
+                raise CommandError(f"pitch {p} is outside the model's range {lo}..{hi}")
+        return None
+
+    def resolve_point(self, name: str) -> tuple[float, float]:
+        """A point name: a bookmark, the patch's points, or the model's named points."""
+        for table in (self.bookmarks, self._patch_points(), self.model.named_points):
+            if name in table:
+                x, y = table[name]
+                return float(x), float(y)
+        known = ", ".join(self.point_names()) or "none yet (`mark NAME` makes one)"
+        raise CommandError(f"no point named {name!r}; known: {known}")
+
+    def _patch_points(self) -> dict[str, tuple[float, float]]:
+        patch = self.scheduler.patch
+        return dict(patch.points) if patch is not None else {}
+
+    # -- commands (applied in the audio hook) ----------------------------------------------
+    def _do_at(self, a: dict[str, Any], prepared: Any) -> None:
+        if "name" in a:
+            x, y = prepared
+            self.point_name = a["name"]
+        else:
+            x, y = a["x"], a["y"]
+            self.point_name = None
+        self._set_point(x, y)
+
+    def _do_xy(self, a: dict[str, Any], _: Any) -> None:
+        self.point_name = None
+        self._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
+
+    def _set_point(self, x: float, y: float) -> None:
+        self.scheduler.set_point(x, y)
+        self._prerender_bank(x, y, None, None, deadline0_s=self._time_s)
+
+    def _prerender_bank(self, x: float, y: float, low: int | None, high: int | None,
+                        deadline0_s: float) -> None:
+        """Ask for a point's pitch bank, the pitches nearest the last played first."""
+        lo, hi = self.model.pitch_range
+        low = lo if low is None else max(lo, low)
+        high = hi if high is None else min(hi, high)
+        order = sorted(range(low, high + 1), key=lambda p: (abs(p - self.last_pitch), p))
+        for rank, pitch in enumerate(order):
+            key = self.cache.key(x, y, pitch, self.scheduler.seed)
+            self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S)
+
+    def _do_play(self, a: dict[str, Any], _: Any) -> None:
+        self._remember(a["pitches"])
+        self.scheduler.play_now(list(a["pitches"]), a["vel"], a.get("len_beats"))
+
+    def _do_note(self, a: dict[str, Any], _: Any) -> None:
+        self._remember([a["pitch"]])
+        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")))
+
+    def _do_note_at(self, a: dict[str, Any], _: Any) -> None:
+        self._remember([a["pitch"]])
+        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")),
+                                point=(a["x"], a["y"]))
+
+    def _do_release(self, a: dict[str, Any], _: Any) -> None:
+        # One-shot voices have no per-note release yet: a MIDI note off is accepted and
+        # journalled so replays match, and the note plays its one-shot length.
+        return None
+
+    def _remember(self, pitches: list[int]) -> None:
+        if pitches:
+            self.last_pitch = int(pitches[-1])
+
+    def _beats(self, length_s: float | None) -> float | None:
+        if length_s is None:
+            return None
+        return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
+
+    def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
+        self.scheduler.start_sequence(a["name"], seq)
+
+    def _do_start(self, a: dict[str, Any], seq: Any) -> None:
+        self.scheduler.start_sequence(a["name"], seq)
+
+    def _do_stop(self, a: dict[str, Any], _: Any) -> None:
+        if a["name"] in self.scheduler.running_sequences():
+            self.scheduler.stop_sequence(a["name"])
+
+    def _do_glide(self, a: dict[str, Any], _: Any) -> None:
+        self.point_name = None
+        self.scheduler.glide(a["x"], a["y"], a["beats"])
+
+    def _do_tempo(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.set_tempo(a["bpm"])
+
+    def _do_load(self, a: dict[str, Any], patch: Patch) -> None:
+        if patch.model not in (None, "default", self.model.model_id):
+            self.message(f"patch {patch.path} asks for model {patch.model!r}; "
+                         f"playing it with {self.model.model_id}")
+        self.scheduler.load_patch(patch)
+
+    def _do_mark(self, a: dict[str, Any], _: Any) -> None:
+        self.bookmarks[a["name"]] = self.scheduler.point_at(self._time_s)
+        self.point_name = a["name"]
+
+    def _do_hush(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.hush()
+        self.voices.release_all()
+
+    def _do_panic(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.hush()
+        self.voices.panic()
+
+    def _do_prerender(self, a: dict[str, Any], _: Any) -> None:
+        self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s)
+
+    def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.set_lookahead(a["seconds"])
+
+    def _run_patch_line(self, line: str) -> None:
+        """A patch's timed command, fired inside a tick at its exact time. Not journalled:
+        replaying the journal's `load` fires it again."""
+        command = parse_line(line)
+        if not command.journal:
+            return
+        prepared = self._prepare(command)
+        getattr(self, f"_do_{command.name}")(command.args, prepared)
+
+    # -- read-only views ---------------------------------------------------------------------
+    def _info(self, c: Command) -> Reply:
+        if c.name == "status":
+            snap = self.snapshot()
+            return Reply(True, format_status(snap), snap)
+        if c.name == "points":
+            return Reply(True, ", ".join(self.point_names()) or "no named points yet")
+        if c.name == "seqs":
+            return Reply(True, ", ".join(self.sequence_names()) or "no sequences")
+        if c.name == "help":
+            return Reply(True, help_text(c.args.get("command")))
+        if c.name == "map":
+            from pgesam_live.termmap import render_map  # noqa: PLC0415
+
+            return Reply(True, render_map(self))
+        return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
+
+    def point_names(self) -> list[str]:
+        names = dict.fromkeys([*self.bookmarks, *self._patch_points(), *self.model.named_points])
+        return list(names)
+
+    def sequence_names(self) -> list[str]:
+        patch = self.scheduler.patch
+        names = dict.fromkeys([*(patch.sequences if patch else {}),
+                               *self.scheduler.running_sequences()])
+        return list(names)
+
+    def patch_names(self) -> list[str]:
+        return [p.name for p in list_patches(self.patch_dir)]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> dict[str, Any]:
+        st = self.scheduler.status()
+        cache = self.cache.stats()
+        x, y = self.scheduler.current_point()
+        return {
+            "time_s": round(self.clock.time_s(), 4),
+            "tempo_bpm": st["tempo_bpm"],
+            "beat": round(st["beat"], 3),
+            "point": [round(x, 4), round(y, 4)],
+            "point_name": self.point_name,
+            "voices_in_use": self.voices.in_use(),
+            "voices_total": self.voices.stats()["voices"],
+            "cache_fill": cache.get("fill", 0.0),
+            "cache_notes": cache.get("entries", 0),
+            "renders_pending": self.renderer.pending,
+            "late_notes": st["late"],
+            "fallbacks": st["fallbacks"],
+            "lookahead_s": st["lookahead_s"],
+            "sequences": st["sequences"],
+            "patch": st["patch"],
+            "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
+            "model_id": self.model.model_id,
+        }
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """One line for the REPL's `status` and its toolbar."""
+    x, y = s["point"]
+    name = f" {s['point_name']}" if s.get("point_name") else ""
+    seqs = ",".join(s["sequences"]) or "-"
+    return (f"{s['tempo_bpm']:.0f} bpm | point{name} ({x:+.2f}, {y:+.2f}) | voices "
+            f"{s['voices_in_use']}/{s['voices_total']} | cache {100 * s['cache_fill']:.0f}% | "
+            f"pending {s['renders_pending']} | late {s['late_notes']} | look-ahead "
+            f"{1000 * s['lookahead_s']:.0f} ms | seqs {seqs}")
+
+
+__all__ = ["COMMANDS", "Engine", "ModelInfo", "Reply", "format_status"]
