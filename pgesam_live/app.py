@@ -232,6 +232,7 @@ class OfflineRig:
                              patch_dir=settings.patch_dir, out_sample_rate=out_sr,
                              source=OnDemandSource(self.cache, self.renderer))
         self.engine.scheduler.repitch_fn = repitch
+        self.engine.prerender_banks = False
         self.audio.add_hook(self.engine.on_block)
 
     def submit_or_fail(self, line: str, src: str, at_s: float | None = None) -> None:

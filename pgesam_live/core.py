@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
 BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest pitches first
-_INFO_WORDS = ("status", "points", "seqs", "help", "map")
+TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ class Engine:
         self.rejected = 0
         self.apply_errors = 0
         self.quit_requested = threading.Event()
+        self.prerender_banks = True  # offline bounces render only what they play
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
@@ -189,7 +190,9 @@ class Engine:
             if not command.journal:
                 return self._info(command)
             with self._lock:
-                prepared = self._prepare(command)
+                # A timed command is checked against the state it will meet when applied;
+                # an immediate one is checked now, so the reply can say what is wrong.
+                prepared = self._prepare(command, strict=at_s is None)
                 when = -math.inf if at_s is None else float(at_s)
                 heapq.heappush(self._queue, (when, next(self._order), command, src, prepared))
             return Reply(True, command.to_line())
@@ -206,7 +209,9 @@ class Engine:
 
     def on_block(self, t_s: float) -> None:
         """The audio hook: apply the commands due in this block, then tick the clock."""
-        end_s = t_s + self.clock.block_s
+        # Journal times are rounded to 1 us: a command belongs to the block its time falls in,
+        # give or take a fraction of a sample.
+        end_s = t_s + self.clock.block_s - TIME_EPS_S
         with self._lock:
             self._time_s = t_s
             while self._queue and self._queue[0][0] < end_s:
@@ -226,23 +231,16 @@ class Engine:
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------
-    def _prepare(self, c: Command) -> Any:
+    def _prepare(self, c: Command, strict: bool = True) -> Any:
+        """Check `c` and compute what applying it needs. `strict`: also check it against the
+        current state (names of points, sequences); otherwise that happens when applied."""
         a = c.args
-        if c.name == "at" and "name" in a:
-            return self.resolve_point(a["name"])
         if c.name == "load":
             return load_patch(find_patch(a["patch"], self.patch_dir))
-        if c.name == "start":
-            patch = self.scheduler.patch
-            if patch is None or a["name"] not in patch.sequences:
-                have = ", ".join(patch.sequences) if patch else "no patch loaded"
-                raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
-            return patch.sequences[a["name"]]
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
-        if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
-            running = ", ".join(self.scheduler.running_sequences()) or "none"
-            raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
+        if strict and c.name in ("at", "start", "stop"):
+            self._resolve(c)
         pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
         if c.name == "prerender":
             pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
@@ -250,6 +248,23 @@ class Engine:
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
                 raise CommandError(f"pitch {p} is outside the model's range {lo}..{hi}")
+        return None
+
+    def _resolve(self, c: Command) -> Any:
+        """The state-dependent part of a command: a point name's coordinates, a patch
+        sequence, a running sequence. Raises CommandError naming what exists."""
+        a = c.args
+        if c.name == "at" and "name" in a:
+            return self.resolve_point(a["name"])
+        if c.name == "start":
+            patch = self.scheduler.patch
+            if patch is None or a["name"] not in patch.sequences:
+                have = ", ".join(patch.sequences) if patch else "no patch loaded"
+                raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
+            return patch.sequences[a["name"]]
+        if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
+            running = ", ".join(self.scheduler.running_sequences()) or "none"
+            raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
         return None
 
     def resolve_point(self, name: str) -> tuple[float, float]:
@@ -266,9 +281,9 @@ class Engine:
         return dict(patch.points) if patch is not None else {}
 
     # -- commands (applied in the audio hook) ----------------------------------------------
-    def _do_at(self, a: dict[str, Any], prepared: Any) -> None:
+    def _do_at(self, a: dict[str, Any], _: Any) -> None:
         if "name" in a:
-            x, y = prepared
+            x, y = self.resolve_point(a["name"])
             self.point_name = a["name"]
         else:
             x, y = a["x"], a["y"]
@@ -281,7 +296,8 @@ class Engine:
 
     def _set_point(self, x: float, y: float) -> None:
         self.scheduler.set_point(x, y)
-        self._prerender_bank(x, y, None, None, deadline0_s=self._time_s)
+        if self.prerender_banks:
+            self._prerender_bank(x, y, None, None, deadline0_s=self._time_s)
 
     def _prerender_bank(self, x: float, y: float, low: int | None, high: int | None,
                         deadline0_s: float) -> None:
@@ -324,12 +340,12 @@ class Engine:
     def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
         self.scheduler.start_sequence(a["name"], seq)
 
-    def _do_start(self, a: dict[str, Any], seq: Any) -> None:
-        self.scheduler.start_sequence(a["name"], seq)
+    def _do_start(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.start_sequence(a["name"], self._resolve(Command("start", a)))
 
     def _do_stop(self, a: dict[str, Any], _: Any) -> None:
-        if a["name"] in self.scheduler.running_sequences():
-            self.scheduler.stop_sequence(a["name"])
+        self._resolve(Command("stop", a))
+        self.scheduler.stop_sequence(a["name"])
 
     def _do_glide(self, a: dict[str, Any], _: Any) -> None:
         self.point_name = None
