@@ -96,12 +96,12 @@ class Synth:
                   device: str | torch.device = "auto", seed: int = 0) -> Synth:
         """A randomly initialised model of a named config: for benchmarks and tests only."""
         from pgesam_live.model.codec import get_codec
-        from pgesam_live.model.train import build_configs
+        from pgesam_live.model.train import build_models
 
         c = get_codec(codec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            vae, tr = build_configs(config, c.dim, n_instruments=1, pitch_range=pitch_range)
+            vae, tr = build_models(config, c.dim, n_instruments=1, pitch_range=pitch_range)
         meta = ModelMeta(config_name=config, codec_name=codec, codec_config={},
                          normalisation={}, pitch_range=pitch_range, instrument_names=[],
                          family_names=[])

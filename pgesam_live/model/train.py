@@ -175,7 +175,7 @@ def make_configs(config: str, frame_dim: int, n_instruments: int,
     return vae_cfg, tr_cfg
 
 
-def build_configs(config: str, frame_dim: int, n_instruments: int,
+def build_models(config: str, frame_dim: int, n_instruments: int,
                   pitch_range: tuple[int, int]) -> tuple[TimbreVAE, FrameTransformer]:
     """Fresh (randomly initialised, eval-mode) networks of a named config."""
     vae_cfg, tr_cfg = make_configs(config, frame_dim, n_instruments, pitch_range)
@@ -685,7 +685,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "model": {k: v.detach().cpu() for k, v in tr.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
             "elapsed_s": elapsed0 + time.time() - t0, "data": {"pitch_range": list(pitch_range)},
-            "hardware": hardware(d), "seed": opts.seed, "finished": final})
+            "hardware": hardware(d), "seed": opts.seed, "finished": final,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds") if final else ""})
 
     t0 = time.time()
     bar = _progress(steps, step, "transformer", d.main and opts.progress)
@@ -709,10 +710,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         step += 1
         bar.update(1)
         if step % every == 0 or step == steps:
-            bar.set_postfix(mse=f"{float(loss):.5f}", refresh=False)
+            bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
             log.write({"stage": "transformer", "step": step, "lr": lr,
                        "time_s": round(elapsed0 + time.time() - t0, 3),
-                       "mse": round(float(loss), 7), "grad_norm": round(float(gnorm), 4)})
+                       "mse": round(float(loss.detach()), 7), "grad_norm": round(float(gnorm), 4)})
         if step % opts.ckpt_every == 0 and step < steps:
             save(final=False)
     bar.close()
@@ -729,7 +730,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         "transformer_steps": step, "transformer_time_s": float(st["elapsed_s"]),
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
         "data_dir": str(meta.get("data_dir", opts.data)), "n_notes": int(len(data.pitch)),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        # The stage's own finish time (not now): resuming a finished run rewrites the same file.
+        "date": str(st.get("finished_at", "")),
     })
     names = list(meta["instrument_names"])
     fams = sorted({p["family"] for p in meta.get("training_points", [])})
@@ -788,6 +790,6 @@ def run_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["BatchSampler", "TrainOptions", "build_configs", "encode_all", "make_configs",
+__all__ = ["BatchSampler", "TrainOptions", "build_models", "encode_all", "make_configs",
            "parse_pitch_range", "run_train", "train_transformer", "train_vae",
            "training_points", "transformer_lr", "vae_lr"]

@@ -15,7 +15,7 @@ import torch
 from pgesam_live.errors import CheckpointError
 from pgesam_live.model import checkpoints as ck
 from pgesam_live.model.codec import get_codec
-from pgesam_live.model.train import build_configs
+from pgesam_live.model.train import build_models
 from pgesam_live.model.vae import VAEConfig
 
 PITCHES = (48, 60)
@@ -36,7 +36,7 @@ def _meta(codec_name: str = "harmonic") -> ck.ModelMeta:
 
 def _models(seed: int = 0):  # noqa: ANN202
     torch.manual_seed(seed)
-    return build_configs("tiny", get_codec("harmonic").dim, 2, PITCHES)
+    return build_models("tiny", get_codec("harmonic").dim, 2, PITCHES)
 
 
 @pytest.fixture()

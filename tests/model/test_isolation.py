@@ -6,6 +6,7 @@ Runs in a fresh interpreter, because this test process has likely imported pyo &
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,7 +34,7 @@ _PROBE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def probe() -> dict[str, object]:
     r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                       timeout=120, env={"PYO_GUI_WX": "0", "PATH": "/usr/bin:/bin"})
+                       timeout=120, env={**os.environ, "PYO_GUI_WX": "0"})
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -12,7 +12,7 @@ from pgesam_live.errors import CheckpointError, ConfigError
 from pgesam_live.model import checkpoints as ck
 from pgesam_live.model.codec import get_codec
 from pgesam_live.model.synth import Synth, resolve_device
-from pgesam_live.model.train import build_configs
+from pgesam_live.model.train import build_models
 
 PITCHES = (48, 60)
 POINTS = np.array([[0.3, -0.2], [-0.5, 0.1], [0.0, 0.7]], np.float32)
@@ -23,7 +23,7 @@ NOTES = np.array([48, 55, 60])
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     codec = get_codec("harmonic")
     torch.manual_seed(0)
-    vae, tr = build_configs("tiny", codec.dim, 2, PITCHES)
+    vae, tr = build_models("tiny", codec.dim, 2, PITCHES)
     # Random weights give near-constant frames; a bigger output layer makes notes differ by
     # point and pitch, which the tests below rely on.
     with torch.no_grad():
@@ -119,6 +119,13 @@ def test_load_default_from_the_checkpoint_folder(model_file: Path, tmp_path: Pat
     (tmp_path / model_file.name).write_bytes(model_file.read_bytes())
     assert Synth.load("default", device="cpu").model_id == model_file.stem
     assert Synth.load(model_file.stem, device="cpu").model_id == model_file.stem
+
+
+def test_untrained_model_renders() -> None:
+    s = Synth.untrained(config="tiny", pitch_range=(50, 52), device="cpu")
+    assert s.model_id == "untrained_tiny_harmonic" and s.pitch_range == (50, 52)
+    audio = s.render([[0.0, 0.0]], [51], seed=0)
+    assert audio.shape == (1, s.n_frames * 320) and np.isfinite(audio).all()
 
 
 def test_devices() -> None:

@@ -1,0 +1,204 @@
+"""Training end to end on a tiny synthetic NSynth-format set: both stages, checkpoints,
+--resume, the model file, and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pgesam_live.cli import build_parser
+from pgesam_live.errors import CheckpointError, ConfigError
+from pgesam_live.model import train as T
+from pgesam_live.model.checkpoints import load_model, load_training_state, short_hash
+from pgesam_live.model.synth import Synth
+
+SR = 24000
+PITCHES = range(48, 52)
+# (instrument_str, family id, family name, spectral tilt, decay per second)
+INSTRUMENTS = [("syn_bass_0", 0, "bass", 2.0, 3.0), ("syn_organ_0", 6, "organ", 0.7, 0.0),
+               ("syn_flute_0", 2, "flute", 1.5, 0.5)]
+
+
+def make_tiny_nsynth(root: Path, duration_s: float = 0.5) -> Path:
+    """Harmonic notes whose timbre (tilt, decay) differs per instrument, in NSynth layout."""
+    t = np.arange(int(duration_s * SR)) / SR
+    for split, insts in (("train", INSTRUMENTS), ("valid", INSTRUMENTS[:1]),
+                         ("test", INSTRUMENTS[1:2])):
+        audio = root / f"nsynth-{split}" / "audio"
+        audio.mkdir(parents=True)
+        examples = {}
+        for i, (name, fam, fam_str, tilt, decay) in enumerate(insts):
+            for p in PITCHES:
+                f0 = 440.0 * 2 ** ((p - 69) / 12)
+                w = sum(np.sin(2 * np.pi * f0 * k * t) / k ** tilt for k in range(1, 9))
+                w = 0.3 * w * np.exp(-decay * t) * np.minimum(1.0, t / 0.01)
+                note = f"{name}-{p:03d}-100"
+                sf.write(audio / f"{note}.wav", w.astype(np.float32), SR)
+                examples[note] = {
+                    "note_str": note, "pitch": p, "velocity": 100, "instrument": i,
+                    "instrument_str": name, "instrument_family": fam,
+                    "instrument_family_str": fam_str, "instrument_source": 2,
+                    "instrument_source_str": "synthetic", "sample_rate": SR, "qualities": []}
+        (root / f"nsynth-{split}" / "examples.json").write_text(json.dumps(examples))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_nsynth(tmp_path_factory.mktemp("nsynth"))
+
+
+def train_args(stage: str, data: Path, out: Path, *extra: str):  # noqa: ANN201
+    """The real CLI parser's Namespace, as `pgesam-live train ...` would build it."""
+    ns = build_parser().parse_args(
+        ["train", stage, "--data", str(data), "--out", str(out), "--config", "tiny",
+         "--pitch-range", "48-51", "--batch-size", "8", "--device", "cpu", *extra])
+    ns.progress = False
+    return ns
+
+
+def log_steps(out: Path, stage: str) -> list[int]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if r["stage"] == stage]
+
+
+def test_vae_then_transformer_end_to_end(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert T.run_train(train_args("vae", data_dir, out, "--steps", "4", "--ckpt-every",
+                                  "2")) == 0
+    st = load_training_state(out / "vae.pt")
+    assert st["step"] == 4 and st["finished"] and st["stage"] == "vae"
+    assert log_steps(out, "vae") == [1, 2, 3, 4]
+    fams = {p["name"]: p["family"] for p in st["training_points"]}
+    assert fams == {"syn_bass_0": "bass", "syn_organ_0": "organ", "syn_flute_0": "flute"}
+
+    assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3")) == 0
+    assert log_steps(out, "transformer") == [1, 2, 3]
+    recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r.get("mse", r.get("total"))) for r in recs)
+    models = sorted(out.glob("pgesam_*.pt"))
+    assert len(models) == 1
+    m = re.fullmatch(r"pgesam_tiny_harmonic-([0-9a-f]{8})\.pt", models[0].name)
+    assert m and m.group(1) == short_hash(models[0].read_bytes())
+
+    b = load_model(models[0], "cpu")
+    assert b.pitch_range == (48, 51)
+    assert b.meta.training["vae_steps"] == 4 and b.meta.training["transformer_steps"] == 3
+    assert b.meta.training["transformer_hardware"]["device"] == "cpu"
+    assert {p["family"] for p in b.training_points} == {"bass", "organ", "flute"}
+    assert b.meta.normalisation["PITCH_SCALE_MIDI"] == 100.0
+    # The VAE in the model file is the one the VAE stage finished with.
+    vae_sd = load_training_state(out / "vae.pt")["model"]
+    assert all(torch.equal(vae_sd[k], v) for k, v in b.vae.state_dict().items())
+    audio = Synth(b, "cpu").render(np.array([[0.0, 0.0], [0.2, -0.1]]), [48, 51], seed=0)
+    assert audio.shape == (2, b.transformer.cfg.n_frames * 320) and np.isfinite(audio).all()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_training_state(path)["model"]
+
+
+def test_resume_continues_at_the_right_step(data_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = tmp_path / "ref"
+    T.run_train(train_args("vae", data_dir, ref, "--steps", "6", "--ckpt-every", "3"))
+
+    # The same run, killed during step 5: the last checkpoint is step 3.
+    out = tmp_path / "crash"
+    real, calls = T.vae_losses, {"n": 0}
+
+    def dying(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "vae_losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        T.run_train(train_args("vae", data_dir, out, "--steps", "6", "--ckpt-every", "3"))
+    monkeypatch.setattr(T, "vae_losses", real)
+    assert load_training_state(out / "vae.pt")["step"] == 3
+
+    # Without --resume the run directory is not overwritten.
+    with pytest.raises(ConfigError, match="--resume"):
+        T.run_train(train_args("vae", data_dir, out, "--steps", "6"))
+
+    T.run_train(train_args("vae", data_dir, out, "--resume", "--ckpt-every", "3"))
+    st = load_training_state(out / "vae.pt")
+    assert st["step"] == 6 and st["finished"]
+    # Steps 1-4 logged before the crash, then 4-6 again from the step-3 checkpoint.
+    assert log_steps(out, "vae") == [1, 2, 3, 4, 4, 5, 6]
+    # Model, optimiser, step and RNG were restored: the weights equal the uninterrupted run's.
+    a, b = _weights(ref / "vae.pt"), _weights(out / "vae.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A finished stage is skipped on --resume.
+    T.run_train(train_args("vae", data_dir, out, "--resume"))
+    assert log_steps(out, "vae")[-1] == 6 and len(log_steps(out, "vae")) == 7
+
+
+def test_transformer_stage_needs_a_vae(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="train vae"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "none", "--steps", "1"))
+
+
+def test_bad_options_are_config_errors(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LOW-HIGH"):
+        T.parse_pitch_range("48..72")
+    assert T.parse_pitch_range("36-84") == (36, 84)
+    ns = train_args("vae", data_dir, tmp_path / "x")
+    ns.config = "huge"
+    with pytest.raises(ConfigError, match="tiny, small, paper"):
+        T.run_train(ns)
+
+
+def test_batch_sampler_groups_and_shards() -> None:
+    inst = torch.tensor([0] * 5 + [1] * 3 + [2] * 7 + [3] * 2)
+    s = T.BatchSampler(inst, batch_size=8, seed=0, notes_per_group=4)
+    for _ in range(20):
+        idx = s.next()
+        assert idx.shape == (8,)
+        groups = inst[idx].view(2, 4)
+        assert (groups == groups[:, :1]).all()  # each group is one instrument
+        assert groups[0, 0] != groups[1, 0]  # different instruments while there are enough
+        a, b = s.shard(idx, 0, 2), s.shard(idx, 1, 2)
+        assert sorted(torch.cat([a, b]).tolist()) == sorted(idx.tolist())
+        assert (inst[a] == inst[a][0]).all()  # a shard keeps a group whole
+    # Same seed, same batches (ranks agree); a saved state replays them.
+    s1, s2 = T.BatchSampler(inst, 8, 3, 4), T.BatchSampler(inst, 8, 3, 4)
+    assert torch.equal(s1.next(), s2.next())
+    st = s1.state()
+    x = s1.next()
+    s1.load_state(st)
+    assert torch.equal(s1.next(), x)
+
+
+def test_learning_rate_schedules() -> None:
+    lrs = [T.vae_lr(1.0, s, 100) for s in (0, 49, 50, 60, 75, 90, 99)]
+    assert lrs == [1.0, 1.0, 0.5, 0.25, 0.125, 1 / 32, 1 / 32]
+    assert T.transformer_lr(1.0, 0, 1000) == pytest.approx(1 / 50)
+    assert T.transformer_lr(1.0, 49, 1000) == pytest.approx(1.0)
+    assert T.transformer_lr(1.0, 999, 1000) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_torchrun_two_processes(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYO_GUI_WX": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pgesam_live", "train", "vae", "--data", str(data_dir), "--out", str(out),
+           "--config", "tiny", "--pitch-range", "48-51", "--steps", "2", "--batch-size", "8",
+           "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = load_training_state(out / "vae.pt")
+    assert st["step"] == 2 and st["finished"]
+    assert st["hardware"]["world_size"] == 2
+    assert log_steps(out, "vae") == [1, 2]  # only rank 0 writes
