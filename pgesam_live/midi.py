@@ -270,3 +270,17 @@ def open_midi(engine: Any, spec: str, mapping: MidiMapping | None = None) -> Mid
         raise ConfigError(f"{problem}; leave --midi out to play without MIDI")
     port = resolve_port(spec, inputs)
     return MidiInput(engine, port, mapping or MidiMapping.from_env()).open()
+
+
+def start_midi(engine: Any, spec: str, message: Any = print,
+               mapping: MidiMapping | None = None) -> MidiInput | None:
+    """open_midi for the live app: on success says which port, on failure says why in one
+    line (through `message`) and returns None, so the instrument plays on without MIDI."""
+    try:
+        inp = open_midi(engine, spec, mapping)
+    except ConfigError as exc:
+        message(str(exc))
+        return None
+    m = inp.mapper.mapping
+    message(f"MIDI in: {inp.port_name} (CC{m.cc_x} -> x, CC{m.cc_y} -> y, CC64 sustain)")
+    return inp

@@ -29,9 +29,10 @@ the first is applied at once, later ones within `coalesce_s` (10 ms) replace eac
 only the latest is applied when the window ends (superseded ones are counted, not journalled:
 they were never performed). State pushes to a controller are at most `push_hz` (30) per
 second, latest value wins, and a change caused by a controller's own message is not pushed
-back to it. That attribution needs the engine to emit its "state" event inside submit()
-(synchronously); a state event from any other thread (a sequence ending, the cache filling)
-is pushed to every controller.
+back to it: the engine emits a "command" event (with the line) and then, on the same thread,
+the "state" event for each applied command; the line is matched to the controller that sent
+it. A state event that follows no OSC command (a sequence ending, the REPL, MIDI) is pushed to
+every controller.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import math
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,11 @@ class OscCore:
         self._last_move_s = -math.inf
         self._ready: list[_ReadyRequest] = []
         self._outbox: list[OscReply] = []
+        # command line -> senders of that line not yet applied (oldest first): the engine's
+        # "command" event names the line, and the "state" event that follows it on the same
+        # thread is that sender's change
+        self._inflight: dict[str, deque[tuple[Addr, float]]] = {}
+        self._inflight_n = 0
         self.engine.add_listener(self.on_event)
 
     # ---------------------------------------------------------------- incoming datagrams
@@ -304,15 +310,43 @@ class OscCore:
 
     def _submit(self, cmd: Command, addr: Addr, address: str,
                 at_s: float | None) -> list[OscReply]:
-        self._tls.causer = addr   # state events raised inside submit() belong to this sender
+        line = cmd.to_line()
+        entry = (addr, self.clock())
+        with self._lock:   # remembered first: the engine may apply it before submit returns
+            self._inflight.setdefault(line, deque()).append(entry)
+            self._inflight_n += 1
+            if self._inflight_n > 4096:
+                self._prune_inflight()
+        reply = None
         try:
             reply = self.engine.submit(cmd, src="osc", at_s=at_s)
         finally:
-            self._tls.causer = None
+            if not getattr(reply, "ok", False):
+                self._forget(line, entry)
         if not getattr(reply, "ok", False):
             return self._error(addr, address, str(getattr(reply, "text", "") or "rejected"))
         self.stats["submitted"] += 1
         return []
+
+    def _forget(self, line: str, entry: tuple[Addr, float]) -> None:
+        with self._lock:
+            q = self._inflight.get(line)
+            if q is not None and entry in q:
+                q.remove(entry)
+                self._inflight_n -= 1
+                if not q:
+                    del self._inflight[line]
+
+    def _prune_inflight(self) -> None:
+        # commands the engine accepted but never applied (a failed apply) would stay forever
+        oldest = self.clock() - (self.max_ahead_s + 5.0)
+        for line in list(self._inflight):
+            q = deque(e for e in self._inflight[line] if e[1] >= oldest)
+            self._inflight_n -= len(self._inflight[line]) - len(q)
+            if q:
+                self._inflight[line] = q
+            else:
+                del self._inflight[line]
 
     def _move(self, cmd: Command, addr: Addr, address: str) -> list[OscReply]:
         now = self.clock()
@@ -345,9 +379,21 @@ class OscCore:
         """Engine listener (any thread): queue state pushes and /pgesam/ready replies."""
         kind = event.get("kind")
         woke = False
-        if kind == "state":
+        if kind == "command":
+            causer: Addr | None = None
+            if event.get("src") == "osc":
+                with self._lock:
+                    q = self._inflight.get(str(event.get("cmd")))
+                    if q:
+                        causer = q.popleft()[0]
+                        self._inflight_n -= 1
+                        if not q:
+                            del self._inflight[str(event.get("cmd"))]
+            self._tls.causer = causer
+        elif kind == "state":
             snap = {k: v for k, v in event.items() if k != "kind"}
             causer = getattr(self._tls, "causer", None)
+            self._tls.causer = None
             with self._lock:
                 for addr, ctl in self.controllers.items():
                     if addr != causer:   # never echo a controller's own change back to it

@@ -26,7 +26,7 @@ from pgesam_live.commands import (
     parse_line,
 )
 from pgesam_live.errors import CommandError
-from pgesam_live.termmap import render_map
+from pgesam_live.termmap import engine_map
 
 PROMPT = "pgesam> "
 STATUS_REFRESH_S = 0.5
@@ -134,7 +134,9 @@ def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
         reply_text = str(getattr(reply, "text", "") or "")
         if not getattr(reply, "ok", False):
             return [f"error: {reply_text or 'rejected'}"], False
-        return ([reply_text] if reply_text else []), False
+        # the engine answers an accepted command with its canonical line: not worth a print
+        quiet = not reply_text or reply_text == cmd.to_line()
+        return ([] if quiet else [reply_text]), False
     except Exception as exc:  # the engine's bug is reported, the prompt stays
         first = str(exc).splitlines()[0] if str(exc) else ""
         return [f"internal error: {type(exc).__name__}: {first} (the instrument carries on)"], \
@@ -150,10 +152,7 @@ def _front_end_word(engine: EngineLike, name: str, args: dict[str, Any]) -> tupl
     if name == "status":
         return status_text(engine.snapshot()).splitlines(), False
     if name == "map":
-        snap = engine.snapshot()
-        points = list(getattr(engine, "model_points", []) or [])
-        return render_map(points, snap.get("bookmarks") or {}, snap.get("point")).splitlines(), \
-            False
+        return engine_map(engine).splitlines(), False
     if name == "points":
         snap = engine.snapshot()
         marks = snap.get("bookmarks") or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 _MAX_EXTENT = 1.5  # the command table's coordinate range
 
@@ -28,14 +29,24 @@ def family_letters(families: Sequence[str]) -> dict[str, str]:
     return marks
 
 
-def render_map(points: Sequence[tuple[float, float, str]],
+def engine_map(engine: Any, width: int = 61, height: int = 21) -> str:
+    """The map of a live engine: its model_points, and bookmarks and point from snapshot()."""
+    snap = engine.snapshot()
+    return render_map(list(getattr(engine, "model_points", []) or []),
+                      snap.get("bookmarks") or {}, snap.get("point"), width, height)
+
+
+def render_map(points: Any,
                bookmarks: Mapping[str, Sequence[float]] | None = None,
                current: Sequence[float] | None = None,
                width: int = 61, height: int = 21) -> str:
     """The map as text: a framed grid, then a legend.
 
     points: training points (x, y, family); bookmarks: name -> [x, y]; current: [x, y].
-    The view is the square [-e, e]^2 with e = 1, widened (up to 1.5) to show every mark."""
+    The view is the square [-e, e]^2 with e = 1, widened (up to 1.5) to show every mark.
+    Given an engine instead of points (core.py's `render_map(self)`), draws engine_map()."""
+    if hasattr(points, "snapshot"):
+        return engine_map(points, width, height)
     if width < 11 or height < 5:
         raise ValueError("render_map: the grid needs width >= 11 and height >= 5")
     bookmarks = dict(bookmarks or {})

@@ -32,10 +32,13 @@ class Reply:
 
 
 class FakeEngine:
-    """core.Engine's API: validates by parsing, emits "command" and (synchronously, inside
-    submit) "state" events, records what it was given."""
+    """core.Engine's API: validates by parsing, records what it was given, and on applying a
+    command emits "command" then "state" events. deferred=True mimics core.Engine: submit()
+    queues, and apply_pending() (the audio thread, in the loopback tests) applies."""
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool = False) -> None:
+        self.deferred = deferred
+        self.queue: list[tuple[Command, str, float | None]] = []
         self.t0 = time.monotonic()
         self.listeners: list[Any] = []
         self.submitted: list[tuple[str, str, float | None]] = []
@@ -54,6 +57,19 @@ class FakeEngine:
             return Reply(False, "at: no point 'nowhere'")
         with self.lock:
             self.submitted.append((src, cmd.to_line(), at_s))
+            if self.deferred:
+                self.queue.append((cmd, src, at_s))
+                return Reply(True, cmd.to_line())
+        self.apply(cmd, src, at_s)
+        return Reply(True, cmd.to_line())
+
+    def apply_pending(self) -> None:
+        with self.lock:
+            due, self.queue = self.queue, []
+        for cmd, src, at_s in due:
+            self.apply(cmd, src, at_s)
+
+    def apply(self, cmd: Command, src: str, at_s: float | None) -> None:
         changed = True
         if cmd.name == "tempo":
             self.state["tempo_bpm"] = cmd.args["bpm"]
@@ -67,7 +83,6 @@ class FakeEngine:
                    "src": src, "cmd": cmd.to_line()})
         if changed:
             self.emit({"kind": "state", **self.state})
-        return Reply(True)
 
     def emit(self, event: dict[str, Any]) -> None:
         for fn in self.listeners:
@@ -108,8 +123,8 @@ class Clock:
         return self.now
 
 
-def make_core(**kw: Any) -> tuple[OscCore, FakeEngine, Clock]:
-    engine = FakeEngine()
+def make_core(deferred: bool = False, **kw: Any) -> tuple[OscCore, FakeEngine, Clock]:
+    engine = FakeEngine(deferred)
     clock = Clock()
     core = OscCore(engine, clock=clock, **kw)
     return core, engine, clock
@@ -220,15 +235,27 @@ def test_xy_stream_is_coalesced() -> None:
     assert len(engine.submitted) == 62
 
 
-def test_hello_push_is_rate_limited_without_echo() -> None:
-    core, engine, clock = make_core()
+@pytest.mark.parametrize("deferred", [False, True])
+def test_hello_push_is_rate_limited_without_echo(deferred: bool) -> None:
+    core, engine, clock = make_core(deferred)
     assert core.handle_datagram(msg("/pgesam/hello"), A)[0][1] == "/pgesam/state"
     core.handle_datagram(msg("/pgesam/hello"), B)
     core.handle_datagram(msg("/pgesam/tempo", 90), A)   # A's own change
+    core.handle_datagram(msg("/pgesam/tempo", 90), B)   # the same line from B, applied later
+    audio = threading.Thread(target=engine.apply_pending)  # applied on another thread
+    audio.start()
+    audio.join()
+    clock.now += 1
+    pushed = core.poll()
+    assert {to for to, _, _ in pushed} == {A, B}  # each hears the other's change only
+    engine.state["tempo_bpm"] = 91.0
+    core.handle_datagram(msg("/pgesam/tempo", 92), A)
+    engine.apply_pending()
+    clock.now += 1
     pushed = core.poll()
     assert {to for to, _, _ in pushed} == {B}  # pushed to B, not echoed to A
     state = next(a for to, addr, a in pushed if addr == "/pgesam/state")
-    assert dict(zip(state[::2], state[1::2], strict=True))["tempo_bpm"] == 90.0
+    assert dict(zip(state[::2], state[1::2], strict=True))["tempo_bpm"] == 92.0
     assert (B, "/pgesam/xy", [0.5, 0.5]) in pushed  # the pad follows the point
     # 1,000 engine-side changes over one second, polled every millisecond
     counts = {A: 0, B: 0}
@@ -361,7 +388,16 @@ def test_loopback_burst_and_journal(tmp_path: Path) -> None:
 
 
 def test_loopback_timetag_hello_and_no_echo() -> None:
-    engine = FakeEngine()
+    engine = FakeEngine(deferred=True)  # commands applied by an "audio" thread, as in core
+    stop = threading.Event()
+
+    def audio() -> None:
+        while not stop.is_set():
+            engine.apply_pending()
+            time.sleep(0.005)
+
+    audio_thread = threading.Thread(target=audio)
+    audio_thread.start()
 
     async def main() -> tuple[list, list, float | None]:
         server = OscServer(engine, port=0)
@@ -395,7 +431,11 @@ def test_loopback_timetag_hello_and_no_echo() -> None:
         at = next(at for _, line, at in engine.submitted if line == "note 72")
         return inbox["a"], inbox["b"], None if at is None else at - t_sent
 
-    a, b, delay = asyncio.run(main())
+    try:
+        a, b, delay = asyncio.run(main())
+    finally:
+        stop.set()
+        audio_thread.join()
     assert delay is not None and 0.25 < delay < 0.35
     moves = [line for _, line, _ in engine.submitted if line.startswith("xy")]
     assert 2 <= len(moves) < 50 and moves[-1].startswith("xy 0.98")  # coalesced, latest wins
@@ -404,3 +444,38 @@ def test_loopback_timetag_hello_and_no_echo() -> None:
     assert 2 <= len(b_states) <= 1 + 30 * 0.4 + 1
     last = dict(zip(b_states[-1].params[::2], b_states[-1].params[1::2], strict=True))
     assert last["x"] == pytest.approx(2 * 0.98 - 1, abs=1e-6)
+
+
+def test_real_engine_offline_timetag_lands_in_the_journal(tmp_path: Path) -> None:
+    """OSC into the real engine (offline rig, stand-in synth): a bundle 0.5 s ahead is applied
+    and journalled at that engine time (within one block), bad values answered by the core."""
+    import os
+
+    os.environ.setdefault("PYO_GUI_WX", "0")
+    from pgesam_live.app import OfflineRig
+    from pgesam_live.settings import Settings
+    from tests.fakes import FakeSynth
+
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=FakeSynth(24000))
+    try:
+        engine = rig.engine
+        journal = Journal(tmp_path / "s.jsonl", make_header("fake", 0, 120))
+        engine.add_listener(journal)
+        wall = [5_000_000.0]
+        core = OscCore(engine, wall=lambda: wall[0])
+        t_now = engine.time_s()
+        assert core.handle_datagram(msg("/pgesam/tempo", 90), A) == []
+        assert core.handle_datagram(bundle(wall[0] + 0.5, msg("/pgesam/note", "C4")), A) == []
+        errs = errors(core.handle_datagram(msg("/pgesam/point", "nowhere"), A))
+        assert errs and errs[0][0] == "/pgesam/point" and "nowhere" in errs[0][1]
+        rig.run_until(t_now + 1.0)
+        journal.close()
+        _, entries = read_journal(tmp_path / "s.jsonl")
+        by_cmd = {e.cmd: e for e in entries}
+        assert set(by_cmd) == {"tempo 90", "note 60"}
+        block_s = engine.clock.block_s
+        assert abs(by_cmd["note 60"].t_s - (t_now + 0.5)) <= block_s
+        assert engine.snapshot()["tempo_bpm"] == 90
+    finally:
+        rig.close()

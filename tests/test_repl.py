@@ -73,7 +73,7 @@ class FakeEngine:
         self.submitted.append((src, cmd.to_line(), at_s))
         for fn in self.listeners:
             fn({"kind": "command", "t": 0.0, "src": src, "cmd": cmd.to_line()})
-        return Reply(True, "")
+        return Reply(True, cmd.to_line())  # as core.Engine: the canonical line
 
     def emit(self, event: dict[str, Any]) -> None:
         for fn in self.listeners:
