@@ -31,7 +31,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,10 @@ def setup_dist(device: str) -> Dist:
     d = Dist(rank=rank, world=world, local_rank=local_rank, local_world=local_world, device=dev)
     if world > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
+        # Long timeout: the other ranks wait at a barrier while rank 0 encodes the data set,
+        # which takes far longer than the 30-minute default on a full NSynth-size set.
+        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world,
+                                             timeout=timedelta(hours=12))
         d.initialised = True
     return d
 
