@@ -278,9 +278,9 @@ def load_train_data(opts: TrainOptions, codec: Codec, pitch_range: tuple[int, in
     # Rank 0 encodes and fills the frame cache first; the others then read the cache.
     if not d.main:
         d.barrier()
-    # Encode only as much audio as the model reads (plus a margin so the last frames see no
-    # edge): tiny test configs then encode a fraction of each 4 s note.
-    duration_s = min(4.0, n_frames / codec.frame_rate_hz + 0.1)
+    # Real configs encode whole 4 s notes, so the VAE (2 s) and the Transformer (4 s) share
+    # one frame cache; tiny test configs encode only the fraction of each note they read.
+    duration_s = 4.0 if n_frames >= codec.frame_rate_hz else n_frames / codec.frame_rate_hz + 0.1
     fs = load_frames(opts.data, "train", codec, pitch_range=pitch_range, velocities=None,
                      max_instruments_per_family=opts.max_instruments_per_family,
                      n_frames=n_frames, cache=True, progress=d.main and opts.progress,
