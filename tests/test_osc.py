@@ -479,3 +479,40 @@ def test_real_engine_offline_timetag_lands_in_the_journal(tmp_path: Path) -> Non
         assert engine.snapshot()["tempo_bpm"] == 90
     finally:
         rig.close()
+
+
+def test_touchosc_layout_addresses_are_accepted(tmp_path: Path) -> None:
+    """Every OSC message in the generated TouchOSC layout is one the instrument accepts."""
+    import importlib.util
+    import zlib
+    from xml.etree import ElementTree as ET
+
+    from pgesam_live.commands import from_osc
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "make_layout", root / "examples" / "touchosc" / "make_layout.py")
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    out = tmp_path / "t.tosc"
+    layout.write(layout.build(["arp", "pad"]), out)
+    doc = ET.fromstring(zlib.decompress(out.read_bytes()).decode("utf-8"))
+    seen = set()
+    for osc in doc.iter("osc"):
+        address = osc.findtext("path/partial/value")
+        args: list[Any] = []
+        for p in osc.findall("arguments/partial"):
+            value, conv = p.findtext("value") or "", p.findtext("conversion")
+            if p.findtext("type") == "VALUE":  # a control value 0..1, scaled
+                lo, hi = float(p.findtext("scaleMin") or 0), float(p.findtext("scaleMax") or 1)
+                args.append(lo + 0.5 * (hi - lo))
+            else:
+                args.append(int(value) if conv == "INTEGER" else
+                            float(value) if conv == "FLOAT" else value)
+        seen.add(address)
+        if address == "/pgesam/hello":
+            continue
+        from_osc(address, args)  # raises CommandError if the layout sent something invalid
+    assert {"/pgesam/xy", "/pgesam/note", "/pgesam/hush", "/pgesam/panic", "/pgesam/tempo",
+            "/pgesam/seq/start", "/pgesam/seq/stop", "/pgesam/hello"} <= seen
