@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("map", help="picture of the timbre map")
     p.add_argument("--out", required=True)
     _add_common(p)
-    p.set_defaults(func="pgesam_live.model.mapplot:run_map")
+    p.set_defaults(func="pgesam_live.mapplot:run_map")
 
     p = sub.add_parser("dataset", help="build an NSynth-format data set")
     dsub = p.add_subparsers(dest="dataset_cmd", required=True)
