@@ -122,7 +122,7 @@ class HarmonicCodec(Codec):
     SEARCH_STEP_CENTS = 2.0
     SEARCH_PARTIALS = 8
     PEAK_HALF_WIDTH = 0.25     # harmonic peak search: k f0 +- 0.25 f0
-    MASK_HALF_WIDTH = 0.35     # noise = residual outside k f0 +- 0.35 f0
+    MASK_HALF_WIDTH = 0.45     # noise = residual outside found peaks +- 0.3..0.45 f0
     SUBOCTAVE_RATIO = 0.12     # half-integer partial energy above this share halves f0
     MIN_ENVELOPE_S = 0.005     # shortest loudness window (at least one period)
     MAX_ATTACK_GAIN = 10.0
@@ -192,15 +192,28 @@ class HarmonicCodec(Codec):
         out = [self._encode_one(x[b].double().cpu(), hints[b]) for b in range(x.shape[0])]
         return torch.stack(out).to(wave.device)
 
-    def _spectra(self, x: torch.Tensor, win_len: int, n_frames: int) -> tuple[torch.Tensor,
-                                                                               torch.Tensor]:
-        """x [N] -> (magnitudes [T, F] of the zero-padded long FFT, Hann window [win_len])."""
-        window = torch.hann_window(win_len, periodic=False, dtype=torch.float64)
+    def _spectra(self, x: torch.Tensor, win_len: int, n_frames: int,
+                 low_leakage: bool = False,
+                 only: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N] -> (magnitudes [T, F] of the zero-padded long FFT, window [win_len]).
+
+        Hann by default; `low_leakage` uses a 4-term Blackman-Harris window (sidelobes -92 dB)
+        so the noise floor between harmonics is not buried under the harmonics' sidelobes."""
+        if low_leakage:
+            ph = 2 * math.pi * torch.arange(win_len, dtype=torch.float64) / (win_len - 1)
+            window = (0.35875 - 0.48829 * torch.cos(ph) + 0.14128 * torch.cos(2 * ph)
+                      - 0.01168 * torch.cos(3 * ph))
+        else:
+            window = torch.hann_window(win_len, periodic=False, dtype=torch.float64)
         pad = win_len // 2
         xp = F.pad(x, (pad, pad + self.hop))
         frames = xp.unfold(0, win_len, self.hop)[:n_frames]          # [T, L], centred at t*hop
-        spec = torch.fft.rfft(frames * window, n=self.ANALYSIS_FFT)
-        return spec.abs(), window
+        if only is not None:
+            frames = frames[only]
+        # float32 FFTs: twice as fast, and their ~-140 dB rounding floor is far below any
+        # noise floor the codec models.
+        spec = torch.fft.rfft((frames * window).float(), n=self.ANALYSIS_FFT)
+        return spec.abs().double(), window
 
     def _harmonic_sum(self, mag: torch.Tensor, f0_hz: torch.Tensor) -> torch.Tensor:
         """Salience of f0 candidates. mag [T, F], f0_hz [T, C] -> [T, C]."""
@@ -246,10 +259,13 @@ class HarmonicCodec(Codec):
         n_frames = len(x) // hop
         nyq = sr / 2
         bin_hz = sr / self.ANALYSIS_FFT
-        # A first look with a fixed window finds the loud frames and, without a hint, f0.
-        mag, _ = self._spectra(x, 2048, n_frames)
-        energy = (mag**2).sum(-1)
-        loud = energy >= energy.max() * 1e-2
+        # A first look at (at most 32 of) the loud frames with a fixed window finds f0 when no
+        # hint is given, and checks for a sub-octave.
+        e = F.pad(x**2, (1024, 1024 + hop)).unfold(0, 2048, hop)[:n_frames].sum(-1)
+        loud_idx = torch.nonzero(e >= e.max() * 1e-2)[:, 0]
+        loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(32, len(loud_idx))).long()]
+        mag = self._spectra(x, 2048, n_frames, only=loud_idx)[0]
+        loud = torch.ones(len(loud_idx), dtype=torch.bool)
         f0_nom = hint_hz if hint_hz is not None else self._nominal_f0(mag, loud)
         if self._suboctave(mag, loud, f0_nom):
             f0_nom /= 2.0
@@ -282,18 +298,28 @@ class HarmonicCodec(Codec):
         r = int(math.ceil(self.PEAK_HALF_WIDTH * f0_nom / bin_hz))
         idx = (fk / bin_hz).round().long()[..., None] + torch.arange(-r, r + 1)
         idx = idx.clamp(0, mag.shape[-1] - 1)
-        peak = torch.gather(mag, 1, idx.flatten(1)).view(n_frames, K, 2 * r + 1).amax(-1)
+        peak, arg = torch.gather(mag, 1, idx.flatten(1)).view(n_frames, K, 2 * r + 1).max(-1)
+        peak_hz = torch.gather(idx, 2, arg[..., None])[..., 0].double() * bin_hz  # [T, K]
         amp = 2.0 * peak / window.sum()                               # sinusoid amplitude
         below = fk < nyq * 0.98
         amp = amp * below
 
-        # Noise: residual power density outside the harmonic lobes, averaged per mel band.
-        psd = mag**2 / (window**2).sum()                              # white noise var -> var
+        # Noise: residual power density away from the harmonic peaks actually found (so
+        # stretched partials of pianos and bells are not counted as noise), averaged per mel
+        # band, from a longer low-leakage window (~10 periods).
+        noise_len = int(min(4096, max(1024, 2 * round(10 * sr / f0_nom / 2))))
+        nmag, nwin = self._spectra(x, noise_len, n_frames, low_leakage=True)
+        psd = nmag**2 / (nwin**2).sum()                               # white noise var -> var
+        mask_hz = min(self.MASK_HALF_WIDTH * f0_nom,
+                      max(0.3 * f0_nom, 4.5 * sr / noise_len))
         f_bins = torch.arange(mag.shape[-1], dtype=torch.float64) * bin_hz
-        ratio = f_bins[None, :] / f0[:, None]                         # [T, F]
-        nearest = ratio.round()
-        masked = ((ratio - nearest).abs() < self.MASK_HALF_WIDTH) & (nearest >= 1) & (
-            nearest <= K) & (nearest * f0[:, None] < nyq * 0.98)
+        nearest = (f_bins[None, :] / f0[:, None]).round().long()       # [T, F]
+        masked = torch.zeros_like(psd, dtype=torch.bool)
+        for j in (-1, 0, 1):
+            h = (nearest + j).clamp(1, K)
+            fh = torch.gather(peak_hz, 1, h - 1)
+            ok = torch.gather(below, 1, h - 1)
+            masked |= ok & ((f_bins[None, :] - fh).abs() < mask_hz)
         keep = (~masked).double()
         num = (psd * keep) @ self._analysis_band_onehot              # [T, B]
         cnt = keep @ self._analysis_band_onehot
@@ -404,7 +430,6 @@ class HarmonicCodec(Codec):
         phase = (cyc - torch.floor(cyc)).to(dt)                              # [B, N] in [0, 1)
         spec = torch.zeros(B, T + 1, M // 2 + 1, dtype=torch.complex64 if dt == torch.float32
                            else torch.complex128, device=dev)
-        spec = spec.clone()
         spec[..., 1:K + 1] = amp_ext.to(spec.dtype) * (-0.5j * M)
         tables = torch.fft.irfft(spec, n=M, dim=-1)                          # [B, T+1, M]
         pos = phase * M
@@ -469,12 +494,16 @@ def _import_encodec():  # type: ignore[no-untyped-def]
     return encodec
 
 
-def encodec_weight_places() -> list[Path]:
-    """Where official EnCodec weights are looked up, in order."""
+def _repo_root() -> Path:
     import pgesam_live  # noqa: PLC0415
 
-    repo_root = Path(pgesam_live.__file__).resolve().parents[1]
-    return [repo_root / "checkpoints" / ENCODEC_CHECKPOINT,
+    return Path(pgesam_live.__file__).resolve().parents[1]
+
+
+def encodec_weight_places() -> list[Path]:
+    """Where official EnCodec weights are looked up, in order: the repository's
+    checkpoints/ folder, then torch's hub cache."""
+    return [_repo_root() / "checkpoints" / ENCODEC_CHECKPOINT,
             Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_CHECKPOINT]
 
 

@@ -92,12 +92,30 @@ def track_pitch(wave: np.ndarray | torch.Tensor, sample_rate: int, fmin_hz: floa
     the median over the sustained part: frames after the envelope first reaches half its peak
     (+30 ms, past the attack transient) whose RMS is within 20 dB of the peak.
     """
-    import librosa  # noqa: PLC0415  (slow import; only metrics callers pay for it)
-
     x = _as_numpy(wave)
     if fmin_hz <= 0 or fmax_hz <= fmin_hz or fmax_hz >= sample_rate / 2:
         raise CodecError(f"track_pitch needs 0 < fmin_hz < fmax_hz < {sample_rate / 2}, "
                          f"got {fmin_hz}, {fmax_hz}")
+    f0, rms = _yin(x, sample_rate, fmin_hz, fmax_hz)
+    coarse = _sustained_median(f0, rms, sample_rate)
+    # YIN's parabolic interpolation is biased by a few cents when a period spans only a few
+    # samples: refine around the coarse estimate on a signal upsampled to >= 48 samples/period.
+    up = min(8, math.ceil(48.0 * coarse / sample_rate))
+    if up > 1:
+        from scipy.signal import resample_poly  # noqa: PLC0415
+
+        xu = resample_poly(x, up, 1)
+        f0, rms = _yin(xu, sample_rate * up, coarse / 1.25, min(coarse * 1.25,
+                                                                 sample_rate * up / 2 - 1))
+        return _sustained_median(f0, rms, sample_rate * up)
+    return coarse
+
+
+def _yin(x: np.ndarray, sample_rate: int, fmin_hz: float,
+         fmax_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame f0 [frames] by YIN (hop 5 ms) and the frames' RMS [frames]."""
+    import librosa  # noqa: PLC0415  (slow import; only metrics callers pay for it)
+
     # YIN needs two periods of the lowest pitch in a frame.
     frame_length = 1 << int(math.ceil(math.log2(max(1024, 2 * sample_rate / fmin_hz + 4))))
     if len(x) < frame_length:
@@ -106,7 +124,12 @@ def track_pitch(wave: np.ndarray | torch.Tensor, sample_rate: int, fmin_hz: floa
     hop = max(1, sample_rate // 200)
     f0 = librosa.yin(x, fmin=fmin_hz, fmax=fmax_hz, sr=sample_rate, frame_length=frame_length,
                      hop_length=hop, center=True)
-    rms = _frame_rms(x, frame_length, hop)[: len(f0)]
+    return f0, _frame_rms(x, frame_length, hop)[: len(f0)]
+
+
+def _sustained_median(f0: np.ndarray, rms: np.ndarray, sample_rate: int) -> float:
+    """Median f0 over frames after the attack (half peak + 30 ms) within 20 dB of the peak."""
+    hop = max(1, sample_rate // 200)
     peak = float(rms.max())
     if peak <= 0.0:
         raise CodecError("cannot track the pitch of a silent waveform")
