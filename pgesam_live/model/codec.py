@@ -121,6 +121,7 @@ class HarmonicCodec(Codec):
     SEARCH_CENTS = 100.0       # per-frame f0 search around the note's nominal f0
     SEARCH_STEP_CENTS = 2.0
     SEARCH_PARTIALS = 8
+    SEARCH_WEIGHT_POWER = 1.0  # partial k weighs 1 / k**power in the harmonic sum
     PEAK_HALF_WIDTH = 0.25     # harmonic peak search: k f0 +- 0.25 f0
     MASK_HALF_WIDTH = 0.45     # noise = residual outside found peaks +- 0.3..0.45 f0
     SUBOCTAVE_RATIO = 0.12     # half-integer partial energy above this share halves f0
@@ -227,7 +228,7 @@ class HarmonicCodec(Codec):
         rows = mag.expand(pos.shape[0], -1)
         v = (torch.gather(rows, 1, i0.flatten(1)).view_as(pos) * (1 - a)
              + torch.gather(rows, 1, (i0 + 1).flatten(1)).view_as(pos) * a)
-        return (v * valid / k).sum(-1)
+        return (v * valid / k**self.SEARCH_WEIGHT_POWER).sum(-1)
 
     def _nominal_f0(self, mag: torch.Tensor, loud: torch.Tensor) -> float:
         """A note's f0 from the mean spectrum of its loud frames: harmonic sum, 25 Hz-4.2 kHz."""
@@ -244,14 +245,20 @@ class HarmonicCodec(Codec):
         bin_hz = self.sample_rate / self.ANALYSIS_FFT
         half = max(1, int(0.1 * f0_hz / bin_hz))
 
-        def energy(mult: torch.Tensor) -> torch.Tensor:
+        def energy(mult: torch.Tensor, peak: bool = True) -> torch.Tensor:
             centre = (mult * f0_hz / bin_hz).round().long()
             centre = centre[centre + half < len(mean_mag)]
             idx = centre[:, None] + torch.arange(-half, half + 1)
-            return (mean_mag[idx].amax(-1) ** 2).sum()
+            e = mean_mag[idx] ** 2
+            return (e.amax(-1) if peak else e.mean(-1)).sum()
 
         k = torch.arange(1, self.SEARCH_PARTIALS + 1, dtype=torch.float64)
-        return bool(energy(k - 0.5) > self.SUBOCTAVE_RATIO * energy(k))
+        half_partials = energy(k - 0.5)
+        # Real sub-octave partials stand well above the floor between them; breath or bow
+        # noise (a choir, a low string) fills half-integer positions as evenly as the valleys.
+        valleys = 0.5 * (energy(k - 0.25, peak=False) + energy(k - 0.75, peak=False))
+        return bool(half_partials > self.SUBOCTAVE_RATIO * energy(k)) and bool(
+            half_partials > 4.0 * valleys)
 
     def _encode_one(self, x: torch.Tensor, hint_hz: float | None) -> torch.Tensor:
         """x [N] float64 -> frames [T, D] float32."""
