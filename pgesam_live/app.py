@@ -316,6 +316,16 @@ def run_replay(ns: Namespace) -> int:
     return 0
 
 
+def _ring_out(engine: object, voices: object, max_s: float = 8.0) -> None:
+    """Piped input ended: let what plays and what is queued finish (at most max_s)."""
+    import time  # noqa: PLC0415
+
+    end = time.monotonic() + max_s
+    time.sleep(0.3)  # the last commands reach the audio hook
+    while time.monotonic() < end and (voices.in_use() or engine.renderer.pending):
+        time.sleep(0.05)
+
+
 def run_play(ns: Namespace) -> int:
     """`pgesam-live [play [PATCH]]`: the live instrument."""
     s = settings_from_args(ns)
@@ -393,6 +403,8 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             from pgesam_live.repl import run_repl  # noqa: PLC0415
 
             run_repl(engine)
+            if not sys.stdin.isatty():
+                _ring_out(engine, voices)
         else:
             engine.quit_requested.wait()
     except KeyboardInterrupt:

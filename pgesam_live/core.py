@@ -399,9 +399,9 @@ class Engine:
         if c.name == "help":
             return Reply(True, help_text(c.args.get("command")))
         if c.name == "map":
-            from pgesam_live.termmap import render_map  # noqa: PLC0415
+            from pgesam_live.termmap import engine_map  # noqa: PLC0415
 
-            return Reply(True, render_map(self))
+            return Reply(True, engine_map(self))
         return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
 
     def point_names(self) -> list[str]:
