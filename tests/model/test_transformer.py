@@ -82,6 +82,16 @@ def test_kv_cache_equals_recompute(overrides: dict[str, Any]) -> None:
     torch.testing.assert_close(model(points, pitches, cached), cached, atol=1e-4, rtol=0)
 
 
+def test_kv_cache_equals_recompute_small_config() -> None:
+    """The real width (d 256, 4 decoder layers) on a short note, for accumulated rounding."""
+    torch.manual_seed(1)
+    model = FrameTransformer(TransformerConfig.small(D)).eval()
+    points, pitches = _batch(2)
+    cached = model.generate(points, pitches, n_frames=30)
+    naive = model.generate(points, pitches, n_frames=30, use_cache=False)
+    torch.testing.assert_close(cached, naive, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("g", [1, 3])
 def test_causality(g: int) -> None:
     model = _model(frames_per_step=g)
