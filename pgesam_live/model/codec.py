@@ -250,12 +250,13 @@ class HarmonicCodec(Codec):
             centre = centre[centre + half < len(mean_mag)]
             idx = centre[:, None] + torch.arange(-half, half + 1)
             e = mean_mag[idx] ** 2
-            return (e.amax(-1) if peak else e.mean(-1)).sum()
+            return (e.amax(-1) if peak else e.amin(-1)).sum()
 
         k = torch.arange(1, self.SEARCH_PARTIALS + 1, dtype=torch.float64)
         half_partials = energy(k - 0.5)
-        # Real sub-octave partials stand well above the floor between them; breath or bow
-        # noise (a choir, a low string) fills half-integer positions as evenly as the valleys.
+        # Real sub-octave partials stand well above the floor between them (the minimum near
+        # k - 1/4 and k - 3/4, clear of the partials' main lobes); breath or bow noise (a
+        # choir, a low string) fills half-integer positions as evenly as the valleys.
         valleys = 0.5 * (energy(k - 0.25, peak=False) + energy(k - 0.75, peak=False))
         return bool(half_partials > self.SUBOCTAVE_RATIO * energy(k)) and bool(
             half_partials > 4.0 * valleys)
