@@ -204,7 +204,7 @@ class OfflineRig:
     computed as fast as possible) and the renderer (on demand, in this process) differ."""
 
     def __init__(self, settings: Settings, synth: object | None = None,
-                 cache: object | None = None) -> None:
+                 cache: object | None = None, preroll_s: float = 0.0) -> None:
         from pgesam_live.audio import AudioEngine  # noqa: PLC0415
         from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
         from pgesam_live.core import Engine, ModelInfo  # noqa: PLC0415
@@ -233,6 +233,7 @@ class OfflineRig:
                              source=OnDemandSource(self.cache, self.renderer))
         self.engine.scheduler.repitch_fn = repitch
         self.engine.prerender_banks = False
+        self.engine.scheduler.preroll_s = preroll_s
         self.audio.add_hook(self.engine.on_block)
 
     def submit_or_fail(self, line: str, src: str, at_s: float | None = None) -> None:
@@ -300,7 +301,8 @@ def run_replay(ns: Namespace) -> int:
     s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"))
     if ns.out is None:
         return _run_live(s, replay=schedule)
-    rig = OfflineRig(s)
+    # The live clock's pre-roll, so sequences start where they started live.
+    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
     try:
         for t_s, src, cmd in schedule:
             r = rig.engine.submit(cmd, src=src, at_s=t_s)

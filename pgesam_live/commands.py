@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pgesam_live.errors import CommandError
 from pgesam_live.notes import note_to_midi, parse_notes
 
@@ -275,11 +277,19 @@ def _format_value(a: Arg, value: Any) -> list[str]:
 # conversion and validation
 
 
+def _shortest(value: float) -> float:
+    """An OSC float32 (0.2 arrives as 0.20000000298023224) as the shortest decimal that is the
+    same float32, so journals and replies read `0.2`; other values are kept as they are."""
+    if not math.isfinite(value) or value != float(np.float32(value)):
+        return value
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+
+
 def _to_number(a: Arg, raw: Any, where: str) -> float:
     if isinstance(raw, bool):
         raise CommandError(f"{where}: {a.name} must be a number, got a boolean")
     if isinstance(raw, int | float):
-        value = float(raw)
+        value = _shortest(float(raw))
     elif isinstance(raw, str):
         try:
             value = float(raw)
