@@ -42,11 +42,12 @@ class RenderRequest:
 
 def _worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int) -> None:
     """Process entry: load the model once, then render batches of the earliest deadlines."""
-    import torch  # noqa: PLC0415  (only the worker process pays for torch)
+    import os  # noqa: PLC0415
 
-    from pgesam_live.model.synth import Synth  # noqa: PLC0415
+    # Before torch: the Synth reads this when it sets the process's threads.
+    os.environ["PGESAM_TORCH_THREADS"] = str(max(1, n_threads))
+    from pgesam_live.model.synth import Synth  # noqa: PLC0415  (only the worker pays for torch)
 
-    torch.set_num_threads(max(1, n_threads))
     try:
         synth = Synth.load(model, device=device)
     except Exception as e:  # report why, then exit: the client shows it

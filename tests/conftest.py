@@ -10,6 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# One torch thread for the whole suite: the tiny test models are dominated by per-op overhead,
+# and two OpenMP threads on a shared 2-core machine wait on each other at every op.
+os.environ.setdefault("PGESAM_TORCH_THREADS", "1")
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 # Smallest first: TimGM6mb is what .ci/run installs; the others are larger and slower to load.
 SOUNDFONT_CANDIDATES = (
     "/usr/share/sounds/sf2/TimGM6mb.sf2",
