@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--max-instruments-per-family", type=int, default=None)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--frames-per-step", type=int, default=None,
+                   help="Transformer frames per decoder step (overrides the config's)")
     p.set_defaults(func="pgesam_live.model.train:run_train")
 
     p = sub.add_parser("eval", help="evaluate a model on an NSynth-format set")

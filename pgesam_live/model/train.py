@@ -23,6 +23,7 @@ averages the gradients (gloo on CPU, nccl on GPUs); only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
@@ -99,6 +100,7 @@ class TrainOptions:
     max_instruments_per_family: int | None = None
     workers: int = 0
     progress: bool = True
+    frames_per_step: int | None = None  # override the config's Transformer frames per step
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -132,6 +134,7 @@ class TrainOptions:
             max_instruments_per_family=g("max_instruments_per_family"),
             workers=int(g("workers") or 0),
             progress=bool(g("progress") if g("progress") is not None else True),
+            frames_per_step=None if g("frames_per_step") is None else int(g("frames_per_step")),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -648,6 +651,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                                _state_path(opts.out, "transformer"))
     else:
         _, tr_cfg = make_configs(config, codec.dim, 1, pitch_range)
+        if opts.frames_per_step is not None:
+            tr_cfg = dataclasses.replace(tr_cfg, frames_per_step=opts.frames_per_step)
         torch.manual_seed(opts.seed + 1)  # identical initial weights on every rank
         tr = FrameTransformer(tr_cfg)
     tr.to(d.device).train()
