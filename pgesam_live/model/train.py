@@ -235,7 +235,8 @@ def setup_dist(device: str) -> Dist:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:
             cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
+        n = int(os.environ.get("PGESAM_TORCH_THREADS") or 0) or cores // max(1, local_world)
+        torch.set_num_threads(max(1, n))
     d = Dist(rank=rank, world=world, local_rank=local_rank, local_world=local_world, device=dev)
     if world > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
