@@ -88,15 +88,16 @@ def run_bench(ns: Namespace) -> int:
     """Print the figures (one JSON object with --json)."""
     only = set(ns.only.split(",")) if ns.only else None
     out: dict[str, Any] = {}
-    out.update(model_figures(ns.model, ns.device))
-    try:
-        from pgesam_live.engine_bench import engine_figures  # noqa: PLC0415
-    except ImportError:
-        engine_figures = None
-    if engine_figures is not None:
-        out.update(engine_figures(ns.model, ns.device))
+    from pgesam_live.engine_bench import ENGINE_KEYS, engine_figures  # noqa: PLC0415
+
+    # --only skips the work behind keys not asked for (engine keys are measured by group).
+    if only is None or only - set(ENGINE_KEYS):
+        out.update(model_figures(ns.model, ns.device))
+    if only is None or only & set(ENGINE_KEYS):
+        out.update(engine_figures(ns.model, ns.device, only=only))
     if only:
-        out = {k: v for k, v in out.items() if k in only or k in ("device", "model")}
+        out = {k: v for k, v in out.items()
+               if k in only or k in ("device", "model", "engine_model", "engine_device")}
     if ns.json:
         print(json.dumps(out))
     else:
