@@ -144,8 +144,7 @@ def test_valid_messages_are_submitted() -> None:
     assert core.handle_datagram(msg("/pgesam/hush"), A) == []
     assert core.handle_datagram(msg("/pgesam/cmd", 'seq a "C4 ~ E4" 0.5'), A) == []
     assert [s for _, s, _ in engine.submitted] == [
-        "note 60", "note 60 1 0.5", "note_at 0.20000000298023224 -0.10000000149011612 62 "
-        "0.699999988079071", "tempo 96", "start arp", "hush", 'seq a "C4 ~ E4" 0.5']
+        "note 60", "note 60 1 0.5", "note_at 0.2 -0.1 62 0.7", "tempo 96", "start arp", "hush", 'seq a "C4 ~ E4" 0.5']
     assert all(src == "osc" for src, _, _ in engine.submitted)
 
 
@@ -225,7 +224,7 @@ def test_xy_stream_is_coalesced() -> None:
     assert core.poll() == []  # window not over: nothing yet
     clock.now = 100.011
     core.poll()
-    assert engine.submitted[-1][1] == "xy 0.9900000095367432 0.5"  # latest wins
+    assert engine.submitted[-1][1] == "xy 0.99 0.5"  # latest wins
     assert len(engine.submitted) == 2 and core.stats["coalesced"] == 98
     # a 60 Hz stream is far slower than the window: every move applies
     for i in range(60):
@@ -285,7 +284,7 @@ def test_ready_goes_to_the_requester() -> None:
     core, engine, _ = make_core()
     core.handle_datagram(msg("/pgesam/prerender", 0.3, -0.2, 60, 62), A)
     core.handle_datagram(msg("/pgesam/prerender", 0.9, 0.9), B)
-    assert engine.submitted[0][1] == "prerender 0.30000001192092896 -0.20000000298023224 60 62"
+    assert engine.submitted[0][1] == "prerender 0.3 -0.2 60 62"
     engine.emit({"kind": "ready", "x": 0.3, "y": -0.2, "pitch": 61})
     engine.emit({"kind": "ready", "x": 0.3, "y": -0.2, "pitch": 70})  # outside A's range
     engine.emit({"kind": "ready", "x": 0.9, "y": 0.9, "pitch": 30})
