@@ -233,6 +233,8 @@ class OfflineRig:
                              source=OnDemandSource(self.cache, self.renderer))
         self.engine.scheduler.repitch_fn = repitch
         self.engine.prerender_banks = False
+        # Ask for many bars ahead: the in-process renderer then batches up to 25 notes a call.
+        self.engine.scheduler.request_ahead_beats = 32.0
         self.engine.scheduler.preroll_s = preroll_s
         self.audio.add_hook(self.engine.on_block)
 
