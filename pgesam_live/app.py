@@ -12,6 +12,7 @@ import socket
 import sys
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ LIVE_PREROLL_S = 1.0  # a patch started from silence gets this long to render it
 TAIL_S = 4.5          # a bounce runs this long past its last note (a one-shot is 4 s)
 
 
-def _model_info(model: str, patch_dir: Path) -> tuple[Path, object]:
+def _model_info(model: str, patch_dir: Path) -> tuple[Path, Any]:
     """The checkpoint path and the engine's ModelInfo, read without building the networks
     (the worker process builds them)."""
     from pgesam_live.core import ModelInfo  # noqa: PLC0415
@@ -203,8 +204,8 @@ class OfflineRig:
     The same engine, scheduler and voice pool as the live instrument; only the clock (blocks
     computed as fast as possible) and the renderer (on demand, in this process) differ."""
 
-    def __init__(self, settings: Settings, synth: object | None = None,
-                 cache: object | None = None, preroll_s: float = 0.0) -> None:
+    def __init__(self, settings: Settings, synth: Any = None, cache: Any = None,
+                 preroll_s: float = 0.0) -> None:
         from pgesam_live.audio import AudioEngine  # noqa: PLC0415
         from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
         from pgesam_live.core import Engine, ModelInfo  # noqa: PLC0415
@@ -320,7 +321,7 @@ def run_replay(ns: Namespace) -> int:
     return 0
 
 
-def _ring_out(engine: object, voices: object, max_s: float = 8.0) -> None:
+def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
     """Piped input ended: let what plays and what is queued finish (at most max_s)."""
     import time  # noqa: PLC0415
 

@@ -296,7 +296,7 @@ class InlineRenderer:
             self.request(key, key.xq, key.yq, -math.inf)
         while key not in self.cache and self._heap:
             first = heapq.heappop(self._heap)
-            batch, rest = [first], []
+            batch, rest = [first], list[RenderRequest]()
             while self._heap and len(batch) < BATCH_MAX:
                 r = heapq.heappop(self._heap)
                 (batch if r.key.seed == first.key.seed else rest).append(r)

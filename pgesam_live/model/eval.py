@@ -21,7 +21,7 @@ import torch
 from pgesam_live.errors import DataError
 from pgesam_live.model import metrics
 from pgesam_live.model.checkpoints import ModelBundle, load_model
-from pgesam_live.model.data import FAMILIES, FrameSet, load_frames, read_split
+from pgesam_live.model.data import FAMILIES, FrameSet, load_audio, load_frames, read_split
 
 DEFAULT_MAX_NOTES = 240  # generated notes for the audio figures (deterministic subsample)
 
@@ -125,7 +125,8 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     sr = codec.sample_rate
     within, within_midi, octave_errs, abs_cents = 0, 0, 0, []
     mrstft = []
-    originals = fs.load_audio(idx, sr)
+    n_samples = int(round(frames.shape[1] / codec.frame_rate_hz * sr))
+    originals = [load_audio(fs.notes[int(i)].path, sr, n_samples) for i in idx]
     for j, i in enumerate(idx):
         midi_hz = 440.0 * 2 ** ((int(fs.pitch[i]) - 69) / 12)
         f_lo, f_hi = midi_hz / 2.3, midi_hz * 2.3

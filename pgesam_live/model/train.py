@@ -79,6 +79,10 @@ GRAD_CLIP = 1.0
 
 # --- options ------------------------------------------------------------------------------------
 
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Everything `pgesam-live train` takes (see cli.py), parsed and checked."""
@@ -134,7 +138,7 @@ class TrainOptions:
             max_instruments_per_family=g("max_instruments_per_family"),
             workers=int(g("workers") or 0),
             progress=bool(g("progress") if g("progress") is not None else True),
-            frames_per_step=None if g("frames_per_step") is None else int(g("frames_per_step")),
+            frames_per_step=_opt_int(g("frames_per_step")),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
