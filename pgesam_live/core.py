@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
 BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest pitches first
+# A point must rest this long before its pitch bank is asked for: a pad or MIDI controller
+# streaming moves at 60 Hz must not flood the renderer with banks nobody will play.
+BANK_SETTLE_S = 0.12
 TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
 
 
@@ -62,9 +65,11 @@ class ModelInfo:
 
 
 class Renderer(Protocol):
-    """The worker client (live) or an in-process renderer (offline)."""
+    """The worker client (live) or an in-process renderer (offline). A speculative request
+    (a point's pitch bank) may be dropped when newer ones supersede it."""
 
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool: ...
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
+                speculative: bool = False) -> bool: ...
 
     @property
     def pending(self) -> int: ...
@@ -156,6 +161,7 @@ class Engine:
         self.apply_errors = 0
         self.quit_requested = threading.Event()
         self.prerender_banks = True  # offline bounces render only what they play
+        self._bank_due: tuple[float, float, float] | None = None  # (x, y, engine time)
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
@@ -217,6 +223,10 @@ class Engine:
             while self._queue and self._queue[0][0] < end_s:
                 _, _, command, src, prepared = heapq.heappop(self._queue)
                 self._apply(command, src, prepared, t_s)
+            if self._bank_due is not None and t_s >= self._bank_due[2]:
+                x, y, _ = self._bank_due
+                self._bank_due = None
+                self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float) -> None:
@@ -295,20 +305,25 @@ class Engine:
         self._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
 
     def _set_point(self, x: float, y: float) -> None:
-        self.scheduler.set_point(x, y)
+        # The bank (recent pitches first) once the point has settled; a moving point only
+        # gets the notes its sequences actually play, which the scheduler asks for.
+        self.scheduler.set_point(x, y, request_recent=not self.prerender_banks)
         if self.prerender_banks:
-            self._prerender_bank(x, y, None, None, deadline0_s=self._time_s)
+            self._bank_due = (x, y, self._time_s + BANK_SETTLE_S)
 
     def _prerender_bank(self, x: float, y: float, low: int | None, high: int | None,
-                        deadline0_s: float) -> None:
+                        deadline0_s: float, speculative: bool = False) -> None:
         """Ask for a point's pitch bank, the pitches nearest the last played first."""
         lo, hi = self.model.pitch_range
         low = lo if low is None else max(lo, low)
         high = hi if high is None else min(hi, high)
-        order = sorted(range(low, high + 1), key=lambda p: (abs(p - self.last_pitch), p))
+        recent = self.scheduler.recent_pitches()[::-1]  # most recent first
+        order = sorted(range(low, high + 1), key=lambda p: (
+            recent.index(p) if p in recent else len(recent), abs(p - self.last_pitch), p))
         for rank, pitch in enumerate(order):
             key = self.cache.key(x, y, pitch, self.scheduler.seed)
-            self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S)
+            self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
+                                  speculative=speculative)
 
     def _do_play(self, a: dict[str, Any], _: Any) -> None:
         self._remember(a["pitches"])

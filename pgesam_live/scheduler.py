@@ -660,6 +660,10 @@ class Scheduler:
                 break
         return seg.at(t_s)
 
+    def recent_pitches(self) -> list[int]:
+        """The last pitches played, most recent last."""
+        return list(self._recent_pitches)
+
     def current_point(self) -> XY:
         return self.point_at(self._now_s)
 
@@ -670,13 +674,13 @@ class Scheduler:
         self._points = current[-1:] + [p for p in keep if p.t0_s > self._now_s] + [seg]
         self._rewind_current_point_requests()
 
-    def set_point(self, x: float, y: float) -> None:
+    def set_point(self, x: float, y: float, request_recent: bool = True) -> None:
         """Jump the current point (at the time of the command firing, else now) and ask for
-        the recently played pitches there."""
+        the recently played pitches there (unless the caller pre-renders the point itself)."""
         xy = _check_xy(x, y)
         t_s = self._now_or_action_s()
         self._add_point_segment(_PointSegment(t_s, t_s, xy, xy))
-        for pitch in self._recent_pitches:
+        for pitch in self._recent_pitches if request_recent else ():
             key = self.source.key(xy[0], xy[1], pitch, self.seed)
             self._request(key, xy, pitch, self.seed, t_s)
         self._request_ahead()

@@ -27,6 +27,8 @@ from pgesam_live.cache import NoteKey, RenderCache
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 25  # one pitch bank per batch: the batched render is the efficient unit
+INFLIGHT_MAX = 2 * BATCH_MAX  # speculative requests wait in the client beyond this
+SPECULATIVE_MAX = 4 * BATCH_MAX  # held speculative requests; the oldest are dropped
 
 
 @dataclass(frozen=True, order=True)
@@ -106,7 +108,11 @@ class WorkerClient:
         self.n_threads = n_threads
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()
-        self._pending: dict[NoteKey, RenderRequest] = {}
+        self._pending: dict[NoteKey, RenderRequest] = {}  # sent, not back yet
+        # Speculative requests (a point's bank) held here until the worker has room, so a
+        # stream of point moves cannot flood it; a newer point's bank supersedes older ones.
+        self._spec: dict[NoteKey, RenderRequest] = {}
+        self.dropped = 0
         self._seq = 0
         self._proc: Any = None
         self._req_q: Any = None
@@ -176,9 +182,13 @@ class WorkerClient:
         return self._proc is not None and self._proc.is_alive()
 
     # -- requests --------------------------------------------------------------------------
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool:
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
+                speculative: bool = False) -> bool:
         """Ask for a note by `deadline_s` (engine seconds). Returns False when coalesced
-        (already cached, or already pending with an earlier or equal deadline)."""
+        (already cached, or already pending with an earlier or equal deadline).
+
+        speculative: a pre-render nobody waits for yet; held back while the worker is busy
+        and dropped when a newer point's speculative requests push it out."""
         if key in self.cache:
             return False
         with self._lock:
@@ -187,26 +197,67 @@ class WorkerClient:
                 return False
             self._seq += 1
             req = RenderRequest(deadline_s, self._seq, key, x, y)
-            self._pending[key] = req
+            if speculative:
+                if key in self._spec:
+                    return False
+                latest = next(reversed(self._spec.values()), None)
+                if latest is not None and (latest.key.xq, latest.key.yq) != (key.xq, key.yq):
+                    # A new point: the older points' banks not yet sent are superseded.
+                    self.dropped += len(self._spec)
+                    self._spec.clear()
+                self._spec[key] = req
+                while len(self._spec) > SPECULATIVE_MAX:
+                    self._spec.pop(next(iter(self._spec)))
+                    self.dropped += 1
+                send: list[RenderRequest] = self._take_speculative()
+            else:
+                self._spec.pop(key, None)
+                self._pending[key] = req
+                send = [req]
             q = self._req_q
-        try:
-            q.put(req)
-        except (OSError, ValueError):  # the queue died with the worker: the watchdog re-sends
-            pass
+        self._send(q, send)
         return True
+
+    def _take_speculative(self) -> list[RenderRequest]:
+        """Move held speculative requests to pending while the worker has room (lock held)."""
+        out: list[RenderRequest] = []
+        while self._spec and len(self._pending) < INFLIGHT_MAX:
+            key = next(iter(self._spec))
+            req = self._spec.pop(key)
+            if key in self.cache:
+                continue
+            self._pending[key] = req
+            out.append(req)
+        return out
+
+    @staticmethod
+    def _send(q: Any, reqs: list[RenderRequest]) -> None:
+        for req in reqs:
+            try:
+                q.put(req)
+            except (OSError, ValueError):  # the queue died with the worker: the watchdog
+                return                     # re-sends what is pending
+
+    def _feed(self) -> None:
+        with self._lock:
+            send = self._take_speculative()
+            q = self._req_q
+        self._send(q, send)
 
     @property
     def pending(self) -> int:
+        """Renders asked for and not yet cached (sent to the worker or held back)."""
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._spec)
 
     # -- threads ---------------------------------------------------------------------------
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
             q = self._res_q
             try:
-                msg = q.get(timeout=0.2)
+                msg = q.get(timeout=0.05)
             except queue.Empty:
+                self._feed()
                 continue
             except (OSError, ValueError, EOFError):
                 time.sleep(0.05)
@@ -228,6 +279,7 @@ class WorkerClient:
                 self.rendered += 1
                 if self.on_ready is not None:
                     self.on_ready(key)
+                self._feed()
             elif kind == "error":
                 _, key, text = msg
                 with self._lock:
@@ -276,7 +328,8 @@ class InlineRenderer:
         self.model_id = synth.model_id
         self.sample_rate = synth.sample_rate
 
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float) -> bool:
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
+                speculative: bool = False) -> bool:
         if key in self._queued or key in self.cache:
             return False
         self._seq += 1

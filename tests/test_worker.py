@@ -71,3 +71,67 @@ def test_worker_reports_a_bad_model(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="pgesam_x_harmonic-00000000.pt"):
         w.start(timeout_s=60)
     w.stop()
+
+
+def test_a_stream_of_point_moves_cannot_flood_the_worker(tiny_model: Path) -> None:
+    from pgesam_live.worker import INFLIGHT_MAX, SPECULATIVE_MAX
+
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    w.start(timeout_s=60)
+    try:
+        # 200 point moves, each asking for a 25-note bank (a 60 Hz pad for 3 s).
+        for i in range(200):
+            x = -0.9 + i * 0.009
+            for p in range(48, 73):
+                k = cache.key(x, 0.3, p, 0)
+                w.request(k, k.xq, k.yq, deadline_s=float(i), speculative=True)
+            assert w.pending <= INFLIGHT_MAX + SPECULATIVE_MAX
+        assert w.dropped > 0
+        # A note somebody is waiting for goes ahead of the held-back banks.
+        need = cache.key(0.5, -0.5, 60, 0)
+        w.request(need, need.xq, need.yq, deadline_s=0.0)
+        assert wait_for(lambda: need in cache, 30)
+        # The last point's bank still arrives.
+        last = cache.key(-0.9 + 199 * 0.009, 0.3, 60, 0)
+        assert wait_for(lambda: last in cache, 60)
+    finally:
+        w.stop()
+
+
+def test_killing_the_worker_mid_sequence_leaves_no_gap(tiny_model: Path) -> None:
+    from pgesam_live.audio import AudioEngine
+    from pgesam_live.core import Engine, ModelInfo
+    from pgesam_live.voices import VoicePool
+
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
+    audio.boot()
+    voices = VoicePool(audio, n_voices=16)
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
+    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info)
+    audio.add_hook(engine.on_block)
+    w.start(timeout_s=60)
+    audio.start()
+    try:
+        assert engine.submit("at 0.1 0.1").ok
+        assert engine.submit("prerender 0.1 0.1 60 64").ok
+        assert wait_for(lambda: all(cache.key(0.1, 0.1, p, 0) in cache for p in (60, 64)), 60)
+        assert engine.submit('seq s "C4 E4" 0.25').ok
+        time.sleep(1.0)
+        before = engine.scheduler.counters.notes
+        assert before > 0
+        t_kill = time.monotonic()
+        w.kill()
+        time.sleep(1.5)
+        during = engine.scheduler.counters.notes
+        assert wait_for(lambda: w.alive and w.status == "running", 5.0)
+        assert time.monotonic() - t_kill < 5.0
+        # 120 bpm, a note every 0.125 s: the sequence kept its pace while the worker was down.
+        assert during - before >= 10
+        assert engine.snapshot()["late_notes"] == 0
+    finally:
+        audio.stop()
+        audio.close()
+        w.stop()
