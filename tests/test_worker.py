@@ -135,3 +135,53 @@ def test_killing_the_worker_mid_sequence_leaves_no_gap(tiny_model: Path) -> None
         audio.stop()
         audio.close()
         w.stop()
+
+
+def test_xy_stream_at_60hz_causes_no_late_notes_of_its_own(tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    """A pad streaming /pgesam/xy at 60 Hz (10 s here) while a patch sequence plays at its
+    own point: the sequence's notes are all on time (the moves only cost speculative work)."""
+    from pgesam_live.audio import AudioEngine
+    from pgesam_live.core import Engine, ModelInfo
+    from pgesam_live.osc import OscCore, encode_message
+    from pgesam_live.voices import VoicePool
+
+    patch = tmp_path / "p.yaml"
+    patch.write_text('pgesam: 1\npoints:\n  home: [0.3, -0.2]\nsequences:\n  s:\n'
+                     '    timbre: home\n    notes: "C4 E4 G4 E4"\n    step: 0.5\n    repeat: 0\n')
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
+    audio.boot()
+    voices = VoicePool(audio, n_voices=16)
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
+    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info,
+                    patch_dir=tmp_path)
+    engine.scheduler.preroll_s = 1.0
+    audio.add_hook(engine.on_block)
+    w.start(timeout_s=60)
+    audio.start()
+    core = OscCore(engine)
+    try:
+        assert engine.submit(f"load {patch}").ok
+        time.sleep(2.0)  # the first bar renders during the pre-roll
+        late0 = engine.snapshot()["late_notes"]
+        notes0 = engine.scheduler.counters.notes
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 10.0:
+            u = 0.5 + 0.45 * np.sin(i / 20.0)
+            v = 0.5 + 0.45 * np.cos(i / 31.0)
+            replies = core.handle_datagram(encode_message("/pgesam/xy", [u, v]), ("1.2.3.4", 9))
+            assert not [r for r in replies if r[1] == "/pgesam/error"]
+            core.poll()
+            i += 1
+            time.sleep(max(0.0, t0 + i / 60.0 - time.monotonic()))
+        snap = engine.snapshot()
+        assert engine.scheduler.counters.notes - notes0 >= 35  # 2 notes/s for 10 s
+        assert snap["late_notes"] == late0 == 0
+        assert w.pending <= 200  # bounded: the moves did not pile up work
+    finally:
+        audio.stop()
+        audio.close()
+        w.stop()
