@@ -93,10 +93,12 @@ class TransformerConfig:
     def small(cls, frame_dim: int, **overrides: Any) -> TransformerConfig:
         """For CPU training and CPU inference: ~5 M params, pre-LN, ReLU, no dropout.
 
-        One frame per step (measured on the 2-core dev CPU, 300 frames: one note 0.27 s,
-        25 notes batched 0.96 s, naive recompute 7.6x slower). frames_per_step=2 halves the
-        training cost and the render time (0.13 s, 0.38 s) but, with half as many steps to
-        save, the KV cache gains only 5x over recompute.
+        One frame per step (measured on the 2-core dev CPU, 300 frames, 2 threads, quiet:
+        one note 0.27 s, 25 notes batched 0.96 s, naive recompute 7.6x slower; with the
+        packed cached step (_LayerStep), 1 thread beside a training job: one note 0.21-0.26
+        s, naive recompute 11.5-12.9x slower, against 8.7-9.9x before in the same runs).
+        frames_per_step=2 halves the training cost and the render time but, with half as
+        many steps to save, the KV cache gains less over recompute.
         """
         base: dict[str, Any] = dict(
             d_model=256, n_heads=4, n_enc_layers=2, n_dec_layers=4, d_ff=768, dropout=0.0,
@@ -129,16 +131,21 @@ class TransformerConfig:
 
 # -- attention ---------------------------------------------------------------------------------
 class KVCache:
-    """Keys and values of one self-attention layer for steps 0..length-1.
+    """Self-attention projections of one decoder layer for steps 0..max_steps-1.
 
-    kv: [2, B, H, max_steps, head_dim] (keys, values), preallocated so a step writes one slot.
+    qkv: [max_steps, B, H, 3, hd] (query, key, value per head), preallocated; step t's
+    projection is written straight into qkv[t] by the matmul (no copy), and the head-major
+    order makes keys[:, :, :t+1] and values[:, :, :t+1] plain strided views that the
+    attention kernel reads in place. queries/keys/values: [B, H, max_steps, hd] views of it.
     """
 
     def __init__(self, batch: int, n_heads: int, max_steps: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype) -> None:
-        self.kv = torch.empty(2, batch, n_heads, max_steps, head_dim, device=device,
-                              dtype=dtype)
-        self.length = 0
+        self.qkv = torch.empty(max_steps, batch, n_heads, 3, head_dim, device=device,
+                               dtype=dtype)
+        per_head = self.qkv.permute(1, 2, 0, 3, 4)  # [B, H, S, 3, hd]
+        self.queries, self.keys, self.values = per_head.unbind(3)
+        self.rows = list(self.qkv.view(max_steps, batch, -1).unbind(0))  # S x [B, 3d]
 
 
 class SelfAttention(nn.Module):
@@ -163,25 +170,6 @@ class SelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
-
-    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new token x [B, d] -> [B, d], attending to the cache and itself (inference).
-
-        Plain functional ops on 2-D tensors: at one token per step the cost is per-op
-        overhead, not arithmetic, so every avoided call counts.
-        """
-        b, d = x.shape
-        t = cache.length
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 3, self.n_heads,
-                                                               self.head_dim)
-        cache.kv.select(3, t).copy_(qkv[:, 1:].transpose(0, 1))
-        cache.length = t + 1
-        kv = cache.kv[:, :, :, : t + 1]
-        # One query: a matmul, a softmax and a matmul are fewer calls than the fused kernel.
-        q = qkv[:, 0].unsqueeze(2) * (self.head_dim ** -0.5)  # [B, H, 1, hd]
-        w = torch.softmax(torch.matmul(q, kv[0].transpose(2, 3)), dim=3)  # [B, H, 1, t+1]
-        y = torch.matmul(w, kv[1])  # [B, H, 1, hd]
-        return F.linear(y.view(b, d), self.out.weight, self.out.bias)
 
 
 class CrossAttention(nn.Module):
@@ -231,15 +219,6 @@ class CrossAttention(nn.Module):
         values = torch.einsum("dhe,bhme->bhmd", wo, v).reshape(b, h * m, d)
         return score_w, score_b, values
 
-    def step(self, x: torch.Tensor, folded: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-             ) -> torch.Tensor:
-        """One token x [B, d] -> [B, d] with the folded memory from `fold` (inference)."""
-        score_w, score_b, values = folded
-        b = x.shape[0]
-        scores = torch.baddbmm(score_b, x.unsqueeze(1), score_w)  # [B, 1, H*M]
-        w = torch.softmax(scores.view(b, self.n_heads, -1), dim=2).view(b, 1, -1)
-        return torch.baddbmm(self.out.bias, w, values).view(b, -1)  # [B, d]
-
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -252,12 +231,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.act(self.fc1(x))))
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, d] -> [B, d] without dropout (inference)."""
-        h = F.linear(x, self.fc1.weight, self.fc1.bias)
-        h = F.gelu(h) if self.gelu else F.relu(h)
-        return F.linear(h, self.fc2.weight, self.fc2.bias)
 
 
 class EncoderLayer(nn.Module):
@@ -299,19 +272,82 @@ class DecoderLayer(nn.Module):
         x = self.ln2(x + self.drop(self.cross_attn(x, mem_kv)))
         return self.ln3(x + self.drop(self.ff(x)))
 
-    def step(self, x: torch.Tensor, mem_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-             cache: KVCache) -> torch.Tensor:
-        """The next token only: x [B, d] -> [B, d], with this layer's KV cache and the
-        folded memory (CrossAttention.fold) (inference)."""
-        ln1, ln2, ln3 = self.ln1, self.ln2, self.ln3
-        shape = ln1.normalized_shape
-        if self.pre_ln:
-            x = x + self.self_attn.step(F.layer_norm(x, shape, ln1.weight, ln1.bias), cache)
-            x = x + self.cross_attn.step(F.layer_norm(x, shape, ln2.weight, ln2.bias), mem_kv)
-            return x + self.ff.step(F.layer_norm(x, shape, ln3.weight, ln3.bias))
-        x = F.layer_norm(x + self.self_attn.step(x, cache), shape, ln1.weight, ln1.bias)
-        x = F.layer_norm(x + self.cross_attn.step(x, mem_kv), shape, ln2.weight, ln2.bias)
-        return F.layer_norm(x + self.ff.step(x), shape, ln3.weight, ln3.bias)
+
+# -- cached generation ---------------------------------------------------------------------
+# Bias folding for the feed-forward step: fc1 gets one extra output unit with zero weights and
+# bias _ONE_UNIT, which relu and gelu both map to itself (exactly in float32: gelu(8) rounds
+# to 8; within 1e-15 in float64), and fc2 gets one extra input row fc2.bias / _ONE_UNIT
+# (exact: a power of two). Then x + fc2(act(fc1(a))) is one addmm_ into x: no separate bias
+# add, no residual add.
+_ONE_UNIT = 8.0
+
+
+class _LayerStep:
+    """One decoder layer packed for the one-token step (inference; built per generate() call
+    from the live parameters, so it can never be stale).
+
+    Weights are transposed to contiguous [in, out] so every projection is one addmm that
+    writes into the KV cache or into the residual stream in place; the 1/sqrt(hd) query
+    scale and the biases are folded in wherever that saves an op. At one token per step the
+    step costs weight reads (~2.6 M floats for the small config) plus per-op overhead, and
+    only the overhead can go: fewer ops, no per-step allocation beyond the small outputs.
+    """
+
+    def __init__(self, layer: DecoderLayer, memory: torch.Tensor) -> None:
+        sa, ff = layer.self_attn, layer.ff
+        h, hd = sa.n_heads, sa.head_dim
+        d = h * hd
+        # qkv rows reordered (q|k|v, head, e) -> (head, q|k|v, e) to match KVCache.qkv.
+        scale = torch.tensor([hd ** -0.5, 1.0, 1.0], dtype=memory.dtype,
+                             device=memory.device).view(3, 1, 1, 1)
+        w_qkv = (sa.qkv.weight.view(3, h, hd, d) * scale).transpose(0, 1).reshape(3 * d, d)
+        b_qkv = (sa.qkv.bias.view(3, h, hd, 1) * scale).transpose(0, 1).reshape(3 * d)
+        self.w_qkv, self.b_qkv = w_qkv.t().contiguous(), b_qkv.contiguous()
+        self.w_o, self.b_o = sa.out.weight.t().contiguous(), sa.out.bias
+        one = sa.out.bias.new_full((1,), _ONE_UNIT)
+        self.w_1 = torch.cat([ff.fc1.weight.t(), ff.fc1.weight.new_zeros(d, 1)], 1)
+        self.b_1 = torch.cat([ff.fc1.bias, one])
+        self.w_2 = torch.cat([ff.fc2.weight.t(), (ff.fc2.bias / _ONE_UNIT)[None]], 0)
+        self.gelu = ff.gelu
+        # Cross-attention folded into the memory (CrossAttention.fold); its output bias joins
+        # the values: each head's softmax weights sum to 1, so adding out.bias / H to every
+        # value row adds out.bias once to the output.
+        self.score_w, self.score_b, values = layer.cross_attn.fold(memory)
+        self.values = values + layer.cross_attn.out.bias / h
+        self.n_heads = h
+        self.lns = [(ln.weight, ln.bias) for ln in (layer.ln1, layer.ln2, layer.ln3)]
+        self.shape = (d,)
+        self.pre_ln = layer.pre_ln
+
+    def __call__(self, x: torch.Tensor, step: int, cache: KVCache) -> torch.Tensor:
+        """x [B, d] (the residual stream, updated in place where possible) -> [B, d]."""
+        b = x.shape[0]
+        (w1, b1), (w2, b2), (w3, b3) = self.lns
+        shape, pre = self.shape, self.pre_ln
+        # Self-attention: the projection lands in the cache; one fused attention call.
+        a = F.layer_norm(x, shape, w1, b1) if pre else x
+        torch.addmm(self.b_qkv, a, self.w_qkv, out=cache.rows[step])
+        # Measured: SDPA's CPU kernel on these strided views is as fast as bmm/softmax/bmm
+        # for one note and faster for a batch of 25.
+        y = F.scaled_dot_product_attention(
+            cache.queries.narrow(2, step, 1), cache.keys.narrow(2, 0, step + 1),
+            cache.values.narrow(2, 0, step + 1), scale=1.0)  # [B, H, 1, hd]
+        x = x.addmm_(y.reshape(b, -1), self.w_o).add_(self.b_o)
+        if not pre:
+            x = F.layer_norm(x, shape, w1, b1)
+        # Cross-attention over the folded memory.
+        a = F.layer_norm(x, shape, w2, b2) if pre else x
+        scores = torch.baddbmm(self.score_b, a.unsqueeze(1), self.score_w)  # [B, 1, H*M]
+        w = torch.softmax(scores.view(b, self.n_heads, -1), dim=2).view(b, 1, -1)
+        x.unsqueeze(1).baddbmm_(w, self.values)
+        if not pre:
+            x = F.layer_norm(x, shape, w2, b2)
+        # Feed-forward, biases folded (see _ONE_UNIT).
+        a = F.layer_norm(x, shape, w3, b3) if pre else x
+        hid = torch.addmm(self.b_1, a, self.w_1)
+        hid = F.gelu(hid) if self.gelu else hid.relu_()
+        x = x.addmm_(hid, self.w_2)
+        return x if pre else F.layer_norm(x, shape, w3, b3)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -463,31 +499,51 @@ class FrameTransformer(nn.Module):
         b, g, dim = points.shape[0], cfg.frames_per_step, cfg.frame_dim
         s_total = math.ceil(n / g)
         memory = self.encode(points, pitch_idx)
+        if use_cache:
+            return self._generate_cached(memory, pitch_idx, s_total, n)
         start = torch.zeros(b, 1, g * dim, device=dev, dtype=dtype)
         outs: list[torch.Tensor] = []
-        if use_cache:
-            folded = [layer.cross_attn.fold(memory) for layer in self._dec_layers()]
-            caches = [KVCache(b, cfg.n_heads, s_total, cfg.d_model // cfg.n_heads, dev, dtype)
-                      for _ in self.decoder]
-            layers = self._dec_layers()
-            pos_bias = self.dec_pos + self.in_proj.bias  # [S, d], folded once
-            w_in = self.in_proj.weight.t()
-            prev2 = start[:, 0]  # [B, G*D]
-            for step in range(s_total):
-                h = torch.addmm(pos_bias[step], prev2, w_in)  # [B, d]
-                for layer, fold, cache in zip(layers, folded, caches, strict=True):
-                    h = layer.step(h, fold, cache)
-                prev = self._head(h.unsqueeze(1), pitch_idx)  # [B, 1, G*D]
-                outs.append(prev)
-                prev2 = prev[:, 0]
-        else:
-            for _step in range(s_total):
-                # Naive: the cross-attention K/V and every prefix token are recomputed too,
-                # as a stock nn.Transformer decoder call does.
-                groups_in = torch.cat([start, *outs], dim=1)
-                pred = self._decode_full(groups_in, self._memory_kvs(memory), pitch_idx)
-                outs.append(pred[:, -1:])
+        for _step in range(s_total):
+            # Naive: the cross-attention K/V and every prefix token are recomputed too, as a
+            # stock nn.Transformer decoder call does.
+            groups_in = torch.cat([start, *outs], dim=1)
+            pred = self._decode_full(groups_in, self._memory_kvs(memory), pitch_idx)
+            outs.append(pred[:, -1:])
         frames = torch.cat(outs, dim=1).reshape(b, s_total * g, dim)
+        return frames[:, :n].clone()
+
+    def _generate_cached(self, memory: torch.Tensor, pitch_idx: torch.Tensor, s_total: int,
+                         n: int) -> torch.Tensor:
+        """One decoder token per step with KV caches: memory [B, 3, d] -> frames [B, n, D].
+
+        At one token per step the cost is per-op overhead and weight reads, not arithmetic:
+        the loop is flat, every op writes in place or into a preallocated buffer where it
+        can, and the weights are packed once per call (_LayerStep; ~ms, against ~100 ms of
+        steps for a 300-frame note).
+        """
+        cfg = self.cfg
+        b, g, dim = memory.shape[0], cfg.frames_per_step, cfg.frame_dim
+        dev, dtype = memory.device, memory.dtype
+        layers = [_LayerStep(layer, memory) for layer in self._dec_layers()]
+        caches = [KVCache(b, cfg.n_heads, s_total, cfg.d_model // cfg.n_heads, dev, dtype)
+                  for _ in layers]
+        pos_rows = (self.dec_pos[:s_total] + self.in_proj.bias).unbind(0)  # S x [d]
+        w_in = self.in_proj.weight.t().contiguous()  # [G*D, d]
+        w_out = self.out_proj.weight.t().contiguous()  # [d, G*D]
+        b_out = self.out_proj.bias.expand(b, g * dim)
+        if self.out_bias is not None:  # the pitch bias is fixed for the note: fold it in
+            b_out = b_out + self.out_bias(pitch_idx).repeat(1, g)
+        norm_w, norm_b, shape = self.dec_norm.weight, self.dec_norm.bias, (cfg.d_model,)
+        out = torch.empty(s_total, b, g * dim, device=dev, dtype=dtype)  # step-major
+        out_rows = out.unbind(0)
+        prev = torch.zeros(b, g * dim, device=dev, dtype=dtype)  # the zero start frame
+        for step in range(s_total):
+            x = torch.addmm(pos_rows[step], prev, w_in)  # [B, d]
+            for layer, cache in zip(layers, caches, strict=True):
+                x = layer(x, step, cache)
+            prev = torch.addmm(b_out, F.layer_norm(x, shape, norm_w, norm_b), w_out,
+                               out=out_rows[step])  # [B, G*D]
+        frames = out.transpose(0, 1).reshape(b, s_total * g, dim)
         return frames[:, :n].clone()
 
 

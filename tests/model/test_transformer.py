@@ -92,6 +92,45 @@ def test_kv_cache_equals_recompute_small_config() -> None:
     torch.testing.assert_close(cached, naive, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(frames_per_step=1),  # pre-LN, gelu, pitch bias
+    dict(frames_per_step=3, pre_ln=False, activation="relu", pitch_bias=False),
+])
+def test_kv_cache_is_exact_algebra_in_float64(overrides: dict[str, Any]) -> None:
+    """The cached step packs the weights (transposed, head-major QKV, query scale, biases
+    folded into extra rows and into the cross-attention values): in float64 it must agree
+    with recompute far below float32 rounding, so a wrong fold cannot hide in the 1e-4."""
+    model = _model(**overrides).double()
+    points, pitches = _batch(3)
+    for n in (24, 7):  # 7: not a multiple of frames_per_step 3
+        cached = model.generate(points.double(), pitches, n_frames=n)
+        naive = model.generate(points.double(), pitches, n_frames=n, use_cache=False)
+        assert cached.dtype == torch.float64 and cached.shape == (3, n, D)
+        torch.testing.assert_close(cached, naive, atol=1e-10, rtol=0)
+
+
+def test_kv_cache_follows_weight_changes_and_leaves_weights_alone() -> None:
+    """Packing happens per call from the live parameters: new weights (a loaded checkpoint,
+    an optimiser step) are used at once, and generation never writes to the parameters."""
+    model = _model(seed=0)
+    points, pitches = _batch(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = model.generate(points, pitches, n_frames=8)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.load_state_dict(_model(seed=1).state_dict())
+    second = model.generate(points, pitches, n_frames=8)
+    assert (second - first).abs().max() > 1e-3
+    torch.testing.assert_close(
+        second, model.generate(points, pitches, n_frames=8, use_cache=False), atol=1e-4, rtol=0)
+    with torch.no_grad():  # an in-place update, as an optimiser makes
+        model.in_proj.weight.mul_(1.5)
+    third = model.generate(points, pitches, n_frames=8)
+    assert (third - second).abs().max() > 1e-3
+    torch.testing.assert_close(
+        third, model.generate(points, pitches, n_frames=8, use_cache=False), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("g", [1, 3])
 def test_causality(g: int) -> None:
     model = _model(frames_per_step=g)
