@@ -6,7 +6,6 @@ engine (core.py) is the one door; the front ends translate input into its comman
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import sys
@@ -79,17 +78,12 @@ def run_doctor(ns: Namespace) -> int:
 
     # Audio.
     try:
-        os.environ.setdefault("PYO_GUI_WX", "0")
-        import pyo  # noqa: PLC0415
+        from pgesam_live.audio import portaudio_output_available  # noqa: PLC0415
 
-        n_dev = pyo.pa_count_devices()
-        if n_dev > 0:
-            rows.append(("audio", True, f"portaudio: {n_dev} device(s); default output "
-                                        f"{pyo.pa_get_default_output()}"))
-        else:
-            rows.append(("audio", False, "no sound card: `--audio auto` records to "
-                                         "sessions/<stamp>.wav instead (or run jackd -d dummy "
-                                         "and use --audio jack)"))
+        ok, why = portaudio_output_available()
+        rows.append(("audio", ok, f"portaudio: {why}" if ok else
+                     f"{why}: `--audio auto` records to sessions/<stamp>.wav instead (or run "
+                     f"jackd -d dummy and use --audio jack)"))
     except Exception as e:  # doctor reports, it never crashes
         rows.append(("audio", False, f"pyo unavailable ({e}): run `make setup`"))
     rows.append(("jack", shutil.which("jackd") is not None,
