@@ -201,7 +201,7 @@ class OfflineRig:
     def __init__(self, settings: Settings, synth: Any = None, cache: Any = None,
                  preroll_s: float = 0.0) -> None:
         from pgesam_live.audio import AudioEngine  # noqa: PLC0415
-        from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
+        from pgesam_live.cache import RenderCache  # noqa: PLC0415
         from pgesam_live.core import Engine, ModelInfo  # noqa: PLC0415
         from pgesam_live.model.synth import Synth  # noqa: PLC0415
         from pgesam_live.voices import VoicePool  # noqa: PLC0415
@@ -226,7 +226,6 @@ class OfflineRig:
                              lookahead_s=settings.lookahead_s, seed=settings.seed,
                              patch_dir=settings.patch_dir, out_sample_rate=out_sr,
                              source=OnDemandSource(self.cache, self.renderer))
-        self.engine.scheduler.repitch_fn = repitch
         self.engine.prerender_banks = False
         # Ask for many bars ahead: the in-process renderer then batches up to 25 notes a call.
         self.engine.scheduler.request_ahead_beats = 32.0
@@ -337,7 +336,7 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     import threading  # noqa: PLC0415
 
     from pgesam_live.audio import AudioEngine, default_record_path  # noqa: PLC0415
-    from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
+    from pgesam_live.cache import RenderCache  # noqa: PLC0415
     from pgesam_live.core import Engine  # noqa: PLC0415
     from pgesam_live.session import Journal, make_header, session_path  # noqa: PLC0415
     from pgesam_live.voices import VoicePool  # noqa: PLC0415
@@ -359,7 +358,6 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
                     tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
                     patch_dir=s.patch_dir, out_sample_rate=out_sr)
-    engine.scheduler.repitch_fn = repitch
     engine.scheduler.preroll_s = LIVE_PREROLL_S
     worker.on_ready = engine.note_ready
     worker.on_message = engine.message

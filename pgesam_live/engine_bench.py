@@ -110,7 +110,7 @@ class _LiveRig:
     def __init__(self, path: Path, device: str, s: Settings) -> None:
         from pgesam_live.app import _model_info  # noqa: PLC0415
         from pgesam_live.audio import AudioEngine  # noqa: PLC0415
-        from pgesam_live.cache import RenderCache, repitch  # noqa: PLC0415
+        from pgesam_live.cache import RenderCache  # noqa: PLC0415
         from pgesam_live.core import Engine  # noqa: PLC0415
         from pgesam_live.voices import VoicePool  # noqa: PLC0415
         from pgesam_live.worker import WorkerClient  # noqa: PLC0415
@@ -128,7 +128,6 @@ class _LiveRig:
                              renderer=self.worker, model=info, tempo_bpm=s.tempo_bpm,
                              lookahead_s=s.lookahead_s, seed=s.seed, patch_dir=s.patch_dir,
                              out_sample_rate=SAMPLE_RATE)
-        self.engine.scheduler.repitch_fn = repitch
         self.ready_hooks: list[Any] = []  # called with each key the worker caches
         self.worker.on_ready = self._on_ready
         self.audio.add_hook(self.engine.on_block)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pgesam_live.cache import repitch
 from pgesam_live.errors import CommandError
 from pgesam_live.patch import (
     TEMPO_MAX_BPM,
@@ -105,20 +106,6 @@ class RenderRequester(Protocol):
     scheduler will need the note; the requester coalesces duplicates against its cache."""
 
     def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None: ...
-
-
-def repitch(audio: np.ndarray, semitones: float) -> np.ndarray:
-    """Re-pitch by resampling (linear interpolation): +12 semitones plays twice as fast and
-    lasts half as long. Good enough for a fallback a few semitones away.
-
-    audio: float32 [N] -> float32 [round(N / 2**(semitones/12))]."""
-    if semitones == 0:
-        return audio
-    ratio = 2.0 ** (semitones / 12.0)
-    n_out = max(1, int(round(len(audio) / ratio)))
-    positions = np.arange(n_out, dtype=np.float64) * ratio
-    src = np.arange(len(audio), dtype=np.float64)
-    return np.interp(positions, src, audio.astype(np.float64)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- tempo map
