@@ -24,10 +24,13 @@ Timing: a bundle whose timetag is in the future is submitted with
 more than `max_ahead_s` (10 s) ahead is treated as clock skew: played now and counted
 (`stats["skewed"]`), never held.
 
-Flow control: immediate /pgesam/xy and /pgesam/timbre (and /pgesam/point) moves are coalesced:
-the first is applied at once, later ones within `coalesce_s` (10 ms) replace each other and
-only the latest is applied when the window ends (superseded ones are counted, not journalled:
-they were never performed). State pushes to a controller are at most `push_hz` (30) per
+Flow control: every valid move (/pgesam/xy, /pgesam/timbre, /pgesam/point) is applied and
+journalled; a fast stream cannot flood the renderer because the engine asks for a point's
+pitch bank only once the point settles, and the worker client lets a newer point's
+pre-renders supersede older ones (latest wins). `coalesce_s` > 0 (off by default) also
+coalesces moves here: the first is applied at once, later ones within the window replace each
+other and only the latest is applied when it ends (superseded ones are counted, not
+journalled). State pushes to a controller are at most `push_hz` (30) per
 second, latest value wins, and a change caused by a controller's own message is not pushed
 back to it: the engine emits a "command" event (with the line) and then, on the same thread,
 the "state" event for each applied command; the line is matched to the controller that sent
@@ -203,7 +206,7 @@ class OscCore:
     engine: Any
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
-    coalesce_s: float = 0.010
+    coalesce_s: float = 0.0  # > 0: coalesce moves here too (see the module docstring)
     max_ahead_s: float = 10.0
     push_hz: float = 30.0
     ready_tolerance: float = 0.02   # the render cache's x, y quantum

@@ -215,8 +215,16 @@ def test_timetags() -> None:
     assert len(engine.submitted) == 6
 
 
-def test_xy_stream_is_coalesced() -> None:
+def test_every_move_applies_by_default() -> None:
     core, engine, clock = make_core()
+    for i in range(100):  # 100 moves within 5 ms: all performed and journalled
+        core.handle_datagram(msg("/pgesam/xy", i / 100, 0.5), A)
+        clock.now += 0.00005
+    assert len(engine.submitted) == 100 and engine.submitted[-1][1] == "xy 0.99 0.5"
+
+
+def test_xy_stream_is_coalesced() -> None:
+    core, engine, clock = make_core(coalesce_s=0.010)
     for i in range(100):  # 100 moves within 5 ms
         core.handle_datagram(msg("/pgesam/xy", i / 100, 0.5), A)
         clock.now += 0.00005
@@ -400,7 +408,7 @@ def test_loopback_timetag_hello_and_no_echo() -> None:
     audio_thread.start()
 
     async def main() -> tuple[list, list, float | None]:
-        server = OscServer(engine, port=0)
+        server = OscServer(engine, port=0, coalesce_s=0.010)
         await server.start()
         loop = asyncio.get_running_loop()
         inbox: dict[str, list] = {"a": [], "b": []}
