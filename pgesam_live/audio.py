@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from math import gcd
 from pathlib import Path
@@ -44,6 +44,7 @@ import numpy as np
 from scipy.signal import resample_poly  # at import: its first import takes ~1 s
 
 from pgesam_live.errors import AudioError, ConfigError
+from pgesam_live.quiet import quiet_c_stderr
 
 os.environ.setdefault("PYO_GUI_WX", "0")
 import pyo  # noqa: E402  (PYO_GUI_WX must be set before pyo is imported)
@@ -57,32 +58,12 @@ Hook = Callable[[float], None]
 Tap = Callable[[np.ndarray, float], None]
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence C-level stderr (ALSA / jack chatter while probing devices) for a moment.
-
-    Why: `auto` promises one line, and the C libraries write dozens straight to fd 2.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def portaudio_output_available() -> tuple[bool, str]:
     """Whether pyo's portaudio backend can be booted safely here, and why not.
 
     Never boots anything: counting devices is the guard against pyo's no-sound-card segfault.
     """
-    with _quiet_stderr():
+    with quiet_c_stderr():
         try:
             n_devices = int(pyo.pa_count_devices())
             default_out = int(pyo.pa_get_default_output()) if n_devices > 0 else -1
@@ -235,7 +216,7 @@ class AudioEngine:
         if audio == "jack":
             # libjack would try to spawn jackd and retry for seconds; we ask the user instead.
             os.environ.setdefault("JACK_NO_START_SERVER", "1")
-        with _quiet_stderr() if audio == "jack" else contextlib.nullcontext():
+        with quiet_c_stderr() if audio == "jack" else contextlib.nullcontext():
             server.boot()
         if not server.getIsBooted():
             with contextlib.suppress(Exception):

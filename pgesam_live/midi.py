@@ -22,12 +22,12 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgesam_live.commands import Command
 from pgesam_live.errors import ConfigError
+from pgesam_live.quiet import quiet_c_stderr
 
 SUSTAIN_CC = 64
 ALL_SOUND_OFF_CC = 120
@@ -124,26 +124,6 @@ class MidiMapper:
         return Command("xy", {"u": self.u, "v": self.v})
 
 
-@contextlib.contextmanager
-def _quiet_c_stderr() -> Iterator[None]:
-    """ALSA prints its own complaints on fd 2 when there is no sequencer; the one-line error
-    we raise says it better."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-
-
 def list_ports() -> tuple[list[str], str | None]:
     """(input port names, None) or ([], one line saying why MIDI is unavailable)."""
     try:
@@ -151,7 +131,7 @@ def list_ports() -> tuple[list[str], str | None]:
     except ImportError:
         return [], "MIDI unavailable: mido is not installed (pip install mido python-rtmidi)"
     try:
-        with _quiet_c_stderr():
+        with quiet_c_stderr():
             names = list(mido.get_input_names())
     except ImportError:
         return [], "MIDI unavailable: python-rtmidi is not installed (pip install python-rtmidi)"
@@ -205,7 +185,7 @@ class MidiInput:
             raise ConfigError("MIDI needs mido and python-rtmidi (pip install mido "
                               "python-rtmidi)") from None
         try:
-            with _quiet_c_stderr():
+            with quiet_c_stderr():
                 self._port = mido.open_input(self.port_name, callback=self.on_message)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
