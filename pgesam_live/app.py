@@ -227,6 +227,7 @@ class OfflineRig:
                              patch_dir=settings.patch_dir, out_sample_rate=out_sr,
                              source=OnDemandSource(self.cache, self.renderer))
         self.engine.prerender_banks = False
+        self.engine.wait_for_render_s = 0.0  # rendered on demand: never late
         # Ask for many bars ahead: the in-process renderer then batches up to 25 notes a call.
         self.engine.scheduler.request_ahead_beats = 32.0
         self.engine.scheduler.preroll_s = preroll_s

@@ -40,6 +40,8 @@ BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest p
 # A point must rest this long before its pitch bank is asked for: a pad or MIDI controller
 # streaming moves at 60 Hz must not flood the renderer with banks nobody will play.
 BANK_SETTLE_S = 0.12
+WAIT_FOR_RENDER_S = 1.5  # see Engine.wait_for_render_s
+NOTE_WORDS = ("play", "note", "note_at")
 TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
 
 
@@ -162,6 +164,11 @@ class Engine:
         self.quit_requested = threading.Event()
         self.prerender_banks = True  # offline bounces render only what they play
         self._bank_due: tuple[float, float, float] | None = None  # (x, y, engine time)
+        # An immediate note not yet rendered waits this long for it (then falls back); 0 in
+        # offline bounces, which render on demand.
+        self.wait_for_render_s = WAIT_FOR_RENDER_S
+        self._held: list[tuple[float, int, Command, str, Any]] = []
+        self._waiting_since: dict[int, float] = {}
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
@@ -220,14 +227,51 @@ class Engine:
         end_s = t_s + self.clock.block_s - TIME_EPS_S
         with self._lock:
             self._time_s = t_s
+            # Immediate commands held behind a note waiting for its render go first, in order.
+            held, self._held = self._held, []
+            for entry in held:
+                self._apply_or_hold(entry, t_s)
             while self._queue and self._queue[0][0] < end_s:
-                _, _, command, src, prepared = heapq.heappop(self._queue)
-                self._apply(command, src, prepared, t_s)
+                self._apply_or_hold(heapq.heappop(self._queue), t_s)
             if self._bank_due is not None and t_s >= self._bank_due[2]:
                 x, y, _ = self._bank_due
                 self._bank_due = None
                 self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
+
+    def _apply_or_hold(self, entry: tuple[float, int, Command, str, Any], t_s: float) -> None:
+        """Apply a queued command, or hold it: an immediate note whose render is not cached
+        yet waits (up to `wait_for_render_s`) rather than falling back, and the immediate
+        commands behind it wait in order; hush and panic never wait (and drop held notes).
+        A held command is journalled when it is applied, so a replay plays it then too."""
+        when, order, command, src, prepared = entry
+        immediate = when == -math.inf
+        if immediate and command.name in ("hush", "panic"):
+            self._held = [e for e in self._held if e[2].name not in NOTE_WORDS]
+            self._waiting_since.clear()
+        elif immediate and self._held:
+            self._held.append(entry)
+            return
+        elif immediate and command.name in NOTE_WORDS and self._must_wait(command, order, t_s):
+            self._held.append(entry)
+            return
+        self._waiting_since.pop(order, None)
+        self._apply(command, src, prepared, t_s)
+
+    def _must_wait(self, c: Command, order: int, t_s: float) -> bool:
+        if self.wait_for_render_s <= 0:
+            return False
+        a = c.args
+        x, y = (a["x"], a["y"]) if c.name == "note_at" else self.scheduler.point_at(t_s)
+        pitches = a.get("pitches") or [a["pitch"]]
+        missing = [k for k in (self.cache.key(x, y, p, self.scheduler.seed) for p in pitches)
+                   if k not in self.cache]
+        if not missing:
+            return False
+        first = self._waiting_since.setdefault(order, t_s)
+        for k in missing:
+            self.renderer.request(k, k.xq, k.yq, t_s)
+        return t_s - first < self.wait_for_render_s
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float) -> None:
         try:

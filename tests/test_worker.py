@@ -185,3 +185,43 @@ def test_xy_stream_at_60hz_causes_no_late_notes_of_its_own(tiny_model: Path,
         audio.stop()
         audio.close()
         w.stop()
+
+
+def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Path) -> None:
+    """`at X Y` then `play C4` at once: the note is not skipped; it starts when rendered, and
+    the journal gives it that time (so a replay plays it then too)."""
+    from pgesam_live.audio import AudioEngine
+    from pgesam_live.core import Engine, ModelInfo
+    from pgesam_live.voices import VoicePool
+
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
+    audio.boot()
+    voices = VoicePool(audio, n_voices=8)
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
+    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info)
+    events: list[dict] = []
+    engine.add_listener(events.append)
+    audio.add_hook(engine.on_block)
+    w.start(timeout_s=60)
+    audio.start()
+    try:
+        assert engine.submit("at -0.4 0.6").ok
+        assert engine.submit("play C4 E4").ok
+        assert engine.submit("tempo 100").ok  # behind the held note, in order
+        assert wait_for(lambda: engine.scheduler.counters.notes == 2, 10)
+        cmds = [e for e in events if e["kind"] == "command"]
+        assert [e["cmd"] for e in cmds] == ["at -0.4 0.6", "play 60 64", "tempo 100"]
+        assert cmds[1]["t"] > cmds[0]["t"]  # it waited for the render
+        assert engine.snapshot()["late_notes"] == 0
+        # hush drops a note still waiting.
+        assert engine.submit("at 0.7 -0.7").ok
+        assert engine.submit("play G4").ok
+        assert engine.submit("hush").ok
+        time.sleep(1.0)
+        assert engine.scheduler.counters.notes == 2
+    finally:
+        audio.stop()
+        audio.close()
+        w.stop()
