@@ -87,7 +87,7 @@ def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Pat
         c.send("/pgesam/note", 60, 0.9)
         time.sleep(0.4)
         c.send("/pgesam/cmd", 'seq arp "C4 E4 G4 ~" 0.5')
-        time.sleep(3.0)
+        time.sleep(10.0)  # the sequence runs for 10 s
         c.send("/pgesam/note", "bad")          # a malformed one is answered, not journalled
         c.send("/pgesam/hush")
         errors = [m for m in c.replies(1.0) if m.address == "/pgesam/error"]
