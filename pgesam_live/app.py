@@ -50,6 +50,7 @@ def run_note(ns: Namespace) -> int:
     from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
     from pgesam_live.notes import note_to_midi  # noqa: PLC0415
     from pgesam_live.voices import velocity_gain  # noqa: PLC0415
+    from pgesam_live.worker import normalise_peak  # noqa: PLC0415
 
     pitch = note_to_midi(ns.pitch)
     if not 0.0 <= ns.velocity <= 1.0:
@@ -58,8 +59,8 @@ def run_note(ns: Namespace) -> int:
         if not np.isfinite(v) or abs(v) > 1.5:
             raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
     synth = Synth.load(ns.model, device=resolve_device(ns.device))
-    audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([pitch]), seed=ns.seed)[0]
-    audio = audio * velocity_gain(ns.velocity)
+    audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([pitch]), seed=ns.seed)
+    audio = normalise_peak(audio)[0] * velocity_gain(ns.velocity)
     sr = synth.sample_rate
     if ns.sample_rate and ns.sample_rate != sr:
         from pgesam_live.audio import resample  # noqa: PLC0415

@@ -225,3 +225,12 @@ def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Pat
         audio.stop()
         audio.close()
         w.stop()
+
+
+def test_notes_are_played_at_one_peak_level() -> None:
+    from pgesam_live.worker import NOTE_PEAK, normalise_peak
+
+    a = np.stack([0.05 * np.sin(np.arange(100) / 3), np.zeros(100), -0.2 * np.ones(100)])
+    out = normalise_peak(a.astype(np.float32))
+    assert np.allclose(np.abs(out).max(axis=1), [NOTE_PEAK, 0.0, NOTE_PEAK])
+    assert np.allclose(out[0] / out[0].max(), a[0] / a[0].max(), atol=1e-6)  # shape kept
