@@ -7,6 +7,7 @@ Each figure that has a baseline is printed as a ratio against it, measured in th
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from argparse import Namespace
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from pgesam_live.settings import Settings
 
 
 def _best_of(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -66,6 +69,10 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     from pgesam_live.errors import CheckpointError  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, configure_threads, resolve_device  # noqa: PLC0415
 
+    # The instrument renders in its worker process on `Settings.worker_threads` torch threads
+    # (1: two OpenMP threads on a 2-core machine shared with the audio thread lose more to
+    # waiting than they gain); the bench measures that unless PGESAM_TORCH_THREADS says else.
+    os.environ.setdefault("PGESAM_TORCH_THREADS", str(Settings().worker_threads))
     configure_threads()
     dev = resolve_device(device)
     default = Synth.untrained("small", device=dev)
