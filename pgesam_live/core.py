@@ -167,8 +167,8 @@ class Engine:
         # An immediate note not yet rendered waits this long for it (then falls back); 0 in
         # offline bounces, which render on demand.
         self.wait_for_render_s = WAIT_FOR_RENDER_S
-        self._held: list[tuple[float, int, Command, str, Any]] = []
-        self._waiting_since: dict[int, float] = {}
+        self._held: tuple[float, int, Command, str, Any] | None = None
+        self._held_since_s = 0.0
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
@@ -227,51 +227,55 @@ class Engine:
         end_s = t_s + self.clock.block_s - TIME_EPS_S
         with self._lock:
             self._time_s = t_s
-            # Immediate commands held behind a note waiting for its render go first, in order.
-            held, self._held = self._held, []
-            for entry in held:
-                self._apply_or_hold(entry, t_s)
+            self._release_or_keep_held(t_s)
             while self._queue and self._queue[0][0] < end_s:
-                self._apply_or_hold(heapq.heappop(self._queue), t_s)
+                entry = heapq.heappop(self._queue)
+                if self._should_hold(entry, t_s):
+                    self._held, self._held_since_s = entry, t_s
+                    continue
+                self._apply(entry[2], entry[3], entry[4], t_s)
             if self._bank_due is not None and t_s >= self._bank_due[2]:
                 x, y, _ = self._bank_due
                 self._bank_due = None
                 self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
 
-    def _apply_or_hold(self, entry: tuple[float, int, Command, str, Any], t_s: float) -> None:
-        """Apply a queued command, or hold it: an immediate note whose render is not cached
-        yet waits (up to `wait_for_render_s`) rather than falling back, and the immediate
-        commands behind it wait in order; hush and panic never wait (and drop held notes).
-        A held command is journalled when it is applied, so a replay plays it then too."""
-        when, order, command, src, prepared = entry
-        immediate = when == -math.inf
-        if immediate and command.name in ("hush", "panic"):
-            self._held = [e for e in self._held if e[2].name not in NOTE_WORDS]
-            self._waiting_since.clear()
-        elif immediate and self._held:
-            self._held.append(entry)
-            return
-        elif immediate and command.name in NOTE_WORDS and self._must_wait(command, order, t_s):
-            self._held.append(entry)
-            return
-        self._waiting_since.pop(order, None)
-        self._apply(command, src, prepared, t_s)
-
-    def _must_wait(self, c: Command, order: int, t_s: float) -> bool:
-        if self.wait_for_render_s <= 0:
+    # An immediate note whose render is not cached yet waits for it (up to
+    # `wait_for_render_s`) instead of falling back, but only while it is the last thing the
+    # performer asked for: anything typed or sent after it releases it at once (with the
+    # usual fallbacks), so a burst of commands never queues behind a render; hush and panic
+    # drop it. It is journalled when it plays, so a replay plays it then too.
+    def _should_hold(self, entry: tuple[float, int, Command, str, Any], t_s: float) -> bool:
+        when, _, c, _, _ = entry
+        if when != -math.inf or c.name not in NOTE_WORDS or self.wait_for_render_s <= 0:
             return False
+        if self._queue and self._queue[0][0] == -math.inf:
+            return False  # more immediate commands behind it
+        return bool(self._missing_renders(c, t_s))
+
+    def _release_or_keep_held(self, t_s: float) -> None:
+        entry = self._held
+        if entry is None:
+            return
+        behind = [e[2].name for e in self._queue if e[0] == -math.inf]
+        if any(n in ("hush", "panic") for n in behind):
+            self._held = None  # dropped: the performer silenced it before it sounded
+            return
+        waited = t_s - self._held_since_s >= self.wait_for_render_s
+        if behind or waited or not self._missing_renders(entry[2], t_s):
+            self._held = None
+            self._apply(entry[2], entry[3], entry[4], t_s)
+
+    def _missing_renders(self, c: Command, t_s: float) -> list[NoteKey]:
+        """The notes of a play/note/note_at command not in the cache (and asks for them)."""
         a = c.args
         x, y = (a["x"], a["y"]) if c.name == "note_at" else self.scheduler.point_at(t_s)
         pitches = a.get("pitches") or [a["pitch"]]
-        missing = [k for k in (self.cache.key(x, y, p, self.scheduler.seed) for p in pitches)
-                   if k not in self.cache]
-        if not missing:
-            return False
-        first = self._waiting_since.setdefault(order, t_s)
+        keys = (self.cache.key(x, y, p, self.scheduler.seed) for p in pitches)
+        missing = [k for k in keys if k not in self.cache]
         for k in missing:
             self.renderer.request(k, k.xq, k.yq, t_s)
-        return t_s - first < self.wait_for_render_s
+        return missing
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float) -> None:
         try:
