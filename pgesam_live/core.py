@@ -202,10 +202,13 @@ class Engine:
             command = parse_line(cmd) if isinstance(cmd, str) else validate(cmd)
             if not command.journal:
                 return self._info(command)
+            # Reading a patch file happens here, outside the lock the audio hook takes.
+            prepared = self._prepare(command)
             with self._lock:
                 # A timed command is checked against the state it will meet when applied;
                 # an immediate one is checked now, so the reply can say what is wrong.
-                prepared = self._prepare(command, strict=at_s is None)
+                if at_s is None:
+                    self._check_state(command)
                 when = -math.inf if at_s is None else float(at_s)
                 heapq.heappush(self._queue, (when, next(self._order), command, src, prepared))
             return Reply(True, command.to_line())
@@ -289,16 +292,23 @@ class Engine:
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------
-    def _prepare(self, c: Command, strict: bool = True) -> Any:
-        """Check `c` and compute what applying it needs. `strict`: also check it against the
-        current state (names of points, sequences); otherwise that happens when applied."""
+    def _prepare(self, c: Command) -> Any:
+        """Check `c` and compute what applying it needs (a loaded patch, a sequence)."""
         a = c.args
         if c.name == "load":
             return load_patch(find_patch(a["patch"], self.patch_dir))
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
-        if strict and c.name in ("at", "start", "stop"):
+        self._check_pitches(c)
+        return None
+
+    def _check_state(self, c: Command) -> None:
+        """Check `c` against the current state (point and sequence names, lock held)."""
+        if c.name in ("at", "start", "stop"):
             self._resolve(c)
+
+    def _check_pitches(self, c: Command) -> None:
+        a = c.args
         pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
         if c.name == "prerender":
             pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
@@ -306,7 +316,6 @@ class Engine:
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
                 raise CommandError(f"pitch {p} is outside the model's range {lo}..{hi}")
-        return None
 
     def _resolve(self, c: Command) -> Any:
         """The state-dependent part of a command: a point name's coordinates, a patch
