@@ -1,0 +1,47 @@
+"""The model shipped in checkpoints/: it loads, its KV-cached generation equals the naive
+recompute, and its notes are in tune. Skipped (with the reason) when no model is bundled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pgesam_live.errors import CheckpointError
+from pgesam_live.model import metrics
+from pgesam_live.model.checkpoints import load_model, resolve_model
+from pgesam_live.model.synth import Synth
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Synth:
+    try:
+        path = resolve_model("default")
+    except CheckpointError as e:
+        pytest.skip(str(e))
+    return Synth(load_model(path, "cpu"), "cpu")
+
+
+def test_kv_cache_equals_recompute_on_the_trained_model(bundled: Synth) -> None:
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(4, 2, generator=g) * 1.2 - 0.6
+    lo, hi = bundled.pitch_range
+    pitches = torch.randint(lo, hi + 1, (4,), generator=g)
+    tr = bundled.transformer
+    cached = tr.generate(pts, pitches, use_cache=True)
+    naive = tr.generate(pts, pitches, use_cache=False)
+    assert cached.shape == (4, tr.cfg.n_frames, tr.cfg.frame_dim)
+    assert float((cached - naive).abs().max()) < 1e-4
+
+
+def test_bundled_notes_are_in_tune_at_training_points(bundled: Synth) -> None:
+    pts = np.array([[p["x"], p["y"]] for p in bundled.training_points[::40]], np.float32)
+    lo, hi = bundled.pitch_range
+    pitches = np.linspace(lo, hi, len(pts)).round().astype(int)
+    audio = bundled.render(pts, pitches, seed=0)
+    assert audio.shape == (len(pts), int(round(bundled.duration_s * bundled.sample_rate)))
+    for a, p in zip(audio, pitches, strict=True):
+        f = 440.0 * 2 ** ((p - 69) / 12)
+        got = metrics.track_pitch(a, bundled.sample_rate, f / 2.3, f * 2.3)
+        c = metrics.cents(got, f)
+        assert abs((c + 600) % 1200 - 600) <= 50, (p, got)
