@@ -3,9 +3,12 @@ when the process dies (the engine keeps playing from the cache meanwhile)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +35,33 @@ def wait_for(cond, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
             return True
         time.sleep(0.05)
     return False
+
+
+@contextlib.contextmanager
+def live_engine(model: Path, patch_dir: Path | None = None) -> Iterator[tuple[Any, Any, Any]]:
+    """A real-time engine (the `none` backend: the record mode's clock, no file) with the
+    real worker process on `model`; yields (engine, worker, cache) and tears all down."""
+    from pgesam_live.audio import AudioEngine
+    from pgesam_live.core import Engine, ModelInfo
+    from pgesam_live.voices import VoicePool
+
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
+    audio.boot()
+    voices = VoicePool(audio, n_voices=16)
+    w = WorkerClient(cache, model=str(model), device="cpu")
+    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
+    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info,
+                    patch_dir=patch_dir or Path("patches"))
+    audio.add_hook(engine.on_block)
+    w.start(timeout_s=60)
+    audio.start()
+    try:
+        yield engine, w, cache
+    finally:
+        audio.stop()
+        audio.close()
+        w.stop()
 
 
 def test_worker_renders_coalesces_and_restarts(tiny_model: Path) -> None:
@@ -100,21 +130,7 @@ def test_a_stream_of_point_moves_cannot_flood_the_worker(tiny_model: Path) -> No
 
 
 def test_killing_the_worker_mid_sequence_leaves_no_gap(tiny_model: Path) -> None:
-    from pgesam_live.audio import AudioEngine
-    from pgesam_live.core import Engine, ModelInfo
-    from pgesam_live.voices import VoicePool
-
-    cache = RenderCache("m", "harmonic", spill_dir=None)
-    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
-    audio.boot()
-    voices = VoicePool(audio, n_voices=16)
-    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
-    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
-    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info)
-    audio.add_hook(engine.on_block)
-    w.start(timeout_s=60)
-    audio.start()
-    try:
+    with live_engine(tiny_model) as (engine, w, cache):
         assert engine.submit("at 0.1 0.1").ok
         assert engine.submit("prerender 0.1 0.1 60 64").ok
         assert wait_for(lambda: all(cache.key(0.1, 0.1, p, 0) in cache for p in (60, 64)), 60)
@@ -131,38 +147,20 @@ def test_killing_the_worker_mid_sequence_leaves_no_gap(tiny_model: Path) -> None
         # 120 bpm, a note every 0.125 s: the sequence kept its pace while the worker was down.
         assert during - before >= 10
         assert engine.snapshot()["late_notes"] == 0
-    finally:
-        audio.stop()
-        audio.close()
-        w.stop()
 
 
 def test_xy_stream_at_60hz_causes_no_late_notes_of_its_own(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     """A pad streaming /pgesam/xy at 60 Hz for 30 s while a patch sequence plays at its own
     point: the sequence's notes are all on time (the moves only cost speculative work)."""
-    from pgesam_live.audio import AudioEngine
-    from pgesam_live.core import Engine, ModelInfo
     from pgesam_live.osc import OscCore, encode_message
-    from pgesam_live.voices import VoicePool
 
     patch = tmp_path / "p.yaml"
     patch.write_text('pgesam: 1\npoints:\n  home: [0.3, -0.2]\nsequences:\n  s:\n'
                      '    timbre: home\n    notes: "C4 E4 G4 E4"\n    step: 0.5\n    repeat: 0\n')
-    cache = RenderCache("m", "harmonic", spill_dir=None)
-    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
-    audio.boot()
-    voices = VoicePool(audio, n_voices=16)
-    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
-    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
-    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info,
-                    patch_dir=tmp_path)
-    engine.scheduler.preroll_s = 1.0
-    audio.add_hook(engine.on_block)
-    w.start(timeout_s=60)
-    audio.start()
-    core = OscCore(engine)
-    try:
+    with live_engine(tiny_model, patch_dir=tmp_path) as (engine, w, _):
+        engine.scheduler.preroll_s = 1.0
+        core = OscCore(engine)
         assert engine.submit(f"load {patch}").ok
         time.sleep(2.0)  # the first bar renders during the pre-roll
         late0 = engine.snapshot()["late_notes"]
@@ -181,32 +179,14 @@ def test_xy_stream_at_60hz_causes_no_late_notes_of_its_own(tiny_model: Path,
         assert engine.scheduler.counters.notes - notes0 >= 110  # 4 notes/s for 30 s
         assert snap["late_notes"] == late0 == 0
         assert w.pending <= 200  # bounded: the moves did not pile up work
-    finally:
-        audio.stop()
-        audio.close()
-        w.stop()
 
 
 def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Path) -> None:
     """`at X Y` then `play C4` at once: the note is not skipped; it starts when rendered, and
     the journal gives it that time (so a replay plays it then too)."""
-    from pgesam_live.audio import AudioEngine
-    from pgesam_live.core import Engine, ModelInfo
-    from pgesam_live.voices import VoicePool
-
-    cache = RenderCache("m", "harmonic", spill_dir=None)
-    audio = AudioEngine("none", sample_rate=24000, buffer_size=256)
-    audio.boot()
-    voices = VoicePool(audio, n_voices=8)
-    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
-    info = ModelInfo(model_id="m", codec="harmonic", sample_rate=24000, pitch_range=(48, 72))
-    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=w, model=info)
-    events: list[dict] = []
-    engine.add_listener(events.append)
-    audio.add_hook(engine.on_block)
-    w.start(timeout_s=60)
-    audio.start()
-    try:
+    with live_engine(tiny_model) as (engine, _, _):
+        events: list[dict] = []
+        engine.add_listener(events.append)
         assert engine.submit("at -0.4 0.6").ok
         assert engine.submit("play C4 E4").ok
         assert wait_for(lambda: engine.scheduler.counters.notes == 2, 10)
@@ -224,10 +204,6 @@ def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Pat
         cmds = [e for e in events if e["kind"] == "command"]
         assert [e["cmd"] for e in cmds[-3:]] == ["at 0.7 -0.7", "play 67", "tempo 100"]
         assert cmds[-1]["t"] - cmds[-3]["t"] < 0.05
-    finally:
-        audio.stop()
-        audio.close()
-        w.stop()
 
 
 def test_notes_are_played_at_one_peak_level() -> None:
