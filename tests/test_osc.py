@@ -7,7 +7,6 @@ import math
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 
 from pgesam_live.commands import Command, parse_line
+from pgesam_live.core import Reply
 from pgesam_live.errors import CommandError
 from pgesam_live.osc import OscCore, OscServer, encode_message, flatten_state
 from pgesam_live.session import Journal, make_header, read_journal
 
 A = ("127.0.0.1", 50001)
 B = ("127.0.0.1", 50002)
-
-
-@dataclass
-class Reply:
-    ok: bool
-    text: str = ""
-    data: dict | None = None
 
 
 class FakeEngine:

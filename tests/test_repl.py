@@ -8,7 +8,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from prompt_toolkit.document import Document
 
 from pgesam_live.commands import Command, parse_line
+from pgesam_live.core import Reply
 from pgesam_live.errors import CommandError
 from pgesam_live.repl import (
     handle_line,
@@ -27,13 +27,6 @@ from pgesam_live.repl import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Reply:
-    ok: bool
-    text: str = ""
-    data: dict | None = None
 
 
 class FakeEngine:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,16 +11,6 @@ from pgesam_live.errors import ConfigError
 from pgesam_live.model.transformer import FrameTransformer, TransformerConfig, count_params
 
 D = 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a shared 2-core machine two OpenMP threads
-    wait on each other for every small op (measured: ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(seed: int = 0, **overrides: Any) -> FrameTransformer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,16 +19,6 @@ from pgesam_live.model.vae import (
 )
 
 D = 12  # frame dim for tests
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a shared 2-core machine two OpenMP threads
-    wait on each other for every small op (measured: ~7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _out(mu: torch.Tensor, *, b: int | None = None, n_frames: int = 16, n_pitches: int = 25,
