@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--frames-per-step", type=int, default=None,
                    help="Transformer frames per decoder step (overrides the config's)")
+    p.add_argument("--input-noise", type=float, default=None,
+                   help="std of Gaussian noise on the Transformer's teacher-forced input "
+                        "frames (training only; 0 = off)")
     p.set_defaults(func="pgesam_live.model.train:run_train")
 
     p = sub.add_parser("eval", help="evaluate a model on an NSynth-format set")

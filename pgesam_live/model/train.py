@@ -120,6 +120,11 @@ class TrainOptions:
     workers: int = 0
     progress: bool = True
     frames_per_step: int | None = None  # override the config's Transformer frames per step
+    # Std of Gaussian noise added to the Transformer's teacher-forced input frames (not to its
+    # targets): without it the decoder learns to copy the previous frame and ignores the
+    # conditioning, so free-running notes drift to a generic envelope.
+    # None: the resumed run's value, else 0 (off).
+    input_noise: float | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -136,6 +141,8 @@ class TrainOptions:
             v = g(name)
             if v is not None and int(v) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if g("input_noise") is not None and not 0.0 <= float(g("input_noise")) < 1.0:
+            raise ConfigError(f"--input-noise must be in [0, 1), got {g('input_noise')}")
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
@@ -154,6 +161,7 @@ class TrainOptions:
             workers=int(g("workers") or 0),
             progress=bool(g("progress") if g("progress") is not None else True),
             frames_per_step=_opt_int(g("frames_per_step")),
+            input_noise=None if g("input_noise") is None else float(g("input_noise")),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -685,6 +693,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                                 else opts.stage_value("transformer", "batch"))
     base_lr = opts.lr or (float(saved["base_lr"]) if saved
                           else opts.stage_value("transformer", "lr"))
+    input_noise = (opts.input_noise if opts.input_noise is not None
+                   else float(saved.get("input_noise", 0.0)) if saved else 0.0)
     opt = torch.optim.AdamW(tr.parameters(), lr=base_lr, weight_decay=0.01)
     sampler = BatchSampler(data.instrument, batch, opts.seed + 1, 1)
     step, elapsed0 = 0, 0.0
@@ -708,7 +718,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             return
         save_training_state(_state_path(opts.out, "transformer"), {
             "stage": "transformer", "step": step, "steps": steps, "batch_size": batch,
-            "base_lr": base_lr, "config_name": config,
+            "base_lr": base_lr, "config_name": config, "input_noise": input_noise,
             "model_config": config_to_dict(tr.cfg),
             "model": {k: v.detach().cpu() for k, v in tr.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
@@ -729,7 +739,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         idx = idx_cpu.to(d.device)
         points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
         x = data.frames[idx]
-        pred = model(points, data.pitch[idx], x)
+        x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+        pred = model(points, data.pitch[idx], x_in)
         loss = (((pred - x) ** 2) * chan_w).mean()
         _check_finite(loss, "transformer", step, opts.out)
         opt.zero_grad(set_to_none=True)
@@ -758,6 +769,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     training.update({
         "transformer_steps": step, "transformer_time_s": float(st["elapsed_s"]),
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
+        "transformer_input_noise": float(st.get("input_noise", 0.0)),
         "data_dir": str(meta.get("data_dir", opts.data)), "n_notes": int(len(data.pitch)),
         # The stage's own finish time (not now): resuming a finished run rewrites the same file.
         "date": str(st.get("finished_at", "")),

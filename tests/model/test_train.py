@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,27 @@ def test_bad_options_are_config_errors(data_dir: Path, tmp_path: Path) -> None:
     ns.config = "huge"
     with pytest.raises(ConfigError, match="tiny, small, paper"):
         T.run_train(ns)
+
+
+def test_input_noise_reaches_the_inputs_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
+    """--input-noise perturbs the teacher-forced inputs (so the first step's loss differs from
+    a clean run's on the same weights and batch) and is kept in the model's training record."""
+    base = tmp_path / "vae"
+    T.run_train(train_args("vae", data_dir, base, "--steps", "5"))
+    first_mse = {}
+    for noise in ("0", "0.3"):
+        out = tmp_path / f"n{noise}"
+        out.mkdir()
+        shutil.copy(base / "vae.pt", out / "vae.pt")
+        T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--resume",
+                               "--input-noise", noise))
+        rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+        first_mse[noise] = next(r["mse"] for r in rows if r["stage"] == "transformer")
+        model = load_model(next(out.glob("pgesam_*.pt")))
+        assert model.meta.training["transformer_input_noise"] == float(noise)
+    assert first_mse["0.3"] > first_mse["0"]
+    with pytest.raises(ConfigError, match="input-noise"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "n0", "--input-noise", "-1"))
 
 
 def test_batch_sampler_groups_and_shards() -> None:

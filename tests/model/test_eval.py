@@ -1,0 +1,92 @@
+"""`pgesam-live eval`: the figures' helpers on hand-made values, and the command end to end on
+a tiny model trained here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgesam_live.cli import build_parser
+from pgesam_live.errors import DataError
+from pgesam_live.model import eval as E
+from pgesam_live.model import train as T
+from pgesam_live.model.checkpoints import load_model
+from tests.model.test_train import make_tiny_nsynth, train_args
+
+KEYS = {"mse_vae", "mse_transformer", "pitch_acc_classifier", "pitch_within_50c",
+        "pitch_within_50c_midi", "octave_errors", "pitch_within_50c_codec", "pitch_misses",
+        "pitch_median_abs_cents", "var_per_instrument", "var_per_pitch", "family_knn_acc",
+        "codec_mrstft"}
+
+
+def test_knn_family_votes_and_breaks_ties_by_the_nearest() -> None:
+    ref = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [1.0, 1.0], [0.9, 1.0]])
+    ref_fam = np.array([0, 0, 0, 3, 3])
+    pts = np.array([[0.05, 0.05], [0.95, 0.95], [0.95, 0.95]])
+    assert E._knn_family(pts, np.array([0, 3, 0]), ref, ref_fam, k=3) == pytest.approx(2 / 3)
+    # k=2 at (0.95, 0.95): one vote each would tie; its two nearest are both family 3.
+    assert E._knn_family(pts[1:2], np.array([3]), ref, ref_fam, k=2) == 1.0
+    # A 1-1 tie goes to the nearer reference point.
+    tie_ref, tie_fam = np.array([[0.0, 0.0], [0.3, 0.0]]), np.array([5, 7])
+    assert E._knn_family(np.array([[0.1, 0.0]]), np.array([5]), tie_ref, tie_fam, k=2) == 1.0
+    assert E._knn_family(np.array([[0.2, 0.0]]), np.array([5]), tie_ref, tie_fam, k=2) == 0.0
+    assert math.isnan(E._knn_family(np.zeros((0, 2)), np.zeros(0), ref, ref_fam))
+
+
+def test_variances_per_instrument_and_per_pitch() -> None:
+    # Two instruments, each at one spot apart from a 0.2 wobble in x across its two pitches.
+    mu = np.array([[0.0, 0.0], [0.2, 0.0], [1.0, 1.0], [1.2, 1.0]])
+    inst, pitch = np.array([0, 0, 1, 1]), np.array([48, 49, 48, 49])
+    v_inst, v_pitch = E._variances(mu, inst, pitch)
+    assert v_inst == pytest.approx(0.01)  # var of (0, 0.2) = 0.01, y constant
+    assert v_pitch == pytest.approx(0.25 + 0.25)  # x and y each differ by 1 across instruments
+
+
+def test_octave_folding() -> None:
+    assert E._fold_octave_cents(1190.0) == pytest.approx(-10.0)
+    assert E._fold_octave_cents(-2405.0) == pytest.approx(-5.0)
+    assert E._fold_octave_cents(30.0) == pytest.approx(30.0)
+
+
+def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_tiny_nsynth(tmp_path / "nsynth")
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data, out, "--steps", "30"))
+    T.run_train(train_args("transformer", data, out, "--steps", "5"))
+    model = next(out.glob("pgesam_*.pt"))
+    capsys.readouterr()
+    report = tmp_path / "report.md"
+    ns = build_parser().parse_args(["eval", "--model", str(model), "--data", str(data),
+                                    "--split", "test", "--json", "--report", str(report)])
+    assert E.run_eval(ns) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert KEYS <= set(r)
+    assert r["notes"] == 4 and r["instruments"] == 1 and r["notes_generated"] == 4
+    for key in ("pitch_within_50c", "pitch_within_50c_midi", "pitch_within_50c_codec",
+                "family_knn_acc"):
+        assert 0.0 <= r[key] <= 1.0, key
+    assert set(r["pitch_acc_classifier"]) == {"real", "reconstructed", "generated"}
+    assert r["mse_vae"] > 0 and r["mse_transformer"] > 0
+    # The test notes are plain harmonic tones: the codec's round trip keeps every pitch.
+    assert r["pitch_within_50c_codec"] == 1.0
+    # Misses are tallied per instrument, never more than that instrument's notes.
+    assert all(0 < m <= n for m, n in r["pitch_misses"].values())
+    md = report.read_text()
+    assert "MSE Transformer" in md and "codec's ceiling" in md
+    # The model's training points are what the 5-NN votes against.
+    assert len(load_model(model).training_points) == 3
+
+
+def test_eval_on_an_empty_pitch_range_is_a_data_error(tmp_path: Path) -> None:
+    data = make_tiny_nsynth(tmp_path / "nsynth")
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data, out, "--steps", "2"))
+    T.run_train(train_args("transformer", data, out, "--steps", "1"))
+    bundle = load_model(next(out.glob("pgesam_*.pt")))
+    bundle.meta.pitch_range = (60, 61)  # no notes of the set lie there
+    with pytest.raises(DataError, match="passes the filters"):
+        E.evaluate(bundle, data, "test", progress=False)
