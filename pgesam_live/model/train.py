@@ -141,8 +141,10 @@ class TrainOptions:
             v = g(name)
             if v is not None and int(v) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-        if g("input_noise") is not None and not 0.0 <= float(g("input_noise")) < 1.0:
-            raise ConfigError(f"--input-noise must be in [0, 1), got {g('input_noise')}")
+        noise_arg = g("input_noise")
+        input_noise = None if noise_arg is None else float(noise_arg)
+        if input_noise is not None and not 0.0 <= input_noise < 1.0:
+            raise ConfigError(f"--input-noise must be in [0, 1), got {noise_arg}")
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
@@ -161,7 +163,7 @@ class TrainOptions:
             workers=int(g("workers") or 0),
             progress=bool(g("progress") if g("progress") is not None else True),
             frames_per_step=_opt_int(g("frames_per_step")),
-            input_noise=None if g("input_noise") is None else float(g("input_noise")),
+            input_noise=input_noise,
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
