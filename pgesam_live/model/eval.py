@@ -135,7 +135,7 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     n_samples = int(round(frames.shape[1] / codec.frame_rate_hz * sr))
     originals = [load_audio(fs.notes[int(i)].path, sr, n_samples) for i in idx]
     # The round trip decodes the frames the model learned from (encoded as the data set is).
-    rt = np.concatenate([codec.decode(frames[idx[sl]].to(device)).cpu().numpy()
+    rt = np.concatenate([synth.decode_frames(frames[idx[sl]], seed=seed)
                          for sl in _batches(len(idx), 25)])
     misses: dict[str, list[int]] = {}
     for j, i in enumerate(idx):
