@@ -121,12 +121,10 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown TransformerConfig keys {unknown}: valid keys are {sorted(names)}")
-        return cls(**d)
+        """Inverse of to_dict; unknown keys are an error."""
+        from pgesam_live.model.checkpoints import config_from_dict  # noqa: PLC0415
+
+        return config_from_dict(cls, d)  # type: ignore[no-any-return]
 
 
 # -- attention ---------------------------------------------------------------------------------

@@ -116,12 +116,9 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
         """Inverse of to_dict (JSON turns tuples into lists; unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown VAEConfig keys {unknown}: valid keys are {sorted(names)}")
-        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
+        from pgesam_live.model.checkpoints import config_from_dict  # noqa: PLC0415
+
+        return config_from_dict(cls, d)  # type: ignore[no-any-return]
 
 
 class VAEOutput(NamedTuple):
