@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# encodec declares torchaudio, whose PyPI build breaks beside CPU torch; the EnCodec model
 	# never uses it, so install encodec alone and give it a stub (pgesam_live/model/codec.py).
 	$(BIN)/pip install -q --no-deps encodec==0.1.1
+	# pesto-pitch (the eval's pitch tracker; weights inside the wheel) declares torchaudio too
+	# and only uses it to read files: same stub (pgesam_live/model/torchaudio_stub.py).
+	$(BIN)/pip install -q --no-deps pesto-pitch==2.0.1
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

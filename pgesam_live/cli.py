@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-noise", type=float, default=None,
                    help="std of Gaussian noise on the Transformer's teacher-forced input "
                         "frames (training only; 0 = off)")
+    p.add_argument("--self-feed", type=float, default=None, metavar="P",
+                   help="scheduled sampling: feed the Transformer its own predictions in place "
+                        "of a share P of its teacher-forced input groups (0 = off)")
+    p.add_argument("--self-feed-passes", type=int, default=None, metavar="K",
+                   help="chained prediction passes behind each self-fed group (default 2)")
     p.set_defaults(func="pgesam_live.model.train:run_train")
 
     p = sub.add_parser("eval", help="evaluate a model on an NSynth-format set")

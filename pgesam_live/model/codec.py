@@ -10,8 +10,6 @@ Shapes: wave [B, N] float32 at `sample_rate`; frames [B, T, D] float32, normalis
 from __future__ import annotations
 
 import math
-import sys
-import types
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pgesam_live.errors import CodecError
+from pgesam_live.model.torchaudio_stub import ensure_torchaudio_importable
 
 
 class Codec(ABC):
@@ -484,16 +483,8 @@ ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 
 def _import_encodec():  # type: ignore[no-untyped-def]
     """Import the `encodec` package. Its utils.py and msstftd.py import torchaudio at module
-    level, but the 24 kHz model never calls it; torchaudio's PyPI build cannot load beside the
-    CPU torch wheel here, so when it does not import we register an empty stand-in module
-    first. A working torchaudio, if present, is used untouched."""
-    try:
-        import torchaudio  # noqa: F401, PLC0415
-    except Exception:  # any import failure (missing, or ABI mismatch raising OSError)
-        sys.modules.pop("torchaudio", None)
-        stub = types.ModuleType("torchaudio")
-        stub.__doc__ = "empty stand-in registered by pgesam_live.model.codec (see there)"
-        sys.modules["torchaudio"] = stub
+    level, but the 24 kHz model never calls it (see torchaudio_stub)."""
+    ensure_torchaudio_importable()
     try:
         import encodec  # noqa: PLC0415
     except ImportError as e:

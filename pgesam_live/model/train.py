@@ -125,6 +125,12 @@ class TrainOptions:
     # conditioning (0.05 for 400 steps did not help the bundled model: see its card).
     # None: the resumed run's value, else 0 (off).
     input_noise: float | None = None
+    # Parallel scheduled sampling against free-running drift: each decoder input group is,
+    # with this probability, the model's own prediction from `self_feed_passes` chained
+    # no-grad passes instead of the true frames (targets stay the true frames). None: the
+    # resumed run's value, else 0 (off).
+    self_feed: float | None = None
+    self_feed_passes: int | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -145,6 +151,12 @@ class TrainOptions:
         input_noise = None if noise_arg is None else float(noise_arg)
         if input_noise is not None and not 0.0 <= input_noise < 1.0:
             raise ConfigError(f"--input-noise must be in [0, 1), got {noise_arg}")
+        feed_arg, passes_arg = g("self_feed"), g("self_feed_passes")
+        self_feed = None if feed_arg is None else float(feed_arg)
+        if self_feed is not None and not 0.0 <= self_feed <= 1.0:
+            raise ConfigError(f"--self-feed must be in [0, 1], got {feed_arg}")
+        if passes_arg is not None and not 1 <= int(passes_arg) <= 8:
+            raise ConfigError(f"--self-feed-passes must be in 1..8, got {passes_arg}")
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
@@ -164,6 +176,8 @@ class TrainOptions:
             progress=bool(g("progress") if g("progress") is not None else True),
             frames_per_step=_opt_int(g("frames_per_step")),
             input_noise=input_noise,
+            self_feed=self_feed,
+            self_feed_passes=_opt_int(passes_arg),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -697,6 +711,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                           else opts.stage_value("transformer", "lr"))
     input_noise = (opts.input_noise if opts.input_noise is not None
                    else float(saved.get("input_noise", 0.0)) if saved else 0.0)
+    self_feed = (opts.self_feed if opts.self_feed is not None
+                 else float(saved.get("self_feed", 0.0)) if saved else 0.0)
+    feed_passes = (opts.self_feed_passes if opts.self_feed_passes is not None
+                   else int(saved.get("self_feed_passes", 2)) if saved else 2)
     opt = torch.optim.AdamW(tr.parameters(), lr=base_lr, weight_decay=0.01)
     sampler = BatchSampler(data.instrument, batch, opts.seed + 1, 1)
     step, elapsed0 = 0, 0.0
@@ -721,6 +739,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         save_training_state(_state_path(opts.out, "transformer"), {
             "stage": "transformer", "step": step, "steps": steps, "batch_size": batch,
             "base_lr": base_lr, "config_name": config, "input_noise": input_noise,
+            "self_feed": self_feed, "self_feed_passes": feed_passes,
             "model_config": config_to_dict(tr.cfg),
             "model": {k: v.detach().cpu() for k, v in tr.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
@@ -742,6 +761,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
         x = data.frames[idx]
         x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+        if self_feed > 0:
+            x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed, feed_passes)
         pred = model(points, data.pitch[idx], x_in)
         loss = (((pred - x) ** 2) * chan_w).mean()
         _check_finite(loss, "transformer", step, opts.out)
@@ -772,6 +793,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         "transformer_steps": step, "transformer_time_s": float(st["elapsed_s"]),
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
         "transformer_input_noise": float(st.get("input_noise", 0.0)),
+        "transformer_self_feed": float(st.get("self_feed", 0.0)),
+        "transformer_self_feed_passes": int(st.get("self_feed_passes", 2)),
         "data_dir": str(meta.get("data_dir", opts.data)), "n_notes": int(len(data.pitch)),
         # The stage's own finish time (not now): resuming a finished run rewrites the same file.
         "date": str(st.get("finished_at", "")),
@@ -787,6 +810,27 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     path = save_model(opts.out, vae, tr, model_meta)
     _say(d, f"model file: {path}")
     return path
+
+
+def _self_fed_inputs(tr: FrameTransformer, points: torch.Tensor, pitches: torch.Tensor,
+                     x: torch.Tensor, p: float, passes: int) -> torch.Tensor:
+    """Decoder inputs for parallel scheduled sampling (Duckworth et al. 2019): x [B, T, D]
+    with each frame group replaced, with probability p, by the model's own prediction.
+
+    Pass k feeds the mix of pass k-1 back in, so after `passes` passes a replaced group carries
+    up to `passes` steps of the model's own error, as in free-running generation; no gradient
+    flows through these passes. `pred[:, t]` predicts frame t, so it is the frame the model
+    itself would have put there; forward() shifts it right by one group as it does the truth.
+    """
+    g = tr.cfg.frames_per_step
+    b, t, _ = x.shape
+    groups = math.ceil(t / g)
+    mask = (torch.rand(b, groups, 1, device=x.device) < p).repeat_interleave(g, dim=1)[:, :t]
+    mixed = x
+    with torch.no_grad():
+        for _ in range(passes):
+            mixed = torch.where(mask, tr(points, pitches, mixed), x)
+    return mixed.detach()
 
 
 def _family_names(present: list[str]) -> list[str]:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from pgesam_live.errors import CodecError
-from pgesam_live.model.metrics import cents, half_peak_time_s, mrstft_distance, track_pitch
+from pgesam_live.model.metrics import (
+    cents,
+    half_peak_time_s,
+    mrstft_distance,
+    track_pitch,
+    track_pitch_pesto,
+)
 
 SR = 24000
 
@@ -77,6 +83,30 @@ def test_track_pitch_ignores_quiet_tail_and_attack() -> None:
     loud = harmonic_tone(300.0, 1.0)
     tail = 0.03 * harmonic_tone(500.0, 1.0)
     assert abs(cents(track_pitch(np.concatenate([loud, tail]), SR, 50.0, 2000.0), 300.0)) < 2
+
+
+@pytest.mark.parametrize("f0_hz", [65.4, 220.0, 523.25, 1046.5])
+def test_track_pitch_pesto_known_tones(f0_hz: float) -> None:
+    assert abs(cents(track_pitch_pesto(harmonic_tone(f0_hz), SR), f0_hz)) < 25.0
+
+
+@pytest.mark.parametrize("root_hz", [220.0, 440.0, 660.0])
+def test_track_pitch_pesto_reads_a_fifths_dyad_at_its_root(root_hz: float) -> None:
+    # Root and fifth together (GM "Lead 7 (fifths)"): the waveform repeats at root / 2, where
+    # YIN reads it; a listener, and PESTO, name the root.
+    t = np.arange(2 * SR) / SR
+    x = sum(np.sin(2 * np.pi * root_hz * k * t) / k + 0.8 * np.sin(3 * np.pi * root_hz * k * t) / k
+            for k in range(1, 6)) * np.exp(-t)
+    assert abs(cents(track_pitch(x, SR, root_hz / 2.3, root_hz * 2.3), root_hz) + 1200) < 50
+    assert abs(cents(track_pitch_pesto(x, SR), root_hz)) < 50
+
+
+def test_track_pitch_pesto_ignores_quiet_tail_and_rejects_blips() -> None:
+    loud = harmonic_tone(300.0, 1.0)
+    tail = 0.03 * harmonic_tone(500.0, 1.0)
+    assert abs(cents(track_pitch_pesto(np.concatenate([loud, tail]), SR), 300.0)) < 25
+    with pytest.raises(CodecError, match="too short"):
+        track_pitch_pesto(loud[:1000], SR)
 
 
 def test_half_peak_time_known_onsets() -> None:

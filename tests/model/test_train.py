@@ -182,6 +182,44 @@ def test_input_noise_reaches_the_inputs_and_is_recorded(data_dir: Path, tmp_path
         T.run_train(train_args("transformer", data_dir, tmp_path / "n0", "--input-noise", "-1"))
 
 
+def test_self_feed_replaces_whole_groups_with_the_models_own_predictions() -> None:
+    """Parallel scheduled sampling: p=0 keeps the true inputs; p=1 with one pass gives the
+    teacher-forced prediction; with two passes, the prediction made from that prediction; a
+    replaced group is replaced whole (both frames of a 2-frame group)."""
+    from pgesam_live.model.transformer import FrameTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    tr = FrameTransformer(TransformerConfig(frame_dim=6, d_model=16, n_heads=2, n_enc_layers=1,
+                                            n_dec_layers=1, d_ff=32, n_frames=8, pitch_min=60,
+                                            pitch_max=61, frames_per_step=2)).eval()
+    pts, pitches = torch.rand(3, 2), torch.tensor([60, 61, 60])
+    x = torch.rand(3, 8, 6)
+    assert torch.equal(T._self_fed_inputs(tr, pts, pitches, x, 0.0, 2), x)
+    one = tr(pts, pitches, x)
+    assert torch.allclose(T._self_fed_inputs(tr, pts, pitches, x, 1.0, 1), one)
+    assert torch.allclose(T._self_fed_inputs(tr, pts, pitches, x, 1.0, 2), tr(pts, pitches, one))
+    torch.manual_seed(3)
+    half = T._self_fed_inputs(tr, pts, pitches, x, 0.5, 1)
+    fed = ~torch.isclose(half, x).all(-1)  # [B, T]: frames that were replaced
+    assert torch.equal(fed[:, 0::2], fed[:, 1::2])  # whole groups
+    assert 0 < int(fed.sum()) < fed.numel()
+    assert torch.allclose(half[fed], one[fed])
+
+
+def test_self_feed_is_recorded_and_checked(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sf"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--self-feed", "0.5",
+                           "--self-feed-passes", "3"))
+    training = load_model(next(out.glob("pgesam_*.pt"))).meta.training
+    assert training["transformer_self_feed"] == 0.5
+    assert training["transformer_self_feed_passes"] == 3
+    with pytest.raises(ConfigError, match="self-feed must"):
+        T.run_train(train_args("transformer", data_dir, out, "--self-feed", "1.5"))
+    with pytest.raises(ConfigError, match="self-feed-passes"):
+        T.run_train(train_args("transformer", data_dir, out, "--self-feed-passes", "0"))
+
+
 def test_batch_sampler_groups_and_shards() -> None:
     inst = torch.tensor([0] * 5 + [1] * 3 + [2] * 7 + [3] * 2)
     s = T.BatchSampler(inst, batch_size=8, seed=0, notes_per_group=4)
