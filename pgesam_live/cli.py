@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-notes", type=int, default=None)
     p.set_defaults(func="pgesam_live.model.eval:run_eval")
 
+    p = sub.add_parser("pack", help="store a fine-tuned model compactly, as a difference "
+                                    "from the model it was fine-tuned from")
+    p.add_argument("model", help="the fine-tuned model file (same VAE and configs as --base)")
+    p.add_argument("--base", required=True, help="the model file it was fine-tuned from")
+    p.add_argument("--out", default=None, help="folder to write into (default: --base's)")
+    p.add_argument("--default", action="store_true",
+                   help="also make it the folder's default model (writes DEFAULT)")
+    p.set_defaults(func="pgesam_live.model.checkpoints:run_pack")
+
     p = sub.add_parser("bench", help="performance figures")
     p.add_argument("--json", action="store_true")
     _add_common(p)

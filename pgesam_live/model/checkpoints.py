@@ -8,6 +8,14 @@ instrument and family names, the training points (each training instrument's mea
 and family, for the map) and training metadata. `<hash8>` is the first 8 hex digits of the
 sha256 of the file's bytes, as in EnCodec's `encodec_24khz-d7cc33bc.th`, and is checked on load.
 
+A *packed* model file (`pack_model`, `pgesam-live pack`) stores a fine-tune of another model
+file, its base, compactly: the same VAE (stored once, in the base) and the Transformer as a
+6-bit, per-row-scaled, zlib-compressed difference from the base's weights. It loads like any
+model file, from the base in the same folder (whose hash is checked).
+
+`checkpoints/DEFAULT`, when present, names the file `--model default` loads; otherwise the
+newest `pgesam_*.pt` there.
+
 Training-state files (`vae.pt`, `transformer.pt` in a run directory) use the same atomic
 writer and damage checks but no hash in the name: they change at every checkpoint.
 """
@@ -21,6 +29,7 @@ import os
 import re
 import sys
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +56,8 @@ MODEL_KEYS = (
 )
 _HASHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
 TRAIN_HINT = "pgesam-live train all --data DIR"
+DEFAULT_FILE = "DEFAULT"   # in the checkpoints folder: the name of the default model file
+DELTA_LEVELS = 31          # packed differences: integers in -31..31 (6 bits) times a row scale
 
 
 def checkpoints_dir() -> Path:
@@ -263,11 +274,121 @@ def save_model(directory: Path | str, vae: TimbreVAE, transformer: FrameTransfor
         "training_points": [_plain(dict(p)) for p in meta.training_points],
         "training": _plain(meta.training),
     })
+    return _write_model_payload(directory, payload)
+
+
+def _write_model_payload(directory: Path | str, payload: dict[str, Any]) -> Path:
     data = payload_bytes(payload)
-    safe_cfg = re.sub(r"[^A-Za-z0-9]+", "", meta.config_name) or "model"
-    path = Path(directory) / f"pgesam_{safe_cfg}_{meta.codec_name}-{short_hash(data)}.pt"
+    safe_cfg = re.sub(r"[^A-Za-z0-9]+", "", str(payload["config_name"])) or "model"
+    codec_name = str(payload["codec"]["name"])
+    path = Path(directory) / f"pgesam_{safe_cfg}_{codec_name}-{short_hash(data)}.pt"
     atomic_write_bytes(path, data)
     return path
+
+
+# --- packed fine-tunes ---------------------------------------------------------------------------
+
+def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+                ) -> dict[str, Any]:
+    """state - base, per tensor row: round(delta / scale) in -L..L with scale = max|row| / L,
+    the integers zlib-compressed into one uint8 tensor (in the order of `keys`)."""
+    scales: dict[str, torch.Tensor] = {}
+    chunks: list[bytes] = []
+    for key, w in state.items():
+        d = w.detach().cpu().double() - base[key].detach().cpu().double()
+        rows = d.reshape(d.shape[0], -1) if d.dim() > 1 else d.reshape(1, -1)
+        scale = rows.abs().amax(1, keepdim=True) / DELTA_LEVELS
+        q = torch.round(rows / scale.clamp(min=1e-300)) * (scale > 0)
+        scales[key] = scale.float().reshape(-1)
+        chunks.append(q.to(torch.int8).numpy().tobytes())
+    packed = zlib.compress(b"".join(chunks), 9)
+    return {"levels": DELTA_LEVELS, "keys": list(state), "scales": scales,
+            "data": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
+
+
+def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
+                  path: Path) -> dict[str, torch.Tensor]:
+    """base + the packed difference -> a full state dict of the base's dtypes."""
+    try:
+        raw = zlib.decompress(delta["data"].numpy().tobytes())
+        q_all = torch.frombuffer(bytearray(raw), dtype=torch.int8)
+        out: dict[str, torch.Tensor] = {}
+        at = 0
+        for key in delta["keys"]:
+            b = base[key]
+            rows = b.shape[0] if b.dim() > 1 else 1
+            q = q_all[at:at + b.numel()].reshape(rows, -1).double()
+            at += b.numel()
+            d = q * delta["scales"][key].double().reshape(rows, 1)
+            out[key] = (b.double() + d.reshape(b.shape)).to(b.dtype)
+        if at != q_all.numel():
+            raise ValueError(f"{q_all.numel() - at} values left over")
+    except (KeyError, ValueError, RuntimeError, zlib.error) as e:
+        raise CheckpointError(f"{path}: its packed Transformer does not fit its base ({e}); "
+                              "the file is damaged or was packed against another base: "
+                              "replace it") from e
+    return out
+
+
+def pack_model(model: Path | str, base: Path | str, directory: Path | str) -> Path:
+    """Write `model`, a fine-tune of `base` (same configs, codec and VAE weights), as a packed
+    model file into `directory`; `base` must sit next to it when it is loaded."""
+    model, base = Path(model), Path(base)
+    obj, _ = read_model_payload(model)
+    ref, base_id = read_model_payload(base)
+    for key in ("config_name", "vae_config", "transformer_config", "codec", "normalisation",
+                "pitch_range"):
+        if obj[key] != ref[key]:
+            raise CheckpointError(f"{model}: its {key} differs from {base}'s; only a fine-tune "
+                                  "of the base (same configs and codec) can be packed")
+    same_vae = obj["vae_state"].keys() == ref["vae_state"].keys() and all(
+        torch.equal(v, ref["vae_state"][k]) for k, v in obj["vae_state"].items())
+    if not same_vae:
+        raise CheckpointError(f"{model}: its VAE differs from {base}'s; only a Transformer "
+                              "fine-tuned on the base's VAE can be packed")
+    payload = {k: v for k, v in obj.items() if k not in ("vae_state", "transformer_state")}
+    payload.update({"vae_state": None, "transformer_state": None,
+                    "base": {"file": base.name, "id": base_id},
+                    "transformer_delta": _pack_delta(obj["transformer_state"],
+                                                     ref["transformer_state"])})
+    return _write_model_payload(directory, payload)
+
+
+def run_pack(ns: Any) -> int:
+    """`pgesam-live pack MODEL --base BASE [--out DIR] [--default]`."""
+    base = Path(ns.base)
+    out_dir = Path(ns.out) if ns.out else base.parent
+    if out_dir.resolve() != base.parent.resolve() and not (out_dir / base.name).is_file():
+        raise CheckpointError(f"{out_dir} does not hold the base {base.name}: the packed file "
+                              "loads only next to it; copy the base there first")
+    path = pack_model(ns.model, base, out_dir)
+    size_mb = path.stat().st_size / 1e6
+    print(f"packed model: {path} ({size_mb:.2f} MB; loads with {base.name} next to it)")
+    if ns.default:
+        atomic_write_bytes(out_dir / DEFAULT_FILE, (path.name + "\n").encode())
+        print(f"default model of {out_dir}: {path.name}")
+    return 0
+
+
+def _unpack(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    """A packed payload with its base's VAE and the rebuilt Transformer filled in."""
+    info = obj["base"]
+    if not isinstance(info, dict) or "file" not in info or "id" not in info:
+        raise CheckpointError(f"{path}: damaged base record; replace the file")
+    base_path = path.parent / str(info["file"])
+    if not base_path.is_file():
+        raise CheckpointError(f"{path} is packed against {info['file']}, which is not next to "
+                              f"it in {path.parent}: put that model file there (it ships in "
+                              "checkpoints/ with this one)")
+    ref, ref_id = read_model_payload(base_path)
+    if ref_id != info["id"]:
+        raise CheckpointError(f"{path} is packed against {info['id']}, but {base_path.name} is "
+                              f"{ref_id}: restore the original base file")
+    out = dict(obj)
+    out["vae_state"] = ref["vae_state"]
+    out["transformer_state"] = _unpack_delta(obj.get("transformer_delta") or {},
+                                             ref["transformer_state"], path)
+    return out
 
 
 def resolve_model(name_or_path: str | Path = "default", directory: Path | None = None) -> Path:
@@ -275,6 +396,14 @@ def resolve_model(name_or_path: str | Path = "default", directory: Path | None =
     directory = checkpoints_dir() if directory is None else Path(directory)
     name = str(name_or_path)
     if name == "default":
+        chosen = directory / DEFAULT_FILE
+        if chosen.is_file():
+            target = directory / chosen.read_text().strip()
+            if not target.is_file() or not target.name.startswith("pgesam_"):
+                raise CheckpointError(f"{chosen} names {target.name!r}, which is not a model "
+                                      f"file in {directory}: write an existing pgesam_*.pt "
+                                      "name there, or delete it to use the newest")
+            return target
         found = sorted(directory.glob("pgesam_*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
         if not found:
             raise CheckpointError(f"no bundled model in {directory}: train one with "
@@ -314,6 +443,8 @@ def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
     if bad_points:
         raise CheckpointError(f"{path}: training_points need keys "
                               f"{', '.join(TRAINING_POINT_KEYS)}; the file is damaged, retrain")
+    if obj.get("base") is not None:
+        obj = _unpack(path, obj)
     stem = m.group("stem") if m else path.stem
     return obj, f"{stem}-{digest}"
 

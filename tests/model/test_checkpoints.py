@@ -202,3 +202,90 @@ def test_training_state_round_trip_and_damage(tmp_path: Path) -> None:
     p.write_bytes(data[:100])
     with pytest.raises(CheckpointError, match=re.escape(str(p))):
         ck.load_training_state(p)
+
+
+def _fine_tune(tr: torch.nn.Module, seed: int = 5, size: float = 1e-3) -> torch.nn.Module:
+    """A copy of `tr` with every weight nudged (what a short fine-tune does)."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    ft = copy.deepcopy(tr)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(size * torch.randn(p.shape, generator=g))
+    return ft
+
+
+def test_packed_fine_tune_loads_close_to_the_full_one(saved: tuple, tmp_path: Path) -> None:
+    base, vae, tr = saved
+    ft = _fine_tune(tr)
+    full = ck.save_model(tmp_path / "run", vae, ft, _meta())
+    packed = ck.pack_model(full, base, base.parent)
+    assert packed.parent == base.parent and packed != base
+    assert re.fullmatch(r"pgesam_tiny_harmonic-[0-9a-f]{8}\.pt", packed.name)
+    # The VAE is not stored again and the difference is 6-bit, compressed.
+    assert packed.stat().st_size < 0.4 * full.stat().st_size
+    b = ck.load_model(packed)
+    assert b.id == packed.stem
+    for k, v in vae.state_dict().items():
+        assert torch.equal(b.vae.state_dict()[k], v), k
+    for k, v in ft.state_dict().items():
+        d = (v - tr.state_dict()[k]).reshape(v.shape[0] if v.dim() > 1 else 1, -1)
+        bound = d.abs().amax(1, keepdim=True) / ck.DELTA_LEVELS / 2 + 1e-7
+        err = (b.transformer.state_dict()[k] - v).reshape_as(d).abs()
+        assert bool((err <= bound).all()), k
+    pts, pitches = torch.tensor([[0.1, 0.2]]), torch.tensor([50])
+    ref = ft.eval().generate(pts, pitches, n_frames=8)
+    moved = float((tr.eval().generate(pts, pitches, n_frames=8) - ref).abs().max())
+    err = float((b.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max())
+    assert err < 0.1 * moved  # the fine-tune's change survives packing, to within 10 %
+
+
+def test_packed_file_needs_its_own_base(saved: tuple, tmp_path: Path) -> None:
+    base, vae, tr = saved
+    full = ck.save_model(tmp_path / "run", vae, _fine_tune(tr), _meta())
+    packed = ck.pack_model(full, base, base.parent)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    moved = alone / packed.name
+    moved.write_bytes(packed.read_bytes())
+    with pytest.raises(CheckpointError, match=f"packed against {base.name}.*put that model"):
+        ck.load_model(moved)
+    # Another model file under the base's name: its content hash no longer matches the name.
+    other_vae, other_tr = _models(seed=3)
+    other = ck.save_model(tmp_path / "other", other_vae, other_tr, _meta())
+    (alone / base.name).write_bytes(other.read_bytes())
+    with pytest.raises(CheckpointError, match="does not match the name"):
+        ck.load_model(moved)
+
+
+def test_pack_refuses_what_is_not_a_fine_tune_of_the_base(saved: tuple, tmp_path: Path) -> None:
+    base, _, _ = saved
+    other_vae, other_tr = _models(seed=2)
+    stranger = ck.save_model(tmp_path / "s", other_vae, other_tr, _meta())
+    with pytest.raises(CheckpointError, match="VAE differs"):
+        ck.pack_model(stranger, base, base.parent)
+    meta = _meta()
+    meta.pitch_range = (48, 59)
+    shifted = ck.save_model(tmp_path / "p", other_vae, other_tr, meta)
+    with pytest.raises(CheckpointError, match="pitch_range differs"):
+        ck.pack_model(shifted, base, base.parent)
+
+
+def test_default_file_names_the_default_model(saved: tuple, tmp_path: Path) -> None:
+    from pgesam_live.cli import main
+
+    base, vae, tr = saved
+    full = ck.save_model(tmp_path / "run", vae, _fine_tune(tr), _meta())
+    newer = ck.save_model(base.parent, *_models(seed=4), _meta())
+    now = time.time()
+    os.utime(newer, (now + 100, now + 100))
+    assert ck.resolve_model("default", base.parent) == newer
+    assert main(["pack", str(full), "--base", str(base), "--default"]) == 0
+    chosen = (base.parent / ck.DEFAULT_FILE).read_text().strip()
+    assert chosen != newer.name and chosen != base.name
+    assert ck.resolve_model("default", base.parent) == base.parent / chosen
+    assert ck.load_model("default", directory=base.parent).id == Path(chosen).stem
+    (base.parent / ck.DEFAULT_FILE).write_text("pgesam_gone-00000000.pt\n")
+    with pytest.raises(CheckpointError, match="DEFAULT names 'pgesam_gone-00000000.pt'"):
+        ck.resolve_model("default", base.parent)
