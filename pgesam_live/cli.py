@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--vae", default=None, help="VAE checkpoint for the transformer stage")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="with --resume on a finished Transformer run: another phase from its "
+                        "weights with the step count and schedule restarted (--steps, --lr)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pitch-range", default=None, help="e.g. 48-72 (default: the config's)")

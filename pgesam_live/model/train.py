@@ -131,6 +131,9 @@ class TrainOptions:
     # resumed run's value, else 0 (off).
     self_feed: float | None = None
     self_feed_passes: int | None = None
+    # With --resume on a finished Transformer run: another phase from its weights, optimiser
+    # and sampler, with the step count and learning-rate schedule restarted (--steps, --lr).
+    fine_tune: bool = False
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -157,6 +160,9 @@ class TrainOptions:
             raise ConfigError(f"--self-feed must be in [0, 1], got {feed_arg}")
         if passes_arg is not None and not 1 <= int(passes_arg) <= 8:
             raise ConfigError(f"--self-feed-passes must be in 1..8, got {passes_arg}")
+        if g("fine_tune") and (stage != "transformer" or not g("resume")):
+            raise ConfigError("--fine-tune goes with `train transformer --resume` (another "
+                              "phase of a finished Transformer run)")
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
@@ -178,6 +184,7 @@ class TrainOptions:
             input_noise=input_noise,
             self_feed=self_feed,
             self_feed_passes=_opt_int(passes_arg),
+            fine_tune=bool(g("fine_tune")),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -689,6 +696,16 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     pitch_range = (int(meta["pitch_range"][0]), int(meta["pitch_range"][1]))
     config = vae_res.config_name
     saved = _start_state(opts, "transformer")
+    previous_steps = int(saved.get("previous_steps", 0)) if saved else 0
+    if opts.fine_tune:
+        if not saved or not saved.get("finished"):
+            where = (f"it stopped at step {saved['step']} of {saved['steps']}: resume it first"
+                     if saved else f"there is no Transformer run in {opts.out}: train one")
+            raise ConfigError(f"--fine-tune continues a finished Transformer run; {where}")
+        if opts.steps is None:
+            raise ConfigError("--fine-tune needs --steps: how many steps this phase runs")
+        previous_steps += int(saved["step"])
+        saved = {**saved, "step": 0, "finished": False, "finished_at": ""}
     codec = get_codec(codec_name, **dict(meta["codec"].get("config") or {})).to(d.device)
     if saved:
         tr = build_transformer(saved["model_config"], saved["model"],
@@ -740,6 +757,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "stage": "transformer", "step": step, "steps": steps, "batch_size": batch,
             "base_lr": base_lr, "config_name": config, "input_noise": input_noise,
             "self_feed": self_feed, "self_feed_passes": feed_passes,
+            "previous_steps": previous_steps,
             "model_config": config_to_dict(tr.cfg),
             "model": {k: v.detach().cpu() for k, v in tr.state_dict().items()},
             "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
@@ -790,7 +808,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     st = load_training_state(_state_path(opts.out, "transformer"), required=STATE_KEYS)
     training = dict(meta.get("training") or {})
     training.update({
-        "transformer_steps": step, "transformer_time_s": float(st["elapsed_s"]),
+        "transformer_steps": previous_steps + step,
+        "transformer_last_phase_steps": step, "transformer_time_s": float(st["elapsed_s"]),
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
         "transformer_input_noise": float(st.get("input_noise", 0.0)),
         "transformer_self_feed": float(st.get("self_feed", 0.0)),

@@ -220,6 +220,36 @@ def test_self_feed_is_recorded_and_checked(data_dir: Path, tmp_path: Path) -> No
         T.run_train(train_args("transformer", data_dir, out, "--self-feed-passes", "0"))
 
 
+def test_fine_tune_restarts_the_schedule_from_a_finished_run(data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "3"))
+    before = _weights(out / "transformer.pt")
+    T.run_train(train_args("transformer", data_dir, out, "--resume", "--fine-tune",
+                           "--steps", "2", "--lr", "1e-3", "--self-feed", "0.5"))
+    st = load_training_state(out / "transformer.pt")
+    assert st["step"] == 2 and st["previous_steps"] == 3 and st["finished"]
+    assert any(not torch.equal(before[k], v) for k, v in _weights(out / "transformer.pt").items())
+    # The phase's schedule restarted: its log counts steps 1..2 again, warm-up from lr/warm.
+    rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    tr_steps = [r["step"] for r in rows if r["stage"] == "transformer"]
+    assert tr_steps[-2:] == [1, 2] and max(tr_steps) == 3
+    newest = max(out.glob("pgesam_*.pt"), key=lambda p: p.stat().st_mtime)
+    training = load_model(newest).meta.training
+    assert training["transformer_steps"] == 5 and training["transformer_last_phase_steps"] == 2
+    with pytest.raises(ConfigError, match="needs --steps"):
+        T.run_train(train_args("transformer", data_dir, out, "--resume", "--fine-tune"))
+    with pytest.raises(ConfigError, match="goes with"):
+        T.run_train(train_args("transformer", data_dir, out, "--fine-tune", "--steps", "2"))
+    vae_only = tmp_path / "vae_only"
+    vae_only.mkdir()
+    shutil.copy(out / "vae.pt", vae_only / "vae.pt")
+    with pytest.raises(ConfigError, match="no Transformer run"):
+        T.run_train(train_args("transformer", data_dir, vae_only, "--resume", "--fine-tune",
+                               "--steps", "2"))
+
+
 def test_batch_sampler_groups_and_shards() -> None:
     inst = torch.tensor([0] * 5 + [1] * 3 + [2] * 7 + [3] * 2)
     s = T.BatchSampler(inst, batch_size=8, seed=0, notes_per_group=4)
