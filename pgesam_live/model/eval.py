@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgesam_live.errors import DataError
+from pgesam_live.errors import CodecError, DataError
 from pgesam_live.model import metrics
 from pgesam_live.model.checkpoints import ModelBundle, load_model
 from pgesam_live.model.data import FAMILIES, FrameSet, load_audio, load_frames, read_split
@@ -71,6 +71,19 @@ def _knn_family(points: np.ndarray, fams: np.ndarray, ref_pts: np.ndarray, ref_f
 def _fold_octave_cents(c: float) -> float:
     """Cents folded to (-600, 600] (an organ stop an octave off counts as in tune)."""
     return (c + 600.0) % 1200.0 - 600.0
+
+
+def _pesto_or_nan(wave: np.ndarray, sample_rate: int) -> float:
+    """PESTO's reading of a note in Hz; NaN for a silent one (it then counts as a miss)."""
+    try:
+        return metrics.track_pitch_pesto(wave, sample_rate)
+    except CodecError:
+        return math.nan
+
+
+def _abs_cents(a_hz: float, b_hz: float) -> float:
+    """|interval| in cents; infinite when either reading is missing (NaN or <= 0)."""
+    return abs(metrics.cents(a_hz, b_hz)) if a_hz > 0 and b_hz > 0 else math.inf
 
 
 @torch.inference_mode()
@@ -145,14 +158,13 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     misses: dict[str, list[int]] = {}
     for j, i in enumerate(idx):
         midi_hz = 440.0 * 2 ** ((int(fs.pitch[i]) - 69) / 12)
-        p_orig, p_gen, p_rt = (metrics.track_pitch_pesto(w, sr)
-                               for w in (originals[j], audio[j], rt[j]))
-        within_codec += int(abs(metrics.cents(p_rt, p_orig)) <= 50)
-        ok = abs(metrics.cents(p_gen, p_orig)) <= 50
+        p_orig, p_gen, p_rt = (_pesto_or_nan(w, sr) for w in (originals[j], audio[j], rt[j]))
+        within_codec += int(_abs_cents(p_rt, p_orig) <= 50)
+        ok = _abs_cents(p_gen, p_orig) <= 50
         within += int(ok)
-        c_midi = metrics.cents(p_gen, midi_hz)
-        within_midi += int(abs(_fold_octave_cents(c_midi)) <= 50)
-        octave_errs += int(abs(c_midi) > 600)
+        within_midi += int(abs(_fold_octave_cents(metrics.cents(p_gen, midi_hz))) <= 50
+                           if p_gen > 0 else 0)
+        octave_errs += int(_abs_cents(p_gen, midi_hz) > 600)
         tally = misses.setdefault(fs.instrument_names[int(fs.instrument[i])], [0, 0])
         tally[0] += int(not ok)
         tally[1] += 1

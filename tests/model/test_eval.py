@@ -94,3 +94,10 @@ def test_eval_on_an_empty_pitch_range_is_a_data_error(tmp_path: Path) -> None:
     bundle.meta.pitch_range = (60, 61)  # no notes of the set lie there
     with pytest.raises(DataError, match="passes the filters"):
         E.evaluate(bundle, data, "test", progress=False)
+
+
+def test_a_silent_note_counts_as_a_pitch_miss_not_a_crash() -> None:
+    assert math.isnan(E._pesto_or_nan(np.zeros(24000), 24000))
+    assert E._abs_cents(math.nan, 440.0) == math.inf
+    assert E._abs_cents(440.0, 0.0) == math.inf
+    assert E._abs_cents(880.0, 440.0) == pytest.approx(1200.0)
