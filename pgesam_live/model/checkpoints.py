@@ -9,9 +9,11 @@ and family, for the map) and training metadata. `<hash8>` is the first 8 hex dig
 sha256 of the file's bytes, as in EnCodec's `encodec_24khz-d7cc33bc.th`, and is checked on load.
 
 A *packed* model file (`pack_model`, `pgesam-live pack`) stores a fine-tune of another model
-file, its base, compactly: the same VAE (stored once, in the base) and the Transformer as a
-6-bit, per-row-scaled, zlib-compressed difference from the base's weights. It loads like any
-model file, from the base in the same folder (whose hash is checked).
+file, its base, compactly: the same VAE (stored once, in the base) and the Transformer as an
+8-bit, zlib-compressed difference from the base's weights with one scale per 64 weights
+(free-running generation amplifies weight errors; at this precision the packed model's notes
+differ from the full one's about as much as rounding the weights to float16 makes them). It
+loads like any model file, from the base in the same folder (whose hash is checked).
 
 `checkpoints/DEFAULT`, when present, names the file `--model default` loads; otherwise the
 newest `pgesam_*.pt` there.
@@ -57,7 +59,8 @@ MODEL_KEYS = (
 _HASHED_NAME = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
 TRAIN_HINT = "pgesam-live train all --data DIR"
 DEFAULT_FILE = "DEFAULT"   # in the checkpoints folder: the name of the default model file
-DELTA_LEVELS = 31          # packed differences: integers in -31..31 (6 bits) times a row scale
+DELTA_LEVELS = 127         # packed differences: integers in -127..127 (8 bits) ...
+DELTA_BLOCK = 64           # ... times one scale per block of 64 consecutive weights
 
 
 def checkpoints_dir() -> Path:
@@ -288,39 +291,48 @@ def _write_model_payload(directory: Path | str, payload: dict[str, Any]) -> Path
 
 # --- packed fine-tunes ---------------------------------------------------------------------------
 
+def _blocks(t: torch.Tensor) -> torch.Tensor:
+    """Any tensor -> float64 [n_blocks, DELTA_BLOCK], flattened and zero-padded."""
+    flat = t.detach().cpu().double().reshape(-1)
+    pad = (-flat.numel()) % DELTA_BLOCK
+    return torch.cat([flat, flat.new_zeros(pad)]).view(-1, DELTA_BLOCK)
+
+
 def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
                 ) -> dict[str, Any]:
-    """state - base, per tensor row: round(delta / scale) in -L..L with scale = max|row| / L,
-    the integers zlib-compressed into one uint8 tensor (in the order of `keys`)."""
+    """state - base, per block of DELTA_BLOCK weights: round(delta / scale) in -L..L with
+    scale = max|block| / L (float16), the integers zlib-compressed into one uint8 tensor (in
+    the order of `keys`)."""
     scales: dict[str, torch.Tensor] = {}
     chunks: list[bytes] = []
     for key, w in state.items():
-        d = w.detach().cpu().double() - base[key].detach().cpu().double()
-        rows = d.reshape(d.shape[0], -1) if d.dim() > 1 else d.reshape(1, -1)
-        scale = rows.abs().amax(1, keepdim=True) / DELTA_LEVELS
-        q = torch.round(rows / scale.clamp(min=1e-300)) * (scale > 0)
-        scales[key] = scale.float().reshape(-1)
-        chunks.append(q.to(torch.int8).numpy().tobytes())
+        d = _blocks(w) - _blocks(base[key])
+        scale = (d.abs().amax(1, keepdim=True) / DELTA_LEVELS).half()  # stored as float16
+        s64 = scale.double()
+        q = (torch.round(d / s64.clamp(min=1e-300)) * (s64 > 0)).clamp(-127, 127)
+        scales[key] = scale.reshape(-1)
+        chunks.append(q.reshape(-1)[:w.numel()].to(torch.int8).numpy().tobytes())
     packed = zlib.compress(b"".join(chunks), 9)
-    return {"levels": DELTA_LEVELS, "keys": list(state), "scales": scales,
-            "data": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
+    return {"levels": DELTA_LEVELS, "block": DELTA_BLOCK, "keys": list(state),
+            "scales": scales, "data": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
 
 
 def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
                   path: Path) -> dict[str, torch.Tensor]:
     """base + the packed difference -> a full state dict of the base's dtypes."""
     try:
+        if int(delta["block"]) != DELTA_BLOCK:
+            raise ValueError(f"block {delta['block']}, this version reads {DELTA_BLOCK}")
         raw = zlib.decompress(delta["data"].numpy().tobytes())
         q_all = torch.frombuffer(bytearray(raw), dtype=torch.int8)
         out: dict[str, torch.Tensor] = {}
         at = 0
         for key in delta["keys"]:
             b = base[key]
-            rows = b.shape[0] if b.dim() > 1 else 1
-            q = q_all[at:at + b.numel()].reshape(rows, -1).double()
+            q = _blocks(q_all[at:at + b.numel()])
             at += b.numel()
-            d = q * delta["scales"][key].double().reshape(rows, 1)
-            out[key] = (b.double() + d.reshape(b.shape)).to(b.dtype)
+            d = (q * delta["scales"][key].double().reshape(-1, 1)).reshape(-1)[:b.numel()]
+            out[key] = (b.double() + d.view(b.shape)).to(b.dtype)
         if at != q_all.numel():
             raise ValueError(f"{q_all.numel() - at} values left over")
     except (KeyError, ValueError, RuntimeError, zlib.error) as e:

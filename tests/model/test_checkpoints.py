@@ -223,16 +223,16 @@ def test_packed_fine_tune_loads_close_to_the_full_one(saved: tuple, tmp_path: Pa
     packed = ck.pack_model(full, base, base.parent)
     assert packed.parent == base.parent and packed != base
     assert re.fullmatch(r"pgesam_tiny_harmonic-[0-9a-f]{8}\.pt", packed.name)
-    # The VAE is not stored again and the difference is 6-bit, compressed.
-    assert packed.stat().st_size < 0.4 * full.stat().st_size
+    # The VAE is not stored again and the difference is 8-bit, compressed.
+    assert packed.stat().st_size < 0.5 * full.stat().st_size
     b = ck.load_model(packed)
     assert b.id == packed.stem
     for k, v in vae.state_dict().items():
         assert torch.equal(b.vae.state_dict()[k], v), k
     for k, v in ft.state_dict().items():
-        d = (v - tr.state_dict()[k]).reshape(v.shape[0] if v.dim() > 1 else 1, -1)
-        bound = d.abs().amax(1, keepdim=True) / ck.DELTA_LEVELS / 2 + 1e-7
-        err = (b.transformer.state_dict()[k] - v).reshape_as(d).abs()
+        d = ck._blocks(v - tr.state_dict()[k])
+        bound = d.abs().amax(1, keepdim=True) / ck.DELTA_LEVELS * 0.502 + 1e-7  # f16 scale
+        err = ck._blocks(b.transformer.state_dict()[k] - v).abs()
         assert bool((err <= bound).all()), k
     pts, pitches = torch.tensor([[0.1, 0.2]]), torch.tensor([50])
     ref = ft.eval().generate(pts, pitches, n_frames=8)
