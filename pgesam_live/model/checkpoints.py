@@ -309,7 +309,7 @@ def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
         d = _blocks(w) - _blocks(base[key])
         scale = (d.abs().amax(1, keepdim=True) / DELTA_LEVELS).half()  # stored as float16
         s64 = scale.double()
-        q = (torch.round(d / s64.clamp(min=1e-300)) * (s64 > 0)).clamp(-127, 127)
+        q = (torch.round(d / s64.clamp(min=1e-300)) * (s64 > 0)).clamp(-DELTA_LEVELS, DELTA_LEVELS)
         scales[key] = scale.reshape(-1)
         chunks.append(q.reshape(-1)[:w.numel()].to(torch.int8).numpy().tobytes())
     packed = zlib.compress(b"".join(chunks), 9)
@@ -404,7 +404,8 @@ def _unpack(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_model(name_or_path: str | Path = "default", directory: Path | None = None) -> Path:
-    """`default` -> the newest `pgesam_*.pt` in checkpoints/; else a name there, else a path."""
+    """`default` -> the file checkpoints/DEFAULT names, else the newest `pgesam_*.pt` there;
+    else a name there, else a path."""
     directory = checkpoints_dir() if directory is None else Path(directory)
     name = str(name_or_path)
     if name == "default":
