@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine.
 	$(BIN)/pip install -q torch==2.13.0
 	# encodec declares torchaudio, whose PyPI build breaks beside CPU torch; the EnCodec model
-	# never uses it, so install encodec alone and give it a stub (pgesam_live/model/codec.py).
+	# never uses it, so install encodec alone and give it a stub (model/torchaudio_stub.py).
 	$(BIN)/pip install -q --no-deps encodec==0.1.1
 	# pesto-pitch (the eval's pitch tracker; weights inside the wheel) declares torchaudio too
 	# and only uses it to read files: same stub (pgesam_live/model/torchaudio_stub.py).
