@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "of a share P of its teacher-forced input groups (0 = off)")
     p.add_argument("--self-feed-passes", type=int, default=None, metavar="K",
                    help="chained prediction passes behind each self-fed group (default 2)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="transformer stage: start from this model file's Transformer (and use "
+                        "its VAE), e.g. to fine-tune the bundled model")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="with --init: train a rank-R delta of each large weight (LoRA) plus "
+                        "the small tensors; `pack` then stores it in about 1 MB")
     p.set_defaults(func="pgesam_live.model.train:run_train")
 
     p = sub.add_parser("eval", help="evaluate a model on an NSynth-format set")

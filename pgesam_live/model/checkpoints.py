@@ -61,6 +61,7 @@ TRAIN_HINT = "pgesam-live train all --data DIR"
 DEFAULT_FILE = "DEFAULT"   # in the checkpoints folder: the name of the default model file
 DELTA_LEVELS = 127         # packed differences: integers in -127..127 (8 bits) ...
 DELTA_BLOCK = 64           # ... times one scale per block of 64 consecutive weights
+LOW_RANK_TOL = 1e-3        # a difference within this relative error of rank r packs as factors
 
 
 def checkpoints_dir() -> Path:
@@ -298,14 +299,42 @@ def _blocks(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat, flat.new_zeros(pad)]).view(-1, DELTA_BLOCK)
 
 
+def _low_rank(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Factors (A [m, r], B [r, n], float16) of a 2-D difference d that is low-rank (as a LoRA
+    fine-tune's is) within LOW_RANK_TOL of its norm, when they take fewer bytes than the 8-bit
+    blocks would; else None."""
+    if d.dim() != 2 or min(d.shape) < 2:
+        return None
+    m, n = d.shape
+    u, sv, vh = torch.linalg.svd(d, full_matrices=False)
+    total = float(sv.square().sum())
+    if total == 0.0:
+        return None
+    tail = (sv.square().flip(0).cumsum(0).flip(0) / total).sqrt()  # residual of rank i: tail[i]
+    fits = (tail <= LOW_RANK_TOL).nonzero()
+    r = int(fits[0]) if len(fits) else min(m, n)
+    if r == 0 or 2 * r * (m + n) >= m * n:
+        return None
+    root = sv[:r].sqrt()
+    return (u[:, :r] * root).half(), (root[:, None] * vh[:r]).half()
+
+
 def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
                 ) -> dict[str, Any]:
-    """state - base, per block of DELTA_BLOCK weights: round(delta / scale) in -L..L with
+    """state - base: as float16 factors A @ B where the difference is low-rank (`lowrank`),
+    else per block of DELTA_BLOCK weights: round(delta / scale) in -L..L with
     scale = max|block| / L (float16), the integers zlib-compressed into one uint8 tensor (in
     the order of `keys`)."""
     scales: dict[str, torch.Tensor] = {}
     chunks: list[bytes] = []
+    lowrank: dict[str, dict[str, torch.Tensor]] = {}
+    keys: list[str] = []
     for key, w in state.items():
+        factors = _low_rank(w.detach().cpu().double() - base[key].detach().cpu().double())
+        if factors is not None:
+            lowrank[key] = {"a": factors[0], "b": factors[1]}
+            continue
+        keys.append(key)
         d = _blocks(w) - _blocks(base[key])
         scale = (d.abs().amax(1, keepdim=True) / DELTA_LEVELS).half()  # stored as float16
         s64 = scale.double()
@@ -313,8 +342,9 @@ def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
         scales[key] = scale.reshape(-1)
         chunks.append(q.reshape(-1)[:w.numel()].to(torch.int8).numpy().tobytes())
     packed = zlib.compress(b"".join(chunks), 9)
-    return {"levels": DELTA_LEVELS, "block": DELTA_BLOCK, "keys": list(state),
-            "scales": scales, "data": torch.frombuffer(bytearray(packed), dtype=torch.uint8)}
+    return {"levels": DELTA_LEVELS, "block": DELTA_BLOCK, "keys": keys,
+            "scales": scales, "data": torch.frombuffer(bytearray(packed), dtype=torch.uint8),
+            "lowrank": lowrank}
 
 
 def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
@@ -335,6 +365,12 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
             out[key] = (b.double() + d.view(b.shape)).to(b.dtype)
         if at != q_all.numel():
             raise ValueError(f"{q_all.numel() - at} values left over")
+        for key, f in (delta.get("lowrank") or {}).items():
+            b = base[key]
+            out[key] = (b.double() + f["a"].double() @ f["b"].double()).to(b.dtype)
+        missing = [k for k in base if k not in out]
+        if missing:
+            raise ValueError(f"no difference stored for {', '.join(missing[:3])}")
     except (KeyError, ValueError, RuntimeError, zlib.error) as e:
         raise CheckpointError(f"{path}: its packed Transformer does not fit its base ({e}); "
                               "the file is damaged or was packed against another base: "

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from pgesam_live.errors import CheckpointError, ConfigError, DataError
+from pgesam_live.model import lora
 from pgesam_live.model.checkpoints import (
     ModelMeta,
     build_transformer,
@@ -134,6 +135,12 @@ class TrainOptions:
     # With --resume on a finished Transformer run: another phase from its weights, optimiser
     # and sampler, with the step count and learning-rate schedule restarted (--steps, --lr).
     fine_tune: bool = False
+    # Transformer stage: start from a model file's Transformer and VAE instead of a fresh
+    # Transformer and a VAE run.
+    init: Path | None = None
+    # With init: train only a rank-r delta of each large weight plus the small tensors
+    # (lora.py), so the result packs small.
+    lora_rank: int | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -163,6 +170,19 @@ class TrainOptions:
         if g("fine_tune") and (stage != "transformer" or not g("resume")):
             raise ConfigError("--fine-tune goes with `train transformer --resume` (another "
                               "phase of a finished Transformer run)")
+        init, lora_rank = g("init"), _opt_int(g("lora_rank"))
+        if init is not None and stage != "transformer":
+            raise ConfigError("--init goes with `train transformer` (start its Transformer "
+                              "from a model file)")
+        if init is not None and g("vae") is not None:
+            raise ConfigError("--init uses the model file's own VAE: leave out --vae")
+        if init is not None and g("fine_tune"):
+            raise ConfigError("--init starts a new run from a model file; --fine-tune continues "
+                              "a run of --out: use one of them")
+        if lora_rank is not None and (init is None or not 1 <= lora_rank <= 256):
+            raise ConfigError("--lora-rank R (1..256) goes with --init MODEL: a low-rank "
+                              f"fine-tune of that model (got rank {lora_rank}, "
+                              f"init {init or 'none'})")
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
@@ -185,6 +205,8 @@ class TrainOptions:
             self_feed=self_feed,
             self_feed_passes=_opt_int(passes_arg),
             fine_tune=bool(g("fine_tune")),
+            init=None if init is None else Path(str(init)),
+            lora_rank=lora_rank,
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -654,12 +676,13 @@ def training_points(vae: TimbreVAE, data: TrainData, device: torch.device
 # --- stage 2: the Transformer -------------------------------------------------------------------
 
 def _load_vae_for_transformer(opts: TrainOptions) -> VAEResult:
-    path = opts.vae or _state_path(opts.out, "vae")
+    path = opts.vae or opts.init or _state_path(opts.out, "vae")
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no VAE to condition on; train one first "
                               f"(`pgesam-live train vae --data DIR --out {opts.out}`) or pass "
                               f"--vae CKPT")
-    if Path(path).name.startswith("pgesam_"):  # a model file: reuse its VAE and meta
+    if opts.init is not None or Path(path).name.startswith("pgesam_"):
+        # a model file: reuse its VAE and meta
         obj, _ = read_model_payload(Path(path))
         vae = build_vae(obj["vae_config"], obj["vae_state"], path)
         meta = {"codec": obj["codec"], "normalisation": obj["normalisation"],
@@ -684,6 +707,9 @@ def _load_vae_for_transformer(opts: TrainOptions) -> VAEResult:
 
 def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = None) -> Path | None:
     """Stage 2; returns the model file's path on rank 0 (None on the others)."""
+    saved = _start_state(opts, "transformer")
+    if saved and saved.get("init") and opts.init is None and opts.vae is None:
+        opts = dataclasses.replace(opts, init=Path(str(saved["init"])))  # resuming an --init run
     if vae_res is None:
         vae_res = _load_vae_for_transformer(opts)
     vae = vae_res.vae.to(d.device).eval()
@@ -695,8 +721,11 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         _say(d, f"using the VAE's codec {codec_name!r} (not --codec {opts.codec})")
     pitch_range = (int(meta["pitch_range"][0]), int(meta["pitch_range"][1]))
     config = vae_res.config_name
-    saved = _start_state(opts, "transformer")
     previous_steps = int(saved.get("previous_steps", 0)) if saved else 0
+    lora_rank = opts.lora_rank or (int(saved.get("lora_rank") or 0) if saved else 0)
+    if opts.fine_tune and lora_rank:
+        raise ConfigError("--fine-tune of a low-rank (--lora-rank) run is not supported: start "
+                          "another run with --init on its model file")
     if opts.fine_tune:
         if not saved or not saved.get("finished"):
             where = (f"it stopped at step {saved['step']} of {saved['steps']}: resume it first"
@@ -707,9 +736,17 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         previous_steps += int(saved["step"])
         saved = {**saved, "step": 0, "finished": False, "finished_at": ""}
     codec = get_codec(codec_name, **dict(meta["codec"].get("config") or {})).to(d.device)
+    init_training: dict[str, Any] = {}
     if saved:
         tr = build_transformer(saved["model_config"], saved["model"],
                                _state_path(opts.out, "transformer"))
+        init_training = dict(saved.get("init_training") or {})
+    elif opts.init is not None:
+        init_obj, init_id = read_model_payload(Path(opts.init))
+        tr = build_transformer(init_obj["transformer_config"], init_obj["transformer_state"],
+                               opts.init)
+        init_training = {**dict(init_obj["training"]), "init_model": init_id}
+        previous_steps = int(init_training.get("transformer_steps", 0))
     else:
         _, tr_cfg = make_configs(config, codec.dim, 1, pitch_range)
         if opts.frames_per_step is not None:
@@ -732,7 +769,12 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                  else float(saved.get("self_feed", 0.0)) if saved else 0.0)
     feed_passes = (opts.self_feed_passes if opts.self_feed_passes is not None
                    else int(saved.get("self_feed_passes", 2)) if saved else 2)
-    opt = torch.optim.AdamW(tr.parameters(), lr=base_lr, weight_decay=0.01)
+    if lora_rank:
+        params = lora.attach(tr, lora_rank, seed=opts.seed,
+                             factors=saved.get("lora_factors") if saved else None)
+    else:
+        params = list(tr.parameters())
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.01)
     sampler = BatchSampler(data.instrument, batch, opts.seed + 1, 1)
     step, elapsed0 = 0, 0.0
     torch.manual_seed(opts.seed * 1000003 + d.rank * 7919 + 1)
@@ -757,9 +799,12 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "stage": "transformer", "step": step, "steps": steps, "batch_size": batch,
             "base_lr": base_lr, "config_name": config, "input_noise": input_noise,
             "self_feed": self_feed, "self_feed_passes": feed_passes,
-            "previous_steps": previous_steps,
+            "previous_steps": previous_steps, "init_training": init_training,
+            "init": str(opts.init) if opts.init is not None else "",
+            "lora_rank": lora_rank,
+            "lora_factors": lora.factors_of(tr) if lora_rank else None,
             "model_config": config_to_dict(tr.cfg),
-            "model": {k: v.detach().cpu() for k, v in tr.state_dict().items()},
+            "model": lora.merged_state(tr),
             "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
             "elapsed_s": elapsed0 + time.time() - t0, "data": {"pitch_range": list(pitch_range)},
             "hardware": hardware(d), "seed": opts.seed, "finished": final,
@@ -786,7 +831,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         _check_finite(loss, "transformer", step, opts.out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(tr.parameters(), GRAD_CLIP)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         opt.step()
         step += 1
         bar.update(1)
@@ -802,14 +847,27 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     already = saved and saved.get("finished") and int(saved["step"]) == steps
     if d.main and not already:
         save(final=True)
+    lora.merge(tr)
     d.barrier()
     if not d.main:
         return None
     st = load_training_state(_state_path(opts.out, "transformer"), required=STATE_KEYS)
-    training = dict(meta.get("training") or {})
+    training = dict(init_training or meta.get("training") or {})
+    training.pop("init_model", None)
+    phase_time_s = float(st["elapsed_s"])
+    if init_training:  # record this phase beside the ones the init model went through
+        training["phases"] = [*list(init_training.get("phases") or [{
+            "steps": int(init_training.get("transformer_steps", 0)),
+            "time_s": float(init_training.get("transformer_time_s", 0.0)),
+            "hardware": init_training.get("transformer_hardware", {})}]), {
+            "init": str(init_training.get("init_model", "")), "steps": step,
+            "time_s": phase_time_s, "hardware": st.get("hardware", {}), "lr": base_lr,
+            "batch_size": batch, "lora_rank": lora_rank, "self_feed": self_feed,
+            "self_feed_passes": feed_passes}]
+        phase_time_s += float(init_training.get("transformer_time_s", 0.0))
     training.update({
-        "transformer_steps": previous_steps + step,
-        "transformer_last_phase_steps": step, "transformer_time_s": float(st["elapsed_s"]),
+        "transformer_steps": previous_steps + step, "transformer_lora_rank": lora_rank,
+        "transformer_last_phase_steps": step, "transformer_time_s": phase_time_s,
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
         "transformer_input_noise": float(st.get("input_noise", 0.0)),
         "transformer_self_feed": float(st.get("self_feed", 0.0)),

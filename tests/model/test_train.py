@@ -292,3 +292,50 @@ def test_torchrun_two_processes(data_dir: Path, tmp_path: Path) -> None:
     assert st["step"] == 2 and st["finished"]
     assert st["hardware"]["world_size"] == 2
     assert log_steps(out, "vae") == [1, 2]  # only rank 0 writes
+
+
+def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_path: Path) -> None:
+    from pgesam_live.model import checkpoints as ck
+    from pgesam_live.model.lora import lora_targets
+
+    out = tmp_path / "base"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2"))
+    base = next(out.glob("pgesam_*.pt"))
+    ft = tmp_path / "ft"
+    T.run_train(train_args("transformer", data_dir, ft, "--init", str(base), "--lora-rank", "2",
+                           "--steps", "3", "--lr", "1e-2", "--self-feed", "0.5"))
+    st = load_training_state(ft / "transformer.pt")
+    assert st["lora_rank"] == 2 and st["finished"] and st["previous_steps"] == 2
+    # Resuming with more steps restores the factors: the difference stays rank 2.
+    T.run_train(train_args("transformer", data_dir, ft, "--resume", "--steps", "5"))
+    model = max(ft.glob("pgesam_*.pt"), key=lambda p: p.stat().st_mtime)
+    b0, b1 = load_model(base), load_model(model)
+    training = b1.meta.training
+    assert training["transformer_steps"] == 7 and training["transformer_lora_rank"] == 2
+    assert [p["steps"] for p in training["phases"]] == [2, 5]
+    assert training["phases"][1]["init"] == base.stem
+    assert training["vae_steps"] == 3
+    assert all(torch.equal(v, b0.vae.state_dict()[k]) for k, v in b1.vae.state_dict().items())
+    s0, s1 = b0.transformer.state_dict(), b1.transformer.state_dict()
+    for name, _ in lora_targets(b1.transformer):
+        sv = torch.linalg.svdvals((s1[f"{name}.weight"] - s0[f"{name}.weight"]).double())
+        assert float(sv[0]) > 0 and float(sv[2:].max()) < 1e-3 * float(sv[0]), name
+    # Packed against its init: float16 factors, small, and the same notes.
+    packed = ck.pack_model(model, base, base.parent)
+    payload = ck._read_payload(packed, packed.read_bytes(), ck.FORMAT)
+    assert set(payload["transformer_delta"]["lowrank"]) == {
+        f"{n}.weight" for n, _ in lora_targets(b1.transformer)}
+    b2 = load_model(packed)
+    pts, pitches = torch.tensor([[0.1, -0.2]]), torch.tensor([49])
+    ref = b1.transformer.generate(pts, pitches, n_frames=8)
+    moved = float((b0.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max())
+    assert float((b2.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max()) \
+        < 0.05 * moved
+    for bad, match in ((["--lora-rank", "2"], "goes with --init"),
+                       (["--init", str(base), "--vae", str(base)], "leave out --vae"),
+                       (["--init", str(base), "--lora-rank", "0"], "1..256")):
+        with pytest.raises(ConfigError, match=match):
+            T.run_train(train_args("transformer", data_dir, tmp_path / "bad", *bad))
+    with pytest.raises(ConfigError, match="--init goes with"):
+        T.run_train(train_args("vae", data_dir, tmp_path / "bad", "--init", str(base)))
