@@ -126,8 +126,12 @@ def train(frames: Path, deadline_s: float, args: list[str]) -> int:
         left = deadline_s - (time.time() - start)
         ns.steps = max(1, int(left / sps * 0.97))
         print(f"{sps * 1000:.1f} ms/step, {left:.0f} s left: --steps {ns.steps}", flush=True)
+    real = T.load_train_data
     T.load_train_data = lambda *a, **k: data  # type: ignore[assignment]
-    return T.run_train(ns)
+    try:
+        return T.run_train(ns)
+    finally:
+        T.load_train_data = real  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -339,3 +339,37 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
             T.run_train(train_args("transformer", data_dir, tmp_path / "bad", *bad))
     with pytest.raises(ConfigError, match="--init goes with"):
         T.run_train(train_args("vae", data_dir, tmp_path / "bad", "--init", str(base)))
+
+
+def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """scripts/remote_finetune.py: export -> one file; train from it alone (what a lent GPU
+    machine without the data set runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "remote_finetune", Path(__file__).resolve().parents[2] / "scripts/remote_finetune.py")
+    assert spec is not None and spec.loader is not None
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    out = tmp_path / "base"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2"))
+    model = next(out.glob("pgesam_*.pt"))
+    portable = tmp_path / "frames.xz"
+    rf.export(data_dir, model, portable)
+    got = rf.load_portable(portable, torch.device("cpu"))
+    ns = build_parser().parse_args(["train", "transformer", "--data", str(data_dir),
+                                    "--init", str(model), "--device", "cpu"])
+    want = T.load_train_data(T.TrainOptions.from_namespace(ns), load_model(model).codec,
+                             (48, 51), 24, torch.device("cpu"), T.setup_dist("cpu"))
+    assert got.frames.shape == want.frames.shape
+    step = (want.frames.amax((0, 1)) - want.frames.amin((0, 1))) / 255
+    assert bool(((got.frames - want.frames).abs() <= step / 2 + 1e-6).all())
+    assert torch.equal(got.pitch, want.pitch) and torch.equal(got.instrument, want.instrument)
+    assert got.instrument_names == want.instrument_names
+    ft = tmp_path / "ft"
+    assert rf.train(portable, 0.0, ["--init", str(model), "--out", str(ft), "--device", "cpu",
+                                    "--steps", "2", "--batch-size", "4", "--lora-rank", "2"]) == 0
+    assert load_model(next(ft.glob("pgesam_*.pt"))).meta.training["transformer_steps"] == 4
+    assert T.load_train_data is not None and T.load_train_data.__name__ == "load_train_data"
