@@ -332,6 +332,16 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
     moved = float((b0.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max())
     assert float((b2.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max()) \
         < 0.05 * moved
+    # A chain: a fine-tune of the packed file, packed against it, loads through both bases.
+    ft2 = tmp_path / "ft2"
+    T.run_train(train_args("transformer", data_dir, ft2, "--init", str(packed), "--lora-rank",
+                           "2", "--steps", "2", "--lr", "1e-2"))
+    full2 = next(ft2.glob("pgesam_*.pt"))
+    packed2 = ck.pack_model(full2, packed, packed.parent)
+    b3, b4 = load_model(packed2), load_model(full2)
+    assert b3.meta.training["transformer_steps"] == 9
+    for k, v in b4.transformer.state_dict().items():
+        assert torch.allclose(b3.transformer.state_dict()[k], v, atol=1e-4), k
     for bad, match in ((["--lora-rank", "2"], "goes with --init"),
                        (["--init", str(base), "--vae", str(base)], "leave out --vae"),
                        (["--init", str(base), "--lora-rank", "0"], "1..256")):
