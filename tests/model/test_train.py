@@ -324,7 +324,7 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
     # Packed against its init: float16 factors, small, and the same notes.
     packed = ck.pack_model(model, base, base.parent)
     payload = ck._read_payload(packed, packed.read_bytes(), ck.FORMAT)
-    assert set(payload["transformer_delta"]["lowrank"]) == {
+    assert set(payload["transformer_delta"]["lowrank"]["keys"]) == {
         f"{n}.weight" for n, _ in lora_targets(b1.transformer)}
     b2 = load_model(packed)
     pts, pitches = torch.tensor([[0.1, -0.2]]), torch.tensor([49])
