@@ -723,6 +723,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     config = vae_res.config_name
     previous_steps = int(saved.get("previous_steps", 0)) if saved else 0
     lora_rank = opts.lora_rank or (int(saved.get("lora_rank") or 0) if saved else 0)
+    if saved and opts.lora_rank and opts.lora_rank != int(saved.get("lora_rank") or 0):
+        raise ConfigError(f"{_state_path(opts.out, 'transformer')} is a run of LoRA rank "
+                          f"{int(saved.get('lora_rank') or 0)} (0: full weights); resume it "
+                          "without --lora-rank, or start another --out")
     if opts.fine_tune and lora_rank:
         raise ConfigError("--fine-tune of a low-rank (--lora-rank) run is not supported: start "
                           "another run with --init on its model file")

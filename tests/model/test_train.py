@@ -308,6 +308,9 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
     st = load_training_state(ft / "transformer.pt")
     assert st["lora_rank"] == 2 and st["finished"] and st["previous_steps"] == 2
     # Resuming with more steps restores the factors: the difference stays rank 2.
+    with pytest.raises(ConfigError, match="LoRA rank 2"):
+        T.run_train(train_args("transformer", data_dir, ft, "--resume", "--steps", "5",
+                               "--init", str(base), "--lora-rank", "3"))
     T.run_train(train_args("transformer", data_dir, ft, "--resume", "--steps", "5"))
     model = max(ft.glob("pgesam_*.pt"), key=lambda p: p.stat().st_mtime)
     b0, b1 = load_model(base), load_model(model)
