@@ -404,7 +404,11 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             if not sys.stdin.isatty():
                 _ring_out(engine, voices)
         else:
-            engine.quit_requested.wait()
+            # Wake twice a second: a Ctrl-C (SIGINT) that the kernel hands to another thread
+            # sets Python's flag but does not interrupt a wait without timeout, and the
+            # instrument then never saw it (a rare hang on exit, seen in CI).
+            while not engine.quit_requested.wait(0.5):
+                pass
     except KeyboardInterrupt:
         pass
     finally:

@@ -95,7 +95,12 @@ def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Pat
         time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # leave no instrument behind
+            out, _ = proc.communicate()
+            pytest.fail(f"the instrument did not stop within 30 s of SIGINT:\n{out}")
     assert proc.returncode == 0, out
     journals = list((tmp_path / "sessions").glob("*.jsonl"))
     wavs = list((tmp_path / "sessions").glob("*.wav"))
