@@ -169,6 +169,13 @@ class WorkerClient:
     def stop(self) -> None:
         """Stop the worker process and the helper threads (idempotent)."""
         self._stop.set()
+        # The watchdog first: one that saw the worker alive just before _stop was set would
+        # otherwise see it gone after the None below and spawn another, which then outlived
+        # the instrument (holding its stdout open; seen once in CI).
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=2.0)
+        self._threads = []
         proc, q = self._proc, self._req_q
         if proc is not None and proc.is_alive():
             try:
@@ -302,7 +309,7 @@ class WorkerClient:
 
     def _watch_loop(self) -> None:
         while not self._stop.wait(0.25):
-            if self.status.startswith("failed") or self.alive:
+            if self.status.startswith("failed") or self.alive or self._stop.is_set():
                 continue
             # The worker died: restart it and re-queue what was pending, earliest first.
             self.restarts += 1

@@ -99,8 +99,8 @@ def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Pat
             out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()  # leave no instrument behind
-            out, _ = proc.communicate()
-            pytest.fail(f"the instrument did not stop within 30 s of SIGINT:\n{out}")
+            pytest.fail("the instrument (or a process it left) did not let go of its output "
+                        "within 30 s of SIGINT")
     assert proc.returncode == 0, out
     journals = list((tmp_path / "sessions").glob("*.jsonl"))
     wavs = list((tmp_path / "sessions").glob("*.wav"))

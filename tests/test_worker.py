@@ -69,6 +69,7 @@ def test_worker_renders_coalesces_and_restarts(tiny_model: Path) -> None:
     ready: list[object] = []
     w = WorkerClient(cache, model=str(tiny_model), device="cpu", on_ready=ready.append)
     w.start(timeout_s=60)
+    helpers = list(w._threads)
     try:
         keys = [cache.key(0.1, 0.2, p, 0) for p in (60, 61, 62)]
         assert all(w.request(k, k.xq, k.yq, deadline_s=1.0) for k in keys)
@@ -92,6 +93,10 @@ def test_worker_renders_coalesces_and_restarts(tiny_model: Path) -> None:
     finally:
         w.stop()
     assert not w.alive
+    # Nothing comes back after stop(): the watchdog is gone before the process is stopped.
+    time.sleep(0.6)
+    assert not w.alive and w.restarts == 1
+    assert helpers and not any(t.is_alive() for t in helpers)
 
 
 def test_worker_reports_a_bad_model(tmp_path: Path) -> None:
