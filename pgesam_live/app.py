@@ -331,6 +331,23 @@ def run_play(ns: Namespace) -> int:
     return _run_live(s, patch=ns.patch, repl=not ns.no_repl)
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end a live run through its normal shutdown (journal closed, the
+    recording a complete WAV), also when the shell started it with SIGINT ignored (a
+    background job of a script)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
               repl: bool = True) -> int:
     import asyncio  # noqa: PLC0415
@@ -370,6 +387,7 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     loop = asyncio.new_event_loop()
     osc = None
     midi = None
+    _stop_on_signals()
     try:
         print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
               f"journal {journal.path}", flush=True)

@@ -134,3 +134,39 @@ def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Pat
     assert np.abs(oa - ob).max() <= 1
     # And the same sound: the envelopes agree closely overall.
     assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT while ignored"])
+def test_a_signal_stops_the_instrument_cleanly(tiny_model: Path, tmp_path: Path,
+                                               how: str) -> None:
+    """SIGTERM (a supervisor) and SIGINT to an instrument started with SIGINT ignored (a
+    script's background job) both end it through its shutdown: exit 0, a readable WAV, the
+    journal closed."""
+    port = free_port()
+    env = {**os.environ, "PYO_GUI_WX": "0", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PGESAM_HISTORY": str(tmp_path / "hist")}
+    ignore = how.startswith("SIGINT")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgesam_live", "play", "--audio", "record", "--no-repl",
+         "--model", str(tiny_model), "--osc-port", str(port), "--device", "cpu"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
+    try:
+        c = Client(port)
+        for _ in range(150):
+            c.send("/pgesam/status")
+            if any(m.address == "/pgesam/state" for m in c.replies(0.2)):
+                break
+        else:
+            pytest.fail("the instrument did not answer /pgesam/status")
+        c.send("/pgesam/note", 60, 0.9)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT if ignore else signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "session journal" in out, out
+    wavs = list((tmp_path / "sessions").glob("*.wav"))
+    assert len(wavs) == 1 and sf.info(str(wavs[0])).frames > 0
