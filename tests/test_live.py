@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,23 +64,31 @@ def block_envelope(x: np.ndarray, block: int) -> np.ndarray:
     return np.sqrt((mono[: n * block].reshape(n, block) ** 2).mean(axis=1))
 
 
-def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Path) -> None:
+def start_instrument(model: Path, tmp_path: Path, **popen: Any
+                     ) -> tuple[subprocess.Popen[str], Client, dict[str, str]]:
+    """`play --audio record --no-repl` in tmp_path, once it answers /pgesam/status; its
+    environment too (for a replay)."""
     port = free_port()
     env = {**os.environ, "PYO_GUI_WX": "0", "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "PGESAM_HISTORY": str(tmp_path / "hist")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgesam_live", "play", "--audio", "record", "--no-repl",
-         "--model", str(tiny_model), "--osc-port", str(port), "--device", "cpu"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--model", str(model), "--osc-port", str(port), "--device", "cpu"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        **popen)
+    c = Client(port)
+    # Wait for the server: /pgesam/status answers /pgesam/state once it listens.
+    for _ in range(150):
+        c.send("/pgesam/status")
+        if any(m.address == "/pgesam/state" for m in c.replies(0.2)):
+            return proc, c, env
+    proc.kill()
+    pytest.fail("the instrument did not answer /pgesam/status")
+
+
+def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Path) -> None:
+    proc, c, env = start_instrument(tiny_model, tmp_path)
     try:
-        c = Client(port)
-        # Wait for the server: /pgesam/status answers /pgesam/state once it listens.
-        for _ in range(150):
-            c.send("/pgesam/status")
-            if any(m.address == "/pgesam/state" for m in c.replies(0.2)):
-                break
-        else:
-            pytest.fail("the instrument did not answer /pgesam/status")
         c.send("/pgesam/prerender", 0.2, -0.1, 58, 64)
         ready = [m for m in c.replies(20.0) if m.address == "/pgesam/ready"]
         assert len(ready) == 7
@@ -142,23 +151,11 @@ def test_a_signal_stops_the_instrument_cleanly(tiny_model: Path, tmp_path: Path,
     """SIGTERM (a supervisor) and SIGINT to an instrument started with SIGINT ignored (a
     script's background job) both end it through its shutdown: exit 0, a readable WAV, the
     journal closed."""
-    port = free_port()
-    env = {**os.environ, "PYO_GUI_WX": "0", "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "PGESAM_HISTORY": str(tmp_path / "hist")}
     ignore = how.startswith("SIGINT")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgesam_live", "play", "--audio", "record", "--no-repl",
-         "--model", str(tiny_model), "--osc-port", str(port), "--device", "cpu"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc, c, _ = start_instrument(
+        tiny_model, tmp_path,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
     try:
-        c = Client(port)
-        for _ in range(150):
-            c.send("/pgesam/status")
-            if any(m.address == "/pgesam/state" for m in c.replies(0.2)):
-                break
-        else:
-            pytest.fail("the instrument did not answer /pgesam/status")
         c.send("/pgesam/note", 60, 0.9)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT if ignore else signal.SIGTERM)
