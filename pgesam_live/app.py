@@ -422,9 +422,9 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             if not sys.stdin.isatty():
                 _ring_out(engine, voices)
         else:
-            # Wake twice a second: a Ctrl-C (SIGINT) that the kernel hands to another thread
-            # sets Python's flag but does not interrupt a wait without timeout, and the
-            # instrument then never saw it (a rare hang on exit, seen in CI).
+            # Wake twice a second: a signal the kernel hands to another thread sets Python's
+            # flag but does not interrupt a wait without timeout, so the handlers that
+            # _stop_on_signals installed would only run at the next wake-up.
             while not engine.quit_requested.wait(0.5):
                 pass
     except KeyboardInterrupt:

@@ -170,8 +170,8 @@ class WorkerClient:
         """Stop the worker process and the helper threads (idempotent)."""
         self._stop.set()
         # The watchdog first: one that saw the worker alive just before _stop was set would
-        # otherwise see it gone after the None below and spawn another, which then outlived
-        # the instrument (holding its stdout open; seen once in CI).
+        # otherwise see it gone after the None below and spawn another, which would then
+        # outlive the instrument.
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=2.0)
