@@ -20,7 +20,8 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +42,8 @@ BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest p
 # streaming moves at 60 Hz must not flood the renderer with banks nobody will play.
 BANK_SETTLE_S = 0.12
 WAIT_FOR_RENDER_S = 1.5  # see Engine.wait_for_render_s
+SETTLE_TIMEOUT_S = 0.5  # Engine.settle: the longest a view waits for queued commands
+SETTLE_QUIET_S = 0.05  # ... and how long without an audio block before it stops waiting
 NOTE_WORDS = ("play", "note", "note_at")
 TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
 
@@ -79,7 +82,10 @@ class Renderer(Protocol):
 
 class Sink(Protocol):
     def play(self, samples: np.ndarray, start_s: float | None = None, velocity: float = 1.0,
-             pan: float = 0.0, length_s: float | None = None) -> int: ...
+             pan: float = 0.0, length_s: float | None = None,
+             tag: Hashable | None = None) -> int: ...
+
+    def release(self, tag: Hashable) -> None: ...
 
     def release_all(self) -> int: ...
 
@@ -119,14 +125,17 @@ class _ResamplingSink:
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
-             length_s: float | None) -> None:
+             length_s: float | None, tag: Hashable | None = None) -> None:
         hit = self._memo.get(id(samples))
         if hit is None or hit[0] is not samples:
             if len(self._memo) > 512:
                 self._memo.clear()
             hit = (samples, self._resample(samples, self.from_sr, self.to_sr))
             self._memo[id(samples)] = hit
-        self.pool.play(hit[1], start_s, velocity, pan, length_s)
+        self.pool.play(hit[1], start_s, velocity, pan, length_s, tag)
+
+    def release(self, tag: Hashable) -> None:
+        self.pool.release(tag)
 
 
 class Engine:
@@ -152,6 +161,7 @@ class Engine:
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
                                    command_runner=self._run_patch_line, seed=seed)
         self._lock = threading.RLock()
+        self._applied = threading.Condition(self._lock)  # notified after every block
         self._queue: list[tuple[float, int, Command, str, Any]] = []
         self._order = itertools.count()
         self._listeners: list[Listener] = []
@@ -203,10 +213,11 @@ class Engine:
             if not command.journal:
                 return self._info(command)
             # Reading a patch file happens here, outside the lock the audio hook takes.
-            prepared = self._prepare(command)
+            prepared = self._prepare(command, src)
             with self._lock:
                 # A timed command is checked against the state it will meet when applied;
-                # an immediate one is checked now, so the reply can say what is wrong.
+                # an immediate one is checked now (against the state the immediate commands
+                # queued before it will leave), so the reply can say what is wrong.
                 if at_s is None:
                     self._check_state(command)
                 when = -math.inf if at_s is None else float(at_s)
@@ -242,6 +253,7 @@ class Engine:
                 self._bank_due = None
                 self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
+            self._applied.notify_all()
 
     # An immediate note whose render is not cached yet waits for it (up to
     # `wait_for_render_s`) instead of falling back, but only while it is the last thing the
@@ -292,20 +304,52 @@ class Engine:
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------
-    def _prepare(self, c: Command) -> Any:
-        """Check `c` and compute what applying it needs (a loaded patch, a sequence)."""
+    def _prepare(self, c: Command, src: str = "repl") -> Any:
+        """Check `c` and compute what applying it needs (a loaded patch, a sequence). Over
+        OSC (the network, with --osc-host) a patch must lie in the patch folder."""
         a = c.args
         if c.name == "load":
-            return load_patch(find_patch(a["patch"], self.patch_dir))
+            return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"))
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
         self._check_pitches(c)
         return None
 
     def _check_state(self, c: Command) -> None:
-        """Check `c` against the current state (point and sequence names, lock held)."""
-        if c.name in ("at", "start", "stop"):
-            self._resolve(c)
+        """Check an immediate `c`'s names (points, patch sequences, running sequences) against
+        the state the immediate commands already queued will leave: `mark a` then `at a`, or
+        `seq s ...` then `stop s`, pass at once (lock held)."""
+        if c.name not in ("at", "start", "stop") or (c.name == "at" and "name" not in c.args):
+            return
+        points = set(self.point_names())
+        patch = self.scheduler.pending_patch or self.scheduler.patch
+        sequences = set(patch.sequences) if patch is not None else set()
+        running = set(self.scheduler.running_sequences())
+        for _, _, q, _, prepared in sorted((e for e in self._queue if e[0] == -math.inf),
+                                           key=lambda e: e[1]):
+            name = str(q.args.get("name", ""))
+            if q.name == "mark":
+                points.add(name)
+            elif q.name == "load" and isinstance(prepared, Patch):
+                points |= set(prepared.points)
+                sequences |= set(prepared.sequences)
+                running |= set(prepared.sequences)
+            elif q.name in ("seq", "start"):
+                running.add(name)
+            elif q.name == "stop":
+                running.discard(name)
+            elif q.name in ("hush", "panic"):
+                running.clear()
+        name = c.args["name"]
+        if c.name == "at" and name not in points:
+            known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
+            raise CommandError(f"no point named {name!r}; known: {known}")
+        if c.name == "start" and name not in sequences:
+            have = ", ".join(sorted(sequences)) if patch is not None else "no patch loaded"
+            raise CommandError(f"start: no sequence {name!r} in the patch ({have})")
+        if c.name == "stop" and name not in running:
+            have = ", ".join(sorted(running)) or "none"
+            raise CommandError(f"stop: no sequence {name!r} is running (running: {have})")
 
     def _check_pitches(self, c: Command) -> None:
         a = c.args
@@ -324,11 +368,12 @@ class Engine:
         if c.name == "at" and "name" in a:
             return self.resolve_point(a["name"])
         if c.name == "start":
-            patch = self.scheduler.patch
-            if patch is None or a["name"] not in patch.sequences:
-                have = ", ".join(patch.sequences) if patch else "no patch loaded"
-                raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
-            return patch.sequences[a["name"]]
+            # A patch loaded but waiting for its bar first, then the playing one.
+            for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+                if patch is not None and a["name"] in patch.sequences:
+                    return patch.sequences[a["name"]]
+            have = ", ".join(self.sequence_names()) or "no patch loaded"
+            raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
         if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
             running = ", ".join(self.scheduler.running_sequences()) or "none"
             raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
@@ -344,8 +389,12 @@ class Engine:
         raise CommandError(f"no point named {name!r}; known: {known}")
 
     def _patch_points(self) -> dict[str, tuple[float, float]]:
-        patch = self.scheduler.patch
-        return dict(patch.points) if patch is not None else {}
+        """The playing patch's points, and a pending one's (which win)."""
+        points: dict[str, tuple[float, float]] = {}
+        for patch in (self.scheduler.patch, self.scheduler.pending_patch):
+            if patch is not None:
+                points.update(patch.points)
+        return points
 
     # -- commands (applied in the audio hook) ----------------------------------------------
     def _do_at(self, a: dict[str, Any], _: Any) -> None:
@@ -369,8 +418,11 @@ class Engine:
             self._bank_due = (x, y, self._time_s + BANK_SETTLE_S)
 
     def _prerender_bank(self, x: float, y: float, low: int | None, high: int | None,
-                        deadline0_s: float, speculative: bool = False) -> None:
-        """Ask for a point's pitch bank, the pitches nearest the last played first."""
+                        deadline0_s: float, speculative: bool = False,
+                        announce_cached: bool = False) -> None:
+        """Ask for a point's pitch bank, the pitches nearest the last played first.
+        announce_cached: notes already cached are announced ready at once (`prerender`:
+        whoever asked waits for one /pgesam/ready per note) instead of asked for."""
         lo, hi = self.model.pitch_range
         low = lo if low is None else max(lo, low)
         high = hi if high is None else min(hi, high)
@@ -379,6 +431,9 @@ class Engine:
             recent.index(p) if p in recent else len(recent), abs(p - self.last_pitch), p))
         for rank, pitch in enumerate(order):
             key = self.cache.key(x, y, pitch, self.scheduler.seed)
+            if announce_cached and key in self.cache:
+                self.note_ready(key)
+                continue
             self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
                                   speculative=speculative)
 
@@ -396,9 +451,7 @@ class Engine:
                                 point=(a["x"], a["y"]))
 
     def _do_release(self, a: dict[str, Any], _: Any) -> None:
-        # One-shot voices have no per-note release yet: a MIDI note off is accepted and
-        # journalled so replays match, and the note plays its one-shot length.
-        return None
+        self.scheduler.release(a["pitch"])
 
     def _remember(self, pitches: list[int]) -> None:
         if pitches:
@@ -445,7 +498,8 @@ class Engine:
         self.voices.panic()
 
     def _do_prerender(self, a: dict[str, Any], _: Any) -> None:
-        self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s)
+        self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s,
+                             announce_cached=True)
 
     def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.set_lookahead(a["seconds"])
@@ -461,6 +515,8 @@ class Engine:
 
     # -- read-only views ---------------------------------------------------------------------
     def _info(self, c: Command) -> Reply:
+        if c.name in ("points", "seqs"):
+            self.settle()  # (status and map settle through snapshot())
         if c.name == "status":
             snap = self.snapshot()
             return Reply(True, format_status(snap), snap)
@@ -481,17 +537,32 @@ class Engine:
         return list(names)
 
     def sequence_names(self) -> list[str]:
-        patch = self.scheduler.patch
-        names = dict.fromkeys([*(patch.sequences if patch else {}),
-                               *self.scheduler.running_sequences()])
+        names: dict[str, None] = {}
+        for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+            names.update(dict.fromkeys(patch.sequences if patch is not None else {}))
+        names.update(dict.fromkeys(self.scheduler.running_sequences()))
         return list(names)
 
     def patch_names(self) -> list[str]:
         return [p.name for p in list_patches(self.patch_dir)]
 
     def snapshot(self) -> dict[str, Any]:
+        """The state, once the immediate commands already accepted have been applied."""
+        self.settle()
         with self._lock:
             return self._snapshot_locked()
+
+    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Wait until the immediate commands already accepted are applied (the next audio
+        block, normally a few ms), so that a view taken next (status, map, points) shows what
+        the lines before it did. Gives up when no block comes within SETTLE_QUIET_S (nothing
+        drives the engine: an offline bounce between its blocks) or after `timeout_s`."""
+        end = time.monotonic() + timeout_s
+        with self._applied:
+            while any(e[0] == -math.inf for e in self._queue):
+                left = end - time.monotonic()
+                if left <= 0 or not self._applied.wait(min(left, SETTLE_QUIET_S)):
+                    return
 
     def _snapshot_locked(self) -> dict[str, Any]:
         st = self.scheduler.status()

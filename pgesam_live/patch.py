@@ -783,17 +783,24 @@ def load_patch(path: str | Path) -> Patch:
     return parse_patch(text, str(path))
 
 
-def find_patch(name: str, folder: str | Path = "patches") -> Path:
-    """A patch by path or by name in ``folder`` (``drift`` -> ``patches/drift.yaml``)."""
+def find_patch(name: str, folder: str | Path = "patches", confined: bool = False) -> Path:
+    """A patch by path or by name in ``folder`` (``drift`` -> ``patches/drift.yaml``).
+
+    confined: only a file inside ``folder`` (what OSC may load: a path from the network never
+    reads other files); anything else is refused like a missing patch."""
     candidates = [Path(name), Path(folder) / name]
     if not name.endswith((".yaml", ".yml")):
         candidates += [Path(name + ".yaml"), Path(folder) / (name + ".yaml"),
                        Path(folder) / (name + ".yml")]
+    root = Path(folder).resolve()
     for c in candidates:
+        if confined and not c.resolve().is_relative_to(root):
+            continue
         if c.is_file():
             return c
     known = ", ".join(p.stem for p in list_patches(folder)) or "none"
-    raise PatchError(f"no patch {name!r}; patches in {folder}/: {known}")
+    where = " (over OSC only patches in that folder load)" if confined else ""
+    raise PatchError(f"no patch {name!r}; patches in {folder}/{where}: {known}")
 
 
 def list_patches(folder: str | Path = "patches") -> list[Path]:

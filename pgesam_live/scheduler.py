@@ -97,8 +97,11 @@ class VoiceSink(Protocol):
 
     def play(
         self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
-        length_s: float | None,
+        length_s: float | None, tag: Hashable | None = None,
     ) -> None: ...
+
+    def release(self, tag: Hashable) -> None:
+        """End the sounding notes played with ``tag`` (a short fade)."""
 
 
 class RenderRequester(Protocol):
@@ -450,9 +453,12 @@ class Scheduler:
         self._sequences: dict[str, _SequenceStream] = {}
         self._swap: _SwapStream | None = None
         self._swap_tempo: tuple[float, float] | None = None
+        # (tempo before, patch tempo) of a load on a fresh clock, until its swap
+        self._swap_restore_bpm: tuple[float, float] | None = None
         self._order = 0
         self._points = [_PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
-        self._immediate: list[tuple[tuple[int, ...], float, float | None, XY | None]] = []
+        # Notes played now, and key releases (velocity None), in the order they came.
+        self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None]] = []
         self._requested: dict[Hashable, float] = {}
         self._recent_pitches: dict[int, None] = {}
         self.counters = _Counters()
@@ -540,7 +546,11 @@ class Scheduler:
         pending, self._immediate = self._immediate, []
         for pitches, velocity, length_beats, point in pending:
             try:
-                self._play_at(now_s, pitches, velocity, length_beats, point, self.seed)
+                if velocity is None:
+                    self.sink.release(pitches[0])
+                else:
+                    self._play_at(now_s, pitches, velocity, length_beats, point, self.seed,
+                                  held=True)
             except Exception as exc:
                 self._count_error(f"{type(exc).__name__}: {exc}")
 
@@ -551,7 +561,9 @@ class Scheduler:
 
     def _play_at(self, start_s: float, pitches: tuple[int, ...], velocity: float,
                  length_beats: float | None, xy: XY | None, seed: int,
-                 beat: float | None = None) -> None:
+                 beat: float | None = None, held: bool = False) -> None:
+        """Hand notes to the sink; `held` ones (played now, not by a sequence) are tagged
+        with their pitch, so that `release` can end them."""
         if xy is None:
             xy = self.point_at(start_s)
         length_s = None
@@ -566,7 +578,8 @@ class Scheduler:
             audio = self._audio_for(xy, pitch, seed)
             if audio is None:
                 continue
-            self.sink.play(audio, start_s, velocity, 0.0, length_s)
+            self.sink.play(audio, start_s, velocity, 0.0, length_s,
+                           tag=pitch if held else None)
             self.counters.notes += 1
 
     def _audio_for(self, xy: XY, pitch: int, seed: int) -> np.ndarray | None:
@@ -720,6 +733,8 @@ class Scheduler:
         self._cancel_swap()
         beat = self._start_beat(quantum)
         if beat == 0.0 and not self.is_playing():
+            # A cancelled swap restores the tempo, unless it was changed since.
+            self._swap_restore_bpm = (self.tempo.last_bpm, float(patch.tempo_bpm))
             self.tempo.reset(patch.tempo_bpm, self.tempo.origin_s)
         else:
             self.tempo.set(beat, patch.tempo_bpm)
@@ -739,12 +754,17 @@ class Scheduler:
         if self._swap is not None:
             if self._swap_tempo is not None:
                 self.tempo.remove(*self._swap_tempo)
+            if self._swap_restore_bpm is not None and \
+                    self.tempo.changes == [(0.0, self._swap_restore_bpm[1])]:
+                self.tempo.reset(self._swap_restore_bpm[0], self.tempo.origin_s)
             self._swap = None
             self._swap_tempo = None
+            self._swap_restore_bpm = None
 
     def _install_patch(self, swap: _SwapStream) -> None:
         self._swap = None
         self._swap_tempo = None
+        self._swap_restore_bpm = None
         self._streams = [s for s in self._streams if s.owner != "patch"]
         self._sequences = {n: s for n, s in self._sequences.items() if s.owner != "patch"}
         self.patch = swap.patch
@@ -771,16 +791,33 @@ class Scheduler:
         return beat
 
     def stop_sequence(self, name: str) -> None:
-        """Stop a sequence at the horizon (notes already handed to the sink ring on)."""
+        """Stop a sequence at the horizon (notes already handed to the sink ring on); one of
+        a pending patch's is taken out of it, so it never starts."""
         stream = self._sequences.pop(name, None)
-        if stream is None:
+        swap = self._swap
+        queued = [s for s in swap.streams if isinstance(s, _SequenceStream)
+                  and s.seq.name == name] if swap is not None else []
+        if stream is None and not queued:
             running = ", ".join(self.running_sequences()) or "none"
             raise CommandError(f"no sequence {name!r} is running; running: {running}")
-        stream.end_beat = min(stream.end_beat, self.committed_beat())
-        self._streams = [s for s in self._streams if s is not stream]
+        if swap is not None and queued:
+            swap.streams = [s for s in swap.streams if s not in queued]
+        if stream is not None:
+            stream.end_beat = min(stream.end_beat, self.committed_beat())
+            self._streams = [s for s in self._streams if s is not stream]
 
     def running_sequences(self) -> list[str]:
-        return [n for n, s in self._sequences.items() if s.next_beat() is not None]
+        """Sequences playing or about to (a pending patch's start at its swap)."""
+        names = [n for n, s in self._sequences.items() if s.next_beat() is not None]
+        if self._swap is not None:
+            names += [s.seq.name for s in self._swap.streams
+                      if isinstance(s, _SequenceStream) and s.seq.name not in names]
+        return names
+
+    @property
+    def pending_patch(self) -> Patch | None:
+        """A loaded patch waiting for its bar (its points and sequences can be used now)."""
+        return self._swap.patch if self._swap is not None else None
 
     def hush(self) -> None:
         """Stop every sequence, event, timed command, pending patch and glide; notes already
@@ -809,9 +846,17 @@ class Scheduler:
             point = _check_xy(*point)
         if self._action_s is not None:
             self._play_at(self._action_s, tuple(pitches), velocity, length_beats, point,
-                          self.seed)
+                          self.seed, held=True)
         else:
             self._immediate.append((tuple(pitches), velocity, length_beats, point))
+
+    def release(self, pitch: int) -> None:
+        """End the notes of ``pitch`` played now (a key let go, `release`), after any played
+        before it; sequence notes are not touched."""
+        if self._action_s is not None:
+            self.sink.release(int(pitch))
+        else:
+            self._immediate.append(((int(pitch),), None, None, None))
 
     # -- read-only view
 

@@ -14,6 +14,8 @@ The envelope lives in the table, not in pyo objects: velocity gain and the relea
 applied while copying (sample-exact, free, deterministic). Consequences:
 - velocity -> gain is a straight line in dB: ``-40 dB at 0 .. 0 dB at 1`` (``velocity_gain``);
 - ``length_s`` ends the note with a ~30 ms linear fade starting at ``length_s``;
+- ``release(tag)`` ends the sounding notes played with that tag (a held key: the engine tags
+  notes played now with their pitch) with the same fade from the next block;
 - stealing a voice that still sounds keeps the old note's continuation up to the new onset and
   fades it over 5 ms under the new note (no click, nothing extra to allocate); during the block
   of the switch the old tail takes the new note's pan, which is inaudible in 5 ms;
@@ -31,6 +33,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +64,7 @@ class _Note:
     start_sample: int | None  # engine sample; None = the next block
     pan: float  # -1..1
     booked_sample: int  # for stealing order: when this note (would) start
+    tag: Hashable | None = None  # what release() names it by (a held key's pitch)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class _Voice:
     start_sample: int = 0  # engine sample of the current note's onset
     written_end: int = 0  # table indices >= this are known zero
     pending: _Note | None = None
+    tag: Hashable | None = None  # the sounding note's tag
 
 
 class VoicePool:
@@ -101,6 +106,7 @@ class VoicePool:
         self.truncated = 0  # notes longer than max_note_s (cut with a release fade)
         self._lock = threading.Lock()
         self._panic = False
+        self._release_tags: set[Hashable] = set()
         self._voices: list[_Voice] = []
         for i in range(self.n_voices):
             table = pyo.DataTable(size=self.table_len, chnls=1)
@@ -126,14 +132,15 @@ class VoicePool:
 
     # ------------------------------------------------------------------ public
     def play(self, samples: np.ndarray, start_s: float | None = None, velocity: float = 1.0,
-             pan: float = 0.0, length_s: float | None = None) -> int:
+             pan: float = 0.0, length_s: float | None = None,
+             tag: Hashable | None = None) -> int:
         """Schedule one note; returns the voice index.
 
         samples: float32 [N] mono at the server's rate. start_s: engine time of the first
         sample (None = the next block; a time already past starts at the next block and is
         counted in ``late_starts``). velocity 0..1 through ``velocity_gain``. pan -1 (left)
         .. 1 (right). length_s: the note ends with a RELEASE_S fade from length_s on
-        (None = the whole one-shot).
+        (None = the whole one-shot). tag: a name for ``release`` (None: only length_s ends it).
         """
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
@@ -146,7 +153,7 @@ class VoicePool:
         with self._lock:
             now = self.engine.time_samples()
             booked = now if start is None else max(start, now)
-            note = _Note(data, start, p, booked)
+            note = _Note(data, start, p, booked, tag)
             v = self._pick_voice(booked)
             v.pending = note
             self.played += 1
@@ -164,6 +171,12 @@ class VoicePool:
                     v.pending = None
                     n += 1
             return n
+
+    def release(self, tag: Hashable) -> None:
+        """End the notes played with ``tag`` (a key let go): from the next block each fades
+        out over RELEASE_S. A note handed over for that same block starts, then fades."""
+        with self._lock:
+            self._release_tags.add(tag)
 
     def panic(self) -> None:
         """Silence now: pending notes are dropped, everything sounding fades out over the next
@@ -234,18 +247,29 @@ class VoicePool:
                 elif v.playing and v.end_sample <= block_start:
                     v.reader.stop()
                     v.playing = False
+            if self._release_tags:
+                tags, self._release_tags = self._release_tags, set()
+                for v in self._voices:
+                    if v.tag is not None and v.tag in tags and v.playing \
+                            and v.end_sample > block_start:
+                        self._fade(v, block_start, self.release_samples)
+                        v.tag = None
 
     def _fade_all(self, block_start: int) -> None:
-        ramp = np.linspace(1.0, 0.0, self.block + 1, dtype=np.float32)[1:]
         for v in self._voices:
-            if not v.playing or v.end_sample <= block_start:
-                continue
-            pos = block_start - v.table_start
-            seg = v.buf[pos: pos + self.block]
-            seg *= ramp[: len(seg)]
-            v.buf[pos + len(seg): v.written_end] = 0.0
-            v.written_end = min(v.written_end, pos + len(seg))
-            v.end_sample = block_start + self.block
+            if v.playing and v.end_sample > block_start:
+                self._fade(v, block_start, self.block)
+
+    def _fade(self, v: _Voice, block_start: int, n: int) -> None:
+        """Rewrite a sounding voice's table: a linear fade to zero over `n` samples from the
+        block that starts at `block_start`, silence after."""
+        ramp = np.linspace(1.0, 0.0, n + 1, dtype=np.float32)[1:]
+        pos = block_start - v.table_start
+        seg = v.buf[pos: pos + n]
+        seg *= ramp[: len(seg)]
+        v.buf[pos + len(seg): v.written_end] = 0.0
+        v.written_end = min(v.written_end, pos + len(seg))
+        v.end_sample = min(v.end_sample, block_start + n)
 
     def _activate(self, v: _Voice, note: _Note, block_start: int) -> None:
         if note.start_sample is None or note.start_sample < block_start:
@@ -279,6 +303,7 @@ class VoicePool:
         v.written_end = new_end
         v.panner.setPan((note.pan + 1.0) / 2.0)
         v.table_start = block_start
+        v.tag = note.tag
         v.start_sample = block_start + offset
         v.end_sample = block_start + new_end
         v.playing = True

@@ -30,9 +30,9 @@ def spy_starts(rig: OfflineRig) -> list[float]:
     sink = rig.engine.scheduler.sink
     orig = sink.play
 
-    def play(samples, start_s, velocity, pan, length_s):  # type: ignore[no-untyped-def]
+    def play(samples, start_s, velocity, pan, length_s, tag=None):  # type: ignore[no-untyped-def]
         starts.append(start_s)
-        return orig(samples, start_s, velocity, pan, length_s)
+        return orig(samples, start_s, velocity, pan, length_s, tag)
 
     sink.play = play  # type: ignore[method-assign]
     return starts
@@ -168,4 +168,137 @@ def test_status_and_bookmarks() -> None:
     assert rig.engine.submit("at warm").ok
     r = rig.engine.submit("status")
     assert r.ok and "bpm" in r.text
+    rig.close()
+
+
+def test_lines_see_what_the_lines_before_them_did() -> None:
+    """A script's lines apply in order: each is checked against the state the accepted lines
+    before it leave, not the state of the last audio block."""
+    rig = make_rig()
+    e = rig.engine
+    for line in ["at 0.3 0.1", "mark nice", "at 0 0", "at nice", 'seq foo "C4 E4" 0.5',
+                 "stop foo"]:
+        r = e.submit(line)
+        assert r.ok, (line, r.text)
+    r = e.submit("stop foo")  # the queued stop already ends it
+    assert not r.ok and "foo" in r.text
+    assert not e.submit("at nowhere").ok
+    rig.run_until(0.1)
+    assert e.snapshot()["point"] == [0.3, 0.1] and e.snapshot()["point_name"] == "nice"
+    assert e.apply_errors == 0 and e.snapshot()["sequences"] == []
+    rig.close()
+
+
+def test_a_loaded_patch_is_usable_before_its_bar(tmp_path: Path) -> None:
+    """`load` swaps at the next bar; its points and sequences can be named at once."""
+    p1 = tmp_path / "one.yaml"
+    p1.write_text('pgesam: 1\nsequences:\n  a:\n    notes: "C4 ~ ~ ~"\n    step: 1\n'
+                  '    repeat: 0\n')
+    p2 = tmp_path / "two.yaml"
+    p2.write_text('pgesam: 1\npoints:\n  glass: [0.4, -0.3]\nsequences:\n  b:\n'
+                  '    notes: "E4"\n    step: 1\n    repeat: 0\n  c:\n    notes: "G4"\n'
+                  '    step: 1\n    repeat: 0\n')
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit(f"load {p1}").ok
+    rig.run_until(0.6)  # beat ~1 of bar 1: the next load waits for beat 4
+    for line in [f"load {p2}", "at glass", "stop c"]:
+        r = e.submit(line)
+        assert r.ok, (line, r.text)
+    rig.run_until(0.7)
+    assert e.snapshot()["patch"] == str(p1)  # still waiting for its bar
+    assert "b" in e.sequence_names()
+    assert e.submit("start b").ok and e.submit("at glass").ok
+    rig.run_until(3.0)
+    snap = e.snapshot()
+    assert snap["patch"] == str(p2) and snap["point"] == [0.4, -0.3]
+    assert snap["sequences"] == ["b"]  # c was stopped before it started
+    assert e.apply_errors == 0
+    rig.close()
+
+
+def test_release_ends_a_note_played_now(tmp_path: Path) -> None:
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit("at 0 0", at_s=0.0).ok
+    assert e.submit("play C4 E4", at_s=0.1).ok
+    assert e.submit("release C4", at_s=0.4).ok
+    rig.run_until(0.8)
+    out = rig.audio.render_to_array()
+    rig.close()
+    ref = make_rig()
+    assert ref.engine.submit("at 0 0", at_s=0.0).ok
+    assert ref.engine.submit("play E4", at_s=0.1).ok
+    ref.run_until(0.8)
+    only_e4 = ref.audio.render_to_array()
+    ref.close()
+    cut = int(0.45 * SR)  # the release fade (30 ms from the block of 0.4 s) is over
+    assert np.abs(out[int(0.2 * SR): int(0.4 * SR)] - only_e4[int(0.2 * SR): int(0.4 * SR)]
+                  ).max() > 0.01  # C4 sounded until then...
+    assert np.allclose(out[cut:], only_e4[cut:], atol=1e-4)  # ...and only E4 after
+
+
+def test_views_wait_for_the_commands_already_accepted() -> None:
+    """While blocks run (the live instrument), status/map/points right after a command show
+    it applied; with nothing driving the engine a view does not hang."""
+    import threading
+    import time
+
+    rig = make_rig()
+    e = rig.engine
+    stop = threading.Event()
+
+    def drive() -> None:
+        t = 0.0
+        while not stop.is_set():
+            t += 0.01
+            rig.run_until(t)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=drive, daemon=True)
+    th.start()
+    try:
+        for x in (0.25, -0.5, 0.75):
+            assert e.submit(f"at {x} 0.1").ok
+            assert e.snapshot()["point"] == [x, 0.1]
+        assert e.submit("mark here").ok
+        assert "here" in e.submit("points").text
+    finally:
+        stop.set()
+        th.join()
+    assert e.submit("at 0.5 0.5").ok
+    t0 = time.monotonic()
+    e.snapshot()  # no block comes: gives up quickly
+    assert time.monotonic() - t0 < 0.3
+    rig.close()
+
+
+def test_osc_loads_only_patches_in_the_patch_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "other.yaml"
+    outside.write_text("root:x:0:0:secret\n")
+    good = tmp_path / "mine.yaml"
+    good.write_text('pgesam: 1\nevents: [{at: 0, note: C4}]\n')
+    rig = make_rig()
+    e = rig.engine
+    for line in [f"load {outside}", "load ../README.md", "load /etc/passwd"]:
+        r = e.submit(line, src="osc")
+        assert not r.ok and "secret" not in r.text and "root:" not in r.text
+        assert "patch" in r.text
+    assert e.submit("load drift-arpeggio", src="osc").ok  # by name, in the folder
+    assert e.submit(f"load {good}").ok  # the performer at the REPL may load any file
+    rig.close()
+
+
+def test_prerender_announces_notes_already_cached() -> None:
+    rig = make_rig()
+    e = rig.engine
+    ready: list[tuple[float, float, int]] = []
+    e.add_listener(lambda ev: ready.append((ev["x"], ev["y"], ev["pitch"]))
+                   if ev.get("kind") == "ready" else None)
+    for p in (60, 61):
+        key = e.cache.key(0.2, 0.1, p, 0)
+        e.cache.put(key, rig.synth.render([[0.2, 0.1]], [p], seed=0)[0])
+    assert e.submit("prerender 0.2 0.1 60 62").ok
+    rig.run_until(0.05)
+    assert sorted(p for _, _, p in ready)[:2] == [60, 61]
     rig.close()

@@ -93,12 +93,18 @@ class FakeSink:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.calls: list[Call] = []
+        self.tags: list[object] = []
+        self.released: list[tuple[float, object]] = []
 
     def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
-             length_s: float | None) -> None:
+             length_s: float | None, tag: object = None) -> None:
         self.calls.append(Call(self.clock.now_s, start_s, velocity, pan, length_s,
                                int(round(float(samples[0]))), float(samples[1]),
                                float(samples[2]), len(samples)))
+        self.tags.append(tag)
+
+    def release(self, tag: object) -> None:
+        self.released.append((self.clock.now_s, tag))
 
 
 class FakeRequester:
@@ -570,3 +576,18 @@ def test_the_render_cache_is_a_note_source() -> None:
     st = sched.status()
     assert (st["late"], st["fallbacks"], st["skipped"]) == (2, 1, 1)
     assert [r[3] for r in req.requests] == [61, 70]  # the missing ones asked for at once
+
+
+def test_hush_cancels_a_load_on_a_fresh_clock_and_restores_the_tempo() -> None:
+    rig = Rig(tempo_bpm=120)
+    rig.run(1.0)
+    rig.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
+    assert rig.sched.tempo.last_bpm == 60.0
+    rig.sched.hush()
+    rig.run(5.0)
+    assert rig.sink.calls == [] and rig.sched.tempo.last_bpm == 120.0
+    # A tempo set after the load is the performer's: hush keeps it.
+    rig.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
+    rig.sched.set_tempo(90)
+    rig.sched.hush()
+    assert rig.sched.tempo.last_bpm == 90.0

@@ -178,6 +178,29 @@ def test_panic_silences_within_one_block(rig: tuple[AudioEngine, VoicePool]) -> 
     assert pool.in_use() == 0
 
 
+def test_release_ends_only_the_tagged_notes_with_a_fade(
+        rig: tuple[AudioEngine, VoicePool]) -> None:
+    """A key let go: its notes fade out over RELEASE_S from the next block, others ring on."""
+    engine, pool = rig
+    pool.play(const(1.0, 0.3), start_s=0.05, pan=-1.0, tag=60)
+    pool.play(const(1.0, 0.2), start_s=0.05, pan=1.0, tag=64)
+    engine.advance_to(10 * B / SR)
+    pool.release(60)
+    engine.advance_to(0.9)
+    out = engine.render_to_array()
+    left, right = out[:, 0], out[:, 1]
+    cut = 10 * B
+    end = cut + int(round(RELEASE_S * SR))
+    assert np.allclose(left[int(0.06 * SR): cut], 0.3, atol=1e-5)  # untouched before
+    assert np.all(np.diff(left[cut:end]) < 0) and left[end - 1] < 0.02  # a fade, not a cut
+    assert np.abs(left[end:]).max() < 1e-6  # (the right note leaks 1e-8 through the pan)
+    assert np.allclose(right[int(0.06 * SR): int(0.9 * SR)], 0.2, atol=1e-5)  # rang on
+    pool.release(99)  # nothing with that tag: nothing happens
+    engine.advance_to(1.2)
+    assert np.allclose(engine.render_to_array()[int(0.9 * SR): int(1.04 * SR), 1], 0.2,
+                       atol=1e-5)
+
+
 def test_release_all_drops_pending_lets_sounding_ring(rig: tuple[AudioEngine, VoicePool]) -> None:
     engine, pool = rig
     pool.play(const(0.5, 0.2), start_s=0.05, pan=-1.0)
