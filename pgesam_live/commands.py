@@ -403,8 +403,10 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
                                 depth)
     if k < len(positional):
         n = len(form.positionals)
+        # Read every argument and only too many: the weakest reason (`at nan nan` is a bad
+        # number for `at X Y`, not two words too many for `at NAME`).
         raise _FormMismatch(f"{where}: too many arguments ({len(positional)} given, at most {n}; "
-                            f"usage: {spec.usage()})", len(form.positionals))
+                            f"usage: {spec.usage()})", -1)
     for word, a in kw.items():
         if word in given_kw:
             args[a.name] = convert_arg(a, given_kw[word], where, from_osc=from_osc)
