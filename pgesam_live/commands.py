@@ -353,6 +353,18 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
     raise CommandError(f"{where}: internal: unknown argument kind {a.kind!r}")  # table bug
 
 
+def _is_number(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return False
+    if isinstance(raw, int | float):
+        return True
+    try:
+        float(raw)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 class _FormMismatch(CommandError):
     def __init__(self, message: str, depth: int) -> None:
         super().__init__(message)
@@ -394,7 +406,11 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
             try:
                 args[a.name] = convert_arg(a, positional[k], where, from_osc=from_osc)
             except CommandError as exc:
-                raise _FormMismatch(str(exc), depth) from None
+                # A number that is out of range or not finite was meant for this form
+                # (`at nan nan`, `at 5 0`): its error beats "too many" from another form.
+                meant = a.kind in _NUMERIC_RANGES and _is_number(positional[k])
+                raise _FormMismatch(str(exc), len(form.positionals) + 1 if meant else depth) \
+                    from None
             k += 1
         elif a.optional:
             args[a.name] = a.default
@@ -403,10 +419,8 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
                                 depth)
     if k < len(positional):
         n = len(form.positionals)
-        # Read every argument and only too many: the weakest reason (`at nan nan` is a bad
-        # number for `at X Y`, not two words too many for `at NAME`).
         raise _FormMismatch(f"{where}: too many arguments ({len(positional)} given, at most {n}; "
-                            f"usage: {spec.usage()})", -1)
+                            f"usage: {spec.usage()})", len(form.positionals))
     for word, a in kw.items():
         if word in given_kw:
             args[a.name] = convert_arg(a, given_kw[word], where, from_osc=from_osc)

@@ -188,3 +188,11 @@ def test_completion_by_position(text: str, expected: set, absent: set) -> None:
     _, cands = complete(text, CTX)
     assert expected <= set(cands)
     assert not (absent & set(cands))
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ("at nan nan", "finite"), ("at inf 0", "finite"), ("at 5 0", "x 5 is out of range"),
+    ("at glass 1", "too many arguments"), ("at 0.1", "missing Y")])
+def test_the_error_of_the_form_the_performer_meant(line: str, fragment: str) -> None:
+    with pytest.raises(CommandError, match=fragment):
+        parse_line(line)
