@@ -47,8 +47,14 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
 
 def run_note(ns: Namespace) -> int:
     """`pgesam-live note X Y PITCH --out WAV [--velocity V]`: one note through the model."""
+    from pgesam_live.cache import repitch  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
-    from pgesam_live.notes import note_to_midi  # noqa: PLC0415
+    from pgesam_live.notes import (  # noqa: PLC0415
+        note_to_midi,
+        playable_range,
+        range_text,
+        rendered_pitch,
+    )
     from pgesam_live.voices import velocity_gain  # noqa: PLC0415
     from pgesam_live.worker import normalise_peak  # noqa: PLC0415
 
@@ -59,8 +65,17 @@ def run_note(ns: Namespace) -> int:
         if not np.isfinite(v) or abs(v) > 1.5:
             raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
     synth = Synth.load(ns.model, device=resolve_device(ns.device))
-    audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([pitch]), seed=ns.seed)
-    audio = normalise_peak(audio)[0] * velocity_gain(ns.velocity)
+    model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
+    lo, hi = playable_range(model_range)
+    if not lo <= pitch <= hi:
+        raise PgesamError(f"pitch {pitch} is outside what the model plays: "
+                          f"{range_text(model_range)}")
+    rp = rendered_pitch(pitch, model_range)
+    audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([rp]), seed=ns.seed)
+    audio = normalise_peak(audio)[0]
+    if rp != pitch:  # beyond the model's range: its edge note re-pitched, as the engine does
+        audio = repitch(audio, float(pitch - rp))
+    audio = audio * velocity_gain(ns.velocity)
     sr = synth.sample_rate
     if ns.sample_rate and ns.sample_rate != sr:
         from pgesam_live.audio import resample  # noqa: PLC0415

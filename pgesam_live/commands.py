@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import note_to_midi, parse_notes
+from pgesam_live.notes import note_to_midi, parse_notes, playable_range
 
 # --------------------------------------------------------------------------------------------
 # note names
@@ -524,11 +524,15 @@ class CompletionContext:
     point_names: Sequence[str] = ()
     sequence_names: Sequence[str] = ()
     patch_files: Sequence[str] = ()
+    pitch_range: tuple[int, int] | None = None  # the model's: only playable notes offered
 
 
 def candidates_for_kind(kind: str, ctx: CompletionContext) -> list[str]:
     if kind == "pitch":
-        return note_names()
+        if ctx.pitch_range is None:
+            return note_names()
+        lo, hi = playable_range(ctx.pitch_range)
+        return [n for n in note_names() if lo <= note_to_midi(n) <= hi]
     if kind == "point":
         return list(ctx.point_names)
     if kind == "seq":

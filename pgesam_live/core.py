@@ -31,6 +31,7 @@ import numpy as np
 from pgesam_live.cache import NoteKey, RenderCache
 from pgesam_live.commands import COMMANDS, Command, help_text, parse_line, validate
 from pgesam_live.errors import CommandError, PgesamError
+from pgesam_live.notes import playable_range, range_text, rendered_pitch
 from pgesam_live.patch import Patch, find_patch, list_patches, load_patch, make_sequence
 from pgesam_live.scheduler import Scheduler
 
@@ -159,7 +160,8 @@ class Engine:
         self.scheduler = Scheduler(sink, source if source is not None else cache,
                                    _Requester(cache, renderer), tempo_bpm=tempo_bpm,
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
-                                   command_runner=self._run_patch_line, seed=seed)
+                                   command_runner=self._run_patch_line, seed=seed,
+                                   pitch_range=model.pitch_range)
         self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)  # notified after every block
         self._queue: list[tuple[float, int, Command, str, Any]] = []
@@ -286,7 +288,8 @@ class Engine:
         a = c.args
         x, y = (a["x"], a["y"]) if c.name == "note_at" else self.scheduler.point_at(t_s)
         pitches = a.get("pitches") or [a["pitch"]]
-        keys = (self.cache.key(x, y, p, self.scheduler.seed) for p in pitches)
+        keys = (self.cache.key(x, y, rendered_pitch(p, self.model.pitch_range),
+                               self.scheduler.seed) for p in pitches)
         missing = [k for k in keys if k not in self.cache]
         for k in missing:
             self.renderer.request(k, k.xq, k.yq, t_s)
@@ -309,7 +312,8 @@ class Engine:
         OSC (the network, with --osc-host) a patch must lie in the patch folder."""
         a = c.args
         if c.name == "load":
-            return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"))
+            return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"),
+                              pitch_range=self.model.pitch_range)
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
         self._check_pitches(c)
@@ -356,10 +360,11 @@ class Engine:
         pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
         if c.name == "prerender":
             pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
-        lo, hi = self.model.pitch_range
+        lo, hi = playable_range(self.model.pitch_range)
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
-                raise CommandError(f"pitch {p} is outside the model's range {lo}..{hi}")
+                raise CommandError(f"pitch {p} is outside what the model plays: "
+                                   f"{range_text(self.model.pitch_range)}")
 
     def _resolve(self, c: Command) -> Any:
         """The state-dependent part of a command: a point name's coordinates, a patch

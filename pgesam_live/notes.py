@@ -19,6 +19,30 @@ from pgesam_live.errors import CommandError
 
 PITCH_MIN = 0
 PITCH_MAX = 127
+# A note outside the model's rendered range is played from the nearest edge, re-pitched like
+# a sampler's top or bottom zone, up to this far beyond it.
+REPITCH_BEYOND_SEMITONES = 12
+
+
+def playable_range(rendered: tuple[int, int]) -> tuple[int, int]:
+    """The pitches an instrument with model range `rendered` plays (inclusive)."""
+    lo, hi = rendered
+    return (max(PITCH_MIN, lo - REPITCH_BEYOND_SEMITONES),
+            min(PITCH_MAX, hi + REPITCH_BEYOND_SEMITONES))
+
+
+def rendered_pitch(pitch: int, rendered: tuple[int, int] | None) -> int:
+    """The pitch the model renders for `pitch` (the nearest edge of its range)."""
+    if rendered is None:
+        return pitch
+    return min(max(pitch, rendered[0]), rendered[1])
+
+
+def range_text(rendered: tuple[int, int]) -> str:
+    """`36..84 (C2..C6; the model renders 48..72, notes beyond are re-pitched)`."""
+    lo, hi = playable_range(rendered)
+    return (f"{lo}..{hi} ({midi_to_note(lo)}..{midi_to_note(hi)}; the model renders "
+            f"{rendered[0]}..{rendered[1]}, notes beyond are re-pitched)")
 REST = "~"
 
 # Pitch classes of the natural notes.
@@ -94,6 +118,28 @@ def midi_to_note(pitch: int, flats: bool = False) -> str:
     return f"{names[pitch % 12]}{pitch // 12 - 1}"
 
 
+def _bad_names(text: str) -> list[str]:
+    """Every token of a note string that is not a note, as '"X9" at step 5'."""
+    out: list[str] = []
+    step, in_chord = 0, False
+    for token in _TOKEN_RE.findall(text):
+        if token == "[":
+            in_chord, step = True, step + 1
+            continue
+        if token == "]":
+            in_chord = False
+            continue
+        if not in_chord:
+            step += 1
+        if token == REST:
+            continue
+        try:
+            note_to_midi(token)
+        except NoteError:
+            out.append(f'"{token}" at step {step}')
+    return out
+
+
 def parse_notes(text: str) -> tuple[Step, ...]:
     """Steps of a note string; each step is a tuple of MIDI numbers, ``()`` for a rest.
 
@@ -132,8 +178,10 @@ def parse_notes(text: str) -> tuple[Step, ...]:
             try:
                 pitch = note_to_midi(token)
             except NoteError:
+                others = _bad_names(text)[1:]
+                also = "; also " + ", ".join(others) if others else ""
                 raise NoteError(
-                    f'"{token}" at step {step_no} is not a note name '
+                    f'"{token}" at step {step_no} is not a note name{also} '
                     "(use C4 = 60, F#3, Bb2, 0..127, ~ for a rest, [..] for a chord)",
                     token=token, step=step_no,
                 ) from None

@@ -34,7 +34,16 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pgesam_live.errors import CommandError, PatchError
-from pgesam_live.notes import NoteError, Step, format_notes, parse_notes, parse_pitch
+from pgesam_live.notes import (
+    NoteError,
+    Step,
+    format_notes,
+    midi_to_note,
+    parse_notes,
+    parse_pitch,
+    playable_range,
+    range_text,
+)
 
 FORMAT_VERSION = 1
 XY_LIMIT = 1.5          # the latent plane is nominally [-1, 1]; a little overshoot is allowed
@@ -42,7 +51,7 @@ TEMPO_MIN_BPM = 20.0
 TEMPO_MAX_BPM = 400.0
 GATE_MAX = 16.0         # gate > 1 overlaps the next step (legato pads); 16 steps is plenty
 STEP_MAX_BEATS = 64.0
-MAX_ERRORS_SHOWN = 5
+MAX_ERRORS_SHOWN = 50
 
 DEFAULT_TEMPO_BPM = 120.0
 DEFAULT_STEP_BEATS = 0.5
@@ -280,8 +289,9 @@ class _Validator:
     """Collects errors while turning a node tree into dataclasses. Every check returns None
     (and records an error) when a value is bad, so validation carries on past it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pitch_range: tuple[int, int] | None = None) -> None:
         self.path = path
+        self.pitch_range = pitch_range
         self._found: list[tuple[int, str]] = []
         # Names defined with a bad value: already reported, so a reference to one is not
         # reported again as "undefined".
@@ -361,6 +371,23 @@ class _Validator:
             return None
         return (x, y)
 
+    def pitches_in_range(self, node: Node, key_path: str, steps: tuple[Step, ...],
+                         what: str = "at step") -> bool:
+        """Every pitch of `steps` playable with the model's range (when known: the range and
+        an octave beyond, re-pitched); one error per pitch outside it."""
+        if self.pitch_range is None:
+            return True
+        lo, hi = playable_range(self.pitch_range)
+        ok = True
+        for i, step in enumerate(steps):
+            for p in step:
+                if not lo <= p <= hi:
+                    where = f" {what} {i + 1}" if len(steps) > 1 else ""
+                    self.err(node, key_path, f"{midi_to_note(p)} ({p}){where} is outside what "
+                             f"the model plays: {range_text(self.pitch_range)}")
+                    ok = False
+        return ok
+
     # -- collections
 
     def is_null(self, node: Node) -> bool:
@@ -429,9 +456,12 @@ _CMD_KEYS = ("at", "do")
 _VEL_WHAT = "velocity is 0..1"
 
 
-def parse_patch(text: str, path: str = "<patch>") -> Patch:
+def parse_patch(text: str, path: str = "<patch>",
+                pitch_range: tuple[int, int] | None = None) -> Patch:
     """Validate a patch's YAML text completely and build it; raises PatchValidationError
-    listing every error as ``path:line: key.path: message``."""
+    listing every error as ``path:line: key.path: message``. With ``pitch_range`` (the model's
+    MIDI range, inclusive) every pitch it plays must lie in it; ``commands:`` lines are read
+    with the command table either way."""
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -441,7 +471,7 @@ def parse_patch(text: str, path: str = "<patch>") -> Patch:
         raise PatchValidationError(
             [f"{path}:{line}: not valid YAML: {problem} (check indentation and quotes)"]
         ) from None
-    v = _Validator(path)
+    v = _Validator(path, pitch_range)
     if root is None:
         raise PatchValidationError([f"{path}:1: the patch is empty; it starts with 'pgesam: 1'"])
     top = v.mapping(root, "", _TOP_KEYS, required=("pgesam",))
@@ -634,6 +664,8 @@ def _sequences(
                 except NoteError as exc:
                     v.err(nnode, f"{path}.notes", str(exc))
                     ok = False
+                else:
+                    ok = v.pitches_in_range(nnode, f"{path}.notes", pattern) and ok
         step = DEFAULT_STEP_BEATS
         if "step" in fields:
             s = v.number(fields["step"][1], f"{path}.step", 1e-3, STEP_MAX_BEATS,
@@ -714,6 +746,8 @@ def _events(v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
         if "note" in fields:
             pitches = _event_pitches(v, fields["note"][1], f"{path}.note")
             ok = ok and pitches is not None
+            if pitches is not None:
+                ok = v.pitches_in_range(fields["note"][1], f"{path}.note", (pitches,)) and ok
         velocity = DEFAULT_VELOCITY
         if "velocity" in fields:
             vel = v.number(fields["velocity"][1], f"{path}.velocity", 0.0, 1.0, _VEL_WHAT)
@@ -737,11 +771,30 @@ def _events(v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
 
 
 def _command_line(v: _Validator, node: Node, path: str) -> str | None:
+    """One REPL line, read with the command table (a typo is an error now, not when the
+    patch reaches it); its pitches checked against the model's range."""
+    from pgesam_live.commands import parse_line  # noqa: PLC0415  (commands -> notes only)
+
     line = v.string(node, path, "a REPL line, e.g. \"at glass\"")
     if line is not None and ("\n" in line or "\r" in line):
         v.err(node, path, "is more than one line; give one REPL line per entry")
         return None
-    return None if line is None else line.strip()
+    if line is None:
+        return None
+    try:
+        cmd = parse_line(line)
+    except CommandError as exc:
+        v.err(node, path, str(exc))
+        return None
+    if not cmd.journal:
+        v.err(node, path, f"`{cmd.name}` only answers at the REPL; a patch cannot use it")
+        return None
+    a = cmd.args
+    pitches = [*a.get("pitches", ()), *(a[k] for k in ("pitch", "low", "high")
+                                        if a.get(k) is not None)]
+    if cmd.name != "release" and not v.pitches_in_range(node, path, (tuple(pitches),)):
+        return None
+    return line.strip()
 
 
 def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> tuple[PatchCommand, ...]:
@@ -770,8 +823,9 @@ def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> tuple[PatchCo
     return tuple(untimed + timed)
 
 
-def load_patch(path: str | Path) -> Patch:
-    """Read and validate a patch file; errors name the file as given."""
+def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None) -> Patch:
+    """Read and validate a patch file (pitches within ``pitch_range`` when given); errors
+    name the file as given."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -780,7 +834,7 @@ def load_patch(path: str | Path) -> Patch:
     except (OSError, UnicodeDecodeError) as exc:
         raise PatchError(f"{p}: cannot read the patch ({exc.__class__.__name__}); "
                          "is it a UTF-8 YAML file?") from None
-    return parse_patch(text, str(path))
+    return parse_patch(text, str(path), pitch_range)
 
 
 def find_patch(name: str, folder: str | Path = "patches", confined: bool = False) -> Path:

@@ -80,7 +80,16 @@ def completion_context(engine: EngineLike) -> CompletionContext:
         point_names=safe(engine.point_names),
         sequence_names=safe(engine.sequence_names),
         patch_files=safe(lambda: patch_files(getattr(engine, "patch_dir", None))),
+        pitch_range=_pitch_range(engine),
     )
+
+
+def _pitch_range(engine: EngineLike) -> tuple[int, int] | None:
+    try:
+        lo, hi = engine.model.pitch_range  # type: ignore[attr-defined]
+        return int(lo), int(hi)
+    except Exception:  # a front end without a model offers every note name
+        return None
 
 
 def _fmt_point(snap: dict[str, Any]) -> str:
@@ -189,7 +198,9 @@ def _make_completer(engine: EngineLike) -> Any:
                 spec = COMMANDS.get(c)
                 meta = spec.help if spec is not None and " " not in document.text_before_cursor \
                     else None
-                yield Completion(c, start_position=-len(prefix), display_meta=meta)
+                # A space after the word, as a shell does: `pl<Tab>C` reads `play C`.
+                yield Completion(c + " ", start_position=-len(prefix), display=c,
+                                 display_meta=meta)
 
     return CommandCompleter()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ import numpy as np
 
 from pgesam_live.cache import repitch
 from pgesam_live.errors import CommandError
+from pgesam_live.notes import rendered_pitch
 from pgesam_live.patch import (
     TEMPO_MAX_BPM,
     TEMPO_MIN_BPM,
@@ -51,6 +53,7 @@ MAX_FALLBACK_SEMITONES = 3
 LOOKAHEAD_MIN_S = 0.001
 LOOKAHEAD_MAX_S = 5.0
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
+_REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched
 _GLIDE_SAMPLE_BEATS = 0.25  # pre-render a gliding point every quarter beat
 _RECENT_PITCHES = 8        # pitches pre-rendered along a glide / at a new point
 
@@ -431,6 +434,7 @@ class Scheduler:
         preroll_s: float = 0.0,
         repitch_fn: Callable[[np.ndarray, float], np.ndarray] = repitch,
         seed: int = 0,
+        pitch_range: tuple[int, int] | None = None,
     ) -> None:
         _check_tempo(tempo_bpm)
         _check_lookahead(lookahead_s)
@@ -442,6 +446,9 @@ class Scheduler:
         self.request_ahead_beats = request_ahead_beats
         self.preroll_s = preroll_s
         self.repitch_fn = repitch_fn
+        # The model's rendered range: a pitch beyond it plays its nearest edge re-pitched.
+        self.pitch_range = pitch_range
+        self._repitched: OrderedDict[tuple[Hashable, int], np.ndarray] = OrderedDict()
         self.seed = seed
         self.lookahead_s = lookahead_s
         self.tempo = TempoMap(tempo_bpm, 0.0)
@@ -584,14 +591,15 @@ class Scheduler:
 
     def _audio_for(self, xy: XY, pitch: int, seed: int) -> np.ndarray | None:
         """The note's audio, or a counted fallback, or None (skipped, counted)."""
-        key = self.source.key(xy[0], xy[1], pitch, seed)
+        rp = rendered_pitch(pitch, self.pitch_range)
+        key = self.source.key(xy[0], xy[1], rp, seed)
         audio = self.source.get(key)
         if audio is not None:
-            return audio
+            return audio if rp == pitch else self._beyond_range(key, audio, pitch - rp)
         self.counters.late += 1
         self.source.count_late()
         # Ask for it now so the next time it is there.
-        self._request(key, xy, pitch, seed, self._now_or_action_s())
+        self._request(key, xy, rp, seed, self._now_or_action_s())
         near = self.source.nearest_pitch(key, max_semitones=MAX_FALLBACK_SEMITONES)
         if near is not None:
             near_key, near_audio = near
@@ -605,6 +613,20 @@ class Scheduler:
             return near[1]
         self.counters.skipped += 1
         return None
+
+    def _beyond_range(self, key: Hashable, audio: np.ndarray, semitones: int) -> np.ndarray:
+        """A note beyond the model's range: its edge note re-pitched (memoised, so a riff
+        on a low note resamples once, not in every block that plays it)."""
+        memo = (key, semitones)
+        out = self._repitched.get(memo)
+        if out is None:
+            out = self.repitch_fn(audio, float(semitones))
+            self._repitched[memo] = out
+            if len(self._repitched) > _REPITCH_MEMO:
+                self._repitched.popitem(last=False)
+        else:
+            self._repitched.move_to_end(memo)
+        return out
 
     def _run_command(self, line: str) -> None:
         if self.command_runner is None:
@@ -625,8 +647,9 @@ class Scheduler:
         start_s = self.tempo.beat_to_s(note.beat)
         xy = note.xy if note.xy is not None else self.point_at(start_s)
         for pitch in note.pitches:
-            key = self.source.key(xy[0], xy[1], pitch, seed)
-            self._request(key, xy, pitch, seed, start_s - self.lookahead_s)
+            rp = rendered_pitch(pitch, self.pitch_range)
+            key = self.source.key(xy[0], xy[1], rp, seed)
+            self._request(key, xy, rp, seed, start_s - self.lookahead_s)
 
     def _request_ahead(self) -> None:
         until_beat = self.committed_beat() + self.request_ahead_beats
@@ -681,8 +704,9 @@ class Scheduler:
         t_s = self._now_or_action_s()
         self._add_point_segment(_PointSegment(t_s, t_s, xy, xy))
         for pitch in self._recent_pitches if request_recent else ():
-            key = self.source.key(xy[0], xy[1], pitch, self.seed)
-            self._request(key, xy, pitch, self.seed, t_s)
+            rp = rendered_pitch(pitch, self.pitch_range)
+            key = self.source.key(xy[0], xy[1], rp, self.seed)
+            self._request(key, xy, rp, self.seed, t_s)
         self._request_ahead()
 
     def glide(self, x: float, y: float, beats: float) -> None:
@@ -702,8 +726,9 @@ class Scheduler:
             t_s = self.tempo.beat_to_s(b0 + min(beats, i * _GLIDE_SAMPLE_BEATS))
             xy = self.point_at(t_s)
             for pitch in self._recent_pitches:
-                key = self.source.key(xy[0], xy[1], pitch, self.seed)
-                self._request(key, xy, pitch, self.seed, t_s - self.lookahead_s)
+                rp = rendered_pitch(pitch, self.pitch_range)
+                key = self.source.key(xy[0], xy[1], rp, self.seed)
+                self._request(key, xy, rp, self.seed, t_s - self.lookahead_s)
         self._request_ahead()
 
     # -- tempo and look-ahead

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.cache import NoteKey, RenderCache
+from pgesam_live.errors import PgesamError
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ class InlineRenderer:
         self._queued: set[NoteKey] = set()
         self._seq = 0
         self.rendered = 0
+        self.failed = 0  # notes the model refused (e.g. a pitch outside its range)
         self.model_id = synth.model_id
         self.sample_rate = synth.sample_rate
 
@@ -374,18 +376,33 @@ class InlineRenderer:
                 (batch if r.key.seed == first.key.seed else rest).append(r)
             for r in rest:
                 heapq.heappush(self._heap, r)
-            todo = [r for r in batch if r.key not in self.cache]
-            if todo:
-                pts = np.array([[r.x, r.y] for r in todo], dtype=np.float32)
-                pitches = np.array([r.key.pitch for r in todo], dtype=np.int64)
-                audio = normalise_peak(self.synth.render(pts, pitches, seed=first.key.seed))
-                for r, a in zip(todo, audio, strict=True):
-                    self.cache.put(r.key, np.asarray(a, dtype=np.float32))
-                    self.rendered += 1
-                    if self.on_ready is not None:
-                        self.on_ready(r.key)
-            for r in batch:
-                self._queued.discard(r.key)
+            try:
+                self._render(first.key.seed, [r for r in batch if r.key not in self.cache])
+            finally:
+                for r in batch:
+                    self._queued.discard(r.key)
+
+    def _render(self, seed: int, todo: list[RenderRequest]) -> None:
+        """One batch; if the model refuses it, each note alone, so one bad note (counted in
+        `failed`, left uncached: the scheduler counts it as skipped) loses no other."""
+        if not todo:
+            return
+        try:
+            pts = np.array([[r.x, r.y] for r in todo], dtype=np.float32)
+            pitches = np.array([r.key.pitch for r in todo], dtype=np.int64)
+            audio = normalise_peak(self.synth.render(pts, pitches, seed=seed))
+        except PgesamError:
+            if len(todo) == 1:
+                self.failed += 1
+                return
+            for r in todo:
+                self._render(seed, [r])
+            return
+        for r, a in zip(todo, audio, strict=True):
+            self.cache.put(r.key, np.asarray(a, dtype=np.float32))
+            self.rendered += 1
+            if self.on_ready is not None:
+                self.on_ready(r.key)
 
     def drain(self) -> None:
         """Render everything queued."""

@@ -302,3 +302,28 @@ def test_prerender_announces_notes_already_cached() -> None:
     rig.run_until(0.05)
     assert sorted(p for _, _, p in ready)[:2] == [60, 61]
     rig.close()
+
+
+def test_a_note_below_the_model_range_plays_re_pitched(tmp_path: Path) -> None:
+    """The contract's own example has `note: G2` (43) for a 48..72 model: it sounds, at G2,
+    from the model's C3 re-pitched; the model is never asked for 43."""
+    p = tmp_path / "low.yaml"
+    p.write_text("pgesam: 1\nevents:\n  - {at: 0, note: G2, velocity: 1.0}\n")
+    rig = make_rig()
+    asked: list[int] = []
+    render = rig.synth.render
+
+    def spy(points, pitches, seed=0):  # type: ignore[no-untyped-def]
+        asked.extend(int(x) for x in pitches)
+        return render(points, pitches, seed)
+
+    rig.synth.render = spy
+    assert rig.engine.submit(f"load {p}").ok
+    rig.run_until(1.0)
+    out = rig.audio.render_to_array()[:, 0]
+    rig.close()
+    assert asked == [48]
+    x = out[int(0.1 * SR): int(0.9 * SR)]
+    rises = np.flatnonzero((x[:-1] <= 0) & (x[1:] > 0))
+    period = np.median(np.diff(rises))
+    assert abs(period - SR / (440 * 2 ** ((43 - 69) / 12))) < 3  # G2's period, not C3's

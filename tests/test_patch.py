@@ -7,6 +7,7 @@ import pytest
 from pgesam_live.errors import CommandError, PatchError
 from pgesam_live.notes import NoteError
 from pgesam_live.patch import (
+    MAX_ERRORS_SHOWN,
     PatchValidationError,
     Trajectory,
     find_patch,
@@ -178,14 +179,35 @@ events:
     assert not any("sequences.arp.timbre" in e for e in errors)
 
 
-def test_the_message_shows_the_first_few() -> None:
+def test_the_message_shows_every_error_up_to_a_limit() -> None:
     text = "pgesam: 1\n" + "".join(f"bad{i}: 1\n" for i in range(9))
     with pytest.raises(PatchValidationError) as info:
         parse_patch(text, "p.yaml")
     assert len(info.value.errors) == 9
     msg = str(info.value)
-    assert msg.startswith("p.yaml:2: bad0: unknown key")
-    assert "and 4 more errors" in msg
+    assert msg.startswith("p.yaml:2: bad0: unknown key") and "p.yaml:10: bad8" in msg
+    assert "more errors" not in msg
+    text = "pgesam: 1\n" + "".join(f"bad{i}: 1\n" for i in range(MAX_ERRORS_SHOWN + 3))
+    with pytest.raises(PatchValidationError, match="and 3 more errors"):
+        parse_patch(text, "p.yaml")
+
+
+def test_pitches_outside_the_model_and_bad_command_lines_are_errors() -> None:
+    text = ('pgesam: 1\nsequences:\n  a:\n    notes: "C4 G2 G1"\ncommands:\n'
+            '  - frobnicate\n  - {at: 1, do: "tempo 9000"}\n  - "play C1"\n  - quit\n'
+            'events:\n  - {at: 4, note: C7}\n  - {at: 5, note: C6}\n')
+    with pytest.raises(PatchValidationError) as info:
+        parse_patch(text, "p.yaml", pitch_range=(48, 72))
+    errors = info.value.errors
+    # G2 is re-pitched from C3 (an octave beyond the model's range plays); G1 is too far.
+    assert errors[0].startswith("p.yaml:4: sequences.a.notes: G1 (31) at step 3 is outside "
+                                "what the model plays: 36..84 (C2..C6")
+    assert [e.split(": ")[1] for e in errors] == [
+        "sequences.a.notes", "commands[0]", "commands[1].do", "commands[2]", "commands[3]",
+        "events[0].note"]
+    with pytest.raises(PatchValidationError) as info:  # without a model: the lines only
+        parse_patch(text, "p.yaml")
+    assert len(info.value.errors) == 3
 
 
 def test_point_and_trajectory_names_must_not_clash() -> None:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -90,7 +91,9 @@ class FakeEngine:
 
 def _completions(engine: FakeEngine, text: str) -> list[str]:
     completer = make_completer(engine)
-    return [c.text for c in completer.get_completions(Document(text, len(text)), None)]
+    got = [c.text for c in completer.get_completions(Document(text, len(text)), None)]
+    assert all(t.endswith(" ") for t in got)  # a space after the word, as a shell does
+    return [t[:-1] for t in got]
 
 
 @pytest.fixture()
@@ -120,6 +123,12 @@ def test_completer_note_names_and_keywords(engine: FakeEngine) -> None:
     after = _completions(engine, "play C4 E4 ")
     assert "vel" in after and "len" in after and "C5" in after
     assert _completions(engine, "play C4 vel ") == []
+
+
+def test_completer_offers_the_notes_the_model_plays(engine: FakeEngine) -> None:
+    engine.model = SimpleNamespace(pitch_range=(48, 72))  # type: ignore[attr-defined]
+    got = _completions(engine, "play C")
+    assert {"C2", "C3", "C5", "C6"} <= set(got) and not {"C1", "C7", "C#6"} & set(got)
 
 
 def test_completer_patch_files_by_position(engine: FakeEngine) -> None:
@@ -223,8 +232,8 @@ def test_real_terminal_session(tmp_path: Path) -> None:
         child.send("play C4 E4 half typed")
         child.sendcontrol("c")  # clears the line; nothing is submitted
         _expect(child, "pgesam>")
-        child.send("tem\t")  # Tab completes the only candidate
-        child.send(" 96\r")
+        child.send("tem\t")  # Tab completes the only candidate, and the space after it
+        child.send("96\r")
         _expect(child, "pgesam>")
         child.send("mark nice\r")
         _expect(child, "marked nice")  # an engine message printed above the prompt

@@ -591,3 +591,22 @@ def test_hush_cancels_a_load_on_a_fresh_clock_and_restores_the_tempo() -> None:
     rig.sched.set_tempo(90)
     rig.sched.hush()
     assert rig.sched.tempo.last_bpm == 90.0
+
+
+def test_notes_beyond_the_model_range_play_its_edge_re_pitched() -> None:
+    """G2 on a 48..72 model: C3 (48) rendered and played 5 semitones down; requests ask for
+    the edge note, never the pitch the model cannot render."""
+    rig = Rig(pitch_range=(48, 72))
+    rig.sched.play_now([43, 60, 79], velocity=0.7)
+    rig.run(0.1)
+    lengths = sorted(c.n_samples for c in rig.sink.calls)
+    # The edge notes resampled: 5 semitones down is longer, 7 up is shorter (the fakes'
+    # notes are 2,400 samples).
+    assert lengths[1] == 2400 and len(lengths) == 3
+    assert abs(lengths[0] - 2400 * 2 ** (-7 / 12)) <= 1
+    assert abs(lengths[2] - 2400 * 2 ** (5 / 12)) <= 1
+    assert rig.sched.status()["late"] == 0
+    rig.sched.load_patch(patch('sequences:\n  s:\n    timbre: [0.1, 0.2]\n'
+                               '    notes: "G2 C6"\n    step: 1\n'))
+    rig.run(3.0)
+    assert {r[3] for r in rig.req.requests} <= set(range(48, 73))
