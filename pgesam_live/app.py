@@ -6,6 +6,7 @@ engine (core.py) is the one door; the front ends translate input into its comman
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 import sys
@@ -34,6 +35,21 @@ def settings_from_args(ns: Namespace) -> Settings:
     )
 
 
+def check_out_path(out: str, suffixes: tuple[str, ...]) -> Path:
+    """An output file the command can write: not a folder, a known kind by its suffix
+    (checked before any work is done)."""
+    p = Path(out).expanduser()
+    if p.is_dir() or out.endswith(("/", "\\")):
+        raise PgesamError(f"--out {out} is a folder: give a file name, e.g. "
+                          f"{p / ('out' + suffixes[0])}")
+    if p.suffix.lower() not in suffixes:
+        raise PgesamError(f"--out {out}: this writes {' or '.join(suffixes)} files; name it "
+                          f"{p.with_suffix(suffixes[0]).name}")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise PgesamError(f"--out {out}: {p.parent} is not a folder")
+    return p
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write float audio ([N] or [N, C]) as 16-bit PCM; creates the folder."""
     import soundfile as sf  # noqa: PLC0415
@@ -58,6 +74,7 @@ def run_note(ns: Namespace) -> int:
     from pgesam_live.voices import velocity_gain  # noqa: PLC0415
     from pgesam_live.worker import normalise_peak  # noqa: PLC0415
 
+    out_path = check_out_path(ns.out, (".wav",))
     pitch = note_to_midi(ns.pitch)
     if not 0.0 <= ns.velocity <= 1.0:
         raise PgesamError(f"velocity {ns.velocity} is out of range 0..1")
@@ -81,7 +98,7 @@ def run_note(ns: Namespace) -> int:
         from pgesam_live.audio import resample  # noqa: PLC0415
 
         audio, sr = resample(audio, sr, ns.sample_rate), ns.sample_rate
-    out = write_wav(ns.out, audio, sr)
+    out = write_wav(out_path, audio, sr)
     print(f"{out}: pitch {pitch} at ({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
           f"{sr} Hz, model {synth.model_id}")
     return 0
@@ -169,6 +186,7 @@ def run_doctor(ns: Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 # building the engine
 
+MAX_BOUNCE_S = 3600.0  # an offline bounce is at most an hour
 LIVE_PREROLL_S = 1.0  # a patch started from silence gets this long to render its first bar
 TAIL_S = 4.5          # a bounce runs this long past its last note (a one-shot is 4 s)
 
@@ -257,8 +275,8 @@ class OfflineRig:
     def run_until(self, t_s: float) -> None:
         self.audio.advance_to(t_s)
 
-    def save(self, path: str | Path) -> Path:
-        return self.audio.save(path, subtype="PCM_16")
+    def save(self, path: str | Path, seconds: float | None = None) -> Path:
+        return self.audio.save(path, subtype="PCM_16", seconds=seconds)
 
     def close(self) -> None:
         self.audio.close()
@@ -275,22 +293,45 @@ def _patch_seconds(patch_path: Path, tempo_hint: float | None = None) -> float:
     return beats * 60.0 / (tempo_hint or patch.tempo_bpm) + TAIL_S
 
 
-def run_render(ns: Namespace) -> int:
-    """`pgesam-live render PATCH --out WAV [--seconds S]`: offline bounce."""
+def _patch_model(s: Settings, patch: Any, given: str | None) -> Settings:
+    """The patch's `model:` when the command line names none (`--model` wins)."""
+    if given not in (None, "default") or patch.model in ("", "default"):
+        return s
+    from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
+
+    try:
+        resolve_model(patch.model)
+    except PgesamError as e:
+        raise PgesamError(f"{patch.path}: model: {e}") from None
+    return s.replace(model=patch.model)
+
+
+def _load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[Any, Settings]:
+    """A patch named on the command line, validated completely (pitches against the model
+    it will play with) before anything starts; the settings with its model."""
     from pgesam_live.patch import find_patch, load_patch  # noqa: PLC0415
 
+    path = find_patch(patch_arg, s.patch_dir)
+    s = _patch_model(s, load_patch(path), given_model)
+    _, info = _model_info(s.model, s.patch_dir)
+    return load_patch(path, pitch_range=tuple(info.pitch_range)), s
+
+
+def run_render(ns: Namespace) -> int:
+    """`pgesam-live render PATCH --out WAV [--seconds S]`: offline bounce."""
     s = settings_from_args(ns)
-    path = find_patch(ns.patch, s.patch_dir)
-    patch = load_patch(path)  # validated completely before anything plays
+    out_path = check_out_path(ns.out, (".wav",))
+    patch, s = _load_checked(ns.patch, s, ns.model)
+    path = Path(patch.path)
     s = s.replace(seed=patch.seed, tempo_bpm=patch.tempo_bpm)
     seconds = ns.seconds if ns.seconds is not None else _patch_seconds(path)
-    if seconds <= 0:
-        raise PgesamError(f"--seconds {seconds}: give a length > 0")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S:
+        raise PgesamError(f"--seconds {seconds}: give a length > 0 and at most {MAX_BOUNCE_S:g}")
     rig = OfflineRig(s)
     try:
         rig.submit_or_fail(f"load {_quote(str(path))}", src="patch", at_s=0.0)
         rig.run_until(seconds)
-        out = rig.save(ns.out)
+        out = rig.save(out_path, seconds=seconds)
     finally:
         rig.close()
     print(f"{out}: {seconds:.2f} s at {rig.audio.sample_rate} Hz, "
@@ -306,12 +347,17 @@ def _quote(text: str) -> str:
 
 def run_replay(ns: Namespace) -> int:
     """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
-    from pgesam_live.session import replay_schedule  # noqa: PLC0415
+    from pgesam_live.session import read_journal, replay_schedule  # noqa: PLC0415
 
     header, schedule = replay_schedule(ns.session)
+    if read_journal(ns.session)[1].truncated:
+        print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
+              "the line before it", file=sys.stderr)
     s = settings_from_args(ns)
-    s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"))
-    if ns.out is None:
+    s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
+                  model=_journal_model(ns.session, str(header.get("model") or ""), ns.model))
+    out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
+    if out_path is None:
         return _run_live(s, replay=schedule)
     # The live clock's pre-roll, so sequences start where they started live.
     rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
@@ -323,11 +369,30 @@ def run_replay(ns: Namespace) -> int:
                       file=sys.stderr)
         end_s = (schedule[-1][0] if schedule else 0.0) + TAIL_S
         rig.run_until(end_s)
-        out = rig.save(ns.out)
+        out = rig.save(out_path)
     finally:
         rig.close()
     print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
     return 0
+
+
+def _journal_model(session: str, played: str, given: str | None) -> str:
+    """The model to replay a journal with: --model if given, else the one its header names
+    (from checkpoints/), else the default, with a warning: the notes will sound different."""
+    from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
+
+    if given not in (None, "default"):
+        return str(given)
+    if not played:
+        return "default"
+    try:
+        resolve_model(played)
+        return played
+    except PgesamError:
+        print(f"{session}: played with model {played!r}, which is not in checkpoints/; "
+              "replaying with the default model (it will sound different: pass --model PATH "
+              "to use that file)", file=sys.stderr)
+        return "default"
 
 
 def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
@@ -343,7 +408,10 @@ def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
 def run_play(ns: Namespace) -> int:
     """`pgesam-live [play [PATCH]]`: the live instrument."""
     s = settings_from_args(ns)
-    return _run_live(s, patch=ns.patch, repl=not ns.no_repl)
+    if ns.patch:  # a bad patch ends the start here, before any audio or journal
+        patch, s = _load_checked(ns.patch, s, ns.model)
+        return _run_live(s, patch=patch.path, repl=not ns.no_repl)
+    return _run_live(s, repl=not ns.no_repl)
 
 
 def _stop_on_signals() -> None:
@@ -394,25 +462,28 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     engine.scheduler.preroll_s = LIVE_PREROLL_S
     worker.on_ready = engine.note_ready
     worker.on_message = engine.message
-    journal = Journal(session_path(s.session_dir),
-                      make_header(info.model_id, s.seed, s.tempo_bpm))
-    engine.add_listener(journal)
     audio.add_hook(engine.on_block)
 
     loop = asyncio.new_event_loop()
     osc = None
     midi = None
+    journal = None
     _stop_on_signals()
     try:
+        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
+        from pgesam_live.osc import OscServer  # noqa: PLC0415
+
+        # The port first: a busy one ends the start with no journal left behind. Commands
+        # it takes in are applied (and journalled) once the audio runs, below.
+        osc = OscServer(engine, s.osc_host, s.osc_port)
+        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        journal = Journal(session_path(s.session_dir),
+                          make_header(info.model_id, s.seed, s.tempo_bpm))
+        engine.add_listener(journal)
         print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
               f"journal {journal.path}", flush=True)
         worker.start()
         audio.start()
-        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
-        from pgesam_live.osc import OscServer  # noqa: PLC0415
-
-        osc = OscServer(engine, s.osc_host, s.osc_port)
-        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
         print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
         if s.midi:
             from pgesam_live.midi import start_midi  # noqa: PLC0415
@@ -453,8 +524,10 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         audio.stop()
         audio.close()
         worker.stop()
-        journal.close()
-        if audio.record_path is not None and audio.backend == "record":
+        if journal is not None:
+            journal.close()
+            print(f"session journal {journal.path}", flush=True)
+        if audio.record_path is not None and audio.backend == "record" \
+                and Path(audio.record_path).is_file():
             print(f"recorded {audio.record_path}", flush=True)
-        print(f"session journal {journal.path}", flush=True)
     return 0

@@ -388,11 +388,16 @@ class AudioEngine:
             return np.zeros((0, self.n_channels), dtype=np.float32)
         return np.concatenate(self._blocks_out, axis=0)
 
-    def save(self, path: str | os.PathLike[str], subtype: str = "PCM_24") -> Path:
-        """offline: write render_to_array() to a WAV file (deterministic bytes)."""
+    def save(self, path: str | os.PathLike[str], subtype: str = "PCM_24",
+             seconds: float | None = None) -> Path:
+        """offline: write render_to_array() to a WAV file (deterministic bytes); `seconds`
+        cuts it to exactly that length (blocks run whole, past it)."""
         import soundfile as sf
 
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(out), self.render_to_array(), self.sample_rate, subtype=subtype, format="WAV")
+        x = self.render_to_array()
+        if seconds is not None:
+            x = x[: int(round(seconds * self.sample_rate))]
+        sf.write(str(out), x, self.sample_rate, subtype=subtype, format="WAV")
         return out

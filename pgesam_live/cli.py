@@ -15,25 +15,64 @@ from collections.abc import Sequence
 
 from pgesam_live.errors import PgesamError
 
+SAMPLE_RATES_HZ = (8000, 192000)
+
+
+def _sample_rate(text: str) -> int:
+    """argparse type: an output rate in Hz, 8000..192000."""
+    try:
+        sr = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of Hz") from None
+    lo, hi = SAMPLE_RATES_HZ
+    if not lo <= sr <= hi:
+        raise argparse.ArgumentTypeError(f"{sr} Hz: use {lo}..{hi} (e.g. 44100, 48000)")
+    return sr
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port}: use 1..65535")
+    return port
+
 
 def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
+    """The contract's common options, on every command that plays or renders. The live ones
+    are accepted everywhere, so one option list serves a whole script; an offline command
+    (`audio` False) does not use them."""
+    unused = "" if audio else " (not used by this command: it renders offline)"
     p.add_argument("--model", default="default",
                    help="checkpoint name or path (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs (auto prefers CUDA)")
-    if audio:
-        p.add_argument("--audio", default="auto",
-                       choices=["auto", "portaudio", "jack", "record", "none"],
-                       help="audio backend (auto: a real device, else record to sessions/)")
-        p.add_argument("--osc-host", default="127.0.0.1", help="OSC bind address")
-        p.add_argument("--osc-port", type=int, default=9000, help="OSC UDP port")
-        p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port")
-        p.add_argument("--sample-rate", type=int, default=None,
-                       help="output sample rate (the model renders at its own and is resampled)")
+    p.add_argument("--audio", default="auto",
+                   choices=["auto", "portaudio", "jack", "record", "none"],
+                   help="audio backend (auto: a real device, else record to sessions/)" + unused)
+    p.add_argument("--osc-host", default="127.0.0.1", help="OSC bind address" + unused)
+    p.add_argument("--osc-port", type=_port, default=9000, help="OSC UDP port" + unused)
+    p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port" + unused)
+    p.add_argument("--sample-rate", type=_sample_rate, default=None,
+                   help="output sample rate in Hz (the model renders at its own and is "
+                        "resampled)")
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= seed < 2**31:
+        raise argparse.ArgumentTypeError(f"{seed}: use 0..2147483647")
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pgesam-live", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd")
 
     p = sub.add_parser("play", help="the live instrument: audio, REPL, OSC, journal")
@@ -49,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=None)
     _add_common(p)
-    p.add_argument("--sample-rate", type=int, default=None)
     p.set_defaults(func="pgesam_live.app:run_render")
 
     p = sub.add_parser("replay", help="replay a session journal live, or offline with --out")
@@ -64,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pitch")
     p.add_argument("--out", required=True)
     p.add_argument("--velocity", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_common(p)
-    p.add_argument("--sample-rate", type=int, default=None)
     p.set_defaults(func="pgesam_live.app:run_note")
 
     p = sub.add_parser("map", help="picture of the timbre map")
@@ -154,11 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("pgesam-live")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PYO_GUI_WX", "0")
     ap = build_parser()
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help"):
+    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
         args = ["play", *args]
     ns = ap.parse_args(args)
     if ns.cmd is None:
@@ -173,4 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a file the command cannot read or write
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"pgesam-live:{where}: {e.strerror or e}: check the path and its permissions",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get("PGESAM_DEBUG"):
+            raise
+        print(f"pgesam-live: internal error: {type(e).__name__}: {e} (PGESAM_DEBUG=1 shows "
+              "the traceback; please report it)", file=sys.stderr)
+        return 1
     return int(rc or 0)

@@ -216,6 +216,9 @@ class Engine:
                 return self._info(command)
             # Reading a patch file happens here, outside the lock the audio hook takes.
             prepared = self._prepare(command, src)
+            if command.name == "load" and isinstance(prepared, Patch):
+                # Journalled as found, not as typed: portable to another working directory.
+                command = Command("load", {"patch": self._patch_ref(prepared.path)})
             with self._lock:
                 # A timed command is checked against the state it will meet when applied;
                 # an immediate one is checked now (against the state the immediate commands
@@ -318,6 +321,15 @@ class Engine:
             return make_sequence(a["name"], a["notes"], a["step"])
         self._check_pitches(c)
         return None
+
+    def _patch_ref(self, path: str) -> str:
+        """A patch file as the journal names it: its name within the patch folder, else its
+        absolute path."""
+        p = Path(path).resolve()
+        try:
+            return str(p.relative_to(Path(self.patch_dir).resolve()))
+        except ValueError:
+            return str(p)
 
     def _check_state(self, c: Command) -> None:
         """Check an immediate `c`'s names (points, patch sequences, running sequences) against

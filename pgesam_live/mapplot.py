@@ -62,7 +62,7 @@ def draw_map(training_points: list[dict[str, Any]], named: dict[str, tuple[float
 
 
 def run_map(ns: Namespace) -> int:
-    from pgesam_live.app import _named_points  # noqa: PLC0415
+    from pgesam_live.app import _named_points, check_out_path  # noqa: PLC0415
     from pgesam_live.model.checkpoints import (  # noqa: PLC0415
         meta_from_payload,
         read_model_payload,
@@ -70,6 +70,7 @@ def run_map(ns: Namespace) -> int:
     )
     from pgesam_live.settings import Settings  # noqa: PLC0415
 
+    out_path = check_out_path(ns.out, (".png", ".svg", ".pdf"))
     path = resolve_model(ns.model)
     payload, model_id = read_model_payload(path)
     meta = meta_from_payload(payload)
@@ -77,6 +78,6 @@ def run_map(ns: Namespace) -> int:
         raise PgesamError(f"{path}: the model carries no training points to draw; retrain it "
                           f"with `pgesam-live train all --data DIR`")
     named = _named_points(Settings.from_env().patch_dir)
-    out = draw_map(meta.training_points, named, ns.out, title=f"pGESAM timbre map: {model_id}")
+    out = draw_map(meta.training_points, named, out_path, title=f"pGESAM timbre map: {model_id}")
     print(f"{out}: {len(meta.training_points)} training instruments, {len(named)} named points")
     return 0

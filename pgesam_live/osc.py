@@ -41,6 +41,7 @@ every controller.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
 import socket
@@ -523,8 +524,12 @@ class OscServer:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: _Protocol(self), local_addr=(self.host, self.port))
         except OSError as exc:
-            raise ConfigError(f"OSC: cannot listen on {self.host}:{self.port} ({exc.strerror});"
-                              " choose another with --osc-port") from None
+            busy = exc.errno == errno.EADDRINUSE
+            fix = ("another program has it: choose another with --osc-port" if busy else
+                   "give --osc-host an address of this machine (127.0.0.1, 0.0.0.0 for every "
+                   "interface)")
+            raise ConfigError(f"OSC: cannot listen on {self.host}:{self.port} "
+                              f"({exc.strerror or exc}); {fix}") from None
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
         sock = transport.get_extra_info("socket")

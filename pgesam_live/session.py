@@ -119,8 +119,8 @@ class JournalEntries(list[JournalEntry]):
 
 
 def read_journal(path: str | Path) -> tuple[dict[str, Any], JournalEntries]:
-    """(header, entries) of a journal. A partial last line (no newline and not JSON: a crash
-    mid-write) is dropped and `entries.truncated` set; any other bad line raises DataError
+    """(header, entries) of a journal. A partial last line (not JSON: a crash mid-write) is
+    dropped and `entries.truncated` set; any other bad line raises DataError
     naming the file, the line and what is wrong. Every `cmd` is checked with parse_line."""
     p = Path(path)
     try:
@@ -129,18 +129,17 @@ def read_journal(path: str | Path) -> tuple[dict[str, Any], JournalEntries]:
         raise DataError(f"{p}: cannot read the journal ({exc.strerror}); check the path") from None
     lines = text.split("\n")
     entries = JournalEntries()
-    ends_clean = text.endswith("\n")
-    if ends_clean:
-        lines = lines[:-1]
+    # The last line with text on it: cut off by a crash, it is dropped (with or without a
+    # newline after it: an editor may have added one).
+    last_text = max((i for i, raw in enumerate(lines, start=1) if raw.strip()), default=0)
     header: dict[str, Any] | None = None
     for i, raw in enumerate(lines, start=1):
-        last = i == len(lines)
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            if last and not ends_clean:
+            if i == last_text and i > 1:
                 entries.truncated = True  # the crash case: keep everything before it
                 break
             raise DataError(f"{p}:{i}: not JSON ({exc.msg}); delete or repair that line") from None

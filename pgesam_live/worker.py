@@ -58,6 +58,11 @@ class RenderRequest:
 def _worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int) -> None:
     """Process entry: load the model once, then render batches of the earliest deadlines."""
     import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    # Ctrl-C in the terminal reaches the whole process group: the instrument shuts down and
+    # stops this process (a None on the queue); a traceback from here would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     # Before torch: the Synth reads this when it sets the process's threads.
     os.environ["PGESAM_TORCH_THREADS"] = str(max(1, n_threads))

@@ -327,3 +327,25 @@ def test_a_note_below_the_model_range_plays_re_pitched(tmp_path: Path) -> None:
     rises = np.flatnonzero((x[:-1] <= 0) & (x[1:] > 0))
     period = np.median(np.diff(rises))
     assert abs(period - SR / (440 * 2 ** ((43 - 69) / 12))) < 3  # G2's period, not C3's
+
+
+def test_load_is_journalled_as_found_not_as_typed(tmp_path: Path) -> None:
+    """A journal replays from any working directory: a patch of the patch folder is named
+    within it, any other by its absolute path."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("pgesam: 1\nevents: [{at: 0, note: C4}]\n")
+    rig = make_rig()
+    lines: list[str] = []
+    rig.engine.add_listener(lambda ev: lines.append(ev["cmd"]) if ev["kind"] == "command"
+                            else None)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert rig.engine.submit("load mine.yaml").ok
+        assert rig.engine.submit("load drift-arpeggio").ok
+        assert rig.engine.submit(f"load {REPO_ROOT / 'patches' / 'morph.yaml'}").ok
+    finally:
+        os.chdir(cwd)
+    rig.run_until(0.05)
+    rig.close()
+    assert lines == [f"load {mine.resolve()}", "load drift-arpeggio.yaml", "load morph.yaml"]

@@ -61,6 +61,9 @@ def test_partial_last_line_is_dropped(tmp_path: Path) -> None:
         fh.write('{"t": 2.0, "src": "repl", "cmd": "pla')  # the crash, mid-write
     header, entries = read_journal(path)
     assert len(entries) == 3 and entries.truncated
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n")  # an editor added the newline: still the cut-off last line
+    assert read_journal(path)[1].truncated and len(read_journal(path)[1]) == 3
 
 
 def test_bad_line_in_the_middle_is_named(tmp_path: Path) -> None:

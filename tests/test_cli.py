@@ -1,0 +1,93 @@
+"""The command line's own checks: bad output paths, lengths, options, patches and models get
+one line and exit 1 (bad usage: 2) before any work is done."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+from pgesam_live.cli import build_parser, main  # noqa: E402
+
+
+@pytest.fixture
+def patch_file(tmp_path: Path) -> Path:
+    p = tmp_path / "one.yaml"
+    p.write_text("pgesam: 1\nevents:\n  - {at: 0, note: C4}\n")
+    return p
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["note", "0", "0", "60", "--out", "{tmp}"], "is a folder"),
+    (["note", "0", "0", "60", "--out", "{tmp}/a.mp3"], "name it a.wav"),
+    (["map", "--out", "{tmp}"], "is a folder"),
+    (["map", "--out", "{tmp}/m.txt"], "name it m.png"),
+    (["render", "{patch}", "--out", "{tmp}/x.wav", "--seconds", "nan"], "--seconds nan"),
+    (["render", "{patch}", "--out", "{tmp}/x.wav", "--seconds", "-1"], "length > 0"),
+    (["render", "{patch}", "--out", "{tmp}/x.flac"], "name it x.wav"),
+    (["replay", "{tmp}/none.jsonl", "--out", "{tmp}/x.wav"], "cannot read the journal"),
+])
+def test_user_errors_are_one_line_and_exit_1(args: list[str], fragment: str, tmp_path: Path,
+                                             patch_file: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.format(tmp=tmp_path, patch=patch_file) for a in args]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["note", "0", "0", "60", "--out", "a.wav", "--seed", "-5"],
+    ["note", "0", "0", "60", "--out", "a.wav", "--sample-rate", "0"],
+    ["play", "--osc-port", "70000"],
+])
+def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(args)
+    assert info.value.code == 2
+
+
+def test_common_options_are_accepted_everywhere(patch_file: Path) -> None:
+    common = ["--model", "default", "--device", "cpu", "--audio", "none", "--osc-host",
+              "127.0.0.1", "--osc-port", "9100", "--sample-rate", "48000"]
+    for head in (["play"], ["render", str(patch_file), "--out", "x.wav"], ["replay", "s.jsonl"],
+                 ["note", "0", "0", "C4", "--out", "x.wav"], ["map", "--out", "m.png"],
+                 ["bench"], ["doctor"]):
+        ns = build_parser().parse_args([*head, *common])
+        assert ns.osc_port == 9100 and ns.sample_rate == 48000
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("pgesam-live ")
+
+
+def test_a_bad_start_patch_ends_the_start(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`play PATCH` validates PATCH (pitches against the model) before any audio, OSC or
+    journal: exit 1, nothing left behind."""
+    bad = tmp_path / "low.yaml"
+    bad.write_text("pgesam: 1\nevents:\n  - {at: 0, note: C1}\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["play", str(bad), "--no-repl", "--audio", "record", "--osc-port", "9219"]) == 1
+        assert main(["play", "nosuch.yaml", "--no-repl", "--audio", "none"]) == 1
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert "low.yaml:3: events[0].note: C1 (24) is outside" in err and "no patch" in err
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+
+
+def test_a_patch_model_that_does_not_exist_is_named(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_text("pgesam: 1\nmodel: nosuch_model\nevents:\n  - {at: 0, note: C4}\n")
+    assert main(["render", str(p), "--out", str(tmp_path / "x.wav")]) == 1
+    assert "m.yaml: model:" in capsys.readouterr().err
