@@ -477,6 +477,8 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         # it takes in are applied (and journalled) once the audio runs, below.
         osc = OscServer(engine, s.osc_host, s.osc_port)
         asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        osc_stats = osc.stats
+        engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
         journal = Journal(session_path(s.session_dir),
                           make_header(info.model_id, s.seed, s.tempo_bpm))
         engine.add_listener(journal)

@@ -167,6 +167,7 @@ class Engine:
         self._queue: list[tuple[float, int, Command, str, Any]] = []
         self._order = itertools.count()
         self._listeners: list[Listener] = []
+        self._stats: dict[str, Callable[[], int]] = {}
         self.bookmarks: dict[str, tuple[float, float]] = {}
         self.point_name: str | None = None
         self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2
@@ -184,6 +185,11 @@ class Engine:
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
+    def add_stat(self, name: str, fn: Callable[[], int]) -> None:
+        """A front end's counter shown in the state (`status`, /pgesam/state), e.g. the OSC
+        bundles played now because their time tag lay too far ahead (clock skew)."""
+        self._stats = {**self._stats, name: fn}
+
     def add_listener(self, fn: Listener) -> None:
         self._listeners = [*self._listeners, fn]
 
@@ -372,6 +378,10 @@ class Engine:
         pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
         if c.name == "prerender":
             pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
+        n_voices = self.voices.stats().get("voices", 0)
+        if c.name == "play" and n_voices and len(pitches) > n_voices:
+            raise CommandError(f"play: {len(pitches)} notes at once; the voice pool has "
+                               f"{n_voices} (more would steal each other)")
         lo, hi = playable_range(self.model.pitch_range)
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
@@ -603,7 +613,15 @@ class Engine:
             "patch": st["patch"],
             "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
             "model_id": self.model.model_id,
+            **{name: _safe_count(fn) for name, fn in self._stats.items()},
         }
+
+
+def _safe_count(fn: Callable[[], int]) -> int:
+    try:
+        return int(fn())
+    except Exception:  # a front end's counter never breaks the state
+        return -1
 
 
 def format_status(s: dict[str, Any]) -> str:

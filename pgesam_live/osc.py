@@ -7,7 +7,8 @@ parsing with pythonosc's OscPacket and answering with a list of (addr, address, 
 plus the front-end ones handled here:
 
   /pgesam/cmd LINE        one REPL line (front-end words: status -> /pgesam/state,
-                          help [CMD] -> /pgesam/help TEXT; map, points, seqs, quit refused)
+                          help [CMD] -> /pgesam/help TEXT, map -> /pgesam/map TEXT,
+                          points / seqs -> /pgesam/points|seqs NAME...; quit refused)
   /pgesam/status          reply /pgesam/state (below)
   /pgesam/hello           register the sender as a controller: state pushed on change
   /pgesam/bye             unregister
@@ -299,8 +300,17 @@ class OscCore:
                     return [(addr, "/pgesam/state", flatten_state(self.engine.snapshot()))]
                 if cmd.name == "help":
                     return [(addr, "/pgesam/help", [help_text(cmd.args.get("command"))])]
-                return self._error(addr, address, f"`{cmd.name}` is a REPL word, not available "
-                                   "over OSC")
+                if cmd.name in ("points", "seqs"):
+                    self.engine.settle()
+                    names = (self.engine.point_names() if cmd.name == "points"
+                             else self.engine.sequence_names())
+                    return [(addr, f"/pgesam/{cmd.name}", [str(n) for n in names])]
+                if cmd.name == "map":
+                    from pgesam_live.termmap import engine_map  # noqa: PLC0415
+
+                    return [(addr, "/pgesam/map", [engine_map(self.engine)])]
+                return self._error(addr, address, f"`{cmd.name}` is not available over OSC: it "
+                                   "ends the instrument only from its terminal (or SIGTERM)")
         else:
             try:
                 cmd = from_osc(address, args)

@@ -361,7 +361,12 @@ class _Validator:
         return v
 
     def xy(self, node: Node, key_path: str) -> XY | None:
-        if not isinstance(node, SequenceNode) or len(node.value) != 2:
+        if isinstance(node, SequenceNode) and len(node.value) != 2:
+            n = len(node.value)
+            self.err(node, key_path, f"a list of {n} value{'s' * (n != 1)} is not a point: "
+                     "give [x, y], two numbers")
+            return None
+        if not isinstance(node, SequenceNode):
             self.err(node, key_path, f"{_show(node)} is not a point [x, y]")
             return None
         what = f"x and y lie in [-{XY_LIMIT}, {XY_LIMIT}], nominally [-1, 1]"
@@ -649,11 +654,14 @@ def _sequences(
             continue
         ok = "notes" in fields  # a missing one is already reported
         pattern: tuple[Step, ...] = ()
+        notes_text = ""
         if "notes" in fields:
             nnode = fields["notes"][1]
             raw = v.value(nnode)
             if isinstance(raw, int) and not isinstance(raw, bool):
                 raw = str(raw)  # a single MIDI number is a one-step pattern
+            if isinstance(nnode, SequenceNode):
+                raw = _notes_from_list(v, nnode)  # [C4, 64, "~", [C4, E4]]: one step each
             if not isinstance(raw, str):
                 v.err(nnode, f"{path}.notes", f'{_show(nnode)} is not a note string '
                       '(e.g. "C4 E4 G4 ~ [C4 E4]")')
@@ -661,6 +669,7 @@ def _sequences(
             else:
                 try:
                     pattern = parse_notes(raw)
+                    notes_text = raw
                 except NoteError as exc:
                     v.err(nnode, f"{path}.notes", str(exc))
                     ok = False
@@ -700,11 +709,30 @@ def _sequences(
             ok = ok and t_ok
         if ok:
             out[name] = Sequence(
-                name=name, notes=str(v.value(fields["notes"][1])), pattern=pattern,
+                name=name, notes=notes_text, pattern=pattern,
                 step_beats=step, velocity=velocity, gate=gate, start_beats=start,
                 repeat=repeat, timbre=timbre, timbre_name=timbre_name,
             )
     return out
+
+
+def _notes_from_list(v: _Validator, node: SequenceNode) -> str | None:
+    """A YAML list of steps as a note string: a note, a number or ~ per step, a list for a
+    chord. None (not a note string: reported by the caller) for anything else."""
+    words: list[str] = []
+    for item in node.value:
+        if isinstance(item, SequenceNode):
+            inner = [v.value(n) for n in item.value]
+            if not inner or any(isinstance(x, bool) or not isinstance(x, str | int)
+                                for x in inner):
+                return None
+            words.append("[" + " ".join(str(x) for x in inner) + "]")
+            continue
+        x = v.value(item)
+        if isinstance(x, bool) or not isinstance(x, str | int):
+            return None
+        words.append(str(x))
+    return " ".join(words)
 
 
 def _event_pitches(v: _Validator, node: Node, path: str) -> Step | None:

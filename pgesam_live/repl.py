@@ -114,6 +114,8 @@ def status_line(snap: dict[str, Any]) -> str:
     seqs = snap.get("sequences") or []
     if seqs:
         parts.append("seq " + ",".join(str(s) for s in seqs))
+    if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once
+        parts.append(f"osc skewed {snap['osc_skewed']}")
     return " | ".join(parts)
 
 

@@ -12,7 +12,8 @@ priority, after the scheduler's, so a note handed over for this very block still
 
 The envelope lives in the table, not in pyo objects: velocity gain and the release fade are
 applied while copying (sample-exact, free, deterministic). Consequences:
-- velocity -> gain is a straight line in dB: ``-40 dB at 0 .. 0 dB at 1`` (``velocity_gain``);
+- velocity -> gain is a straight line in dB: ``-40 dB near 0 .. 0 dB at 1``, and velocity 0
+  is silent (``velocity_gain``);
 - ``length_s`` ends the note with a ~30 ms linear fade starting at ``length_s``;
 - ``release(tag)`` ends the sounding notes played with that tag (a held key: the engine tags
   notes played now with their pitch) with the same fade from the next block;
@@ -53,8 +54,11 @@ POOL_HOOK_PRIORITY = 1000  # after every other hook: the scheduler hands notes i
 
 
 def velocity_gain(velocity: float) -> float:
-    """Linear gain for a velocity in 0..1 (clamped): -40 dB at 0, 0 dB at 1, straight in dB."""
+    """Linear gain for a velocity in 0..1 (clamped): straight in dB from -40 dB just above 0
+    to 0 dB at 1; velocity 0 is silence (as MIDI's note on with velocity 0 is no note)."""
     v = min(1.0, max(0.0, float(velocity)))
+    if v == 0.0:
+        return 0.0
     return float(10.0 ** ((VELOCITY_FLOOR_DB * (1.0 - v)) / 20.0))
 
 

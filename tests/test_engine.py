@@ -349,3 +349,23 @@ def test_load_is_journalled_as_found_not_as_typed(tmp_path: Path) -> None:
     rig.run_until(0.05)
     rig.close()
     assert lines == [f"load {mine.resolve()}", "load drift-arpeggio.yaml", "load morph.yaml"]
+
+
+def test_front_end_counters_show_in_the_state() -> None:
+    rig = make_rig()
+    rig.engine.add_stat("osc_skewed", lambda: 3)
+    rig.engine.add_stat("broken", lambda: 1 // 0)
+    snap = rig.engine.snapshot()
+    assert snap["osc_skewed"] == 3 and snap["broken"] == -1
+    from pgesam_live.repl import status_line, status_text
+
+    assert "osc skewed 3" in status_line(snap) and "osc_skewed: 3" in status_text(snap)
+    rig.close()
+
+
+def test_a_chord_larger_than_the_voice_pool_is_refused() -> None:
+    rig = make_rig()
+    r = rig.engine.submit("play " + " ".join(["C4"] * 40))
+    assert not r.ok and "voice pool has 32" in r.text
+    assert rig.engine.submit("play C4 E4 G4").ok
+    rig.close()

@@ -87,6 +87,9 @@ class FakeEngine:
     def snapshot(self) -> dict[str, Any]:
         return dict(self.state)
 
+    def settle(self) -> None:
+        self.settled = getattr(self, "settled", 0) + 1
+
     def time_s(self) -> float:
         return time.monotonic() - self.t0
 
@@ -187,6 +190,12 @@ def test_status_help_and_state_format() -> None:
     assert address == "/pgesam/help" and "usage: tempo BPM" in args[0]
     assert core.handle_datagram(msg("/pgesam/cmd", "status"), A)[0][1] == "/pgesam/state"
     assert flatten_state({"ok": True, "n": 2**40})[1::2] == [2**40 * 1.0, 1]
+    # The other front-end words answer too: a SuperCollider post window can show them.
+    assert core.handle_datagram(msg("/pgesam/cmd", "points"), A) == [(A, "/pgesam/points",
+                                                                     ["glass"])]
+    assert core.handle_datagram(msg("/pgesam/cmd", "seqs"), A) == [(A, "/pgesam/seqs", ["arp"])]
+    ((_, address, args),) = core.handle_datagram(msg("/pgesam/cmd", "map"), A)
+    assert address == "/pgesam/map" and "@" in args[0] and "+" in args[0]
 
 
 def test_timetags() -> None:

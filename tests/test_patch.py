@@ -265,3 +265,12 @@ def test_demo_patches_stay_in_the_models_pitch_range() -> None:
         pitches = [q for s in p.sequences.values() for step in s.pattern for q in step]
         pitches += [q for e in p.events for q in e.pitches]
         assert pitches and 48 <= min(pitches) and max(pitches) <= 72, f.name
+
+
+def test_notes_may_be_a_yaml_list_of_steps() -> None:
+    p = parse_patch('pgesam: 1\nsequences:\n  a:\n    notes: [60, 64, G4, "~", [C4, E4]]\n',
+                    "x.yaml")
+    assert p.sequences["a"].pattern == ((60,), (64,), (67,), (), (60, 64))
+    errors = errors_of("pgesam: 1\npoints:\n  bad: [0.1]\n")
+    assert errors == ["patches/x.yaml:3: points.bad: a list of 1 value is not a point: give "
+                      "[x, y], two numbers"]

@@ -82,7 +82,8 @@ def test_late_note_starts_next_block_and_is_counted(rig: tuple[AudioEngine, Voic
 
 def test_velocity_curve() -> None:
     assert velocity_gain(1.0) == pytest.approx(1.0)
-    assert velocity_gain(0.0) == pytest.approx(0.01)  # -40 dB
+    assert velocity_gain(1e-9) == pytest.approx(0.01)  # -40 dB just above 0
+    assert velocity_gain(0.0) == 0.0  # velocity 0 is silence
     assert velocity_gain(0.5) == pytest.approx(0.1)  # -20 dB: straight in dB
     assert velocity_gain(2.0) == pytest.approx(1.0)  # clamped
     g = [velocity_gain(v) for v in np.linspace(0, 1, 11)]
