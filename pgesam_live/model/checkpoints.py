@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -284,7 +285,40 @@ def save_model(directory: Path | str, vae: TimbreVAE, transformer: FrameTransfor
     return _write_model_payload(directory, payload)
 
 
+CONTENT_KEY = "content_sha256"  # inside the file: its own check, whatever it is renamed to
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 over a payload's contents (every tensor's dtype, shape and bytes, every other
+    value as JSON, keys in sorted order), leaving out CONTENT_KEY itself."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                if k != CONTENT_KEY:
+                    h.update(json.dumps(str(k)).encode())
+                    walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, list | tuple):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(json.dumps(x, sort_keys=True, default=str).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def _write_model_payload(directory: Path | str, payload: dict[str, Any]) -> Path:
+    payload = {**payload, CONTENT_KEY: content_digest(payload)}
     data = payload_bytes(payload)
     safe_cfg = re.sub(r"[^A-Za-z0-9]+", "", str(payload["config_name"])) or "model"
     codec_name = str(payload["codec"]["name"])
@@ -513,6 +547,10 @@ def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
                               f"{m.group('hash')}: the file is damaged or was modified; "
                               f"replace it")
     obj = _read_payload(path, data, FORMAT)
+    # Files from before CONTENT_KEY carry their hash only in their name (checked above).
+    if CONTENT_KEY in obj and obj[CONTENT_KEY] != content_digest(obj):
+        raise CheckpointError(f"{path}: its contents do not match the checksum it carries: "
+                              "the file is damaged or was modified; replace it")
     missing = [k for k in MODEL_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: missing keys {', '.join(missing)}; "

@@ -120,9 +120,19 @@ def test_hash_mismatch_is_named(saved: tuple, tmp_path: Path) -> None:
     renamed = tmp_path / "bad" / "pgesam_tiny_harmonic-00000000.pt"
     renamed.write_bytes(saved[0].read_bytes())
     _expect_error(renamed, "00000000")
+    # Damaged and renamed without a hash: the checksum the file carries inside catches it.
+    mine = tmp_path / "bad" / "mine.pt"
+    mine.write_bytes(bytes(data))
+    _expect_error(mine, "damaged")
+    intact = tmp_path / "bad" / "intact.pt"
+    intact.write_bytes(saved[0].read_bytes())
+    ck.read_model_payload(intact)  # an intact renamed copy loads
 
 
 def _write_payload(tmp_path: Path, payload: dict) -> Path:
+    """A model file with these contents, its inner checksum made to match (as a file from
+    another version or tool would be): the checks after the checksum are tested."""
+    payload = {**payload, ck.CONTENT_KEY: ck.content_digest(payload)}
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
