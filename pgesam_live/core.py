@@ -164,6 +164,7 @@ class Engine:
                                    pitch_range=model.pitch_range)
         self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)  # notified after every block
+        self._block_thread: int | None = None  # the thread running on_block
         self._queue: list[tuple[float, int, Command, str, Any]] = []
         self._order = itertools.count()
         self._listeners: list[Listener] = []
@@ -251,6 +252,7 @@ class Engine:
         # give or take a fraction of a sample.
         end_s = t_s + self.clock.block_s - TIME_EPS_S
         with self._lock:
+            self._block_thread = threading.get_ident()
             self._time_s = t_s
             self._release_or_keep_held(t_s)
             while self._queue and self._queue[0][0] < end_s:
@@ -377,7 +379,15 @@ class Engine:
         a = c.args
         pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
         if c.name == "prerender":
-            pitches = [p for p in (a.get("low"), a.get("high")) if p is not None]
+            # What the model renders (and answers /pgesam/ready for): notes beyond its range
+            # are played from its edge notes, which the bank holds.
+            lo, hi = self.model.pitch_range
+            for p in (a.get("low"), a.get("high")):
+                if p is not None and not lo <= p <= hi:
+                    raise CommandError(f"prerender: pitch {p} is outside the model's rendered "
+                                       f"range {lo}..{hi} (notes beyond it play its edge "
+                                       "notes re-pitched: prerender those)")
+            return
         n_voices = self.voices.stats().get("voices", 0)
         if c.name == "play" and n_voices and len(pitches) > n_voices:
             raise CommandError(f"play: {len(pitches)} notes at once; the voice pool has "
@@ -584,6 +594,8 @@ class Engine:
         block, normally a few ms), so that a view taken next (status, map, points) shows what
         the lines before it did. Gives up when no block comes within SETTLE_QUIET_S (nothing
         drives the engine: an offline bounce between its blocks) or after `timeout_s`."""
+        if threading.get_ident() == self._block_thread:
+            return  # asked from inside a block (a listener): waiting would stall the audio
         end = time.monotonic() + timeout_s
         with self._applied:
             while any(e[0] == -math.inf for e in self._queue):
