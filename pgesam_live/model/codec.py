@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -405,15 +406,16 @@ class HarmonicCodec(Codec):
             max=self.NOISE_MAX_DB)
         return {"f0_hz": f0, "amplitude": amp, "noise_psd": 10.0 ** (noise_db / 10.0)}
 
-    def decode(self, frames: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def decode(self, frames: torch.Tensor, seed: int | Sequence[int] = 0) -> torch.Tensor:
         """frames [B, T, D] -> wave [B, T * 320] at 24 kHz. Differentiable in the frames;
-        deterministic for a seed (the noise comes from a seeded CPU generator)."""
+        deterministic for a seed (the noise comes from a seeded CPU generator; B seeds give
+        each note its own, whatever else is in the batch)."""
         frames = _check_frames(frames, self.dim)
         p = self.unnormalise(frames)
         return self.synthesise(p["f0_hz"], p["amplitude"], p["noise_psd"], seed=seed)
 
     def synthesise(self, f0_hz: torch.Tensor, amplitude: torch.Tensor, noise_psd: torch.Tensor,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int | Sequence[int] = 0) -> torch.Tensor:
         """Physical parameters -> wave [B, T * hop].
 
         f0_hz [B, T]; amplitude [B, T, K] per harmonic; noise_psd [B, T, n_bands] (variance of
@@ -457,12 +459,19 @@ class HarmonicCodec(Codec):
         harmonic = read(base0) * (1 - a_s) + read(base1) * a_s
         return harmonic + self._noise(noise_psd, n, seed)
 
-    def _noise(self, noise_psd: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    def _noise(self, noise_psd: torch.Tensor, n: int, seed: int | Sequence[int]) -> torch.Tensor:
         """Band noise: white noise shaped per STFT frame by the interpolated band envelope."""
         B, T, _ = noise_psd.shape
         dev, dt = noise_psd.device, noise_psd.dtype
-        gen = torch.Generator().manual_seed(int(seed))
-        white = torch.randn(B, n, generator=gen, dtype=torch.float32).to(dev, dt)
+        if isinstance(seed, int):
+            gen = torch.Generator().manual_seed(int(seed))
+            white = torch.randn(B, n, generator=gen, dtype=torch.float32).to(dev, dt)
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != B:
+                raise CodecError(f"decode: {len(seeds)} seeds for {B} notes")
+            white = torch.stack([torch.randn(n, generator=torch.Generator().manual_seed(s),
+                                             dtype=torch.float32) for s in seeds]).to(dev, dt)
         window = torch.hann_window(self.NOISE_FFT, device=dev, dtype=dt)
         spec = torch.stft(white, self.NOISE_FFT, hop_length=self.hop, window=window,
                           center=True, return_complex=True)                  # [B, F, T+1]

@@ -9,6 +9,7 @@ RNG seeded from `seed`, so rendering never disturbs or depends on the caller's R
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 from collections.abc import Iterator, Sequence
@@ -149,7 +150,7 @@ class Synth:
             raise ConfigError(f"{pts.shape[0]} points but {p.shape[0]} pitches: give one "
                               f"pitch per point")
         with self._seeded(seed):
-            return self.bundle.transformer.generate(pts, p, noise_seed=int(seed))
+            return self.bundle.transformer.generate(pts, p, noise_seed=note_seeds(seed, pts, p))
 
     @torch.inference_mode()
     def render(self, points: Any, pitches: Any, seed: int = 0) -> np.ndarray:
@@ -163,14 +164,18 @@ class Synth:
             n = int(round(self.duration_s * self.sample_rate))
             return np.zeros((0, n), dtype=np.float32)
         frames = self.render_frames(pts, pitches, seed)
-        return self.decode_frames(frames, seed)
+        return self.decode_frames(frames, seed, note_seeds(seed, pts, self.check_pitches(pitches)))
 
     @torch.inference_mode()
-    def decode_frames(self, frames: torch.Tensor, seed: int = 0) -> np.ndarray:
-        """frames [B, T, D] (normalised) -> float32 audio [B, N]; the codec's noise is seeded."""
+    def decode_frames(self, frames: torch.Tensor, seed: int = 0,
+                      row_seeds: list[int] | None = None) -> np.ndarray:
+        """frames [B, T, D] (normalised) -> float32 audio [B, N]; the codec's noise is seeded
+        (per note with `row_seeds`, B ints: see note_seeds)."""
         with self._seeded(int(seed) + 1):  # its own stream, so it differs from generation's
             if self._decode_takes_seed:
-                wave = self.codec.decode(frames.to(self.device), seed=int(seed))  # type: ignore[call-arg]
+                codec_seed: int | list[int] = int(seed) if row_seeds is None else \
+                    [s ^ _CODEC_SEED_SALT for s in row_seeds]
+                wave = self.codec.decode(frames.to(self.device), seed=codec_seed)  # type: ignore[call-arg]
             else:
                 wave = self.codec.decode(frames.to(self.device))
         return wave.detach().float().cpu().numpy().astype(np.float32, copy=False)
@@ -185,4 +190,19 @@ class Synth:
             yield
 
 
-__all__ = ["Synth", "configure_threads", "pick_device", "resolve_device"]
+_CODEC_SEED_SALT = 0x5EED_C0DEC  # the codec's noise differs from the point noise's
+
+
+def note_seeds(seed: int, points: torch.Tensor, pitches: torch.Tensor) -> list[int]:
+    """One seed per note from (seed, x, y, pitch), points [B, 2], pitches [B]: a note sounds
+    the same whichever batch renders it (live, a bounce, a replay), so a cache key (point,
+    pitch, seed) names one sound."""
+    out = []
+    for (x, y), p in zip(points.detach().cpu().tolist(), pitches.detach().cpu().tolist(),
+                         strict=True):
+        h = hashlib.blake2b(f"{int(seed)}:{x:.6f}:{y:.6f}:{int(p)}".encode(), digest_size=8)
+        out.append(int.from_bytes(h.digest(), "little") & (2**63 - 1))
+    return out
+
+
+__all__ = ["Synth", "configure_threads", "note_seeds", "pick_device", "resolve_device"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -459,14 +460,17 @@ class FrameTransformer(nn.Module):
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int | None = None,
-                 use_cache: bool = True, noise_seed: int | None = None) -> torch.Tensor:
+                 use_cache: bool = True,
+                 noise_seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """Free-running generation, batched: points [B, 2], pitches [B] MIDI -> [B, T, D].
 
         use_cache=True keeps each decoder layer's keys and values (one token per step);
         use_cache=False re-runs the decoder over the whole prefix at every step (the authors'
         inference; kept as the reference and the benchmark baseline). Both give the same
         frames. noise_seed=None conditions on the points as given; an int adds seeded
-        Gaussian noise (cfg.point_noise_std) to them, for reproducible variations. Dropout is
+        Gaussian noise (cfg.point_noise_std) to them, for reproducible variations; a sequence
+        of B ints seeds each note's noise on its own, so a note does not depend on the batch
+        it is rendered in. Dropout is
         off during generation whatever the module's mode; the result is an inference-mode
         tensor (no autograd).
         """
@@ -484,16 +488,25 @@ class FrameTransformer(nn.Module):
             self.train(was_training)
 
     def _generate(self, points: torch.Tensor, pitches: torch.Tensor, n: int, use_cache: bool,
-                  noise_seed: int | None) -> torch.Tensor:
+                  noise_seed: int | Sequence[int] | None) -> torch.Tensor:
         cfg = self.cfg
         dev = self.pitch_embed.weight.device
         dtype = self.pitch_embed.weight.dtype
         pitch_idx = self.pitch_index(pitches)
         points = points.to(device=dev, dtype=dtype)
-        if noise_seed is not None and cfg.point_noise_std > 0:
+        if isinstance(noise_seed, int) and cfg.point_noise_std > 0:
             gen = torch.Generator(device=dev).manual_seed(int(noise_seed))
             points = points + cfg.point_noise_std * torch.randn(
                 points.shape, generator=gen, device=dev, dtype=dtype)
+        elif not isinstance(noise_seed, int) and noise_seed is not None \
+                and cfg.point_noise_std > 0:
+            seeds = [int(s) for s in noise_seed]
+            if len(seeds) != points.shape[0]:
+                raise ConfigError(f"noise_seed: {len(seeds)} seeds for {points.shape[0]} notes")
+            noise = torch.stack([torch.randn(points.shape[1:], device=dev, dtype=dtype,
+                                             generator=torch.Generator(device=dev).manual_seed(s))
+                                 for s in seeds])
+            points = points + cfg.point_noise_std * noise
         b, g, dim = points.shape[0], cfg.frames_per_step, cfg.frame_dim
         s_total = math.ceil(n / g)
         memory = self.encode(points, pitch_idx)
