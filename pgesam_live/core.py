@@ -88,6 +88,8 @@ class Sink(Protocol):
 
     def release(self, tag: Hashable) -> None: ...
 
+    def drop_pending(self, tag: Hashable) -> int: ...
+
     def release_all(self) -> int: ...
 
     def panic(self) -> None: ...
@@ -137,6 +139,9 @@ class _ResamplingSink:
 
     def release(self, tag: Hashable) -> None:
         self.pool.release(tag)
+
+    def drop_pending(self, tag: Hashable) -> int:
+        return self.pool.drop_pending(tag)
 
 
 class Engine:
@@ -260,7 +265,9 @@ class Engine:
                 if self._should_hold(entry, t_s):
                     self._held, self._held_since_s = entry, t_s
                     continue
-                self._apply(entry[2], entry[3], entry[4], t_s)
+                # A timed command acts at its own time within this block (to the sample).
+                at_s = None if entry[0] == -math.inf else max(entry[0], t_s)
+                self._apply(entry[2], entry[3], entry[4], t_s, at_s)
             if self._bank_due is not None and t_s >= self._bank_due[2]:
                 x, y, _ = self._bank_due
                 self._bank_due = None
@@ -306,15 +313,20 @@ class Engine:
             self.renderer.request(k, k.xq, k.yq, t_s)
         return missing
 
-    def _apply(self, command: Command, src: str, prepared: Any, t_s: float) -> None:
+    def _apply(self, command: Command, src: str, prepared: Any, t_s: float,
+               at_s: float | None = None) -> None:
+        """Apply in the block at `t_s`; a timed command at `at_s` (in this block), where it
+        is also journalled, so a replay acts there too."""
         try:
-            getattr(self, f"_do_{command.name}")(command.args, prepared)
+            with self.scheduler.acting_at(at_s):
+                getattr(self, f"_do_{command.name}")(command.args, prepared)
         except Exception as e:  # per event: log, count, tell, carry on
             self.apply_errors += 1
             self.message(f"{command.to_line()}: {e}")
             return
         self.applied += 1
-        self.emit({"kind": "command", "t": t_s, "src": src, "cmd": command.to_line()})
+        self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
+                   "cmd": command.to_line()})
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------

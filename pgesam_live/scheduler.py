@@ -25,6 +25,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,6 +106,9 @@ class VoiceSink(Protocol):
 
     def release(self, tag: Hashable) -> None:
         """End the sounding notes played with ``tag`` (a short fade)."""
+
+    def drop_pending(self, tag: Hashable) -> int:
+        """Drop the notes played with ``tag`` that have not started yet; how many."""
 
 
 class RenderRequester(Protocol):
@@ -272,7 +276,7 @@ class _SequenceStream(_Stream):
         note = self._note(self.n)
         self.n = self._skip_rests(self.n + 1)
         self.req_n = max(self.req_n, self.n)
-        sched._play_note(note, self.seed)
+        sched._play_note(note, self.seed, tag=("seq", self.seq.name))
 
     def peek_notes(self, until_beat: float) -> Iterator[_Note]:
         while True:
@@ -476,6 +480,20 @@ class Scheduler:
         self._order += 1
         return self._order
 
+    @contextmanager
+    def acting_at(self, t_s: float | None) -> Iterator[None]:
+        """Run a timed command (a journal line, an OSC bundle) at its exact time: a note it
+        plays starts on that sample, a point it sets moves there. None: as soon as possible
+        (the next tick), as an immediate command."""
+        if t_s is None:
+            yield
+            return
+        prev, self._action_s = self._action_s, float(t_s)
+        try:
+            yield
+        finally:
+            self._action_s = prev
+
     def _now_or_action_s(self) -> float:
         return self._action_s if self._action_s is not None else self._now_s
 
@@ -561,16 +579,18 @@ class Scheduler:
             except Exception as exc:
                 self._count_error(f"{type(exc).__name__}: {exc}")
 
-    def _play_note(self, note: _Note, seed: int) -> None:
+    def _play_note(self, note: _Note, seed: int, tag: Hashable | None = None) -> None:
         start_s = self.tempo.beat_to_s(note.beat)
         self._play_at(start_s, note.pitches, note.velocity, note.length_beats, note.xy, seed,
-                      beat=note.beat)
+                      beat=note.beat, tag=tag)
 
     def _play_at(self, start_s: float, pitches: tuple[int, ...], velocity: float,
                  length_beats: float | None, xy: XY | None, seed: int,
-                 beat: float | None = None, held: bool = False) -> None:
+                 beat: float | None = None, held: bool = False,
+                 tag: Hashable | None = None) -> None:
         """Hand notes to the sink; `held` ones (played now, not by a sequence) are tagged
-        with their pitch, so that `release` can end them."""
+        with their pitch, so that `release` can end them; a sequence's with ("seq", name),
+        so that `stop` can drop those not started yet."""
         if xy is None:
             xy = self.point_at(start_s)
         length_s = None
@@ -586,7 +606,7 @@ class Scheduler:
             if audio is None:
                 continue
             self.sink.play(audio, start_s, velocity, 0.0, length_s,
-                           tag=pitch if held else None)
+                           tag=pitch if held else tag)
             self.counters.notes += 1
 
     def _audio_for(self, xy: XY, pitch: int, seed: int) -> np.ndarray | None:
@@ -816,8 +836,8 @@ class Scheduler:
         return beat
 
     def stop_sequence(self, name: str) -> None:
-        """Stop a sequence at the horizon (notes already handed to the sink ring on); one of
-        a pending patch's is taken out of it, so it never starts."""
+        """Stop a sequence now: its notes not started yet are dropped, sounding ones ring on;
+        one of a pending patch's is taken out of it, so it never starts."""
         stream = self._sequences.pop(name, None)
         swap = self._swap
         queued = [s for s in swap.streams if isinstance(s, _SequenceStream)
@@ -830,6 +850,8 @@ class Scheduler:
         if stream is not None:
             stream.end_beat = min(stream.end_beat, self.committed_beat())
             self._streams = [s for s in self._streams if s is not stream]
+            # Its notes inside the look-ahead, handed over but not started, never start.
+            self.sink.drop_pending(("seq", name))
 
     def running_sequences(self) -> list[str]:
         """Sequences playing or about to (a pending patch's start at its swap)."""

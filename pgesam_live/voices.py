@@ -182,6 +182,17 @@ class VoicePool:
         with self._lock:
             self._release_tags.add(tag)
 
+    def drop_pending(self, tag: Hashable) -> int:
+        """Drop the notes played with ``tag`` that have not started yet (a stopped
+        sequence's notes inside the look-ahead); sounding ones ring on. Returns how many."""
+        with self._lock:
+            n = 0
+            for v in self._voices:
+                if v.pending is not None and v.pending.tag == tag:
+                    v.pending = None
+                    n += 1
+            return n
+
     def panic(self) -> None:
         """Silence now: pending notes are dropped, everything sounding fades out over the next
         block (no click) and the readers stop."""

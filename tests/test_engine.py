@@ -60,17 +60,38 @@ def test_sequence_notes_start_on_their_exact_sample() -> None:
     rig.close()
 
 
-def test_immediate_note_at_odd_time_starts_in_its_block() -> None:
+def test_a_timed_note_starts_on_its_exact_sample() -> None:
+    """A journal line or an OSC bundle at an odd time: applied in the block holding its
+    time, the note starts on its own sample (not the block's first), and is journalled
+    there."""
     rig = make_rig()
+    lines: list[tuple[float, str]] = []
+    rig.engine.add_listener(lambda ev: lines.append((ev["t"], ev["cmd"]))
+                            if ev["kind"] == "command" else None)
     rig.engine.submit("at 0 0")
     assert rig.engine.submit("note 60 0.9", at_s=0.3337).ok
     rig.run_until(1.0)
     out = rig.audio.render_to_array()
-    onset = first_nonzero(out)
-    block = rig.audio.buffer_size
-    # Commands are applied between blocks: the note starts at the block holding its time.
-    assert onset == (int(0.3337 * SR) // block) * block
+    assert first_nonzero(out) == round(0.3337 * SR)
+    assert lines[-1] == (0.3337, "note 60 0.9")
     rig.close()
+
+
+def test_stop_drops_the_notes_of_the_look_ahead(tmp_path: Path) -> None:
+    """`stop s` just before a beat: the note on that beat, already handed to the voice pool
+    inside the look-ahead, does not start (a sounding one rings on)."""
+    p = tmp_path / "beat.yaml"
+    p.write_text('pgesam: 1\nsequences:\n  s:\n    timbre: [0.3, 0.1]\n    notes: "C4"\n'
+                 '    step: 1\n    gate: 0.2\n    repeat: 0\n')
+    rig = make_rig()
+    starts = spy_starts(rig)
+    assert rig.engine.submit(f"load {p}", at_s=0.0).ok
+    assert rig.engine.submit("stop s", at_s=2.42).ok
+    rig.run_until(4.0)
+    out = rig.audio.render_to_array()
+    rig.close()
+    assert 2.5 in starts  # it was handed over inside the look-ahead...
+    assert np.abs(out[int(2.45 * SR):]).max() < 1e-6  # ...and never sounded
 
 
 def test_bounce_of_a_demo_patch_is_byte_identical(tmp_path: Path) -> None:

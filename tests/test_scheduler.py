@@ -106,6 +106,13 @@ class FakeSink:
     def release(self, tag: object) -> None:
         self.released.append((self.clock.now_s, tag))
 
+    def drop_pending(self, tag: object) -> int:
+        keep = [(c, t) for c, t in zip(self.calls, self.tags, strict=True)
+                if not (t == tag and c.start_s > self.clock.now_s)]
+        dropped = len(self.calls) - len(keep)
+        self.calls, self.tags = [c for c, _ in keep], [t for _, t in keep]
+        return dropped
+
 
 class FakeRequester:
     def __init__(self, clock: Clock) -> None:
