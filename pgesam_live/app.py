@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -142,15 +141,10 @@ def run_doctor(ns: Namespace) -> int:
         rows.append(("model", False, str(e)))
 
     # OSC port.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((s.osc_host, s.osc_port))
-        rows.append(("osc", True, f"udp {s.osc_host}:{s.osc_port} is free"))
-    except OSError as e:
-        rows.append(("osc", False, f"udp {s.osc_host}:{s.osc_port}: {e.strerror}; pick another "
-                                   f"with --osc-port"))
-    finally:
-        sock.close()
+    from pgesam_live.osc import osc_port_problem  # noqa: PLC0415
+
+    problem = osc_port_problem(s.osc_host, s.osc_port)
+    rows.append(("osc", problem is None, problem or f"udp {s.osc_host}:{s.osc_port} is free"))
 
     # MIDI.
     try:
@@ -188,7 +182,8 @@ def run_doctor(ns: Namespace) -> int:
 
 MAX_BOUNCE_S = 3600.0  # an offline bounce is at most an hour
 LIVE_PREROLL_S = 1.0  # a patch started from silence gets this long to render its first bar
-TAIL_S = 4.5          # a bounce runs this long past its last note (a one-shot is 4 s)
+TAIL_S = 4.5          # a replay plays on this long past its last command (a one-shot is 4 s)
+RING_OUT_MAX_S = 12.0  # ... and lets what sounds then ring out (a re-pitched note: 8 s)
 
 
 def _model_info(model: str, patch_dir: Path) -> tuple[Path, Any]:
@@ -275,22 +270,36 @@ class OfflineRig:
     def run_until(self, t_s: float) -> None:
         self.audio.advance_to(t_s)
 
+    def run_to_end(self, from_s: float, max_s: float, ring_out_max_s: float = RING_OUT_MAX_S
+                   ) -> float:
+        """Run from `from_s` until nothing is scheduled and no voice sounds; whatever still
+        plays at `max_s` is stopped (hush: notes ring out, within `ring_out_max_s`). Returns
+        the end time, on a block boundary."""
+        self.run_until(from_s)
+        t = from_s
+        sched, step = self.engine.scheduler, 0.1
+        while True:  # at least one step: what was submitted at from_s is applied in it
+            t = min(max_s, t + step)
+            self.run_until(t)
+            if t >= max_s or not (sched.is_playing() or self.voices.in_use()):
+                break
+        if sched.is_playing():
+            sched.hush()
+        end = t + ring_out_max_s
+        while t < end and self.voices.in_use():
+            t += step
+            self.run_until(t)
+        return self.audio.time_s()
+
     def save(self, path: str | Path, seconds: float | None = None) -> Path:
-        return self.audio.save(path, subtype="PCM_16", seconds=seconds)
+        """The bounce as 16-bit WAV, cut at `seconds`; a note still sounding there fades
+        out over its last 10 ms instead of ending on a click."""
+        return self.audio.save(path, subtype="PCM_16", seconds=seconds, fade_out_s=0.01)
 
     def close(self) -> None:
         self.audio.close()
 
 
-def _patch_seconds(patch_path: Path, tempo_hint: float | None = None) -> float:
-    from pgesam_live.patch import load_patch  # noqa: PLC0415
-
-    patch = load_patch(patch_path)
-    beats = patch.length_beats()
-    if beats is None:
-        raise PgesamError(f"{patch_path}: a sequence repeats forever (repeat: 0); give the "
-                          f"bounce a length with --seconds S")
-    return beats * 60.0 / (tempo_hint or patch.tempo_bpm) + TAIL_S
 
 
 def _patch_model(s: Settings, patch: Any, given: str | None) -> Settings:
@@ -324,13 +333,20 @@ def run_render(ns: Namespace) -> int:
     patch, s = _load_checked(ns.patch, s, ns.model)
     path = Path(patch.path)
     s = s.replace(seed=patch.seed, tempo_bpm=patch.tempo_bpm)
-    seconds = ns.seconds if ns.seconds is not None else _patch_seconds(path)
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S:
+    seconds = ns.seconds
+    if seconds is None and patch.length_beats() is None:
+        raise PgesamError(f"{path}: a sequence repeats forever (repeat: 0); give the bounce a "
+                          "length with --seconds S")
+    if seconds is not None and (not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S):
         raise PgesamError(f"--seconds {seconds}: give a length > 0 and at most {MAX_BOUNCE_S:g}")
     rig = OfflineRig(s)
     try:
         rig.submit_or_fail(f"load {_quote(str(path))}", src="patch", at_s=0.0)
-        rig.run_until(seconds)
+        if seconds is None:
+            # To the end: the last note (tempo changes included) and its ring-out.
+            seconds = rig.run_to_end(0.0, MAX_BOUNCE_S)
+        else:
+            rig.run_until(seconds)
         out = rig.save(out_path, seconds=seconds)
     finally:
         rig.close()
@@ -367,9 +383,11 @@ def run_replay(ns: Namespace) -> int:
             if not r.ok:
                 print(f"{ns.session}: skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}",
                       file=sys.stderr)
-        end_s = (schedule[-1][0] if schedule else 0.0) + TAIL_S
-        rig.run_until(end_s)
-        out = rig.save(out_path)
+        # Past the last command: what it started plays on for TAIL_S at most (the session
+        # went on until quit, which is not journalled), then what sounds rings out.
+        last_s = schedule[-1][0] if schedule else 0.0
+        end_s = rig.run_to_end(last_s, last_s + TAIL_S)
+        out = rig.save(out_path, seconds=end_s)
     finally:
         rig.close()
     print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
@@ -439,11 +457,15 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     from pgesam_live.audio import AudioEngine, default_record_path  # noqa: PLC0415
     from pgesam_live.cache import RenderCache  # noqa: PLC0415
     from pgesam_live.core import Engine  # noqa: PLC0415
+    from pgesam_live.osc import osc_port_problem  # noqa: PLC0415
     from pgesam_live.session import Journal, make_header, session_path  # noqa: PLC0415
     from pgesam_live.voices import VoicePool  # noqa: PLC0415
     from pgesam_live.worker import WorkerClient  # noqa: PLC0415
 
     path, info = _model_info(s.model, s.patch_dir)
+    problem = osc_port_problem(s.osc_host, s.osc_port)
+    if problem:  # before anything is written: a busy port leaves no journal or recording
+        raise PgesamError(problem)
     out_sr = s.sample_rate or info.sample_rate
     s.session_dir.mkdir(parents=True, exist_ok=True)
     audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
@@ -470,15 +492,6 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     journal = None
     _stop_on_signals()
     try:
-        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
-        from pgesam_live.osc import OscServer  # noqa: PLC0415
-
-        # The port first: a busy one ends the start with no journal left behind. Commands
-        # it takes in are applied (and journalled) once the audio runs, below.
-        osc = OscServer(engine, s.osc_host, s.osc_port)
-        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
-        osc_stats = osc.stats
-        engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
         journal = Journal(session_path(s.session_dir),
                           make_header(info.model_id, s.seed, s.tempo_bpm))
         engine.add_listener(journal)
@@ -486,6 +499,13 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
               f"journal {journal.path}", flush=True)
         worker.start()
         audio.start()
+        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
+        from pgesam_live.osc import OscServer  # noqa: PLC0415
+
+        osc = OscServer(engine, s.osc_host, s.osc_port)
+        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        osc_stats = osc.stats
+        engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
         print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
         if s.midi:
             from pgesam_live.midi import start_midi  # noqa: PLC0415

@@ -389,9 +389,10 @@ class AudioEngine:
         return np.concatenate(self._blocks_out, axis=0)
 
     def save(self, path: str | os.PathLike[str], subtype: str = "PCM_24",
-             seconds: float | None = None) -> Path:
+             seconds: float | None = None, fade_out_s: float = 0.0) -> Path:
         """offline: write render_to_array() to a WAV file (deterministic bytes); `seconds`
-        cuts it to exactly that length (blocks run whole, past it)."""
+        cuts it to exactly that length (blocks run whole, past it); `fade_out_s` fades the
+        last samples to zero (no click where a cut ends a sounding note)."""
         import soundfile as sf
 
         out = Path(path)
@@ -399,5 +400,9 @@ class AudioEngine:
         x = self.render_to_array()
         if seconds is not None:
             x = x[: int(round(seconds * self.sample_rate))]
+        n = min(len(x), int(round(fade_out_s * self.sample_rate)))
+        if n > 0:
+            x = x.copy()
+            x[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)[:, None]
         sf.write(str(out), x, self.sample_rate, subtype=subtype, format="WAV")
         return out

@@ -512,6 +512,27 @@ class _Protocol(asyncio.DatagramProtocol):
         self.server.core.stats["send_errors"] += 1
 
 
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    busy = exc.errno == errno.EADDRINUSE
+    fix = ("another program has it (another instrument?): choose another with --osc-port"
+           if busy else "give --osc-host an address of this machine (127.0.0.1, 0.0.0.0 for "
+           "every interface)")
+    return f"OSC: cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}"
+
+
+def osc_port_problem(host: str, port: int) -> str | None:
+    """Why the OSC server could not listen on host:port now (None: it can), by binding and
+    closing a socket: checked before a live start writes anything."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        return _bind_error(host, port, exc)
+    finally:
+        sock.close()
+    return None
+
+
 class OscServer:
     """`OscServer(engine, host, port)`; `await start()` on the app's loop, `close()` at exit.
     Port 0 binds an ephemeral port (see `.port` after start)."""
@@ -534,12 +555,7 @@ class OscServer:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: _Protocol(self), local_addr=(self.host, self.port))
         except OSError as exc:
-            busy = exc.errno == errno.EADDRINUSE
-            fix = ("another program has it: choose another with --osc-port" if busy else
-                   "give --osc-host an address of this machine (127.0.0.1, 0.0.0.0 for every "
-                   "interface)")
-            raise ConfigError(f"OSC: cannot listen on {self.host}:{self.port} "
-                              f"({exc.strerror or exc}); {fix}") from None
+            raise ConfigError(_bind_error(self.host, self.port, exc)) from None
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
         sock = transport.get_extra_info("socket")

@@ -88,9 +88,10 @@ class _Voice:
 
 
 class VoicePool:
-    """A fixed pool of one-shot voices on an AudioEngine (booted here if it is not yet)."""
+    """A fixed pool of one-shot voices on an AudioEngine (booted here if it is not yet).
+    max_note_s: the longest note (a 4 s one-shot re-pitched an octave down lasts 8 s)."""
 
-    def __init__(self, engine: AudioEngine, n_voices: int = 32, max_note_s: float = 6.0,
+    def __init__(self, engine: AudioEngine, n_voices: int = 32, max_note_s: float = 8.5,
                  limiter: bool = True) -> None:
         if n_voices < 1 or max_note_s <= 0:
             raise ConfigError(f"voice pool needs n_voices >= 1 and max_note_s > 0 "

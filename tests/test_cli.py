@@ -91,3 +91,21 @@ def test_a_patch_model_that_does_not_exist_is_named(tmp_path: Path,
     p.write_text("pgesam: 1\nmodel: nosuch_model\nevents:\n  - {at: 0, note: C4}\n")
     assert main(["render", str(p), "--out", str(tmp_path / "x.wav")]) == 1
     assert "m.yaml: model:" in capsys.readouterr().err
+
+
+def test_a_busy_osc_port_ends_the_start_with_nothing_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["play", "--no-repl", "--audio", "record", "--osc-port", str(port)]) == 1
+    finally:
+        os.chdir(cwd)
+        holder.close()
+    assert "choose another with --osc-port" in capsys.readouterr().err
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())

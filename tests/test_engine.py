@@ -390,3 +390,24 @@ def test_a_chord_larger_than_the_voice_pool_is_refused() -> None:
     assert not r.ok and "voice pool has 32" in r.text
     assert rig.engine.submit("play C4 E4 G4").ok
     rig.close()
+
+
+def test_a_bounce_runs_to_the_end_of_the_music(tmp_path: Path) -> None:
+    """Without --seconds a bounce ends when the last note (after any tempo change) has rung
+    out, not at a length computed from the first tempo; a forced end fades, never clicks."""
+    p = tmp_path / "slow.yaml"
+    p.write_text('pgesam: 1\ntempo: 120\nsequences:\n  s:\n    timbre: [0.3, 0.1]\n'
+                 '    notes: "C4 D4 E4 F4 G4 A4 B4 C5"\n    step: 1\n    gate: 0.2\n'
+                 'commands:\n  - {at: 1, do: "tempo 40"}\n')
+    rig = make_rig()
+    starts = spy_starts(rig)
+    assert rig.engine.submit(f"load {p}", at_s=0.0).ok
+    end_s = rig.run_to_end(0.0, 600.0)
+    out_path = rig.save(tmp_path / "x.wav", seconds=end_s)
+    rig.close()
+    assert len(starts) == 8 and starts[-1] == pytest.approx(0.5 + 6 * 1.5)
+    assert 9.8 < end_s < 10.3  # the last note's gate (0.3 s) and fade, then one step
+    import soundfile as sf
+
+    x, _ = sf.read(str(out_path))
+    assert np.abs(x[-24:]).max() < 1e-3
