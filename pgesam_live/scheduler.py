@@ -54,6 +54,7 @@ MAX_FALLBACK_SEMITONES = 3
 LOOKAHEAD_MIN_S = 0.001
 LOOKAHEAD_MAX_S = 5.0
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
+KEEP_GRID_BARS = 2  # after the last sequence ends, new ones join its grid this long
 _REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched
 _GLIDE_SAMPLE_BEATS = 0.25  # pre-render a gliding point every quarter beat
 _RECENT_PITCHES = 8        # pitches pre-rendered along a glide / at a new point
@@ -466,6 +467,7 @@ class Scheduler:
         self._swap_tempo: tuple[float, float] | None = None
         # (tempo before, patch tempo) of a load on a fresh clock, until its swap
         self._swap_restore_bpm: tuple[float, float] | None = None
+        self._last_busy_s = -math.inf  # the horizon when something was last scheduled
         self._order = 0
         self._points = [_PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
         # Notes played now, and key releases (velocity None), in the order they came.
@@ -515,9 +517,13 @@ class Scheduler:
         return self._swap is not None or any(s.next_beat() is not None for s in self._streams)
 
     def _start_beat(self, quantum: str) -> float:
-        """The beat something new starts: quantised on a running clock; on a silent one the
-        clock restarts so that beat 0 is at the horizon (plus the pre-roll)."""
-        if not self.is_playing():
+        """The beat something new starts: quantised on a running clock (one that played
+        within the last KEEP_GRID_BARS bars too: stop a loop, start another, and it lands on
+        the same grid); on a silent one the clock restarts so that beat 0 is at the horizon
+        (plus the pre-roll)."""
+        bar_s = BEATS_PER_BAR * 60.0 / self.tempo.last_bpm
+        recent = self._committed_s - self._last_busy_s <= KEEP_GRID_BARS * bar_s
+        if not self.is_playing() and not recent:
             self._streams = []
             self._sequences = {}
             self.tempo.reset(self.tempo.last_bpm, self._committed_s + self.preroll_s)
@@ -557,6 +563,8 @@ class Scheduler:
             finally:
                 self._action_s = None
         self._committed_s = max(self._committed_s, horizon_s)
+        if self.is_playing():
+            self._last_busy_s = self._committed_s
         self._streams = [s for s in self._streams if s.next_beat() is not None]
         self._sequences = {n: s for n, s in self._sequences.items() if s in self._streams}
         self._request_ahead()

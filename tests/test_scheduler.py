@@ -617,3 +617,20 @@ def test_notes_beyond_the_model_range_play_its_edge_re_pitched() -> None:
                                '    notes: "G2 C6"\n    step: 1\n'))
     rig.run(3.0)
     assert {r[3] for r in rig.req.requests} <= set(range(48, 73))
+
+
+def test_a_loop_started_soon_after_another_stopped_joins_its_grid() -> None:
+    rig = Rig(lookahead_s=0.1)
+    rig.sched.load_patch(patch(ARP.replace("repeat: 1", "repeat: 0")))
+    rig.run(2.3)
+    rig.sched.stop_sequence("arp")
+    rig.run(2.8)  # silence, under KEEP_GRID_BARS bars
+    seq = rig.sched.patch.sequences["arp"]  # type: ignore[union-attr]
+    beat = rig.sched.start_sequence("again", seq)
+    assert beat == 8.0  # the next bar of the running grid (beat 8 = 4 s), not a fresh clock
+    rig.run(4.2)
+    assert rig.sink.calls[-1].start_s == pytest.approx(4.0, abs=EXACT)
+    # Long silence: a fresh clock again.
+    rig.sched.hush()
+    rig.run(12.0)
+    assert rig.sched.start_sequence("late", seq) == 0.0
