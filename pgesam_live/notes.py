@@ -24,6 +24,22 @@ PITCH_MAX = 127
 REPITCH_BEYOND_SEMITONES = 12
 
 
+_SPAN_RE = re.compile(r"^\s*(?P<lo>[A-Ga-g][#b]?-?\d+|\d+)\s*[-:]\s*"
+                      r"(?P<hi>[A-Ga-g][#b]?-?\d+|\d+)\s*$")
+
+
+def parse_pitch_span(text: str) -> tuple[int, int] | None:
+    """`48-72`, `C3-C5` or `C-1:G9` -> (low, high) MIDI, inclusive; None if `text` is not a
+    span (a single pitch, or not pitches at all: the caller says what is allowed)."""
+    m = _SPAN_RE.match(str(text))
+    if m is None:
+        return None
+    try:
+        return parse_pitch(m.group("lo")), parse_pitch(m.group("hi"))
+    except NoteError:
+        return None
+
+
 def playable_range(rendered: tuple[int, int]) -> tuple[int, int]:
     """The pitches an instrument with model range `rendered` plays (inclusive)."""
     lo, hi = rendered

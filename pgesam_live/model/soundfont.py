@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import ConfigError, DataError
+from pgesam_live.notes import NoteError, parse_pitch, parse_pitch_span
 
 APT_HINT = ("apt-get install libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont "
             "timgm6mb-soundfont")
@@ -275,23 +276,24 @@ def render_note(soundfont: str, program: int, pitch: int, velocity: int = 100,
 
 
 def parse_pitches(text: str) -> list[int]:
-    """'36-84' (inclusive) or '48,60,72' or a mix ('36-40,60') -> sorted MIDI pitches."""
+    """'36-84' (inclusive) or '48,60,72' or a mix ('36-40,60'), MIDI numbers or note names
+    ('C2-C6', 'C4,E4,G4') -> sorted MIDI pitches."""
     out: set[int] = set()
     try:
         for part in str(text).replace(" ", "").split(","):
             if not part:
                 continue
-            if "-" in part:
-                lo_s, hi_s = part.split("-", 1)
-                lo, hi = int(lo_s), int(hi_s)
+            span = parse_pitch_span(part)
+            if span is not None:
+                lo, hi = span
                 if lo > hi:
                     raise ValueError
                 out.update(range(lo, hi + 1))
             else:
-                out.add(int(part))
-    except ValueError as e:
-        raise ConfigError(f"bad --pitches {text!r}: write a range like 36-84 or a list like "
-                          "48,60,72") from e
+                out.add(parse_pitch(part))
+    except (ValueError, NoteError) as e:
+        raise ConfigError(f"bad --pitches {text!r}: write a range like 36-84 or C2-C6, or a "
+                          "list like 48,60,72") from e
     if not out or min(out) < 0 or max(out) > 127:
         raise ConfigError(f"bad --pitches {text!r}: give MIDI pitches within 0..127")
     return sorted(out)

@@ -57,6 +57,7 @@ from pgesam_live.model.codec import Codec, get_codec
 from pgesam_live.model.synth import resolve_device
 from pgesam_live.model.transformer import FrameTransformer, TransformerConfig
 from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
+from pgesam_live.notes import parse_pitch_span
 
 CONFIG_NAMES = ("tiny", "small", "paper")
 DEFAULT_PITCH_RANGE = (48, 72)  # the authors'
@@ -107,6 +108,7 @@ class TrainOptions:
     data: Path
     out: Path
     config: str = "small"
+    config_given: bool = False  # --config on the command line (a resume then says it differs)
     codec: str = "harmonic"
     steps: int | None = None
     batch_size: int | None = None
@@ -150,7 +152,8 @@ class TrainOptions:
         stage = str(g("stage"))
         if stage not in ("vae", "transformer", "all"):
             raise ConfigError(f"unknown stage {stage!r}: choose vae, transformer or all")
-        config = str(g("config") or "small")
+        config = str(g("config") or "small")  # (None: not given)
+        config_given = g("config") is not None
         if config not in CONFIG_NAMES:
             raise ConfigError(f"unknown --config {config!r}: choose {', '.join(CONFIG_NAMES)}")
         for name in ("steps", "batch_size", "ckpt_every"):
@@ -188,7 +191,7 @@ class TrainOptions:
             raise ConfigError(f"--lr must be > 0, got {lr}")
         return cls(
             stage=stage, data=Path(str(g("data"))), out=Path(str(g("out") or "runs/default")),
-            config=config, codec=str(g("codec") or "harmonic"),
+            config=config, config_given=config_given, codec=str(g("codec") or "harmonic"),
             steps=None if steps is None else int(steps),
             batch_size=None if batch is None else int(batch),
             lr=None if lr is None else float(lr),
@@ -219,16 +222,15 @@ class TrainOptions:
 
 
 def parse_pitch_range(text: Any) -> tuple[int, int]:
-    """`48-72` -> (48, 72), inclusive MIDI numbers."""
+    """`48-72` or `C3-C5` -> (48, 72), inclusive MIDI pitches."""
     if isinstance(text, (tuple, list)) and len(text) == 2:
         lo, hi = int(text[0]), int(text[1])
     else:
-        parts = str(text).replace(":", "-").split("-")
-        try:
-            lo, hi = (int(p) for p in parts)
-        except ValueError:
-            raise ConfigError(f"--pitch-range {text!r}: write LOW-HIGH in MIDI numbers, "
-                              f"e.g. 48-72") from None
+        span = parse_pitch_span(str(text))
+        if span is None:
+            raise ConfigError(f"--pitch-range {text!r}: write LOW-HIGH as MIDI numbers or note "
+                              f"names, e.g. 48-72 or C3-C5")
+        lo, hi = span
     if not 0 <= lo <= hi <= 127:
         raise ConfigError(f"--pitch-range {text!r}: need 0 <= LOW <= HIGH <= 127, e.g. 48-72")
     return lo, hi
@@ -490,6 +492,17 @@ def _log_every(steps: int) -> int:
     return 1 if steps <= 200 else 10
 
 
+def _interrupted(d: Dist, opts: TrainOptions, stage: str, step: int, steps: int,
+                 save: Any) -> None:
+    """Ctrl-C: keep the work done (the state after the last whole step) and say how to go
+    on; `save()` writes it."""
+    if d.main:
+        save()
+        again = f"pgesam-live train {opts.stage} --data {opts.data} --out {opts.out} --resume"
+        print(f"\npgesam-live: {stage} interrupted at step {step} of {steps}; saved "
+              f"{_state_path(opts.out, stage)}. Go on with: {again}", file=sys.stderr)
+
+
 def _check_finite(loss: torch.Tensor, stage: str, step: int, out: Path) -> None:
     if not bool(torch.isfinite(loss)):
         raise ConfigError(f"{stage} loss is not finite at step {step}: lower --lr and rerun, "
@@ -514,6 +527,8 @@ def _start_state(opts: TrainOptions, stage: str) -> dict[str, Any] | None:
     if opts.resume:
         if path.is_file():
             return load_training_state(path, required=STATE_KEYS)
+        print(f"pgesam-live: --resume: no {stage} run in {opts.out} yet; starting one",
+              file=sys.stderr)
         return None
     if path.exists():
         raise ConfigError(f"{path} exists: pass --resume to continue that run, or choose "
@@ -540,8 +555,11 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
     codec_name = saved["data"]["codec"]["name"] if saved else opts.codec
     pitch_range = (tuple(saved["data"]["pitch_range"]) if saved
                    else opts.pitch_range or DEFAULT_PITCH_RANGE)
-    if saved and config != opts.config:
+    if saved and opts.config_given and config != opts.config:
         _say(d, f"resuming a {config!r} run (ignoring --config {opts.config})")
+    if saved and str(saved["data"].get("data_dir", "")) not in ("", str(opts.data)):
+        _say(d, f"note: this run was trained on {saved['data']['data_dir']}, resumed on "
+                f"{opts.data}: the same splits? (held-out instruments must stay out)")
     codec = get_codec(codec_name).to(d.device)
     _, tr_cfg = make_configs(config, codec.dim, 1, pitch_range)  # type: ignore[arg-type]
     data = load_train_data(opts, codec, pitch_range, tr_cfg.n_frames,  # type: ignore[arg-type]
@@ -591,7 +609,8 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
                     f"codec {codec.name}, {sum(p.numel() for p in vae.parameters())} params, "
                     f"steps {step}->{steps}, batch {batch}, device {d.device} x{d.world}")
 
-    def save(final: bool) -> None:
+    def save(final: bool, rewind: tuple[Any, Any] | None = None) -> None:
+        # rewind: (sampler, RNG) states from before a step that was cut short
         if not d.main:
             return
         extra: dict[str, Any] = {}
@@ -601,39 +620,54 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
             "stage": "vae", "step": step, "steps": steps, "batch_size": batch,
             "base_lr": base_lr, "config_name": config, "model_config": config_to_dict(cfg),
             "model": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
-            "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
+            "optimizer": opt.state_dict(),
+            "rng": rewind[1] if rewind else _rng_state(d),
+            "sampler": rewind[0] if rewind else sampler.state(),
             "elapsed_s": elapsed0 + time.time() - t0, "data": data_meta,
             "hardware": hardware(d), "seed": opts.seed, "finished": final, **extra})
 
     t0 = time.time()
     bar = _progress(steps, step, "vae", d.main and opts.progress)
     every = _log_every(steps)
-    while step < steps:
-        lr = vae_lr(base_lr, step, steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
-        x = data.frames[idx, : cfg.n_frames]
-        out = model(x)
-        losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
-                            data.instrument[idx], step / steps, cfg)
-        _check_finite(losses["total"], "vae", step, opts.out)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % every == 0 or step == steps:
-            vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-            bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
-                            refresh=False)
-            log.write({"stage": "vae", "step": step, "lr": lr,
-                       "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
-        if step % opts.ckpt_every == 0 and step < steps:
-            save(final=False)
+    start_step = step
+    if saved and step >= steps:
+        _say(d, f"vae: the run is at step {step} (--steps {steps}): nothing to train; raise "
+                "--steps to go on")
+    before: tuple[Any, Any] | None = None
+    try:
+        while step < steps:
+            before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
+            lr = vae_lr(base_lr, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
+            x = data.frames[idx, : cfg.n_frames]
+            out = model(x)
+            losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
+                                data.instrument[idx], step / steps, cfg)
+            _check_finite(losses["total"], "vae", step, opts.out)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            step += 1
+            before = None  # this step is whole: save the states as they are
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+                bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
+                                refresh=False)
+                log.write({"stage": "vae", "step": step, "lr": lr,
+                           "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
+            if step % opts.ckpt_every == 0 and step < steps:
+                save(final=False)
+    except KeyboardInterrupt:
+        bar.close()
+        _interrupted(d, opts, "vae", step, steps,
+                     lambda: save(False, before))
+        raise
     bar.close()
     vae.eval()
-    if d.main and not (saved and saved.get("finished") and int(saved["step"]) == steps):
+    if d.main and not (saved and saved.get("finished") and start_step >= steps):
         save(final=True)
     d.barrier()
     if d.main:
@@ -677,6 +711,10 @@ def training_points(vae: TimbreVAE, data: TrainData, device: torch.device
 
 def _load_vae_for_transformer(opts: TrainOptions) -> VAEResult:
     path = opts.vae or opts.init or _state_path(opts.out, "vae")
+    for flag, given in (("--init", opts.init), ("--vae", opts.vae)):
+        if given is not None and not Path(given).is_file():
+            raise CheckpointError(f"{flag} {given}: no such file; give a model file "
+                                  "(pgesam_*.pt) or a run's vae.pt")
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no VAE to condition on; train one first "
                               f"(`pgesam-live train vae --data DIR --out {opts.out}`) or pass "
@@ -710,6 +748,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     saved = _start_state(opts, "transformer")
     if saved and saved.get("init") and opts.init is None and opts.vae is None:
         opts = dataclasses.replace(opts, init=Path(str(saved["init"])))  # resuming an --init run
+    if saved and saved.get("vae") and opts.vae is None and opts.init is None:
+        opts = dataclasses.replace(opts, vae=Path(str(saved["vae"])))  # resuming a --vae run
     if vae_res is None:
         vae_res = _load_vae_for_transformer(opts)
     vae = vae_res.vae.to(d.device).eval()
@@ -796,7 +836,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                     f"{sum(p.numel() for p in tr.parameters())} params, steps {step}->{steps}, "
                     f"batch {batch}, device {d.device} x{d.world}")
 
-    def save(final: bool) -> None:
+    def save(final: bool, rewind: tuple[Any, Any] | None = None) -> None:
+        # rewind: (sampler, RNG) states from before a step that was cut short
         if not d.main:
             return
         save_training_state(_state_path(opts.out, "transformer"), {
@@ -805,11 +846,14 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "self_feed": self_feed, "self_feed_passes": feed_passes,
             "previous_steps": previous_steps, "init_training": init_training,
             "init": str(opts.init) if opts.init is not None else "",
+            "vae": str(opts.vae) if opts.vae is not None else "",
             "lora_rank": lora_rank,
             "lora_factors": lora.factors_of(tr) if lora_rank else None,
             "model_config": config_to_dict(tr.cfg),
             "model": lora.merged_state(tr),
-            "optimizer": opt.state_dict(), "rng": _rng_state(d), "sampler": sampler.state(),
+            "optimizer": opt.state_dict(),
+            "rng": rewind[1] if rewind else _rng_state(d),
+            "sampler": rewind[0] if rewind else sampler.state(),
             "elapsed_s": elapsed0 + time.time() - t0, "data": {"pitch_range": list(pitch_range)},
             "hardware": hardware(d), "seed": opts.seed, "finished": final,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds") if final else ""})
@@ -818,37 +862,51 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     t0 = time.time()
     bar = _progress(steps, step, "transformer", d.main and opts.progress)
     every = _log_every(steps)
-    while step < steps:
-        lr = transformer_lr(base_lr, step, steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
-        noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
-        idx = idx_cpu.to(d.device)
-        points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
-        x = data.frames[idx]
-        x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
-        if self_feed > 0:
-            x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed, feed_passes)
-        pred = model(points, data.pitch[idx], x_in)
-        loss = (((pred - x) ** 2) * chan_w).mean()
-        _check_finite(loss, "transformer", step, opts.out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % every == 0 or step == steps:
-            bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
-            log.write({"stage": "transformer", "step": step, "lr": lr,
-                       "time_s": round(elapsed0 + time.time() - t0, 3),
-                       "mse": round(float(loss.detach()), 7), "grad_norm": round(float(gnorm), 4)})
-        if step % opts.ckpt_every == 0 and step < steps:
-            save(final=False)
+    start_step = step
+    if saved and step >= steps:
+        _say(d, f"transformer: the run is at step {step} (--steps {steps}): nothing to train; "
+                "raise --steps (or --fine-tune --steps N) to go on")
+    before: tuple[Any, Any] | None = None
+    try:
+        while step < steps:
+            before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
+            lr = transformer_lr(base_lr, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
+            noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
+            idx = idx_cpu.to(d.device)
+            points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
+            x = data.frames[idx]
+            x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+            if self_feed > 0:
+                x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed, feed_passes)
+            pred = model(points, data.pitch[idx], x_in)
+            loss = (((pred - x) ** 2) * chan_w).mean()
+            _check_finite(loss, "transformer", step, opts.out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            opt.step()
+            step += 1
+            before = None  # this step is whole: save the states as they are
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
+                log.write({"stage": "transformer", "step": step, "lr": lr,
+                           "time_s": round(elapsed0 + time.time() - t0, 3),
+                           "mse": round(float(loss.detach()), 7),
+                           "grad_norm": round(float(gnorm), 4)})
+            if step % opts.ckpt_every == 0 and step < steps:
+                save(final=False)
+    except KeyboardInterrupt:
+        bar.close()
+        _interrupted(d, opts, "transformer", step, steps,
+                     lambda: save(False, before))
+        raise
     bar.close()
     tr.eval()
-    already = saved and saved.get("finished") and int(saved["step"]) == steps
+    already = saved and saved.get("finished") and start_step >= steps
     if d.main and not already:
         save(final=True)
     lora.merge(tr)

@@ -14,8 +14,9 @@ import textwrap
 import pytest
 
 FORBIDDEN = ("pyo", "prompt_toolkit", "pythonosc", "mido", "rtmidi")
-# Outside model/, the library may use only the package root and the error family.
-ALLOWED_LIVE = ("pgesam_live", "pgesam_live.errors")
+# Outside model/, the library may use only the package root, the error family and the note
+# names (pure vocabulary: `--pitches C2-C6` reads like a REPL pitch; no audio, no I/O).
+ALLOWED_LIVE = ("pgesam_live", "pgesam_live.errors", "pgesam_live.notes")
 
 _PROBE = textwrap.dedent("""
     import importlib, json, pkgutil, sys

@@ -113,7 +113,7 @@ def test_resume_continues_at_the_right_step(data_dir: Path, tmp_path: Path,
     ref = tmp_path / "ref"
     T.run_train(train_args("vae", data_dir, ref, "--steps", "6", "--ckpt-every", "3"))
 
-    # The same run, killed during step 5: the last checkpoint is step 3.
+    # The same run, interrupted (Ctrl-C) during step 5: the state after step 4 is saved.
     out = tmp_path / "crash"
     real, calls = T.vae_losses, {"n": 0}
 
@@ -127,7 +127,7 @@ def test_resume_continues_at_the_right_step(data_dir: Path, tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         T.run_train(train_args("vae", data_dir, out, "--steps", "6", "--ckpt-every", "3"))
     monkeypatch.setattr(T, "vae_losses", real)
-    assert load_training_state(out / "vae.pt")["step"] == 3
+    assert load_training_state(out / "vae.pt")["step"] == 4
 
     # Without --resume the run directory is not overwritten.
     with pytest.raises(ConfigError, match="--resume"):
@@ -136,14 +136,14 @@ def test_resume_continues_at_the_right_step(data_dir: Path, tmp_path: Path,
     T.run_train(train_args("vae", data_dir, out, "--resume", "--ckpt-every", "3"))
     st = load_training_state(out / "vae.pt")
     assert st["step"] == 6 and st["finished"]
-    # Steps 1-4 logged before the crash, then 4-6 again from the step-3 checkpoint.
-    assert log_steps(out, "vae") == [1, 2, 3, 4, 4, 5, 6]
+    # Steps 1-4 logged before the interruption, then 5-6 from the state it saved.
+    assert log_steps(out, "vae") == [1, 2, 3, 4, 5, 6]
     # Model, optimiser, step and RNG were restored: the weights equal the uninterrupted run's.
     a, b = _weights(ref / "vae.pt"), _weights(out / "vae.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A finished stage is skipped on --resume.
     T.run_train(train_args("vae", data_dir, out, "--resume"))
-    assert log_steps(out, "vae")[-1] == 6 and len(log_steps(out, "vae")) == 7
+    assert log_steps(out, "vae")[-1] == 6 and len(log_steps(out, "vae")) == 6
 
 
 def test_transformer_stage_needs_a_vae(data_dir: Path, tmp_path: Path) -> None:
@@ -386,3 +386,32 @@ def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
                                     "--steps", "2", "--batch-size", "4", "--lora-rank", "2"]) == 0
     assert load_model(next(ft.glob("pgesam_*.pt"))).meta.training["transformer_steps"] == 4
     assert T.load_train_data is not None and T.load_train_data.__name__ == "load_train_data"
+
+
+def test_a_run_on_another_runs_vae_resumes_and_names_missing_files(
+        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vae_run = tmp_path / "v"
+    T.run_train(train_args("vae", data_dir, vae_run, "--steps", "2"))
+    out = tmp_path / "t"
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--vae",
+                           str(vae_run / "vae.pt")))
+    # Resumed without --vae: the run remembers whose VAE it conditions on.
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--resume"))
+    assert load_training_state(out / "transformer.pt")["step"] == 3
+    # Nothing to do: said, and the model file is not rewritten under a new name.
+    before = sorted(p.name for p in out.glob("pgesam_*.pt"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--resume"))
+    assert "nothing to train" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("pgesam_*.pt")) == before
+    with pytest.raises(CheckpointError, match="--init .*no such file"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "i", "--steps", "1",
+                               "--init", str(tmp_path / "nosuch.pt")))
+
+
+def test_pitch_ranges_take_note_names() -> None:
+    from pgesam_live.model.soundfont import parse_pitches
+
+    assert T.parse_pitch_range("C3-C5") == (48, 72) == T.parse_pitch_range("48:72")
+    assert parse_pitches("C4-D4") == [60, 61, 62] and parse_pitches("C4,E4,G4") == [60, 64, 67]
+    with pytest.raises(ConfigError, match="C2-C6"):
+        parse_pitches("H4-C5")
