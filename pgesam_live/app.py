@@ -133,10 +133,15 @@ def run_doctor(ns: Namespace) -> int:
     except Exception as e:
         rows.append(("torch", False, f"torch unavailable ({e}): run `make setup`"))
     try:
-        from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
+        from pgesam_live.model.checkpoints import (  # noqa: PLC0415
+            read_model_payload,
+            resolve_model,
+        )
 
         path = resolve_model(s.model)
-        rows.append(("model", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)"))
+        _, model_id = read_model_payload(path)  # checksums, format, a packed file's base
+        rows.append(("model", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB, "
+                                    f"{model_id}): verified"))
     except PgesamError as e:
         rows.append(("model", False, str(e)))
 
@@ -173,8 +178,14 @@ def run_doctor(ns: Namespace) -> int:
     width = max(len(r[0]) for r in rows)
     for name, ok, text in rows:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {text}")
+    # The instrument cannot start without these two; the rest have fallbacks (record mode)
+    # or are optional. Exit 1 tells a script so.
+    blocking = [name for name, ok, _ in rows if not ok and name in ("model", "osc")]
+    if blocking:
+        print(f"pgesam-live cannot start until {' and '.join(blocking)} "
+              f"{'is' if len(blocking) == 1 else 'are'} fixed (see above)")
     sys.stdout.flush()
-    return 0
+    return 1 if blocking else 0
 
 
 # ------------------------------------------------------------------------------------------

@@ -109,3 +109,13 @@ def test_a_busy_osc_port_ends_the_start_with_nothing_written(
         holder.close()
     assert "choose another with --osc-port" in capsys.readouterr().err
     assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+
+
+def test_doctor_verifies_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    assert main(["doctor", "--model", str(bad), "--osc-port", "9231"]) == 1
+    out = capsys.readouterr().out
+    assert "--  model" in out and "not a torch checkpoint" in out and "cannot start" in out
+    assert main(["doctor", "--osc-port", "9231"]) == 0
+    assert "verified" in capsys.readouterr().out
