@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pgesam_live.errors import ConfigError
 from pgesam_live.settings import Settings
 
 
@@ -122,6 +123,10 @@ def run_bench(ns: Namespace) -> int:
     if only is None or only & set(ENGINE_KEYS):
         out.update(engine_figures(ns.model, ns.device, only=only))
     if only:
+        unknown = sorted(only - set(out) - set(ENGINE_KEYS))
+        if unknown:
+            raise ConfigError(f"--only {','.join(unknown)}: no such figure; the figures are "
+                              f"{', '.join(sorted(set(out) | set(ENGINE_KEYS)))}")
         out = {k: v for k, v in out.items()
                if k in only or k in ("device", "model", "engine_model", "engine_device")}
     if ns.json:

@@ -60,6 +60,16 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
                         "resampled)")
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give a count >= 1")
+    return n
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pitches", default="36-84")
     d.add_argument("--velocities", default="100")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--sample-rate", type=int, default=24000)
+    d.add_argument("--sample-rate", type=_sample_rate, default=24000)
     d.set_defaults(func="pgesam_live.model.soundfont:run_dataset_soundfont")
 
     p = sub.add_parser("train", help="train the VAE, the Transformer, or both")
@@ -167,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--report", default=None, help="markdown report path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--max-notes", type=int, default=None)
+    p.add_argument("--max-notes", type=_positive, default=None,
+                   help="generate at most this many notes (a deterministic subsample)")
     p.set_defaults(func="pgesam_live.model.eval:run_eval")
 
     p = sub.add_parser("pack", help="store a fine-tuned model compactly, as a difference "

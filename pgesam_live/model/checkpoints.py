@@ -469,6 +469,13 @@ def pack_model(model: Path | str, base: Path | str, directory: Path | str) -> Pa
 def run_pack(ns: Any) -> int:
     """`pgesam-live pack MODEL --base BASE [--out DIR] [--default]`."""
     base = Path(ns.base)
+    for flag, f in (("MODEL", Path(ns.model)), ("--base", base)):
+        if not f.is_file():
+            raise CheckpointError(f"{flag} {f}: no such model file")
+    if Path(ns.model).resolve() == base.resolve() or \
+            read_model_payload(Path(ns.model))[1] == read_model_payload(base)[1]:
+        raise CheckpointError(f"{ns.model} is the base itself: pack the fine-tuned model "
+                              "against the one it was fine-tuned from")
     out_dir = Path(ns.out) if ns.out else base.parent
     if out_dir.resolve() != base.parent.resolve() and not (out_dir / base.name).is_file():
         raise CheckpointError(f"{out_dir} does not hold the base {base.name}: the packed file "

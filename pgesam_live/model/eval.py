@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from argparse import Namespace
 from pathlib import Path
@@ -286,14 +287,26 @@ def run_eval(ns: Namespace) -> int:
                  progress=not ns.json)
     result = r
     md = report_markdown(r)
-    report = Path(ns.report) if ns.report else Path(ns.data) / f"eval-{ns.split}.md"
-    try:
-        report.write_text(md)
-    except OSError:
-        report = Path(f"eval-{ns.split}.md")
-        report.write_text(md)
+    # By default next to the data, one file per model and split (a second model's report
+    # does not overwrite the first's).
+    report = (Path(ns.report) if ns.report else
+              Path(ns.data) / f"eval-{ns.split}-{bundle.model_id}.md")
+    if ns.report:
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(md)
+        except OSError as e:
+            raise DataError(f"--report {report}: cannot write it ({e.strerror or e}); give a "
+                            "writable path") from None
+    else:
+        try:
+            report.write_text(md)
+        except OSError:  # a read-only data folder (a mounted NSynth): here instead
+            report = Path(report.name)
+            report.write_text(md)
     if ns.json:
         print(json.dumps(result))
+        print(f"report written to {report}", file=sys.stderr)
     else:
         print(md)
         print(f"(report written to {report})")

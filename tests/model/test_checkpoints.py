@@ -8,6 +8,7 @@ import os
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -280,6 +281,13 @@ def test_pack_refuses_what_is_not_a_fine_tune_of_the_base(saved: tuple, tmp_path
     shifted = ck.save_model(tmp_path / "p", other_vae, other_tr, meta)
     with pytest.raises(CheckpointError, match="pitch_range differs"):
         ck.pack_model(shifted, base, base.parent)
+    # The command names a missing file before anything else, and refuses the base itself.
+    ns = SimpleNamespace(model=str(tmp_path / "nosuch.pt"), base=str(base), out=str(tmp_path),
+                         default=False)
+    with pytest.raises(CheckpointError, match="MODEL .*nosuch.pt: no such model file"):
+        ck.run_pack(ns)
+    with pytest.raises(CheckpointError, match="the base itself"):
+        ck.run_pack(SimpleNamespace(model=str(base), base=str(base), out=None, default=False))
 
 
 def test_default_file_names_the_default_model(saved: tuple, tmp_path: Path) -> None:
