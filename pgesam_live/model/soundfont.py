@@ -400,6 +400,8 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: give a folder for the data set")
     if any((out_dir / f"nsynth-{s}").exists() for s in SPLITS):
         raise DataError(f"{out_dir} already holds a data set; choose another --out or delete "
                         "its nsynth-* folders")
@@ -407,6 +409,10 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
     if not paths:
         raise ConfigError("no soundfont given: pass --soundfont PATH [PATH ...]")
     for p in paths:
+        if p.is_dir():
+            inside = sorted(q.name for q in p.glob("*.sf[23]"))[:4]
+            raise ConfigError(f"soundfont {p} is a folder: give the files in it"
+                              + (f" ({', '.join(inside)})" if inside else ""))
         if not p.is_file():
             raise DataError(f"soundfont {p} not found; install the Debian soundfonts: {APT_HINT}")
     stems = [soundfont_stem(p) for p in paths]
@@ -438,6 +444,7 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
     import soundfile as sf  # noqa: PLC0415
 
     try:
+        # Interrupted (Ctrl-C) or failed: nothing half-made is left behind.
         for path, stem in zip(paths, stems, strict=True):
             if bar is not None:
                 bar.set_postfix_str(path.name)
@@ -469,6 +476,9 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
                                 kept[inst].append((note_str, pitch, vel))
                             if bar is not None:
                                 bar.update(1)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -479,6 +489,7 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
                               for i in live), seed=seed)
     inst_id = {name: k for k, name in enumerate(sorted(i.instrument_str for i in live))}
     examples: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SPLITS}
+    note_id = 0  # unique over the whole set, as NSynth's
     for s in SPLITS:
         (stage / f"nsynth-{s}" / "audio").mkdir(parents=True)
     for info in live:
@@ -487,7 +498,7 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
             os.replace(stage / "audio" / f"{note_str}.wav",
                        stage / f"nsynth-{split}" / "audio" / f"{note_str}.wav")
             examples[split][note_str] = {
-                "note": len(examples[split]),
+                "note": note_id,
                 "note_str": note_str,
                 "pitch": pitch,
                 "velocity": vel,
@@ -501,6 +512,7 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
                 "qualities": [0] * 10,
                 "qualities_str": [],
             }
+            note_id += 1
     for s in SPLITS:
         with open(stage / f"nsynth-{s}" / "examples.json", "w") as f:
             json.dump(examples[s], f, indent=1)
@@ -515,9 +527,7 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
     report: dict[str, Any] = {
         "soundfonts": [str(p) for p in paths],
         "sample_rate": sample_rate,
-        "pitches": [pitches[0], pitches[-1]] if pitches == list(range(pitches[0],
-                                                                      pitches[-1] + 1))
-        else pitches,
+        "pitches": pitches,
         "velocities": velocities,
         "seed": seed,
         "note_duration_s": hold_s + release_s,

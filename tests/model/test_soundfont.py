@@ -121,6 +121,12 @@ def test_missing_soundfont_names_apt(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="apt-get install"):
         sfm.build_dataset([tmp_path / "nope.sf2"], tmp_path / "out", pitches=[60],
                           progress=False)
+    with pytest.raises(ConfigError, match="is a folder"):
+        sfm.build_dataset([tmp_path], tmp_path / "out", pitches=[60], progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        sfm.build_dataset([tmp_path / "nope.sf2"], tmp_path / "afile", pitches=[60],
+                          progress=False)
 
 
 # --- rendering (needs libfluidsynth and a soundfont) ----------------------------------------
@@ -175,6 +181,7 @@ def test_tiny_set_has_nsynth_layout_fields_and_disjoint_splits(tmp_path: Path) -
     root = tmp_path / "set"
     insts: dict[str, set[str]] = {}
     all_ids: dict[str, int] = {}
+    note_ids: list[int] = []
     total = 0
     for split in ("train", "valid", "test"):
         d = root / f"nsynth-{split}"
@@ -193,6 +200,7 @@ def test_tiny_set_has_nsynth_layout_fields_and_disjoint_splits(tmp_path: Path) -
             assert e["velocity"] == 100 and e["pitch"] in (48, 60, 72)
             assert e["sample_rate"] == 16000 and e["qualities"] == [0] * 10
             assert all_ids.setdefault(e["instrument_str"], e["instrument"]) == e["instrument"]
+            note_ids.append(e["note"])
             info = sf.info(str(d / "audio" / f"{key}.wav"))
             assert (info.samplerate, info.channels, info.frames) == (16000, 1, 12800)
             assert info.subtype == "PCM_16"
@@ -203,6 +211,7 @@ def test_tiny_set_has_nsynth_layout_fields_and_disjoint_splits(tmp_path: Path) -
     assert len(insts["valid"]) == len(insts["test"]) == 1  # keyboard has 3 instruments
     assert "timgm6mb_024" in insts["train"]  # a lone guitar stays in train
     assert sorted(all_ids.values()) == list(range(4))
+    assert sorted(note_ids) == list(range(12))  # unique over the set, as NSynth's
     assert json.loads((root / "report.json").read_text())["instruments"] == 4
     assert "keyboard" in (root / "report.txt").read_text()
     assert not (root / ".staging").exists()
@@ -244,3 +253,21 @@ def test_cli_dataset_soundfont(tmp_path: Path, capsys: pytest.CaptureFixture[str
         if n >= 3:
             assert per["valid"][fam] >= 1 and per["test"][fam] >= 1, fam
     assert "instruments" in capsys.readouterr().out
+
+
+@needs_fs
+def test_an_interrupted_build_leaves_nothing_behind(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = sfm.SoundfontRenderer.render, {"n": 0}
+
+    def interrupted(self, *a, **k):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(sfm.SoundfontRenderer, "render", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path / "set")
+    assert not (tmp_path / "set" / ".staging").exists()
+    assert not list((tmp_path / "set").glob("nsynth-*"))
