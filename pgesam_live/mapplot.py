@@ -77,7 +77,12 @@ def run_map(ns: Namespace) -> int:
     if not meta.training_points:
         raise PgesamError(f"{path}: the model carries no training points to draw; retrain it "
                           f"with `pgesam-live train all --data DIR`")
-    named = _named_points(Settings.from_env().patch_dir)
+    # The demo patches' named points were placed on the bundled model's map: drawn on it only.
+    try:
+        bundled = resolve_model("default").resolve()
+    except PgesamError:
+        bundled = None
+    named = _named_points(Settings.from_env().patch_dir) if path.resolve() == bundled else {}
     out = draw_map(meta.training_points, named, out_path, title=f"pGESAM timbre map: {model_id}")
     print(f"{out}: {len(meta.training_points)} training instruments, {len(named)} named points")
     return 0
