@@ -86,7 +86,7 @@ class Sink(Protocol):
              pan: float = 0.0, length_s: float | None = None,
              tag: Hashable | None = None) -> int: ...
 
-    def release(self, tag: Hashable) -> None: ...
+    def release(self, tag: Hashable, at_s: float | None = None) -> None: ...
 
     def drop_pending(self, tag: Hashable) -> int: ...
 
@@ -137,8 +137,8 @@ class _ResamplingSink:
             self._memo[id(samples)] = hit
         self.pool.play(hit[1], start_s, velocity, pan, length_s, tag)
 
-    def release(self, tag: Hashable) -> None:
-        self.pool.release(tag)
+    def release(self, tag: Hashable, at_s: float | None = None) -> None:
+        self.pool.release(tag, at_s)
 
     def drop_pending(self, tag: Hashable) -> int:
         return self.pool.drop_pending(tag)
@@ -357,31 +357,40 @@ class Engine:
         `seq s ...` then `stop s`, pass at once (lock held)."""
         if c.name not in ("at", "start", "stop") or (c.name == "at" and "name" not in c.args):
             return
-        points = set(self.point_names())
-        patch = self.scheduler.pending_patch or self.scheduler.patch
-        sequences = set(patch.sequences) if patch is not None else set()
-        running = set(self.scheduler.running_sequences())
+        sched = self.scheduler
+        current = sched.patch
+        marks = set(self.bookmarks)
+        pending = sched.pending_patch  # a load waiting for its bar (replaced by a later load)
+        pending_off: set[str] = set()  # its sequences stopped before they start
+        running = set(sched.running_sequences(include_pending=False))
         for _, _, q, _, prepared in sorted((e for e in self._queue if e[0] == -math.inf),
                                            key=lambda e: e[1]):
             name = str(q.args.get("name", ""))
             if q.name == "mark":
-                points.add(name)
+                marks.add(name)
             elif q.name == "load" and isinstance(prepared, Patch):
-                points |= set(prepared.points)
-                sequences |= set(prepared.sequences)
-                running |= set(prepared.sequences)
+                pending, pending_off = prepared, set()
             elif q.name in ("seq", "start"):
                 running.add(name)
             elif q.name == "stop":
                 running.discard(name)
-            elif q.name in ("hush", "panic"):
+                pending_off.add(name)
+            elif q.name in ("hush", "panic"):  # also cancel a pending patch
                 running.clear()
+                pending, pending_off = None, set()
+        sequences = set(current.sequences) if current is not None else set()
+        points = marks | set(self.model.named_points) | \
+            (set(current.points) if current is not None else set())
+        if pending is not None:
+            sequences |= set(pending.sequences)
+            points |= set(pending.points)
+            running |= set(pending.sequences) - pending_off
         name = c.args["name"]
         if c.name == "at" and name not in points:
             known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
             raise CommandError(f"no point named {name!r}; known: {known}")
         if c.name == "start" and name not in sequences:
-            have = ", ".join(sorted(sequences)) if patch is not None else "no patch loaded"
+            have = ", ".join(sorted(sequences)) or "no patch loaded"
             raise CommandError(f"start: no sequence {name!r} in the patch ({have})")
         if c.name == "stop" and name not in running:
             have = ", ".join(sorted(running)) or "none"

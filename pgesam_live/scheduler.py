@@ -105,8 +105,8 @@ class VoiceSink(Protocol):
         length_s: float | None, tag: Hashable | None = None,
     ) -> None: ...
 
-    def release(self, tag: Hashable) -> None:
-        """End the sounding notes played with ``tag`` (a short fade)."""
+    def release(self, tag: Hashable, at_s: float | None = None) -> None:
+        """End the notes played with ``tag`` so far (a short fade from ``at_s``)."""
 
     def drop_pending(self, tag: Hashable) -> int:
         """Drop the notes played with ``tag`` that have not started yet; how many."""
@@ -580,7 +580,7 @@ class Scheduler:
         for pitches, velocity, length_beats, point in pending:
             try:
                 if velocity is None:
-                    self.sink.release(pitches[0])
+                    self.sink.release(pitches[0], now_s)
                 else:
                     self._play_at(now_s, pitches, velocity, length_beats, point, self.seed,
                                   held=True)
@@ -856,15 +856,19 @@ class Scheduler:
         if swap is not None and queued:
             swap.streams = [s for s in swap.streams if s not in queued]
         if stream is not None:
-            stream.end_beat = min(stream.end_beat, self.committed_beat())
-            self._streams = [s for s in self._streams if s is not stream]
+            # Every stream of that name: one being replaced at the next bar plays until then.
+            ending = [s for s in self._streams
+                      if isinstance(s, _SequenceStream) and s.seq.name == name]
+            for s in ending:
+                s.end_beat = min(s.end_beat, self.committed_beat())
+            self._streams = [s for s in self._streams if s not in ending]
             # Its notes inside the look-ahead, handed over but not started, never start.
             self.sink.drop_pending(("seq", name))
 
-    def running_sequences(self) -> list[str]:
+    def running_sequences(self, include_pending: bool = True) -> list[str]:
         """Sequences playing or about to (a pending patch's start at its swap)."""
         names = [n for n, s in self._sequences.items() if s.next_beat() is not None]
-        if self._swap is not None:
+        if self._swap is not None and include_pending:
             names += [s.seq.name for s in self._swap.streams
                       if isinstance(s, _SequenceStream) and s.seq.name not in names]
         return names
@@ -908,8 +912,8 @@ class Scheduler:
     def release(self, pitch: int) -> None:
         """End the notes of ``pitch`` played now (a key let go, `release`), after any played
         before it; sequence notes are not touched."""
-        if self._action_s is not None:
-            self.sink.release(int(pitch))
+        if self._action_s is not None:  # a patch's or a timed command's: at its time
+            self.sink.release(int(pitch), self._action_s)
         else:
             self._immediate.append(((int(pitch),), None, None, None))
 

@@ -15,8 +15,9 @@ applied while copying (sample-exact, free, deterministic). Consequences:
 - velocity -> gain is a straight line in dB: ``-40 dB near 0 .. 0 dB at 1``, and velocity 0
   is silent (``velocity_gain``);
 - ``length_s`` ends the note with a ~30 ms linear fade starting at ``length_s``;
-- ``release(tag)`` ends the sounding notes played with that tag (a held key: the engine tags
-  notes played now with their pitch) with the same fade from the next block;
+- ``release(tag, at_s)`` ends the notes played with that tag before the call (a held key: the
+  engine tags notes played now with their pitch) with the same fade from ``at_s`` (to the
+  sample; None: the next block); a note of that tag played after the call is not touched;
 - stealing a voice that still sounds keeps the old note's continuation up to the new onset and
   fades it over 5 ms under the new note (no click, nothing extra to allocate); during the block
   of the switch the old tail takes the new note's pan, which is inaudible in 5 ms;
@@ -69,6 +70,7 @@ class _Note:
     pan: float  # -1..1
     booked_sample: int  # for stealing order: when this note (would) start
     tag: Hashable | None = None  # what release() names it by (a held key's pitch)
+    serial: int = 0  # the order of play() calls: a release ends notes played before it
 
 
 @dataclass
@@ -85,6 +87,7 @@ class _Voice:
     written_end: int = 0  # table indices >= this are known zero
     pending: _Note | None = None
     tag: Hashable | None = None  # the sounding note's tag
+    serial: int = 0  # the sounding note's play() order
 
 
 class VoicePool:
@@ -111,7 +114,9 @@ class VoicePool:
         self.truncated = 0  # notes longer than max_note_s (cut with a release fade)
         self._lock = threading.Lock()
         self._panic = False
-        self._release_tags: set[Hashable] = set()
+        # Releases not applied yet: (sample from which to fade, tag, serial of the last note
+        # played before the release).
+        self._releases: list[tuple[int, Hashable, int]] = []
         self._voices: list[_Voice] = []
         for i in range(self.n_voices):
             table = pyo.DataTable(size=self.table_len, chnls=1)
@@ -158,7 +163,7 @@ class VoicePool:
         with self._lock:
             now = self.engine.time_samples()
             booked = now if start is None else max(start, now)
-            note = _Note(data, start, p, booked, tag)
+            note = _Note(data, start, p, booked, tag, serial=self.played + 1)
             v = self._pick_voice(booked)
             v.pending = note
             self.played += 1
@@ -177,11 +182,15 @@ class VoicePool:
                     n += 1
             return n
 
-    def release(self, tag: Hashable) -> None:
-        """End the notes played with ``tag`` (a key let go): from the next block each fades
-        out over RELEASE_S. A note handed over for that same block starts, then fades."""
+    def release(self, tag: Hashable, at_s: float | None = None) -> None:
+        """End the notes played with ``tag`` so far (a key let go): each fades out over
+        RELEASE_S from engine time ``at_s`` (None: the next block). A note played so far that
+        has not started by then starts and fades at once; one played after this call (the key
+        struck again) is not touched."""
         with self._lock:
-            self._release_tags.add(tag)
+            now = self.engine.time_samples()
+            at = now if at_s is None else max(now, int(round(float(at_s) * self.sample_rate)))
+            self._releases.append((at, tag, self.played))
 
     def drop_pending(self, tag: Hashable) -> int:
         """Drop the notes played with ``tag`` that have not started yet (a stopped
@@ -200,6 +209,7 @@ class VoicePool:
         with self._lock:
             for v in self._voices:
                 v.pending = None
+            self._releases = []
             self._panic = True
 
     def in_use(self) -> int:
@@ -263,29 +273,31 @@ class VoicePool:
                 elif v.playing and v.end_sample <= block_start:
                     v.reader.stop()
                     v.playing = False
-            if self._release_tags:
-                tags, self._release_tags = self._release_tags, set()
-                for v in self._voices:
-                    if v.tag is not None and v.tag in tags and v.playing \
-                            and v.end_sample > block_start:
-                        self._fade(v, block_start, self.release_samples)
-                        v.tag = None
+            releases = [r for r in self._releases if r[0] < block_end]
+            if releases:
+                self._releases = [r for r in self._releases if r[0] >= block_end]
+                for at, tag, serial in releases:
+                    for v in self._voices:
+                        if v.tag == tag and v.serial <= serial and v.playing \
+                                and v.end_sample > at:
+                            self._fade(v, max(at, v.start_sample), self.release_samples)
+                            v.tag = None
 
     def _fade_all(self, block_start: int) -> None:
         for v in self._voices:
             if v.playing and v.end_sample > block_start:
                 self._fade(v, block_start, self.block)
 
-    def _fade(self, v: _Voice, block_start: int, n: int) -> None:
-        """Rewrite a sounding voice's table: a linear fade to zero over `n` samples from the
-        block that starts at `block_start`, silence after."""
+    def _fade(self, v: _Voice, from_sample: int, n: int) -> None:
+        """Rewrite a sounding voice's table: a linear fade to zero over `n` samples from
+        engine sample `from_sample` (in this block or later), silence after."""
         ramp = np.linspace(1.0, 0.0, n + 1, dtype=np.float32)[1:]
-        pos = block_start - v.table_start
+        pos = from_sample - v.table_start
         seg = v.buf[pos: pos + n]
         seg *= ramp[: len(seg)]
         v.buf[pos + len(seg): v.written_end] = 0.0
         v.written_end = min(v.written_end, pos + len(seg))
-        v.end_sample = min(v.end_sample, block_start + n)
+        v.end_sample = min(v.end_sample, from_sample + n)
 
     def _activate(self, v: _Voice, note: _Note, block_start: int) -> None:
         if note.start_sample is None or note.start_sample < block_start:
@@ -320,6 +332,7 @@ class VoicePool:
         v.panner.setPan((note.pan + 1.0) / 2.0)
         v.table_start = block_start
         v.tag = note.tag
+        v.serial = note.serial
         v.start_sample = block_start + offset
         v.end_sample = block_start + new_end
         v.playing = True

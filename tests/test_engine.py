@@ -411,3 +411,48 @@ def test_a_bounce_runs_to_the_end_of_the_music(tmp_path: Path) -> None:
 
     x, _ = sf.read(str(out_path))
     assert np.abs(x[-24:]).max() < 1e-3
+
+
+def test_a_patch_release_acts_at_its_beat_whatever_the_look_ahead(tmp_path: Path) -> None:
+    p = tmp_path / "rel.yaml"
+    p.write_text('pgesam: 1\ntempo: 120\ncommands:\n  - {at: 1, do: "play C4"}\n'
+                 '  - {at: 2, do: "release C4"}\n')
+    for lookahead in (0.2, 0.6):
+        rig = make_rig(lookahead_s=lookahead)
+        assert rig.engine.submit(f"load {p}", at_s=0.0).ok
+        rig.run_until(2.0)
+        out = np.abs(rig.audio.render_to_array()).max(axis=1)
+        rig.close()
+        assert out[int(0.6 * SR): int(0.99 * SR)].min() > 0.01  # sounding until beat 2...
+        assert out[int(1.04 * SR):].max() < 1e-4  # ...then faded over 30 ms
+
+
+def test_the_line_check_follows_pending_patches_through_loads_and_hush(tmp_path: Path) -> None:
+    """A queued hush cancels a pending patch and a second load replaces the first: names of
+    the dropped patch are refused at once, not accepted and then failed."""
+    one = tmp_path / "one.yaml"
+    one.write_text('pgesam: 1\npoints:\n  p1: [0.1, 0.1]\nsequences:\n  arp:\n'
+                   '    notes: "C4"\n    repeat: 0\n')
+    two = tmp_path / "two.yaml"
+    two.write_text('pgesam: 1\nsequences:\n  bass:\n    notes: "C3"\n    repeat: 0\n')
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit(f"load {one}").ok and e.submit("hush").ok
+    assert not e.submit("start arp").ok and not e.submit("at p1").ok
+    assert e.submit(f"load {one}").ok and e.submit(f"load {two}").ok
+    assert not e.submit("stop arp").ok and e.submit("stop bass").ok
+    rig.run_until(0.5)
+    assert e.apply_errors == 0
+    rig.close()
+
+
+def test_stop_ends_a_sequence_being_replaced_too() -> None:
+    rig = make_rig()
+    e = rig.engine
+    starts = spy_starts(rig)
+    assert e.submit('seq arp "C4 E4" 0.25', at_s=0.0).ok
+    assert e.submit('seq arp "G4 B4" 0.25', at_s=2.3).ok  # takes over at the next bar (4 s)
+    assert e.submit("stop arp", at_s=2.5).ok
+    rig.run_until(5.0)
+    rig.close()
+    assert not [t for t in starts if t > 2.5 + 0.2 + 1e-6]  # nothing after the look-ahead

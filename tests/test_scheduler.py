@@ -103,8 +103,8 @@ class FakeSink:
                                float(samples[2]), len(samples)))
         self.tags.append(tag)
 
-    def release(self, tag: object) -> None:
-        self.released.append((self.clock.now_s, tag))
+    def release(self, tag: object, at_s: float | None = None) -> None:
+        self.released.append((self.clock.now_s if at_s is None else at_s, tag))
 
     def drop_pending(self, tag: object) -> int:
         keep = [(c, t) for c, t in zip(self.calls, self.tags, strict=True)

@@ -261,3 +261,22 @@ def test_benches_run_and_report_sane_numbers() -> None:
     lat = bench_trigger_latency_ms(n_notes=4)
     # Never before the call; at most one block (10.7 ms) plus scheduling slack on a busy box.
     assert 0.0 <= lat["mean_ms"] <= lat["max_ms"] < 60.0
+
+
+def test_a_release_ends_only_notes_played_before_it_from_its_sample(
+        rig: tuple[AudioEngine, VoicePool]) -> None:
+    """Note off then note on of the same key in one block: the new note sounds. A release
+    timed inside a block fades from its own sample."""
+    engine, pool = rig
+    pool.play(const(1.0, 0.3), start_s=0.05, pan=-1.0, tag=60)
+    engine.advance_to(0.2)
+    pool.release(60)  # the key let go...
+    pool.play(const(1.0, 0.2), start_s=None, pan=1.0, tag=60)  # ...and struck again at once
+    pool.release(60, at_s=0.5 + 7 / SR)  # a timed release of the new one, mid-block
+    engine.advance_to(0.8)
+    out = engine.render_to_array()
+    left, right = out[:, 0], out[:, 1]
+    assert np.abs(left[int(0.25 * SR):]).max() < 1e-6  # the first note ended at 0.2 s
+    at = int(round((0.5 + 7 / SR) * SR))
+    assert np.allclose(right[int(0.25 * SR): at], 0.2, atol=1e-5)  # the second sounded...
+    assert right[at + 1] < 0.2 and np.abs(right[at + int(RELEASE_S * SR) + 1:]).max() < 1e-6

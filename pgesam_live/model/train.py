@@ -29,8 +29,12 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -492,6 +496,29 @@ def _log_every(steps: int) -> int:
     return 1 if steps <= 200 else 10
 
 
+@contextmanager
+def _stop_between_steps() -> Iterator[threading.Event]:
+    """Ctrl-C during training ends it after the step under way (its state whole); a second
+    Ctrl-C stops at once. Left alone where SIGINT is ignored (a script's background job) or
+    off the main thread."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _interrupted(d: Dist, opts: TrainOptions, stage: str, step: int, steps: int,
                  save: Any) -> None:
     """Ctrl-C: keep the work done (the state after the last whole step) and say how to go
@@ -634,37 +661,40 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
         _say(d, f"vae: the run is at step {step} (--steps {steps}): nothing to train; raise "
                 "--steps to go on")
     before: tuple[Any, Any] | None = None
-    try:
-        while step < steps:
-            before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
-            lr = vae_lr(base_lr, step, steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
-            x = data.frames[idx, : cfg.n_frames]
-            out = model(x)
-            losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
-                                data.instrument[idx], step / steps, cfg)
-            _check_finite(losses["total"], "vae", step, opts.out)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            step += 1
-            before = None  # this step is whole: save the states as they are
-            bar.update(1)
-            if step % every == 0 or step == steps:
-                vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-                bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
-                                refresh=False)
-                log.write({"stage": "vae", "step": step, "lr": lr,
-                           "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
-            if step % opts.ckpt_every == 0 and step < steps:
-                save(final=False)
-    except KeyboardInterrupt:
-        bar.close()
-        _interrupted(d, opts, "vae", step, steps,
-                     lambda: save(False, before))
-        raise
+    with _stop_between_steps() as stop:
+        try:
+            while step < steps:
+                if stop.is_set():  # Ctrl-C: the last step is whole
+                    raise KeyboardInterrupt
+                before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
+                lr = vae_lr(base_lr, step, steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
+                x = data.frames[idx, : cfg.n_frames]
+                out = model(x)
+                losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
+                                    data.instrument[idx], step / steps, cfg)
+                _check_finite(losses["total"], "vae", step, opts.out)
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                step += 1
+                before = None  # this step is whole: save the states as they are
+                bar.update(1)
+                if step % every == 0 or step == steps:
+                    vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+                    bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
+                                    refresh=False)
+                    log.write({"stage": "vae", "step": step, "lr": lr,
+                               "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
+                if step % opts.ckpt_every == 0 and step < steps:
+                    save(final=False)
+        except KeyboardInterrupt:
+            bar.close()
+            _interrupted(d, opts, "vae", step, steps,
+                         lambda: save(False, before))
+            raise
     bar.close()
     vae.eval()
     if d.main and not (saved and saved.get("finished") and start_step >= steps):
@@ -867,43 +897,47 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         _say(d, f"transformer: the run is at step {step} (--steps {steps}): nothing to train; "
                 "raise --steps (or --fine-tune --steps N) to go on")
     before: tuple[Any, Any] | None = None
-    try:
-        while step < steps:
-            before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
-            lr = transformer_lr(base_lr, step, steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
-            noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
-            idx = idx_cpu.to(d.device)
-            points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
-            x = data.frames[idx]
-            x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
-            if self_feed > 0:
-                x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed, feed_passes)
-            pred = model(points, data.pitch[idx], x_in)
-            loss = (((pred - x) ** 2) * chan_w).mean()
-            _check_finite(loss, "transformer", step, opts.out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-            opt.step()
-            step += 1
-            before = None  # this step is whole: save the states as they are
-            bar.update(1)
-            if step % every == 0 or step == steps:
-                bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
-                log.write({"stage": "transformer", "step": step, "lr": lr,
-                           "time_s": round(elapsed0 + time.time() - t0, 3),
-                           "mse": round(float(loss.detach()), 7),
-                           "grad_norm": round(float(gnorm), 4)})
-            if step % opts.ckpt_every == 0 and step < steps:
-                save(final=False)
-    except KeyboardInterrupt:
-        bar.close()
-        _interrupted(d, opts, "transformer", step, steps,
-                     lambda: save(False, before))
-        raise
+    with _stop_between_steps() as stop:
+        try:
+            while step < steps:
+                if stop.is_set():  # Ctrl-C: the last step is whole
+                    raise KeyboardInterrupt
+                before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
+                lr = transformer_lr(base_lr, step, steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
+                noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
+                idx = idx_cpu.to(d.device)
+                points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
+                x = data.frames[idx]
+                x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+                if self_feed > 0:
+                    x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
+                                            feed_passes)
+                pred = model(points, data.pitch[idx], x_in)
+                loss = (((pred - x) ** 2) * chan_w).mean()
+                _check_finite(loss, "transformer", step, opts.out)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                opt.step()
+                step += 1
+                before = None  # this step is whole: save the states as they are
+                bar.update(1)
+                if step % every == 0 or step == steps:
+                    bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
+                    log.write({"stage": "transformer", "step": step, "lr": lr,
+                               "time_s": round(elapsed0 + time.time() - t0, 3),
+                               "mse": round(float(loss.detach()), 7),
+                               "grad_norm": round(float(gnorm), 4)})
+                if step % opts.ckpt_every == 0 and step < steps:
+                    save(final=False)
+        except KeyboardInterrupt:
+            bar.close()
+            _interrupted(d, opts, "transformer", step, steps,
+                         lambda: save(False, before))
+            raise
     bar.close()
     tr.eval()
     already = saved and saved.get("finished") and start_step >= steps

@@ -415,3 +415,33 @@ def test_pitch_ranges_take_note_names() -> None:
     assert parse_pitches("C4-D4") == [60, 61, 62] and parse_pitches("C4,E4,G4") == [60, 64, 67]
     with pytest.raises(ConfigError, match="C2-C6"):
         parse_pitches("H4-C5")
+
+
+def test_ctrl_c_ends_training_after_a_whole_step(data_dir: Path, tmp_path: Path) -> None:
+    """SIGINT to `pgesam-live train`: exit 130 after the step under way, the state saved at
+    that step, and the line to resume printed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pgesam_live", "train", "vae", "--data", str(data_dir),
+           "--out", str(out), "--config", "tiny", "--pitch-range", "48-51", "--batch-size",
+           "8", "--device", "cpu", "--steps", "100000", "--ckpt-every", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PGESAM_TORCH_THREADS": "1"})
+    try:
+        for _ in range(300):  # until it has logged steps
+            time.sleep(0.2)
+            if (out / "log.jsonl").is_file() and len(log_steps(out, "vae")) >= 3:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    step = load_training_state(out / "vae.pt")["step"]
+    assert f"interrupted at step {step} of 100000" in err and "--resume" in err
+    assert step >= 3 and log_steps(out, "vae")[-1] <= step
