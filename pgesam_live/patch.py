@@ -866,14 +866,20 @@ def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None) -> 
 
 
 def find_patch(name: str, folder: str | Path = "patches", confined: bool = False) -> Path:
-    """A patch by path or by name in ``folder`` (``drift`` -> ``patches/drift.yaml``).
+    """A patch by name in ``folder`` (``drift`` -> ``patches/drift.yaml``) or by path
+    (``./drift.yaml`` for one in the working directory).
 
     confined: only a file inside ``folder`` (what OSC may load: a path from the network never
     reads other files); anything else is refused like a missing patch."""
-    candidates = [Path(name), Path(folder) / name]
+    in_folder = [Path(folder) / name]
+    as_given = [Path(name)]
     if not name.endswith((".yaml", ".yml")):
-        candidates += [Path(name + ".yaml"), Path(folder) / (name + ".yaml"),
-                       Path(folder) / (name + ".yml")]
+        in_folder += [Path(folder) / (name + ".yaml"), Path(folder) / (name + ".yml")]
+        as_given += [Path(name + ".yaml")]
+    # A bare name is the patch folder's first (as a journal names it); a path with a folder
+    # in it (./x.yaml, sets/x.yaml, /abs/x.yaml) is taken as given first.
+    bare = Path(name).name == name
+    candidates = in_folder + as_given if bare else as_given + in_folder
     root = Path(folder).resolve()
     for c in candidates:
         if confined and not c.resolve().is_relative_to(root):

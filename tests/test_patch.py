@@ -274,3 +274,14 @@ def test_notes_may_be_a_yaml_list_of_steps() -> None:
     errors = errors_of("pgesam: 1\npoints:\n  bad: [0.1]\n")
     assert errors == ["patches/x.yaml:3: points.bad: a list of 1 value is not a point: give "
                       "[x, y], two numbers"]
+
+
+def test_a_bare_name_is_the_patch_folders_first(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a journal names a patch of the folder: a same-named file where the replay runs does
+    not take its place; `./name` asks for that one."""
+    (tmp_path / "morph.yaml").write_text("pgesam: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert find_patch("morph.yaml", PATCHES) == PATCHES / "morph.yaml"
+    assert find_patch("morph", PATCHES) == PATCHES / "morph.yaml"
+    assert find_patch("./morph.yaml", PATCHES).resolve() == (tmp_path / "morph.yaml").resolve()
