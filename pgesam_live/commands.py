@@ -24,6 +24,7 @@ Argument kinds (ranges are inclusive unless noted):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shlex
@@ -154,7 +155,8 @@ _SPECS: list[Spec] = [
          "set the tempo: `tempo 96`"),
     Spec("load", (Form((Arg("patch", "patch", "a patch file under the patch folder"),),
                        "/pgesam/patch"),),
-         "load a patch (a bad one leaves the running patch untouched): `load ambient.yaml`"),
+         "load a patch (a bad one leaves the running patch untouched): "
+         "`load drift-arpeggio.yaml`"),
     Spec("mark", (Form((Arg("name", "name", "bookmark name"),), "/pgesam/mark"),),
          "bookmark the current point under NAME (then `at NAME`): `mark nice`"),
     Spec("hush", (Form((), "/pgesam/hush"),), "stop every sequence and glide; notes ring out"),
@@ -422,8 +424,9 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
         raise _FormMismatch(f"{where}: too many arguments ({len(positional)} given, at most {n}; "
                             f"usage: {spec.usage()})", len(form.positionals))
     for word, a in kw.items():
-        if word in given_kw:
-            args[a.name] = convert_arg(a, given_kw[word], where, from_osc=from_osc)
+        if word in given_kw:  # (named as typed: `len -1`, not the argument's inner name)
+            args[a.name] = convert_arg(dataclasses.replace(a, name=word), given_kw[word], where,
+                                       from_osc=from_osc)
         else:
             args[a.name] = a.default
     if spec.check is not None:
@@ -441,6 +444,9 @@ def _build(spec: Spec, tokens: Sequence[Any], *, from_osc: bool,
             if best is None or exc.depth > best.depth:
                 best = exc
     assert best is not None
+    notes_form = next((f for f in spec.forms if any(a.kind == "notes" for a in f.args)), None)
+    if notes_form is not None and len(tokens) > len(notes_form.positionals):
+        raise CommandError(f"{best} (quote the notes: {spec.name} NAME \"C4 E4 G4 ~\" STEP)")
     raise CommandError(str(best))
 
 
@@ -512,9 +518,21 @@ def help_text(name: str | None = None) -> str:
             lines.append(f"  {a.meta.strip('[]'):<14} {a.help or a.kind}{extra}")
         if f.osc:
             lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.args)])}")
+    if not any(f.osc for f in spec.forms):
+        reply = _CMD_REPLIES.get(name)
+        lines.append(f'  OSC: /pgesam/cmd "{name} ..."' if spec.journal and name != "quit" else
+                     f'  OSC: /pgesam/cmd "{name}" answers {reply}' if reply else
+                     "  OSC: not available (the terminal's word)")
+    if name == "status":
+        lines.append("  OSC: /pgesam/status answers /pgesam/state too")
     if not spec.journal:
         lines.append("  (a front-end word: not journalled)")
     return "\n".join(lines)
+
+
+# What /pgesam/cmd answers for the front-end words (see osc.py).
+_CMD_REPLIES = {"status": "/pgesam/state", "help": "/pgesam/help", "map": "/pgesam/map",
+                "points": "/pgesam/points", "seqs": "/pgesam/seqs"}
 
 
 @dataclass(frozen=True)

@@ -416,7 +416,7 @@ class Engine:
         lo, hi = playable_range(self.model.pitch_range)
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
-                raise CommandError(f"pitch {p} is outside what the model plays: "
+                raise CommandError(f"{c.name}: pitch {p} is outside what the model plays: "
                                    f"{range_text(self.model.pitch_range)}")
 
     def _resolve(self, c: Command) -> Any:
@@ -630,7 +630,10 @@ class Engine:
         x, y = self.scheduler.current_point()
         return {
             "time_s": round(self.clock.time_s(), 4),
-            "tempo_bpm": st["tempo_bpm"],
+            # The tempo set last (what `tempo` asked for; it takes effect on the coming beat),
+            # and the one playing now.
+            "tempo_bpm": self.scheduler.tempo.last_bpm,
+            "tempo_now_bpm": st["tempo_bpm"],
             "beat": round(st["beat"], 3),
             "point": [round(x, 4), round(y, 4)],
             "point_name": self.point_name,

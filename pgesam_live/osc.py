@@ -60,6 +60,8 @@ Addr = tuple[str, int]
 OscReply = tuple[Addr, str, list[Any]]
 
 RECV_BUFFER_BYTES = 4 * 1024 * 1024
+OFFSET_SMOOTHING = 0.05  # weight of a new engine-minus-wall reading
+OFFSET_JUMP_S = 0.05     # a reading this far off is a jump, taken at once
 _MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
 
 
@@ -192,6 +194,11 @@ class _ReadyRequest:
     low: int | None
     high: int | None
     expires_s: float
+    answered: set[int] = field(default_factory=set)  # one /pgesam/ready per note
+
+    def done(self) -> bool:
+        return self.low is not None and self.high is not None and \
+            len(self.answered) >= self.high - self.low + 1
 
 
 @dataclass
@@ -230,6 +237,11 @@ class OscCore:
         # thread is that sender's change
         self._inflight: dict[str, deque[tuple[Addr, float]]] = {}
         self._inflight_n = 0
+        # engine time - wall time, smoothed: bundles sent together keep their spacing
+        self._offset_s: float | None = None
+        # the point last pushed to controllers: a glide moves it with no command to push
+        self._pushed_point: Any = None
+        self._point_check_s = -math.inf
         self.engine.add_listener(self.on_event)
 
     # ---------------------------------------------------------------- incoming datagrams
@@ -257,7 +269,7 @@ class OscCore:
             if ahead_s > self.max_ahead_s:
                 self.stats["skewed"] += 1   # clock skew: play now, never hold
             elif ahead_s > 0.0005:
-                at_s = float(self.engine.time_s()) + ahead_s
+                at_s = timetag + self._engine_offset_s(wall_now)  # type: ignore[operator]
                 self.stats["scheduled"] += 1
             try:
                 replies += self._dispatch(msg.address, list(msg.params), addr, at_s)
@@ -266,6 +278,18 @@ class OscCore:
                 replies.append((addr, "/pgesam/error",
                                 [msg.address, f"internal error: {type(exc).__name__}: {exc}"]))
         return replies
+
+    def _engine_offset_s(self, wall_now: float) -> float:
+        """Engine time minus wall time. Read once per datagram it jitters by a fraction of
+        an audio block; smoothed, timed bundles sent apart keep their spacing to the sample.
+        A jump (a stall, a restart) is taken at once."""
+        raw = float(self.engine.time_s()) - wall_now
+        with self._lock:
+            if self._offset_s is None or abs(raw - self._offset_s) > OFFSET_JUMP_S:
+                self._offset_s = raw
+            else:
+                self._offset_s += OFFSET_SMOOTHING * (raw - self._offset_s)
+            return self._offset_s
 
     def _error(self, addr: Addr, address: str, message: str) -> list[OscReply]:
         self.stats["errors"] += 1
@@ -279,7 +303,11 @@ class OscCore:
                     return self._error(addr, address, "too many controllers; send /pgesam/bye "
                                        "from an old one")
                 self.controllers.setdefault(addr, _Controller())
-            return [(addr, "/pgesam/state", flatten_state(self.engine.snapshot()))]
+            snap = self.engine.snapshot()
+            with self._lock:
+                if self._pushed_point is None:
+                    self._pushed_point = snap.get("point")
+            return [(addr, "/pgesam/state", flatten_state(snap))]
         if address == "/pgesam/bye":
             with self._lock:
                 self.controllers.pop(addr, None)
@@ -383,8 +411,11 @@ class OscCore:
         with self._lock:
             now = self.clock()
             self._ready = [r for r in self._ready if r.expires_s > now][-255:]
-            self._ready.append(_ReadyRequest(addr, cmd.args["x"], cmd.args["y"],
-                                             cmd.args.get("low"), cmd.args.get("high"),
+            low, high = cmd.args.get("low"), cmd.args.get("high")
+            model = getattr(self.engine, "model", None)
+            if low is None and model is not None:  # the whole range: the model's
+                low, high = (int(p) for p in model.pitch_range)
+            self._ready.append(_ReadyRequest(addr, cmd.args["x"], cmd.args["y"], low, high,
                                              now + self.ready_ttl_s))
 
     # ---------------------------------------------------------------- engine events
@@ -409,6 +440,7 @@ class OscCore:
             causer = getattr(self._tls, "causer", None)
             self._tls.causer = None
             with self._lock:
+                self._pushed_point = snap.get("point")  # known to all: causer and pushed
                 for addr, ctl in self.controllers.items():
                     if addr != causer:   # never echo a controller's own change back to it
                         ctl.pending = snap
@@ -423,9 +455,11 @@ class OscCore:
                     if abs(r.x - x) <= self.ready_tolerance and \
                             abs(r.y - y) <= self.ready_tolerance and \
                             (r.low is None or r.low <= pitch) and \
-                            (r.high is None or pitch <= r.high):
+                            (r.high is None or pitch <= r.high) and pitch not in r.answered:
+                        r.answered.add(pitch)
                         self._outbox.append((r.addr, "/pgesam/ready", [r.x, r.y, pitch]))
                         woke = True
+                self._ready = [r for r in self._ready if not r.done()]
         if woke and self.wake is not None:
             self.wake()
 
@@ -447,6 +481,7 @@ class OscCore:
                 replies += self._error(move.addr, move.address,
                                        f"internal error: {type(exc).__name__}: {exc}")
         min_gap_s = 1.0 / self.push_hz
+        self._follow_point(now, min_gap_s)
         with self._lock:
             replies += self._outbox
             self._outbox = []
@@ -457,6 +492,22 @@ class OscCore:
                     ctl.last_push_s = now
                     self.stats["pushes"] += 1
         return replies
+
+    def _follow_point(self, now: float, gap_s: float) -> None:
+        """While controllers listen, push the state when the point moves by itself (a glide,
+        a trajectory): an XY pad follows it."""
+        with self._lock:
+            if not self.controllers or now - self._point_check_s < gap_s:
+                return
+            self._point_check_s = now
+        snap = self.engine.snapshot()
+        with self._lock:
+            if snap.get("point") == self._pushed_point:
+                return
+            self._pushed_point = snap.get("point")
+            for ctl in self.controllers.values():
+                if ctl.pending is None:
+                    ctl.pending = snap
 
     @staticmethod
     def _push(addr: Addr, snap: dict[str, Any]) -> list[OscReply]:
@@ -480,6 +531,8 @@ class OscCore:
             gap = 1.0 / self.push_hz
             due += [c.last_push_s + gap for c in self.controllers.values()
                     if c.pending is not None]
+            if self.controllers:  # watch the point (see _follow_point)
+                due.append(self._point_check_s + gap)
         return min(due) if due else None
 
 

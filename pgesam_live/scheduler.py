@@ -894,6 +894,7 @@ class Scheduler:
         command, at that command's exact time). ``point`` None = the current point."""
         if not pitches:
             raise CommandError("play needs at least one pitch (e.g. play C4 E4)")
+        pitches = list(dict.fromkeys(pitches))  # C#4 Db4 is one key: it sounds once
         for p in pitches:
             if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 127:
                 raise CommandError(f"pitch {p!r}: use a MIDI number 0..127 or a note name")

@@ -196,3 +196,12 @@ def test_completion_by_position(text: str, expected: set, absent: set) -> None:
 def test_the_error_of_the_form_the_performer_meant(line: str, fragment: str) -> None:
     with pytest.raises(CommandError, match=fragment):
         parse_line(line)
+
+
+def test_messages_use_the_words_typed_and_help_names_the_osc_way() -> None:
+    with pytest.raises(CommandError, match="play: len -1 is out of range"):
+        parse_line("play C4 len -1")
+    with pytest.raises(CommandError, match='quote the notes'):
+        parse_line("seq a C4 E4 0.5")
+    assert 'OSC: /pgesam/cmd "play ..."' in help_text("play")
+    assert "/pgesam/map" in help_text("map") and "/pgesam/status" in help_text("status")

@@ -456,3 +456,17 @@ def test_stop_ends_a_sequence_being_replaced_too() -> None:
     rig.run_until(5.0)
     rig.close()
     assert not [t for t in starts if t > 2.5 + 0.2 + 1e-6]  # nothing after the look-ahead
+
+
+def test_status_shows_the_tempo_just_set() -> None:
+    """`tempo 96` then `status`: 96, though it takes effect on the coming beat."""
+    rig = make_rig()
+    assert rig.engine.submit('seq a "C4" 1', at_s=0.0).ok
+    rig.run_until(1.3)
+    assert rig.engine.submit("tempo 96").ok
+    rig.run_until(1.32)
+    snap = rig.engine.snapshot()
+    assert snap["tempo_bpm"] == 96 and snap["tempo_now_bpm"] == 120
+    rig.run_until(3.0)
+    assert rig.engine.snapshot()["tempo_now_bpm"] == 96
+    rig.close()

@@ -35,7 +35,7 @@ class FakeEngine:
         self.t0 = time.monotonic()
         self.listeners: list[Any] = []
         self.submitted: list[tuple[str, str, float | None]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.state: dict[str, Any] = {"tempo_bpm": 120.0, "point": [0.0, 0.0],
                                       "point_name": None, "sequences": [], "bookmarks": {},
                                       "voices_in_use": 0, "late_notes": 0}
@@ -63,6 +63,12 @@ class FakeEngine:
             self.apply(cmd, src, at_s)
 
     def apply(self, cmd: Command, src: str, at_s: float | None) -> None:
+        # As core.Engine: the state changes and its events go out under the engine's lock,
+        # so a snapshot never sees a change before its "state" event.
+        with self.lock:
+            self._apply_locked(cmd, src, at_s)
+
+    def _apply_locked(self, cmd: Command, src: str, at_s: float | None) -> None:
         changed = True
         if cmd.name == "tempo":
             self.state["tempo_bpm"] = cmd.args["bpm"]
@@ -85,7 +91,8 @@ class FakeEngine:
         self.listeners.append(fn)
 
     def snapshot(self) -> dict[str, Any]:
-        return dict(self.state)
+        with self.lock:
+            return dict(self.state)
 
     def settle(self) -> None:
         self.settled = getattr(self, "settled", 0) + 1
@@ -526,3 +533,46 @@ def test_touchosc_layout_addresses_are_accepted(tmp_path: Path) -> None:
         from_osc(address, args)  # raises CommandError if the layout sent something invalid
     assert {"/pgesam/xy", "/pgesam/note", "/pgesam/hush", "/pgesam/panic", "/pgesam/tempo",
             "/pgesam/seq/start", "/pgesam/seq/stop", "/pgesam/hello"} <= seen
+
+
+def test_one_ready_per_note_even_when_asked_twice() -> None:
+    core, engine, _ = make_core()
+    for _ in range(2):  # the same prerender twice (the second finds the notes cached)
+        core.handle_datagram(msg("/pgesam/prerender", 0.3, -0.2, 60, 61), A)
+    for pitch in (60, 61, 60, 61, 60):
+        engine.emit({"kind": "ready", "x": 0.3, "y": -0.2, "pitch": pitch})
+    readies = [(to, a[2]) for to, addr, a in core.poll() if addr == "/pgesam/ready"]
+    # each request answered once per note: two requests, two notes
+    assert sorted(readies) == [(A, 60), (A, 60), (A, 61), (A, 61)]
+    engine.emit({"kind": "ready", "x": 0.3, "y": -0.2, "pitch": 60})  # a later render there
+    assert [r for r in core.poll() if r[1] == "/pgesam/ready"] == []
+
+
+def test_a_pad_follows_the_point_when_it_moves_by_itself() -> None:
+    """A glide moves the point with no command: the controllers still get it pushed."""
+    core, engine, clock = make_core()
+    core.handle_datagram(msg("/pgesam/hello"), A)
+    assert core.poll() == []  # nothing moved
+    engine.state["point"] = [-0.4, -0.4]  # the glide's end, reached by itself
+    clock.now += 1.0
+    pushed = core.poll()
+    assert (A, "/pgesam/xy", [pytest.approx(0.3), pytest.approx(0.3)]) in pushed
+    clock.now += 1.0
+    assert core.poll() == []  # once
+
+
+def test_timed_bundles_keep_their_spacing_through_clock_jitter() -> None:
+    """Engine time read once per datagram jitters by a fraction of a block; the bundles'
+    engine times keep the spacing of their time tags."""
+    core, engine, _ = make_core()
+    wall = {"now": 1000.0}
+    core.wall = lambda: wall["now"]
+    jitter = iter([0.0, 0.0006, -0.0004, 0.0005, -0.0006, 0.0003] * 4)
+    engine.time_s = lambda: (wall["now"] - 1000.0) + 5.0 + next(jitter)  # type: ignore[method-assign]
+    tags = [1000.5 + k * 0.7003 for k in range(6)]
+    for k, tag in enumerate(tags):
+        wall["now"] = 1000.0 + k * 0.7003  # each sent 0.5 s ahead of its time
+        core.handle_datagram(bundle(tag, msg("/pgesam/note", 60)), A)
+    ats = [at for _, line, at in engine.submitted if line.startswith("note")]
+    gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
+    assert max(abs(g - 0.7003) for g in gaps) < 0.0002  # raw readings: up to 1.1 ms off

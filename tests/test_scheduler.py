@@ -634,3 +634,10 @@ def test_a_loop_started_soon_after_another_stopped_joins_its_grid() -> None:
     rig.sched.hush()
     rig.run(12.0)
     assert rig.sched.start_sequence("late", seq) == 0.0
+
+
+def test_a_chord_naming_one_key_twice_plays_it_once() -> None:
+    rig = Rig()
+    rig.sched.play_now([61, 61, 64])
+    rig.run(0.1)
+    assert len(rig.sink.calls) == 2
