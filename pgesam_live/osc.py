@@ -263,13 +263,18 @@ class OscCore:
             return [(addr, "/pgesam/error", ["", f"not an OSC packet ({first[:120]}); send an "
                                              "OSC message or bundle"])]
         replies: list[OscReply] = []
+        # One engine-minus-wall offset per datagram: messages with one time tag (a chord, a
+        # note-off and the next note-on) get one engine time, and keep their order.
+        offset_s = self._engine_offset_s(wall_now) if any(
+            t is not None and 0.0005 < t - wall_now <= self.max_ahead_s for t, _ in timed) \
+            else 0.0
         for timetag, msg in timed:
             at_s: float | None = None
             ahead_s = -math.inf if timetag is None else timetag - wall_now
             if ahead_s > self.max_ahead_s:
                 self.stats["skewed"] += 1   # clock skew: play now, never hold
             elif ahead_s > 0.0005:
-                at_s = timetag + self._engine_offset_s(wall_now)  # type: ignore[operator]
+                at_s = timetag + offset_s  # type: ignore[operator]
                 self.stats["scheduled"] += 1
             try:
                 replies += self._dispatch(msg.address, list(msg.params), addr, at_s)

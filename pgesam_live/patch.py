@@ -446,7 +446,8 @@ class _Validator:
 
 def _show(node: Node) -> str:
     if isinstance(node, ScalarNode):
-        return f'"{node.value}"' if node.value else "an empty value"
+        text = node.value if len(node.value) <= 60 else node.value[:57] + "..."
+        return f'"{text}"' if node.value else "an empty value"
     if isinstance(node, MappingNode):
         return "a mapping"
     return "a list"

@@ -576,3 +576,17 @@ def test_timed_bundles_keep_their_spacing_through_clock_jitter() -> None:
     ats = [at for _, line, at in engine.submitted if line.startswith("note")]
     gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
     assert max(abs(g - 0.7003) for g in gaps) < 0.0002  # raw readings: up to 1.1 ms off
+
+
+def test_messages_of_one_bundle_get_one_engine_time() -> None:
+    """A note-off and the next note-on in one bundle keep their order at one time."""
+    core, engine, _ = make_core()
+    wall = {"now": 1000.0}
+    core.wall = lambda: wall["now"]
+    jitter = iter([0.0, 0.0009, -0.0007, 0.0004] * 4)
+    engine.time_s = lambda: 5.0 + next(jitter)  # type: ignore[method-assign]
+    core.handle_datagram(bundle(1001.0, msg("/pgesam/release", 62), msg("/pgesam/note", 62),
+                                msg("/pgesam/note", 66)), A)
+    timed = [(line, at) for _, line, at in engine.submitted]
+    assert [line for line, _ in timed] == ["release 62", "note 62", "note 66"]
+    assert len({at for _, at in timed}) == 1

@@ -285,3 +285,12 @@ def test_a_bare_name_is_the_patch_folders_first(tmp_path: Path,
     assert find_patch("morph.yaml", PATCHES) == PATCHES / "morph.yaml"
     assert find_patch("morph", PATCHES) == PATCHES / "morph.yaml"
     assert find_patch("./morph.yaml", PATCHES).resolve() == (tmp_path / "morph.yaml").resolve()
+
+
+def test_a_file_that_is_no_patch_is_not_quoted_whole(tmp_path: Path) -> None:
+    p = tmp_path / "text.yaml"
+    p.write_text("root:x:0:0:root:/root:/bin/bash daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin"
+                 " bin:x:2:2:bin:/bin:/usr/sbin/nologin\n")
+    with pytest.raises(PatchError) as info:
+        load_patch(p)
+    assert "nologin bin" not in str(info.value) and "..." in str(info.value)
