@@ -11,33 +11,30 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pgesam_live.errors import PgesamError
 
 SAMPLE_RATES_HZ = (8000, 192000)
 
 
-def _sample_rate(text: str) -> int:
-    """argparse type: an output rate in Hz, 8000..192000."""
-    try:
-        sr = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of Hz") from None
-    lo, hi = SAMPLE_RATES_HZ
-    if not lo <= sr <= hi:
-        raise argparse.ArgumentTypeError(f"{sr} Hz: use {lo}..{hi} (e.g. 44100, 48000)")
-    return sr
+def _int_in(lo: int, hi: int, hint: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in lo..hi (a bad one is a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{n}: use {lo}..{hi}{hint}")
+        return n
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port}: use 1..65535")
-    return port
+_sample_rate = _int_in(*SAMPLE_RATES_HZ, " Hz (e.g. 44100, 48000)")
+_port = _int_in(1, 65535)
+_positive = _int_in(1, 2**31 - 1)
+_seed = _int_in(0, 2**31 - 1)
 
 
 def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
@@ -58,26 +55,6 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
     p.add_argument("--sample-rate", type=_sample_rate, default=None,
                    help="output sample rate in Hz (the model renders at its own and is "
                         "resampled)")
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: give a count >= 1")
-    return n
-
-
-def _seed(text: str) -> int:
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= seed < 2**31:
-        raise argparse.ArgumentTypeError(f"{seed}: use 0..2147483647")
-    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
