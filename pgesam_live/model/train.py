@@ -519,15 +519,43 @@ def _stop_between_steps() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _interrupted(d: Dist, opts: TrainOptions, stage: str, step: int, steps: int,
-                 save: Any) -> None:
-    """Ctrl-C: keep the work done (the state after the last whole step) and say how to go
-    on; `save()` writes it."""
-    if d.main:
-        save()
-        again = f"pgesam-live train {opts.stage} --data {opts.data} --out {opts.out} --resume"
-        print(f"\npgesam-live: {stage} interrupted at step {step} of {steps}; saved "
-              f"{_state_path(opts.out, stage)}. Go on with: {again}", file=sys.stderr)
+class _Interruptible:
+    """A training loop's Ctrl-C: between steps (`begin` sees the flag) the run ends after a
+    whole step; a KeyboardInterrupt inside a step saves the sampler and RNG states from before
+    it, so the resumed run redoes it. Either way the state is saved and the `--resume` line is
+    said; the KeyboardInterrupt goes on (exit 130)."""
+
+    def __init__(self, d: Dist, opts: TrainOptions, stage: str, steps: int, sampler: Any,
+                 bar: Any, save: Any, step: Any) -> None:
+        self.d, self.opts, self.stage, self.steps = d, opts, stage, steps
+        self.sampler, self.bar, self.save, self.step = sampler, bar, save, step
+        self.before: tuple[Any, Any] | None = None
+        self._stop = _stop_between_steps()
+
+    def __enter__(self) -> _Interruptible:
+        self.flag = self._stop.__enter__()
+        return self
+
+    def begin(self) -> None:
+        if self.flag.is_set():  # Ctrl-C: the last step is whole
+            raise KeyboardInterrupt
+        self.before = (self.sampler.state(), _rng_state(self.d))
+
+    def end(self) -> None:
+        self.before = None  # this step is whole: save the states as they are
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            if kind is KeyboardInterrupt and self.d.main:
+                self.bar.close()
+                self.save(False, self.before)
+                o = self.opts
+                again = f"pgesam-live train {o.stage} --data {o.data} --out {o.out} --resume"
+                print(f"\npgesam-live: {self.stage} interrupted at step {self.step()} of "
+                      f"{self.steps}; saved {_state_path(o.out, self.stage)}. Go on with: "
+                      f"{again}", file=sys.stderr)
+        finally:
+            self._stop.__exit__(kind, exc, tb)
 
 
 def _check_finite(loss: torch.Tensor, stage: str, step: int, out: Path) -> None:
@@ -660,41 +688,33 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
     if saved and step >= steps:
         _say(d, f"vae: the run is at step {step} (--steps {steps}): nothing to train; raise "
                 "--steps to go on")
-    before: tuple[Any, Any] | None = None
-    with _stop_between_steps() as stop:
-        try:
-            while step < steps:
-                if stop.is_set():  # Ctrl-C: the last step is whole
-                    raise KeyboardInterrupt
-                before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
-                lr = vae_lr(base_lr, step, steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
-                x = data.frames[idx, : cfg.n_frames]
-                out = model(x)
-                losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
-                                    data.instrument[idx], step / steps, cfg)
-                _check_finite(losses["total"], "vae", step, opts.out)
-                opt.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                opt.step()
-                step += 1
-                before = None  # this step is whole: save the states as they are
-                bar.update(1)
-                if step % every == 0 or step == steps:
-                    vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
-                    bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
-                                    refresh=False)
-                    log.write({"stage": "vae", "step": step, "lr": lr,
-                               "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
-                if step % opts.ckpt_every == 0 and step < steps:
-                    save(final=False)
-        except KeyboardInterrupt:
-            bar.close()
-            _interrupted(d, opts, "vae", step, steps,
-                         lambda: save(False, before))
-            raise
+    with _Interruptible(d, opts, "vae", steps, sampler, bar, save,
+                        lambda: step) as guard:
+        while step < steps:
+            guard.begin()
+            lr = vae_lr(base_lr, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = sampler.shard(sampler.next(), d.rank, d.world).to(d.device)
+            x = data.frames[idx, : cfg.n_frames]
+            out = model(x)
+            losses = vae_losses(out, x, data.pitch[idx] - lo, data.family[idx],
+                                data.instrument[idx], step / steps, cfg)
+            _check_finite(losses["total"], "vae", step, opts.out)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            step += 1
+            guard.end()
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                vals = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+                bar.set_postfix(total=f"{vals['total']:.4f}", recon=f"{vals['recon']:.4f}",
+                                refresh=False)
+                log.write({"stage": "vae", "step": step, "lr": lr,
+                           "time_s": round(elapsed0 + time.time() - t0, 3), **vals})
+            if step % opts.ckpt_every == 0 and step < steps:
+                save(final=False)
     bar.close()
     vae.eval()
     if d.main and not (saved and saved.get("finished") and start_step >= steps):
@@ -896,48 +916,40 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     if saved and step >= steps:
         _say(d, f"transformer: the run is at step {step} (--steps {steps}): nothing to train; "
                 "raise --steps (or --fine-tune --steps N) to go on")
-    before: tuple[Any, Any] | None = None
-    with _stop_between_steps() as stop:
-        try:
-            while step < steps:
-                if stop.is_set():  # Ctrl-C: the last step is whole
-                    raise KeyboardInterrupt
-                before = (sampler.state(), _rng_state(d))  # a cut-short step restarts from here
-                lr = transformer_lr(base_lr, step, steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
-                noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
-                idx = idx_cpu.to(d.device)
-                points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
-                x = data.frames[idx]
-                x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
-                if self_feed > 0:
-                    x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
-                                            feed_passes)
-                pred = model(points, data.pitch[idx], x_in)
-                loss = (((pred - x) ** 2) * chan_w).mean()
-                _check_finite(loss, "transformer", step, opts.out)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                opt.step()
-                step += 1
-                before = None  # this step is whole: save the states as they are
-                bar.update(1)
-                if step % every == 0 or step == steps:
-                    bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
-                    log.write({"stage": "transformer", "step": step, "lr": lr,
-                               "time_s": round(elapsed0 + time.time() - t0, 3),
-                               "mse": round(float(loss.detach()), 7),
-                               "grad_norm": round(float(gnorm), 4)})
-                if step % opts.ckpt_every == 0 and step < steps:
-                    save(final=False)
-        except KeyboardInterrupt:
-            bar.close()
-            _interrupted(d, opts, "transformer", step, steps,
-                         lambda: save(False, before))
-            raise
+    with _Interruptible(d, opts, "transformer", steps, sampler, bar, save,
+                        lambda: step) as guard:
+        while step < steps:
+            guard.begin()
+            lr = transformer_lr(base_lr, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
+            noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
+            idx = idx_cpu.to(d.device)
+            points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
+            x = data.frames[idx]
+            x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+            if self_feed > 0:
+                x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
+                                        feed_passes)
+            pred = model(points, data.pitch[idx], x_in)
+            loss = (((pred - x) ** 2) * chan_w).mean()
+            _check_finite(loss, "transformer", step, opts.out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            opt.step()
+            step += 1
+            guard.end()
+            bar.update(1)
+            if step % every == 0 or step == steps:
+                bar.set_postfix(mse=f"{float(loss.detach()):.5f}", refresh=False)
+                log.write({"stage": "transformer", "step": step, "lr": lr,
+                           "time_s": round(elapsed0 + time.time() - t0, 3),
+                           "mse": round(float(loss.detach()), 7),
+                           "grad_norm": round(float(gnorm), 4)})
+            if step % opts.ckpt_every == 0 and step < steps:
+                save(final=False)
     bar.close()
     tr.eval()
     already = saved and saved.get("finished") and start_step >= steps
