@@ -8,7 +8,13 @@ MidiMapping arguments):
   CC74 (brightness knob)  -> timbre y  /   coalesced (latest wins, at most every 10 ms)
   CC64 (sustain pedal)    -> >= 64 holds note offs; < 64 releases the held notes
   CC123 (all notes off)   -> releases every sounding note;  CC120 (all sound off) -> `panic`
+  CC121 (reset controllers) -> the pedal up (releases what it held)
 CC74 is the usual "timbre" knob (MPE's Y axis) and more keyboards have it than CC2 (breath).
+A controller moves its own axis from where the point is (set from the REPL, OSC or a patch),
+the other stays. A pending move is sent before a note, so "turn the knob, strike the key"
+sounds at the new point. Every channel is heard (PGESAM_MIDI_CHANNEL=1..16 picks one); pitch
+bend, program change and aftertouch are ignored. A note the engine refuses (outside what the
+model plays) is said above the prompt, and its key-up is not sent.
 Every command is submitted with src "midi", so it is journalled like any other.
 
 `MidiMapper` is the pure message -> commands mapping (tests feed it mido.Message objects);
@@ -31,6 +37,7 @@ from pgesam_live.quiet import quiet_c_stderr
 
 SUSTAIN_CC = 64
 ALL_SOUND_OFF_CC = 120
+RESET_CONTROLLERS_CC = 121
 ALL_NOTES_OFF_CC = 123
 
 
@@ -42,9 +49,10 @@ class MidiMapping:
 
     def __post_init__(self) -> None:
         for name, cc in (("cc_x", self.cc_x), ("cc_y", self.cc_y)):
-            if not 0 <= cc <= 127 or cc in (SUSTAIN_CC, ALL_SOUND_OFF_CC, ALL_NOTES_OFF_CC):
+            if not 0 <= cc <= 127 or cc in (SUSTAIN_CC, ALL_SOUND_OFF_CC, RESET_CONTROLLERS_CC,
+                                            ALL_NOTES_OFF_CC):
                 raise ConfigError(f"MIDI {name} {cc} must be a controller 0..127 other than "
-                                  "64, 120, 123")
+                                  "64, 120, 121, 123")
         if self.cc_x == self.cc_y:
             raise ConfigError(f"MIDI cc_x and cc_y are both {self.cc_x}; choose two controllers")
         if self.channel is not None and not 0 <= self.channel <= 15:
@@ -54,11 +62,13 @@ class MidiMapping:
     def from_env(cls, env: dict[str, str] | None = None) -> MidiMapping:
         env = dict(os.environ if env is None else env)
         try:
+            channel = env.get("PGESAM_MIDI_CHANNEL")
             return cls(cc_x=int(env.get("PGESAM_MIDI_CC_X", "1")),
-                       cc_y=int(env.get("PGESAM_MIDI_CC_Y", "74")))
+                       cc_y=int(env.get("PGESAM_MIDI_CC_Y", "74")),
+                       channel=int(channel) - 1 if channel else None)
         except ValueError:
-            raise ConfigError("PGESAM_MIDI_CC_X / PGESAM_MIDI_CC_Y must be numbers 0..127") \
-                from None
+            raise ConfigError("PGESAM_MIDI_CC_X / PGESAM_MIDI_CC_Y must be numbers 0..127, "
+                              "PGESAM_MIDI_CHANNEL 1..16") from None
 
 
 @dataclass
@@ -99,6 +109,8 @@ class MidiMapper:
         if control == self.mapping.cc_y:
             self.v = value / 127
             return [self.xy()]
+        if control == RESET_CONTROLLERS_CC:
+            control, value = SUSTAIN_CC, 0  # the pedal comes up
         if control == SUSTAIN_CC:
             down = value >= 64
             if down == self.sustain:
@@ -176,6 +188,7 @@ class MidiInput:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._port: Any = None
+        self._silent: set[int] = set()  # keys whose note the engine refused: no key-up sent
         self._flusher = threading.Thread(target=self._flush_loop, name="midi-xy", daemon=True)
 
     def open(self) -> MidiInput:
@@ -202,6 +215,9 @@ class MidiInput:
     def on_message(self, msg: Any) -> None:
         """mido callback (rtmidi's thread). Never raises."""
         try:
+            if getattr(msg, "type", "") == "control_change" and \
+                    msg.control in (self.mapper.mapping.cc_x, self.mapper.mapping.cc_y):
+                self._follow_point()
             with self._lock:
                 commands = self.mapper.handle(msg)
             for cmd in commands:
@@ -209,15 +225,43 @@ class MidiInput:
                     with self._lock:
                         self._pending_xy = cmd
                     self._wake.set()
-                else:
-                    self._submit(cmd)
+                    continue
+                if cmd.name in ("note", "panic"):  # a knob turned just before: first
+                    with self._lock:
+                        move, self._pending_xy = self._pending_xy, None
+                    if move is not None:
+                        self._submit(move)
+                if cmd.name == "release" and cmd.args["pitch"] in self._silent:
+                    self._silent.discard(cmd.args["pitch"])
+                    continue
+                if not self._submit(cmd) and cmd.name == "note":
+                    self._silent.add(cmd.args["pitch"])
         except Exception:
             self.errors += 1
 
-    def _submit(self, cmd: Command) -> None:
+    def _follow_point(self) -> None:
+        """The pad starts from where the point is (moved from the REPL, OSC or a patch), so a
+        controller moves its own axis only; a move of ours not sent yet is newer."""
+        with self._lock:
+            if self._pending_xy is not None:
+                return
+        snapshot = getattr(self.engine, "snapshot", None)
+        point = snapshot().get("point") if snapshot is not None else None
+        if isinstance(point, list | tuple) and len(point) == 2:
+            with self._lock:
+                self.mapper.u = min(1.0, max(0.0, (float(point[0]) + 1.0) / 2.0))
+                self.mapper.v = min(1.0, max(0.0, (float(point[1]) + 1.0) / 2.0))
+
+    def _submit(self, cmd: Command) -> bool:
+        """Submit; a refusal is said above the prompt (a player has no other screen)."""
         reply = self.engine.submit(cmd, src="midi")
-        if not getattr(reply, "ok", True):
-            self.errors += 1
+        if getattr(reply, "ok", True):
+            return True
+        self.errors += 1
+        say = getattr(self.engine, "message", None)
+        if say is not None:
+            say(f"MIDI: {getattr(reply, 'text', 'refused')}")
+        return False
 
     def _flush_loop(self) -> None:
         while not self._stop.is_set():

@@ -12,8 +12,8 @@ priority, after the scheduler's, so a note handed over for this very block still
 
 The envelope lives in the table, not in pyo objects: velocity gain and the release fade are
 applied while copying (sample-exact, free, deterministic). Consequences:
-- velocity -> gain is a straight line in dB: ``-40 dB near 0 .. 0 dB at 1``, and velocity 0
-  is silent (``velocity_gain``);
+- velocity -> gain is velocity squared (40 log10 v dB, the General MIDI curve: 0.5 is -12 dB),
+  and velocity 0 is silent (``velocity_gain``);
 - ``length_s`` ends the note with a ~30 ms linear fade starting at ``length_s``;
 - ``release(tag, at_s)`` ends the notes played with that tag before the call (a held key: the
   engine tags notes played now with their pitch) with the same fade from ``at_s`` (to the
@@ -46,7 +46,6 @@ from pgesam_live.errors import AudioError, ConfigError
 os.environ.setdefault("PYO_GUI_WX", "0")
 import pyo  # noqa: E402  (PYO_GUI_WX must be set before pyo is imported)
 
-VELOCITY_FLOOR_DB = -40.0
 RELEASE_S = 0.030
 STEAL_FADE_S = 0.005
 LIMIT_THRESH_DB = -1.0
@@ -55,12 +54,11 @@ POOL_HOOK_PRIORITY = 1000  # after every other hook: the scheduler hands notes i
 
 
 def velocity_gain(velocity: float) -> float:
-    """Linear gain for a velocity in 0..1 (clamped): straight in dB from -40 dB just above 0
-    to 0 dB at 1; velocity 0 is silence (as MIDI's note on with velocity 0 is no note)."""
+    """Linear gain for a velocity in 0..1 (clamped): velocity squared, i.e. 40 log10(v) dB,
+    the General MIDI curve (0.5 -> -12 dB, 0.1 -> -40 dB; MIDI 64 of 127 -> -12 dB); velocity 0
+    is silence (as MIDI's note on with velocity 0 is no note)."""
     v = min(1.0, max(0.0, float(velocity)))
-    if v == 0.0:
-        return 0.0
-    return float(10.0 ** ((VELOCITY_FLOOR_DB * (1.0 - v)) / 20.0))
+    return v * v
 
 
 @dataclass

@@ -126,3 +126,53 @@ def test_input_submits_and_coalesces_cc_streams() -> None:
     moves = [g for g in got if g.startswith("xy")]
     assert moves[-1] == "xy 1 0.5" and len(moves) < 20  # coalesced, latest wins
     assert all(src == "midi" for src, _ in engine.got) and inp.errors == 0
+
+
+class PointEngine(Recorder):
+    """A recorder with a current point and a refusal for notes outside 36..84."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"point": [0.4, -0.3]}
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def submit(self, cmd: Command, src: str = "repl", at_s: float | None = None) -> Reply:
+        if cmd.name == "note" and not 36 <= cmd.args["pitch"] <= 84:
+            return Reply(False, f"note: pitch {cmd.args['pitch']} is outside what the model "
+                                "plays")
+        return super().submit(cmd, src, at_s)
+
+
+def test_a_knob_moves_its_own_axis_and_goes_out_before_the_next_note() -> None:
+    engine = PointEngine()
+    inp = MidiInput(engine, "fake port").start()
+    try:
+        inp.on_message(mido.Message("control_change", control=1, value=127))
+        inp.on_message(mido.Message("note_on", note=60, velocity=100))  # at once after it
+    finally:
+        inp.close()
+    got = [line for _, line in engine.got]
+    # y stays where the point was (-0.3 -> v 0.35), and the move precedes the note.
+    assert got[0] == "xy 1 0.35" and got[1].startswith("note 60")
+
+
+def test_a_refused_note_is_said_and_its_key_up_not_sent() -> None:
+    engine = PointEngine()
+    inp = MidiInput(engine, "fake port").start()
+    try:
+        inp.on_message(mido.Message("note_on", note=20, velocity=100))
+        inp.on_message(mido.Message("note_off", note=20))
+        inp.on_message(mido.Message("control_change", control=64, value=127))
+        inp.on_message(mido.Message("note_on", note=60, velocity=100))
+        inp.on_message(mido.Message("note_off", note=60))
+        inp.on_message(mido.Message("control_change", control=121, value=0))  # reset: pedal up
+    finally:
+        inp.close()
+    got = [line for _, line in engine.got]
+    assert [g.split()[:2] for g in got] == [["note", "60"], ["release", "60"]]
+    assert engine.messages and "outside what the model plays" in engine.messages[0]
