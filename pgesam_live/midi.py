@@ -303,7 +303,7 @@ def start_midi(engine: Any, spec: str, message: Any = print,
     try:
         inp = open_midi(engine, spec, mapping)
     except ConfigError as exc:
-        message(str(exc))
+        message(f"--midi {spec}: {exc}; playing on without MIDI")
         return None
     m = inp.mapper.mapping
     message(f"MIDI in: {inp.port_name} (CC{m.cc_x} -> x, CC{m.cc_y} -> y, CC64 sustain)")
