@@ -6,6 +6,7 @@ engine (core.py) is the one door; the front ends translate input into its comman
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
@@ -192,6 +193,7 @@ def run_doctor(ns: Namespace) -> int:
 # building the engine
 
 MAX_BOUNCE_S = 3600.0  # an offline bounce is at most an hour
+MAX_REPLAY_S = 6 * 3600.0  # a journal's last command at most this far in (a long set)
 LIVE_PREROLL_S = 1.0  # a patch started from silence gets this long to render its first bar
 TAIL_S = 4.5          # a replay plays on this long past its last command (a one-shot is 4 s)
 RING_OUT_MAX_S = 12.0  # ... and lets what sounds then ring out (a re-pitched note: 8 s)
@@ -377,12 +379,20 @@ def run_replay(ns: Namespace) -> int:
     from pgesam_live.session import read_journal, replay_schedule  # noqa: PLC0415
 
     header, schedule = replay_schedule(ns.session)
+    if schedule and schedule[-1][0] > MAX_REPLAY_S:
+        raise PgesamError(f"{ns.session}: its last command is at {schedule[-1][0]:.0f} s; a "
+                          f"replay runs at most {MAX_REPLAY_S / 3600:g} h (check the journal's "
+                          "t values)")
     if read_journal(ns.session)[1].truncated:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
     s = settings_from_args(ns)
-    s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
-                  model=_journal_model(ns.session, str(header.get("model") or ""), ns.model))
+    try:
+        s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
+                      model=_journal_model(ns.session, str(header.get("model") or ""),
+                                           ns.model))
+    except PgesamError as e:
+        raise PgesamError(f"{ns.session}:1: header: {e}") from None
     out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
     if out_path is None:
         return _run_live(s, replay=schedule)
@@ -422,6 +432,13 @@ def _journal_model(session: str, played: str, given: str | None) -> str:
               "replaying with the default model (it will sound different: pass --model PATH "
               "to use that file)", file=sys.stderr)
         return "default"
+
+
+def _drop_unused(journal: Any) -> None:
+    """A start that failed before anything played: its journal (a header) goes."""
+    journal.close()
+    with contextlib.suppress(OSError):
+        journal.path.unlink()
 
 
 def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
@@ -465,7 +482,7 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     import asyncio  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from pgesam_live.audio import AudioEngine, default_record_path  # noqa: PLC0415
+    from pgesam_live.audio import AudioEngine, repair_recordings  # noqa: PLC0415
     from pgesam_live.cache import RenderCache  # noqa: PLC0415
     from pgesam_live.core import Engine  # noqa: PLC0415
     from pgesam_live.osc import osc_port_problem  # noqa: PLC0415
@@ -479,37 +496,48 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         raise PgesamError(problem)
     out_sr = s.sample_rate or info.sample_rate
     s.session_dir.mkdir(parents=True, exist_ok=True)
-    audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
-                        record_path=default_record_path(s.session_dir)
-                        if s.audio in ("auto", "record") else None)
-    audio.boot()
-    if audio.message:
-        print(audio.message, flush=True)
-    voices = VoicePool(audio, n_voices=s.n_voices)
-    cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid, max_bytes=s.cache_max_bytes,
-                        spill_dir=(s.cache_dir / "notes") if s.cache_spill else None)
-    worker = WorkerClient(cache, model=str(path), device=s.device, n_threads=s.worker_threads)
-    engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
-                    tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
-                    patch_dir=s.patch_dir, out_sample_rate=out_sr)
-    engine.scheduler.preroll_s = LIVE_PREROLL_S
-    worker.on_ready = engine.note_ready
-    worker.on_message = engine.message
-    audio.add_hook(engine.on_block)
+    for line in repair_recordings(s.session_dir):  # sessions cut off by a crash
+        print(line, flush=True)
+    # The journal first: it takes the session's name, which the recording shares.
+    journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
+                                                               s.tempo_bpm))
+    try:
+        audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
+                            record_path=journal.path.with_suffix(".wav")
+                            if s.audio in ("auto", "record") else None)
+        audio.boot()
+        if audio.message:
+            print(audio.message, flush=True)
+        voices = VoicePool(audio, n_voices=s.n_voices)
+        cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
+                            max_bytes=s.cache_max_bytes,
+                            spill_dir=(s.cache_dir / "notes") if s.cache_spill else None)
+        worker = WorkerClient(cache, model=str(path), device=s.device,
+                              n_threads=s.worker_threads)
+        engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
+                        tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
+                        patch_dir=s.patch_dir, out_sample_rate=out_sr)
+        engine.scheduler.preroll_s = LIVE_PREROLL_S
+        worker.on_ready = engine.note_ready
+        worker.on_message = engine.message
+        audio.add_hook(engine.on_block)
+    except BaseException:
+        _drop_unused(journal)
+        raise
 
     loop = asyncio.new_event_loop()
     osc = None
     midi = None
-    journal = None
+    started = False
     _stop_on_signals()
     try:
-        journal = Journal(session_path(s.session_dir),
-                          make_header(info.model_id, s.seed, s.tempo_bpm))
+        journal.on_error = engine.message
         engine.add_listener(journal)
         print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
               f"journal {journal.path}", flush=True)
         worker.start()
         audio.start()
+        started = True
         threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
         from pgesam_live.osc import OscServer  # noqa: PLC0415
 
@@ -526,14 +554,21 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             r = engine.submit(f"load {_quote(patch)}", src="patch")
             print(r.text if not r.ok else f"loaded {patch}", flush=True)
         if replay is not None:
-            t0 = engine.time_s() + LIVE_PREROLL_S
-            for t_s, src, cmd in replay:
-                engine.submit(cmd, src=src, at_s=t0 + t_s)
-            end = t0 + (replay[-1][0] if replay else 0.0) + TAIL_S
             import time  # noqa: PLC0415
 
-            while engine.time_s() < end:
+            t0 = engine.time_s() + LIVE_PREROLL_S
+            for t_s, src, cmd in replay:
+                r = engine.submit(cmd, src=src, at_s=t0 + t_s)
+                if not r.ok:
+                    print(f"skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}", flush=True)
+            # As the offline replay: past the last command until what it started is over,
+            # sequences still running stopped TAIL_S after it, then the ring-out.
+            last = t0 + (replay[-1][0] if replay else 0.0)
+            while engine.time_s() < last or (engine.busy() and engine.time_s() < last + TAIL_S):
                 time.sleep(0.1)
+            if engine.busy():
+                engine.submit("hush", src="patch")
+            _ring_out(engine, voices, max_s=RING_OUT_MAX_S)
         elif repl:
             from pgesam_live.repl import run_repl  # noqa: PLC0415
 
@@ -557,9 +592,12 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         audio.stop()
         audio.close()
         worker.stop()
-        if journal is not None:
+        if not started and journal.count == 0:
+            _drop_unused(journal)  # it never played: nothing to keep
+        else:
             journal.close()
-            print(f"session journal {journal.path}", flush=True)
+            lost = f" ({journal.error})" if journal.error else ""
+            print(f"session journal {journal.path}{lost}", flush=True)
         if audio.record_path is not None and audio.backend == "record" \
                 and Path(audio.record_path).is_file():
             print(f"recorded {audio.record_path}", flush=True)

@@ -77,8 +77,53 @@ def portaudio_output_available() -> tuple[bool, str]:
 
 
 def default_record_path(folder: str | os.PathLike[str] = "sessions") -> Path:
-    """`sessions/<YYYYmmdd-HHMMSS>.wav`, the contract's place for recordings."""
-    return Path(folder) / (datetime.now().strftime("%Y%m%d-%H%M%S") + ".wav")
+    """`sessions/<YYYYmmdd-HHMMSS>.wav`, the contract's place for recordings (-2, -3.. when
+    that name is taken: a recording never replaces another)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(folder) / f"{stamp}.wav"
+    n = 2
+    while path.exists() or path.with_suffix(".jsonl").exists():
+        path = Path(folder) / f"{stamp}-{n}.wav"
+        n += 1
+    return path
+
+
+def repair_recordings(folder: str | os.PathLike[str]) -> list[str]:
+    """Fix the WAV headers of recordings a crash left open (their RIFF and data sizes still
+    say 0, though the samples are there), so every player reads them; a line for each."""
+    import struct
+
+    said: list[str] = []
+    for path in sorted(Path(folder).glob("*.wav")):
+        try:
+            with open(path, "r+b") as f:
+                head = f.read(12)
+                if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                    continue
+                size = path.stat().st_size
+                pos, block_align, rate = 12, 1, 0
+                while pos + 8 <= size:
+                    f.seek(pos)
+                    cid, clen = struct.unpack("<4sI", f.read(8))
+                    if cid == b"fmt ":
+                        fmt = f.read(16)
+                        if len(fmt) == 16:
+                            _, _, rate, _, block_align, _ = struct.unpack("<HHIIHH", fmt)
+                    if cid == b"data":
+                        have = (size - pos - 8) // max(1, block_align) * max(1, block_align)
+                        if clen != have and (clen == 0 or pos + 8 + clen > size):
+                            f.seek(pos + 4)
+                            f.write(struct.pack("<I", have))
+                            f.seek(4)
+                            f.write(struct.pack("<I", pos + 8 + have - 8))
+                            secs = have / max(1, block_align) / rate if rate else 0.0
+                            said.append(f"repaired {path} ({secs:.1f} s): a session cut off "
+                                        "by a crash")
+                        break
+                    pos += 8 + clen + (clen & 1)
+        except OSError:
+            continue
+    return said
 
 
 def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
@@ -246,8 +291,8 @@ class AudioEngine:
                 self.record_path = default_record_path()
             self.record_path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self._wav = sf.SoundFile(
-                    str(self.record_path), "w", samplerate=self.sample_rate,
+                self._wav = sf.SoundFile(  # "x": never replaces another recording
+                    str(self.record_path), "x", samplerate=self.sample_rate,
                     channels=self.n_channels, subtype="PCM_24", format="WAV",
                 )
             except Exception as e:

@@ -251,6 +251,11 @@ class Engine:
     def time_s(self) -> float:
         return self.clock.time_s()
 
+    def busy(self) -> bool:
+        """Anything still to play: commands queued, sequences, events, a pending patch."""
+        with self._lock:
+            return bool(self._queue) or self._held is not None or self.scheduler.is_playing()
+
     def on_block(self, t_s: float) -> None:
         """The audio hook: apply the commands due in this block, then tick the clock."""
         # Journal times are rounded to 1 us: a command belongs to the block its time falls in,

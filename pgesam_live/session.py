@@ -30,12 +30,13 @@ SOURCES = ("repl", "osc", "midi", "patch")
 
 
 def session_path(session_dir: str | Path, now: _dt.datetime | None = None) -> Path:
-    """A fresh `<dir>/<YYYYmmdd-HHMMSS>.jsonl` (suffixed -2, -3.. if that second is taken)."""
+    """A fresh `<dir>/<YYYYmmdd-HHMMSS>.jsonl` (suffixed -2, -3.. if that second is taken),
+    whose recording `<same name>.wav` is free too: a session's two files share one name."""
     base = Path(session_dir)
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     path = base / f"{stamp}.jsonl"
     n = 2
-    while path.exists():
+    while path.exists() or path.with_suffix(".wav").exists():
         path = base / f"{stamp}-{n}.jsonl"
         n += 1
     return path
@@ -53,7 +54,9 @@ class Journal:
     """Append-only journal writer; call it with engine events (it keeps only "command" ones).
 
     Thread-safe (engine listeners are called from any thread); every line is flushed so a
-    crash loses at most the line being written."""
+    crash loses at most the line being written. A line that cannot be written (disk full) is
+    kept and written with the next one that can; `on_error` hears of it once, and nothing
+    here raises into the performance."""
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         if header.get("pgesam_session") != SESSION_FORMAT:
@@ -62,6 +65,9 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
+        self.error: str | None = None  # why lines are waiting (None: all written)
+        self.on_error: Any = None  # called once with a line for the performer
+        self._backlog: list[str] = []
         self._lock = threading.Lock()
         # "x": never append to (or clobber) another session's journal
         self._fh: IO[str] | None = open(self.path, "x", encoding="utf-8")  # noqa: SIM115
@@ -69,8 +75,23 @@ class Journal:
 
     def _write_obj(self, obj: dict[str, Any]) -> None:
         assert self._fh is not None
-        self._fh.write(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
-        self._fh.flush()
+        self._backlog.append(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
+        try:
+            while self._backlog:  # into the file's buffer, a whole line at a time...
+                self._fh.write(self._backlog[0])
+                self._backlog.pop(0)
+            self._fh.flush()  # ...then to the disk (a failed flush keeps the buffer)
+            self.error = None
+        except OSError as e:
+            first = self.error is None
+            self.error = f"{e.strerror or e}"
+            if first and self.on_error is not None:
+                try:
+                    self.on_error(f"journal {self.path}: cannot write ({self.error}); the "
+                                  "performance goes on, its lines are kept and written when "
+                                  "there is room")
+                except Exception:  # a broken listener must not stop the journal
+                    pass
 
     def write(self, t_s: float, src: str, cmd_line: str) -> None:
         """Append one accepted command (no-op after close())."""
@@ -85,10 +106,24 @@ class Journal:
             self.write(event["t"], str(event.get("src", "repl")), str(event["cmd"]))
 
     def close(self) -> None:
+        """Write what is waiting (if it can) and close; never raises. `error` says what
+        could not be written."""
         with self._lock:
-            if self._fh is not None:
+            if self._fh is None:
+                return
+            try:
+                if self._backlog:
+                    self._fh.writelines(self._backlog)
+                    self._fh.flush()
+                    self._backlog = []
                 self._fh.close()
-                self._fh = None
+            except OSError as e:
+                self.error = f"{e.strerror or e}; {len(self._backlog)} lines not written"
+                try:
+                    self._fh.close()
+                except OSError:
+                    pass
+            self._fh = None
 
     @property
     def closed(self) -> bool:
@@ -124,7 +159,7 @@ def read_journal(path: str | Path) -> tuple[dict[str, Any], JournalEntries]:
     naming the file, the line and what is wrong. Every `cmd` is checked with parse_line."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8", errors="replace")
+        text = p.read_text(encoding="utf-8-sig", errors="replace")  # (a BOM from an editor)
     except OSError as exc:
         raise DataError(f"{p}: cannot read the journal ({exc.strerror}); check the path") from None
     lines = text.split("\n")

@@ -181,3 +181,28 @@ def test_jack_without_a_server_is_a_clear_error() -> None:
         return
     engine.close()
     pytest.skip("a jack server is running here: the no-server error path cannot be exercised")
+
+
+def test_a_recording_cut_off_by_a_crash_is_repaired(tmp_path: Path) -> None:
+    """A crash leaves the WAV header saying 0 frames: the next start fixes it, so any player
+    (here the standard library's) reads every sample."""
+    import struct
+    import wave
+
+    import soundfile as sf
+
+    from pgesam_live.audio import repair_recordings
+
+    p = tmp_path / "s.wav"
+    x = (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32)
+    sf.write(str(p), np.stack([x, x], 1), 24000, subtype="PCM_24", format="WAV")
+    data = bytearray(p.read_bytes())
+    i = data.index(b"data")
+    data[i + 4: i + 8] = struct.pack("<I", 0)  # as libsndfile leaves it until close
+    data[4:8] = struct.pack("<I", 36)
+    p.write_bytes(bytes(data))
+    lines = repair_recordings(tmp_path)
+    assert len(lines) == 1 and "s.wav (1.0 s)" in lines[0]
+    with wave.open(str(p)) as w:
+        assert w.getnframes() == 24000
+    assert repair_recordings(tmp_path) == []  # a sound file is left alone

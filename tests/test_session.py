@@ -116,3 +116,53 @@ def test_never_clobbers_and_threads_do_not_interleave(tmp_path: Path) -> None:
     j.close()
     assert len(read_journal(path)[1]) == 800
     assert session_path(tmp_path, dt.datetime(2025, 1, 1)) != session_path(tmp_path)
+
+
+def test_a_session_name_is_free_for_its_journal_and_its_recording(tmp_path: Path) -> None:
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    (tmp_path / "20260102-030405.wav").write_bytes(b"")  # a recording of that second
+    assert session_path(tmp_path, now).name == "20260102-030405-2.jsonl"
+
+
+def test_a_journal_that_cannot_write_keeps_its_lines_and_says_so_once(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "s.jsonl", make_header("m", 0, 120))
+    said: list[str] = []
+    j.on_error = said.append
+    real = j._fh
+    assert real is not None
+
+    class Full:  # a disk with no room left, then room again
+        room = False
+
+        def write(self, text: str) -> int:
+            return real.write(text)
+
+        def flush(self) -> None:
+            if not self.room:
+                raise OSError(28, "No space left on device")
+            real.flush()
+
+        def writelines(self, lines: list[str]) -> None:
+            real.writelines(lines)
+
+        def close(self) -> None:
+            real.close()
+
+    full = Full()
+    j._fh = full  # type: ignore[assignment]
+    for k in range(3):
+        j.write(0.1 * k, "repl", f"tempo {100 + k}")
+    assert len(said) == 1 and "No space left" in said[0] and j.error
+    full.room = True
+    j.write(0.5, "repl", "hush")
+    j.close()
+    assert j.error is None
+    _, entries = read_journal(j.path)
+    assert [e.cmd for e in entries] == ["tempo 100", "tempo 101", "tempo 102", "hush"]
+
+
+def test_a_journal_saved_with_a_bom_reads(tmp_path: Path) -> None:
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(("\ufeff" + json.dumps(make_header("m", 0, 120)) + "\n"
+                   + json.dumps({"t": 1.0, "src": "repl", "cmd": "hush"}) + "\n").encode())
+    assert [e.cmd for e in read_journal(p)[1]] == ["hush"]
