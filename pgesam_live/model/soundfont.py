@@ -426,6 +426,13 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
         raise ConfigError(f"programs {unknown} have no NSynth family; choose from "
                           f"{sorted(GM_FAMILY)}")
     _fluidsynth()  # fail early, with the apt hint, before creating anything
+    for path in paths:  # a soundfont with none of the programs fails before any rendering
+        with SoundfontRenderer(path, sample_rate) as r:
+            if not any(r.has_program(prog) for prog in progs):
+                raise DataError(
+                    f"soundfont {path} has none of the General MIDI programs asked for in bank 0 "
+                    "(a GS/XG variation bank or a drum kit holds none): give a General MIDI "
+                    "soundfont, e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2")
 
     stage = out_dir / ".staging"
     if stage.exists():
@@ -485,6 +492,10 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
 
     # Instruments with no sounding note at all are not instruments of the set.
     live = [i for i in instruments if kept[i.instrument_str]]
+    if not live:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise DataError(f"no note sounded ({len(dropped)} rendered, all silent): try other "
+                        "--pitches or --velocities, or another soundfont")
     split_of = assign_splits(((i.instrument_str, i.family_str, f"program_{i.program:03d}")
                               for i in live), seed=seed)
     inst_id = {name: k for k, name in enumerate(sorted(i.instrument_str for i in live))}

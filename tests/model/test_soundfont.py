@@ -271,3 +271,24 @@ def test_an_interrupted_build_leaves_nothing_behind(tmp_path: Path,
         _build(tmp_path / "set")
     assert not (tmp_path / "set" / ".staging").exists()
     assert not list((tmp_path / "set").glob("nsynth-*"))
+
+
+@needs_fs
+def test_a_soundfont_without_the_gm_programs_is_refused_before_rendering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FluidR3_GS.sf2 is such a file: only GS variation banks and drum kits, nothing in bank 0.
+    monkeypatch.setattr(sfm.SoundfontRenderer, "preset_name",
+                        lambda self, program, bank=0: None)
+    with pytest.raises(DataError, match=r"none of the General MIDI programs.*FluidR3_GM"):
+        _build(tmp_path / "set")
+    assert not (tmp_path / "set").exists() or not any((tmp_path / "set").iterdir())
+
+
+@needs_fs
+def test_a_set_where_nothing_sounds_is_an_error_not_an_empty_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sfm, "silence_reason", lambda wave, sample_rate, **k: "silent")
+    with pytest.raises(DataError, match="no note sounded.*--pitches"):
+        _build(tmp_path / "set")
+    assert not list((tmp_path / "set").glob("nsynth-*"))
+    assert not (tmp_path / "set" / ".staging").exists()
