@@ -15,7 +15,7 @@ os.environ.setdefault("PYO_GUI_WX", "0")
 
 from pgesam_live import bench  # noqa: E402
 from pgesam_live.engine_bench import ENGINE_KEYS, engine_figures  # noqa: E402
-from pgesam_live.errors import CheckpointError  # noqa: E402
+from pgesam_live.errors import CheckpointError, ConfigError  # noqa: E402
 from pgesam_live.model.checkpoints import save_model  # noqa: E402
 from pgesam_live.model.synth import Synth  # noqa: E402
 
@@ -67,3 +67,26 @@ def test_only_skips_other_work(tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 def test_a_named_model_that_does_not_exist_is_an_error() -> None:
     with pytest.raises(CheckpointError, match="not found"):
         engine_figures("no-such-model", "cpu", only={"voices_64_cpu_pct"})
+
+
+def test_an_unknown_only_key_is_refused_before_any_measuring(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def measured(*_: object, **__: object) -> dict[str, object]:
+        raise AssertionError("measured before checking --only")
+
+    monkeypatch.setattr(bench, "model_figures", measured)
+    monkeypatch.setattr("pgesam_live.engine_bench.engine_figures", measured)
+    ns = Namespace(only="note_render_s,bogus", json=True, model="default", device="cpu")
+    with pytest.raises(ConfigError, match=r"--only bogus: no such figure.*note_render_s"):
+        bench.run_bench(ns)
+
+
+def test_model_keys_name_every_model_figure(tiny_model: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The --only check relies on MODEL_KEYS; the model figures must not print a key it lacks.
+    # (The tiny model stands in for the fresh default config too: the keys are the same.)
+    monkeypatch.setattr(Synth, "untrained",
+                        classmethod(lambda cls, *a, **k: Synth.load(str(tiny_model), device="cpu")))
+    out = bench.model_figures(str(tiny_model), "cpu")
+    assert set(out) <= set(bench.MODEL_KEYS)
+    assert {"note_render_s", "bank_render_s", "kv_speedup", "codec_decode_s"} <= set(out)
