@@ -380,9 +380,10 @@ class Engine:
             elif q.name == "stop":
                 running.discard(name)
                 pending_off.add(name)
-            elif q.name in ("hush", "panic"):  # also cancel a pending patch
+            elif q.name in ("hush", "panic"):  # a pending patch stays, nothing of it starts
                 running.clear()
-                pending, pending_off = None, set()
+                if pending is not None:
+                    pending_off = set(pending.sequences)
         sequences = set(current.sequences) if current is not None else set()
         points = marks | set(self.model.named_points) | \
             (set(current.points) if current is not None else set())

@@ -879,9 +879,13 @@ class Scheduler:
         return self._swap.patch if self._swap is not None else None
 
     def hush(self) -> None:
-        """Stop every sequence, event, timed command, pending patch and glide; notes already
-        handed to the sink ring on."""
-        self._cancel_swap()
+        """Stop every sequence, event, timed command and glide; notes already handed to the
+        sink ring on. A patch loaded but waiting for its bar stays loaded (its points,
+        sequences, seed and tempo from that bar) with nothing of it started: `start NAME`
+        plays its sequences."""
+        if self._swap is not None:
+            self._swap.streams = []
+            self._install_patch(self._swap)
         self._streams = []
         self._sequences = {}
         here = self.point_at(self._now_or_action_s())

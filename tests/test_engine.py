@@ -428,8 +428,9 @@ def test_a_patch_release_acts_at_its_beat_whatever_the_look_ahead(tmp_path: Path
 
 
 def test_the_line_check_follows_pending_patches_through_loads_and_hush(tmp_path: Path) -> None:
-    """A queued hush cancels a pending patch and a second load replaces the first: names of
-    the dropped patch are refused at once, not accepted and then failed."""
+    """A queued hush keeps a pending patch loaded with nothing of it running, and a second
+    load replaces the first: names that will not exist are refused at once, not accepted and
+    then failed."""
     one = tmp_path / "one.yaml"
     one.write_text('pgesam: 1\npoints:\n  p1: [0.1, 0.1]\nsequences:\n  arp:\n'
                    '    notes: "C4"\n    repeat: 0\n')
@@ -438,11 +439,20 @@ def test_the_line_check_follows_pending_patches_through_loads_and_hush(tmp_path:
     rig = make_rig()
     e = rig.engine
     assert e.submit(f"load {one}").ok and e.submit("hush").ok
-    assert not e.submit("start arp").ok and not e.submit("at p1").ok
+    assert not e.submit("stop arp").ok  # nothing of it runs...
+    assert e.submit("at p1").ok  # ...but it is loaded
     assert e.submit(f"load {one}").ok and e.submit(f"load {two}").ok
     assert not e.submit("stop arp").ok and e.submit("stop bass").ok
+    assert e.submit("hush").ok and e.submit("start bass").ok
     rig.run_until(0.5)
     assert e.apply_errors == 0
+    assert e.snapshot()["patch"].endswith("two.yaml")
+    rig.close()
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit(f"load {one}").ok and e.submit("panic").ok and e.submit("start arp").ok
+    rig.run_until(0.5)
+    assert e.apply_errors == 0 and "arp" in e.snapshot()["sequences"]
     rig.close()
 
 

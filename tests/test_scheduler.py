@@ -409,15 +409,21 @@ def test_hush_stops_sequences_and_lets_notes_ring() -> None:
     assert not rig.sched.is_playing()
 
 
-def test_hush_cancels_a_pending_patch_and_its_tempo() -> None:
+def test_hush_keeps_a_pending_patch_loaded_with_nothing_of_it_started() -> None:
     rig = Rig()
     rig.sched.load_patch(patch(ARP.replace("repeat: 1", "repeat: 0")))
     rig.run(1.0)
-    rig.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
+    second = patch("tempo: 60\nevents: [{at: 0, note: C2}]\n" + ARP[ARP.index("sequences:"):]
+                   .replace("arp:", "bass:"))
+    beat = rig.sched.load_patch(second)
     rig.sched.hush()
+    assert rig.sched.patch is second and rig.sched.pending_patch is None
     rig.run(5.0)
-    assert all(c.pitch != 36 for c in rig.sink.calls)
-    assert rig.sched.tempo.changes == [(0.0, 120.0)]
+    assert all(c.pitch != 36 for c in rig.sink.calls)  # its event never plays
+    assert rig.sched.running_sequences() == []
+    assert rig.sched.tempo.changes == [(0.0, 120.0), (beat, 60.0)]  # its tempo, from its bar
+    rig.sched.start_sequence("bass", second.sequences["bass"])
+    assert rig.sched.running_sequences() == ["bass"]
 
 
 def test_play_now_goes_at_the_next_tick_with_length_in_beats() -> None:
@@ -585,19 +591,24 @@ def test_the_render_cache_is_a_note_source() -> None:
     assert [r[3] for r in req.requests] == [61, 70]  # the missing ones asked for at once
 
 
-def test_hush_cancels_a_load_on_a_fresh_clock_and_restores_the_tempo() -> None:
+def test_a_second_load_on_a_fresh_clock_restores_the_tempo_the_first_replaced() -> None:
     rig = Rig(tempo_bpm=120)
     rig.run(1.0)
     rig.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
     assert rig.sched.tempo.last_bpm == 60.0
-    rig.sched.hush()
-    rig.run(5.0)
-    assert rig.sink.calls == [] and rig.sched.tempo.last_bpm == 120.0
-    # A tempo set after the load is the performer's: hush keeps it.
-    rig.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
-    rig.sched.set_tempo(90)
-    rig.sched.hush()
+    rig.sched.load_patch(patch("tempo: 90\nevents: [{at: 0, note: D2}]"))
     assert rig.sched.tempo.last_bpm == 90.0
+    rig.sched.hush()  # the second stays loaded, at its tempo, with nothing started
+    rig.run(5.0)
+    assert rig.sink.calls == [] and rig.sched.tempo.last_bpm == 90.0
+    assert rig.sched.patch is not None and rig.sched.patch.tempo_bpm == 90.0
+    # A tempo set after a load is the performer's: a later load's swap keeps it.
+    rig2 = Rig(tempo_bpm=120)
+    rig2.run(1.0)
+    rig2.sched.load_patch(patch("tempo: 60\nevents: [{at: 0, note: C2}]"))
+    rig2.sched.set_tempo(100)
+    rig2.sched.hush()
+    assert rig2.sched.tempo.last_bpm == 100.0
 
 
 def test_notes_beyond_the_model_range_play_its_edge_re_pitched() -> None:
