@@ -331,12 +331,39 @@ def _patch_model(s: Settings, patch: Any, given: str | None) -> Settings:
 def _load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[Any, Settings]:
     """A patch named on the command line, validated completely (pitches against the model
     it will play with) before anything starts; the settings with its model."""
-    from pgesam_live.patch import find_patch, load_patch  # noqa: PLC0415
+    from pgesam_live.patch import PatchValidationError, find_patch, load_patch  # noqa: PLC0415
 
     path = find_patch(patch_arg, s.patch_dir)
-    s = _patch_model(s, load_patch(path), given_model)
+    try:
+        first = load_patch(path)
+    except PatchValidationError as exc:
+        # All errors at once: the pitches too, against the model the patch names where that
+        # much of it reads (else the one the command line gives).
+        named = _raw_patch_model(path)
+        use_named = given_model in (None, "default") and named is not None
+        model = named if use_named and named is not None else (given_model or s.model)
+        try:
+            _, info = _model_info(model, s.patch_dir)
+        except PgesamError:
+            raise exc from None
+        load_patch(path, pitch_range=tuple(info.pitch_range), known_points=info.named_points)
+        raise
+    s = _patch_model(s, first, given_model)
     _, info = _model_info(s.model, s.patch_dir)
-    return load_patch(path, pitch_range=tuple(info.pitch_range)), s
+    return load_patch(path, pitch_range=tuple(info.pitch_range),
+                      known_points=info.named_points), s
+
+
+def _raw_patch_model(path: Path) -> str | None:
+    """A patch's `model:` read loosely (the patch itself has errors), or None."""
+    import yaml  # noqa: PLC0415
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) and model.strip() else None
 
 
 def run_render(ns: Namespace) -> int:

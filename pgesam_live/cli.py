@@ -209,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as e:  # a file the command cannot read or write
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"pgesam-live:{where}: {e.strerror or e}: check the path and its permissions",
-              file=sys.stderr)
+        fix = ("a file stands where a folder is needed: move it away or choose another path"
+               if isinstance(e, FileExistsError | NotADirectoryError)
+               else "check the path and its permissions")
+        print(f"pgesam-live:{where}: {e.strerror or e}: {fix}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug: one line, the traceback on request
         if os.environ.get("PGESAM_DEBUG"):

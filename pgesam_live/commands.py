@@ -25,6 +25,7 @@ Argument kinds (ranges are inclusive unless noted):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import shlex
@@ -452,6 +453,11 @@ def _build(spec: Spec, tokens: Sequence[Any], *, from_osc: bool,
 
 def split_line(line: str) -> list[str]:
     """Shell-style words: double or single quotes group a note string."""
+    bad = next((ch for ch in line if ord(ch) < 32 and ch not in "\t\n\r" or ord(ch) == 127),
+               None)
+    if bad is not None:
+        raise CommandError(f"the line holds a control character {bad!r} at column "
+                           f"{line.index(bad) + 1}; send plain text")
     try:
         return shlex.split(line, comments=False, posix=True)
     except ValueError as exc:
@@ -482,7 +488,11 @@ def from_osc(address: str, osc_args: Sequence[Any]) -> Command:
     is; NaN, inf, out-of-range values, wrong counts and wrong types raise CommandError."""
     target = OSC_ADDRESSES.get(address)
     if target is None:
-        raise CommandError(f"unknown address {address}; see docs/performer-tour.md for the list")
+        near = difflib.get_close_matches(address, list(OSC_ADDRESSES), n=2, cutoff=0.75)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise CommandError(f"unknown address {address}; {hint}the addresses: /pgesam/cmd, "
+                           f"/pgesam/status, /pgesam/hello, /pgesam/bye, "
+                           f"{', '.join(sorted(OSC_ADDRESSES))} (README, OSC)")
     name, index = target
     spec = COMMANDS[name]
     return _build(spec, list(osc_args), from_osc=True, forms=[spec.forms[index]])

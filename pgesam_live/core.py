@@ -32,7 +32,7 @@ from pgesam_live.cache import NoteKey, RenderCache
 from pgesam_live.commands import COMMANDS, Command, help_text, parse_line, validate
 from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import playable_range, range_text, rendered_pitch
-from pgesam_live.patch import Patch, find_patch, list_patches, load_patch, make_sequence
+from pgesam_live.patch import Patch, Sequence, find_patch, list_patches, load_patch, make_sequence
 from pgesam_live.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Engine:
                 # an immediate one is checked now (against the state the immediate commands
                 # queued before it will leave), so the reply can say what is wrong.
                 if at_s is None:
-                    self._check_state(command)
+                    self._check_state(command, prepared)
                 when = -math.inf if at_s is None else float(at_s)
                 heapq.heappush(self._queue, (when, next(self._order), command, src, prepared))
             return Reply(True, command.to_line())
@@ -341,7 +341,9 @@ class Engine:
         a = c.args
         if c.name == "load":
             return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"),
-                              pitch_range=self.model.pitch_range)
+                              pitch_range=self.model.pitch_range,
+                              known_points={*self.bookmarks, *self.model.named_points},
+                              known_sequences=self.scheduler.running_sequences())
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
         self._check_pitches(c)
@@ -356,11 +358,15 @@ class Engine:
         except ValueError:
             return str(p)
 
-    def _check_state(self, c: Command) -> None:
+    def _check_state(self, c: Command, prepared: Any = None) -> None:
         """Check an immediate `c`'s names (points, patch sequences, running sequences) against
         the state the immediate commands already queued will leave: `mark a` then `at a`, or
-        `seq s ...` then `stop s`, pass at once (lock held)."""
-        if c.name not in ("at", "start", "stop") or (c.name == "at" and "name" not in c.args):
+        `seq s ...` then `stop s`, pass at once (lock held). A `seq` of rests only must name
+        a running sequence (it silences that one from its next bar)."""
+        silent_seq = c.name == "seq" and isinstance(prepared, Sequence) and \
+            not any(prepared.pattern)
+        if c.name not in ("at", "start", "stop") and not silent_seq or \
+                (c.name == "at" and "name" not in c.args):
             return
         sched = self.scheduler
         current = sched.patch
@@ -396,11 +402,16 @@ class Engine:
             known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
             raise CommandError(f"no point named {name!r}; known: {known}")
         if c.name == "start" and name not in sequences:
-            have = ", ".join(sorted(sequences)) or "no patch loaded"
+            have = ", ".join(sorted(sequences)) or (
+                "no patch loaded" if current is None and pending is None else "it has none")
             raise CommandError(f"start: no sequence {name!r} in the patch ({have})")
         if c.name == "stop" and name not in running:
             have = ", ".join(sorted(running)) or "none"
             raise CommandError(f"stop: no sequence {name!r} is running (running: {have})")
+        if silent_seq and name not in running:
+            raise CommandError(f"seq {name}: rests only, and no sequence {name!r} is running: "
+                               "nothing would sound (rests only silence a running sequence "
+                               "from its next bar; give at least one note)")
 
     def _check_pitches(self, c: Command) -> None:
         a = c.args
@@ -436,7 +447,9 @@ class Engine:
             for patch in (self.scheduler.pending_patch, self.scheduler.patch):
                 if patch is not None and a["name"] in patch.sequences:
                     return patch.sequences[a["name"]]
-            have = ", ".join(self.sequence_names()) or "no patch loaded"
+            have = ", ".join(self.sequence_names()) or (
+                "no patch loaded" if self.scheduler.patch is None
+                and self.scheduler.pending_patch is None else "it has none")
             raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
         if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
             running = ", ".join(self.scheduler.running_sequences()) or "none"

@@ -8,7 +8,8 @@ plus the front-end ones handled here:
 
   /pgesam/cmd LINE        one REPL line (front-end words: status -> /pgesam/state,
                           help [CMD] -> /pgesam/help TEXT, map -> /pgesam/map TEXT,
-                          points / seqs -> /pgesam/points|seqs NAME...; quit refused)
+                          points -> /pgesam/points NAME..., seqs -> /pgesam/seqs NAME...
+                          then /pgesam/seqs/running NAME...; quit refused)
   /pgesam/status          reply /pgesam/state (below)
   /pgesam/hello           register the sender as a controller: state pushed on change
   /pgesam/bye             unregister
@@ -333,11 +334,14 @@ class OscCore:
                     return [(addr, "/pgesam/state", flatten_state(self.engine.snapshot()))]
                 if cmd.name == "help":
                     return [(addr, "/pgesam/help", [help_text(cmd.args.get("command"))])]
-                if cmd.name in ("points", "seqs"):
+                if cmd.name == "points":
                     self.engine.settle()
-                    names = (self.engine.point_names() if cmd.name == "points"
-                             else self.engine.sequence_names())
-                    return [(addr, f"/pgesam/{cmd.name}", [str(n) for n in names])]
+                    return [(addr, "/pgesam/points", [str(n) for n in self.engine.point_names()])]
+                if cmd.name == "seqs":  # every sequence, then the running ones
+                    running = [str(n) for n in self.engine.snapshot().get("sequences") or []]
+                    names = sorted(set(self.engine.sequence_names()) | set(running))
+                    return [(addr, "/pgesam/seqs", names),
+                            (addr, "/pgesam/seqs/running", sorted(running))]
                 if cmd.name == "map":
                     from pgesam_live.termmap import engine_map  # noqa: PLC0415
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -44,6 +44,9 @@ from pgesam_live.notes import (
     playable_range,
     range_text,
 )
+
+if TYPE_CHECKING:
+    from pgesam_live.commands import Command
 
 FORMAT_VERSION = 1
 XY_LIMIT = 1.5          # the latent plane is nominally [-1, 1]; a little overshoot is allowed
@@ -463,11 +466,15 @@ _VEL_WHAT = "velocity is 0..1"
 
 
 def parse_patch(text: str, path: str = "<patch>",
-                pitch_range: tuple[int, int] | None = None) -> Patch:
+                pitch_range: tuple[int, int] | None = None,
+                known_points: Collection[str] | None = None,
+                known_sequences: Collection[str] = ()) -> Patch:
     """Validate a patch's YAML text completely and build it; raises PatchValidationError
     listing every error as ``path:line: key.path: message``. With ``pitch_range`` (the model's
     MIDI range, inclusive) every pitch it plays must lie in it; ``commands:`` lines are read
-    with the command table either way."""
+    with the command table either way. With ``known_points`` (the point names that exist
+    outside the patch: bookmarks, the model's named points) the names its commands use are
+    checked too (``known_sequences``: sequences running outside it, which it may stop)."""
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -530,11 +537,14 @@ def parse_patch(text: str, path: str = "<patch>",
     sequences = _sequences(v, top, resolve)
     events = _events(v, top, resolve)
     commands = _commands(v, top)
+    if known_points is not None:
+        _check_command_names(v, commands, points, sequences, known_points, known_sequences)
     if v.errors:
         raise PatchValidationError(v.errors)
     return Patch(path=path, tempo_bpm=tempo, model=model, seed=seed, points=points,
                  trajectories=trajectories, sequences=sequences, events=events,
-                 commands=commands)
+                 commands=tuple(PatchCommand(line=c.line, at_beats=c.at_beats)
+                                for c in commands))
 
 
 def _points(v: _Validator, top: dict[str, tuple[Node, Node]]) -> dict[str, XY]:
@@ -799,7 +809,7 @@ def _events(v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
     return tuple(sorted(out, key=lambda e: e.at_beats))
 
 
-def _command_line(v: _Validator, node: Node, path: str) -> str | None:
+def _command_line(v: _Validator, node: Node, path: str) -> tuple[str, Command] | None:
     """One REPL line, read with the command table (a typo is an error now, not when the
     patch reaches it); its pitches checked against the model's range."""
     from pgesam_live.commands import parse_line  # noqa: PLC0415  (commands -> notes only)
@@ -823,13 +833,24 @@ def _command_line(v: _Validator, node: Node, path: str) -> str | None:
                                         if a.get(k) is not None)]
     if cmd.name != "release" and not v.pitches_in_range(node, path, (tuple(pitches),)):
         return None
-    return line.strip()
+    return line.strip(), cmd
 
 
-def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> tuple[PatchCommand, ...]:
-    out: list[PatchCommand] = []
+@dataclass(frozen=True)
+class _ReadCommand:
+    node: Node
+    path: str
+    line: str
+    cmd: Command
+    at_beats: float | None
+
+
+def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> list[_ReadCommand]:
+    """The `commands:` entries that read, in the order they run: load-time ones first (in
+    file order), then timed ones by beat (stable)."""
+    out: list[_ReadCommand] = []
     if "commands" not in top:
-        return ()
+        return []
     items = v.sequence_node(top["commands"][1], "commands",
                             'of REPL lines or {at: BEAT, do: "LINE"}')
     for i, cnode in enumerate(items or []):
@@ -839,22 +860,50 @@ def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> tuple[PatchCo
             if fields is None or "at" not in fields or "do" not in fields:
                 continue
             at = v.number(fields["at"][1], f"{path}.at", 0.0, 1e6, "a beat >= 0")
-            line = _command_line(v, fields["do"][1], f"{path}.do")
-            if at is not None and line is not None:
-                out.append(PatchCommand(line=line, at_beats=at))
+            read = _command_line(v, fields["do"][1], f"{path}.do")
+            if at is not None and read is not None:
+                out.append(_ReadCommand(fields["do"][1], f"{path}.do", *read, at))
         else:
-            line = _command_line(v, cnode, path)
-            if line is not None:
-                out.append(PatchCommand(line=line))
-    # Load-time commands first (in file order), then timed ones by beat (stable).
+            read = _command_line(v, cnode, path)
+            if read is not None:
+                out.append(_ReadCommand(cnode, path, *read, None))
     untimed = [c for c in out if c.at_beats is None]
     timed = sorted((c for c in out if c.at_beats is not None), key=lambda c: c.at_beats or 0.0)
-    return tuple(untimed + timed)
+    return untimed + timed
 
 
-def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None) -> Patch:
-    """Read and validate a patch file (pitches within ``pitch_range`` when given); errors
-    name the file as given."""
+def _check_command_names(v: _Validator, commands: list[_ReadCommand], points: Collection[str],
+                         sequences: Collection[str], known_points: Collection[str],
+                         known_sequences: Collection[str]) -> None:
+    """The names the commands use, in the order they run: `at NAME` a point of the patch, a
+    `mark` before it or one of `known_points`; `start NAME` a sequence of the patch; `stop
+    NAME` one of those, a `seq` before it or one of `known_sequences` (running now)."""
+    marks = set(points) | set(known_points) | v.broken_names
+    defined = set(sequences) | set(known_sequences) | v.broken_names
+    for c in commands:
+        name = str(c.cmd.args.get("name", ""))
+        if c.cmd.name == "mark":
+            marks.add(name)
+        elif c.cmd.name == "seq":
+            defined.add(name)
+        elif c.cmd.name == "at" and "name" in c.cmd.args and name not in marks:
+            have = ", ".join(sorted(marks)) or "none (define it under points:)"
+            v.err(c.node, c.path, f"at: no point named {name!r} before this line runs; "
+                  f"known: {have}")
+        elif c.cmd.name == "start" and name not in sequences and name not in v.broken_names:
+            have = ", ".join(sorted(sequences)) or "it defines none (under sequences:)"
+            v.err(c.node, c.path, f"start: no sequence {name!r} in this patch; {have}")
+        elif c.cmd.name == "stop" and name not in defined:
+            have = ", ".join(sorted(defined)) or "none"
+            v.err(c.node, c.path, f"stop: no sequence {name!r} to stop; known: {have}")
+
+
+def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None,
+               known_points: Collection[str] | None = None,
+               known_sequences: Collection[str] = ()) -> Patch:
+    """Read and validate a patch file (pitches within ``pitch_range`` when given, command
+    names against ``known_points``/``known_sequences``: see parse_patch); errors name the
+    file as given."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -863,7 +912,7 @@ def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None) -> 
     except (OSError, UnicodeDecodeError) as exc:
         raise PatchError(f"{p}: cannot read the patch ({exc.__class__.__name__}); "
                          "is it a UTF-8 YAML file?") from None
-    return parse_patch(text, str(path), pitch_range)
+    return parse_patch(text, str(path), pitch_range, known_points, known_sequences)
 
 
 def find_patch(name: str, folder: str | Path = "patches", confined: bool = False) -> Path:

@@ -119,3 +119,18 @@ def test_doctor_verifies_the_model(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--  model" in out and "not a torch checkpoint" in out and "cannot start" in out
     assert main(["doctor", "--osc-port", "9231"]) == 0
     assert "verified" in capsys.readouterr().out
+
+
+def test_render_reports_every_error_of_a_patch_at_once(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Range errors and names together with the other errors, not one kind per run."""
+    p = tmp_path / "c.yaml"
+    p.write_text('pgesam: 1\nevents:\n  - {at: 0, note: C4}\ncommands:\n  - "play 200"\n'
+                 '  - "at nowhere"\n  - \'seq s "H4" 0.5\'\n  - "note 20"\n'
+                 '  - {at: 1, do: "play C1"}\n  - {at: 1, do: "start nosuch"}\n')
+    assert main(["render", str(p), "--out", str(tmp_path / "x.wav")]) == 1
+    err = capsys.readouterr().err
+    for where in ("commands[0]", "commands[1]", "commands[2]", "commands[3]", "commands[4].do",
+                  "commands[5].do"):
+        assert f"c.yaml:{5 + int(where[9])}: {where}:" in err, where
+    assert not (tmp_path / "x.wav").exists()

@@ -205,3 +205,12 @@ def test_messages_use_the_words_typed_and_help_names_the_osc_way() -> None:
         parse_line("seq a C4 E4 0.5")
     assert 'OSC: /pgesam/cmd "play ..."' in help_text("play")
     assert "/pgesam/map" in help_text("map") and "/pgesam/status" in help_text("status")
+
+
+def test_control_characters_and_unknown_addresses_get_a_fix() -> None:
+    with pytest.raises(CommandError, match=r"control character '\\x00' at column 8"):
+        parse_line("play C4\x00")
+    assert parse_line("play\tC4").args["pitches"] == [60]
+    with pytest.raises(CommandError, match=r"did you mean /pgesam/seq/start.*the addresses: "
+                                           r"/pgesam/cmd, .*/pgesam/note,"):
+        from_osc("/pgesam/seq/strat", ["arp"])

@@ -480,3 +480,34 @@ def test_status_shows_the_tempo_just_set() -> None:
     rig.run_until(3.0)
     assert rig.engine.snapshot()["tempo_now_bpm"] == 96
     rig.close()
+
+
+def test_a_live_load_checks_its_command_names_against_bookmarks_and_running_sequences(
+        tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\ncommands: ["at mine", {at: 1, do: "stop live"}]\n')
+    rig = make_rig()
+    e = rig.engine
+    r = e.submit(f"load {p}")
+    assert not r.ok and "no point named 'mine'" in r.text and "stop: no sequence 'live'" \
+        in r.text
+    assert e.submit("mark mine").ok and e.submit('seq live "C4" 1').ok
+    rig.run_until(0.1)
+    assert e.submit(f"load {p}").ok
+    rig.run_until(0.5)
+    assert e.apply_errors == 0
+    rig.close()
+
+
+def test_a_seq_of_rests_only_silences_a_running_sequence_and_is_refused_otherwise() -> None:
+    rig = make_rig()
+    e = rig.engine
+    r = e.submit('seq d "~ ~ ~" 0.5')
+    assert not r.ok and "rests only" in r.text and "give at least one note" in r.text
+    assert e.submit('seq d "C4 E4" 0.5').ok
+    rig.run_until(1.0)
+    assert e.snapshot()["sequences"] == ["d"]
+    assert e.submit('seq d "~ ~" 0.5').ok  # from the next bar (2 s at 120 bpm), silence
+    rig.run_until(2.5)
+    assert e.snapshot()["sequences"] == [] and e.apply_errors == 0
+    rig.close()

@@ -200,7 +200,10 @@ def test_status_help_and_state_format() -> None:
     # The other front-end words answer too: a SuperCollider post window can show them.
     assert core.handle_datagram(msg("/pgesam/cmd", "points"), A) == [(A, "/pgesam/points",
                                                                      ["glass"])]
-    assert core.handle_datagram(msg("/pgesam/cmd", "seqs"), A) == [(A, "/pgesam/seqs", ["arp"])]
+    # Every sequence, then the running ones (the REPL marks them with *).
+    engine.state["sequences"] = ["bass"]
+    assert core.handle_datagram(msg("/pgesam/cmd", "seqs"), A) == [
+        (A, "/pgesam/seqs", ["arp", "bass"]), (A, "/pgesam/seqs/running", ["bass"])]
     ((_, address, args),) = core.handle_datagram(msg("/pgesam/cmd", "map"), A)
     assert address == "/pgesam/map" and "@" in args[0] and "+" in args[0]
 

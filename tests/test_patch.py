@@ -294,3 +294,30 @@ def test_a_file_that_is_no_patch_is_not_quoted_whole(tmp_path: Path) -> None:
     with pytest.raises(PatchError) as info:
         load_patch(p)
     assert "nologin bin" not in str(info.value) and "..." in str(info.value)
+
+
+def test_command_names_are_checked_in_the_order_the_commands_run() -> None:
+    text = ('pgesam: 1\npoints:\n  a: [0.1, 0.1]\nsequences:\n  arp: {notes: "C4"}\n'
+            'commands:\n'
+            '  - "at nowhere"\n'                 # 7: no such point
+            '  - {at: 1, do: "stop nosuch"}\n'   # 8: nothing of that name
+            '  - {at: 1, do: "start nosuch"}\n'  # 9: start plays the patch's own only
+            '  - {at: 2, do: "at m"}\n'          # 10: fine: the load-time mark runs first
+            '  - "mark m"\n'
+            '  - {at: 0.5, do: "at later"}\n'    # 12: marked only at beat 3
+            '  - {at: 3, do: "mark later"}\n'
+            '  - \'seq s "C4" 1\'\n'
+            '  - {at: 3, do: "stop s"}\n'        # fine: seq s ran at load
+            '  - {at: 3, do: "stop live"}\n'     # fine: running outside the patch
+            '  - {at: 4, do: "start arp"}\n'
+            '  - "at glass"\n')                  # fine: a named point of the model
+    with pytest.raises(PatchValidationError) as info:
+        parse_patch(text, "p.yaml", known_points={"glass"}, known_sequences=["live"])
+    errors = info.value.errors
+    assert [e.split(": ", 2)[0:2] for e in errors] == [
+        ["p.yaml:7", "commands[0]"], ["p.yaml:8", "commands[1].do"],
+        ["p.yaml:9", "commands[2].do"], ["p.yaml:12", "commands[5].do"]]
+    assert "no point named 'nowhere'" in errors[0] and "known: a, glass" in errors[0]
+    assert "start: no sequence 'nosuch' in this patch; arp" in errors[2]
+    # Without the names that exist outside the patch, names are not judged (a library use).
+    assert parse_patch(text, "p.yaml").commands[0].line == "at nowhere"
