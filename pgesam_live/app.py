@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import sys
 from argparse import Namespace
@@ -47,7 +48,29 @@ def check_out_path(out: str, suffixes: tuple[str, ...]) -> Path:
                           f"{p.with_suffix(suffixes[0]).name}")
     if p.parent.exists() and not p.parent.is_dir():
         raise PgesamError(f"--out {out}: {p.parent} is not a folder")
+    _probe_writable(p, out)
     return p
+
+
+def _probe_writable(p: Path, out: str) -> None:
+    """Fail now, not after the work, where `p` cannot be written (a read-only disk, /proc,
+    no permission). Missing folders are created when the file is written."""
+    import tempfile  # noqa: PLC0415
+
+    d = p.parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        if p.exists():
+            with open(p, "ab"):
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".pgesam-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise PgesamError(f"--out {out}: cannot write there ({e.strerror or e}): choose a "
+                          "writable path") from None
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
@@ -128,21 +151,28 @@ def run_doctor(ns: Namespace) -> int:
         import torch  # noqa: PLC0415
 
         cuda = torch.cuda.is_available()
-        rows.append(("torch", True, f"torch {torch.__version__}; "
+        wants_cuda = str(s.device).strip().lower().startswith("cuda")
+        rows.append(("torch", cuda or not wants_cuda, f"torch {torch.__version__}; "
                      + (f"CUDA: {torch.cuda.get_device_name(0)}" if cuda else
+                        "CPU only: --device cuda needs a GPU; use --device cpu or auto"
+                        if wants_cuda else
                         "CPU only (the model renders on the CPU; --device cuda needs a GPU)")))
     except Exception as e:
         rows.append(("torch", False, f"torch unavailable ({e}): run `make setup`"))
     try:
         from pgesam_live.model.checkpoints import (  # noqa: PLC0415
-            read_model_payload,
+            read_model_payload_verified,
             resolve_model,
         )
 
         path = resolve_model(s.model)
-        _, model_id = read_model_payload(path)  # checksums, format, a packed file's base
+        # Checksums, format, a packed file's base.
+        _, model_id, verified = read_model_payload_verified(path)
+        how = ("verified" if verified else
+               "reads, but cannot be verified: an older file without a checksum inside, "
+               "renamed: keep its <name>-<hash>.pt name so that the hash is checked")
         rows.append(("model", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB, "
-                                    f"{model_id}): verified"))
+                                    f"{model_id}): {how}"))
     except PgesamError as e:
         rows.append(("model", False, str(e)))
 
@@ -179,9 +209,9 @@ def run_doctor(ns: Namespace) -> int:
     width = max(len(r[0]) for r in rows)
     for name, ok, text in rows:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {text}")
-    # The instrument cannot start without these two; the rest have fallbacks (record mode)
-    # or are optional. Exit 1 tells a script so.
-    blocking = [name for name, ok, _ in rows if not ok and name in ("model", "osc")]
+    # The instrument cannot start without these (torch: the device asked for); the rest have
+    # fallbacks (record mode) or are optional. Exit 1 tells a script so.
+    blocking = [name for name, ok, _ in rows if not ok and name in ("torch", "model", "osc")]
     if blocking:
         print(f"pgesam-live cannot start until {' and '.join(blocking)} "
               f"{'is' if len(blocking) == 1 else 'are'} fixed (see above)")
@@ -512,12 +542,14 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     from pgesam_live.audio import AudioEngine, repair_recordings  # noqa: PLC0415
     from pgesam_live.cache import RenderCache  # noqa: PLC0415
     from pgesam_live.core import Engine  # noqa: PLC0415
+    from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
     from pgesam_live.osc import osc_port_problem  # noqa: PLC0415
     from pgesam_live.session import Journal, make_header, session_path  # noqa: PLC0415
     from pgesam_live.voices import VoicePool  # noqa: PLC0415
     from pgesam_live.worker import WorkerClient  # noqa: PLC0415
 
     path, info = _model_info(s.model, s.patch_dir)
+    resolve_device(s.device)  # --device cuda without a GPU: said before anything starts
     problem = osc_port_problem(s.osc_host, s.osc_port)
     if problem:  # before anything is written: a busy port leaves no journal or recording
         raise PgesamError(problem)

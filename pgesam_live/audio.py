@@ -44,7 +44,7 @@ import numpy as np
 from scipy.signal import resample_poly  # at import: its first import takes ~1 s
 
 from pgesam_live.errors import AudioError, ConfigError
-from pgesam_live.quiet import quiet_c_stderr
+from pgesam_live.quiet import quiet_c_output, quiet_c_stderr
 
 os.environ.setdefault("PYO_GUI_WX", "0")
 import pyo  # noqa: E402  (PYO_GUI_WX must be set before pyo is imported)
@@ -261,11 +261,13 @@ class AudioEngine:
         if audio == "jack":
             # libjack would try to spawn jackd and retry for seconds; we ask the user instead.
             os.environ.setdefault("JACK_NO_START_SERVER", "1")
-        with quiet_c_stderr() if audio == "jack" else contextlib.nullcontext():
+        with quiet_c_output() if audio == "jack" else contextlib.nullcontext():
             server.boot()
-        if not server.getIsBooted():
-            with contextlib.suppress(Exception):
-                server.shutdown()
+            booted = server.getIsBooted()
+            if not booted:  # pyo says so on stdout, in four lines: ours below is the one
+                with contextlib.suppress(Exception):
+                    server.shutdown()
+        if not booted:
             if self.backend == "jack":
                 raise AudioError("jack: no jack server answered: start jackd "
                                  "(e.g. `jackd -d dummy`) or use --audio record")

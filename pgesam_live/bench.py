@@ -68,6 +68,7 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     import torch  # noqa: PLC0415
 
     from pgesam_live.errors import CheckpointError  # noqa: PLC0415
+    from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, configure_threads, resolve_device  # noqa: PLC0415
 
     # The instrument renders in its worker process on `Settings.worker_threads` torch threads
@@ -76,6 +77,15 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     os.environ.setdefault("PGESAM_TORCH_THREADS", str(Settings().worker_threads))
     configure_threads()
     dev = resolve_device(device)
+    # A model named, or a bundled one that fails to load, is an error (before any measuring),
+    # never replaced; only when no bundled model exists does the untrained config stand in.
+    bundled_missing = False
+    if model == "default":
+        try:
+            resolve_model(model)
+        except CheckpointError:
+            bundled_missing = True
+    loaded = None if bundled_missing else Synth.load(model, device=dev)
     default = Synth.untrained("small", device=dev)
     out: dict[str, Any] = {"device": str(dev), "cpu": platform.processor() or platform.machine(),
                            "torch_threads": torch.get_num_threads()}
@@ -85,8 +95,8 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
                 "note_render_default_s": fig["note_render_s"],
                 "bank_render_default_s": fig["bank_render_s"]})
     synth = default
-    try:
-        synth = Synth.load(model, device=dev)
+    if loaded is not None:
+        synth = loaded
         bundled = _render_figures(synth)
         out["model"] = synth.model_id
         out.update({"note_render_s": bundled["note_render_s"],
@@ -94,7 +104,7 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
                     "bank_pitches": bundled["bank_pitches"],
                     "kv_speedup_bundled": bundled["kv_speedup"],
                     "frames_per_step_bundled": bundled["frames_per_step"]})
-    except CheckpointError:
+    else:
         out["model"] = "untrained default config (no bundled model found)"
         out.update({"note_render_s": fig["note_render_s"], "bank_render_s": fig["bank_render_s"],
                     "bank_pitches": fig["bank_pitches"]})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -178,6 +181,15 @@ def test_jack_without_a_server_is_a_clear_error() -> None:
         engine.boot()
     except AudioError as e:
         assert "jackd" in str(e)
+        # ...and only that line: pyo's own four go nowhere (a process of its own, since
+        # pytest's capture would take pyo's writes to sys.stdout before fd 1 sees them).
+        code = ("from pgesam_live.audio import AudioEngine\n"
+                "try:\n    AudioEngine('jack', sample_rate=24000, buffer_size=256).boot()\n"
+                "except Exception as e:\n    print('ERR', e)\n")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PYO_GUI_WX": "0"})
+        assert run.stdout.startswith("ERR jack: no jack server") and run.stdout.count("\n") == 1
+        assert "Pyo error" not in run.stdout + run.stderr
         return
     engine.close()
     pytest.skip("a jack server is running here: the no-server error path cannot be exercised")

@@ -134,3 +134,43 @@ def test_render_reports_every_error_of_a_patch_at_once(tmp_path: Path,
                   "commands[5].do"):
         assert f"c.yaml:{5 + int(where[9])}: {where}:" in err, where
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_doctor_says_when_a_model_cannot_be_verified_and_when_cuda_is_missing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    import torch
+
+    from pgesam_live.model.checkpoints import read_model_payload_verified
+
+    # A bundled file renamed: its name's hash no longer checks it; only a checksum inside can.
+    folder = Path(__file__).resolve().parents[1] / "checkpoints"
+    biggest = max(folder.glob("*.pt"), key=lambda p: p.stat().st_size)
+    shutil.copy(biggest, tmp_path / "renamed.pt")
+    verified = read_model_payload_verified(tmp_path / "renamed.pt")[2]
+    assert main(["doctor", "--model", str(tmp_path / "renamed.pt"), "--osc-port", "9232"]) == 0
+    out = capsys.readouterr().out
+    assert ("cannot be verified" in out) == (not verified) and ("verified" in out)
+    if not torch.cuda.is_available():
+        assert main(["doctor", "--device", "cuda", "--osc-port", "9232"]) == 1
+        out = capsys.readouterr().out
+        assert "--device cuda needs a GPU" in out and "cannot start until torch" in out
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            assert main(["play", "--no-repl", "--audio", "record", "--osc-port", "9232",
+                         "--device", "cuda"]) == 1
+        finally:
+            os.chdir(cwd)
+        assert "no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "sessions").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+def test_an_out_path_that_cannot_be_written_is_refused_before_the_work(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["note", "0", "0", "60"], ["render", "morph"]):
+        assert main([*argv, "--out", "/proc/pgesam-x.wav"]) == 1
+        err = capsys.readouterr().err
+        assert "--out /proc/pgesam-x.wav: cannot write there" in err and "internal" not in err

@@ -90,3 +90,11 @@ def test_model_keys_name_every_model_figure(tiny_model: Path,
     out = bench.model_figures(str(tiny_model), "cpu")
     assert set(out) <= set(bench.MODEL_KEYS)
     assert {"note_render_s", "bank_render_s", "kv_speedup", "codec_decode_s"} <= set(out)
+
+
+def test_a_bad_model_is_an_error_not_an_untrained_stand_in(tmp_path: Path) -> None:
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(b"PK\x03\x04 not a whole model")
+    for model in ("no-such-model", str(bad)):
+        with pytest.raises(CheckpointError):
+            bench.model_figures(model, "cpu")

@@ -542,6 +542,14 @@ def resolve_model(name_or_path: str | Path = "default", directory: Path | None =
 
 def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
     """Verified payload of a model file and its id (`<stem>-<hash8>`)."""
+    obj, model_id, _ = read_model_payload_verified(path)
+    return obj, model_id
+
+
+def read_model_payload_verified(path: Path) -> tuple[dict[str, Any], str, bool]:
+    """`read_model_payload`, and whether a checksum vouched for the bytes (the hash in the
+    file's name or the checksum inside it); False for an older file without an inner
+    checksum that was renamed: it reads, but damage could go unnoticed."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -554,6 +562,7 @@ def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
                               f"{m.group('hash')}: the file is damaged or was modified; "
                               f"replace it")
     obj = _read_payload(path, data, FORMAT)
+    verified = m is not None or CONTENT_KEY in obj
     # Files from before CONTENT_KEY carry their hash only in their name (checked above).
     if CONTENT_KEY in obj and obj[CONTENT_KEY] != content_digest(obj):
         raise CheckpointError(f"{path}: its contents do not match the checksum it carries: "
@@ -570,7 +579,7 @@ def read_model_payload(path: Path) -> tuple[dict[str, Any], str]:
     if obj.get("base") is not None:
         obj = _unpack(path, obj)
     stem = m.group("stem") if m else path.stem
-    return obj, f"{stem}-{digest}"
+    return obj, f"{stem}-{digest}", verified
 
 
 def meta_from_payload(obj: dict[str, Any]) -> ModelMeta:

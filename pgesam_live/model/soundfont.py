@@ -166,11 +166,18 @@ class SoundfontRenderer:
         off = {"synth.reverb.active": 0, "synth.chorus.active": 0}
         self._fs = self._fs_mod.Synth(samplerate=float(sample_rate), gain=gain, **off)
         self._write = _write_float_fn(self._fs_mod)
-        self._sfid = self._fs.sfload(str(path))
-        if self._sfid < 0:
+        problem = soundfont_problem(path)
+        if problem is None:
+            from pgesam_live.quiet import quiet_c_stderr  # noqa: PLC0415
+
+            with quiet_c_stderr():  # fluidsynth and glib would print their own lines
+                self._sfid = self._fs.sfload(str(path))
+            if self._sfid < 0:
+                problem = "fluidsynth cannot read it (damaged or an unsupported variant)"
+        if problem is not None:
             self._fs.delete()
-            raise DataError(f"cannot load soundfont {path} (damaged or unsupported format); "
-                            f"install one: {APT_HINT}")
+            raise DataError(f"soundfont {path}: {problem}; give a SoundFont 2 file (.sf2, or "
+                            ".sf3), e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2")
         # A fresh synth renders its very first note slightly differently from every later one
         # (measured: 0.0018 on a 0.12 peak); one throw-away note makes all renders alike.
         first = next((p for p in range(128) if self.has_program(p)), None)
@@ -311,6 +318,18 @@ def parse_velocities(text: str) -> list[int]:
     return vals
 
 
+def soundfont_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` is not a SoundFont (a RIFF file of form 'sfbk'), or None when it is one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        return "not a SoundFont file (no RIFF 'sfbk' header)"
+    return None
+
+
 def soundfont_stem(path: str | os.PathLike[str]) -> str:
     """The instrument_str prefix of a soundfont: its file stem, lowercased, [a-z0-9_] only."""
     return re.sub(r"[^a-z0-9]+", "_", Path(path).stem.lower()).strip("_") or "soundfont"
@@ -415,6 +434,10 @@ def build_dataset(soundfonts: Sequence[str | os.PathLike[str]], out: str | os.Pa
                               + (f" ({', '.join(inside)})" if inside else ""))
         if not p.is_file():
             raise DataError(f"soundfont {p} not found; install the Debian soundfonts: {APT_HINT}")
+        problem = soundfont_problem(p)
+        if problem is not None:
+            raise DataError(f"soundfont {p}: {problem}; give a SoundFont 2 file (.sf2, or "
+                            ".sf3), e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2")
     stems = [soundfont_stem(p) for p in paths]
     dup = [s for s, c in Counter(stems).items() if c > 1]
     if dup:

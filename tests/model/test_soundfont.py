@@ -123,6 +123,12 @@ def test_missing_soundfont_names_apt(tmp_path: Path) -> None:
                           progress=False)
     with pytest.raises(ConfigError, match="is a folder"):
         sfm.build_dataset([tmp_path], tmp_path / "out", pitches=[60], progress=False)
+    (tmp_path / "noise.sf2").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=r"noise.sf2: not a SoundFont file.*give a SoundFont 2 "
+                                        r"file.*FluidR3_GM"):
+        sfm.build_dataset([tmp_path / "noise.sf2"], tmp_path / "out", pitches=[60],
+                          progress=False)
+    assert sfm.soundfont_problem(tmp_path / "noise.sf2") is not None
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         sfm.build_dataset([tmp_path / "nope.sf2"], tmp_path / "afile", pitches=[60],
@@ -157,6 +163,17 @@ def test_render_note_sounds_at_its_pitch() -> None:
     spec = np.abs(np.fft.rfft(seg))
     f_peak = np.argmax(spec) * sr / len(seg)
     assert abs(f_peak - 440.0) < 0.03 * 440.0, f_peak
+
+
+@needs_fs
+def test_a_damaged_soundfont_is_named_without_fluidsynth_noise(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert sfm.soundfont_problem(SF_SMALL) is None
+    cut = tmp_path / "cut.sf2"
+    cut.write_bytes(SF_SMALL.read_bytes()[:4096])  # the header of a real one, then nothing
+    with pytest.raises(DataError, match=r"cut.sf2: fluidsynth cannot read it.*give a SoundFont"):
+        sfm.SoundfontRenderer(cut, 16000)
+    assert capfd.readouterr().err == ""
 
 
 @needs_fs
