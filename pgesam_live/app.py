@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import sys
 from argparse import Namespace
@@ -53,24 +52,12 @@ def check_out_path(out: str, suffixes: tuple[str, ...]) -> Path:
 
 
 def _probe_writable(p: Path, out: str) -> None:
-    """Fail now, not after the work, where `p` cannot be written (a read-only disk, /proc,
-    no permission). Missing folders are created when the file is written."""
-    import tempfile  # noqa: PLC0415
+    """Fail now, not after the work, where `p` cannot be written."""
+    from pgesam_live.model.paths import write_problem  # noqa: PLC0415
 
-    d = p.parent
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    try:
-        if p.exists():
-            with open(p, "ab"):
-                pass
-        else:
-            fd, probe = tempfile.mkstemp(dir=d, prefix=".pgesam-probe-")
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as e:
-        raise PgesamError(f"--out {out}: cannot write there ({e.strerror or e}): choose a "
-                          "writable path") from None
+    problem = write_problem(p)
+    if problem is not None:
+        raise PgesamError(f"--out {out}: {problem}: choose a writable path")
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:

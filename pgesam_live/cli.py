@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from pgesam_live.errors import PgesamError
@@ -188,6 +189,11 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    return f"pgesam-live: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PYO_GUI_WX", "0")
     ap = build_parser()
@@ -199,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return 2
     mod_name, fn_name = ns.func.split(":")
+    # Our warnings are one line for a performer, not a source location and a code line.
+    warnings.formatwarning = _one_line_warning
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
         rc = fn(ns)

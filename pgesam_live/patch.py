@@ -936,6 +936,9 @@ def find_patch(name: str, folder: str | Path = "patches", confined: bool = False
             continue
         if c.is_file():
             return c
+    if not confined and Path(name).is_dir():
+        inside = ", ".join(p.name for p in list_patches(name)[:5]) or "no .yaml files"
+        raise PatchError(f"{name} is a folder: give a patch file in it ({inside})")
     known = ", ".join(p.stem for p in list_patches(folder)) or "none"
     where = " (over OSC only patches in that folder load)" if confined else ""
     raise PatchError(f"no patch {name!r}; patches in {folder}/{where}: {known}")

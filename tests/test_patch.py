@@ -321,3 +321,10 @@ def test_command_names_are_checked_in_the_order_the_commands_run() -> None:
     assert "start: no sequence 'nosuch' in this patch; arp" in errors[2]
     # Without the names that exist outside the patch, names are not judged (a library use).
     assert parse_patch(text, "p.yaml").commands[0].line == "at nowhere"
+
+
+def test_a_folder_given_as_a_patch_is_named_with_what_is_in_it(tmp_path: Path) -> None:
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "a.yaml").write_text(CONTRACT)
+    with pytest.raises(PatchError, match=r"set is a folder: give a patch file in it \(a.yaml\)"):
+        find_patch(str(tmp_path / "set"), tmp_path / "nowhere")

@@ -355,7 +355,8 @@ def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,
     encoded in batches of `batch_size`; the codec gets each note's MIDI pitch as
     `f0_hint_hz` [B] when its encode accepts that argument. `n_frames` keeps the first frames
     (the cache holds whole notes, so the VAE's 150 and the Transformer's 300 share it).
-    The cache lives in `cache_dir` (default ROOT/.pgesam-cache) and stores `cache_dtype`.
+    The cache lives in `cache_dir` (default: $PGESAM_FRAME_CACHE, else ROOT/.pgesam-cache)
+    and stores `cache_dtype`.
     """
     root_p = Path(root)
     selected = filter_notes(read_split(root_p, split), pitch_range=pitch_range,
@@ -372,7 +373,9 @@ def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,
             "max_instruments_per_family": max_instruments_per_family, "seed": seed,
             "duration_s": duration_s}
     fp = _fingerprint(root_p, split, selected)
-    base = Path(cache_dir) if cache_dir is not None else root_p / CACHE_DIRNAME
+    env_dir = os.environ.get("PGESAM_FRAME_CACHE")
+    base = Path(cache_dir) if cache_dir is not None else \
+        Path(env_dir) if env_dir else root_p / CACHE_DIRNAME
     cache_path = (base / _safe_name(f"{codec.name}-{codec_fingerprint(codec)}")
                   / f"{split}-{_hash(filt)}.pt")
 
@@ -399,8 +402,10 @@ def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,
                             "frames": frames.to(cache_dtype)}, tmp)
                 os.replace(tmp, cache_path)  # readers never see a half-written file
             except OSError as e:
-                warnings.warn(f"cannot write the frame cache {cache_path} ({e}); pass "
-                              "cache_dir= a writable folder to keep the frames", stacklevel=2)
+                warnings.warn(f"cannot write the frame cache {cache_path} ({e.strerror or e}): "
+                              "the notes are encoded again on every run; set "
+                              "PGESAM_FRAME_CACHE to a writable folder to keep them",
+                              stacklevel=2)
             if cache_dtype != torch.float32:
                 frames = frames.to(cache_dtype).to(torch.float32)  # same values as a reload
     if n_frames is not None:

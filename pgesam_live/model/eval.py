@@ -275,14 +275,19 @@ def report_markdown(r: dict[str, Any]) -> str:
 
 def run_eval(ns: Namespace) -> int:
     """`pgesam-live eval --model M --data DIR [--split S] [--json] [--report MD]`."""
+    from pgesam_live.model.paths import write_problem  # noqa: PLC0415
     from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
 
+    problem = write_problem(ns.report) if ns.report else None
+    if problem is not None:  # before the evaluation, not after it
+        raise DataError(f"--report {ns.report}: {problem}; give a writable path")
     bundle = load_model(ns.model, device=resolve_device(ns.device))
     splits = ["train", "valid", "test"] if ns.split == "all" else [ns.split]
     result: dict[str, Any] = {}
     for sp in splits:
-        if not any(r for r in [read_split(ns.data, sp)]):
-            raise DataError(f"{ns.data}: split {sp} is empty")
+        if not read_split(ns.data, sp):
+            raise DataError(f"{ns.data}: split {sp} has no notes; choose another --split or "
+                            "rebuild the set (pgesam-live dataset soundfont ...)")
     r = evaluate(bundle, ns.data, ns.split, max_notes=ns.max_notes or DEFAULT_MAX_NOTES,
                  progress=not ns.json)
     result = r

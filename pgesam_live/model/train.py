@@ -193,6 +193,23 @@ class TrainOptions:
         lr = g("lr")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"--lr must be > 0, got {lr}")
+        workers = g("workers")
+        if workers is not None and not 0 <= int(workers) <= 64:
+            raise ConfigError(f"--workers must be in 0..64 (0: load in this process), got "
+                              f"{workers}")
+        fps = g("frames_per_step")
+        if fps is not None and not 1 <= int(fps) <= 64:
+            raise ConfigError(f"--frames-per-step must be in 1..64, got {fps}")
+        mipf = g("max_instruments_per_family")
+        if mipf is not None and int(mipf) < 1:
+            raise ConfigError(f"--max-instruments-per-family must be >= 1, got {mipf}")
+        if stage == "vae":  # Transformer-only options on a VAE run would be silently unused
+            given = [f"--{k.replace('_', '-')}" for k in
+                     ("frames_per_step", "input_noise", "self_feed", "self_feed_passes")
+                     if g(k) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: Transformer options; use them with "
+                                  "`train transformer` or `train all`")
         return cls(
             stage=stage, data=Path(str(g("data"))), out=Path(str(g("out") or "runs/default")),
             config=config, config_given=config_given, codec=str(g("codec") or "harmonic"),

@@ -101,3 +101,13 @@ def test_a_silent_note_counts_as_a_pitch_miss_not_a_crash() -> None:
     assert E._abs_cents(math.nan, 440.0) == math.inf
     assert E._abs_cents(440.0, 0.0) == math.inf
     assert E._abs_cents(880.0, 440.0) == pytest.approx(1200.0)
+
+
+def test_a_report_path_that_cannot_be_written_fails_before_the_evaluation(
+        tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    # The model does not exist either: the report path is what is checked first.
+    ns = build_parser().parse_args(["eval", "--model", "no-such-model", "--data", str(tmp_path),
+                                    "--report", str(tmp_path / "afile" / "r.md")])
+    with pytest.raises(DataError, match=r"--report .*afile is a file, not a folder"):
+        E.run_eval(ns)

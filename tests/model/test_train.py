@@ -445,3 +445,17 @@ def test_ctrl_c_ends_training_after_a_whole_step(data_dir: Path, tmp_path: Path)
     step = load_training_state(out / "vae.pt")["step"]
     assert f"interrupted at step {step} of 100000" in err and "--resume" in err
     assert step >= 3 and log_steps(out, "vae")[-1] <= step
+
+
+def test_options_that_would_go_unused_or_out_of_range_are_refused() -> None:
+    import argparse
+
+    base = {"stage": "vae", "data": "d", "out": "o"}
+    for extra, match in (({"self_feed": 0.5}, "--self-feed: Transformer options"),
+                         ({"frames_per_step": 2}, "--frames-per-step: Transformer options"),
+                         ({"workers": -1}, "--workers must be in 0..64"),
+                         ({"stage": "transformer", "frames_per_step": 0},
+                          "--frames-per-step must be in 1..64"),
+                         ({"max_instruments_per_family": 0}, "must be >= 1")):
+        with pytest.raises(ConfigError, match=match):
+            T.TrainOptions.from_namespace(argparse.Namespace(**{**base, **extra}))
