@@ -68,7 +68,11 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     import torch  # noqa: PLC0415
 
     from pgesam_live.errors import CheckpointError  # noqa: PLC0415
-    from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
+    from pgesam_live.model.checkpoints import (  # noqa: PLC0415
+        DEFAULT_FILE,
+        checkpoints_dir,
+        resolve_model,
+    )
     from pgesam_live.model.synth import Synth, configure_threads, resolve_device  # noqa: PLC0415
 
     # The instrument renders in its worker process on `Settings.worker_threads` torch threads
@@ -81,9 +85,13 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     # never replaced; only when no bundled model exists does the untrained config stand in.
     bundled_missing = False
     if model == "default":
+        folder = checkpoints_dir()
         try:
             resolve_model(model)
         except CheckpointError:
+            # Nothing there at all; a DEFAULT naming a missing file is an error (raised).
+            if (folder / DEFAULT_FILE).exists() or any(folder.glob("pgesam_*.pt")):
+                raise
             bundled_missing = True
     loaded = None if bundled_missing else Synth.load(model, device=dev)
     default = Synth.untrained("small", device=dev)

@@ -451,10 +451,14 @@ def _build(spec: Spec, tokens: Sequence[Any], *, from_osc: bool,
     raise CommandError(str(best))
 
 
+_SPACE_CONTROLS = "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
 def split_line(line: str) -> list[str]:
     """Shell-style words: double or single quotes group a note string."""
-    bad = next((ch for ch in line if ord(ch) < 32 and ch not in "\t\n\r" or ord(ch) == 127),
-               None)
+    # (The separators str.split also takes as white space stay allowed: older journals.)
+    bad = next((ch for ch in line if ord(ch) < 32 and ch not in _SPACE_CONTROLS
+                or ord(ch) == 127), None)
     if bad is not None:
         raise CommandError(f"the line holds a control character {bad!r} at column "
                            f"{line.index(bad) + 1}; send plain text")

@@ -227,7 +227,9 @@ class Engine:
             if not command.journal:
                 return self._info(command)
             # Reading a patch file happens here, outside the lock the audio hook takes.
-            prepared = self._prepare(command, src)
+            # A timed load (a replay, a bundle) meets names that lines before it will make:
+            # its commands' names are checked when they run.
+            prepared = self._prepare(command, src, check_names=at_s is None)
             if command.name == "load" and isinstance(prepared, Patch):
                 # Journalled as found, not as typed: portable to another working directory.
                 command = Command("load", {"patch": self._patch_ref(prepared.path)})
@@ -335,15 +337,17 @@ class Engine:
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------
-    def _prepare(self, c: Command, src: str = "repl") -> Any:
+    def _prepare(self, c: Command, src: str = "repl", check_names: bool = False) -> Any:
         """Check `c` and compute what applying it needs (a loaded patch, a sequence). Over
-        OSC (the network, with --osc-host) a patch must lie in the patch folder."""
+        OSC (the network, with --osc-host) a patch must lie in the patch folder. With
+        `check_names` a patch's command lines are checked against the names that will exist
+        when it loads (see _known_names)."""
         a = c.args
         if c.name == "load":
+            points, sequences = self._known_names() if check_names else (None, [])
             return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"),
                               pitch_range=self.model.pitch_range,
-                              known_points={*self.bookmarks, *self.model.named_points},
-                              known_sequences=self.scheduler.running_sequences())
+                              known_points=points, known_sequences=sequences)
         if c.name == "seq":
             return make_sequence(a["name"], a["notes"], a["step"])
         self._check_pitches(c)
@@ -357,6 +361,26 @@ class Engine:
             return str(p.relative_to(Path(self.patch_dir).resolve()))
         except ValueError:
             return str(p)
+
+    def _known_names(self) -> tuple[set[str], set[str]]:
+        """Point names and running `seq` sequences outside any patch, as the immediate
+        commands already queued will leave them: what a patch loaded now may name (a patch's
+        own sequences end at the swap, so only `seq` ones count)."""
+        with self._lock:
+            points = {*self.bookmarks, *self.model.named_points}
+            sequences = set(self.scheduler.live_sequences())
+            for _, _, q, _, _ in sorted((e for e in self._queue if e[0] == -math.inf),
+                                        key=lambda e: e[1]):
+                name = str(q.args.get("name", ""))
+                if q.name == "mark":
+                    points.add(name)
+                elif q.name == "seq":
+                    sequences.add(name)
+                elif q.name == "stop":
+                    sequences.discard(name)
+                elif q.name in ("hush", "panic"):
+                    sequences.clear()
+        return points, sequences
 
     def _check_state(self, c: Command, prepared: Any = None) -> None:
         """Check an immediate `c`'s names (points, patch sequences, running sequences) against
@@ -386,10 +410,10 @@ class Engine:
             elif q.name == "stop":
                 running.discard(name)
                 pending_off.add(name)
-            elif q.name in ("hush", "panic"):  # a pending patch stays, nothing of it starts
+            elif q.name in ("hush", "panic"):  # a pending patch is installed, nothing starts
                 running.clear()
                 if pending is not None:
-                    pending_off = set(pending.sequences)
+                    current, pending, pending_off = pending, None, set()
         sequences = set(current.sequences) if current is not None else set()
         points = marks | set(self.model.named_points) | \
             (set(current.points) if current is not None else set())

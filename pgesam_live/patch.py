@@ -877,11 +877,14 @@ def _check_command_names(v: _Validator, commands: list[_ReadCommand], points: Co
                          known_sequences: Collection[str]) -> None:
     """The names the commands use, in the order they run: `at NAME` a point of the patch, a
     `mark` before it or one of `known_points`; `start NAME` a sequence of the patch; `stop
-    NAME` one of those, a `seq` before it or one of `known_sequences` (running now)."""
+    NAME` one of those, a `seq` before it or one of `known_sequences` (running now). Lines
+    after a `load` are not judged (their names may be the other patch's)."""
     marks = set(points) | set(known_points) | v.broken_names
     defined = set(sequences) | set(known_sequences) | v.broken_names
     for c in commands:
         name = str(c.cmd.args.get("name", ""))
+        if c.cmd.name == "load":
+            return  # the names after it may be the other patch's: checked when they run
         if c.cmd.name == "mark":
             marks.add(name)
         elif c.cmd.name == "seq":

@@ -873,6 +873,11 @@ class Scheduler:
                       if isinstance(s, _SequenceStream) and s.seq.name not in names]
         return names
 
+    def live_sequences(self) -> list[str]:
+        """Running sequences started by `seq` (not a patch's): they outlive a patch swap."""
+        return [n for n, s in self._sequences.items()
+                if s.owner == "live" and s.next_beat() is not None]
+
     @property
     def pending_patch(self) -> Patch | None:
         """A loaded patch waiting for its bar (its points and sequences can be used now)."""

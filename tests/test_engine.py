@@ -511,3 +511,48 @@ def test_a_seq_of_rests_only_silences_a_running_sequence_and_is_refused_otherwis
     rig.run_until(2.5)
     assert e.snapshot()["sequences"] == [] and e.apply_errors == 0
     rig.close()
+
+
+def test_load_name_checks_follow_queued_and_timed_lines(tmp_path: Path) -> None:
+    """Names a patch's commands use may come from lines before its load: queued at once
+    (pasted, a bundle) or timed (a replay). A patch's own sequences end at the swap, so a
+    later patch cannot stop them; a queued hush installs a pending patch, so the old
+    patch's names are gone."""
+    c = tmp_path / "c.yaml"
+    c.write_text('pgesam: 1\ncommands: ["at m", "stop live"]\n')
+    rig = make_rig()
+    e = rig.engine
+    # A replay: every line submitted up front with its time.
+    assert e.submit("at 0.2 0.2", at_s=0.0).ok and e.submit("mark m", at_s=0.1).ok
+    assert e.submit('seq live "C4 E4" 1', at_s=0.2).ok
+    assert e.submit(f"load {c}", at_s=1.0).ok
+    rig.run_until(2.0)
+    assert e.apply_errors == 0
+    rig.close()
+    rig = make_rig()
+    e = rig.engine
+    # Pasted together: the queued mark and seq count.
+    assert e.submit("mark m").ok and e.submit('seq live "C4" 1').ok and e.submit(f"load {c}").ok
+    rig.run_until(0.5)
+    assert e.apply_errors == 0
+    rig.close()
+    # A patch's own loop ends at the swap: another patch cannot stop it.
+    loops = tmp_path / "loops.yaml"
+    loops.write_text('pgesam: 1\npoints:\n  gp: [0.1, 0.1]\nsequences:\n  x:\n'
+                     '    notes: "C4"\n    repeat: 0\n')
+    f = tmp_path / "f.yaml"
+    f.write_text('pgesam: 1\ncommands: ["stop x"]\n')
+    h = tmp_path / "h.yaml"
+    h.write_text('pgesam: 1\nsequences:\n  z: {notes: "C4"}\n')
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit(f"load {loops}").ok
+    rig.run_until(1.0)
+    r = e.submit(f"load {f}")
+    assert not r.ok and "stop: no sequence 'x' to stop" in r.text
+    # load h (pending), then hush: h is installed; loops' names are gone at once.
+    assert e.submit(f"load {h}").ok and e.submit("hush").ok
+    assert not e.submit("start x").ok and not e.submit("at gp").ok and e.submit("start z").ok
+    rig.run_until(2.0)
+    assert e.apply_errors == 0
+    rig.close()

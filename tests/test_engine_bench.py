@@ -98,3 +98,11 @@ def test_a_bad_model_is_an_error_not_an_untrained_stand_in(tmp_path: Path) -> No
     for model in ("no-such-model", str(bad)):
         with pytest.raises(CheckpointError):
             bench.model_figures(model, "cpu")
+
+
+def test_a_broken_default_is_an_error_and_only_an_empty_folder_times_the_untrained_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGESAM_CHECKPOINT_DIR", str(tmp_path))
+    (tmp_path / "DEFAULT").write_text("pgesam_gone-00000000.pt\n")
+    with pytest.raises(CheckpointError):
+        bench.model_figures("default", "cpu")

@@ -328,3 +328,11 @@ def test_a_folder_given_as_a_patch_is_named_with_what_is_in_it(tmp_path: Path) -
     (tmp_path / "set" / "a.yaml").write_text(CONTRACT)
     with pytest.raises(PatchError, match=r"set is a folder: give a patch file in it \(a.yaml\)"):
         find_patch(str(tmp_path / "set"), tmp_path / "nowhere")
+
+
+def test_names_after_a_load_line_are_the_other_patchs_and_not_judged() -> None:
+    text = ('pgesam: 1\ncommands:\n  - "at nowhere"\n  - "load other"\n  - "at bp"\n'
+            '  - "start bs"\n')
+    with pytest.raises(PatchValidationError) as info:
+        parse_patch(text, "p.yaml", known_points=set())
+    assert len(info.value.errors) == 1 and "'nowhere'" in info.value.errors[0]

@@ -12,7 +12,7 @@ def write_problem(path: str | os.PathLike[str]) -> str | None:
     """Why `path` cannot be written (a read-only disk, /proc, no permission, a file where a
     folder must be), or None when it can. Writes nothing that stays: missing folders are
     left for the writer to create."""
-    p = Path(path)
+    p = Path(os.path.realpath(path))  # through symlinks, dangling ones included
     d = p.parent
     while not d.exists() and d != d.parent:
         d = d.parent
