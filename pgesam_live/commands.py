@@ -332,7 +332,8 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
                 raise CommandError(f"{where}: {a.name} {raw!r} is not a whole MIDI note number")
             midi = int(number)
         if not 0 <= midi <= 127:
-            raise CommandError(f"{where}: {a.name} {midi} is out of range 0..127")
+            what = "pitch" if a.name == "pitches" else a.name
+            raise CommandError(f"{where}: {what} {midi} is out of range 0..127")
         return midi
     if not isinstance(raw, str):
         raise CommandError(f"{where}: {a.name} must be a string, got {type(raw).__name__}")
@@ -385,6 +386,8 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
         if isinstance(tok, str) and tok in kw and not from_osc:
             if i + 1 >= len(tokens):
                 raise _FormMismatch(f"{where}: `{tok}` needs a value (usage: {spec.usage()})", i)
+            if tok in given_kw:
+                raise _FormMismatch(f"{where}: `{tok}` given twice; give it once", i)
             given_kw[tok] = tokens[i + 1]
             i += 2
             continue
@@ -478,7 +481,8 @@ def parse_line(line: str) -> Command:
     if spec is None:
         near = [c for c in COMMANDS if c.startswith(name[:2])] if len(name) >= 2 else []
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise CommandError(f"unknown command {words[0]!r}{hint}; `help` lists them")
+        shown = words[0] if len(words[0]) <= 40 else words[0][:37] + "..."
+        raise CommandError(f"unknown command {shown!r}{hint}; `help` lists them")
     return _build(spec, words[1:], from_osc=False)
 
 

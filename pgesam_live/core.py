@@ -389,7 +389,7 @@ class Engine:
         a running sequence (it silences that one from its next bar)."""
         silent_seq = c.name == "seq" and isinstance(prepared, Sequence) and \
             not any(prepared.pattern)
-        if c.name not in ("at", "start", "stop") and not silent_seq or \
+        if c.name not in ("at", "start", "stop", "mark") and not silent_seq or \
                 (c.name == "at" and "name" not in c.args):
             return
         sched = self.scheduler
@@ -422,6 +422,13 @@ class Engine:
             points |= set(pending.points)
             running |= set(pending.sequences) - pending_off
         name = c.args["name"]
+        if c.name == "mark":
+            patch_points: dict[str, tuple[float, float]] = {}
+            for patch in (current, pending):
+                if patch is not None:
+                    patch_points.update(patch.points)
+            self._mark_clash(name, patch_points)
+            return
         if c.name == "at" and name not in points:
             known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
             raise CommandError(f"no point named {name!r}; known: {known}")
@@ -481,8 +488,9 @@ class Engine:
         return None
 
     def resolve_point(self, name: str) -> tuple[float, float]:
-        """A point name: a bookmark, the patch's points, or the model's named points."""
-        for table in (self.bookmarks, self._patch_points(), self.model.named_points):
+        """A point name: the patch's points (a patch means its own), a bookmark, or the
+        demo patches' named points."""
+        for table in (self._patch_points(), self.bookmarks, self.model.named_points):
             if name in table:
                 x, y = table[name]
                 return float(x), float(y)
@@ -586,7 +594,18 @@ class Engine:
                          f"playing it with {self.model.model_id}")
         self.scheduler.load_patch(patch)
 
+    def _mark_clash(self, name: str, patch_points: dict[str, tuple[float, float]]) -> None:
+        """A bookmark may not take the name of a patch's point or the demo patches' (it
+        would hide that point, and a patch's own `at NAME` would go elsewhere)."""
+        for table, whose in ((patch_points, "the loaded patch"),
+                             (self.model.named_points, "the demo patches")):
+            if name in table:
+                x, y = table[name]
+                raise CommandError(f"mark: {name!r} is a point of {whose} ({x:+.2f}, {y:+.2f}); "
+                                   f"choose another name (e.g. {name}2)")
+
     def _do_mark(self, a: dict[str, Any], _: Any) -> None:
+        self._mark_clash(a["name"], self._patch_points())
         self.bookmarks[a["name"]] = self.scheduler.point_at(self._time_s)
         self.point_name = a["name"]
 

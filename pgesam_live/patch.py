@@ -886,6 +886,9 @@ def _check_command_names(v: _Validator, commands: list[_ReadCommand], points: Co
         if c.cmd.name == "load":
             return  # the names after it may be the other patch's: checked when they run
         if c.cmd.name == "mark":
+            if name in points:
+                v.err(c.node, c.path, f"mark: {name!r} is a point of this patch; choose "
+                      "another name")
             marks.add(name)
         elif c.cmd.name == "seq":
             defined.add(name)
@@ -933,6 +936,10 @@ def find_patch(name: str, folder: str | Path = "patches", confined: bool = False
     # in it (./x.yaml, sets/x.yaml, /abs/x.yaml) is taken as given first.
     bare = Path(name).name == name
     candidates = in_folder + as_given if bare else as_given + in_folder
+    if not bare and Path(name).parent.name == Path(folder).name:
+        # `patches/x.yaml` as the README writes it, typed in another working directory.
+        leaf = Path(name).name
+        candidates += [Path(folder) / leaf, Path(folder) / f"{leaf}.yaml"]
     root = Path(folder).resolve()
     for c in candidates:
         if confined and not c.resolve().is_relative_to(root):

@@ -12,6 +12,7 @@ engine (src "repl"), which validates, applies and journals it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -99,24 +100,47 @@ def _fmt_point(snap: dict[str, Any]) -> str:
     return f"{name} {xy}" if name else xy
 
 
-def status_line(snap: dict[str, Any]) -> str:
+def status_line(snap: dict[str, Any], width: int | None = None) -> str:
     """The bottom toolbar: tempo, point, voices, cache fill, renders pending, late notes,
-    look-ahead, running sequences."""
-    parts = [
-        f"tempo {float(snap.get('tempo_bpm', 0)):g}",
-        f"at {_fmt_point(snap)}",
-        f"voices {snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}",
-        f"cache {100 * float(snap.get('cache_fill', 0.0)):.0f}%",
-        f"renders {snap.get('renders_pending', 0)}",
-        f"late {snap.get('late_notes', 0)}",
-        f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms",
-    ]
+    look-ahead, running sequences. Fitted to `width` columns when given: the contract's six
+    figures are kept (in short forms if need be); look-ahead, sequences and the point's name
+    go first."""
+    tempo = f"{float(snap.get('tempo_bpm', 0)):g}"
+    voices = f"{snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}"
+    cache = f"{100 * float(snap.get('cache_fill', 0.0)):.0f}%"
+    renders, late = snap.get("renders_pending", 0), snap.get("late_notes", 0)
+    point = snap.get("point") or [0.0, 0.0]
+    xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
     seqs = snap.get("sequences") or []
+    extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
     if seqs:
-        parts.append("seq " + ",".join(str(s) for s in seqs))
+        extra.append("seq " + ",".join(str(s) for s in seqs))
     if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once
-        parts.append(f"osc skewed {snap['osc_skewed']}")
-    return " | ".join(parts)
+        extra.append(f"osc skewed {snap['osc_skewed']}")
+    full = [f"tempo {tempo}", f"at {_fmt_point(snap)}", f"voices {voices}", f"cache {cache}",
+            f"renders {renders}", f"late {late}"]
+    candidates = [
+        " | ".join(full + extra),
+        " | ".join(full + extra[1:]),
+        " | ".join(full),
+        " | ".join([f"tempo {tempo}", f"at {xy}", *full[2:]]),
+        f"{tempo} bpm | {xy} | voices {voices} | cache {cache} | renders {renders} | late {late}",
+        f"{tempo}bpm {xy} v{voices} c{cache} r{renders} late{late}",
+    ]
+    if width is None:
+        return candidates[0]
+    return next((c for c in candidates if len(c) <= width), candidates[-1][:max(width, 1)])
+
+
+MAX_MESSAGE_CHARS = 400  # an error echoing a pasted novel is cut, not 40 screen lines
+
+
+def _fit_message(text: str) -> str:
+    """A reply line, cut to MAX_MESSAGE_CHARS per line (views such as `map` are many lines
+    of their own)."""
+    return "\n".join(line if len(line) <= MAX_MESSAGE_CHARS else
+                     line[:MAX_MESSAGE_CHARS - 20] + f"... ({len(line)} chars)"
+                     for line in text.split("\n"))
 
 
 def status_text(snap: dict[str, Any]) -> str:
@@ -282,7 +306,8 @@ def _run_prompt(engine: EngineLike) -> None:
 
     def toolbar() -> str:
         try:
-            return status_line(engine.snapshot())
+            width = shutil.get_terminal_size((120, 24)).columns - 1
+            return status_line(engine.snapshot(), width=width)
         except Exception as exc:
             return f"status unavailable: {type(exc).__name__}"
 
@@ -304,9 +329,14 @@ def _run_prompt(engine: EngineLike) -> None:
                     continue  # Ctrl-C clears the line, the instrument keeps playing
                 except EOFError:
                     break
-                out, done = handle_line(engine, line)
-                for o in out:
-                    print(o, flush=True)
+                done = False
+                # A bracketed paste of several lines arrives as one text: each line in order.
+                for one in line.splitlines() or [""]:
+                    out, done = handle_line(engine, one)
+                    for o in out:
+                        print(_fit_message(o), flush=True)
+                    if done:
+                        break
                 if done:
                     break
         finally:

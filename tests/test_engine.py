@@ -556,3 +556,22 @@ def test_load_name_checks_follow_queued_and_timed_lines(tmp_path: Path) -> None:
     rig.run_until(2.0)
     assert e.apply_errors == 0
     rig.close()
+
+
+def test_a_bookmark_cannot_hide_a_patch_or_demo_point_and_a_patch_means_its_own(
+        tmp_path: Path) -> None:
+    rig = make_rig()
+    e = rig.engine
+    demo = sorted(e.model.named_points)[0]  # a point of the demo patches
+    r = e.submit(f"mark {demo}")
+    assert not r.ok and "is a point of the demo patches" in r.text and f"{demo}2" in r.text
+    assert e.submit("at 0.5 0.5").ok and e.submit("mark spot").ok
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\npoints:\n  spot: [-0.4, 0.3]\ncommands: ["at spot"]\n')
+    assert e.submit(f"load {p}").ok
+    rig.run_until(0.5)
+    assert e.snapshot()["point"] == pytest.approx([-0.4, 0.3])  # the patch's spot, not mine
+    r = e.submit("mark spot")
+    assert not r.ok and "is a point of the loaded patch (-0.40, +0.30)" in r.text
+    assert e.apply_errors == 0
+    rig.close()

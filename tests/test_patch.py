@@ -336,3 +336,17 @@ def test_names_after_a_load_line_are_the_other_patchs_and_not_judged() -> None:
     with pytest.raises(PatchValidationError) as info:
         parse_patch(text, "p.yaml", known_points=set())
     assert len(info.value.errors) == 1 and "'nowhere'" in info.value.errors[0]
+
+
+def test_a_patch_may_not_mark_over_its_own_point() -> None:
+    with pytest.raises(PatchValidationError, match=r"commands\[0\]: mark: 'a' is a point of "
+                                                   r"this patch"):
+        parse_patch('pgesam: 1\npoints:\n  a: [0, 0]\ncommands: ["mark a"]\n', "p.yaml",
+                    known_points=set())
+
+
+def test_the_readme_form_patches_slash_name_works_from_any_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_patch("patches/morph.yaml", PATCHES) == PATCHES / "morph.yaml"
+    assert find_patch("patches/morph", PATCHES) == PATCHES / "morph.yaml"

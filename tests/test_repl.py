@@ -256,3 +256,28 @@ def test_ctrl_d_ends(tmp_path: Path) -> None:
         _expect(child, "REPL-ENDED []")
     finally:
         child.close(force=True)
+
+
+def test_status_line_fits_the_terminal_keeping_the_six_figures() -> None:
+    snap = FakeEngine().snapshot() | {"point_name": "glass", "sequences": ["arp", "bass"],
+                                      "late_notes": 4}
+    assert "look-ahead" in status_line(snap) and "seq arp,bass" in status_line(snap)
+    for width in (100, 80, 60, 50):
+        line = status_line(snap, width=width)
+        assert len(line) <= width, (width, line)
+        assert "late" in line and "4" in line and "0/32" in line and "25%" in line, line
+    assert "tempo 120" in status_line(snap, width=80) and "late 4" in status_line(snap, width=80)
+
+
+def test_a_pasted_block_of_lines_runs_line_by_line(tmp_path: Path) -> None:
+    child = _spawn(tmp_path)
+    try:
+        # A terminal's bracketed paste: the lines arrive as one text, then Enter.
+        child.send("\x1b[200~tempo 110\rmark nice\rbogus\rtempo 100\x1b[201~")
+        child.send("\r")
+        _expect(child, "unknown command 'bogus'")
+        _expect(child, "pgesam>")
+        child.send("quit\r")
+        _expect(child, "REPL-ENDED ['tempo 110', 'mark nice', 'tempo 100']")
+    finally:
+        child.close(force=True)
