@@ -187,7 +187,8 @@ def _front_end_word(engine: EngineLike, name: str, args: dict[str, Any]) -> tupl
     if name == "status":
         return status_text(engine.snapshot()).splitlines(), False
     if name == "map":
-        return engine_map(engine).splitlines(), False
+        columns = shutil.get_terminal_size((80, 24)).columns - 1
+        return engine_map(engine, columns=columns).splitlines(), False
     if name == "points":
         snap = engine.snapshot()
         marks = snap.get("bookmarks") or {}

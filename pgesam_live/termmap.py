@@ -7,6 +7,7 @@ as in the PNG from `pgesam-live map`.
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,11 +30,21 @@ def family_letters(families: Sequence[str]) -> dict[str, str]:
     return marks
 
 
-def engine_map(engine: Any, width: int = 61, height: int = 21) -> str:
-    """The map of a live engine: its model_points, and bookmarks and point from snapshot()."""
+def engine_map(engine: Any, width: int = 61, height: int = 21,
+               columns: int | None = None) -> str:
+    """The map of a live engine: its model_points, and bookmarks and point from snapshot().
+    With `columns` (a terminal's width) the grid shrinks to fit it (keeping its aspect) and
+    the legend lines wrap."""
     snap = engine.snapshot()
-    return render_map(list(getattr(engine, "model_points", []) or []),
+    if columns is not None:
+        width = max(11, min(width, columns - 14))  # "|" grid "|" and "  y = +1.00"
+        height = max(5, min(height, round(height * width / 61)))
+    text = render_map(list(getattr(engine, "model_points", []) or []),
                       snap.get("bookmarks") or {}, snap.get("point"), width, height)
+    if columns is None:
+        return text
+    return "\n".join(textwrap.fill(line, max(columns, 20), subsequent_indent="  ")
+                     if len(line) > columns else line for line in text.split("\n"))
 
 
 def render_map(points: Any,

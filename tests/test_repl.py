@@ -281,3 +281,13 @@ def test_a_pasted_block_of_lines_runs_line_by_line(tmp_path: Path) -> None:
         _expect(child, "REPL-ENDED ['tempo 110', 'mark nice', 'tempo 100']")
     finally:
         child.close(force=True)
+
+
+def test_map_fits_a_narrow_terminal(engine: FakeEngine) -> None:
+    from pgesam_live.termmap import engine_map
+
+    for columns in (50, 80, 120):
+        text = engine_map(engine, columns=columns)
+        assert max(len(line) for line in text.splitlines()) <= columns, columns
+        assert "@" in text
+    assert engine_map(engine, columns=200) == engine_map(engine)  # room enough: unchanged
