@@ -595,18 +595,21 @@ class Engine:
         self.scheduler.load_patch(patch)
 
     def _mark_clash(self, name: str, patch_points: dict[str, tuple[float, float]]) -> None:
-        """A bookmark may not take the name of a patch's point or the demo patches' (it
-        would hide that point, and a patch's own `at NAME` would go elsewhere)."""
-        for table, whose in ((patch_points, "the loaded patch"),
-                             (self.model.named_points, "the demo patches")):
-            if name in table:
-                x, y = table[name]
-                raise CommandError(f"mark: {name!r} is a point of {whose} ({x:+.2f}, {y:+.2f}); "
-                                   f"choose another name (e.g. {name}2)")
+        """A bookmark may not take the name of the loaded patch's point (the patch's own
+        `at NAME` means its point, so the bookmark could never be reached)."""
+        if name in patch_points:
+            x, y = patch_points[name]
+            raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
+                               f"{y:+.2f}); choose another name (e.g. {name}2)")
 
     def _do_mark(self, a: dict[str, Any], _: Any) -> None:
-        self._mark_clash(a["name"], self._patch_points())
-        self.bookmarks[a["name"]] = self.scheduler.point_at(self._time_s)
+        name = a["name"]
+        self._mark_clash(name, self._patch_points())
+        if name in self.model.named_points and name not in self.bookmarks:
+            x, y = self.model.named_points[name]
+            self.message(f"mark {name}: your bookmark now stands for {name} (the demo "
+                         f"patches' {name} at ({x:+.2f}, {y:+.2f}) is hidden this session)")
+        self.bookmarks[name] = self.scheduler.point_at(self._time_s)
         self.point_name = a["name"]
 
     def _do_hush(self, a: dict[str, Any], _: Any) -> None:

@@ -558,13 +558,16 @@ def test_load_name_checks_follow_queued_and_timed_lines(tmp_path: Path) -> None:
     rig.close()
 
 
-def test_a_bookmark_cannot_hide_a_patch_or_demo_point_and_a_patch_means_its_own(
+def test_a_bookmark_cannot_hide_a_patch_point_and_says_when_it_hides_a_demo_one(
         tmp_path: Path) -> None:
     rig = make_rig()
     e = rig.engine
-    demo = sorted(e.model.named_points)[0]  # a point of the demo patches
-    r = e.submit(f"mark {demo}")
-    assert not r.ok and "is a point of the demo patches" in r.text and f"{demo}2" in r.text
+    said: list[str] = []
+    e.add_listener(lambda ev: said.append(ev["text"]) if ev["kind"] == "message" else None)
+    demo = sorted(e.model.named_points)[0]  # a point of the demo patches: taken, and said
+    assert e.submit(f"mark {demo}").ok
+    rig.run_until(0.1)
+    assert any(f"the demo patches' {demo}" in t and "hidden" in t for t in said)
     assert e.submit("at 0.5 0.5").ok and e.submit("mark spot").ok
     p = tmp_path / "p.yaml"
     p.write_text('pgesam: 1\npoints:\n  spot: [-0.4, 0.3]\ncommands: ["at spot"]\n')
