@@ -438,10 +438,18 @@ def run_replay(ns: Namespace) -> int:
     except PgesamError as e:
         raise PgesamError(f"{ns.session}:1: header: {e}") from None
     out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
+    if out_path is not None and \
+            out_path.resolve() == Path(ns.session).with_suffix(".wav").resolve():
+        raise PgesamError(f"--out {ns.out} is the session's own live recording; a bounce "
+                          f"never replaces it: choose another name, e.g. "
+                          f"{out_path.with_name(out_path.stem + '-replay.wav')}")
     if out_path is None:
         return _run_live(s, replay=schedule)
     # The live clock's pre-roll, so sequences start where they started live.
     rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
+    rig.engine.add_listener(lambda ev: print(
+        f"{ns.session}: skipped `{ev['cmd']}` at {ev['t']:.3f} s: {ev['text']}",
+        file=sys.stderr) if ev.get("kind") == "rejected" else None)
     try:
         for t_s, src, cmd in schedule:
             r = rig.engine.submit(cmd, src=src, at_s=t_s)
@@ -603,6 +611,9 @@ def _run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             import time  # noqa: PLC0415
 
             t0 = engine.time_s() + LIVE_PREROLL_S
+            engine.add_listener(lambda ev: print(
+                f"skipped `{ev['cmd']}` at {ev['t'] - t0:.3f} s: {ev['text']}", flush=True)
+                if ev.get("kind") == "rejected" else None)
             for t_s, src, cmd in replay:
                 r = engine.submit(cmd, src=src, at_s=t0 + t_s)
                 if not r.ok:

@@ -32,7 +32,15 @@ from pgesam_live.cache import NoteKey, RenderCache
 from pgesam_live.commands import COMMANDS, Command, help_text, parse_line, validate
 from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import playable_range, range_text, rendered_pitch
-from pgesam_live.patch import Patch, Sequence, find_patch, list_patches, load_patch, make_sequence
+from pgesam_live.patch import (
+    Patch,
+    Sequence,
+    find_patch,
+    list_patches,
+    load_patch,
+    make_sequence,
+    patch_name_errors,
+)
 from pgesam_live.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -330,6 +338,9 @@ class Engine:
         except Exception as e:  # per event: log, count, tell, carry on
             self.apply_errors += 1
             self.message(f"{command.to_line()}: {e}")
+            # For the front end that sent it (an OSC bundle's sender) and a replay's log.
+            self.emit({"kind": "rejected", "t": t_s if at_s is None else at_s, "src": src,
+                       "cmd": command.to_line(), "text": str(e)})
             return
         self.applied += 1
         self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
@@ -572,6 +583,9 @@ class Engine:
         return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
 
     def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
+        if not any(seq.pattern) and a["name"] not in self.scheduler.running_sequences():
+            raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
+                               "running: nothing would sound (give at least one note)")
         self.scheduler.start_sequence(a["name"], seq)
 
     def _do_start(self, a: dict[str, Any], _: Any) -> None:
@@ -589,6 +603,13 @@ class Engine:
         self.scheduler.set_tempo(a["bpm"])
 
     def _do_load(self, a: dict[str, Any], patch: Patch) -> None:
+        # Its commands' names against the state now (a timed load, e.g. replayed, could not
+        # be checked when it was submitted; an immediate one was, against the same state).
+        problems = patch_name_errors(patch, {*self.bookmarks, *self.model.named_points},
+                                     self.scheduler.live_sequences())
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CommandError(problems[0] + more)
         if patch.model not in (None, "default", self.model.model_id):
             self.message(f"patch {patch.path} asks for model {patch.model!r}; "
                          f"playing it with {self.model.model_id}")
@@ -630,11 +651,19 @@ class Engine:
     def _run_patch_line(self, line: str) -> None:
         """A patch's timed command, fired inside a tick at its exact time. Not journalled:
         replaying the journal's `load` fires it again."""
-        command = parse_line(line)
-        if not command.journal:
-            return
-        prepared = self._prepare(command)
-        getattr(self, f"_do_{command.name}")(command.args, prepared)
+        try:
+            command = parse_line(line)
+            if not command.journal:
+                return
+            prepared = self._prepare(command)
+            getattr(self, f"_do_{command.name}")(command.args, prepared)
+        except PgesamError as e:  # said as the performer's own refusals are, and skipped
+            self.apply_errors += 1
+            patch = self.scheduler.patch
+            where = f"patch {Path(patch.path).name}" if patch is not None else "patch"
+            self.message(f"{where}: `{line}`: {e}")
+            self.emit({"kind": "rejected", "t": self._time_s, "src": "patch", "cmd": line,
+                       "text": str(e)})
 
     # -- read-only views ---------------------------------------------------------------------
     def _info(self, c: Command) -> Reply:

@@ -236,7 +236,9 @@ class OscCore:
         # command line -> senders of that line not yet applied (oldest first): the engine's
         # "command" event names the line, and the "state" event that follows it on the same
         # thread is that sender's change
-        self._inflight: dict[str, deque[tuple[Addr, float]]] = {}
+        # (sender, time sent, OSC address it came to: a refusal at apply time is answered
+        # /pgesam/error <address> <message> like one at submit)
+        self._inflight: dict[str, deque[tuple[Addr, float, str]]] = {}
         self._inflight_n = 0
         # engine time - wall time, smoothed: bundles sent together keep their spacing
         self._offset_s: float | None = None
@@ -362,7 +364,7 @@ class OscCore:
     def _submit(self, cmd: Command, addr: Addr, address: str,
                 at_s: float | None) -> list[OscReply]:
         line = cmd.to_line()
-        entry = (addr, self.clock())
+        entry = (addr, self.clock(), address)
         with self._lock:   # remembered first: the engine may apply it before submit returns
             self._inflight.setdefault(line, deque()).append(entry)
             self._inflight_n += 1
@@ -379,7 +381,7 @@ class OscCore:
         self.stats["submitted"] += 1
         return []
 
-    def _forget(self, line: str, entry: tuple[Addr, float]) -> None:
+    def _forget(self, line: str, entry: tuple[Addr, float, str]) -> None:
         with self._lock:
             q = self._inflight.get(line)
             if q is not None and entry in q:
@@ -433,17 +435,24 @@ class OscCore:
         """Engine listener (any thread): queue state pushes and /pgesam/ready replies."""
         kind = event.get("kind")
         woke = False
-        if kind == "command":
-            causer: Addr | None = None
+        if kind in ("command", "rejected"):
+            sender: tuple[Addr, float, str] | None = None
             if event.get("src") == "osc":
                 with self._lock:
                     q = self._inflight.get(str(event.get("cmd")))
                     if q:
-                        causer = q.popleft()[0]
+                        sender = q.popleft()
                         self._inflight_n -= 1
                         if not q:
                             del self._inflight[str(event.get("cmd"))]
-            self._tls.causer = causer
+            if kind == "command":
+                self._tls.causer = sender[0] if sender is not None else None
+            elif sender is not None:  # refused when it came due (a timed bundle's command)
+                with self._lock:
+                    self.stats["errors"] += 1
+                    self._outbox.append((sender[0], "/pgesam/error",
+                                         [sender[2], str(event.get("text", "rejected"))]))
+                woke = True
         elif kind == "state":
             snap = {k: v for k, v in event.items() if k != "kind"}
             causer = getattr(self._tls, "causer", None)

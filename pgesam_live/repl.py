@@ -11,6 +11,7 @@ engine (src "repl"), which validates, applies and journals it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -287,6 +288,12 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
                 printer.reply(o)
             if done:
                 break
+        # What the last lines bring about (a refusal when applied, an engine message) is
+        # printed before the input's end ends the REPL.
+        settle = getattr(engine, "settle", None)
+        if settle is not None:
+            with contextlib.suppress(Exception):
+                settle()
     finally:
         printer.active = False
 

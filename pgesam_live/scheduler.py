@@ -359,6 +359,11 @@ class _CommandStream(_Stream):
         sched._run_command(cmd.line)
 
 
+# A patch's load-time command lines that still run when a hush installs it before its bar:
+# they set where and how it plays (the point, bookmarks, tempo, look-ahead, renders), not sound.
+HUSH_KEEPS = frozenset({"at", "mark", "tempo", "lookahead", "prerender"})
+
+
 class _SwapStream(_Stream):
     """A pending patch: at ``origin_beat`` the old patch's streams stop and these start."""
 
@@ -886,9 +891,12 @@ class Scheduler:
     def hush(self) -> None:
         """Stop every sequence, event, timed command and glide; notes already handed to the
         sink ring on. A patch loaded but waiting for its bar stays loaded (its points,
-        sequences, seed and tempo from that bar) with nothing of it started: `start NAME`
-        plays its sequences."""
+        sequences, seed and tempo from that bar) with nothing of it started (`start NAME`
+        plays its sequences); of its load-time commands the settings (HUSH_KEEPS) run now."""
+        settings: list[str] = []
         if self._swap is not None:
+            settings = [c.line for c in self._swap.patch.commands if c.at_beats is None
+                        and c.line.split(None, 1)[0].lower() in HUSH_KEEPS]
             self._swap.streams = []
             self._install_patch(self._swap)
         self._streams = []
@@ -896,6 +904,8 @@ class Scheduler:
         here = self.point_at(self._now_or_action_s())
         t_s = self._now_or_action_s()
         self._add_point_segment(_PointSegment(t_s, t_s, here, here))
+        for line in settings:  # the installed patch's load-time settings (`at glass`) hold
+            self._run_command(line)
 
     def play_now(self, pitches: list[int] | tuple[int, ...], velocity: float = 0.8,
                  length_beats: float | None = None, point: XY | None = None) -> None:

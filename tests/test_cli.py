@@ -174,3 +174,15 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_the_work(
         assert main([*argv, "--out", "/proc/pgesam-x.wav"]) == 1
         err = capsys.readouterr().err
         assert "--out /proc/pgesam-x.wav: cannot write there" in err and "internal" not in err
+
+
+def test_a_replay_bounce_never_replaces_the_sessions_own_recording(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pgesam_live.session import Journal, make_header
+
+    j = Journal(tmp_path / "s.jsonl", make_header("m", 0, 120.0))
+    j.close()
+    (tmp_path / "s.wav").write_bytes(b"RIFF live take")
+    assert main(["replay", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "s.wav")]) == 1
+    assert "session's own live recording" in capsys.readouterr().err
+    assert (tmp_path / "s.wav").read_bytes() == b"RIFF live take"

@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 from pgesam_live.app import OfflineRig  # noqa: E402
+from pgesam_live.patch import PatchValidationError, load_patch  # noqa: E402
 from pgesam_live.session import Journal, make_header, replay_schedule  # noqa: E402
 from pgesam_live.settings import REPO_ROOT, Settings  # noqa: E402
 from tests.fakes import FakeSynth  # noqa: E402
@@ -549,7 +550,7 @@ def test_load_name_checks_follow_queued_and_timed_lines(tmp_path: Path) -> None:
     assert e.submit(f"load {loops}").ok
     rig.run_until(1.0)
     r = e.submit(f"load {f}")
-    assert not r.ok and "stop: no sequence 'x' to stop" in r.text
+    assert not r.ok and "stop: no sequence 'x' runs when this line does" in r.text
     # load h (pending), then hush: h is installed; loops' names are gone at once.
     assert e.submit(f"load {h}").ok and e.submit("hush").ok
     assert not e.submit("start x").ok and not e.submit("at gp").ok and e.submit("start z").ok
@@ -578,3 +579,40 @@ def test_a_bookmark_cannot_hide_a_patch_point_and_says_when_it_hides_a_demo_one(
     assert not r.ok and "is a point of the loaded patch (-0.40, +0.30)" in r.text
     assert e.apply_errors == 0
     rig.close()
+
+
+def test_hush_after_load_keeps_the_patchs_load_time_settings_not_its_sound(
+        tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\ncommands: ["at p1", "play C4"]\n')
+    rig = make_rig()
+    e = rig.engine
+    starts = spy_starts(rig)
+    assert e.submit(f"load {p}").ok and e.submit("hush").ok
+    rig.run_until(1.0)
+    assert e.snapshot()["point"] == pytest.approx([0.3, -0.2]) and starts == []
+    assert e.apply_errors == 0
+    rig.close()
+
+
+def test_refusals_when_a_line_comes_due_are_told_with_the_line(tmp_path: Path) -> None:
+    own = tmp_path / "own.yaml"
+    own.write_text('pgesam: 1\npoints:\n  p1: [0.1, 0.1]\ncommands: ["mark p1"]\n')
+    twice = tmp_path / "twice.yaml"
+    twice.write_text('pgesam: 1\nsequences:\n  b: {notes: "C4", repeat: 0}\n'
+                     'commands: [{at: 1, do: "stop b"}, {at: 2, do: "stop b"}]\n')
+    rig = make_rig()
+    e = rig.engine
+    rejected: list[dict] = []
+    e.add_listener(lambda ev: rejected.append(ev) if ev["kind"] == "rejected" else None)
+    # Timed (as a replay submits): a patch marking over its own point, a rests-only seq.
+    assert e.submit(f"load {own}", at_s=0.2).ok and e.submit('seq zz "~" 0.5', at_s=0.3).ok
+    rig.run_until(1.0)
+    assert [ev["cmd"].split()[0] for ev in rejected] == ["load", "seq"]
+    assert "is a point of this patch" in rejected[0]["text"]
+    assert "rests only" in rejected[1]["text"]
+    assert e.snapshot()["patch"] is None
+    rig.close()
+    with pytest.raises(PatchValidationError, match=r"commands\[1\]\.do: stop: no sequence 'b' "
+                                                   r"runs when this line does"):
+        load_patch(twice, known_points=set())

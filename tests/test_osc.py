@@ -593,3 +593,16 @@ def test_messages_of_one_bundle_get_one_engine_time() -> None:
     timed = [(line, at) for _, line, at in engine.submitted]
     assert [line for line, _ in timed] == ["release 62", "note 62", "note 66"]
     assert len({at for _, at in timed}) == 1
+
+
+def test_a_timed_command_refused_when_it_comes_due_is_answered_with_an_error() -> None:
+    wall = [1_000_000.0]
+    core, engine, _ = make_core(deferred=True, wall=lambda: wall[0])  # applied later
+    assert core.handle_datagram(bundle(wall[0] + 0.5, msg("/pgesam/cmd", "at nosuch")), A) == []
+    # The engine applies it at its time and refuses it there (the point is gone by then).
+    core.on_event({"kind": "rejected", "src": "osc", "cmd": "at nosuch",
+                   "text": "no point named 'nosuch'"})
+    assert (A, "/pgesam/error", ["/pgesam/cmd", "no point named 'nosuch'"]) in core.poll()
+    # A refusal of a line from elsewhere (the REPL) is nobody's here.
+    core.on_event({"kind": "rejected", "src": "repl", "cmd": "at nosuch", "text": "x"})
+    assert core.poll() == []
