@@ -179,6 +179,7 @@ class Engine:
         self._applied = threading.Condition(self._lock)  # notified after every block
         self._block_thread: int | None = None  # the thread running on_block
         self._queue: list[tuple[float, int, Command, str, Any]] = []
+        self._tags: dict[int, Hashable] = {}  # queue order -> the submitter's tag
         self._order = itertools.count()
         self._listeners: list[Listener] = []
         self._stats: dict[str, Callable[[], int]] = {}
@@ -226,10 +227,13 @@ class Engine:
         self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
 
     # -- the door ---------------------------------------------------------------------------
-    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None) -> Reply:
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,
+               tag: Hashable | None = None) -> Reply:
         """Parse, validate and queue one command (thread-safe; never raises for bad input).
 
-        at_s: engine time to apply it (None = before the next block)."""
+        at_s: engine time to apply it (None = before the next block). tag: the front end's
+        own name for this submission, copied into the "command" or "rejected" event its
+        application emits (OSC finds the sender by it)."""
         try:
             command = parse_line(cmd) if isinstance(cmd, str) else validate(cmd)
             if not command.journal:
@@ -248,7 +252,10 @@ class Engine:
                 if at_s is None:
                     self._check_state(command, prepared)
                 when = -math.inf if at_s is None else float(at_s)
-                heapq.heappush(self._queue, (when, next(self._order), command, src, prepared))
+                order = next(self._order)
+                if tag is not None:
+                    self._tags[order] = tag
+                heapq.heappush(self._queue, (when, order, command, src, prepared))
             return Reply(True, command.to_line())
         except PgesamError as e:
             self.rejected += 1
@@ -282,7 +289,8 @@ class Engine:
                     continue
                 # A timed command acts at its own time within this block (to the sample).
                 at_s = None if entry[0] == -math.inf else max(entry[0], t_s)
-                self._apply(entry[2], entry[3], entry[4], t_s, at_s)
+                self._apply(entry[2], entry[3], entry[4], t_s, at_s,
+                            tag=self._tags.pop(entry[1], None))
             if self._bank_due is not None and t_s >= self._bank_due[2]:
                 x, y, _ = self._bank_due
                 self._bank_due = None
@@ -310,11 +318,12 @@ class Engine:
         behind = [e[2].name for e in self._queue if e[0] == -math.inf]
         if any(n in ("hush", "panic") for n in behind):
             self._held = None  # dropped: the performer silenced it before it sounded
+            self._tags.pop(entry[1], None)
             return
         waited = t_s - self._held_since_s >= self.wait_for_render_s
         if behind or waited or not self._missing_renders(entry[2], t_s):
             self._held = None
-            self._apply(entry[2], entry[3], entry[4], t_s)
+            self._apply(entry[2], entry[3], entry[4], t_s, tag=self._tags.pop(entry[1], None))
 
     def _missing_renders(self, c: Command, t_s: float) -> list[NoteKey]:
         """The notes of a play/note/note_at command not in the cache (and asks for them)."""
@@ -329,7 +338,7 @@ class Engine:
         return missing
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float,
-               at_s: float | None = None) -> None:
+               at_s: float | None = None, tag: Hashable | None = None) -> None:
         """Apply in the block at `t_s`; a timed command at `at_s` (in this block), where it
         is also journalled, so a replay acts there too."""
         try:
@@ -340,11 +349,11 @@ class Engine:
             self.message(f"{command.to_line()}: {e}")
             # For the front end that sent it (an OSC bundle's sender) and a replay's log.
             self.emit({"kind": "rejected", "t": t_s if at_s is None else at_s, "src": src,
-                       "cmd": command.to_line(), "text": str(e)})
+                       "cmd": command.to_line(), "text": str(e), "tag": tag})
             return
         self.applied += 1
         self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
-                   "cmd": command.to_line()})
+                   "cmd": command.to_line(), "tag": tag})
         self.emit({"kind": "state", **self._snapshot_locked()})
 
     # -- validation against the state (in the caller's thread) -----------------------------
@@ -374,18 +383,22 @@ class Engine:
             return str(p)
 
     def _known_names(self) -> tuple[set[str], set[str]]:
-        """Point names and running `seq` sequences outside any patch, as the immediate
-        commands already queued will leave them: what a patch loaded now may name (a patch's
-        own sequences end at the swap, so only `seq` ones count)."""
+        """Point names and running sequences outside any patch, as the immediate commands
+        already queued will leave them: what a patch loaded now may name (a patch's own
+        sequences end at the swap; those of `seq` and `start` are the performer's and
+        play on)."""
         with self._lock:
             points = {*self.bookmarks, *self.model.named_points}
             sequences = set(self.scheduler.live_sequences())
-            for _, _, q, _, _ in sorted((e for e in self._queue if e[0] == -math.inf),
-                                        key=lambda e: e[1]):
+            for _, _, q, _, prepared in sorted((e for e in self._queue if e[0] == -math.inf),
+                                               key=lambda e: e[1]):
                 name = str(q.args.get("name", ""))
                 if q.name == "mark":
                     points.add(name)
-                elif q.name == "seq":
+                elif q.name == "seq" and isinstance(prepared, Sequence) and \
+                        not any(prepared.pattern):
+                    sequences.discard(name)  # rests only: it ends that one
+                elif q.name in ("seq", "start"):  # (a started one is the performer's too)
                     sequences.add(name)
                 elif q.name == "stop":
                     sequences.discard(name)
@@ -630,7 +643,9 @@ class Engine:
             x, y = self.model.named_points[name]
             self.message(f"mark {name}: your bookmark now stands for {name} (the demo "
                          f"patches' {name} at ({x:+.2f}, {y:+.2f}) is hidden this session)")
-        self.bookmarks[name] = self.scheduler.point_at(self._time_s)
+        # Where the point is at this command's own time (a patch line fires ahead, at its
+        # beat: `at p1` then `mark home` marks p1).
+        self.bookmarks[name] = self.scheduler.point_at(self.scheduler.now_or_action_s())
         self.point_name = a["name"]
 
     def _do_hush(self, a: dict[str, Any], _: Any) -> None:
@@ -657,7 +672,9 @@ class Engine:
                 return
             prepared = self._prepare(command)
             getattr(self, f"_do_{command.name}")(command.args, prepared)
-        except PgesamError as e:  # said as the performer's own refusals are, and skipped
+        except Exception as e:  # said as the performer's own refusals are, and skipped
+            if not isinstance(e, PgesamError):
+                log.exception("patch line %r failed", line)
             self.apply_errors += 1
             patch = self.scheduler.patch
             where = f"patch {Path(patch.path).name}" if patch is not None else "patch"

@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import math
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,10 +237,12 @@ class OscCore:
         # command line -> senders of that line not yet applied (oldest first): the engine's
         # "command" event names the line, and the "state" event that follows it on the same
         # thread is that sender's change
-        # (sender, time sent, OSC address it came to: a refusal at apply time is answered
-        # /pgesam/error <address> <message> like one at submit)
-        self._inflight: dict[str, deque[tuple[Addr, float, str]]] = {}
-        self._inflight_n = 0
+        # submission tag -> (sender, time sent, OSC address it came to), for commands the
+        # engine accepted and has not applied yet: its "command" event says whose change the
+        # "state" event after it is; its "rejected" event (refused when it came due) is
+        # answered /pgesam/error <address> <message> to that sender
+        self._inflight: dict[int, tuple[Addr, float, str]] = {}
+        self._tag = itertools.count(1)
         # engine time - wall time, smoothed: bundles sent together keep their spacing
         self._offset_s: float | None = None
         # the point last pushed to controllers: a glide moves it with no command to push
@@ -363,43 +366,27 @@ class OscCore:
 
     def _submit(self, cmd: Command, addr: Addr, address: str,
                 at_s: float | None) -> list[OscReply]:
-        line = cmd.to_line()
-        entry = (addr, self.clock(), address)
+        tag = next(self._tag)
         with self._lock:   # remembered first: the engine may apply it before submit returns
-            self._inflight.setdefault(line, deque()).append(entry)
-            self._inflight_n += 1
-            if self._inflight_n > 4096:
+            self._inflight[tag] = (addr, self.clock(), address)
+            if len(self._inflight) > 4096:
                 self._prune_inflight()
         reply = None
         try:
-            reply = self.engine.submit(cmd, src="osc", at_s=at_s)
+            reply = self.engine.submit(cmd, src="osc", at_s=at_s, tag=tag)
         finally:
             if not getattr(reply, "ok", False):
-                self._forget(line, entry)
+                with self._lock:
+                    self._inflight.pop(tag, None)
         if not getattr(reply, "ok", False):
             return self._error(addr, address, str(getattr(reply, "text", "") or "rejected"))
         self.stats["submitted"] += 1
         return []
 
-    def _forget(self, line: str, entry: tuple[Addr, float, str]) -> None:
-        with self._lock:
-            q = self._inflight.get(line)
-            if q is not None and entry in q:
-                q.remove(entry)
-                self._inflight_n -= 1
-                if not q:
-                    del self._inflight[line]
-
     def _prune_inflight(self) -> None:
-        # commands the engine accepted but never applied (a failed apply) would stay forever
+        # commands the engine accepted but never applied (dropped by a hush) would stay
         oldest = self.clock() - (self.max_ahead_s + 5.0)
-        for line in list(self._inflight):
-            q = deque(e for e in self._inflight[line] if e[1] >= oldest)
-            self._inflight_n -= len(self._inflight[line]) - len(q)
-            if q:
-                self._inflight[line] = q
-            else:
-                del self._inflight[line]
+        self._inflight = {t: e for t, e in self._inflight.items() if e[1] >= oldest}
 
     def _move(self, cmd: Command, addr: Addr, address: str) -> list[OscReply]:
         now = self.clock()
@@ -439,12 +426,7 @@ class OscCore:
             sender: tuple[Addr, float, str] | None = None
             if event.get("src") == "osc":
                 with self._lock:
-                    q = self._inflight.get(str(event.get("cmd")))
-                    if q:
-                        sender = q.popleft()
-                        self._inflight_n -= 1
-                        if not q:
-                            del self._inflight[str(event.get("cmd"))]
+                    sender = self._inflight.pop(event.get("tag"), None)  # type: ignore[arg-type]
             if kind == "command":
                 self._tls.causer = sender[0] if sender is not None else None
             elif sender is not None:  # refused when it came due (a timed bundle's command)

@@ -504,6 +504,11 @@ class Scheduler:
     def _now_or_action_s(self) -> float:
         return self._action_s if self._action_s is not None else self._now_s
 
+    def now_or_action_s(self) -> float:
+        """The time the command being applied acts at: its own (a timed or patch line),
+        else the current block's."""
+        return self._now_or_action_s()
+
     def committed_beat(self) -> float:
         return self.tempo.s_to_beat(self._committed_s)
 
@@ -895,8 +900,14 @@ class Scheduler:
         plays its sequences); of its load-time commands the settings (HUSH_KEEPS) run now."""
         settings: list[str] = []
         if self._swap is not None:
-            settings = [c.line for c in self._swap.patch.commands if c.at_beats is None
-                        and c.line.split(None, 1)[0].lower() in HUSH_KEEPS]
+            for c in self._swap.patch.commands:
+                word = c.line.split(None, 1)[0].lower() if c.line.strip() else ""
+                if c.at_beats is not None:
+                    continue
+                if word == "load":
+                    break  # what follows may be the other patch's
+                if word in HUSH_KEEPS:
+                    settings.append(c.line)
             self._swap.streams = []
             self._install_patch(self._swap)
         self._streams = []

@@ -616,3 +616,39 @@ def test_refusals_when_a_line_comes_due_are_told_with_the_line(tmp_path: Path) -
     with pytest.raises(PatchValidationError, match=r"commands\[1\]\.do: stop: no sequence 'b' "
                                                    r"runs when this line does"):
         load_patch(twice, known_points=set())
+
+
+def test_a_patch_line_marks_where_its_own_at_put_the_point(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\ncommands: ["at p1", "mark home"]\n')
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit("at -0.9 -0.9").ok and e.submit(f"load {p}").ok
+    rig.run_until(1.0)
+    assert e.snapshot()["bookmarks"]["home"] == pytest.approx([0.3, -0.2])
+    rig.close()
+
+
+def test_the_load_check_counts_queued_starts_and_rests_only_seqs_as_apply_will(
+        tmp_path: Path) -> None:
+    arp = tmp_path / "arp.yaml"
+    arp.write_text('pgesam: 1\nsequences:\n  arp: {notes: "C4", repeat: 0}\n')
+    stop_arp = tmp_path / "stoparp.yaml"
+    stop_arp.write_text('pgesam: 1\ncommands: [{at: 4, do: "stop arp"}]\n')
+    stop_s = tmp_path / "stops.yaml"
+    stop_s.write_text('pgesam: 1\ncommands: [{at: 8, do: "stop s"}]\n')
+    rig = make_rig()
+    e = rig.engine
+    tags: list[object] = []
+    e.add_listener(lambda ev: tags.append(ev.get("tag")) if ev["kind"] == "command" else None)
+    assert e.submit(f"load {arp}").ok and e.submit('seq s "C4 E4" 0.5', tag="mine").ok
+    rig.run_until(0.5)
+    assert "mine" in tags  # the submitter's tag comes back with its command
+    # `start arp` makes arp the performer's: it plays on past the next load, which may stop it.
+    assert e.submit("start arp").ok and e.submit(f"load {stop_arp}").ok
+    # A rests-only seq ends s: a load stopping s later is refused now, not when applied.
+    assert e.submit('seq s "~" 0.5').ok
+    assert not e.submit(f"load {stop_s}").ok
+    rig.run_until(1.5)
+    assert e.apply_errors == 0
+    rig.close()

@@ -40,7 +40,8 @@ class FakeEngine:
                                       "point_name": None, "sequences": [], "bookmarks": {},
                                       "voices_in_use": 0, "late_notes": 0}
 
-    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None) -> Reply:
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,
+               tag: Any = None) -> Reply:
         if isinstance(cmd, str):
             try:
                 cmd = parse_line(cmd)
@@ -51,24 +52,25 @@ class FakeEngine:
         with self.lock:
             self.submitted.append((src, cmd.to_line(), at_s))
             if self.deferred:
-                self.queue.append((cmd, src, at_s))
+                self.queue.append((cmd, src, at_s, tag))
                 return Reply(True, cmd.to_line())
-        self.apply(cmd, src, at_s)
+        self.apply(cmd, src, at_s, tag)
         return Reply(True, cmd.to_line())
 
     def apply_pending(self) -> None:
         with self.lock:
             due, self.queue = self.queue, []
-        for cmd, src, at_s in due:
-            self.apply(cmd, src, at_s)
+        for cmd, src, at_s, tag in due:
+            self.apply(cmd, src, at_s, tag)
 
-    def apply(self, cmd: Command, src: str, at_s: float | None) -> None:
+    def apply(self, cmd: Command, src: str, at_s: float | None, tag: Any = None) -> None:
         # As core.Engine: the state changes and its events go out under the engine's lock,
         # so a snapshot never sees a change before its "state" event.
         with self.lock:
-            self._apply_locked(cmd, src, at_s)
+            self._apply_locked(cmd, src, at_s, tag)
 
-    def _apply_locked(self, cmd: Command, src: str, at_s: float | None) -> None:
+    def _apply_locked(self, cmd: Command, src: str, at_s: float | None,
+                      tag: Any = None) -> None:
         changed = True
         if cmd.name == "tempo":
             self.state["tempo_bpm"] = cmd.args["bpm"]
@@ -79,7 +81,7 @@ class FakeEngine:
         else:
             changed = False
         self.emit({"kind": "command", "t": at_s if at_s is not None else self.time_s(),
-                   "src": src, "cmd": cmd.to_line()})
+                   "src": src, "cmd": cmd.to_line(), "tag": tag})
         if changed:
             self.emit({"kind": "state", **self.state})
 
@@ -595,14 +597,21 @@ def test_messages_of_one_bundle_get_one_engine_time() -> None:
     assert len({at for _, at in timed}) == 1
 
 
-def test_a_timed_command_refused_when_it_comes_due_is_answered_with_an_error() -> None:
+def test_a_timed_command_refused_when_it_comes_due_is_answered_to_its_own_sender() -> None:
     wall = [1_000_000.0]
     core, engine, _ = make_core(deferred=True, wall=lambda: wall[0])  # applied later
-    assert core.handle_datagram(bundle(wall[0] + 0.5, msg("/pgesam/cmd", "at nosuch")), A) == []
-    # The engine applies it at its time and refuses it there (the point is gone by then).
-    core.on_event({"kind": "rejected", "src": "osc", "cmd": "at nosuch",
+    B = ("127.0.0.1", 50002)
+    # A's bundle is due later than B's, for the same line: each refusal goes to its sender.
+    assert core.handle_datagram(bundle(wall[0] + 3.0, msg("/pgesam/cmd", "at nosuch")), A) == []
+    assert core.handle_datagram(bundle(wall[0] + 1.0, msg("/pgesam/point", "nosuch")), B) == []
+    (_, _, _, tag_a), (_, _, _, tag_b) = engine.queue
+    # The engine applies B's first (its time comes first) and refuses it there.
+    core.on_event({"kind": "rejected", "src": "osc", "cmd": "at nosuch", "tag": tag_b,
                    "text": "no point named 'nosuch'"})
-    assert (A, "/pgesam/error", ["/pgesam/cmd", "no point named 'nosuch'"]) in core.poll()
+    assert core.poll() == [(B, "/pgesam/error", ["/pgesam/point", "no point named 'nosuch'"])]
+    core.on_event({"kind": "rejected", "src": "osc", "cmd": "at nosuch", "tag": tag_a,
+                   "text": "no point named 'nosuch'"})
+    assert core.poll() == [(A, "/pgesam/error", ["/pgesam/cmd", "no point named 'nosuch'"])]
     # A refusal of a line from elsewhere (the REPL) is nobody's here.
     core.on_event({"kind": "rejected", "src": "repl", "cmd": "at nosuch", "text": "x"})
     assert core.poll() == []
