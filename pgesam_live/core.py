@@ -125,6 +125,13 @@ class _Requester:
         key = self.cache.key(x, y, pitch, seed)
         self.renderer.request(key, key.xq, key.yq, deadline_s)
 
+    def cancel(self, keys: list[Any]) -> None:
+        """Renders no longer wanted (the point moved on); a renderer without cancel ignores
+        it (offline ones render on demand)."""
+        cancel = getattr(self.renderer, "cancel", None)
+        if cancel is not None:
+            cancel(keys)
+
 
 class _ResamplingSink:
     """Voice pool at another rate than the model's: resample each note once (memoised)."""
@@ -354,7 +361,11 @@ class Engine:
         self.applied += 1
         self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
                    "cmd": command.to_line(), "tag": tag})
-        self.emit({"kind": "state", **self._snapshot_locked()})
+        snap = self._snapshot_locked()
+        if at_s is not None:  # the state this command leaves: a timed move's point at its time
+            x, y = self.scheduler.point_at(at_s)
+            snap["point"] = [round(x, 4), round(y, 4)]
+        self.emit({"kind": "state", **snap})
 
     # -- validation against the state (in the caller's thread) -----------------------------
     def _prepare(self, c: Command, src: str = "repl", check_names: bool = False) -> Any:

@@ -308,6 +308,8 @@ class OscCore:
 
     def _dispatch(self, address: str, args: list[Any], addr: Addr,
                   at_s: float | None) -> list[OscReply]:
+        if address in ("/pgesam/hello", "/pgesam/bye") and args:
+            return self._error(addr, address, f"{address} takes no arguments")
         if address == "/pgesam/hello":
             with self._lock:
                 if addr not in self.controllers and len(self.controllers) >= self.max_controllers:

@@ -478,6 +478,10 @@ class Scheduler:
         # Notes played now, and key releases (velocity None), in the order they came.
         self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None]] = []
         self._requested: dict[Hashable, float] = {}
+        # Requests made at the performer's point, by the point's generation (bumped by every
+        # move): a move's _request_ahead cancels those of older generations not asked again.
+        self._cp_keys: dict[Hashable, int] = {}
+        self._cp_gen = 0
         self._recent_pitches: dict[int, None] = {}
         self.counters = _Counters()
 
@@ -674,7 +678,12 @@ class Scheduler:
 
     # -- render requests
 
-    def _request(self, key: Hashable, xy: XY, pitch: int, seed: int, deadline_s: float) -> None:
+    def _request(self, key: Hashable, xy: XY, pitch: int, seed: int, deadline_s: float,
+                 current_point: bool = False) -> None:
+        if current_point:  # asked for where the performer's point is: superseded when it moves
+            self._cp_keys[key] = self._cp_gen
+        else:  # a note with its own timbre needs it wherever the performer goes
+            self._cp_keys.pop(key, None)
         if key in self._requested:
             return
         self._requested[key] = deadline_s
@@ -687,7 +696,8 @@ class Scheduler:
         for pitch in note.pitches:
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, seed)
-            self._request(key, xy, rp, seed, start_s - self.lookahead_s)
+            self._request(key, xy, rp, seed, start_s - self.lookahead_s,
+                          current_point=note.xy is None)
 
     def _request_ahead(self) -> None:
         until_beat = self.committed_beat() + self.request_ahead_beats
@@ -697,12 +707,29 @@ class Scheduler:
             until = min(until_beat, swap_beat) if s.owner == "patch" else until_beat
             for note in s.peek_notes(until):
                 self._request_note(note, s.seed)
+        self._cancel_superseded()
+
+    def _cancel_superseded(self) -> None:
+        """Renders asked for at the performer's point before it moved, and not asked for
+        again since (by a note still due there): cancelled, so a stream of moves (an XY pad
+        while a sequence plays) never piles renders up behind the ones that will play."""
+        stale = [k for k, gen in self._cp_keys.items() if gen < self._cp_gen]
+        if not stale:
+            return
+        for k in stale:
+            del self._cp_keys[k]
+            self._requested.pop(k, None)
+        cancel = getattr(self.requester, "cancel", None)
+        if cancel is not None:
+            cancel(stale)
 
     def _prune_requests(self, now_s: float) -> None:
         # Forget requests whose deadline has passed: a looping pattern asks again next pass
         # (the requester coalesces it against the cache), and the memory stays small.
         if len(self._requested) > 256 or any(d < now_s for d in self._requested.values()):
             self._requested = {k: d for k, d in self._requested.items() if d >= now_s}
+            # (_cp_keys stay until the point moves: a render past its deadline may still be
+            # queued in the worker, and a move cancels it; they are one move's worth.)
 
     def _rewind_current_point_requests(self) -> None:
         for s in (*self._streams, *(self._swap.streams if self._swap else [])):
@@ -730,6 +757,7 @@ class Scheduler:
 
     def _add_point_segment(self, seg: _PointSegment) -> None:
         # Keep the segment in force now and those after it; later edits replace the future.
+        self._cp_gen += 1  # what was asked for at the point is judged again (_request_ahead)
         keep = [p for p in self._points if p.t0_s < seg.t0_s]
         current = [p for p in keep if p.t0_s <= self._now_s]
         self._points = current[-1:] + [p for p in keep if p.t0_s > self._now_s] + [seg]
@@ -744,7 +772,7 @@ class Scheduler:
         for pitch in self._recent_pitches if request_recent else ():
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, self.seed)
-            self._request(key, xy, rp, self.seed, t_s)
+            self._request(key, xy, rp, self.seed, t_s, current_point=True)
         self._request_ahead()
 
     def glide(self, x: float, y: float, beats: float) -> None:

@@ -83,6 +83,11 @@ def _worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int
                 block = False
                 if item is None:
                     return
+                if isinstance(item, tuple):  # ("cancel", keys): not wanted any more
+                    drop = set(item[1])
+                    heap = [r for r in heap if r.key not in drop]
+                    heapq.heapify(heap)
+                    continue
                 heapq.heappush(heap, item)
         except queue.Empty:
             pass
@@ -131,6 +136,7 @@ class WorkerClient:
         # stream of point moves cannot flood it; a newer point's bank supersedes older ones.
         self._spec: dict[NoteKey, RenderRequest] = {}
         self.dropped = 0
+        self.cancelled = 0  # renders sent and then cancelled (the point moved on)
         self._seq = 0
         self._proc: Any = None
         self._req_q: Any = None
@@ -242,6 +248,21 @@ class WorkerClient:
             q = self._req_q
         self._send(q, send)
         return True
+
+    def cancel(self, keys: list[NoteKey]) -> None:
+        """Drop renders not wanted any more (asked for at a point the performer left): held
+        ones here, sent ones in the worker's queue (one being rendered completes)."""
+        with self._lock:
+            sent = [k for k in keys if self._pending.pop(k, None) is not None]
+            for k in keys:
+                self._spec.pop(k, None)
+            self.cancelled += len(sent)
+            q = self._req_q
+        if sent:
+            try:
+                q.put(("cancel", sent))
+            except (OSError, ValueError):  # the queue died with the worker: nothing to drop
+                pass
 
     def _take_speculative(self) -> list[RenderRequest]:
         """Move held speculative requests to pending while the worker has room (lock held)."""

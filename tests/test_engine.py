@@ -652,3 +652,16 @@ def test_the_load_check_counts_queued_starts_and_rests_only_seqs_as_apply_will(
     rig.run_until(1.5)
     assert e.apply_errors == 0
     rig.close()
+
+
+def test_a_timed_moves_state_event_carries_the_point_it_moves_to() -> None:
+    """OSC keeps a sender's own change from echoing back by the point in the state event
+    after its command: for a timed move that is where it goes, not where the block began."""
+    rig = make_rig()
+    e = rig.engine
+    states: list[list[float]] = []
+    e.add_listener(lambda ev: states.append(ev["point"]) if ev["kind"] == "state" else None)
+    assert e.submit("at 0.3 -0.3", at_s=0.503).ok
+    rig.run_until(1.0)
+    assert states and states[-1] == pytest.approx([0.3, -0.3])
+    rig.close()

@@ -615,3 +615,11 @@ def test_a_timed_command_refused_when_it_comes_due_is_answered_to_its_own_sender
     # A refusal of a line from elsewhere (the REPL) is nobody's here.
     core.on_event({"kind": "rejected", "src": "repl", "cmd": "at nosuch", "text": "x"})
     assert core.poll() == []
+
+
+def test_hello_and_bye_take_no_arguments() -> None:
+    core, _, _ = make_core()
+    for address in ("/pgesam/hello", "/pgesam/bye"):
+        assert errors(core.handle_datagram(msg(address, 1), A)) == [
+            (address, f"{address} takes no arguments")]
+    assert core.controllers == {}

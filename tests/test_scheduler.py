@@ -6,7 +6,7 @@ can tell from a sink call which note (and which point) was played."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -118,9 +118,13 @@ class FakeRequester:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.requests: list[tuple[float, float, float, int, int, float]] = []
+        self.cancelled: list[Any] = []
 
     def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
         self.requests.append((self.clock.now_s, x, y, pitch, seed, deadline_s))
+
+    def cancel(self, keys: list[Any]) -> None:
+        self.cancelled.extend(keys)
 
 
 class Rig:
@@ -652,3 +656,27 @@ def test_a_chord_naming_one_key_twice_plays_it_once() -> None:
     rig.sched.play_now([61, 61, 64])
     rig.run(0.1)
     assert len(rig.sink.calls) == 2
+
+
+def test_renders_asked_for_at_a_point_the_performer_left_are_cancelled() -> None:
+    """An XY stream while a sequence plays at the current point: each move supersedes what
+    was asked for at the last point (not yet due there), so renders never pile up; notes
+    still due at the old point, and notes with their own timbre, keep theirs."""
+    rig = Rig(auto=False, lookahead_s=0.2)
+    rig.sched.start_sequence("cur", make_sequence("cur", "C4 E4 G4 C5", 0.25))
+    rig.sched.start_sequence("own", make_sequence("own", "C3", 0.5, timbre=(0.5, 0.5)))
+    rig.run(0.5)
+    live = set()
+    for i in range(60):  # 60 moves, one per block: a fast pad
+        rig.sched.set_point(-0.9 + 0.03 * i, 0.1)
+        rig.run(rig.next_tick_s + 0.001)
+    keys = {rig.source.key(x, y, p, sd) for _, x, y, p, sd, _ in rig.req.requests}
+    cancelled = set(rig.req.cancelled)
+    live = keys - cancelled
+    # What is still wanted is a few notes at the last points, not 60 moves' worth.
+    assert len(cancelled) > 100 and len(live) < 40
+    # The fixed-timbre sequence never loses its renders.
+    assert not any(k.x == 0.5 and k.y == 0.5 for k in cancelled)
+    # The notes about to play at the current point are still asked for.
+    x, y = rig.sched.current_point()
+    assert any(k.x == round(x, 3) and k.y == round(y, 3) for k in live)

@@ -218,3 +218,49 @@ def test_notes_are_played_at_one_peak_level() -> None:
     out = normalise_peak(a.astype(np.float32))
     assert np.allclose(np.abs(out).max(axis=1), [NOTE_PEAK, 0.0, NOTE_PEAK])
     assert np.allclose(out[0] / out[0].max(), a[0] / a[0].max(), atol=1e-6)  # shape kept
+
+
+def test_the_worker_drops_renders_cancelled_before_it_takes_them(
+        tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import queue
+    import signal
+    import threading
+
+    from pgesam_live.worker import RenderRequest, _worker_main
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # (only the main thread may)
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    keys = [cache.key(0.1, 0.2, p, 0) for p in (60, 61, 62)]
+    req_q: queue.Queue[Any] = queue.Queue()
+    res_q: queue.Queue[Any] = queue.Queue()
+    for i, k in enumerate(keys):
+        req_q.put(RenderRequest(1.0 + i, i, k, k.xq, k.yq))
+    req_q.put(("cancel", keys[1:]))  # the point moved on before the worker got to them
+    t = threading.Thread(target=_worker_main, args=(str(tiny_model), "cpu", req_q, res_q, 1))
+    t.start()
+    try:
+        got = []
+        while not any(m[0] == "note" for m in got):
+            got.append(res_q.get(timeout=60))
+        time.sleep(0.5)
+        while not res_q.empty():
+            got.append(res_q.get())
+    finally:
+        req_q.put(None)
+        t.join(30)
+    assert [m[1] for m in got if m[0] == "note"] == [keys[0]]
+
+
+def test_the_client_forgets_cancelled_renders_and_asks_again_later(tiny_model: Path) -> None:
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    w.start(timeout_s=60)
+    try:
+        k = cache.key(0.3, 0.3, 60, 0)
+        assert w.request(k, k.xq, k.yq, deadline_s=100.0)
+        w.cancel([k])
+        assert w.cancelled == 1
+        assert w.request(k, k.xq, k.yq, deadline_s=100.0)  # wanted again: asked again
+        assert wait_for(lambda: k in cache, 60)
+    finally:
+        w.stop()
