@@ -724,6 +724,8 @@ def _sequences(
                 step_beats=step, velocity=velocity, gate=gate, start_beats=start,
                 repeat=repeat, timbre=timbre, timbre_name=timbre_name,
             )
+    # Defined with a bad value (reported there): not "undefined" where a line names it.
+    v.broken_names.update(name for name in (entries or {}) if name not in out)
     return out
 
 
@@ -922,7 +924,8 @@ def command_name_errors(commands: list[tuple[Command, float | None]],
             if name not in sequences:
                 have = ", ".join(sorted(sequences)) or "it defines none (under sequences:)"
                 out.append((k, f"start: no sequence {name!r} in this patch; {have}"))
-            running.add(name)
+            else:
+                running.add(name)
         elif cmd.name == "stop":
             if name not in running:
                 have = ", ".join(sorted(running)) or "none"

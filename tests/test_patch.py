@@ -350,3 +350,14 @@ def test_the_readme_form_patches_slash_name_works_from_any_folder(
     monkeypatch.chdir(tmp_path)
     assert find_patch("patches/morph.yaml", PATCHES) == PATCHES / "morph.yaml"
     assert find_patch("patches/morph", PATCHES) == PATCHES / "morph.yaml"
+
+
+def test_a_broken_sequence_is_not_named_undefined_and_a_failed_start_runs_nothing() -> None:
+    text = ('pgesam: 1\nsequences:\n  arp: {notes: "C4 H4"}\ncommands:\n  - "start arp"\n'
+            '  - "start nope"\n  - {at: 1, do: "stop nope"}\n')
+    with pytest.raises(PatchValidationError) as info:
+        parse_patch(text, "p.yaml", known_points=set())
+    errors = info.value.errors
+    assert len(errors) == 3, errors  # H4; start nope; stop nope (never started)
+    assert "H4" in errors[0] and "start: no sequence 'nope'" in errors[1]
+    assert "stop: no sequence 'nope'" in errors[2]
