@@ -83,7 +83,7 @@ class Renderer(Protocol):
     (a point's pitch bank) may be dropped when newer ones supersede it."""
 
     def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False) -> bool: ...
+                speculative: bool = False, cancellable: bool = False) -> bool: ...
 
     @property
     def pending(self) -> int: ...
@@ -123,7 +123,7 @@ class _Requester:
 
     def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
         key = self.cache.key(x, y, pitch, seed)
-        self.renderer.request(key, key.xq, key.yq, deadline_s)
+        self.renderer.request(key, key.xq, key.yq, deadline_s, cancellable=True)
 
     def cancel(self, keys: list[Any]) -> None:
         """Renders no longer wanted (the point moved on); a renderer without cancel ignores

@@ -482,6 +482,7 @@ class Scheduler:
         # move): a move's _request_ahead cancels those of older generations not asked again.
         self._cp_keys: dict[Hashable, int] = {}
         self._cp_gen = 0
+        self._pinned: dict[Hashable, float] = {}  # asked for by notes with their own timbre
         self._recent_pitches: dict[int, None] = {}
         self.counters = _Counters()
 
@@ -682,8 +683,8 @@ class Scheduler:
                  current_point: bool = False) -> None:
         if current_point:  # asked for where the performer's point is: superseded when it moves
             self._cp_keys[key] = self._cp_gen
-        else:  # a note with its own timbre needs it wherever the performer goes
-            self._cp_keys.pop(key, None)
+        else:  # a note with its own timbre needs it wherever the performer goes: never cancelled
+            self._pinned[key] = max(deadline_s, self._pinned.get(key, -math.inf))
         if key in self._requested:
             return
         self._requested[key] = deadline_s
@@ -718,6 +719,14 @@ class Scheduler:
             return
         for k in stale:
             del self._cp_keys[k]
+        x, y = self.current_point()
+        # Kept: what a note with its own timbre also wants, and what lies at the point the
+        # performer is on (a hush re-states the point without moving it).
+        stale = [k for k in stale if k not in self._pinned and
+                 k != self.source.key(x, y, k.pitch, k.seed)]  # type: ignore[attr-defined]
+        if not stale:
+            return
+        for k in stale:
             self._requested.pop(k, None)
         cancel = getattr(self.requester, "cancel", None)
         if cancel is not None:
@@ -728,6 +737,7 @@ class Scheduler:
         # (the requester coalesces it against the cache), and the memory stays small.
         if len(self._requested) > 256 or any(d < now_s for d in self._requested.values()):
             self._requested = {k: d for k, d in self._requested.items() if d >= now_s}
+            self._pinned = {k: d for k, d in self._pinned.items() if d >= now_s}
             # (_cp_keys stay until the point moves: a render past its deadline may still be
             # queued in the worker, and a move cancels it; they are one move's worth.)
 

@@ -137,6 +137,7 @@ class WorkerClient:
         self._spec: dict[NoteKey, RenderRequest] = {}
         self.dropped = 0
         self.cancelled = 0  # renders sent and then cancelled (the point moved on)
+        self._cancellable: set[NoteKey] = set()  # pending keys only cancellable requests want
         self._seq = 0
         self._proc: Any = None
         self._req_q: Any = None
@@ -214,15 +215,22 @@ class WorkerClient:
 
     # -- requests --------------------------------------------------------------------------
     def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False) -> bool:
+                speculative: bool = False, cancellable: bool = False) -> bool:
         """Ask for a note by `deadline_s` (engine seconds). Returns False when coalesced
         (already cached, or already pending with an earlier or equal deadline).
 
         speculative: a pre-render nobody waits for yet; held back while the worker is busy
-        and dropped when a newer point's speculative requests push it out."""
+        and dropped when a newer point's speculative requests push it out.
+        cancellable: `cancel` may take it back (the scheduler's look-ahead at the performer's
+        point); a key also asked for without it (a prerender, a held note) is kept."""
         if key in self.cache:
             return False
         with self._lock:
+            if cancellable:
+                if key not in self._pending and key not in self._spec:
+                    self._cancellable.add(key)
+            else:
+                self._cancellable.discard(key)
             old = self._pending.get(key)
             if old is not None and old.deadline_s <= deadline_s:
                 return False
@@ -253,9 +261,9 @@ class WorkerClient:
         """Drop renders not wanted any more (asked for at a point the performer left): held
         ones here, sent ones in the worker's queue (one being rendered completes)."""
         with self._lock:
+            keys = [k for k in keys if k in self._cancellable]
+            self._cancellable.difference_update(keys)
             sent = [k for k in keys if self._pending.pop(k, None) is not None]
-            for k in keys:
-                self._spec.pop(k, None)
             self.cancelled += len(sent)
             q = self._req_q
         if sent:
@@ -322,6 +330,7 @@ class WorkerClient:
                 self.cache.put(key, np.asarray(audio, dtype=np.float32))
                 with self._lock:
                     self._pending.pop(key, None)
+                    self._cancellable.discard(key)
                 self.rendered += 1
                 if self.on_ready is not None:
                     self.on_ready(key)
@@ -330,6 +339,7 @@ class WorkerClient:
                 _, key, text = msg
                 with self._lock:
                     self._pending.pop(key, None)
+                    self._cancellable.discard(key)
                 self.errors += 1
                 self._say(f"render failed for pitch {key.pitch} at ({key.xq:.2f}, {key.yq:.2f}):"
                           f" {text}")
@@ -376,7 +386,8 @@ class InlineRenderer:
         self.sample_rate = synth.sample_rate
 
     def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False) -> bool:
+                speculative: bool = False, cancellable: bool = False) -> bool:
+        # (Offline nothing is cancelled: a note renders on demand when it plays.)
         if key in self._queued or key in self.cache:
             return False
         self._seq += 1

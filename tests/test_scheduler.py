@@ -680,3 +680,21 @@ def test_renders_asked_for_at_a_point_the_performer_left_are_cancelled() -> None
     # The notes about to play at the current point are still asked for.
     x, y = rig.sched.current_point()
     assert any(k.x == round(x, 3) and k.y == round(y, 3) for k in live)
+
+
+def test_a_cancel_spares_keys_an_own_timbre_note_wants_and_the_point_still_held() -> None:
+    rig = Rig(auto=False, lookahead_s=0.2)
+    rig.sched.set_point(0.5, 0.5)
+    # An own-timbre sequence at the point the performer stands on, asked first...
+    rig.sched.start_sequence("own", make_sequence("own", "C4", 4.0, timbre=(0.5, 0.5)))
+    rig.sched.start_sequence("cur", make_sequence("cur", "C4", 0.5))
+    rig.run(0.2)
+    rig.sched.set_point(-0.5, 0.1)  # ...keeps its key when the performer leaves
+    rig.run(0.4)
+    assert rig.source.key(0.5, 0.5, 60, 0) not in rig.req.cancelled
+    # A hush re-states the point without moving: nothing at it is cancelled.
+    n = len(rig.req.cancelled)
+    rig.sched.hush()
+    rig.run(0.6)
+    x, y = rig.sched.current_point()
+    assert not any((k.x, k.y) == (round(x, 3), round(y, 3)) for k in rig.req.cancelled[n:])

@@ -257,10 +257,16 @@ def test_the_client_forgets_cancelled_renders_and_asks_again_later(tiny_model: P
     w.start(timeout_s=60)
     try:
         k = cache.key(0.3, 0.3, 60, 0)
-        assert w.request(k, k.xq, k.yq, deadline_s=100.0)
+        assert w.request(k, k.xq, k.yq, deadline_s=100.0, cancellable=True)
         w.cancel([k])
         assert w.cancelled == 1
         assert w.request(k, k.xq, k.yq, deadline_s=100.0)  # wanted again: asked again
-        assert wait_for(lambda: k in cache, 60)
+        # Asked for by a prerender too (not cancellable): a cancel leaves it.
+        k2 = cache.key(0.3, 0.3, 61, 0)
+        assert w.request(k2, k2.xq, k2.yq, deadline_s=100.0, cancellable=True)
+        w.request(k2, k2.xq, k2.yq, deadline_s=90.0)
+        w.cancel([k2])
+        assert w.cancelled == 1
+        assert wait_for(lambda: k in cache and k2 in cache, 60)
     finally:
         w.stop()
