@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 BEATS_PER_BAR = 4
 QUANTA = ("now", "beat", "bar")
 MAX_FALLBACK_SEMITONES = 3
+LAST_FALLBACK_SEMITONES = 12  # a late note with nothing near: a pitch up to an octave away
 LOOKAHEAD_MIN_S = 0.001
 LOOKAHEAD_MAX_S = 5.0
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
@@ -654,6 +655,18 @@ class Scheduler:
             self.counters.fallback_point += 1
             self.source.count_fallback()
             return near[1]
+        # Last: the nearest cached pitch anywhere, up to an octave away, re-pitched (a chord
+        # right after a load, before any of its notes is rendered, still sounds).
+        lo, hi = self.pitch_range if self.pitch_range is not None else (0, 127)
+        for d in sorted(range(-LAST_FALLBACK_SEMITONES, LAST_FALLBACK_SEMITONES + 1),
+                        key=lambda d: (abs(d), d)):
+            if d == 0 or not lo <= rp + d <= hi:
+                continue
+            near = self.source.nearest_point(self.source.key(xy[0], xy[1], rp + d, seed))
+            if near is not None:
+                self.counters.fallback_point += 1
+                self.source.count_fallback()
+                return self.repitch_fn(near[1], float(pitch - (rp + d)))
         self.counters.skipped += 1
         return None
 

@@ -380,16 +380,19 @@ def test_fallback_repitch_within_three_semitones() -> None:
     assert any(r[3] == 60 for r in rig.req.requests)
 
 
-def test_fallback_nearest_point_then_skip() -> None:
+def test_fallback_nearest_point_then_any_pitch_within_an_octave_then_skip() -> None:
     rig = Rig(auto=False)
     rig.source.add(0.5, 0.5, 60)      # same pitch, another point
-    rig.source.add(0.0, 0.0, 66)      # same point, 6 semitones away: too far to re-pitch
-    rig.sched.play_now([60, 72])
+    rig.source.add(0.0, 0.0, 66)      # same point, 6 semitones away: too far for the first step
+    rig.sched.play_now([60, 72, 100])
     rig.run(0.1)
-    assert [(c.pitch, c.x, c.y) for c in rig.sink.calls] == [(60, 0.5, 0.5)]
+    # 60 from the other point; 72 from 66, the nearest cached pitch within an octave,
+    # re-pitched (a chord right after a load sounds); 100 has nothing within an octave.
+    assert [(c.pitch, c.x, c.y) for c in rig.sink.calls][0] == (60, 0.5, 0.5)
+    assert len(rig.sink.calls) == 2 and rig.sink.calls[1].n_samples != 2400
     st = rig.sched.status()
-    assert (st["late"], st["fallbacks"], st["skipped"]) == (2, 1, 1)
-    assert rig.sched.counters.fallback_point == 1
+    assert (st["late"], st["fallbacks"], st["skipped"]) == (3, 2, 1)
+    assert rig.sched.counters.fallback_point == 2
 
 
 def test_ready_notes_are_not_late() -> None:
@@ -585,14 +588,14 @@ def test_the_render_cache_is_a_note_source() -> None:
     tone = np.sin(np.arange(24000) * 2 * np.pi * 220 / 24000).astype(np.float32)
     cache.put(cache.key(0.0, 0.0, 60), tone)
     cache.put(cache.key(0.0, 0.0, 62), tone)
-    sched.play_now([60, 61, 70])
+    sched.play_now([60, 61, 80])
     sched.tick(0.0)
     assert len(sink.calls) == 2
     assert sink.calls[0].n_samples == 24000  # a hit
     assert sink.calls[1].n_samples != 24000  # 61 from 60 or 62, re-pitched
     st = sched.status()
-    assert (st["late"], st["fallbacks"], st["skipped"]) == (2, 1, 1)
-    assert [r[3] for r in req.requests] == [61, 70]  # the missing ones asked for at once
+    assert (st["late"], st["fallbacks"], st["skipped"]) == (2, 1, 1)  # 80: nothing in an octave
+    assert [r[3] for r in req.requests] == [61, 80]  # the missing ones asked for at once
 
 
 def test_a_second_load_on_a_fresh_clock_restores_the_tempo_the_first_replaced() -> None:
