@@ -393,6 +393,11 @@ class Engine:
         except ValueError:
             return str(p)
 
+    def _queued_immediate(self) -> list[tuple[float, int, Command, str, Any]]:
+        """The immediate commands queued and not applied yet, in the order they apply (lock
+        held): what the line checks simulate."""
+        return sorted((e for e in self._queue if e[0] == -math.inf), key=lambda e: e[1])
+
     def _known_names(self) -> tuple[set[str], set[str]]:
         """Point names and running sequences outside any patch, as the immediate commands
         already queued will leave them: what a patch loaded now may name (a patch's own
@@ -401,8 +406,7 @@ class Engine:
         with self._lock:
             points = {*self.bookmarks, *self.model.named_points}
             sequences = set(self.scheduler.live_sequences())
-            for _, _, q, _, prepared in sorted((e for e in self._queue if e[0] == -math.inf),
-                                               key=lambda e: e[1]):
+            for _, _, q, _, prepared in self._queued_immediate():
                 name = str(q.args.get("name", ""))
                 if q.name == "mark":
                     points.add(name)
@@ -433,8 +437,7 @@ class Engine:
         pending = sched.pending_patch  # a load waiting for its bar (replaced by a later load)
         pending_off: set[str] = set()  # its sequences stopped before they start
         running = set(sched.running_sequences(include_pending=False))
-        for _, _, q, _, prepared in sorted((e for e in self._queue if e[0] == -math.inf),
-                                           key=lambda e: e[1]):
+        for _, _, q, _, prepared in self._queued_immediate():
             name = str(q.args.get("name", ""))
             if q.name == "mark":
                 marks.add(name)

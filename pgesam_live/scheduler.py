@@ -483,6 +483,7 @@ class Scheduler:
         # move): a move's _request_ahead cancels those of older generations not asked again.
         self._cp_keys: dict[Hashable, int] = {}
         self._cp_gen = 0
+        self._cp_judged = 0  # the generation _cancel_superseded last judged
         self._pinned: dict[Hashable, float] = {}  # asked for by notes with their own timbre
         self._recent_pitches: dict[int, None] = {}
         self.counters = _Counters()
@@ -727,6 +728,9 @@ class Scheduler:
         """Renders asked for at the performer's point before it moved, and not asked for
         again since (by a note still due there): cancelled, so a stream of moves (an XY pad
         while a sequence plays) never piles renders up behind the ones that will play."""
+        if self._cp_judged == self._cp_gen:
+            return  # the point has not moved since: nothing new to judge (every block)
+        self._cp_judged = self._cp_gen
         stale = [k for k, gen in self._cp_keys.items() if gen < self._cp_gen]
         if not stale:
             return
