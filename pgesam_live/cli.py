@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--frames-per-step", type=int, default=None,
                    help="Transformer frames per decoder step (overrides the config's)")
+    p.add_argument("--decoder", default=None, choices=["autoregressive", "parallel"],
+                   help="Transformer decoder of a new run: parallel (all frames at once from "
+                        "the point and pitch, the default model's) or autoregressive (the "
+                        "paper's recipe); default: autoregressive, or the resumed run's")
+    p.add_argument("--delta-weight", type=float, default=None,
+                   help="parallel decoder: weight of the frame-difference loss (default 1)")
+    p.add_argument("--spectral-weight", type=float, default=None,
+                   help="parallel decoder: weight of a loss on decoded audio spectra (0: off)")
+    p.add_argument("--point-noise", type=float, default=None,
+                   help="Gaussian noise (map units) on the training points (default 0)")
+    p.add_argument("--pitch-weight", type=float, default=None,
+                   help="loss weight of the pitch channel (harmonic codec; default 300)")
     p.add_argument("--input-noise", type=float, default=None,
                    help="std of Gaussian noise on the Transformer's teacher-forced input "
                         "frames (training only; 0 = off)")
@@ -157,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-notes", type=_positive, default=None,
                    help="generate at most this many notes (a deterministic subsample)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="parallel decoder: render with this guidance scale instead of the "
+                        "model's own (1 = off)")
+    p.add_argument("--tune", choices=["on", "off"], default=None,
+                   help="tune each generated note's f0 to its key (default: as the model "
+                        "says; off measures the generator alone)")
     p.set_defaults(func="pgesam_live.model.eval:run_eval")
 
     p = sub.add_parser("pack", help="store a fine-tuned model compactly, as a difference "

@@ -19,6 +19,7 @@ training ends within that many seconds of the start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import lzma
 import sys
@@ -52,7 +53,11 @@ def export(data: Path, model: Path, out: Path) -> None:
     q = np.round((f - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
     q = np.ascontiguousarray(q.transpose(0, 2, 1))  # [N, D, T]
     d = np.diff(q.astype(np.int16), axis=2, prepend=0).astype(np.uint8)
+    # Channel 0 (the harmonic codec's pitch) at 16 bits: 8 bits over its whole range would be
+    # steps of ~20 cents, a bias the decoder would learn.
+    p16 = np.round((f[..., 0] - lo[0]) / max(hi[0] - lo[0], 1e-12) * 65535).astype(np.uint16)
     meta = {"shape": list(f.shape), "lo": torch.from_numpy(lo), "hi": torch.from_numpy(hi),
+            "channel0_u16": lzma.compress(np.ascontiguousarray(p16).tobytes()),
             "pitch": td.pitch, "family": td.family, "instrument": td.instrument,
             "instrument_names": td.instrument_names, "instrument_family": td.instrument_family}
     buf = io.BytesIO()
@@ -61,6 +66,7 @@ def export(data: Path, model: Path, out: Path) -> None:
     body = lzma.compress(d.tobytes(), preset=9 | lzma.PRESET_EXTREME)
     out.write_bytes(len(head).to_bytes(8, "little") + head + body)
     err = (q.transpose(0, 2, 1).astype(np.float32) / 255 * (hi - lo) + lo) - f
+    err[..., 0] = p16.astype(np.float32) / 65535 * (hi[0] - lo[0]) + lo[0] - f[..., 0]
     print(f"{out}: {f.shape[0]} notes, {out.stat().st_size / 1e6:.1f} MB, "
           f"rounding RMS {float(np.sqrt((err ** 2).mean())):.2e}")
 
@@ -74,6 +80,10 @@ def load_portable(path: Path, device: torch.device) -> T.TrainData:
     q = np.cumsum(d.reshape(shape[0], shape[2], shape[1]), axis=2, dtype=np.uint8)
     lo, hi = meta["lo"].numpy(), meta["hi"].numpy()
     frames = q.transpose(0, 2, 1).astype(np.float32) / 255 * (hi - lo) + lo
+    if "channel0_u16" in meta:
+        p16 = np.frombuffer(lzma.decompress(meta["channel0_u16"]), dtype=np.uint16)
+        frames[..., 0] = p16.reshape(shape[0], shape[1]).astype(np.float32) / 65535 * (
+            hi[0] - lo[0]) + lo[0]
     return T.TrainData(frames=torch.from_numpy(frames).to(device),
                        pitch=meta["pitch"].to(device), family=meta["family"].to(device),
                        instrument=meta["instrument"].to(device),
@@ -83,14 +93,23 @@ def load_portable(path: Path, device: torch.device) -> T.TrainData:
 
 def _seconds_per_step(data: T.TrainData, opts: T.TrainOptions, dev: torch.device,
                       probe_steps: int = 12) -> float:
-    """Time a few real training steps (a throwaway copy of the model)."""
-    obj, _ = read_model_payload(Path(str(opts.init)))
-    tr = T.build_transformer(obj["transformer_config"], obj["transformer_state"], "init")
+    """Time a few real training steps (a throwaway copy of the model the run builds)."""
+    src = Path(str(opts.init or opts.vae))
+    obj, _ = read_model_payload(src)
+    codec = T.get_codec(obj["codec"]["name"], **dict(obj["codec"].get("config") or {}))
+    if opts.init:
+        tr = T.build_transformer(obj["transformer_config"], obj["transformer_state"], "init")
+    else:
+        pr = (int(obj["pitch_range"][0]), int(obj["pitch_range"][1]))
+        _, cfg = T.make_configs(str(obj["config_name"]), codec.dim, 1, pr,
+                                opts.decoder or T.DEFAULT_DECODER)
+        tr = T.make_transformer(cfg)
     tr.to(dev).train()
     params = lora.attach(tr, opts.lora_rank) if opts.lora_rank else list(tr.parameters())
     opt = torch.optim.AdamW(params, lr=1e-6)
     batch = int(opts.batch_size or 32)
     w = T.channel_weights(obj["codec"]["name"], tr.cfg.frame_dim, dev)
+    codec = codec.to(dev)
     t0 = 0.0
     for i in range(probe_steps + 2):
         if i == 2:
@@ -104,7 +123,13 @@ def _seconds_per_step(data: T.TrainData, opts: T.TrainOptions, dev: torch.device
         if opts.self_feed:
             x_in = T._self_fed_inputs(tr, pts, data.pitch[idx], x, opts.self_feed,
                                       opts.self_feed_passes or 2)
-        loss = (((tr(pts, data.pitch[idx], x_in) - x) ** 2) * w).mean()
+        pred = tr(pts, data.pitch[idx], x_in)
+        if tr.cfg.parallel:
+            loss = T.audible_frame_loss(pred, x, codec, w, opts.delta_weight)
+            if opts.spectral_weight:
+                loss = loss + opts.spectral_weight * T.decoded_spectral_loss(pred, x, codec)
+        else:
+            loss = (((pred - x) ** 2) * w).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -134,6 +159,39 @@ def train(frames: Path, deadline_s: float, args: list[str]) -> int:
         T.load_train_data = real  # type: ignore[assignment]
 
 
+def slim(model: Path, out: Path) -> None:
+    """A model file's Transformer (config, float16 weights, training record) alone: what comes
+    back from a lent machine within its file-size limits; `unslim` rebuilds the model file
+    with the VAE and meta of the base it was trained on."""
+    obj, model_id = read_model_payload(model)
+    state = {k: (v.half() if v.is_floating_point() else v)
+             for k, v in obj["transformer_state"].items()}
+    torch.save({"transformer_config": obj["transformer_config"], "transformer_state": state,
+                "training": obj["training"], "from": model_id}, out)
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
+
+
+def unslim(slim_file: Path, base: Path, out_dir: Path) -> Path:
+    """`slim`'s file + the base model file it was trained with -> a model file in out_dir."""
+    from pgesam_live.model.checkpoints import (
+        build_transformer,
+        build_vae,
+        meta_from_payload,
+        save_model,
+    )
+
+    s = torch.load(slim_file, weights_only=True)
+    obj, _ = read_model_payload(base)
+    vae = build_vae(obj["vae_config"], obj["vae_state"], base)
+    state = {k: (v.float() if v.is_floating_point() else v)
+             for k, v in s["transformer_state"].items()}
+    tr = build_transformer(s["transformer_config"], state, slim_file)
+    meta = dataclasses.replace(meta_from_payload(obj), training=dict(s["training"]))
+    path = save_model(out_dir, vae, tr, meta)  # type: ignore[arg-type]
+    print(path)
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -146,7 +204,20 @@ def main() -> int:
     t.add_argument("--deadline-s", type=float, default=0.0,
                    help="without --steps: end training this many seconds after the start")
     t.add_argument("rest", nargs=argparse.REMAINDER, help="-- then `train` options")
+    sl = sub.add_parser("slim", help="a model file's Transformer alone, float16")
+    sl.add_argument("model", type=Path)
+    sl.add_argument("--out", type=Path, required=True)
+    us = sub.add_parser("unslim", help="slim file + its base model file -> a model file")
+    us.add_argument("slim", type=Path)
+    us.add_argument("--base", type=Path, required=True)
+    us.add_argument("--out", type=Path, required=True, help="folder for the model file")
     ns = ap.parse_args()
+    if ns.cmd == "slim":
+        slim(ns.model, ns.out)
+        return 0
+    if ns.cmd == "unslim":
+        unslim(ns.slim, ns.base, ns.out)
+        return 0
     if ns.cmd == "export":
         export(ns.data, ns.model, ns.out)
         return 0

@@ -48,7 +48,7 @@ from pgesam_live.errors import CheckpointError, CodecError, ConfigError
 
 if TYPE_CHECKING:
     from pgesam_live.model.codec import Codec
-    from pgesam_live.model.transformer import FrameTransformer
+    from pgesam_live.model.parallel import Decoder
     from pgesam_live.model.vae import TimbreVAE
 
 FORMAT = "pgesam-live/model"
@@ -114,7 +114,7 @@ class ModelBundle:
     """A loaded model: both networks in eval mode on one device, the codec, meta and id."""
 
     vae: TimbreVAE
-    transformer: FrameTransformer
+    transformer: Decoder
     codec: Codec
     meta: ModelMeta
     id: str
@@ -262,7 +262,7 @@ def load_training_state(path: Path, required: tuple[str, ...] = ()) -> dict[str,
 
 # --- model files --------------------------------------------------------------------------------
 
-def save_model(directory: Path | str, vae: TimbreVAE, transformer: FrameTransformer,
+def save_model(directory: Path | str, vae: TimbreVAE, transformer: Decoder,
                meta: ModelMeta) -> Path:
     """Write a model file into `directory`; returns its path (`pgesam_<cfg>_<codec>-<h8>.pt`)."""
     lo, hi = (int(p) for p in meta.pitch_range)
@@ -510,6 +510,16 @@ def _unpack(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Model files that were bundled once and are no longer in checkpoints/: what they were, and a
+# commit whose tree still holds them (journals and patches may name them).
+SUPERSEDED: dict[str, tuple[str, str]] = {
+    "pgesam_small_harmonic-be8bcbcb": ("the first bundled model (autoregressive decoder)",
+                                       "5bdc272"),
+    "pgesam_small_harmonic-869fda4e": ("the bundled default before the parallel decoder "
+                                       "(autoregressive, packed on be8bcbcb)", "5bdc272"),
+}
+
+
 def resolve_model(name_or_path: str | Path = "default", directory: Path | None = None) -> Path:
     """`default` -> the file checkpoints/DEFAULT names, else the newest `pgesam_*.pt` there;
     else a name there, else a path."""
@@ -535,6 +545,14 @@ def resolve_model(name_or_path: str | Path = "default", directory: Path | None =
     for cand in (directory / name, directory / f"{name}.pt"):
         if cand.is_file():
             return cand
+    stem = Path(name).name.removesuffix(".pt")
+    if stem in SUPERSEDED:
+        what, commit = SUPERSEDED[stem]
+        need = " and its base pgesam_small_harmonic-be8bcbcb.pt" if "packed" in what else ""
+        raise CheckpointError(
+            f"model {stem} was {what}; it is no longer shipped in {directory}. Get it back "
+            f"from the repository's history: `git show {commit}:checkpoints/{stem}.pt > "
+            f"checkpoints/{stem}.pt`{need}, then --model {stem}; or play with --model default")
     avail = ", ".join(sorted(q.stem for q in directory.glob("pgesam_*.pt"))) or "none"
     raise CheckpointError(f"model {name!r} not found (not a file, not in {directory}; "
                           f"available: {avail}); pass a path or `default`")
@@ -605,10 +623,11 @@ def build_vae(cfg_dict: dict[str, Any], state: dict[str, torch.Tensor] | None,
 
 
 def build_transformer(cfg_dict: dict[str, Any], state: dict[str, torch.Tensor] | None,
-                      source: Path | str) -> FrameTransformer:
-    """Rebuild a FrameTransformer from a stored config (and weights)."""
-    from pgesam_live.model.transformer import FrameTransformer, TransformerConfig
-    return _build(FrameTransformer, TransformerConfig, cfg_dict, state, source, "Transformer")
+                      source: Path | str) -> Decoder:
+    """Rebuild the Transformer (either decoder) from a stored config (and weights)."""
+    from pgesam_live.model.parallel import make_transformer
+    from pgesam_live.model.transformer import TransformerConfig
+    return _build(make_transformer, TransformerConfig, cfg_dict, state, source, "Transformer")
 
 
 def _build(model_cls: Any, cfg_cls: type, cfg_dict: dict[str, Any],

@@ -386,6 +386,25 @@ class HarmonicCodec(Codec):
         g = torch.sqrt(e_short / (e_long + ref * 1e-9 + 1e-30))
         return g.clamp(0.0, self.MAX_ATTACK_GAIN)
 
+    TUNE_AUDIBLE_DB = 40.0  # tune(): frames within this many dB of the note's loudest count
+
+    def tune(self, frames: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, D] (normalised), pitches [B] MIDI -> frames whose f0 track is shifted
+        so that its median over the audible frames (within TUNE_AUDIBLE_DB of the note's
+        loudest) is the key's, to the nearest octave. A new tensor; silent notes unchanged."""
+        out = frames.clone()
+        midi = frames[..., 0] * self.PITCH_SCALE_MIDI + self.PITCH_OFFSET_MIDI  # [B, T]
+        loud = frames[..., 1] * self.LOUD_SCALE_DB
+        key = pitches.to(frames.device, frames.dtype)
+        for i in range(frames.shape[0]):
+            audible = loud[i] >= loud[i].max() - self.TUNE_AUDIBLE_DB
+            if not bool(audible.any()):
+                continue
+            off = float((midi[i][audible] - key[i]).median())
+            shift = off - 12.0 * round(off / 12.0)
+            out[i, :, 0] = frames[i, :, 0] - shift / self.PITCH_SCALE_MIDI
+        return out
+
     # ----------------------------------------------------------------------------- decode
     def unnormalise(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [B, T, D] -> clamped physical parameters: f0_hz [B, T], amplitude [B, T, K]
@@ -414,14 +433,16 @@ class HarmonicCodec(Codec):
         p = self.unnormalise(frames)
         return self.synthesise(p["f0_hz"], p["amplitude"], p["noise_psd"], seed=seed)
 
-    def synthesise(self, f0_hz: torch.Tensor, amplitude: torch.Tensor, noise_psd: torch.Tensor,
-                   seed: int | Sequence[int] = 0) -> torch.Tensor:
+    def synthesise(self, f0_hz: torch.Tensor, amplitude: torch.Tensor,
+                   noise_psd: torch.Tensor | None, seed: int | Sequence[int] = 0) -> torch.Tensor:
         """Physical parameters -> wave [B, T * hop].
 
         f0_hz [B, T]; amplitude [B, T, K] per harmonic; noise_psd [B, T, n_bands] (variance of
-        white noise with that density). Harmonics: one wavetable per frame (an inverse FFT of
-        the K amplitudes), read at a phase that integrates the per-sample f0, crossfaded
-        linearly between neighbouring frames (= linear amplitude interpolation per harmonic).
+        white noise with that density), or None for the harmonic part alone (a training loss
+        on decoded audio: deterministic and differentiable). Harmonics: one wavetable per
+        frame (an inverse FFT of the K amplitudes), read at a phase that integrates the
+        per-sample f0, crossfaded linearly between neighbouring frames (= linear amplitude
+        interpolation per harmonic).
         """
         B, T, K = amplitude.shape
         hop, M = self.hop, self.TABLE_SIZE
@@ -457,6 +478,8 @@ class HarmonicCodec(Codec):
 
         a_s = a.repeat(T)[None]                                              # [1, N]
         harmonic = read(base0) * (1 - a_s) + read(base1) * a_s
+        if noise_psd is None:
+            return harmonic
         return harmonic + self._noise(noise_psd, n, seed)
 
     def _noise(self, noise_psd: torch.Tensor, n: int, seed: int | Sequence[int]) -> torch.Tensor:

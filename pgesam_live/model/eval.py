@@ -6,12 +6,15 @@ codec's own round trip against the original: the ceiling for any model on that c
 pitch_misses (instrument -> [misses, notes]) (these by PESTO), pitch_median_abs_cents (by YIN),
 pitch_yin {within_50c, within_50c_midi, within_50c_codec} (the 50-cent tests by YIN),
 var_per_instrument, var_per_pitch, family_knn_acc, codec_mrstft, mrstft_generated (generated
-notes against their originals, same distance), plus counts. A short markdown
+notes against their originals, same distance), identity_nn (+ _codec, _chance), envelope_db
+(+ _codec), map_spread {level_2_5s_ratio, centroid_ratio, neighbour_distance_db,
+two_step_distance_db, neighbour_closer_share, continuous, ...}, plus counts. A short markdown
 report goes next to the JSON (or to --report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgesam_live.errors import CodecError, DataError
+from pgesam_live.errors import CodecError, ConfigError, DataError
 from pgesam_live.model import metrics
 from pgesam_live.model.checkpoints import ModelBundle, load_model
 from pgesam_live.model.data import FAMILIES, FrameSet, load_audio, load_frames, read_split
@@ -131,8 +134,9 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     for sl in _batches(len(idx), 25):
         sel = idx[sl]
         pts = mu_all[sel].numpy()
-        g = tr.generate(torch.as_tensor(pts, device=device),
-                        fs.pitch[sel].to(device), n_frames=frames.shape[1])
+        g = synth.finish_frames(tr.generate(torch.as_tensor(pts, device=device),
+                                            fs.pitch[sel].to(device), n_frames=frames.shape[1]),
+                                fs.pitch[sel].to(device))
         gen_frames.append(g.float().cpu())
         gen_audio.append(synth.decode_frames(g, seed=seed))
     gen = torch.cat(gen_frames)
@@ -191,6 +195,11 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
         mrstft.append(metrics.mrstft_distance(originals[j][:n], rt[j, :n]))
         mrstft_gen.append(metrics.mrstft_distance(originals[j][:n], audio[j, :n]))
 
+    # What the map changes (the sound issue's figures): is a generated note nearest to its own
+    # instrument among every evaluated instrument's original at its pitch, and does its level
+    # follow the original's over time. The codec's round trip gives the ceiling of both.
+    sound = _identity_and_envelope(fs, idx, originals, audio, rt, sr)
+
     mu_np = mu_all.numpy()
     inst_np, pitch_np, fam_np = fs.instrument.numpy(), fs.pitch.numpy(), fs.family.numpy()
     var_inst, var_pitch = _variances(mu_np, inst_np, pitch_np)
@@ -230,8 +239,109 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
         "family_knn_acc": knn,
         "codec_mrstft": float(np.mean(mrstft)),
         "mrstft_generated": float(np.mean(mrstft_gen)),
+        **sound,
+        "map_spread": map_spread(bundle, synth, data_dir, split, seed=seed),
         "eval_s": round(time.time() - t0, 1),
     }
+
+
+def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.ndarray],
+                           audio: np.ndarray, rt: np.ndarray, sr: int) -> dict[str, Any]:
+    """identity_nn (+ its codec ceiling and chance level) and envelope_db (+ codec) for the
+    generated notes `audio[j]` of notes `idx[j]`, against all originals of the split."""
+    keys = [metrics.identity_key(fs.instrument_names[int(i)]) for i in fs.instrument]
+    pitches = fs.pitch.numpy()
+    wanted = {int(pitches[i]) for i in idx}
+    cands: dict[int, list[tuple[str, np.ndarray]]] = {p: [] for p in wanted}
+    n_samples = audio.shape[1]
+    for k, note in enumerate(fs.notes):
+        p = int(pitches[k])
+        if p in wanted:
+            wave = load_audio(note.path, sr, n_samples)
+            cands[p].append((keys[k], metrics.log_band_spectrogram(wave, sr)))
+    own_gen, own_rt, chance, env_gen, env_rt = [], [], [], [], []
+    for j, i in enumerate(idx):
+        key, c = keys[int(i)], cands[int(pitches[i])]
+        own_gen.append(metrics.nearest_is_own(metrics.log_band_spectrogram(audio[j], sr), key, c))
+        own_rt.append(metrics.nearest_is_own(metrics.log_band_spectrogram(rt[j], sr), key, c))
+        chance.append(sum(k == key for k, _ in c) / max(1, len(c)))
+        env_gen.append(metrics.envelope_error_db(originals[j], audio[j], sr))
+        env_rt.append(metrics.envelope_error_db(originals[j], rt[j], sr))
+    return {"identity_nn": float(np.mean(own_gen)), "identity_nn_codec": float(np.mean(own_rt)),
+            "identity_nn_chance": float(np.mean(chance)),
+            "envelope_db": float(np.mean(env_gen)), "envelope_db_codec": float(np.mean(env_rt))}
+
+
+MAP_GRID = 5
+MAP_PITCH = 60  # C4
+
+
+def _grid_note_figures(waves: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level at 2.5 s (dB re peak) and spectral centroid (Hz) of each note [B, N]."""
+    level = np.array([metrics.levels_db(w, sr, (2.5,))[0] for w in waves])
+    centroid = np.array([metrics.spectral_centroid_hz(w, sr) for w in waves])
+    return level, centroid
+
+
+def map_spread(bundle: ModelBundle, synth: Any, data_dir: str | Path, split: str,
+               seed: int = 0) -> dict[str, Any]:
+    """How much, and how smoothly, the map changes the sound at C4.
+
+    A 5 x 5 grid spanning the training points' bounding box: the spread (std) of the level at
+    2.5 s and of the spectral centroid, each over the spread of the same figure across the
+    originals at C4 of the data set's training split (the instruments the map was made from;
+    the evaluated split if there is no training split): 1 is the originals' variety, near 0 a
+    map that changes nothing. Continuity: the mean log-band spectrogram distance between grid
+    neighbours (one step) and between cells two steps apart on the same row or column, and the
+    share of (cell, +1, +2) triples where the neighbour is the closer one.
+    """
+    pts = bundle.training_points
+    if not pts:
+        return {"error": "the model carries no training points"}
+    xy = np.array([[p["x"], p["y"]] for p in pts], dtype=np.float64)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    gx = np.linspace(lo[0], hi[0], MAP_GRID)
+    gy = np.linspace(lo[1], hi[1], MAP_GRID)
+    grid = np.array([[x, y] for y in gy for x in gx], dtype=np.float32)  # row-major in y
+    p_lo, p_hi = bundle.pitch_range
+    pitch = min(max(MAP_PITCH, p_lo), p_hi)
+    waves = synth.render(grid, [pitch] * len(grid), seed=seed)
+    sr = synth.sample_rate
+    level, centroid = _grid_note_figures(waves, sr)
+    ref_split = "train" if read_split(data_dir, "train") else split
+    ref = [n for n in read_split(data_dir, ref_split) if n.pitch == pitch]
+    ref_waves = np.stack([load_audio(n.path, sr, waves.shape[1]) for n in ref]) if ref else None
+    out: dict[str, Any] = {"grid": MAP_GRID, "pitch": pitch,
+                           "x_range": [float(lo[0]), float(hi[0])],
+                           "y_range": [float(lo[1]), float(hi[1])],
+                           "reference": f"{ref_split} split, {len(ref)} originals"}
+    if ref_waves is not None and len(ref_waves) > 1:
+        r_level, r_centroid = _grid_note_figures(ref_waves, sr)
+        out["level_2_5s_ratio"] = float(level.std() / max(r_level.std(), 1e-9))
+        out["centroid_ratio"] = float(centroid.std() / max(r_centroid.std(), 1e-9))
+    out["level_2_5s_std_db"] = float(level.std())
+    out["centroid_std_hz"] = float(centroid.std())
+    specs = [metrics.log_band_spectrogram(w, sr) for w in waves]
+    g = MAP_GRID
+
+    def spec(r: int, c: int) -> np.ndarray:
+        return specs[r * g + c]
+
+    d1, d2, closer = [], [], []
+    for r in range(g):
+        for c in range(g):
+            for dr, dc in ((0, 1), (1, 0)):
+                if r + 2 * dr < g and c + 2 * dc < g:
+                    a = metrics.spectrogram_distance(spec(r, c), spec(r + dr, c + dc))
+                    b = metrics.spectrogram_distance(spec(r, c), spec(r + 2 * dr, c + 2 * dc))
+                    d1.append(a)
+                    d2.append(b)
+                    closer.append(a < b)
+    out["neighbour_distance_db"] = float(np.mean(d1))
+    out["two_step_distance_db"] = float(np.mean(d2))
+    out["neighbour_closer_share"] = float(np.mean(closer))
+    out["continuous"] = bool(np.mean(d1) < np.mean(d2))
+    return out
 
 
 def report_markdown(r: dict[str, Any]) -> str:
@@ -263,14 +373,41 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"| 5-NN family accuracy (instrument means) | {r['family_knn_acc']:.3f} |",
         f"| codec round trip MR-STFT | {r['codec_mrstft']:.3f} |",
         f"| generated note vs the original, MR-STFT | {r['mrstft_generated']:.3f} |",
-        "",
+        f"| identity_nn: nearest original is its own (codec ceiling; chance) | "
+        f"{r['identity_nn']:.3f} ({r['identity_nn_codec']:.3f}; {r['identity_nn_chance']:.3f}) |",
+        f"| envelope_db: level error at 0.5/1.5/2.5 s (codec) | {r['envelope_db']:.1f} dB "
+        f"({r['envelope_db_codec']:.1f} dB) |",
     ]
+    ms = r.get("map_spread") or {}
+    if "level_2_5s_ratio" in ms:
+        lines.append(f"| map_spread at C4: level at 2.5 s / centroid, re the originals | "
+                     f"{ms['level_2_5s_ratio']:.2f} / {ms['centroid_ratio']:.2f} |")
+    if "neighbour_distance_db" in ms:
+        lines.append(f"| map continuity: neighbour / two-step distance (closer share) | "
+                     f"{ms['neighbour_distance_db']:.1f} / {ms['two_step_distance_db']:.1f} dB "
+                     f"({ms['neighbour_closer_share']:.2f}) |")
+    lines.append("")
     if r["pitch_misses"]:
         lines += ["Generated notes more than 50 cents from the original (PESTO), by "
                   "instrument (misses / notes):", ""]
         lines += [f"- {name}: {m} / {n}" for name, (m, n) in r["pitch_misses"].items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def set_guidance(bundle: ModelBundle, guidance: float) -> None:
+    """Render `bundle` with another guidance scale (parallel decoder only)."""
+    tr = bundle.transformer
+    if not tr.cfg.parallel:
+        raise ConfigError("--guidance is for the parallel decoder; this model is "
+                          f"{tr.cfg.decoder}: leave --guidance out")
+    tr.cfg = dataclasses.replace(tr.cfg, guidance=guidance)
+
+
+def set_tune(bundle: ModelBundle, tune: bool) -> None:
+    """Render `bundle` with its f0 tuning on or off (TransformerConfig.tune_f0)."""
+    tr = bundle.transformer
+    tr.cfg = dataclasses.replace(tr.cfg, tune_f0=tune)
 
 
 def run_eval(ns: Namespace) -> int:
@@ -282,6 +419,10 @@ def run_eval(ns: Namespace) -> int:
     if problem is not None:  # before the evaluation, not after it
         raise DataError(f"--report {ns.report}: {problem}; give a writable path")
     bundle = load_model(ns.model, device=resolve_device(ns.device))
+    if getattr(ns, "guidance", None) is not None:
+        set_guidance(bundle, float(ns.guidance))
+    if getattr(ns, "tune", None) is not None:
+        set_tune(bundle, ns.tune == "on")
     splits = ["train", "valid", "test"] if ns.split == "all" else [ns.split]
     result: dict[str, Any] = {}
     for sp in splits:

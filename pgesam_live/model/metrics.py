@@ -207,3 +207,112 @@ def half_peak_time_s(wave: np.ndarray | torch.Tensor, sample_rate: int,
     if peak <= 0.0:
         raise CodecError("cannot time the attack of a silent waveform")
     return float(np.argmax(env >= 0.5 * peak)) / sample_rate
+
+
+# -- what the map changes: the sound figures of the timbre map -----------------------------------
+BAND_FFT = 2048
+BAND_HOP = 1024
+N_BANDS = 48
+BAND_MIN_HZ = 40.0
+SPEC_FLOOR_DB = -80.0      # log-band spectrogram: levels re the note's loudest cell, floored
+ENVELOPE_FLOOR_DB = -60.0  # level envelope: dB re the note's peak, floored
+ENVELOPE_TIMES_S = (0.5, 1.5, 2.5)
+ENVELOPE_WINDOW_S = 0.05
+
+
+def _band_matrix(sample_rate: int) -> np.ndarray:
+    """[N_BANDS, F] triangle-free rectangular bands, log-spaced from 40 Hz to Nyquist."""
+    nyq = sample_rate / 2
+    edges = np.geomspace(BAND_MIN_HZ, nyq, N_BANDS + 1)
+    freqs = np.fft.rfftfreq(BAND_FFT, 1.0 / sample_rate)
+    m = np.zeros((N_BANDS, len(freqs)))
+    for b in range(N_BANDS):
+        sel = (freqs >= edges[b]) & (freqs < edges[b + 1])
+        if not sel.any():  # a band narrower than a bin takes its nearest bin
+            sel = np.abs(freqs - np.sqrt(edges[b] * edges[b + 1])) == np.min(
+                np.abs(freqs - np.sqrt(edges[b] * edges[b + 1])))
+        m[b, sel] = 1.0 / sel.sum()
+    return m
+
+
+def log_band_spectrogram(wave: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+    """A note's log-band spectrogram: [N_BANDS, frames] in dB re its loudest cell, floored at
+    SPEC_FLOOR_DB (levels normalised: a note and the same note 10 dB quieter are identical).
+    Hann 2048, hop 1024, 48 log-spaced bands from 40 Hz."""
+    x = _as_numpy(wave)
+    if len(x) < BAND_FFT:
+        x = np.pad(x, (0, BAND_FFT - len(x)))
+    n = 1 + (len(x) - BAND_FFT) // BAND_HOP
+    idx = np.arange(BAND_FFT)[None, :] + BAND_HOP * np.arange(n)[:, None]
+    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(BAND_FFT), axis=1)) ** 2  # [frames, F]
+    bands = _band_matrix(sample_rate) @ spec.T  # [N_BANDS, frames]
+    db = 10.0 * np.log10(bands + 1e-20)
+    db -= db.max()
+    return np.maximum(db, SPEC_FLOOR_DB)
+
+
+def spectrogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |a - b| (dB) of two log-band spectrograms, cut to the shorter one."""
+    n = min(a.shape[1], b.shape[1])
+    return float(np.abs(a[:, :n] - b[:, :n]).mean())
+
+
+def levels_db(wave: np.ndarray | torch.Tensor, sample_rate: int,
+              times_s: tuple[float, ...] = ENVELOPE_TIMES_S,
+              window_s: float = ENVELOPE_WINDOW_S) -> np.ndarray:
+    """RMS level over `window_s` centred at each time, in dB re the note's peak level (the
+    loudest such window), floored at ENVELOPE_FLOOR_DB: [len(times_s)]."""
+    x = _as_numpy(wave)
+    w = max(1, int(round(window_s * sample_rate)))
+    c = np.concatenate([[0.0], np.cumsum(x ** 2)])
+    rms = np.sqrt(np.maximum(c[w:] - c[:-w], 0.0) / w)  # window starting at each sample
+    peak = float(rms.max()) if len(rms) else 0.0
+    if peak <= 0.0:
+        return np.full(len(times_s), ENVELOPE_FLOOR_DB)
+    out = []
+    for t in times_s:
+        i = int(round(t * sample_rate)) - w // 2
+        i = min(max(i, 0), len(rms) - 1)
+        out.append(20.0 * np.log10(max(rms[i], 1e-12) / peak))
+    return np.maximum(np.array(out), ENVELOPE_FLOOR_DB)
+
+
+def envelope_error_db(ref: np.ndarray | torch.Tensor, est: np.ndarray | torch.Tensor,
+                      sample_rate: int) -> float:
+    """Mean |level(est) - level(ref)| in dB at ENVELOPE_TIMES_S (levels re each note's own
+    peak, floored at -60 dB): 0 for the same envelope at any gain."""
+    return float(np.abs(levels_db(est, sample_rate) - levels_db(ref, sample_rate)).mean())
+
+
+def spectral_centroid_hz(wave: np.ndarray | torch.Tensor, sample_rate: int) -> float:
+    """Power-weighted mean frequency over the whole note (Hann 2048, hop 1024)."""
+    x = _as_numpy(wave)
+    if len(x) < BAND_FFT:
+        x = np.pad(x, (0, BAND_FFT - len(x)))
+    n = 1 + (len(x) - BAND_FFT) // BAND_HOP
+    idx = np.arange(BAND_FFT)[None, :] + BAND_HOP * np.arange(n)[:, None]
+    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(BAND_FFT), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(BAND_FFT, 1.0 / sample_rate)
+    total = float(spec.sum())
+    if total <= 0.0:
+        return 0.0
+    return float((spec * freqs).sum() / total)
+
+
+def identity_key(instrument_name: str) -> str:
+    """What counts as one instrument for `identity_nn`: a General MIDI program rendered from
+    two banks (`fluidr3_gm_004`, `musescore_general_004`) is one ('gm004'); other names are
+    themselves."""
+    import re
+
+    m = re.fullmatch(r".+_(\d{3})", instrument_name)
+    return f"gm{m.group(1)}" if m else instrument_name
+
+
+def nearest_is_own(query: np.ndarray, own_key: str, candidates: list[tuple[str, np.ndarray]]
+                   ) -> bool:
+    """Whether the candidate (key, log-band spectrogram) nearest to `query` has `own_key`."""
+    if not candidates:
+        return False
+    d = [spectrogram_distance(query, spec) for _, spec in candidates]
+    return candidates[int(np.argmin(d))][0] == own_key

@@ -150,7 +150,17 @@ class Synth:
             raise ConfigError(f"{pts.shape[0]} points but {p.shape[0]} pitches: give one "
                               f"pitch per point")
         with self._seeded(seed):
-            return self.bundle.transformer.generate(pts, p, noise_seed=note_seeds(seed, pts, p))
+            frames = self.bundle.transformer.generate(pts, p,
+                                                      noise_seed=note_seeds(seed, pts, p))
+        return self.finish_frames(frames, p)
+
+    def finish_frames(self, frames: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
+        """Generated frames [B, T, D] -> what is decoded: tuned to the keys `pitches` [B] when
+        the model asks for it (TransformerConfig.tune_f0) and the codec can (harmonic)."""
+        tune = getattr(self.codec, "tune", None)
+        if getattr(self.bundle.transformer.cfg, "tune_f0", False) and callable(tune):
+            return tune(frames, pitches)
+        return frames
 
     @torch.inference_mode()
     def render(self, points: Any, pitches: Any, seed: int = 0) -> np.ndarray:

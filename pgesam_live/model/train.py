@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pgesam_live.errors import CheckpointError, ConfigError, DataError
@@ -58,8 +59,9 @@ from pgesam_live.model.checkpoints import (
     save_training_state,
 )
 from pgesam_live.model.codec import Codec, get_codec
+from pgesam_live.model.parallel import Decoder, make_transformer
 from pgesam_live.model.synth import resolve_device
-from pgesam_live.model.transformer import FrameTransformer, TransformerConfig
+from pgesam_live.model.transformer import DECODERS, TransformerConfig
 from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
 from pgesam_live.notes import parse_pitch_span
 
@@ -102,6 +104,10 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,17 @@ class TrainOptions:
     # With init: train only a rank-r delta of each large weight plus the small tensors
     # (lora.py), so the result packs small.
     lora_rank: int | None = None
+    # Which Transformer decoder a new run builds (autoregressive: the authors'; parallel:
+    # model/parallel.py). None: the resumed run's or the init model's, else DEFAULT_DECODER.
+    decoder: str | None = None
+    # Parallel decoder: weight of the loss on frame-to-frame differences (against jitter).
+    delta_weight: float = 1.0
+    # Parallel decoder: weight of decoded_spectral_loss (0 = off) and extra Gaussian noise (map
+    # units) on the training points, for a smoother map between the training instruments.
+    spectral_weight: float = 0.0
+    point_noise: float = 0.0
+    # Loss weight of the harmonic codec's pitch channel (None: CHANNEL_WEIGHTS' 300).
+    pitch_weight: float | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -203,13 +220,26 @@ class TrainOptions:
         mipf = g("max_instruments_per_family")
         if mipf is not None and int(mipf) < 1:
             raise ConfigError(f"--max-instruments-per-family must be >= 1, got {mipf}")
+        decoder = g("decoder")
+        if decoder is not None and decoder not in DECODERS:
+            raise ConfigError(f"--decoder {decoder!r}: choose {' or '.join(DECODERS)}")
+        for name, top in (("delta_weight", 100.0), ("spectral_weight", 100.0),
+                          ("point_noise", 1.0), ("pitch_weight", 1e5)):
+            v = g(name)
+            if v is not None and not 0.0 <= float(v) <= top:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
+        if decoder == "parallel" and (g("self_feed") or g("input_noise")):
+            raise ConfigError("--self-feed and --input-noise feed frames to the autoregressive "
+                              "decoder; the parallel decoder reads none: leave them out")
         if stage == "vae":  # Transformer-only options on a VAE run would be silently unused
             given = [f"--{k.replace('_', '-')}" for k in
-                     ("frames_per_step", "input_noise", "self_feed", "self_feed_passes")
+                     ("frames_per_step", "input_noise", "self_feed", "self_feed_passes",
+                      "decoder")
                      if g(k) is not None]
             if given:
                 raise ConfigError(f"{', '.join(given)}: Transformer options; use them with "
                                   "`train transformer` or `train all`")
+        delta_w = _opt_float(g("delta_weight"))
         return cls(
             stage=stage, data=Path(str(g("data"))), out=Path(str(g("out") or "runs/default")),
             config=config, config_given=config_given, codec=str(g("codec") or "harmonic"),
@@ -231,6 +261,11 @@ class TrainOptions:
             fine_tune=bool(g("fine_tune")),
             init=None if init is None else Path(str(init)),
             lora_rank=lora_rank,
+            decoder=None if decoder is None else str(decoder),
+            delta_weight=1.0 if delta_w is None else delta_w,
+            spectral_weight=float(g("spectral_weight") or 0.0),
+            point_noise=float(g("point_noise") or 0.0),
+            pitch_weight=_opt_float(g("pitch_weight")),
         )
 
     def stage_value(self, stage: str, key: str) -> Any:
@@ -259,14 +294,19 @@ def parse_pitch_range(text: Any) -> tuple[int, int]:
 
 # --- configs and models -------------------------------------------------------------------------
 
+DEFAULT_DECODER = "autoregressive"
+
+
 def make_configs(config: str, frame_dim: int, n_instruments: int,
-                 pitch_range: tuple[int, int]) -> tuple[VAEConfig, TransformerConfig]:
+                 pitch_range: tuple[int, int], decoder: str = DEFAULT_DECODER
+                 ) -> tuple[VAEConfig, TransformerConfig]:
     """The named config's VAE and Transformer configs for this codec and pitch range."""
     if config not in CONFIG_NAMES:
         raise ConfigError(f"unknown config {config!r}: choose {', '.join(CONFIG_NAMES)}")
     lo, hi = pitch_range
     vae_cfg = getattr(VAEConfig, config)(frame_dim, max(1, n_instruments), n_pitches=hi - lo + 1)
-    tr_cfg = getattr(TransformerConfig, config)(frame_dim, pitch_min=lo, pitch_max=hi)
+    tr_cfg = getattr(TransformerConfig, config)(frame_dim, pitch_min=lo, pitch_max=hi,
+                                                decoder=decoder)
     if vae_cfg.n_frames > tr_cfg.n_frames:
         raise ConfigError(f"config {config}: the VAE reads {vae_cfg.n_frames} frames but the "
                           f"Transformer models only {tr_cfg.n_frames}")
@@ -274,10 +314,11 @@ def make_configs(config: str, frame_dim: int, n_instruments: int,
 
 
 def build_models(config: str, frame_dim: int, n_instruments: int,
-                  pitch_range: tuple[int, int]) -> tuple[TimbreVAE, FrameTransformer]:
+                 pitch_range: tuple[int, int], decoder: str = DEFAULT_DECODER
+                 ) -> tuple[TimbreVAE, Decoder]:
     """Fresh (randomly initialised, eval-mode) networks of a named config."""
-    vae_cfg, tr_cfg = make_configs(config, frame_dim, n_instruments, pitch_range)
-    return TimbreVAE(vae_cfg).eval(), FrameTransformer(tr_cfg).eval()
+    vae_cfg, tr_cfg = make_configs(config, frame_dim, n_instruments, pitch_range, decoder)
+    return TimbreVAE(vae_cfg).eval(), make_transformer(tr_cfg).eval()
 
 
 # --- distributed context ------------------------------------------------------------------------
@@ -859,11 +900,18 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         init_training = {**dict(init_obj["training"]), "init_model": init_id}
         previous_steps = int(init_training.get("transformer_steps", 0))
     else:
-        _, tr_cfg = make_configs(config, codec.dim, 1, pitch_range)
+        _, tr_cfg = make_configs(config, codec.dim, 1, pitch_range,
+                                 opts.decoder or DEFAULT_DECODER)
         if opts.frames_per_step is not None:
             tr_cfg = dataclasses.replace(tr_cfg, frames_per_step=opts.frames_per_step)
         torch.manual_seed(opts.seed + 1)  # identical initial weights on every rank
-        tr = FrameTransformer(tr_cfg)
+        tr = make_transformer(tr_cfg)
+    if opts.decoder is not None and opts.decoder != tr.cfg.decoder:
+        raise ConfigError(f"--decoder {opts.decoder}: this run's Transformer is "
+                          f"{tr.cfg.decoder}; leave --decoder out, or start another --out")
+    parallel = bool(tr.cfg.parallel)
+    if parallel and (opts.self_feed or opts.input_noise):
+        raise ConfigError("--self-feed and --input-noise are for the autoregressive decoder")
     tr.to(d.device).train()
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
     mu, logvar = encode_all(vae, data.frames)
@@ -926,6 +974,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds") if final else ""})
 
     chan_w = channel_weights(codec_name, codec.dim, d.device)
+    if opts.pitch_weight is not None and codec_name in CHANNEL_WEIGHTS:
+        chan_w[0] = opts.pitch_weight
     t0 = time.time()
     bar = _progress(steps, step, "transformer", d.main and opts.progress)
     every = _log_every(steps)
@@ -944,13 +994,20 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
             idx = idx_cpu.to(d.device)
             points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
+            if opts.point_noise > 0:
+                points = points + opts.point_noise * torch.randn_like(points)
             x = data.frames[idx]
             x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
             if self_feed > 0:
                 x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
                                         feed_passes)
             pred = model(points, data.pitch[idx], x_in)
-            loss = (((pred - x) ** 2) * chan_w).mean()
+            if parallel:
+                loss = audible_frame_loss(pred, x, codec, chan_w, opts.delta_weight)
+                if opts.spectral_weight > 0:
+                    loss = loss + opts.spectral_weight * decoded_spectral_loss(pred, x, codec)
+            else:
+                loss = (((pred - x) ** 2) * chan_w).mean()
             _check_finite(loss, "transformer", step, opts.out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1014,7 +1071,103 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     return path
 
 
-def _self_fed_inputs(tr: FrameTransformer, points: torch.Tensor, pitches: torch.Tensor,
+# Floors of the audible-frame loss (harmonic codec): below them a level is inaudible, so a
+# prediction anywhere below the floor is as good as the truth there (the codec's scales reach
+# -140 / -160 dB, where plain MSE spends most of its effort on silence).
+LOUD_FLOOR_DB = -90.0
+NOISE_FLOOR_DB = -100.0
+# Loss weights per channel group of the audible loss: the harmonic distribution (values that
+# sum to 1, mostly small) carries the timbre, the loudness the envelope.
+AUDIBLE_WEIGHTS = {"loudness": 10.0, "distribution": 10.0, "noise": 1.0}
+
+
+def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
+                       chan_w: torch.Tensor, delta_weight: float = 1.0) -> torch.Tensor:
+    """Loss of predicted frames [B, T, D] against the truth, weighted to what is audible.
+
+    Harmonic codec: loudness and noise bands floored (below the floor only overshoot
+    counts), pitch and harmonic distribution counted only where the harmonics are audible,
+    plus `delta_weight` x the same on frame-to-frame differences (a decoder that jitters
+    between frames buzzes at the frame rate even when each frame is close on average).
+    Other codecs: channel-weighted MSE plus the difference term.
+    """
+    from pgesam_live.model.codec import HarmonicCodec as H
+
+    if not isinstance(codec, H):
+        err = (pred - target) ** 2 * chan_w
+        d_err = (pred.diff(dim=1) - target.diff(dim=1)) ** 2 * chan_w
+        return err.mean() + delta_weight * d_err.mean()
+    k = codec.n_harmonics
+    loud_floor = (LOUD_FLOOR_DB + H.LOUD_OFFSET_DB) / H.LOUD_SCALE_DB
+    noise_floor = (NOISE_FLOOR_DB + H.NOISE_OFFSET_DB) / H.NOISE_SCALE_DB
+    t_loud, p_loud = target[..., 1], pred[..., 1]
+    audible = (t_loud > loud_floor).to(pred.dtype)  # [B, T]
+    t_noise, p_noise = target[..., 2 + k:], pred[..., 2 + k:]
+
+    def floored(p: torch.Tensor, t: torch.Tensor, floor: float) -> torch.Tensor:
+        return torch.where(t > floor, p - t, F.relu(p - floor))
+
+    def group_losses(p_pitch: torch.Tensor, p_l: torch.Tensor, p_dist: torch.Tensor,
+                     p_n: torch.Tensor, t_pitch: torch.Tensor, t_l: torch.Tensor,
+                     t_dist: torch.Tensor, t_n: torch.Tensor, aud: torch.Tensor
+                     ) -> torch.Tensor:
+        e_pitch = ((p_pitch - t_pitch) ** 2 * aud).mean() * float(chan_w[0])
+        e_loud = (floored(p_l, t_l, loud_floor) ** 2).mean()
+        e_dist = (((p_dist - t_dist) ** 2).mean(-1) * aud).mean() * k
+        e_noise = (floored(p_n, t_n, noise_floor) ** 2).mean()
+        w = AUDIBLE_WEIGHTS
+        return (e_pitch + w["loudness"] * e_loud + w["distribution"] * e_dist
+                + w["noise"] * e_noise)
+
+    loss = group_losses(pred[..., 0], p_loud, pred[..., 2:2 + k], p_noise,
+                        target[..., 0], t_loud, target[..., 2:2 + k], t_noise, audible)
+    if delta_weight > 0:
+        # Differences of the floored values: the jitter that is heard.
+        fl = torch.maximum
+        lf = torch.tensor(loud_floor, dtype=pred.dtype, device=pred.device)
+        nf = torch.tensor(noise_floor, dtype=pred.dtype, device=pred.device)
+        aud2 = audible[:, 1:] * audible[:, :-1]
+        loss = loss + delta_weight * group_losses(
+            pred[..., 0].diff(dim=1), fl(p_loud, lf).diff(dim=1),
+            pred[..., 2:2 + k].diff(dim=1), fl(p_noise, nf).diff(dim=1),
+            target[..., 0].diff(dim=1), fl(t_loud, lf).diff(dim=1),
+            target[..., 2:2 + k].diff(dim=1), fl(t_noise, nf).diff(dim=1), aud2)
+    return loss
+
+
+SPECTRAL_FFT_SIZES = (256, 1024)
+SPECTRAL_CROP_FRAMES = 64  # a random window of this many frames per note is synthesised
+
+
+def decoded_spectral_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
+                          crop_frames: int = SPECTRAL_CROP_FRAMES) -> torch.Tensor:
+    """Multi-resolution log-magnitude STFT distance between the harmonic parts of predicted
+    and true frames [B, T, D], synthesised by the (differentiable) harmonic codec over one
+    random window of `crop_frames` per batch: the spectral detail as it is heard, which a
+    frame MSE weighs poorly (a 1 % error in a loud partial against one in an inaudible one).
+    0 for a codec without a differentiable synthesiser of that form."""
+    from pgesam_live.model.codec import HarmonicCodec as H
+
+    if not isinstance(codec, H):
+        return pred.new_zeros(())
+    t = pred.shape[1]
+    n = min(crop_frames, t)
+    start = int(torch.randint(0, t - n + 1, (1,)))
+    waves = []
+    for frames in (pred[:, start:start + n], target[:, start:start + n]):
+        p = codec.unnormalise(frames)
+        waves.append(codec.synthesise(p["f0_hz"], p["amplitude"], None))
+    total = pred.new_zeros(())
+    for n_fft in SPECTRAL_FFT_SIZES:
+        win = torch.hann_window(n_fft, device=pred.device, dtype=pred.dtype)
+        mags = [torch.stft(w, n_fft, hop_length=n_fft // 4, window=win, center=True,
+                           pad_mode="constant", return_complex=True).abs() / win.sum()
+                for w in waves]
+        total = total + (torch.log(mags[0] + 1e-5) - torch.log(mags[1] + 1e-5)).abs().mean()
+    return total / len(SPECTRAL_FFT_SIZES)
+
+
+def _self_fed_inputs(tr: Decoder, points: torch.Tensor, pitches: torch.Tensor,
                      x: torch.Tensor, p: float, passes: int) -> torch.Tensor:
     """Decoder inputs for parallel scheduled sampling (Duckworth et al. 2019): x [B, T, D]
     with each frame group replaced, with probability p, by the model's own prediction.

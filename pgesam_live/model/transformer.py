@@ -29,6 +29,8 @@ from torch import nn
 
 from pgesam_live.errors import ConfigError
 
+DECODERS = ("autoregressive", "parallel")
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -56,6 +58,22 @@ class TransformerConfig:
     # noise_seed (training conditions on the VAE mean plus 0.01 sigma noise, so small
     # perturbations are in-distribution and give seeded variations of a note).
     point_noise_std: float = 0.01
+    # Which decoder: "autoregressive" (the authors' recipe: next frame from the previous ones,
+    # this module) or "parallel" (model/parallel.py: every frame at once from the condition
+    # and its position, the condition in every layer; no next-frame shortcut).
+    decoder: str = "autoregressive"
+    # Parallel decoder only. cond_dropout: share of training notes whose point is replaced by
+    # a learned "no point" condition (the pitch stays), so the model also learns the average
+    # note of a pitch; guidance: render-time scale w of the point's effect,
+    # out = uncond + w (cond - uncond) (1 = off; > 1 exaggerates what the point changes).
+    cond_dropout: float = 0.0
+    guidance: float = 1.0
+    # Render time, a codec with f0 in its frames (harmonic): shift each generated note's f0
+    # track so that its median over the audible frames lands on the key, the octave the model
+    # chose kept (an organ's 16-foot stop stays an octave down); vibrato and pitch envelopes
+    # keep their shape. A sampler's tuning, for a decoder whose notes come out a few tens of
+    # cents off (the parallel one: see the model card).
+    tune_f0: bool = False
 
     def __post_init__(self) -> None:
         for name in ("frame_dim", "d_model", "n_heads", "n_enc_layers", "n_dec_layers", "d_ff",
@@ -74,6 +92,14 @@ class TransformerConfig:
                 f"TransformerConfig.activation must be relu or gelu, got {self.activation!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"TransformerConfig.decoder must be one of {', '.join(DECODERS)},"
+                              f" got {self.decoder!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError("TransformerConfig.cond_dropout must be in [0, 1), got "
+                              f"{self.cond_dropout}")
+        if not 0.0 <= self.guidance <= 10.0:
+            raise ConfigError(f"TransformerConfig.guidance must be in [0, 10], got {self.guidance}")
 
     @property
     def n_pitches(self) -> int:
@@ -104,6 +130,10 @@ class TransformerConfig:
         base: dict[str, Any] = dict(
             d_model=256, n_heads=4, n_enc_layers=2, n_dec_layers=4, d_ff=768, dropout=0.0,
             frames_per_step=1, pitch_bias=True, pre_ln=True, activation="relu")
+        if overrides.get("decoder") == "parallel":
+            # One frame per token (no group seam to zig-zag at), six conditioned blocks.
+            base.update(n_enc_layers=1, n_dec_layers=6, d_ff=1024, activation="gelu",
+                        cond_dropout=0.1)
         base.update(overrides)
         return cls(frame_dim=frame_dim, **base)
 
@@ -116,6 +146,10 @@ class TransformerConfig:
         base.update(overrides)
         return cls(frame_dim=frame_dim, **base)
 
+    @property
+    def parallel(self) -> bool:
+        return self.decoder == "parallel"
+
     # -- (de)serialisation for checkpoints ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,6 +160,31 @@ class TransformerConfig:
         from pgesam_live.model.checkpoints import config_from_dict  # noqa: PLC0415
 
         return config_from_dict(cls, d)  # type: ignore[no-any-return]
+
+
+def noisy_points(points: torch.Tensor, noise_seed: int | Sequence[int] | None,
+                 std: float) -> torch.Tensor:
+    """points [B, 2] (or [B, T, 2], one per frame) plus seeded Gaussian noise of `std`.
+
+    None: the points as given; an int: one generator for the batch; B ints: each note its
+    own noise (the same for all its frames), so a note does not depend on its batch.
+    """
+    if noise_seed is None or std <= 0:
+        return points
+    dev, dtype = points.device, points.dtype
+    if isinstance(noise_seed, int):
+        gen = torch.Generator(device=dev).manual_seed(int(noise_seed))
+        noise = torch.randn((points.shape[0], 2), generator=gen, device=dev, dtype=dtype)
+    else:
+        seeds = [int(s) for s in noise_seed]
+        if len(seeds) != points.shape[0]:
+            raise ConfigError(f"noise_seed: {len(seeds)} seeds for {points.shape[0]} notes")
+        noise = torch.stack([torch.randn(2, device=dev, dtype=dtype,
+                                         generator=torch.Generator(device=dev).manual_seed(s))
+                             for s in seeds]) if seeds else points.new_zeros(0, 2)
+    if points.dim() == 3:
+        noise = noise[:, None, :]
+    return points + std * noise
 
 
 # -- attention ---------------------------------------------------------------------------------
@@ -493,20 +552,8 @@ class FrameTransformer(nn.Module):
         dev = self.pitch_embed.weight.device
         dtype = self.pitch_embed.weight.dtype
         pitch_idx = self.pitch_index(pitches)
-        points = points.to(device=dev, dtype=dtype)
-        if isinstance(noise_seed, int) and cfg.point_noise_std > 0:
-            gen = torch.Generator(device=dev).manual_seed(int(noise_seed))
-            points = points + cfg.point_noise_std * torch.randn(
-                points.shape, generator=gen, device=dev, dtype=dtype)
-        elif not isinstance(noise_seed, int) and noise_seed is not None \
-                and cfg.point_noise_std > 0:
-            seeds = [int(s) for s in noise_seed]
-            if len(seeds) != points.shape[0]:
-                raise ConfigError(f"noise_seed: {len(seeds)} seeds for {points.shape[0]} notes")
-            noise = torch.stack([torch.randn(points.shape[1:], device=dev, dtype=dtype,
-                                             generator=torch.Generator(device=dev).manual_seed(s))
-                                 for s in seeds])
-            points = points + cfg.point_noise_std * noise
+        points = noisy_points(points.to(device=dev, dtype=dtype), noise_seed,
+                              cfg.point_noise_std)
         b, g, dim = points.shape[0], cfg.frames_per_step, cfg.frame_dim
         s_total = math.ceil(n / g)
         memory = self.encode(points, pitch_idx)

@@ -192,3 +192,29 @@ def test_encodec_missing_weights_names_both_places(monkeypatch: pytest.MonkeyPat
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CodecError, match="bad.th"):
         get_codec("encodec", weights=bad)
+
+
+def test_tune_centres_each_notes_f0_on_its_key_keeping_octave_and_vibrato() -> None:
+    """HarmonicCodec.tune: a note 30 cents sharp, one an octave below its key and 20 cents
+    sharp, and one 11 semitones above: each moves by the same amount at every frame, so its
+    median lands on the key's pitch class in the octave it chose, its vibrato intact."""
+    from pgesam_live.model.codec import HarmonicCodec
+
+    c = HarmonicCodec()
+    f = torch.zeros(3, 60, c.dim)
+    f[..., 1] = 0.7  # audible everywhere
+    vibrato = 0.2 * torch.sin(torch.arange(60) / 5.0)  # semitones
+    keys = torch.tensor([60, 60, 48])
+    played = torch.tensor([60.3, 48.2, 59.0])
+    f[..., 0] = (played[:, None] + vibrato - c.PITCH_OFFSET_MIDI) / c.PITCH_SCALE_MIDI
+    t = c.tune(f, keys)
+    midi = t[..., 0] * c.PITCH_SCALE_MIDI + c.PITCH_OFFSET_MIDI
+    assert torch.allclose(midi.median(dim=1).values, torch.tensor([60.0, 48.0, 60.0]), atol=0.03)
+    assert torch.allclose(midi - midi[:, :1], (f[..., 0] - f[:, :1, 0]) * c.PITCH_SCALE_MIDI,
+                          atol=1e-4)  # the shape of the track is kept
+    # Only the loud frames count: a quiet tail far off the key does not pull the median.
+    g = f[:1].clone()
+    g[0, 40:, 1] = 0.1  # 84 dB down
+    g[0, 40:, 0] = (70.0 - c.PITCH_OFFSET_MIDI) / c.PITCH_SCALE_MIDI
+    tuned = c.tune(g, keys[:1])[0, :40, 0] * c.PITCH_SCALE_MIDI + c.PITCH_OFFSET_MIDI
+    assert abs(float(tuned.median()) - 60.0) < 0.05

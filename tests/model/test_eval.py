@@ -20,7 +20,8 @@ from tests.model.test_train import make_tiny_nsynth, train_args
 KEYS = {"mse_vae", "mse_transformer", "pitch_acc_classifier", "pitch_within_50c",
         "pitch_within_50c_midi", "octave_errors", "pitch_within_50c_codec", "pitch_misses",
         "pitch_median_abs_cents", "var_per_instrument", "var_per_pitch", "family_knn_acc",
-        "codec_mrstft", "mrstft_generated", "pitch_yin"}
+        "codec_mrstft", "mrstft_generated", "pitch_yin", "identity_nn", "identity_nn_codec",
+        "identity_nn_chance", "envelope_db", "envelope_db_codec", "map_spread"}
 
 
 def test_knn_family_votes_and_breaks_ties_by_the_nearest() -> None:
@@ -83,6 +84,32 @@ def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "MSE Transformer" in md and "codec's ceiling" in md
     # The model's training points are what the 5-NN votes against.
     assert len(load_model(model).training_points) == 3
+    # One instrument in the split: it is always its own nearest (chance 1).
+    assert r["identity_nn"] == r["identity_nn_codec"] == r["identity_nn_chance"] == 1.0
+    assert r["envelope_db"] >= 0 and r["envelope_db_codec"] >= 0
+    ms = r["map_spread"]
+    assert ms["grid"] == 5 and ms["pitch"] == 51  # C4 clamped into the model's 48..51
+    assert ms["reference"] == "train split, 3 originals"
+    assert ms["level_2_5s_ratio"] >= 0 and ms["centroid_ratio"] >= 0
+    assert 0.0 <= ms["neighbour_closer_share"] <= 1.0
+    assert "identity_nn" in md and "map_spread" in md
+
+
+def test_identity_among_several_instruments_has_the_codec_as_its_ceiling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three synthetic instruments of clearly different tilt and decay: the codec's round trip
+    of each note is nearest to its own original (identity 1, chance 1/3) and keeps its
+    envelope within a few dB; an untrained-for-long model is no better than its ceiling."""
+    data = make_tiny_nsynth(tmp_path / "nsynth", duration_s=3.0)
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data, out, "--steps", "10"))
+    T.run_train(train_args("transformer", data, out, "--steps", "2"))
+    model = load_model(next(out.glob("pgesam_*.pt")))
+    r = E.evaluate(model, data, "train", max_notes=6, progress=False)
+    assert r["identity_nn_chance"] == pytest.approx(1 / 3)
+    assert r["identity_nn_codec"] == 1.0
+    assert r["identity_nn"] <= r["identity_nn_codec"]
+    assert r["envelope_db_codec"] < 3.0
 
 
 def test_eval_on_an_empty_pitch_range_is_a_data_error(tmp_path: Path) -> None:

@@ -123,3 +123,57 @@ def test_half_peak_time_known_onsets() -> None:
     assert half_peak_time_s(ramp, SR) == pytest.approx(0.010, abs=0.003)
     with pytest.raises(CodecError):
         half_peak_time_s(np.zeros(100), SR)
+
+
+# -- the map's sound figures -------------------------------------------------------------------
+from pgesam_live.model import metrics as M  # noqa: E402
+
+
+def _note(f0_hz: float, decay_per_s: float, tilt: float, duration_s: float = 4.0) -> np.ndarray:
+    t = np.arange(int(duration_s * SR)) / SR
+    x = sum(np.sin(2 * np.pi * k * f0_hz * t) / k ** tilt for k in range(1, 12)
+            if k * f0_hz < SR / 2)
+    return (0.3 * x * np.exp(-decay_per_s * t) * np.minimum(1.0, t / 0.005)).astype(np.float64)
+
+
+def test_identical_audio_scores_envelope_zero_and_identity_one() -> None:
+    a = _note(220.0, 2.0, 1.0)
+    assert M.envelope_error_db(a, a, SR) == pytest.approx(0.0, abs=1e-9)
+    assert M.envelope_error_db(a, 0.1 * a, SR) == pytest.approx(0.0, abs=1e-6)  # gain-free
+    spec = M.log_band_spectrogram(a, SR)
+    assert M.spectrogram_distance(spec, M.log_band_spectrogram(0.2 * a, SR)) < 1e-9
+    cands = [("gm000", spec), ("gm001", M.log_band_spectrogram(_note(220.0, 0.0, 2.5), SR))]
+    assert M.nearest_is_own(spec, "gm000", cands)
+    assert not M.nearest_is_own(spec, "gm001", cands)
+
+
+def test_envelope_error_is_the_level_difference_in_db() -> None:
+    """A note decaying at d/s is 20 log10(e) d dB per second down; a steady one holds."""
+    decaying, steady = _note(220.0, 1.0, 1.0), _note(220.0, 0.0, 1.0)
+    lv = M.levels_db(decaying, SR)
+    per_s = 20 * np.log10(np.e)
+    want = [-per_s * (t - 0.025) for t in M.ENVELOPE_TIMES_S]  # the peak window starts at 0
+    assert np.allclose(lv, want, atol=0.6)
+    assert np.allclose(M.levels_db(steady, SR), 0.0, atol=0.2)
+    assert M.envelope_error_db(steady, decaying, SR) == pytest.approx(-np.mean(want), abs=0.6)
+    # Floored at -60 dB re peak: a note that dies at once is 60 dB down, not -inf.
+    silent_tail = _note(220.0, 40.0, 1.0)
+    assert M.levels_db(silent_tail, SR)[-1] == M.ENVELOPE_FLOOR_DB
+
+
+def test_spectral_centroid_and_identity_keys() -> None:
+    t = np.arange(SR) / SR
+    assert M.spectral_centroid_hz(np.sin(2 * np.pi * 1000 * t), SR) == pytest.approx(1000, rel=0.01)
+    assert M.spectral_centroid_hz(_note(220, 0, 0.5), SR) > M.spectral_centroid_hz(
+        _note(220, 0, 3.0), SR)
+    # One GM program from two banks is one instrument; other names are themselves.
+    assert M.identity_key("fluidr3_gm_004") == M.identity_key("musescore_general_004") == "gm004"
+    assert M.identity_key("syn_bass_0") == "syn_bass_0"
+
+
+def test_brighter_and_darker_notes_are_told_apart_by_the_band_spectrogram() -> None:
+    bright, dark = _note(220, 1.0, 0.5), _note(220, 1.0, 3.0)
+    q = M.log_band_spectrogram(_note(220, 1.2, 0.6), SR)
+    cands = [("bright", M.log_band_spectrogram(bright, SR)),
+             ("dark", M.log_band_spectrogram(dark, SR))]
+    assert M.nearest_is_own(q, "bright", cands)

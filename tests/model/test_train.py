@@ -459,3 +459,54 @@ def test_options_that_would_go_unused_or_out_of_range_are_refused() -> None:
                          ({"max_instruments_per_family": 0}, "must be >= 1")):
         with pytest.raises(ConfigError, match=match):
             T.TrainOptions.from_namespace(argparse.Namespace(**{**base, **extra}))
+
+
+def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
+        data_dir: Path, tmp_path: Path) -> None:
+    """`--decoder parallel`: a new Transformer run on a VAE, the audible loss (with the
+    spectral term), a model file that loads and renders; the remote script's deadline probe
+    builds the same decoder without --init."""
+    import importlib.util
+
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--decoder",
+                                  "parallel", "--spectral-weight", "0.5", "--point-noise",
+                                  "0.02")) == 0
+    model = next(out.glob("pgesam_*.pt"))
+    b = load_model(model, "cpu")
+    assert b.transformer.cfg.decoder == "parallel"
+    audio = Synth(b, "cpu").render(np.array([[0.0, 0.0]]), [50], seed=0)
+    assert audio.shape == (1, 24 * 320) and np.isfinite(audio).all()
+    # Resuming names the decoder it is; asking for the other one is refused.
+    with pytest.raises(ConfigError, match="decoder"):
+        T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4",
+                               "--decoder", "autoregressive"))
+    with pytest.raises(ConfigError, match="self-feed"):
+        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out, "--decoder",
+                                                 "parallel", "--self-feed", "0.5"))
+    spec = importlib.util.spec_from_file_location(
+        "remote_finetune", Path(__file__).resolve().parents[2] / "scripts/remote_finetune.py")
+    assert spec is not None and spec.loader is not None
+    rf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rf)
+    portable = tmp_path / "frames.xz"
+    rf.export(data_dir, model, portable)
+    ft = tmp_path / "ft"
+    assert rf.train(portable, 5.0, ["--vae", str(model), "--out", str(ft), "--device", "cpu",
+                                    "--batch-size", "4", "--decoder", "parallel",
+                                    "--config", "tiny"]) == 0
+    got = load_model(next(ft.glob("pgesam_*.pt")))
+    assert got.transformer.cfg.decoder == "parallel"
+    assert got.meta.training["transformer_steps"] >= 1
+    # What comes back from the lent machine: the Transformer alone in float16, rebuilt here
+    # with the base's VAE into a model file that renders like the original (within float16).
+    small = tmp_path / "slim.pt"
+    trained = next(ft.glob("pgesam_*.pt"))
+    rf.slim(trained, small)
+    rebuilt = load_model(rf.unslim(small, model, tmp_path / "back"))
+    assert rebuilt.transformer.cfg == got.transformer.cfg
+    pts, pit = torch.tensor([[0.1, -0.2]]), torch.tensor([49])
+    a = got.transformer.generate(pts, pit)
+    b = rebuilt.transformer.generate(pts, pit)
+    assert float((a - b).abs().max()) < 1e-2

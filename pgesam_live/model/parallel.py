@@ -1,0 +1,231 @@
+"""Stage 2, parallel: (x, y, pitch) per frame -> all of a note's codec frames in one pass.
+
+The autoregressive decoder (transformer.py) predicts each frame from the previous ones; with
+that shortcut it learns to copy the last frames and, free-running, falls into one average
+sustained tone wherever the point is (no decay, one spectrum). This decoder has no input
+frames at all: token t is its learned position plus the condition, and every block reads the
+condition again through adaptive LayerNorm (scale, shift and a zero-initialised gate per
+sub-layer, as in DiT, Peebles and Xie 2023). Attention is bidirectional over the whole note, so
+the attack can see the release. The condition comes per frame: a note can follow a moving
+point while it sounds. Training drops the point for a share of the notes (the pitch stays),
+so render time can apply guidance: uncond + w (cond - uncond).
+
+Shapes: points [B, 2] or [B, T, 2] (one per frame), pitches [B] MIDI numbers, frames
+[B, T, D] normalised codec frames. The config is TransformerConfig with decoder="parallel"
+(n_dec_layers blocks of d_model; n_enc_layers is the depth of the condition MLP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgesam_live.errors import ConfigError
+from pgesam_live.model.transformer import (
+    FeedForward,
+    FrameTransformer,
+    SelfAttention,
+    TransformerConfig,
+    noisy_points,
+)
+
+N_FOURIER = 8  # sin/cos of x and y at 8 octaves of frequency: the map's fine detail
+
+
+def fourier_points(points: torch.Tensor) -> torch.Tensor:
+    """points [..., 2] -> [..., 2 + 4 * N_FOURIER]: the coordinates and their sines/cosines."""
+    freqs = (2.0 ** torch.arange(N_FOURIER, device=points.device, dtype=points.dtype)) * math.pi
+    ang = points[..., None] * freqs  # [..., 2, F]
+    return torch.cat([points, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+class AdaBlock(nn.Module):
+    """Pre-norm Transformer block whose norms are modulated by the condition (adaLN-Zero)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.dropout)
+        self.ff = FeedForward(cfg)
+        self.ln1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mod = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """h [B, S, d], c [B, S, d] (SiLU applied) -> [B, S, d]."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.mod(c).chunk(6, dim=-1)
+        h = h + g1 * self.attn(self.ln1(h) * (1 + sc1) + sh1, causal=False)
+        return h + g2 * self.ff(self.ln2(h) * (1 + sc2) + sh2)
+
+
+class ParallelFrameTransformer(nn.Module):
+    """Non-autoregressive frame decoder conditioned on (x, y, pitch) in every block."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if not cfg.parallel:
+            raise ConfigError("ParallelFrameTransformer needs a config with decoder='parallel'")
+        self.cfg = cfg
+        d, g = cfg.d_model, cfg.frames_per_step
+        layers: list[nn.Module] = [nn.Linear(2 + 4 * N_FOURIER, d)]
+        for _ in range(max(1, cfg.n_enc_layers)):
+            layers += [nn.SiLU(), nn.Linear(d, d)]
+        self.point_mlp = nn.Sequential(*layers)
+        self.null_point = nn.Parameter(torch.zeros(d))  # the dropped condition
+        self.pitch_embed = nn.Embedding(cfg.n_pitches, d)
+        self.pitch_lin = nn.Linear(1, d)  # a smooth pitch axis beside the per-pitch table
+        self.pos = nn.Parameter(torch.randn(cfg.n_steps, d) * 0.02)
+        self.blocks = nn.ModuleList(AdaBlock(cfg) for _ in range(cfg.n_dec_layers))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.mod_out = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.mod_out.weight)
+        nn.init.zeros_(self.mod_out.bias)
+        self.out_proj = nn.Linear(d, g * cfg.frame_dim)
+        self.out_bias: nn.Embedding | None = None
+        if cfg.pitch_bias:
+            self.out_bias = nn.Embedding(cfg.n_pitches, cfg.frame_dim)
+            nn.init.zeros_(self.out_bias.weight)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def pitch_index(self, pitches: torch.Tensor) -> torch.Tensor:
+        """MIDI pitches [B] -> class indices [B]; out-of-range pitches raise ConfigError."""
+        cfg = self.cfg
+        if pitches.dim() != 1:
+            raise ConfigError(f"pitches must be [B] MIDI numbers, got shape {list(pitches.shape)}")
+        if pitches.numel():
+            lo, hi = int(pitches.min()), int(pitches.max())
+            if lo < cfg.pitch_min or hi > cfg.pitch_max:
+                bad = lo if lo < cfg.pitch_min else hi
+                raise ConfigError(f"pitch {bad} is outside this model's range "
+                                  f"{cfg.pitch_min}..{cfg.pitch_max} (MIDI): choose a pitch "
+                                  "in that range")
+        return (pitches.long() - cfg.pitch_min).to(self.pos.device)
+
+    def _token_points(self, points: torch.Tensor, s: int) -> torch.Tensor:
+        """points [B, 2] or [B, T, 2] -> one point per token [B, S, 2] (a token's frames
+        averaged; a per-frame path shorter than the note holds its last point), or [B, 1, 2]
+        for a fixed point (then the condition and its modulations are computed once)."""
+        if points.dim() == 2:
+            if points.shape[1] != 2:
+                raise ConfigError(f"points must be [B, 2] or [B, T, 2], got {list(points.shape)}")
+            return points[:, None, :]  # [B, 1, 2]: one point for the note, broadcast
+        if points.dim() != 3 or points.shape[2] != 2:
+            raise ConfigError(f"points must be [B, 2] or [B, T, 2], got {list(points.shape)}")
+        g = self.cfg.frames_per_step
+        need = s * g
+        t = points.shape[1]
+        if t < need:
+            points = torch.cat([points, points[:, -1:].expand(-1, need - t, -1)], dim=1)
+        return points[:, :need].reshape(points.shape[0], s, g, 2).mean(2)
+
+    def condition(self, points: torch.Tensor, pitch_idx: torch.Tensor, s: int,
+                  drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token condition [B, S, d] (or [B, 1, d] for fixed points) from points, pitch
+        indices [B]; `drop` [B] bool replaces those notes' point by the null condition."""
+        pts = self._token_points(points, s)
+        c_pt = self.point_mlp(fourier_points(pts))  # [B, S, d]
+        if drop is not None:
+            c_pt = torch.where(drop[:, None, None], self.null_point.to(c_pt.dtype), c_pt)
+        p_norm = ((pitch_idx.to(pts.dtype) + self.cfg.pitch_min - 60.0) / 12.0)[:, None]
+        c_pitch = self.pitch_embed(pitch_idx) + self.pitch_lin(p_norm)  # [B, d]
+        return c_pt + c_pitch[:, None, :]
+
+    def _run(self, c: torch.Tensor, pitch_idx: torch.Tensor, s: int) -> torch.Tensor:
+        """Condition [B, S or 1, d] -> frames [B, S * G, D]."""
+        b = c.shape[0]
+        h = self.pos[:s] + c
+        cs = F.silu(c)
+        for block in self.blocks:
+            h = block(h, cs)
+        shift, scale = self.mod_out(cs).chunk(2, dim=-1)
+        out = self.out_proj(self.norm_out(h) * (1 + scale) + shift)  # [B, S, G*D]
+        out = out.reshape(b, s * self.cfg.frames_per_step, self.cfg.frame_dim)
+        if self.out_bias is not None:
+            out = out + self.out_bias(pitch_idx)[:, None, :]
+        return out
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, points: torch.Tensor, pitches: torch.Tensor, frames: torch.Tensor
+                ) -> torch.Tensor:
+        """points [B, 2] (or [B, T, 2]), pitches [B], frames [B, T, D] -> pred [B, T, D].
+
+        The frames give only the length and are checked against the config: no frame is an
+        input (nothing to copy). In training mode a share cfg.cond_dropout of the notes get
+        the null point.
+        """
+        cfg = self.cfg
+        b, t, dim = frames.shape
+        if dim != cfg.frame_dim:
+            raise ConfigError(f"frames have dim {dim} but the model expects {cfg.frame_dim}: "
+                              "use the codec the model was trained with")
+        if t > cfg.n_frames:
+            raise ConfigError(f"{t} frames is more than this model's n_frames ({cfg.n_frames})"
+                              ": crop the notes or build the config with a larger n_frames")
+        if points.shape[0] != b or pitches.shape[0] != b:
+            raise ConfigError("points, pitches and frames must have the same batch size")
+        pitch_idx = self.pitch_index(pitches)
+        s = math.ceil(t / cfg.frames_per_step)
+        drop = None
+        if self.training and cfg.cond_dropout > 0:
+            drop = torch.rand(b, device=points.device) < cfg.cond_dropout
+        c = self.condition(points.to(self.pos.dtype), pitch_idx, s, drop)
+        return self._run(c, pitch_idx, s)[:, :t]
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int | None = None,
+                 use_cache: bool = True,
+                 noise_seed: int | Sequence[int] | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """All frames in one pass: points [B, 2] or [B, T, 2], pitches [B] -> [B, n, D].
+
+        use_cache is accepted for the autoregressive decoder's signature (nothing to cache
+        here). noise_seed as FrameTransformer.generate. guidance (default cfg.guidance): the
+        scale w of out = uncond + w (cond - uncond); 1 renders the conditional pass alone.
+        Dropout is off; the result is an inference-mode tensor.
+        """
+        del use_cache
+        cfg = self.cfg
+        n = cfg.n_frames if n_frames is None else int(n_frames)
+        if not 1 <= n <= cfg.n_frames:
+            raise ConfigError(f"n_frames must be in 1..{cfg.n_frames} for this model, got {n}")
+        if pitches.shape[0] != points.shape[0]:
+            raise ConfigError(f"points ({points.shape[0]}) and pitches ({pitches.shape[0]}) "
+                              "must have the same batch size")
+        w = cfg.guidance if guidance is None else float(guidance)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                dev, dtype = self.pos.device, self.pos.dtype
+                pitch_idx = self.pitch_index(pitches)
+                pts = noisy_points(points.to(device=dev, dtype=dtype), noise_seed,
+                                   cfg.point_noise_std)
+                s = math.ceil(n / cfg.frames_per_step)
+                b = pts.shape[0]
+                if w == 1.0 or b == 0:
+                    return self._run(self.condition(pts, pitch_idx, s), pitch_idx, s)[:, :n].clone()
+                both = torch.cat([pts, pts])
+                idx2 = torch.cat([pitch_idx, pitch_idx])
+                drop = torch.arange(2 * b, device=dev) >= b
+                out = self._run(self.condition(both, idx2, s, drop), idx2, s)[:, :n]
+                cond, uncond = out[:b], out[b:]
+                return (uncond + w * (cond - uncond)).clone()
+        finally:
+            self.train(was_training)
+
+
+Decoder = FrameTransformer | ParallelFrameTransformer
+
+
+def make_transformer(cfg: TransformerConfig) -> Decoder:
+    """The decoder a config names: FrameTransformer or ParallelFrameTransformer."""
+    return ParallelFrameTransformer(cfg) if cfg.parallel else FrameTransformer(cfg)
+
+
+__all__ = ["Decoder", "ParallelFrameTransformer", "fourier_points", "make_transformer"]
