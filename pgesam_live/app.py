@@ -84,6 +84,7 @@ def run_note(ns: Namespace) -> int:
     from pgesam_live.voices import velocity_gain  # noqa: PLC0415
     from pgesam_live.worker import normalise_peak  # noqa: PLC0415
 
+    s = settings_from_args(ns)
     out_path = check_out_path(ns.out, (".wav",))
     pitch = note_to_midi(ns.pitch)
     if not 0.0 <= ns.velocity <= 1.0:
@@ -91,7 +92,7 @@ def run_note(ns: Namespace) -> int:
     for name, v in (("x", ns.x), ("y", ns.y)):
         if not np.isfinite(v) or abs(v) > 1.5:
             raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
-    synth = Synth.load(ns.model, device=resolve_device(ns.device))
+    synth = Synth.load(s.model, device=resolve_device(s.device))
     model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
     lo, hi = playable_range(model_range)
     if not lo <= pitch <= hi:
@@ -104,10 +105,10 @@ def run_note(ns: Namespace) -> int:
         audio = repitch(audio, float(pitch - rp))
     audio = audio * velocity_gain(ns.velocity)
     sr = synth.sample_rate
-    if ns.sample_rate and ns.sample_rate != sr:
+    if s.sample_rate and s.sample_rate != sr:
         from pgesam_live.audio import resample  # noqa: PLC0415
 
-        audio, sr = resample(audio, sr, ns.sample_rate), ns.sample_rate
+        audio, sr = resample(audio, sr, s.sample_rate), s.sample_rate
     out = write_wav(out_path, audio, sr)
     print(f"{out}: pitch {pitch} at ({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
           f"{sr} Hz, model {synth.model_id}")
@@ -345,6 +346,12 @@ def _patch_model(s: Settings, patch: Any, given: str | None) -> Settings:
     return s.replace(model=patch.model)
 
 
+def apply_patch_settings(s: Settings, patch: Any, given_model: str | None) -> Settings:
+    """A patch's settings over the environment's, under the command line's: its model (where
+    --model names none), seed and tempo."""
+    return _patch_model(s, patch, given_model).replace(seed=patch.seed, tempo_bpm=patch.tempo_bpm)
+
+
 def _load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[Any, Settings]:
     """A patch named on the command line, validated completely (pitches against the model
     it will play with) before anything starts; the settings with its model."""
@@ -389,7 +396,7 @@ def run_render(ns: Namespace) -> int:
     out_path = check_out_path(ns.out, (".wav",))
     patch, s = _load_checked(ns.patch, s, ns.model)
     path = Path(patch.path)
-    s = s.replace(seed=patch.seed, tempo_bpm=patch.tempo_bpm)
+    s = apply_patch_settings(s, patch, ns.model)
     seconds = ns.seconds
     if seconds is None and patch.length_beats() is None:
         raise PgesamError(f"{path}: a sequence repeats forever (repeat: 0); give the bounce a "
@@ -434,7 +441,7 @@ def run_replay(ns: Namespace) -> int:
     try:
         s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
                       model=_journal_model(ns.session, str(header.get("model") or ""),
-                                           ns.model))
+                                           ns.model, s.model))
     except PgesamError as e:
         raise PgesamError(f"{ns.session}:1: header: {e}") from None
     out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
@@ -467,15 +474,17 @@ def run_replay(ns: Namespace) -> int:
     return 0
 
 
-def _journal_model(session: str, played: str, given: str | None) -> str:
+def _journal_model(session: str, played: str, given: str | None, fallback: str = "default"
+                   ) -> str:
     """The model to replay a journal with: --model if given, else the one its header names
-    (from checkpoints/), else the default, with a warning: the notes will sound different."""
+    (from checkpoints/), else `fallback` (PGESAM_MODEL or the default), with a warning: the
+    notes will sound different."""
     from pgesam_live.model.checkpoints import resolve_model  # noqa: PLC0415
 
     if given not in (None, "default"):
         return str(given)
     if not played:
-        return "default"
+        return fallback
     try:
         resolve_model(played)
         return played
@@ -483,7 +492,7 @@ def _journal_model(session: str, played: str, given: str | None) -> str:
         print(f"{session}: played with model {played!r}, which is not in checkpoints/; "
               "replaying with the default model (it will sound different: pass --model PATH "
               "to use that file)", file=sys.stderr)
-        return "default"
+        return fallback
 
 
 def _drop_unused(journal: Any) -> None:

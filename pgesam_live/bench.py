@@ -140,6 +140,9 @@ def run_bench(ns: Namespace) -> int:
     """Print the figures (one JSON object with --json)."""
     only = {k.strip() for k in ns.only.split(",") if k.strip()} if ns.only else None
     out: dict[str, Any] = {}
+    from pgesam_live.app import settings_from_args  # noqa: PLC0415
+
+    s = settings_from_args(ns)
     from pgesam_live.engine_bench import ENGINE_KEYS, engine_figures  # noqa: PLC0415
 
     if only is not None:
@@ -149,9 +152,9 @@ def run_bench(ns: Namespace) -> int:
                               f"{', '.join(sorted(set(MODEL_KEYS) | set(ENGINE_KEYS)))}")
     # --only skips the work behind keys not asked for (engine keys are measured by group).
     if only is None or only - set(ENGINE_KEYS):
-        out.update(model_figures(ns.model, ns.device))
+        out.update(model_figures(s.model, s.device))
     if only is None or only & set(ENGINE_KEYS):
-        out.update(engine_figures(ns.model, ns.device, only=only))
+        out.update(engine_figures(s.model, s.device, only=only))
     if only:
         out = {k: v for k, v in out.items()
                if k in only or k in ("device", "model", "engine_model", "engine_device")}

@@ -43,15 +43,20 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
     are accepted everywhere, so one option list serves a whole script; an offline command
     (`audio` False) does not use them."""
     unused = "" if audio else " (not used by this command: it renders offline)"
-    p.add_argument("--model", default="default",
+    # Defaults are None: a value not given on the command line leaves the patch's, the
+    # environment's (PGESAM_*) or the settings' default in place (settings.py).
+    p.add_argument("--model", default=None,
                    help="checkpoint name or path (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the model runs (auto prefers CUDA)")
-    p.add_argument("--audio", default="auto",
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default auto: prefers CUDA)")
+    p.add_argument("--audio", default=None,
                    choices=["auto", "portaudio", "jack", "record", "none"],
-                   help="audio backend (auto: a real device, else record to sessions/)" + unused)
-    p.add_argument("--osc-host", default="127.0.0.1", help="OSC bind address" + unused)
-    p.add_argument("--osc-port", type=_port, default=9000, help="OSC UDP port" + unused)
+                   help="audio backend (default auto: a real device, else record to "
+                        "sessions/)" + unused)
+    p.add_argument("--osc-host", default=None,
+                   help="OSC bind address (default 127.0.0.1)" + unused)
+    p.add_argument("--osc-port", type=_port, default=None,
+                   help="OSC UDP port (default 9000)" + unused)
     p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port" + unused)
     p.add_argument("--sample-rate", type=_sample_rate, default=None,
                    help="output sample rate in Hz (the model renders at its own and is "

@@ -94,16 +94,16 @@ def draw_map(training_points: list[dict[str, Any]], named: dict[str, tuple[float
 
 
 def run_map(ns: Namespace) -> int:
-    from pgesam_live.app import _named_points, check_out_path  # noqa: PLC0415
+    from pgesam_live.app import _named_points, check_out_path, settings_from_args  # noqa: PLC0415
     from pgesam_live.model.checkpoints import (  # noqa: PLC0415
         meta_from_payload,
         read_model_payload,
         resolve_model,
     )
-    from pgesam_live.settings import Settings  # noqa: PLC0415
 
     out_path = check_out_path(ns.out, (".png", ".svg", ".pdf"))
-    path = resolve_model(ns.model)
+    settings = settings_from_args(ns)
+    path = resolve_model(settings.model)
     payload, model_id = read_model_payload(path)
     meta = meta_from_payload(payload)
     if not meta.training_points:
@@ -114,7 +114,7 @@ def run_map(ns: Namespace) -> int:
         bundled = resolve_model("default").resolve()
     except PgesamError:
         bundled = None
-    named = _named_points(Settings.from_env().patch_dir) if path.resolve() == bundled else {}
+    named = _named_points(settings.patch_dir) if path.resolve() == bundled else {}
     out = draw_map(meta.training_points, named, out_path, title=f"pGESAM timbre map: {model_id}")
     print(f"{out}: {len(meta.training_points)} training instruments, {len(named)} named points")
     return 0

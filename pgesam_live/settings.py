@@ -22,6 +22,12 @@ def _user_cache_dir() -> Path:
     return Path(base) / "pgesam-live"
 
 
+# A field's annotation (a string: `from __future__ import annotations`) -> its converter; an
+# optional field converts as its type (`sample_rate: int | None` from "48000" is 48000).
+_KINDS: dict[str, type] = {"bool": bool, "int": int, "float": float, "Path": Path, "str": str,
+                           "int | None": int, "float | None": float, "str | None": str}
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = "default"
@@ -44,6 +50,10 @@ class Settings:
     session_dir: Path = Path("sessions")
     worker_threads: int = 1             # torch threads in the synthesis worker
 
+    def __post_init__(self) -> None:
+        unknown = [f.name for f in dataclasses.fields(self) if str(f.type) not in _KINDS]
+        assert not unknown, f"settings fields without a converter: {unknown}"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Defaults overridden by PGESAM_<FIELD> environment variables."""
@@ -64,20 +74,16 @@ class Settings:
                 continue
             if name not in fields:
                 raise ConfigError(f"unknown setting {name!r}: choose one of {', '.join(fields)}")
-            current = getattr(self, name)
+            kind = _KINDS.get(str(fields[name].type), str)
             try:
-                if isinstance(current, bool):
+                if kind is bool:
                     value = value if isinstance(value, bool) else str(value).lower() in (
                         "1", "true", "yes", "on")
-                elif isinstance(current, int):
-                    value = int(value)
-                elif isinstance(current, float):
-                    value = float(value)
-                elif isinstance(current, Path):
-                    value = Path(value)
+                elif not isinstance(value, kind):
+                    value = kind(value)
             except ValueError as e:
                 raise ConfigError(f"setting {name}: {value!r} is not a valid "
-                                  f"{type(current).__name__}") from e
+                                  f"{kind.__name__}") from e
             clean[name] = value
         out = dataclasses.replace(self, **clean)
         out.check()
