@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pgesam_live.app import settings_from_args
+from pgesam_live.app.common import settings_from_args
 from pgesam_live.cli import build_parser
 from pgesam_live.settings import Settings
 
@@ -76,7 +76,7 @@ def test_every_settings_command_leaves_unset_options_none(cmd: list[str]) -> Non
 
 def test_a_patch_beats_the_environment_and_the_command_line_beats_the_patch(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from pgesam_live.app import apply_patch_settings
+    from pgesam_live.app.inputs import apply_patch_settings
 
     _clean_env(monkeypatch)
     patch_model = tmp_path / "patch-model.pt"

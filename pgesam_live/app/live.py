@@ -1,0 +1,191 @@
+"""The live instrument: `play` (and a live `replay`): audio, the synthesis worker, REPL,
+OSC, MIDI and the session journal around one engine."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from pgesam_live.app.build import LIVE_PREROLL_S, RING_OUT_MAX_S, TAIL_S, model_info
+from pgesam_live.app.common import quote, settings_from_args
+from pgesam_live.app.inputs import load_checked
+from pgesam_live.errors import PgesamError
+from pgesam_live.settings import Settings
+
+
+def _drop_unused(journal: Any) -> None:
+    """A start that failed before anything played: its journal (a header) goes."""
+    journal.close()
+    with contextlib.suppress(OSError):
+        journal.path.unlink()
+
+
+def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
+    """Piped input ended: let what plays and what is queued finish (at most max_s)."""
+    import time  # noqa: PLC0415
+
+    end = time.monotonic() + max_s
+    time.sleep(0.3)  # the last commands reach the audio hook
+    while time.monotonic() < end and (voices.in_use() or engine.renderer.pending):
+        time.sleep(0.05)
+
+
+def run_play(ns: Namespace) -> int:
+    """`pgesam-live [play [PATCH]]`: the live instrument."""
+    s = settings_from_args(ns)
+    if ns.patch:  # a bad patch ends the start here, before any audio or journal
+        patch, s = load_checked(ns.patch, s, ns.model)
+        return run_live(s, patch=patch.path, repl=not ns.no_repl)
+    return run_live(s, repl=not ns.no_repl)
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end a live run through its normal shutdown (journal closed, the
+    recording a complete WAV), also when the shell started it with SIGINT ignored (a
+    background job of a script)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
+              repl: bool = True) -> int:
+    import asyncio  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pgesam_live.audio.server import AudioEngine, repair_recordings  # noqa: PLC0415
+    from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
+    from pgesam_live.engine.door import Engine  # noqa: PLC0415
+    from pgesam_live.frontends.osc import osc_port_problem  # noqa: PLC0415
+    from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
+    from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
+    from pgesam_live.render.worker import WorkerClient  # noqa: PLC0415
+    from pgesam_live.sessions.journal import Journal, make_header, session_path  # noqa: PLC0415
+
+    path, info = model_info(s.model, s.patch_dir)
+    resolve_device(s.device)  # --device cuda without a GPU: said before anything starts
+    problem = osc_port_problem(s.osc_host, s.osc_port)
+    if problem:  # before anything is written: a busy port leaves no journal or recording
+        raise PgesamError(problem)
+    out_sr = s.sample_rate or info.sample_rate
+    s.session_dir.mkdir(parents=True, exist_ok=True)
+    for line in repair_recordings(s.session_dir):  # sessions cut off by a crash
+        print(line, flush=True)
+    # The journal first: it takes the session's name, which the recording shares.
+    journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
+                                                               s.tempo_bpm))
+    try:
+        audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
+                            record_path=journal.path.with_suffix(".wav")
+                            if s.audio in ("auto", "record") else None)
+        audio.boot()
+        if audio.message:
+            print(audio.message, flush=True)
+        voices = VoicePool(audio, n_voices=s.n_voices)
+        cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
+                            max_bytes=s.cache_max_bytes,
+                            spill_dir=(s.cache_dir / "notes") if s.cache_spill else None)
+        worker = WorkerClient(cache, model=str(path), device=s.device,
+                              n_threads=s.worker_threads)
+        engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
+                        tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
+                        patch_dir=s.patch_dir, out_sample_rate=out_sr)
+        engine.scheduler.preroll_s = LIVE_PREROLL_S
+        worker.on_ready = engine.note_ready
+        worker.on_message = engine.message
+        audio.add_hook(engine.on_block)
+    except BaseException:
+        _drop_unused(journal)
+        raise
+
+    loop = asyncio.new_event_loop()
+    osc = None
+    midi = None
+    started = False
+    _stop_on_signals()
+    try:
+        journal.on_error = engine.message
+        engine.add_listener(journal)
+        print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
+              f"journal {journal.path}", flush=True)
+        worker.start()
+        audio.start()
+        started = True
+        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
+        from pgesam_live.frontends.osc import OscServer  # noqa: PLC0415
+
+        osc = OscServer(engine, s.osc_host, s.osc_port)
+        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        osc_stats = osc.stats
+        engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
+        print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
+        if s.midi:
+            from pgesam_live.frontends.midi import start_midi  # noqa: PLC0415
+
+            midi = start_midi(engine, s.midi, message=print)
+        if patch:
+            r = engine.submit(f"load {quote(patch)}", src="patch")
+            print(r.text if not r.ok else f"loaded {patch}", flush=True)
+        if replay is not None:
+            import time  # noqa: PLC0415
+
+            t0 = engine.time_s() + LIVE_PREROLL_S
+            engine.add_listener(lambda ev: print(
+                f"skipped `{ev['cmd']}` at {ev['t'] - t0:.3f} s: {ev['text']}", flush=True)
+                if ev.get("kind") == "rejected" else None)
+            for t_s, src, cmd in replay:
+                r = engine.submit(cmd, src=src, at_s=t0 + t_s)
+                if not r.ok:
+                    print(f"skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}", flush=True)
+            # As the offline replay: past the last command until what it started is over,
+            # sequences still running stopped TAIL_S after it, then the ring-out.
+            last = t0 + (replay[-1][0] if replay else 0.0)
+            while engine.time_s() < last or (engine.busy() and engine.time_s() < last + TAIL_S):
+                time.sleep(0.1)
+            if engine.busy():
+                engine.submit("hush", src="patch")
+            _ring_out(engine, voices, max_s=RING_OUT_MAX_S)
+        elif repl:
+            from pgesam_live.frontends.repl import run_repl  # noqa: PLC0415
+
+            run_repl(engine)
+            if not sys.stdin.isatty():
+                _ring_out(engine, voices)
+        else:
+            # Wake twice a second: a signal the kernel hands to another thread sets Python's
+            # flag but does not interrupt a wait without timeout, so the handlers that
+            # _stop_on_signals installed would only run at the next wake-up.
+            while not engine.quit_requested.wait(0.5):
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if osc is not None:
+            loop.call_soon_threadsafe(osc.close)
+        if midi is not None:
+            midi.close()
+        loop.call_soon_threadsafe(loop.stop)
+        audio.stop()
+        audio.close()
+        worker.stop()
+        if not started and journal.count == 0:
+            _drop_unused(journal)  # it never played: nothing to keep
+        else:
+            journal.close()
+            lost = f" ({journal.error})" if journal.error else ""
+            print(f"session journal {journal.path}{lost}", flush=True)
+        if audio.record_path is not None and audio.backend == "record" \
+                and Path(audio.record_path).is_file():
+            print(f"recorded {audio.record_path}", flush=True)
+    return 0

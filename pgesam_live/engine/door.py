@@ -1,0 +1,799 @@
+"""The engine: the one door into the performance.
+
+Every change (from the REPL, OSC, MIDI, a patch or a journal) enters through `Engine.submit`,
+which parses and validates at once (the reply says what is wrong) and queues the command. The
+queue is drained by the audio block hook, so commands are applied between blocks, in order,
+at a known engine time: that time is journalled, and replaying a journal applies each command
+before the same block. The scheduler then ticks in the same hook and the voice pool copies the
+notes due in the block (sample-accurate).
+
+Thread model: front ends call `submit` from their threads; the hook runs in the audio thread
+(our real-time thread for record/none, pyo's for portaudio/jack, the caller's for offline).
+One lock guards the engine state; nothing slow (no render, no file I/O but the journal line)
+happens under it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pgesam_live.engine.scheduler import Scheduler
+from pgesam_live.errors import CommandError, PgesamError
+from pgesam_live.notes import playable_range, range_text, rendered_pitch
+from pgesam_live.patches.patch import (
+    Patch,
+    Sequence,
+    find_patch,
+    list_patches,
+    load_patch,
+    make_sequence,
+    patch_name_errors,
+)
+from pgesam_live.render.cache import NoteKey, RenderCache
+from pgesam_live.vocab.commands import COMMANDS, Command, help_text, parse_line, validate
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest pitches first
+# A point must rest this long before its pitch bank is asked for: a pad or MIDI controller
+# streaming moves at 60 Hz must not flood the renderer with banks nobody will play.
+BANK_SETTLE_S = 0.12
+WAIT_FOR_RENDER_S = 1.5  # see Engine.wait_for_render_s
+SETTLE_TIMEOUT_S = 0.5  # Engine.settle: the longest a view waits for queued commands
+SETTLE_QUIET_S = 0.05  # ... and how long without an audio block before it stops waiting
+NOTE_WORDS = ("play", "note", "note_at")
+TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a front end shows or sends back: ok, one line of text, optional data."""
+
+    ok: bool
+    text: str
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know of the model (the worker process owns the model)."""
+
+    model_id: str
+    codec: str
+    sample_rate: int
+    pitch_range: tuple[int, int]
+    training_points: list[dict[str, Any]] = field(default_factory=list)
+    named_points: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+class Renderer(Protocol):
+    """The worker client (live) or an in-process renderer (offline). A speculative request
+    (a point's pitch bank) may be dropped when newer ones supersede it."""
+
+    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
+                speculative: bool = False, cancellable: bool = False) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+
+class Sink(Protocol):
+    def play(self, samples: np.ndarray, start_s: float | None = None, velocity: float = 1.0,
+             pan: float = 0.0, length_s: float | None = None,
+             tag: Hashable | None = None) -> int: ...
+
+    def release(self, tag: Hashable, at_s: float | None = None) -> None: ...
+
+    def drop_pending(self, tag: Hashable) -> int: ...
+
+    def release_all(self) -> int: ...
+
+    def panic(self) -> None: ...
+
+    def in_use(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class Clock(Protocol):
+    def time_s(self) -> float: ...
+
+    @property
+    def block_s(self) -> float: ...
+
+
+class _Requester:
+    """Scheduler's RenderRequester -> the renderer, with cache keys."""
+
+    def __init__(self, cache: RenderCache, renderer: Renderer) -> None:
+        self.cache = cache
+        self.renderer = renderer
+
+    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
+        key = self.cache.key(x, y, pitch, seed)
+        self.renderer.request(key, key.xq, key.yq, deadline_s, cancellable=True)
+
+    def cancel(self, keys: list[Any]) -> None:
+        """Renders no longer wanted (the point moved on); a renderer without cancel ignores
+        it (offline ones render on demand)."""
+        cancel = getattr(self.renderer, "cancel", None)
+        if cancel is not None:
+            cancel(keys)
+
+
+class _ResamplingSink:
+    """Voice pool at another rate than the model's: resample each note once (memoised)."""
+
+    def __init__(self, pool: Sink, from_sr: int, to_sr: int) -> None:
+        from pgesam_live.audio.server import resample  # noqa: PLC0415
+
+        self.pool, self.from_sr, self.to_sr, self._resample = pool, from_sr, to_sr, resample
+        self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
+             length_s: float | None, tag: Hashable | None = None) -> None:
+        hit = self._memo.get(id(samples))
+        if hit is None or hit[0] is not samples:
+            if len(self._memo) > 512:
+                self._memo.clear()
+            hit = (samples, self._resample(samples, self.from_sr, self.to_sr))
+            self._memo[id(samples)] = hit
+        self.pool.play(hit[1], start_s, velocity, pan, length_s, tag)
+
+    def release(self, tag: Hashable, at_s: float | None = None) -> None:
+        self.pool.release(tag, at_s)
+
+    def drop_pending(self, tag: Hashable) -> int:
+        return self.pool.drop_pending(tag)
+
+
+class Engine:
+    """The one door. See the module docstring."""
+
+    def __init__(self, *, clock: Clock, voices: Sink, cache: RenderCache, renderer: Renderer,
+                 model: ModelInfo, tempo_bpm: float = 120.0, lookahead_s: float = 0.2,
+                 seed: int = 0, patch_dir: str | Path = "patches", out_sample_rate: int | None
+                 = None, source: Any = None) -> None:
+        self.clock = clock
+        self.voices = voices
+        self.cache = cache
+        self.renderer = renderer
+        self.model = model
+        self.patch_dir = Path(patch_dir)
+        self.model_points = [(p["x"], p["y"], p.get("family", "")) for p in
+                             model.training_points]
+        sink: Any = voices
+        if out_sample_rate and out_sample_rate != model.sample_rate:
+            sink = _ResamplingSink(voices, model.sample_rate, out_sample_rate)
+        self.scheduler = Scheduler(sink, source if source is not None else cache,
+                                   _Requester(cache, renderer), tempo_bpm=tempo_bpm,
+                                   lookahead_s=lookahead_s, sample_rate=model.sample_rate,
+                                   command_runner=self._run_patch_line, seed=seed,
+                                   pitch_range=model.pitch_range)
+        self._lock = threading.RLock()
+        self._applied = threading.Condition(self._lock)  # notified after every block
+        self._block_thread: int | None = None  # the thread running on_block
+        self._queue: list[tuple[float, int, Command, str, Any]] = []
+        self._tags: dict[int, Hashable] = {}  # queue order -> the submitter's tag
+        self._order = itertools.count()
+        self._listeners: list[Listener] = []
+        self._stats: dict[str, Callable[[], int]] = {}
+        self.bookmarks: dict[str, tuple[float, float]] = {}
+        self.point_name: str | None = None
+        self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2
+        self.applied = 0
+        self.rejected = 0
+        self.apply_errors = 0
+        self.quit_requested = threading.Event()
+        self.prerender_banks = True  # offline bounces render only what they play
+        self._bank_due: tuple[float, float, float] | None = None  # (x, y, engine time)
+        # An immediate note not yet rendered waits this long for it (then falls back); 0 in
+        # offline bounces, which render on demand.
+        self.wait_for_render_s = WAIT_FOR_RENDER_S
+        self._held: tuple[float, int, Command, str, Any] | None = None
+        self._held_since_s = 0.0
+        self._time_s = 0.0
+
+    # -- listeners -------------------------------------------------------------------------
+    def add_stat(self, name: str, fn: Callable[[], int]) -> None:
+        """A front end's counter shown in the state (`status`, /pgesam/state), e.g. the OSC
+        bundles played now because their time tag lay too far ahead (clock skew)."""
+        self._stats = {**self._stats, name: fn}
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners = [*self._listeners, fn]
+
+    def remove_listener(self, fn: Listener) -> None:
+        self._listeners = [f for f in self._listeners if f is not fn]
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event)
+            except Exception:  # a broken listener never stops the engine
+                log.exception("listener %r failed", fn)
+
+    def message(self, text: str) -> None:
+        """An engine message for the performer (the REPL prints it above the prompt)."""
+        self.emit({"kind": "message", "text": text})
+
+    def note_ready(self, key: NoteKey) -> None:
+        """Called by the renderer when a note is cached."""
+        self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
+
+    # -- the door ---------------------------------------------------------------------------
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,
+               tag: Hashable | None = None) -> Reply:
+        """Parse, validate and queue one command (thread-safe; never raises for bad input).
+
+        at_s: engine time to apply it (None = before the next block). tag: the front end's
+        own name for this submission, copied into the "command" or "rejected" event its
+        application emits (OSC finds the sender by it)."""
+        try:
+            command = parse_line(cmd) if isinstance(cmd, str) else validate(cmd)
+            if not command.journal:
+                return self._info(command)
+            # Reading a patch file happens here, outside the lock the audio hook takes.
+            # A timed load (a replay, a bundle) meets names that lines before it will make:
+            # its commands' names are checked when they run.
+            prepared = self._prepare(command, src, check_names=at_s is None)
+            if command.name == "load" and isinstance(prepared, Patch):
+                # Journalled as found, not as typed: portable to another working directory.
+                command = Command("load", {"patch": self._patch_ref(prepared.path)})
+            with self._lock:
+                # A timed command is checked against the state it will meet when applied;
+                # an immediate one is checked now (against the state the immediate commands
+                # queued before it will leave), so the reply can say what is wrong.
+                if at_s is None:
+                    self._check_state(command, prepared)
+                when = -math.inf if at_s is None else float(at_s)
+                order = next(self._order)
+                if tag is not None:
+                    self._tags[order] = tag
+                heapq.heappush(self._queue, (when, order, command, src, prepared))
+            return Reply(True, command.to_line())
+        except PgesamError as e:
+            self.rejected += 1
+            return Reply(False, str(e))
+        except Exception as e:  # an internal error is one line, never a crash
+            self.rejected += 1
+            log.exception("submit failed for %r", cmd)
+            return Reply(False, f"internal error: {type(e).__name__}: {e}")
+
+    def time_s(self) -> float:
+        return self.clock.time_s()
+
+    def busy(self) -> bool:
+        """Anything still to play: commands queued, sequences, events, a pending patch."""
+        with self._lock:
+            return bool(self._queue) or self._held is not None or self.scheduler.is_playing()
+
+    def on_block(self, t_s: float) -> None:
+        """The audio hook: apply the commands due in this block, then tick the clock."""
+        # Journal times are rounded to 1 us: a command belongs to the block its time falls in,
+        # give or take a fraction of a sample.
+        end_s = t_s + self.clock.block_s - TIME_EPS_S
+        with self._lock:
+            self._block_thread = threading.get_ident()
+            self._time_s = t_s
+            self._release_or_keep_held(t_s)
+            while self._queue and self._queue[0][0] < end_s:
+                entry = heapq.heappop(self._queue)
+                if self._should_hold(entry, t_s):
+                    self._held, self._held_since_s = entry, t_s
+                    continue
+                # A timed command acts at its own time within this block (to the sample).
+                at_s = None if entry[0] == -math.inf else max(entry[0], t_s)
+                self._apply(entry[2], entry[3], entry[4], t_s, at_s,
+                            tag=self._tags.pop(entry[1], None))
+            if self._bank_due is not None and t_s >= self._bank_due[2]:
+                x, y, _ = self._bank_due
+                self._bank_due = None
+                self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
+            self.scheduler.tick(t_s)
+            self._applied.notify_all()
+
+    # An immediate note whose render is not cached yet waits for it (up to
+    # `wait_for_render_s`) instead of falling back, but only while it is the last thing the
+    # performer asked for: anything typed or sent after it releases it at once (with the
+    # usual fallbacks), so a burst of commands never queues behind a render; hush and panic
+    # drop it. It is journalled when it plays, so a replay plays it then too.
+    def _should_hold(self, entry: tuple[float, int, Command, str, Any], t_s: float) -> bool:
+        when, _, c, _, _ = entry
+        if when != -math.inf or c.name not in NOTE_WORDS or self.wait_for_render_s <= 0:
+            return False
+        if self._queue and self._queue[0][0] == -math.inf:
+            return False  # more immediate commands behind it
+        return bool(self._missing_renders(c, t_s))
+
+    def _release_or_keep_held(self, t_s: float) -> None:
+        entry = self._held
+        if entry is None:
+            return
+        behind = [e[2].name for e in self._queue if e[0] == -math.inf]
+        if any(n in ("hush", "panic") for n in behind):
+            self._held = None  # dropped: the performer silenced it before it sounded
+            self._tags.pop(entry[1], None)
+            return
+        waited = t_s - self._held_since_s >= self.wait_for_render_s
+        if behind or waited or not self._missing_renders(entry[2], t_s):
+            self._held = None
+            self._apply(entry[2], entry[3], entry[4], t_s, tag=self._tags.pop(entry[1], None))
+
+    def _missing_renders(self, c: Command, t_s: float) -> list[NoteKey]:
+        """The notes of a play/note/note_at command not in the cache (and asks for them)."""
+        a = c.args
+        x, y = (a["x"], a["y"]) if c.name == "note_at" else self.scheduler.point_at(t_s)
+        pitches = a.get("pitches") or [a["pitch"]]
+        keys = (self.cache.key(x, y, rendered_pitch(p, self.model.pitch_range),
+                               self.scheduler.seed) for p in pitches)
+        missing = [k for k in keys if k not in self.cache]
+        for k in missing:
+            self.renderer.request(k, k.xq, k.yq, t_s)
+        return missing
+
+    def _apply(self, command: Command, src: str, prepared: Any, t_s: float,
+               at_s: float | None = None, tag: Hashable | None = None) -> None:
+        """Apply in the block at `t_s`; a timed command at `at_s` (in this block), where it
+        is also journalled, so a replay acts there too."""
+        try:
+            with self.scheduler.acting_at(at_s):
+                getattr(self, f"_do_{command.name}")(command.args, prepared)
+        except Exception as e:  # per event: log, count, tell, carry on
+            self.apply_errors += 1
+            self.message(f"{command.to_line()}: {e}")
+            # For the front end that sent it (an OSC bundle's sender) and a replay's log.
+            self.emit({"kind": "rejected", "t": t_s if at_s is None else at_s, "src": src,
+                       "cmd": command.to_line(), "text": str(e), "tag": tag})
+            return
+        self.applied += 1
+        self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
+                   "cmd": command.to_line(), "tag": tag})
+        snap = self._snapshot_locked()
+        if at_s is not None:  # the state this command leaves: a timed move's point at its time
+            x, y = self.scheduler.point_at(at_s)
+            snap["point"] = [round(x, 4), round(y, 4)]
+        self.emit({"kind": "state", **snap})
+
+    # -- validation against the state (in the caller's thread) -----------------------------
+    def _prepare(self, c: Command, src: str = "repl", check_names: bool = False) -> Any:
+        """Check `c` and compute what applying it needs (a loaded patch, a sequence). Over
+        OSC (the network, with --osc-host) a patch must lie in the patch folder. With
+        `check_names` a patch's command lines are checked against the names that will exist
+        when it loads (see _known_names)."""
+        a = c.args
+        if c.name == "load":
+            points, sequences = self._known_names() if check_names else (None, [])
+            return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"),
+                              pitch_range=self.model.pitch_range,
+                              known_points=points, known_sequences=sequences)
+        if c.name == "seq":
+            return make_sequence(a["name"], a["notes"], a["step"])
+        self._check_pitches(c)
+        return None
+
+    def _patch_ref(self, path: str) -> str:
+        """A patch file as the journal names it: its name within the patch folder, else its
+        absolute path."""
+        p = Path(path).resolve()
+        try:
+            return str(p.relative_to(Path(self.patch_dir).resolve()))
+        except ValueError:
+            return str(p)
+
+    def _queued_immediate(self) -> list[tuple[float, int, Command, str, Any]]:
+        """The immediate commands queued and not applied yet, in the order they apply (lock
+        held): what the line checks simulate."""
+        return sorted((e for e in self._queue if e[0] == -math.inf), key=lambda e: e[1])
+
+    def _known_names(self) -> tuple[set[str], set[str]]:
+        """Point names and running sequences outside any patch, as the immediate commands
+        already queued will leave them: what a patch loaded now may name (a patch's own
+        sequences end at the swap; those of `seq` and `start` are the performer's and
+        play on)."""
+        with self._lock:
+            points = {*self.bookmarks, *self.model.named_points}
+            sequences = set(self.scheduler.live_sequences())
+            for _, _, q, _, prepared in self._queued_immediate():
+                name = str(q.args.get("name", ""))
+                if q.name == "mark":
+                    points.add(name)
+                elif q.name == "seq" and isinstance(prepared, Sequence) and \
+                        not any(prepared.pattern):
+                    sequences.discard(name)  # rests only: it ends that one
+                elif q.name in ("seq", "start"):  # (a started one is the performer's too)
+                    sequences.add(name)
+                elif q.name == "stop":
+                    sequences.discard(name)
+                elif q.name in ("hush", "panic"):
+                    sequences.clear()
+        return points, sequences
+
+    def _check_state(self, c: Command, prepared: Any = None) -> None:
+        """Check an immediate `c`'s names (points, patch sequences, running sequences) against
+        the state the immediate commands already queued will leave: `mark a` then `at a`, or
+        `seq s ...` then `stop s`, pass at once (lock held). A `seq` of rests only must name
+        a running sequence (it silences that one from its next bar)."""
+        silent_seq = c.name == "seq" and isinstance(prepared, Sequence) and \
+            not any(prepared.pattern)
+        if c.name not in ("at", "start", "stop", "mark") and not silent_seq or \
+                (c.name == "at" and "name" not in c.args):
+            return
+        sched = self.scheduler
+        current = sched.patch
+        marks = set(self.bookmarks)
+        pending = sched.pending_patch  # a load waiting for its bar (replaced by a later load)
+        pending_off: set[str] = set()  # its sequences stopped before they start
+        running = set(sched.running_sequences(include_pending=False))
+        for _, _, q, _, prepared in self._queued_immediate():
+            name = str(q.args.get("name", ""))
+            if q.name == "mark":
+                marks.add(name)
+            elif q.name == "load" and isinstance(prepared, Patch):
+                pending, pending_off = prepared, set()
+            elif q.name in ("seq", "start"):
+                running.add(name)
+            elif q.name == "stop":
+                running.discard(name)
+                pending_off.add(name)
+            elif q.name in ("hush", "panic"):  # a pending patch is installed, nothing starts
+                running.clear()
+                if pending is not None:
+                    current, pending, pending_off = pending, None, set()
+        sequences = set(current.sequences) if current is not None else set()
+        points = marks | set(self.model.named_points) | \
+            (set(current.points) if current is not None else set())
+        if pending is not None:
+            sequences |= set(pending.sequences)
+            points |= set(pending.points)
+            running |= set(pending.sequences) - pending_off
+        name = c.args["name"]
+        if c.name == "mark":
+            patch_points: dict[str, tuple[float, float]] = {}
+            for patch in (current, pending):
+                if patch is not None:
+                    patch_points.update(patch.points)
+            self._mark_clash(name, patch_points)
+            return
+        if c.name == "at" and name not in points:
+            known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
+            raise CommandError(f"no point named {name!r}; known: {known}")
+        if c.name == "start" and name not in sequences:
+            have = ", ".join(sorted(sequences)) or (
+                "no patch loaded" if current is None and pending is None else "it has none")
+            raise CommandError(f"start: no sequence {name!r} in the patch ({have})")
+        if c.name == "stop" and name not in running:
+            have = ", ".join(sorted(running)) or "none"
+            raise CommandError(f"stop: no sequence {name!r} is running (running: {have})")
+        if silent_seq and name not in running:
+            raise CommandError(f"seq {name}: rests only, and no sequence {name!r} is running: "
+                               "nothing would sound (rests only silence a running sequence "
+                               "from its next bar; give at least one note)")
+
+    def _check_pitches(self, c: Command) -> None:
+        a = c.args
+        pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
+        if c.name == "prerender":
+            # What the model renders (and answers /pgesam/ready for): notes beyond its range
+            # are played from its edge notes, which the bank holds.
+            lo, hi = self.model.pitch_range
+            for p in (a.get("low"), a.get("high")):
+                if p is not None and not lo <= p <= hi:
+                    raise CommandError(f"prerender: pitch {p} is outside the model's rendered "
+                                       f"range {lo}..{hi} (notes beyond it play its edge "
+                                       "notes re-pitched: prerender those)")
+            return
+        n_voices = self.voices.stats().get("voices", 0)
+        if c.name == "play" and n_voices and len(pitches) > n_voices:
+            raise CommandError(f"play: {len(pitches)} notes at once; the voice pool has "
+                               f"{n_voices} (more would steal each other)")
+        lo, hi = playable_range(self.model.pitch_range)
+        for p in pitches:
+            if c.name != "release" and not lo <= p <= hi:
+                raise CommandError(f"{c.name}: pitch {p} is outside what the model plays: "
+                                   f"{range_text(self.model.pitch_range)}")
+
+    def _resolve(self, c: Command) -> Any:
+        """The state-dependent part of a command: a point name's coordinates, a patch
+        sequence, a running sequence. Raises CommandError naming what exists."""
+        a = c.args
+        if c.name == "at" and "name" in a:
+            return self.resolve_point(a["name"])
+        if c.name == "start":
+            # A patch loaded but waiting for its bar first, then the playing one.
+            for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+                if patch is not None and a["name"] in patch.sequences:
+                    return patch.sequences[a["name"]]
+            have = ", ".join(self.sequence_names()) or (
+                "no patch loaded" if self.scheduler.patch is None
+                and self.scheduler.pending_patch is None else "it has none")
+            raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
+        if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
+            running = ", ".join(self.scheduler.running_sequences()) or "none"
+            raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
+        return None
+
+    def resolve_point(self, name: str) -> tuple[float, float]:
+        """A point name: the patch's points (a patch means its own), a bookmark, or the
+        demo patches' named points."""
+        for table in (self._patch_points(), self.bookmarks, self.model.named_points):
+            if name in table:
+                x, y = table[name]
+                return float(x), float(y)
+        known = ", ".join(self.point_names()) or "none yet (`mark NAME` makes one)"
+        raise CommandError(f"no point named {name!r}; known: {known}")
+
+    def _patch_points(self) -> dict[str, tuple[float, float]]:
+        """The playing patch's points, and a pending one's (which win)."""
+        points: dict[str, tuple[float, float]] = {}
+        for patch in (self.scheduler.patch, self.scheduler.pending_patch):
+            if patch is not None:
+                points.update(patch.points)
+        return points
+
+    # -- commands (applied in the audio hook) ----------------------------------------------
+    def _do_at(self, a: dict[str, Any], _: Any) -> None:
+        if "name" in a:
+            x, y = self.resolve_point(a["name"])
+            self.point_name = a["name"]
+        else:
+            x, y = a["x"], a["y"]
+            self.point_name = None
+        self._set_point(x, y)
+
+    def _do_xy(self, a: dict[str, Any], _: Any) -> None:
+        self.point_name = None
+        self._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
+
+    def _set_point(self, x: float, y: float) -> None:
+        # The bank (recent pitches first) once the point has settled; a moving point only
+        # gets the notes its sequences actually play, which the scheduler asks for.
+        self.scheduler.set_point(x, y, request_recent=not self.prerender_banks)
+        if self.prerender_banks:
+            self._bank_due = (x, y, self._time_s + BANK_SETTLE_S)
+
+    def _prerender_bank(self, x: float, y: float, low: int | None, high: int | None,
+                        deadline0_s: float, speculative: bool = False,
+                        announce_cached: bool = False) -> None:
+        """Ask for a point's pitch bank, the pitches nearest the last played first.
+        announce_cached: notes already cached are announced ready at once (`prerender`:
+        whoever asked waits for one /pgesam/ready per note) instead of asked for."""
+        lo, hi = self.model.pitch_range
+        low = lo if low is None else max(lo, low)
+        high = hi if high is None else min(hi, high)
+        recent = self.scheduler.recent_pitches()[::-1]  # most recent first
+        order = sorted(range(low, high + 1), key=lambda p: (
+            recent.index(p) if p in recent else len(recent), abs(p - self.last_pitch), p))
+        for rank, pitch in enumerate(order):
+            key = self.cache.key(x, y, pitch, self.scheduler.seed)
+            if announce_cached and key in self.cache:
+                self.note_ready(key)
+                continue
+            self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
+                                  speculative=speculative)
+
+    def _do_play(self, a: dict[str, Any], _: Any) -> None:
+        self._remember(a["pitches"])
+        self.scheduler.play_now(list(a["pitches"]), a["vel"], a.get("len_beats"))
+
+    def _do_note(self, a: dict[str, Any], _: Any) -> None:
+        self._remember([a["pitch"]])
+        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")))
+
+    def _do_note_at(self, a: dict[str, Any], _: Any) -> None:
+        self._remember([a["pitch"]])
+        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")),
+                                point=(a["x"], a["y"]))
+
+    def _do_release(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.release(a["pitch"])
+
+    def _remember(self, pitches: list[int]) -> None:
+        if pitches:
+            self.last_pitch = int(pitches[-1])
+
+    def _beats(self, length_s: float | None) -> float | None:
+        if length_s is None:
+            return None
+        return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
+
+    def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
+        if not any(seq.pattern) and a["name"] not in self.scheduler.running_sequences():
+            raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
+                               "running: nothing would sound (give at least one note)")
+        self.scheduler.start_sequence(a["name"], seq)
+
+    def _do_start(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.start_sequence(a["name"], self._resolve(Command("start", a)))
+
+    def _do_stop(self, a: dict[str, Any], _: Any) -> None:
+        self._resolve(Command("stop", a))
+        self.scheduler.stop_sequence(a["name"])
+
+    def _do_glide(self, a: dict[str, Any], _: Any) -> None:
+        self.point_name = None
+        self.scheduler.glide(a["x"], a["y"], a["beats"])
+
+    def _do_tempo(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.set_tempo(a["bpm"])
+
+    def _do_load(self, a: dict[str, Any], patch: Patch) -> None:
+        # Its commands' names against the state now (a timed load, e.g. replayed, could not
+        # be checked when it was submitted; an immediate one was, against the same state).
+        problems = patch_name_errors(patch, {*self.bookmarks, *self.model.named_points},
+                                     self.scheduler.live_sequences())
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CommandError(problems[0] + more)
+        if patch.model not in (None, "default", self.model.model_id):
+            self.message(f"patch {patch.path} asks for model {patch.model!r}; "
+                         f"playing it with {self.model.model_id}")
+        self.scheduler.load_patch(patch)
+
+    def _mark_clash(self, name: str, patch_points: dict[str, tuple[float, float]]) -> None:
+        """A bookmark may not take the name of the loaded patch's point (the patch's own
+        `at NAME` means its point, so the bookmark could never be reached)."""
+        if name in patch_points:
+            x, y = patch_points[name]
+            raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
+                               f"{y:+.2f}); choose another name (e.g. {name}2)")
+
+    def _do_mark(self, a: dict[str, Any], _: Any) -> None:
+        name = a["name"]
+        self._mark_clash(name, self._patch_points())
+        if name in self.model.named_points and name not in self.bookmarks:
+            x, y = self.model.named_points[name]
+            self.message(f"mark {name}: your bookmark now stands for {name} (the demo "
+                         f"patches' {name} at ({x:+.2f}, {y:+.2f}) is hidden this session)")
+        # Where the point is at this command's own time (a patch line fires ahead, at its
+        # beat: `at p1` then `mark home` marks p1).
+        self.bookmarks[name] = self.scheduler.point_at(self.scheduler.now_or_action_s())
+        self.point_name = a["name"]
+
+    def _do_hush(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.hush()
+        self.voices.release_all()
+
+    def _do_panic(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.hush()
+        self.voices.panic()
+
+    def _do_prerender(self, a: dict[str, Any], _: Any) -> None:
+        self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s,
+                             announce_cached=True)
+
+    def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
+        self.scheduler.set_lookahead(a["seconds"])
+
+    def _run_patch_line(self, line: str) -> None:
+        """A patch's timed command, fired inside a tick at its exact time. Not journalled:
+        replaying the journal's `load` fires it again."""
+        try:
+            command = parse_line(line)
+            if not command.journal:
+                return
+            prepared = self._prepare(command)
+            getattr(self, f"_do_{command.name}")(command.args, prepared)
+        except Exception as e:  # said as the performer's own refusals are, and skipped
+            if not isinstance(e, PgesamError):
+                log.exception("patch line %r failed", line)
+            self.apply_errors += 1
+            patch = self.scheduler.patch
+            where = f"patch {Path(patch.path).name}" if patch is not None else "patch"
+            self.message(f"{where}: `{line}`: {e}")
+            self.emit({"kind": "rejected", "t": self._time_s, "src": "patch", "cmd": line,
+                       "text": str(e)})
+
+    # -- read-only views ---------------------------------------------------------------------
+    def _info(self, c: Command) -> Reply:
+        if c.name in ("points", "seqs"):
+            self.settle()  # (status and map settle through snapshot())
+        if c.name == "status":
+            snap = self.snapshot()
+            return Reply(True, format_status(snap), snap)
+        if c.name == "points":
+            return Reply(True, ", ".join(self.point_names()) or "no named points yet")
+        if c.name == "seqs":
+            return Reply(True, ", ".join(self.sequence_names()) or "no sequences")
+        if c.name == "help":
+            return Reply(True, help_text(c.args.get("command")))
+        if c.name == "map":
+            from pgesam_live.vocab.termmap import engine_map  # noqa: PLC0415
+
+            return Reply(True, engine_map(self))
+        return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
+
+    def point_names(self) -> list[str]:
+        names = dict.fromkeys([*self.bookmarks, *self._patch_points(), *self.model.named_points])
+        return list(names)
+
+    def sequence_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+            names.update(dict.fromkeys(patch.sequences if patch is not None else {}))
+        names.update(dict.fromkeys(self.scheduler.running_sequences()))
+        return list(names)
+
+    def patch_names(self) -> list[str]:
+        return [p.name for p in list_patches(self.patch_dir)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state, once the immediate commands already accepted have been applied."""
+        self.settle()
+        with self._lock:
+            return self._snapshot_locked()
+
+    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+        """Wait until the immediate commands already accepted are applied (the next audio
+        block, normally a few ms), so that a view taken next (status, map, points) shows what
+        the lines before it did. Gives up when no block comes within SETTLE_QUIET_S (nothing
+        drives the engine: an offline bounce between its blocks) or after `timeout_s`."""
+        if threading.get_ident() == self._block_thread:
+            return  # asked from inside a block (a listener): waiting would stall the audio
+        end = time.monotonic() + timeout_s
+        with self._applied:
+            while any(e[0] == -math.inf for e in self._queue):
+                left = end - time.monotonic()
+                if left <= 0 or not self._applied.wait(min(left, SETTLE_QUIET_S)):
+                    return
+
+    def _snapshot_locked(self) -> dict[str, Any]:
+        st = self.scheduler.status()
+        cache = self.cache.stats()
+        x, y = self.scheduler.current_point()
+        return {
+            "time_s": round(self.clock.time_s(), 4),
+            # The tempo set last (what `tempo` asked for; it takes effect on the coming beat),
+            # and the one playing now.
+            "tempo_bpm": self.scheduler.tempo.last_bpm,
+            "tempo_now_bpm": st["tempo_bpm"],
+            "beat": round(st["beat"], 3),
+            "point": [round(x, 4), round(y, 4)],
+            "point_name": self.point_name,
+            "voices_in_use": self.voices.in_use(),
+            "voices_total": self.voices.stats()["voices"],
+            "cache_fill": cache.get("fill", 0.0),
+            "cache_notes": cache.get("entries", 0),
+            "renders_pending": self.renderer.pending,
+            "late_notes": st["late"],
+            "fallbacks": st["fallbacks"],
+            "lookahead_s": st["lookahead_s"],
+            "sequences": st["sequences"],
+            "patch": st["patch"],
+            "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
+            "model_id": self.model.model_id,
+            **{name: _safe_count(fn) for name, fn in self._stats.items()},
+        }
+
+
+def _safe_count(fn: Callable[[], int]) -> int:
+    try:
+        return int(fn())
+    except Exception:  # a front end's counter never breaks the state
+        return -1
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """One line for the REPL's `status` and its toolbar."""
+    x, y = s["point"]
+    name = f" {s['point_name']}" if s.get("point_name") else ""
+    seqs = ",".join(s["sequences"]) or "-"
+    return (f"{s['tempo_bpm']:.0f} bpm | point{name} ({x:+.2f}, {y:+.2f}) | voices "
+            f"{s['voices_in_use']}/{s['voices_total']} | cache {100 * s['cache_fill']:.0f}% | "
+            f"pending {s['renders_pending']} | late {s['late_notes']} | look-ahead "
+            f"{1000 * s['lookahead_s']:.0f} ms | seqs {seqs}")
+
+
+__all__ = ["COMMANDS", "Engine", "ModelInfo", "Reply", "format_status"]
