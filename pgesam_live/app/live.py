@@ -166,7 +166,8 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             # Wake twice a second: a signal the kernel hands to another thread sets Python's
             # flag but does not interrupt a wait without timeout, so the handlers that
             # _stop_on_signals installed would only run at the next wake-up.
-            while not engine.quit_requested.wait(0.5):
+            idle = threading.Event()  # never set: only a signal ends this wait
+            while not idle.wait(0.5):
                 pass
     except KeyboardInterrupt:
         pass

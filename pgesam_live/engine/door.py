@@ -35,13 +35,13 @@ from pgesam_live.patches.patch import (
     Patch,
     Sequence,
     find_patch,
-    list_patches,
     load_patch,
     make_sequence,
     patch_name_errors,
 )
 from pgesam_live.render.cache import NoteKey, RenderCache
-from pgesam_live.vocab.commands import COMMANDS, Command, help_text, parse_line, validate
+from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
+from pgesam_live.vocab.views import FRONT_END_WORDS, Reply, answer, status_line
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,6 @@ SETTLE_TIMEOUT_S = 0.5  # Engine.settle: the longest a view waits for queued com
 SETTLE_QUIET_S = 0.05  # ... and how long without an audio block before it stops waiting
 NOTE_WORDS = ("play", "note", "note_at")
 TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a front end shows or sends back: ok, one line of text, optional data."""
-
-    ok: bool
-    text: str
-    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +187,6 @@ class Engine:
         self.applied = 0
         self.rejected = 0
         self.apply_errors = 0
-        self.quit_requested = threading.Event()
         self.prerender_banks = True  # offline bounces render only what they play
         self._bank_due: tuple[float, float, float] | None = None  # (x, y, engine time)
         # An immediate note not yet rendered waits this long for it (then falls back); 0 in
@@ -698,22 +688,13 @@ class Engine:
 
     # -- read-only views ---------------------------------------------------------------------
     def _info(self, c: Command) -> Reply:
-        if c.name in ("points", "seqs"):
-            self.settle()  # (status and map settle through snapshot())
-        if c.name == "status":
-            snap = self.snapshot()
-            return Reply(True, format_status(snap), snap)
-        if c.name == "points":
-            return Reply(True, ", ".join(self.point_names()) or "no named points yet")
-        if c.name == "seqs":
-            return Reply(True, ", ".join(self.sequence_names()) or "no sequences")
-        if c.name == "help":
-            return Reply(True, help_text(c.args.get("command")))
-        if c.name == "map":
-            from pgesam_live.vocab.termmap import engine_map  # noqa: PLC0415
-
-            return Reply(True, engine_map(self))
-        return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
+        """A front-end word submitted as a line: its answer (vocab/views.py) as the reply."""
+        if c.name not in FRONT_END_WORDS:
+            return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
+        a = answer(self, c)
+        if c.name == "status":  # one line here; the snapshot rides along
+            return Reply(True, status_line(a.data), a.data)
+        return Reply(True, a.text)
 
     def point_names(self) -> list[str]:
         names = dict.fromkeys([*self.bookmarks, *self._patch_points(), *self.model.named_points])
@@ -725,9 +706,6 @@ class Engine:
             names.update(dict.fromkeys(patch.sequences if patch is not None else {}))
         names.update(dict.fromkeys(self.scheduler.running_sequences()))
         return list(names)
-
-    def patch_names(self) -> list[str]:
-        return [p.name for p in list_patches(self.patch_dir)]
 
     def snapshot(self) -> dict[str, Any]:
         """The state, once the immediate commands already accepted have been applied."""
@@ -785,15 +763,4 @@ def _safe_count(fn: Callable[[], int]) -> int:
         return -1
 
 
-def format_status(s: dict[str, Any]) -> str:
-    """One line for the REPL's `status` and its toolbar."""
-    x, y = s["point"]
-    name = f" {s['point_name']}" if s.get("point_name") else ""
-    seqs = ",".join(s["sequences"]) or "-"
-    return (f"{s['tempo_bpm']:.0f} bpm | point{name} ({x:+.2f}, {y:+.2f}) | voices "
-            f"{s['voices_in_use']}/{s['voices_total']} | cache {100 * s['cache_fill']:.0f}% | "
-            f"pending {s['renders_pending']} | late {s['late_notes']} | look-ahead "
-            f"{1000 * s['lookahead_s']:.0f} ms | seqs {seqs}")
-
-
-__all__ = ["COMMANDS", "Engine", "ModelInfo", "Reply", "format_status"]
+__all__ = ["COMMANDS", "Engine", "ModelInfo", "Reply"]

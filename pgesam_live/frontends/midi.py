@@ -24,7 +24,7 @@ crash; `list_ports()` is what `pgesam-live doctor` prints.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import threading
 import time
@@ -34,11 +34,14 @@ from typing import Any
 from pgesam_live.errors import ConfigError
 from pgesam_live.quiet import quiet_c_stderr
 from pgesam_live.vocab.commands import Command
+from pgesam_live.vocab.views import EngineView
 
 SUSTAIN_CC = 64
 ALL_SOUND_OFF_CC = 120
 RESET_CONTROLLERS_CC = 121
 ALL_NOTES_OFF_CC = 123
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class MidiInput:
     """A MIDI input port feeding the engine. Notes are submitted from rtmidi's thread as they
     arrive; x/y controller streams are coalesced by a small flusher thread."""
 
-    def __init__(self, engine: Any, port_name: str, mapping: MidiMapping | None = None,
+    def __init__(self, engine: EngineView, port_name: str, mapping: MidiMapping | None = None,
                  coalesce_s: float = 0.010) -> None:
         self.engine = engine
         self.port_name = port_name
@@ -236,8 +239,9 @@ class MidiInput:
                     continue
                 if not self._submit(cmd) and cmd.name == "note":
                     self._silent.add(cmd.args["pitch"])
-        except Exception:
+        except Exception:  # rtmidi's thread must live on: logged and counted
             self.errors += 1
+            log.exception("MIDI: message %r failed", msg)
 
     def _follow_point(self) -> None:
         """The pad starts from where the point is (moved from the REPL, OSC or a patch), so a
@@ -245,8 +249,7 @@ class MidiInput:
         with self._lock:
             if self._pending_xy is not None:
                 return
-        snapshot = getattr(self.engine, "snapshot", None)
-        point = snapshot().get("point") if snapshot is not None else None
+        point = self.engine.snapshot().get("point")
         if isinstance(point, list | tuple) and len(point) == 2:
             with self._lock:
                 self.mapper.u = min(1.0, max(0.0, (float(point[0]) + 1.0) / 2.0))
@@ -255,12 +258,10 @@ class MidiInput:
     def _submit(self, cmd: Command) -> bool:
         """Submit; a refusal is said above the prompt (a player has no other screen)."""
         reply = self.engine.submit(cmd, src="midi")
-        if getattr(reply, "ok", True):
+        if reply.ok:
             return True
         self.errors += 1
-        say = getattr(self.engine, "message", None)
-        if say is not None:
-            say(f"MIDI: {getattr(reply, 'text', 'refused')}")
+        self.engine.message(f"MIDI: {reply.text or 'refused'}")
         return False
 
     def _flush_loop(self) -> None:
@@ -272,22 +273,25 @@ class MidiInput:
             if cmd is not None:
                 try:
                     self._submit(cmd)
-                except Exception:
+                except Exception:  # the flusher lives on: logged and counted
                     self.errors += 1
+                    log.exception("MIDI: submitting %r failed", cmd)
                 time.sleep(self.coalesce_s)   # later moves in this window: latest wins
 
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._port is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self._port.close()
+            except Exception as exc:  # closing at shutdown: said, never raised
+                log.warning("MIDI: closing %r failed: %s", self.port_name, exc)
             self._port = None
         if self._flusher.is_alive():
             self._flusher.join(timeout=1.0)
 
 
-def open_midi(engine: Any, spec: str, mapping: MidiMapping | None = None) -> MidiInput:
+def open_midi(engine: EngineView, spec: str, mapping: MidiMapping | None = None) -> MidiInput:
     """`--midi PORT|auto` -> an open MidiInput; ConfigError (one line) when it cannot be."""
     inputs, problem = list_ports()
     if problem is not None:
@@ -296,7 +300,7 @@ def open_midi(engine: Any, spec: str, mapping: MidiMapping | None = None) -> Mid
     return MidiInput(engine, port, mapping or MidiMapping.from_env()).open()
 
 
-def start_midi(engine: Any, spec: str, message: Any = print,
+def start_midi(engine: EngineView, spec: str, message: Any = print,
                mapping: MidiMapping | None = None) -> MidiInput | None:
     """open_midi for the live app: on success says which port, on failure says why in one
     line (through `message`) and returns None, so the instrument plays on without MIDI."""

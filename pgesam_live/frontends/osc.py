@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
-import json
 import math
 import socket
 import threading
@@ -56,7 +55,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import COMMANDS, Command, from_osc, help_text, parse_line
+from pgesam_live.vocab.commands import COMMANDS, Command, from_osc, parse_line
+from pgesam_live.vocab.views import (
+    FRONT_END_WORDS,
+    Answer,
+    EngineView,
+    answer,
+    flatten_state,
+)
 
 Addr = tuple[str, int]
 OscReply = tuple[Addr, str, list[Any]]
@@ -154,34 +160,6 @@ def _timed_messages(data: bytes) -> list[tuple[float | None, Any]]:
     return out
 
 
-def flatten_state(snap: dict[str, Any]) -> list[Any]:
-    """A snapshot as /pgesam/state's flat key/value argument list (see the module doc)."""
-    out: list[Any] = []
-    for key in sorted(snap):
-        value = snap[key]
-        if key == "kind":
-            continue
-        if key == "point" and isinstance(value, list | tuple) and len(value) == 2:
-            out += ["x", float(value[0]), "y", float(value[1])]
-            continue
-        if isinstance(value, bool):
-            value = int(value)
-        elif value is None:
-            value = ""
-        elif isinstance(value, int):
-            value = value if -2**31 <= value < 2**31 else float(value)
-        elif isinstance(value, float):
-            value = value if math.isfinite(value) else str(value)
-        elif isinstance(value, list | tuple):
-            value = " ".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            value = json.dumps(value, sort_keys=True)
-        else:
-            value = str(value)
-        out += [key, value]
-    return out
-
-
 @dataclass
 class _Controller:
     last_push_s: float = -math.inf
@@ -214,7 +192,7 @@ class _PendingMove:
 class OscCore:
     """The socket-free OSC logic. Thread-safe: engine events may arrive from any thread."""
 
-    engine: Any
+    engine: EngineView
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     coalesce_s: float = 0.0  # > 0: coalesce moves here too (see the module docstring)
@@ -337,24 +315,11 @@ class OscCore:
             except CommandError as exc:
                 return self._error(addr, address, str(exc))
             if not cmd.journal:
-                if cmd.name == "status":
-                    return [(addr, "/pgesam/state", flatten_state(self.engine.snapshot()))]
-                if cmd.name == "help":
-                    return [(addr, "/pgesam/help", [help_text(cmd.args.get("command"))])]
-                if cmd.name == "points":
-                    self.engine.settle()
-                    return [(addr, "/pgesam/points", [str(n) for n in self.engine.point_names()])]
-                if cmd.name == "seqs":  # every sequence, then the running ones
-                    running = [str(n) for n in self.engine.snapshot().get("sequences") or []]
-                    names = sorted(set(self.engine.sequence_names()) | set(running))
-                    return [(addr, "/pgesam/seqs", names),
-                            (addr, "/pgesam/seqs/running", sorted(running))]
-                if cmd.name == "map":
-                    from pgesam_live.vocab.termmap import engine_map  # noqa: PLC0415
-
-                    return [(addr, "/pgesam/map", [engine_map(self.engine)])]
-                return self._error(addr, address, f"`{cmd.name}` is not available over OSC: it "
-                                   "ends the instrument only from its terminal (or SIGTERM)")
+                if cmd.name not in FRONT_END_WORDS:
+                    return self._error(addr, address, f"`{cmd.name}` is not available over "
+                                       "OSC: it ends the instrument only from its terminal "
+                                       "(or SIGTERM)")
+                return self._answer(addr, answer(self.engine, cmd))
         else:
             try:
                 cmd = from_osc(address, args)
@@ -365,6 +330,19 @@ class OscCore:
         if at_s is None and address in _MOVE_ADDRESSES:
             return self._move(cmd, addr, address)
         return self._submit(cmd, addr, address, at_s)
+
+    @staticmethod
+    def _answer(addr: Addr, a: Answer) -> list[OscReply]:
+        """A front-end word's answer on the wire (vocab/views.py makes it)."""
+        if a.word == "status":
+            return [(addr, "/pgesam/state", flatten_state(a.data))]
+        if a.word == "points":
+            return [(addr, "/pgesam/points", list(a.data))]
+        if a.word == "seqs":  # every sequence, then the running ones
+            names, running = a.data
+            return [(addr, "/pgesam/seqs", list(names)), (addr, "/pgesam/seqs/running",
+                                                          list(running))]
+        return [(addr, f"/pgesam/{a.word}", [a.text])]  # help, map
 
     def _submit(self, cmd: Command, addr: Addr, address: str,
                 at_s: float | None) -> list[OscReply]:
@@ -377,11 +355,11 @@ class OscCore:
         try:
             reply = self.engine.submit(cmd, src="osc", at_s=at_s, tag=tag)
         finally:
-            if not getattr(reply, "ok", False):
+            if reply is None or not reply.ok:
                 with self._lock:
                     self._inflight.pop(tag, None)
-        if not getattr(reply, "ok", False):
-            return self._error(addr, address, str(getattr(reply, "text", "") or "rejected"))
+        if not reply.ok:
+            return self._error(addr, address, str(reply.text or "rejected"))
         self.stats["submitted"] += 1
         return []
 
@@ -412,9 +390,8 @@ class OscCore:
             now = self.clock()
             self._ready = [r for r in self._ready if r.expires_s > now][-255:]
             low, high = cmd.args.get("low"), cmd.args.get("high")
-            model = getattr(self.engine, "model", None)
-            if low is None and model is not None:  # the whole range: the model's
-                low, high = (int(p) for p in model.pitch_range)
+            if low is None:  # the whole range: the model's
+                low, high = (int(p) for p in self.engine.model.pitch_range)
             self._ready.append(_ReadyRequest(addr, cmd.args["x"], cmd.args["y"], low, high,
                                              now + self.ready_ttl_s))
 
@@ -592,7 +569,7 @@ class OscServer:
     """`OscServer(engine, host, port)`; `await start()` on the app's loop, `close()` at exit.
     Port 0 binds an ephemeral port (see `.port` after start)."""
 
-    def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 9000,
+    def __init__(self, engine: EngineView, host: str = "127.0.0.1", port: int = 9000,
                  **core_options: Any) -> None:
         self.host = host
         self.port = port

@@ -18,33 +18,26 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from pgesam_live.errors import CommandError
 from pgesam_live.vocab.commands import (
     COMMANDS,
+    Command,
     CompletionContext,
     complete,
-    help_text,
     parse_line,
 )
-from pgesam_live.vocab.termmap import engine_map
+from pgesam_live.vocab.views import EngineView, answer, status_line, status_text
+
+__all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_line",
+           "status_text"]
 
 PROMPT = "pgesam> "
 STATUS_REFRESH_S = 0.5
 
 
-class EngineLike(Protocol):
-    """The part of core.Engine the REPL uses."""
-
-    patch_dir: Path
-    model_points: list[tuple[float, float, str]]
-
-    def submit(self, cmd: Any, src: str = "repl", at_s: float | None = None) -> Any: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def add_listener(self, fn: Callable[[dict[str, Any]], None]) -> None: ...
-    def point_names(self) -> list[str]: ...
-    def sequence_names(self) -> list[str]: ...
+EngineLike = EngineView  # the shared seam (vocab/views.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,56 +74,17 @@ def completion_context(engine: EngineLike) -> CompletionContext:
     return CompletionContext(
         point_names=safe(engine.point_names),
         sequence_names=safe(engine.sequence_names),
-        patch_files=safe(lambda: patch_files(getattr(engine, "patch_dir", None))),
+        patch_files=safe(lambda: patch_files(engine.patch_dir)),
         pitch_range=_pitch_range(engine),
     )
 
 
 def _pitch_range(engine: EngineLike) -> tuple[int, int] | None:
     try:
-        lo, hi = engine.model.pitch_range  # type: ignore[attr-defined]
+        lo, hi = engine.model.pitch_range
         return int(lo), int(hi)
     except Exception:  # a front end without a model offers every note name
         return None
-
-
-def _fmt_point(snap: dict[str, Any]) -> str:
-    point = snap.get("point") or [0.0, 0.0]
-    name = snap.get("point_name")
-    xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
-    return f"{name} {xy}" if name else xy
-
-
-def status_line(snap: dict[str, Any], width: int | None = None) -> str:
-    """The bottom toolbar: tempo, point, voices, cache fill, renders pending, late notes,
-    look-ahead, running sequences. Fitted to `width` columns when given: the contract's six
-    figures are kept (in short forms if need be); look-ahead, sequences and the point's name
-    go first."""
-    tempo = f"{float(snap.get('tempo_bpm', 0)):g}"
-    voices = f"{snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}"
-    cache = f"{100 * float(snap.get('cache_fill', 0.0)):.0f}%"
-    renders, late = snap.get("renders_pending", 0), snap.get("late_notes", 0)
-    point = snap.get("point") or [0.0, 0.0]
-    xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
-    seqs = snap.get("sequences") or []
-    extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
-    if seqs:
-        extra.append("seq " + ",".join(str(s) for s in seqs))
-    if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once
-        extra.append(f"osc skewed {snap['osc_skewed']}")
-    full = [f"tempo {tempo}", f"at {_fmt_point(snap)}", f"voices {voices}", f"cache {cache}",
-            f"renders {renders}", f"late {late}"]
-    candidates = [
-        " | ".join(full + extra),
-        " | ".join(full + extra[1:]),
-        " | ".join(full),
-        " | ".join([f"tempo {tempo}", f"at {xy}", *full[2:]]),
-        f"{tempo} bpm | {xy} | voices {voices} | cache {cache} | renders {renders} | late {late}",
-        f"{tempo}bpm {xy} v{voices} c{cache} r{renders} late{late}",
-    ]
-    if width is None:
-        return candidates[0]
-    return next((c for c in candidates if len(c) <= width), candidates[-1][:max(width, 1)])
 
 
 MAX_MESSAGE_CHARS = 400  # an error echoing a pasted novel is cut, not 40 screen lines
@@ -142,14 +96,6 @@ def _fit_message(text: str) -> str:
     return "\n".join(line if len(line) <= MAX_MESSAGE_CHARS else
                      line[:MAX_MESSAGE_CHARS - 20] + f"... ({len(line)} chars)"
                      for line in text.split("\n"))
-
-
-def status_text(snap: dict[str, Any]) -> str:
-    """`status`: the snapshot, one key per line."""
-    lines = [status_line(snap)]
-    for key in sorted(snap):
-        lines.append(f"  {key}: {snap[key]}")
-    return "\n".join(lines)
 
 
 def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
@@ -165,10 +111,10 @@ def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
         return [f"internal error: {type(exc).__name__}: {exc}"], False
     try:
         if not cmd.journal:
-            return _front_end_word(engine, cmd.name, cmd.args)
+            return _front_end_word(engine, cmd)
         reply = engine.submit(cmd, src="repl")
-        reply_text = str(getattr(reply, "text", "") or "")
-        if not getattr(reply, "ok", False):
+        reply_text = str(reply.text or "")
+        if not reply.ok:
             return [f"error: {reply_text or 'rejected'}"], False
         # the engine answers an accepted command with its canonical line: not worth a print
         quiet = not reply_text or reply_text == cmd.to_line()
@@ -179,35 +125,11 @@ def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
             False
 
 
-def _front_end_word(engine: EngineLike, name: str, args: dict[str, Any]) -> tuple[list[str],
-                                                                                     bool]:
-    if name == "quit":
+def _front_end_word(engine: EngineLike, cmd: Command) -> tuple[list[str], bool]:
+    if cmd.name == "quit":
         return [], True
-    if name == "help":
-        return help_text(args.get("command")).splitlines(), False
-    if name == "status":
-        return status_text(engine.snapshot()).splitlines(), False
-    if name == "map":
-        columns = shutil.get_terminal_size((80, 24)).columns - 1
-        return engine_map(engine, columns=columns).splitlines(), False
-    if name == "points":
-        snap = engine.snapshot()
-        marks = snap.get("bookmarks") or {}
-        names = engine.point_names()
-        if not names and not marks:
-            return ["no named points (load a patch, or `mark NAME` the current point)"], False
-        out = []
-        for n in sorted(set(names) | set(marks)):
-            xy = marks.get(n)
-            out.append(f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n)
-        return out, False
-    if name == "seqs":
-        running = set(engine.snapshot().get("sequences") or [])
-        names = sorted(set(engine.sequence_names()) | running)
-        if not names:
-            return ['no sequences (load a patch, or `seq NAME "NOTES" STEP`)'], False
-        return [("* " if n in running else "  ") + n for n in names], False
-    return [f"internal error: no front-end handler for {name!r}"], False  # table bug
+    columns = shutil.get_terminal_size((80, 24)).columns - 1 if cmd.name == "map" else None
+    return answer(engine, cmd, columns=columns).text.splitlines(), False
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,10 +212,8 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
                 break
         # What the last lines bring about (a refusal when applied, an engine message) is
         # printed before the input's end ends the REPL.
-        settle = getattr(engine, "settle", None)
-        if settle is not None:
-            with contextlib.suppress(Exception):
-                settle()
+        with contextlib.suppress(Exception):
+            engine.settle()
     finally:
         printer.active = False
 

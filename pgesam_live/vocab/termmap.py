@@ -30,17 +30,16 @@ def family_letters(families: Sequence[str]) -> dict[str, str]:
     return marks
 
 
-def engine_map(engine: Any, width: int = 61, height: int = 21,
-               columns: int | None = None) -> str:
-    """The map of a live engine: its model_points, and bookmarks and point from snapshot().
-    With `columns` (a terminal's width) the grid shrinks to fit it (keeping its aspect) and
-    the legend lines wrap."""
-    snap = engine.snapshot()
+def map_text(points: Sequence[Sequence[Any]], snap: Mapping[str, Any], width: int = 61,
+             height: int = 21, columns: int | None = None) -> str:
+    """The map of an engine's state: training `points` (x, y, family), and the bookmarks and
+    point of a snapshot. With `columns` (a terminal's width) the grid shrinks to fit it
+    (keeping its aspect) and the legend lines wrap."""
     if columns is not None:
         width = max(11, min(width, columns - 14))  # "|" grid "|" and "  y = +1.00"
         height = max(5, min(height, round(height * width / 61)))
-    text = render_map(list(getattr(engine, "model_points", []) or []),
-                      snap.get("bookmarks") or {}, snap.get("point"), width, height)
+    text = render_map(list(points or []), snap.get("bookmarks") or {}, snap.get("point"),
+                      width, height)
     if columns is None:
         return text
     return "\n".join(textwrap.fill(line, max(columns, 20), subsequent_indent="  ")
@@ -54,10 +53,7 @@ def render_map(points: Any,
     """The map as text: a framed grid, then a legend.
 
     points: training points (x, y, family); bookmarks: name -> [x, y]; current: [x, y].
-    The view is the square [-e, e]^2 with e = 1, widened (up to 1.5) to show every mark.
-    Given an engine instead of points (core.py's `render_map(self)`), draws engine_map()."""
-    if hasattr(points, "snapshot"):
-        return engine_map(points, width, height)
+    The view is the square [-e, e]^2 with e = 1, widened (up to 1.5) to show every mark."""
     if width < 11 or height < 5:
         raise ValueError("render_map: the grid needs width >= 11 and height >= 5")
     bookmarks = dict(bookmarks or {})

@@ -106,6 +106,12 @@ class Recorder:
         self.got.append((src, cmd.to_line()))
         return Reply(True)
 
+    def snapshot(self) -> dict[str, Any]:  # the seam's view (vocab/views.py EngineView)
+        return {"point": [0.0, 0.0]}
+
+    def message(self, text: str) -> None:
+        self.got.append(("message", text))
+
 
 def test_input_submits_and_coalesces_cc_streams() -> None:
     engine = Recorder()

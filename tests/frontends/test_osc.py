@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,9 +17,10 @@ from pythonosc.osc_message import OscMessage
 
 from pgesam_live.engine.door import Reply
 from pgesam_live.errors import CommandError
-from pgesam_live.frontends.osc import OscCore, OscServer, encode_message, flatten_state
+from pgesam_live.frontends.osc import OscCore, OscServer, encode_message
 from pgesam_live.sessions.journal import Journal, make_header, read_journal
 from pgesam_live.vocab.commands import Command, parse_line
+from pgesam_live.vocab.views import flatten_state
 
 A = ("127.0.0.1", 50001)
 B = ("127.0.0.1", 50002)
@@ -36,6 +38,9 @@ class FakeEngine:
         self.listeners: list[Any] = []
         self.submitted: list[tuple[str, str, float | None]] = []
         self.lock = threading.RLock()
+        # The seam's model view and training points (vocab/views.py EngineView).
+        self.model = SimpleNamespace(model_id="fake", pitch_range=(21, 108))
+        self.model_points: list[tuple[float, float, str]] = []
         self.state: dict[str, Any] = {"tempo_bpm": 120.0, "point": [0.0, 0.0],
                                       "point_name": None, "sequences": [], "bookmarks": {},
                                       "voices_in_use": 0, "late_notes": 0}

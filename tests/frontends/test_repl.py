@@ -82,6 +82,9 @@ class FakeEngine:
     def time_s(self) -> float:
         return time.monotonic()
 
+    def settle(self) -> None:  # the seam's wait for queued commands (nothing queues here)
+        pass
+
     def point_names(self) -> list[str]:
         return sorted(self.points) + sorted(self.state["bookmarks"])
 
@@ -190,7 +193,7 @@ def test_piped_input(engine: FakeEngine) -> None:
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_repl import FakeEngine
+from frontends.test_repl import FakeEngine
 from pgesam_live.frontends.repl import run_repl
 engine = FakeEngine()
 run_repl(engine)
@@ -284,7 +287,7 @@ def test_a_pasted_block_of_lines_runs_line_by_line(tmp_path: Path) -> None:
 
 
 def test_map_fits_a_narrow_terminal(engine: FakeEngine) -> None:
-    from pgesam_live.vocab.termmap import engine_map
+    from pgesam_live.vocab.views import engine_map
 
     for columns in (50, 80, 120):
         text = engine_map(engine, columns=columns)
