@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.vocab.commands import LOOKAHEAD_MAX_S, LOOKAHEAD_MIN_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +95,9 @@ class Settings:
             raise ConfigError(f"audio {self.audio!r}: choose auto, portaudio, jack, record or none")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
-        if not 0.0 <= self.lookahead_s <= 5.0:
-            raise ConfigError(f"lookahead {self.lookahead_s} s is out of range 0..5")
+        if not LOOKAHEAD_MIN_S <= self.lookahead_s <= LOOKAHEAD_MAX_S:
+            raise ConfigError(f"lookahead {self.lookahead_s} s is out of range "
+                              f"{LOOKAHEAD_MIN_S:g}..{LOOKAHEAD_MAX_S:g}")
         if not 1 <= self.n_voices <= 256:
             raise ConfigError(f"voices {self.n_voices} is out of range 1..256")
         if not 0 < self.osc_port < 65536:

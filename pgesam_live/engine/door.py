@@ -41,6 +41,7 @@ from pgesam_live.patches.patch import (
 )
 from pgesam_live.render.cache import NoteKey, RenderCache
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
+from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import FRONT_END_WORDS, Reply, answer, status_line
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Renderer(Protocol):
 
     def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
                 speculative: bool = False, cancellable: bool = False) -> bool: ...
+
+    def cancel(self, keys: list[NoteKey]) -> None: ...
 
     @property
     def pending(self) -> int: ...
@@ -117,11 +120,8 @@ class _Requester:
         self.renderer.request(key, key.xq, key.yq, deadline_s, cancellable=True)
 
     def cancel(self, keys: list[Any]) -> None:
-        """Renders no longer wanted (the point moved on); a renderer without cancel ignores
-        it (offline ones render on demand)."""
-        cancel = getattr(self.renderer, "cancel", None)
-        if cancel is not None:
-            cancel(keys)
+        """Renders no longer wanted (the point moved on; offline renderers ignore it)."""
+        self.renderer.cancel(keys)
 
 
 class _ResamplingSink:
@@ -148,6 +148,26 @@ class _ResamplingSink:
 
     def drop_pending(self, tag: Hashable) -> int:
         return self.pool.drop_pending(tag)
+
+
+Handler = Callable[["Engine", dict[str, Any], Any], None]
+#: command name -> its handler (applied in the audio hook), registered with @handles below;
+#: every journalled word of the command table has exactly one (checked at import).
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(name: str) -> Callable[[Handler], Handler]:
+    """Register the decorated method as the handler of command `name`."""
+    spec = COMMANDS.get(name)
+    if spec is None or not spec.journal:
+        raise ValueError(f"no journalled command {name!r} in the command table")
+
+    def register(fn: Handler) -> Handler:
+        if name in HANDLERS:
+            raise ValueError(f"command {name!r} has two handlers")
+        HANDLERS[name] = fn
+        return fn
+    return register
 
 
 class Engine:
@@ -340,7 +360,7 @@ class Engine:
         is also journalled, so a replay acts there too."""
         try:
             with self.scheduler.acting_at(at_s):
-                getattr(self, f"_do_{command.name}")(command.args, prepared)
+                HANDLERS[command.name](self, command.args, prepared)
         except Exception as e:  # per event: log, count, tell, carry on
             self.apply_errors += 1
             self.message(f"{command.to_line()}: {e}")
@@ -360,13 +380,15 @@ class Engine:
     # -- validation against the state (in the caller's thread) -----------------------------
     def _prepare(self, c: Command, src: str = "repl", check_names: bool = False) -> Any:
         """Check `c` and compute what applying it needs (a loaded patch, a sequence). Over
-        OSC (the network, with --osc-host) a patch must lie in the patch folder. With
+        a network source (OSC, a web page: vocab/sources.py) a patch must lie in the patch
+        folder. With
         `check_names` a patch's command lines are checked against the names that will exist
         when it loads (see _known_names)."""
         a = c.args
         if c.name == "load":
             points, sequences = self._known_names() if check_names else (None, [])
-            return load_patch(find_patch(a["patch"], self.patch_dir, confined=src == "osc"),
+            return load_patch(find_patch(a["patch"], self.patch_dir,
+                                         confined=source(src).confined_loads),
                               pitch_range=self.model.pitch_range,
                               known_points=points, known_sequences=sequences)
         if c.name == "seq":
@@ -534,6 +556,7 @@ class Engine:
         return points
 
     # -- commands (applied in the audio hook) ----------------------------------------------
+    @handles("at")
     def _do_at(self, a: dict[str, Any], _: Any) -> None:
         if "name" in a:
             x, y = self.resolve_point(a["name"])
@@ -543,6 +566,7 @@ class Engine:
             self.point_name = None
         self._set_point(x, y)
 
+    @handles("xy")
     def _do_xy(self, a: dict[str, Any], _: Any) -> None:
         self.point_name = None
         self._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
@@ -574,19 +598,23 @@ class Engine:
             self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
                                   speculative=speculative)
 
+    @handles("play")
     def _do_play(self, a: dict[str, Any], _: Any) -> None:
         self._remember(a["pitches"])
         self.scheduler.play_now(list(a["pitches"]), a["vel"], a.get("len_beats"))
 
+    @handles("note")
     def _do_note(self, a: dict[str, Any], _: Any) -> None:
         self._remember([a["pitch"]])
         self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")))
 
+    @handles("note_at")
     def _do_note_at(self, a: dict[str, Any], _: Any) -> None:
         self._remember([a["pitch"]])
         self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")),
                                 point=(a["x"], a["y"]))
 
+    @handles("release")
     def _do_release(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.release(a["pitch"])
 
@@ -599,26 +627,32 @@ class Engine:
             return None
         return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
 
+    @handles("seq")
     def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
         if not any(seq.pattern) and a["name"] not in self.scheduler.running_sequences():
             raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
                                "running: nothing would sound (give at least one note)")
         self.scheduler.start_sequence(a["name"], seq)
 
+    @handles("start")
     def _do_start(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.start_sequence(a["name"], self._resolve(Command("start", a)))
 
+    @handles("stop")
     def _do_stop(self, a: dict[str, Any], _: Any) -> None:
         self._resolve(Command("stop", a))
         self.scheduler.stop_sequence(a["name"])
 
+    @handles("glide")
     def _do_glide(self, a: dict[str, Any], _: Any) -> None:
         self.point_name = None
         self.scheduler.glide(a["x"], a["y"], a["beats"])
 
+    @handles("tempo")
     def _do_tempo(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.set_tempo(a["bpm"])
 
+    @handles("load")
     def _do_load(self, a: dict[str, Any], patch: Patch) -> None:
         # Its commands' names against the state now (a timed load, e.g. replayed, could not
         # be checked when it was submitted; an immediate one was, against the same state).
@@ -640,6 +674,7 @@ class Engine:
             raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
                                f"{y:+.2f}); choose another name (e.g. {name}2)")
 
+    @handles("mark")
     def _do_mark(self, a: dict[str, Any], _: Any) -> None:
         name = a["name"]
         self._mark_clash(name, self._patch_points())
@@ -652,18 +687,22 @@ class Engine:
         self.bookmarks[name] = self.scheduler.point_at(self.scheduler.now_or_action_s())
         self.point_name = a["name"]
 
+    @handles("hush")
     def _do_hush(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.hush()
         self.voices.release_all()
 
+    @handles("panic")
     def _do_panic(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.hush()
         self.voices.panic()
 
+    @handles("prerender")
     def _do_prerender(self, a: dict[str, Any], _: Any) -> None:
         self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s,
                              announce_cached=True)
 
+    @handles("lookahead")
     def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.set_lookahead(a["seconds"])
 
@@ -675,7 +714,7 @@ class Engine:
             if not command.journal:
                 return
             prepared = self._prepare(command)
-            getattr(self, f"_do_{command.name}")(command.args, prepared)
+            HANDLERS[command.name](self, command.args, prepared)
         except Exception as e:  # said as the performer's own refusals are, and skipped
             if not isinstance(e, PgesamError):
                 log.exception("patch line %r failed", line)
@@ -754,6 +793,11 @@ class Engine:
             "model_id": self.model.model_id,
             **{name: _safe_count(fn) for name, fn in self._stats.items()},
         }
+
+
+_unhandled = sorted(n for n, spec in COMMANDS.items() if spec.journal and n not in HANDLERS)
+if _unhandled:
+    raise ImportError(f"commands without an engine handler: {', '.join(_unhandled)}")
 
 
 def _safe_count(fn: Callable[[], int]) -> int:

@@ -34,10 +34,7 @@ import numpy as np
 from pgesam_live.errors import CommandError
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.patch import (
-    TEMPO_MAX_BPM,
-    TEMPO_MIN_BPM,
     XY,
-    XY_LIMIT,
     Event,
     Patch,
     PatchCommand,
@@ -45,6 +42,13 @@ from pgesam_live.patches.patch import (
     timbre_at,
 )
 from pgesam_live.render.cache import repitch
+from pgesam_live.vocab.commands import (
+    LOOKAHEAD_MAX_S,
+    LOOKAHEAD_MIN_S,
+    TEMPO_MAX_BPM,
+    TEMPO_MIN_BPM,
+    XY_LIMIT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,6 @@ BEATS_PER_BAR = 4
 QUANTA = ("now", "beat", "bar")
 MAX_FALLBACK_SEMITONES = 3
 LAST_FALLBACK_SEMITONES = 12  # a late note with nothing near: a pitch up to an octave away
-LOOKAHEAD_MIN_S = 0.001
-LOOKAHEAD_MAX_S = 5.0
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
 KEEP_GRID_BARS = 2  # after the last sequence ends, new ones join its grid this long
 _REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched

@@ -23,11 +23,10 @@ a sequence or event without ``timbre`` plays at the performer's current point. A
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -44,14 +43,16 @@ from pgesam_live.notes import (
     playable_range,
     range_text,
 )
-
-if TYPE_CHECKING:
-    from pgesam_live.vocab.commands import Command
+from pgesam_live.vocab.commands import (
+    NAME_RE,
+    TEMPO_MAX_BPM,
+    TEMPO_MIN_BPM,
+    XY_LIMIT,
+    Command,
+    parse_line,
+)
 
 FORMAT_VERSION = 1
-XY_LIMIT = 1.5          # the latent plane is nominally [-1, 1]; a little overshoot is allowed
-TEMPO_MIN_BPM = 20.0
-TEMPO_MAX_BPM = 400.0
 GATE_MAX = 16.0         # gate > 1 overlaps the next step (legato pads); 16 steps is plenty
 STEP_MAX_BEATS = 64.0
 MAX_ERRORS_SHOWN = 50
@@ -62,7 +63,7 @@ DEFAULT_VELOCITY = 0.8
 DEFAULT_REPEAT = 1
 
 CURVES = ("linear", "smooth")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_NAME_RE = NAME_RE  # the command table's: a patch's names are what commands name
 
 XY = tuple[float, float]
 
@@ -814,7 +815,6 @@ def _events(v: _Validator, top: dict[str, tuple[Node, Node]], resolve: _Resolver
 def _command_line(v: _Validator, node: Node, path: str) -> tuple[str, Command] | None:
     """One REPL line, read with the command table (a typo is an error now, not when the
     patch reaches it); its pitches checked against the model's range."""
-    from pgesam_live.vocab.commands import parse_line  # noqa: PLC0415  (commands -> notes only)
 
     line = v.string(node, path, "a REPL line, e.g. \"at glass\"")
     if line is not None and ("\n" in line or "\r" in line):
@@ -950,7 +950,6 @@ def patch_name_errors(patch: Patch, known_points: Collection[str],
                       known_sequences: Collection[str]) -> list[str]:
     """command_name_errors of a read patch (for a load whose names are known only when it
     runs: a replayed or bundled one), each as `FILE: commands: "LINE": message`."""
-    from pgesam_live.vocab.commands import parse_line  # noqa: PLC0415
 
     cmds = [(parse_line(c.line), c.at_beats) for c in patch.commands]
     return [f"{patch.path}: commands: \"{patch.commands[k].line}\": {message}"

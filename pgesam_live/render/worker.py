@@ -395,6 +395,9 @@ class InlineRenderer:
         self._queued.add(key)
         return True
 
+    def cancel(self, keys: list[NoteKey]) -> None:
+        """Nothing is cancelled offline: a note renders on demand when it plays."""
+
     @property
     def pending(self) -> int:
         return len(self._queued)

@@ -24,9 +24,10 @@ from typing import IO, Any
 
 from pgesam_live.vocab.commands import Command, parse_line
 from pgesam_live.errors import CommandError, DataError
+from pgesam_live.vocab.sources import SOURCES as SOURCE_POLICIES
 
 SESSION_FORMAT = 1
-SOURCES = ("repl", "osc", "midi", "patch")
+SOURCES = tuple(SOURCE_POLICIES)  # repl, osc, midi, patch, web
 
 
 def session_path(session_dir: str | Path, now: _dt.datetime | None = None) -> Path:

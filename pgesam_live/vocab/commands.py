@@ -39,9 +39,28 @@ from pgesam_live.errors import CommandError
 from pgesam_live.notes import note_to_midi, parse_notes, playable_range
 
 # --------------------------------------------------------------------------------------------
-# note names
+# the limits: the one source every layer reads (the scheduler, patches, settings)
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+XY_LIMIT = 1.5            # the latent plane is nominally [-1, 1]; a little overshoot is allowed
+TEMPO_MIN_BPM = 20.0
+TEMPO_MAX_BPM = 400.0
+BEATS_MAX = 1024.0        # a length or glide in beats
+SECONDS_MAX = 60.0        # a note length in seconds
+LOOKAHEAD_MIN_S = 0.01
+LOOKAHEAD_MAX_S = 5.0
+NAME_MAX_CHARS = 64
+# A name (point, sequence, trajectory, bookmark): a letter or _, then letters, digits, _ . -
+NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
+_NAME_RE = NAME_RE
+
+
+def is_name(text: str) -> bool:
+    """A valid point, sequence, trajectory or bookmark name (the patch format's too)."""
+    return bool(NAME_RE.match(text))
+
+
+# --------------------------------------------------------------------------------------------
+# note names
 
 
 def note_names() -> list[str]:
@@ -190,13 +209,13 @@ OSC_ADDRESSES: dict[str, tuple[str, int]] = {
 
 _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     # kind: (low, high, low_exclusive)
-    "coord": (-1.5, 1.5, False),
+    "coord": (-XY_LIMIT, XY_LIMIT, False),
     "unit": (0.0, 1.0, False),
     "velocity": (0.0, 1.0, False),
-    "bpm": (20.0, 400.0, False),
-    "beats": (0.0, 1024.0, True),
-    "seconds": (0.0, 60.0, True),
-    "lookahead": (0.01, 5.0, False),
+    "bpm": (TEMPO_MIN_BPM, TEMPO_MAX_BPM, False),
+    "beats": (0.0, BEATS_MAX, True),
+    "seconds": (0.0, SECONDS_MAX, True),
+    "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
 }
 _NAME_KINDS = ("name", "point", "seq", "command")
 
