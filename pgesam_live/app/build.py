@@ -72,7 +72,7 @@ class OfflineRig:
         from pgesam_live.engine.door import Engine, ModelInfo  # noqa: PLC0415
         from pgesam_live.model.synth import Synth  # noqa: PLC0415
         from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-        from pgesam_live.render.worker import InlineRenderer, OnDemandSource  # noqa: PLC0415
+        from pgesam_live.render.inline import InlineRenderer, OnDemandSource  # noqa: PLC0415
 
         self.synth = synth if synth is not None else Synth.load(settings.model, settings.device)
         sy = self.synth

@@ -70,7 +70,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     from pgesam_live.frontends.osc import osc_port_problem  # noqa: PLC0415
     from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
     from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-    from pgesam_live.render.worker import WorkerClient  # noqa: PLC0415
+    from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
     from pgesam_live.sessions.journal import Journal, make_header, session_path  # noqa: PLC0415
 
     path, info = model_info(s.model, s.patch_dir)

@@ -25,8 +25,10 @@ def run_note(ns: Namespace) -> int:
         range_text,
         rendered_pitch,
     )
-    from pgesam_live.render.cache import repitch  # noqa: PLC0415
-    from pgesam_live.render.worker import normalise_peak  # noqa: PLC0415
+    from pgesam_live.render.dsp import (
+        normalise_peak,  # noqa: PLC0415
+        repitch,  # noqa: PLC0415
+    )
 
     s = settings_from_args(ns)
     out_path = check_out_path(ns.out, (".wav",))
@@ -50,7 +52,7 @@ def run_note(ns: Namespace) -> int:
     audio = audio * velocity_gain(ns.velocity)
     sr = synth.sample_rate
     if s.sample_rate and s.sample_rate != sr:
-        from pgesam_live.audio.server import resample  # noqa: PLC0415
+        from pgesam_live.render.dsp import resample  # noqa: PLC0415
 
         audio, sr = resample(audio, sr, s.sample_rate), s.sample_rate
     out = write_wav(out_path, audio, sr)

@@ -37,11 +37,9 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from math import gcd
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly  # at import: its first import takes ~1 s
 
 from pgesam_live.errors import AudioError, ConfigError
 from pgesam_live.quiet import quiet_c_output, quiet_c_stderr
@@ -124,19 +122,6 @@ def repair_recordings(folder: str | os.PathLike[str]) -> list[str]:
         except OSError:
             continue
     return said
-
-
-def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """Polyphase resampling of a mono signal, float32 [N] -> float32 [M ~ N * to_sr / from_sr]."""
-    x = np.asarray(samples, dtype=np.float32)
-    if x.ndim != 1:
-        raise ConfigError(f"resample takes mono [N] audio, got shape {x.shape}: pass one channel")
-    if from_sr <= 0 or to_sr <= 0:
-        raise ConfigError(f"sample rates must be positive, got {from_sr} -> {to_sr}")
-    if from_sr == to_sr:
-        return x.copy()
-    g = gcd(int(from_sr), int(to_sr))
-    return resample_poly(x, int(to_sr) // g, int(from_sr) // g).astype(np.float32)
 
 
 class AudioEngine:

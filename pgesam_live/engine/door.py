@@ -128,7 +128,7 @@ class _ResamplingSink:
     """Voice pool at another rate than the model's: resample each note once (memoised)."""
 
     def __init__(self, pool: Sink, from_sr: int, to_sr: int) -> None:
-        from pgesam_live.audio.server import resample  # noqa: PLC0415
+        from pgesam_live.render.dsp import resample  # noqa: PLC0415
 
         self.pool, self.from_sr, self.to_sr, self._resample = pool, from_sr, to_sr, resample
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}

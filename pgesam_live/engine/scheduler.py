@@ -41,7 +41,7 @@ from pgesam_live.patches.patch import (
     Sequence,
     timbre_at,
 )
-from pgesam_live.render.cache import repitch
+from pgesam_live.render.dsp import repitch
 from pgesam_live.vocab.commands import (
     LOOKAHEAD_MAX_S,
     LOOKAHEAD_MIN_S,

@@ -26,11 +26,9 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly  # at import: its first import takes ~1 s, never mid-set
 
 from pgesam_live.errors import ConfigError
 
@@ -76,23 +74,6 @@ class NoteKey:
     def file_name(self) -> str:
         return (f"{_safe(self.codec)}_x{self.xq:+.9f}_y{self.yq:+.9f}"
                 f"_p{self.pitch}_s{self.seed}.npy")
-
-
-def repitch(audio: np.ndarray, semitones: float, max_denominator: int = 1000) -> np.ndarray:
-    """Play a note `semitones` higher by resampling (higher is shorter), float32 [N] -> [M].
-
-    The speed ratio 2**(semitones/12) is approximated by a fraction (denominator <= 1000:
-    within 0.03 cent for whole semitones up to +-24; 64 would be off by up to 3.8 cents) and
-    applied with a polyphase filter, so shifting up does not alias (about 2 ms for a 4 s note).
-    """
-    x = np.asarray(audio, dtype=np.float32)
-    if x.ndim != 1:
-        raise ConfigError(f"repitch takes mono [N] audio, got shape {x.shape}: pass one channel")
-    if semitones == 0:
-        return x.copy()
-    ratio = Fraction(2.0 ** (float(semitones) / 12.0)).limit_denominator(max_denominator)
-    # ratio = speed: `down` input samples become `up` output samples.
-    return resample_poly(x, ratio.denominator, ratio.numerator).astype(np.float32)
 
 
 class RenderCache:

@@ -113,7 +113,7 @@ class _LiveRig:
         from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
         from pgesam_live.engine.door import Engine  # noqa: PLC0415
         from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-        from pgesam_live.render.worker import WorkerClient  # noqa: PLC0415
+        from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
 
         info: Any = model_info(str(path), s.patch_dir)[1]
         self.info = info

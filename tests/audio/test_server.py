@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 
 from pgesam_live.audio import server as audio
-from pgesam_live.audio.server import AudioEngine, portaudio_output_available, resample
+from pgesam_live.audio.server import AudioEngine, portaudio_output_available
 from pgesam_live.audio.voices import VoicePool
 from pgesam_live.errors import AudioError, ConfigError
+from pgesam_live.render.dsp import resample
 
 SR = 24000
 B = 256

@@ -579,7 +579,7 @@ def test_no_renders_requested_past_a_pending_swap() -> None:
 def test_the_render_cache_is_a_note_source() -> None:
     # The real cache plugs in as it is (its keys carry .pitch; its repitch fits repitch_fn).
     from pgesam_live.render.cache import RenderCache
-    from pgesam_live.render.cache import repitch as cache_repitch
+    from pgesam_live.render.dsp import repitch as cache_repitch
 
     cache = RenderCache("m", "harmonic")
     clock = Clock()

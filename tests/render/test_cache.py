@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pgesam_live.errors import ConfigError
-from pgesam_live.render.cache import NoteKey, RenderCache, default_spill_root, quantise, repitch
+from pgesam_live.render.cache import NoteKey, RenderCache, default_spill_root, quantise
+from pgesam_live.render.dsp import repitch
 
 SR = 24000
 

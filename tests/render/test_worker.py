@@ -18,7 +18,7 @@ os.environ.setdefault("PYO_GUI_WX", "0")
 from pgesam_live.model.checkpoints import save_model  # noqa: E402
 from pgesam_live.model.synth import Synth  # noqa: E402
 from pgesam_live.render.cache import RenderCache  # noqa: E402
-from pgesam_live.render.worker import WorkerClient  # noqa: E402
+from pgesam_live.render.client import WorkerClient  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_worker_reports_a_bad_model(tmp_path: Path) -> None:
 
 
 def test_a_stream_of_point_moves_cannot_flood_the_worker(tiny_model: Path) -> None:
-    from pgesam_live.render.worker import INFLIGHT_MAX, SPECULATIVE_MAX
+    from pgesam_live.render.client import INFLIGHT_MAX, SPECULATIVE_MAX
 
     cache = RenderCache("m", "harmonic", spill_dir=None)
     w = WorkerClient(cache, model=str(tiny_model), device="cpu")
@@ -212,7 +212,7 @@ def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Pat
 
 
 def test_notes_are_played_at_one_peak_level() -> None:
-    from pgesam_live.render.worker import NOTE_PEAK, normalise_peak
+    from pgesam_live.render.dsp import NOTE_PEAK, normalise_peak
 
     a = np.stack([0.05 * np.sin(np.arange(100) / 3), np.zeros(100), -0.2 * np.ones(100)])
     out = normalise_peak(a.astype(np.float32))
@@ -226,7 +226,8 @@ def test_the_worker_drops_renders_cancelled_before_it_takes_them(
     import signal
     import threading
 
-    from pgesam_live.render.worker import RenderRequest, _worker_main
+    from pgesam_live.render.messages import Cancel, Rendered, RenderRequest, Stop
+    from pgesam_live.render.worker import worker_main
 
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # (only the main thread may)
     cache = RenderCache("m", "harmonic", spill_dir=None)
@@ -235,20 +236,20 @@ def test_the_worker_drops_renders_cancelled_before_it_takes_them(
     res_q: queue.Queue[Any] = queue.Queue()
     for i, k in enumerate(keys):
         req_q.put(RenderRequest(1.0 + i, i, k, k.xq, k.yq))
-    req_q.put(("cancel", keys[1:]))  # the point moved on before the worker got to them
-    t = threading.Thread(target=_worker_main, args=(str(tiny_model), "cpu", req_q, res_q, 1))
+    req_q.put(Cancel(tuple(keys[1:])))  # the point moved on before the worker got to them
+    t = threading.Thread(target=worker_main, args=(str(tiny_model), "cpu", req_q, res_q, 1))
     t.start()
     try:
         got = []
-        while not any(m[0] == "note" for m in got):
+        while not any(isinstance(m, Rendered) for m in got):
             got.append(res_q.get(timeout=60))
         time.sleep(0.5)
         while not res_q.empty():
             got.append(res_q.get())
     finally:
-        req_q.put(None)
+        req_q.put(Stop())
         t.join(30)
-    assert [m[1] for m in got if m[0] == "note"] == [keys[0]]
+    assert [m.key for m in got if isinstance(m, Rendered)] == [keys[0]]
 
 
 def test_the_client_forgets_cancelled_renders_and_asks_again_later(tiny_model: Path) -> None:
