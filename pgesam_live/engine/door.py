@@ -371,11 +371,12 @@ class Engine:
         self.applied += 1
         self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
                    "cmd": command.to_line(), "tag": tag})
-        snap = self._snapshot_locked()
-        if at_s is not None:  # the state this command leaves: a timed move's point at its time
-            x, y = self.scheduler.point_at(at_s)
-            snap["point"] = [round(x, 4), round(y, 4)]
-        self.emit({"kind": "state", **snap})
+        # A change of state, not the state: listeners that show it (OSC pushes) build the
+        # snapshot in their own thread. It carries the point this command leaves (a timed
+        # move's at its own time), which OSC uses to keep a sender's change from echoing.
+        x, y = self.scheduler.point_at(at_s) if at_s is not None else \
+            self.scheduler.current_point()
+        self.emit({"kind": "state", "point": [round(x, 4), round(y, 4)]})
 
     # -- validation against the state (in the caller's thread) -----------------------------
     def _prepare(self, c: Command, src: str = "repl", check_names: bool = False) -> Any:
@@ -747,10 +748,13 @@ class Engine:
         return list(names)
 
     def snapshot(self) -> dict[str, Any]:
-        """The state, once the immediate commands already accepted have been applied."""
+        """The state, once the immediate commands already accepted have been applied. Never
+        called in the audio hook; the figures of the cache, the renderer and the voices are
+        read outside the engine's lock, so a view never holds up an audio block for them."""
         self.settle()
+        outside = self._outside_stats()
         with self._lock:
-            return self._snapshot_locked()
+            return {**self._state_locked(), **outside}
 
     def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
         """Wait until the immediate commands already accepted are applied (the next audio
@@ -766,9 +770,22 @@ class Engine:
                 if left <= 0 or not self._applied.wait(min(left, SETTLE_QUIET_S)):
                     return
 
-    def _snapshot_locked(self) -> dict[str, Any]:
-        st = self.scheduler.status()
+    def _outside_stats(self) -> dict[str, Any]:
+        """The figures other objects own (their own locks; not the engine's)."""
         cache = self.cache.stats()
+        voices = self.voices.stats()
+        return {
+            "voices_in_use": self.voices.in_use(),
+            "voices_total": voices["voices"],
+            "cache_fill": cache.get("fill", 0.0),
+            "cache_notes": cache.get("entries", 0),
+            "renders_pending": self.renderer.pending,
+            **{name: _safe_count(fn) for name, fn in self._stats.items()},
+        }
+
+    def _state_locked(self) -> dict[str, Any]:
+        """The engine's own state (lock held)."""
+        st = self.scheduler.status()
         x, y = self.scheduler.current_point()
         return {
             "time_s": round(self.clock.time_s(), 4),
@@ -779,11 +796,6 @@ class Engine:
             "beat": round(st["beat"], 3),
             "point": [round(x, 4), round(y, 4)],
             "point_name": self.point_name,
-            "voices_in_use": self.voices.in_use(),
-            "voices_total": self.voices.stats()["voices"],
-            "cache_fill": cache.get("fill", 0.0),
-            "cache_notes": cache.get("entries", 0),
-            "renders_pending": self.renderer.pending,
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],
             "lookahead_s": st["lookahead_s"],
@@ -791,7 +803,6 @@ class Engine:
             "patch": st["patch"],
             "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
             "model_id": self.model.model_id,
-            **{name: _safe_count(fn) for name, fn in self._stats.items()},
         }
 
 

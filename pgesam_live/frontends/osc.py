@@ -461,15 +461,22 @@ class OscCore:
                                        f"internal error: {type(exc).__name__}: {exc}")
         min_gap_s = 1.0 / self.push_hz
         self._follow_point(now, min_gap_s)
+        due: list[tuple[Addr, dict[str, Any]]] = []
         with self._lock:
             replies += self._outbox
             self._outbox = []
             for addr, ctl in self.controllers.items():
                 if ctl.pending is not None and now - ctl.last_push_s >= min_gap_s:
-                    replies += self._push(addr, ctl.pending)
+                    due.append((addr, ctl.pending))
                     ctl.pending = None
                     ctl.last_push_s = now
                     self.stats["pushes"] += 1
+        if due:
+            # The state is built here, in this thread, at most push_hz times a second: the
+            # engine's events only say that (and where the point) it changed.
+            base = self.engine.snapshot()
+            for addr, change in due:
+                replies += self._push(addr, {**base, **change})
         return replies
 
     def _follow_point(self, now: float, gap_s: float) -> None:
