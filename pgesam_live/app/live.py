@@ -83,8 +83,9 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     for line in repair_recordings(s.session_dir):  # sessions cut off by a crash
         print(line, flush=True)
     # The journal first: it takes the session's name, which the recording shares.
+    # Written on its own thread: the engine's events come from the audio hook.
     journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
-                                                               s.tempo_bpm))
+                                                               s.tempo_bpm), background=True)
     try:
         audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
                             record_path=journal.path.with_suffix(".wav")
@@ -180,6 +181,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         audio.stop()
         audio.close()
         worker.stop()
+        cache.close()
         if not started and journal.count == 0:
             _drop_unused(journal)  # it never played: nothing to keep
         else:

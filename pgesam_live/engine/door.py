@@ -39,7 +39,7 @@ from pgesam_live.patches.patch import (
     make_sequence,
     patch_name_errors,
 )
-from pgesam_live.render.cache import NoteKey, RenderCache
+from pgesam_live.render.cache import AudioThreadSource, NoteKey, RenderCache
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import FRONT_END_WORDS, Reply, answer, status_line
@@ -188,7 +188,9 @@ class Engine:
         sink: Any = voices
         if out_sample_rate and out_sample_rate != model.sample_rate:
             sink = _ResamplingSink(voices, model.sample_rate, out_sample_rate)
-        self.scheduler = Scheduler(sink, source if source is not None else cache,
+        # Live, the scheduler reads notes from memory only (a spilled one is read by the
+        # cache's loader thread); offline, a source that renders on demand is given.
+        self.scheduler = Scheduler(sink, source if source is not None else AudioThreadSource(cache),
                                    _Requester(cache, renderer), tempo_bpm=tempo_bpm,
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
                                    command_runner=self._run_patch_line, seed=seed,
@@ -349,7 +351,7 @@ class Engine:
         pitches = a.get("pitches") or [a["pitch"]]
         keys = (self.cache.key(x, y, rendered_pitch(p, self.model.pitch_range),
                                self.scheduler.seed) for p in pitches)
-        missing = [k for k in keys if k not in self.cache]
+        missing = [k for k in keys if not self.cache.in_memory(k)]  # (on disk: loaded)
         for k in missing:
             self.renderer.request(k, k.xq, k.yq, t_s)
         return missing

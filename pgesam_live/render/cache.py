@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,13 @@ class RenderCache:
         # point -> pitches and pitch -> points, over memory and disk, for the fallbacks
         self._pitches: dict[tuple[str, str, float, float, int], set[int]] = {}
         self._points: dict[tuple[str, str, int, int], set[tuple[float, float]]] = {}
+        # The disk read of a spilled note (a slow-disk double replaces it in the bench).
+        self.read_file: Callable[[Path], np.ndarray] = _read_npy
+        # Spilled notes asked for by the audio thread are read here, on a thread of their own.
+        self._loads: queue.SimpleQueue[NoteKey | None] = queue.SimpleQueue()
+        self._loading: set[NoteKey] = set()
+        self._loader: threading.Thread | None = None
+        self.background_loads = 0
         self.spill_path: Path | None = None
         if spill_dir is not None:
             root = default_spill_root() if str(spill_dir) == "default" else Path(spill_dir)
@@ -126,8 +135,15 @@ class RenderCache:
         with self._lock:
             return len(self._mem.keys() | self._disk.keys())
 
-    def get(self, key: NoteKey) -> np.ndarray | None:
-        """The note (float32 [N], read-only) or None; counts a hit or a miss."""
+    def in_memory(self, key: NoteKey) -> bool:
+        """Playable without a disk read."""
+        with self._lock:
+            return key in self._mem
+
+    def get(self, key: NoteKey, block: bool = True) -> np.ndarray | None:
+        """The note (float32 [N], read-only) or None; counts a hit or a miss. With `block`
+        False (the audio thread) a note only on disk is not read here: the loader thread
+        reads it (a miss now, in memory soon)."""
         with self._lock:
             audio = self._mem.get(key)
             if audio is not None:
@@ -135,8 +151,10 @@ class RenderCache:
                 self.hits += 1
                 return audio
             on_disk = key in self._disk
-            if not on_disk:
+            if not on_disk or not block:
                 self.misses += 1
+                if on_disk:
+                    self._prefetch_locked(key)
                 return None
         audio = self._load(key)  # outside the lock
         with self._lock:
@@ -154,7 +172,47 @@ class RenderCache:
         with self._lock:
             return self._mem.get(key)
 
-    def nearest_pitch(self, key: NoteKey, max_semitones: int = 3
+    def prefetch(self, key: NoteKey) -> None:
+        """Read a spilled note into memory on the loader thread (no-op when in memory)."""
+        with self._lock:
+            if key not in self._mem and key in self._disk:
+                self._prefetch_locked(key)
+
+    def _prefetch_locked(self, key: NoteKey) -> None:
+        if key in self._loading:
+            return
+        self._loading.add(key)
+        if self._loader is None or not self._loader.is_alive():
+            self._loader = threading.Thread(target=self._load_loop, name="cache-loader",
+                                            daemon=True)
+            self._loader.start()
+        self._loads.put(key)
+
+    def _load_loop(self) -> None:
+        while True:
+            key = self._loads.get()
+            if key is None:
+                return
+            try:
+                self._fetch_quiet(key)
+                with self._lock:
+                    self.background_loads += 1
+            except Exception:  # the loader lives on: logged, counted as corrupt
+                log.exception("note cache: loading %s failed", key)
+                with self._lock:
+                    self.corrupt += 1
+            finally:
+                with self._lock:
+                    self._loading.discard(key)
+
+    def close(self) -> None:
+        """Stop the loader thread (what it is reading is finished first)."""
+        loader = self._loader
+        if loader is not None and loader.is_alive():
+            self._loads.put(None)
+            loader.join(timeout=2.0)
+
+    def nearest_pitch(self, key: NoteKey, max_semitones: int = 3, block: bool = True
                       ) -> tuple[NoteKey, np.ndarray] | None:
         """Same point and seed, the cached pitch nearest key.pitch within max_semitones
         (ties: the lower one, so the fallback is shifted up and gets shorter, not longer)."""
@@ -164,13 +222,13 @@ class RenderCache:
                            if abs(p - key.pitch) <= max_semitones)
         for _, p in cands:
             k = NoteKey(key.model_id, key.codec, key.xq, key.yq, p, key.seed)
-            audio = self._fetch_quiet(k)
+            audio = self._fetch_quiet(k, block)
             if audio is not None:
                 return k, audio
         return None
 
-    def nearest_point(self, key: NoteKey, max_distance: float | None = None
-                      ) -> tuple[NoteKey, np.ndarray] | None:
+    def nearest_point(self, key: NoteKey, max_distance: float | None = None,
+                      block: bool = True) -> tuple[NoteKey, np.ndarray] | None:
         """Same pitch and seed, the cached point nearest (xq, yq) (Euclidean, latent units)."""
         with self._lock:
             pts = self._points.get((key.model_id, key.codec, key.pitch, key.seed), set())
@@ -179,7 +237,7 @@ class RenderCache:
             if max_distance is not None and d2 > max_distance ** 2:
                 break
             k = NoteKey(key.model_id, key.codec, px, py, key.pitch, key.seed)
-            audio = self._fetch_quiet(k)
+            audio = self._fetch_quiet(k, block)
             if audio is not None:
                 return k, audio
         return None
@@ -337,7 +395,7 @@ class RenderCache:
             return None
         path = self._file(key)
         try:
-            audio = np.load(path, allow_pickle=False)
+            audio = self.read_file(path)
             if audio.dtype != np.float32 or audio.ndim != 1 or len(audio) == 0:
                 raise ValueError(f"not mono float32 audio ({audio.dtype}, {audio.shape})")
         except Exception as e:  # truncated, garbage, wrong content: drop it, never crash
@@ -350,13 +408,16 @@ class RenderCache:
         audio.setflags(write=False)
         return audio
 
-    def _fetch_quiet(self, key: NoteKey) -> np.ndarray | None:
+    def _fetch_quiet(self, key: NoteKey, block: bool = True) -> np.ndarray | None:
         with self._lock:
             audio = self._mem.get(key)
             if audio is not None:
                 self._mem.move_to_end(key)
                 return audio
             if key not in self._disk:
+                return None
+            if not block:
+                self._prefetch_locked(key)
                 return None
         audio = self._load(key)
         if audio is not None:
@@ -410,3 +471,36 @@ class RenderCache:
             path.unlink()
         except OSError:
             pass
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+class AudioThreadSource:
+    """The cache as the scheduler reads it on the audio thread: memory only. A note that is
+    only on disk counts as a miss now (the scheduler falls back, counted late) and is read by
+    the cache's loader thread; the renderer asks for it ahead (WorkerClient.request), so a
+    note due after the look-ahead is normally in memory by then."""
+
+    def __init__(self, cache: RenderCache) -> None:
+        self.cache = cache
+
+    def key(self, x: float, y: float, pitch: int, seed: int) -> NoteKey:
+        return self.cache.key(x, y, pitch, seed)
+
+    def get(self, key: NoteKey) -> np.ndarray | None:
+        return self.cache.get(key, block=False)
+
+    def nearest_pitch(self, key: NoteKey, max_semitones: int = 3
+                      ) -> tuple[NoteKey, np.ndarray] | None:
+        return self.cache.nearest_pitch(key, max_semitones, block=False)
+
+    def nearest_point(self, key: NoteKey) -> tuple[NoteKey, np.ndarray] | None:
+        return self.cache.nearest_point(key, block=False)
+
+    def count_late(self) -> None:
+        self.cache.count_late()
+
+    def count_fallback(self) -> None:
+        self.cache.count_fallback()

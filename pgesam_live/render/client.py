@@ -147,6 +147,7 @@ class WorkerClient:
         cancellable: `cancel` may take it back (the scheduler's look-ahead at the performer's
         point); a key also asked for without it (a prerender, a held note) is kept."""
         if key in self.cache:
+            self.cache.prefetch(key)  # spilled: into memory before it plays (loader thread)
             return False
         with self._lock:
             if cancellable:

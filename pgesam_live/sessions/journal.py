@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import queue
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,9 +59,14 @@ class Journal:
     Thread-safe (engine listeners are called from any thread); every line is flushed so a
     crash loses at most the line being written. A line that cannot be written (disk full) is
     kept and written with the next one that can; `on_error` hears of it once, and nothing
-    here raises into the performance."""
+    here raises into the performance.
 
-    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+    background: the engine's events (called in the audio hook) are queued and written by a
+    thread of the journal's own, so a slow disk never holds up an audio block; `close()`
+    writes what is queued. file_wrapper: wraps the open file (a slow-disk double)."""
+
+    def __init__(self, path: str | Path, header: dict[str, Any], background: bool = False,
+                 file_wrapper: Callable[[IO[str]], IO[str]] | None = None) -> None:
         if header.get("pgesam_session") != SESSION_FORMAT:
             raise DataError(f"journal header needs pgesam_session: {SESSION_FORMAT}; "
                             "build it with session.make_header()")
@@ -72,7 +79,24 @@ class Journal:
         self._lock = threading.Lock()
         # "x": never append to (or clobber) another session's journal
         self._fh: IO[str] | None = open(self.path, "x", encoding="utf-8")  # noqa: SIM115
+        if file_wrapper is not None:
+            self._fh = file_wrapper(self._fh)
         self._write_obj(header)
+        self._queue: queue.SimpleQueue[tuple[float, str, str] | None] | None = None
+        self._writer: threading.Thread | None = None
+        if background:
+            self._queue = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write_loop, name="journal",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self.write(*item)
 
     def _write_obj(self, obj: dict[str, Any]) -> None:
         assert self._fh is not None
@@ -104,11 +128,27 @@ class Journal:
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("kind") == "command":
-            self.write(event["t"], str(event.get("src", "repl")), str(event["cmd"]))
+            line = (event["t"], str(event.get("src", "repl")), str(event["cmd"]))
+            if self._queue is not None:
+                self._queue.put(line)  # written by the journal's thread
+            else:
+                self.write(*line)
+
+    def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait until the queued lines are written (background mode)."""
+        import time  # noqa: PLC0415
+
+        end = time.monotonic() + timeout_s
+        while self._queue is not None and not self._queue.empty() and time.monotonic() < end:
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Write what is waiting (if it can) and close; never raises. `error` says what
         could not be written."""
+        writer = self._writer
+        if writer is not None and writer.is_alive() and self._queue is not None:
+            self._queue.put(None)  # after the lines queued before it
+            writer.join(timeout=10.0)
         with self._lock:
             if self._fh is None:
                 return

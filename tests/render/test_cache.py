@@ -215,3 +215,60 @@ def test_thread_safety_smoke(tmp_path: Path) -> None:
     assert s["bytes"] <= s["max_bytes"]
     assert s["bytes"] == sum(a.nbytes for a in c._mem.values())  # bookkeeping stayed exact
     assert s["hits"] + s["misses"] > 0
+
+
+def _slow_reads(cache: RenderCache, delay_s: float = 0.05) -> list[float]:
+    """A slow-disk double: every spilled-note read takes `delay_s`."""
+    import time
+
+    reads: list[float] = []
+    real = cache.read_file
+
+    def slow(path: Path) -> np.ndarray:
+        time.sleep(delay_s)
+        reads.append(delay_s)
+        return real(path)
+
+    cache.read_file = slow
+    return reads
+
+
+def test_the_audio_thread_never_reads_the_disk(tmp_path: Path) -> None:
+    """A spilled note asked for without blocking (the audio thread's source) is a miss now
+    and is read by the loader thread; the caller never waits for the disk."""
+    import time
+
+    from pgesam_live.render.cache import AudioThreadSource
+
+    first = RenderCache("m", "harmonic", spill_dir=tmp_path)
+    k = first.key(0.1, 0.2, 60, 0)
+    first.put(k, np.ones(1000, np.float32))
+    cache = RenderCache("m", "harmonic", spill_dir=tmp_path)  # a restart: on disk only
+    reads = _slow_reads(cache)
+    source = AudioThreadSource(cache)
+    t0 = time.perf_counter()
+    assert source.get(k) is None and not cache.in_memory(k)
+    assert source.nearest_pitch(cache.key(0.1, 0.2, 61, 0)) is None
+    assert time.perf_counter() - t0 < 0.02  # no 50 ms read on this thread
+    deadline = time.monotonic() + 5
+    while not cache.in_memory(k) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.in_memory(k) and reads and cache.background_loads >= 1
+    assert source.get(k) is not None
+    cache.close()
+
+
+def test_prefetch_reads_a_spilled_note_ahead(tmp_path: Path) -> None:
+    import time
+
+    first = RenderCache("m", "harmonic", spill_dir=tmp_path)
+    k = first.key(0.3, 0.3, 62, 0)
+    first.put(k, np.ones(500, np.float32))
+    cache = RenderCache("m", "harmonic", spill_dir=tmp_path)
+    _slow_reads(cache)
+    cache.prefetch(k)
+    deadline = time.monotonic() + 5
+    while not cache.in_memory(k) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.in_memory(k)
+    cache.close()

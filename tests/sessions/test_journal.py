@@ -172,3 +172,43 @@ def test_a_journal_saved_with_a_bom_reads(tmp_path: Path) -> None:
     p.write_bytes(("\ufeff" + json.dumps(make_header("m", 0, 120)) + "\n"
                    + json.dumps({"t": 1.0, "src": "repl", "cmd": "hush"}) + "\n").encode())
     assert [e.cmd for e in read_journal(p)[1]] == ["hush"]
+
+
+class _SlowFile:
+    """A slow-disk double for the journal: every flush takes `delay_s`."""
+
+    def __init__(self, fh: Any, delay_s: float = 0.05) -> None:
+        self._fh, self.delay_s, self.flushes = fh, delay_s, 0
+
+    def write(self, text: str) -> int:
+        return self._fh.write(text)
+
+    def writelines(self, lines: Any) -> None:
+        self._fh.writelines(lines)
+
+    def flush(self) -> None:
+        import time
+
+        time.sleep(self.delay_s)
+        self.flushes += 1
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def test_a_background_journal_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """The engine's events arrive in the audio hook: queued there, written by the journal's
+    own thread (each line still flushed), all of them by close()."""
+    import time
+
+    path = tmp_path / "s.jsonl"
+    j = Journal(path, make_header("m", 0, 120), background=True, file_wrapper=_SlowFile)
+    t0 = time.perf_counter()
+    for i in range(20):
+        j({"kind": "command", "t": i * 0.1, "src": "repl", "cmd": "hush"})
+    assert time.perf_counter() - t0 < 0.05  # 20 slow flushes would take a second
+    j.close()
+    _, entries = read_journal(path)
+    assert [e.t_s for e in entries] == pytest.approx([i * 0.1 for i in range(20)])
+    assert j.count == 20
