@@ -33,8 +33,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -152,6 +154,9 @@ class AudioEngine:
         self.message: str | None = None  # the one line `auto` has to say, if any
         self.underruns = 0  # blocks computed later than their wall-clock due time (rt thread)
         self.hook_errors = 0
+        # Each block's callback time in seconds (hooks, pyo's computation, taps) on the
+        # real-time and offline loops: the bench's audio-callback figure.
+        self.block_times_s: deque[float] = deque(maxlen=1 << 16)
         self._blocks = 0
         self._hooks: list[tuple[int, int, Hook]] = []  # (priority, order, fn)
         self._hook_order = 0
@@ -162,6 +167,10 @@ class AudioEngine:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._wav = None  # soundfile.SoundFile while recording
+        # Recorded blocks go to the file on a thread of their own, never the audio thread's.
+        self._rec_q: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._rec_thread: threading.Thread | None = None
+        self.record_errors = 0
         self._started = False
         self._closed = False
         self.t0_wall: float | None = None  # perf_counter() of engine time 0 in rt modes
@@ -285,6 +294,9 @@ class AudioEngine:
             except Exception as e:
                 raise AudioError(
                     f"cannot write {self.record_path} ({e}): pass a writable record path") from e
+            self._rec_thread = threading.Thread(target=self._record_loop, name="pgesam-record",
+                                                daemon=True)
+            self._rec_thread.start()
         self.server.start()
         self._started = True
         if self.backend in ("record", "none"):
@@ -303,10 +315,28 @@ class AudioEngine:
             with contextlib.suppress(Exception):
                 self._server.stop()
         self._started = False
+        if self._rec_thread is not None:
+            self._rec_q.put(None)  # after the blocks queued before it
+            self._rec_thread.join(timeout=10.0)
+            self._rec_thread = None
         if self._wav is not None:
             with contextlib.suppress(Exception):
                 self._wav.close()
             self._wav = None
+
+    def _record_loop(self) -> None:
+        """Write the recorded blocks (record mode), off the audio thread."""
+        while True:
+            block = self._rec_q.get()
+            if block is None:
+                return
+            try:
+                if self._wav is not None:
+                    self._wav.write(block)
+            except Exception:  # a full disk: counted and logged, the performance goes on
+                self.record_errors += 1
+                if self.record_errors == 1:
+                    log.exception("recording %s: cannot write", self.record_path)
 
     def close(self) -> None:
         """stop() and shut the pyo Server down (a process holds one server at a time)."""
@@ -355,6 +385,7 @@ class AudioEngine:
 
     def _process_one(self, on_block: Hook | None = None) -> np.ndarray:
         """Compute one block on a manual server; returns a copy of it, [B, C] float32."""
+        started = time.perf_counter()
         if on_block is not None:
             on_block(self.time_s())
         self.server.process()
@@ -367,6 +398,7 @@ class AudioEngine:
             except Exception:
                 self.hook_errors += 1
                 log.exception("audio tap %r failed", tap)
+        self.block_times_s.append(time.perf_counter() - started)
         return block
 
     # ------------------------------------------------------------------ real-time thread
@@ -386,7 +418,7 @@ class AudioEngine:
                     self.underruns += 1  # more than a block behind: compute without sleeping
                 block = self._process_one()
                 if self._wav is not None:
-                    self._wav.write(block)
+                    self._rec_q.put(block)  # written by the recording thread
         except BaseException as e:  # keep the reason for status; the process carries on
             self.thread_error = e
             log.exception("audio thread stopped")

@@ -24,6 +24,17 @@ in one process, one pyo server at a time:
 - ``engine_threads``: torch's intra-op threads in this process (the bounce renders here);
   ``worker_threads``: the synthesis worker's; ``engine_model``: what was measured (an untrained
   ``small`` model saved to a temporary checkpoint when ``checkpoints/`` holds no model).
+- ``audio_callback_mean_ms``, ``audio_callback_p99_ms``, ``audio_callback_max_ms``: the audio
+  callback's time per block (the hooks: commands applied, the scheduler's tick, the voices;
+  pyo's computation; the taps) on the real-time clock while a sequence plays, its notes
+  spilled to a slow-disk double (each read 50 ms; the memory copies dropped every second),
+  the journal on a slow disk (each flush 50 ms) and an OSC controller polling
+  ``/pgesam/status`` 30 times a second; ``audio_block_ms`` the block period (256 samples at
+  24 kHz: 10.67 ms); ``audio_late_blocks`` blocks whose callback took longer than that;
+  ``audio_underruns`` blocks started more than a block late (the machine's scheduling);
+  ``audio_callback_ok``: max under the block period and no late block;
+  ``audio_disk_reads``, ``audio_journal_lines``, ``audio_osc_polls``: that the slow paths
+  were exercised.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -58,7 +69,13 @@ VOICES_KEYS = ("voices_64_cpu_pct",)
 BOUNCE_KEYS = ("bounce_realtime_factor", "bounce_cold_s", "bounce_seconds", "bounce_notes",
                "bounce_identical")
 INFO_KEYS = ("engine_model", "engine_device", "engine_threads", "worker_threads")
-ENGINE_KEYS = (*TRIGGER_KEYS, *BANK_KEYS, *VOICES_KEYS, *BOUNCE_KEYS, *INFO_KEYS)
+AUDIO_KEYS = ("audio_callback_mean_ms", "audio_callback_p99_ms", "audio_callback_max_ms",
+              "audio_callback_blocks", "audio_block_ms", "audio_late_blocks",
+              "audio_underruns", "audio_callback_ok", "audio_disk_reads",
+              "audio_journal_lines", "audio_osc_polls")
+ENGINE_KEYS = (*TRIGGER_KEYS, *BANK_KEYS, *VOICES_KEYS, *BOUNCE_KEYS, *INFO_KEYS, *AUDIO_KEYS)
+SLOW_DISK_S = 0.05   # the slow-disk double: every spilled-note read and journal flush
+OSC_POLL_HZ = 30.0   # a controller asking /pgesam/status this often
 
 
 def _wanted(only: Collection[str] | None, keys: tuple[str, ...]) -> bool:
@@ -296,12 +313,154 @@ def _bounce_figures(path: Path, device: str, seconds: float | None, patch_path: 
             "engine_device": str(synth.device)}
 
 
+# ------------------------------------------------------------------------------ audio thread
+class _SlowFile:
+    """A slow-disk double for the journal: each flush takes SLOW_DISK_S."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        return int(self._fh.write(text))
+
+    def writelines(self, lines: Any) -> None:
+        self._fh.writelines(lines)
+
+    def flush(self) -> None:
+        time.sleep(SLOW_DISK_S)
+        self.flushes += 1
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float,
+                            timeout_s: float) -> dict[str, Any]:
+    """The audio callback's time per block (hooks, pyo's computation, taps) on the real-time
+    clock while a sequence plays, its notes spilled to a slow disk (each read 50 ms, the
+    memory copy dropped every second so the reads go on), the journal on a slow disk (each
+    flush 50 ms; a journalled command 10 times a second) and an OSC controller polling
+    /pgesam/status 30 times a second."""
+    from pgesam_live.app.build import model_info  # noqa: PLC0415
+    from pgesam_live.audio.server import AudioEngine  # noqa: PLC0415
+    from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
+    from pgesam_live.engine.door import Engine  # noqa: PLC0415
+    from pgesam_live.frontends.osc import OscCore, encode_message  # noqa: PLC0415
+    from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
+    from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
+    from pgesam_live.sessions.journal import Journal, make_header  # noqa: PLC0415
+
+    info: Any = model_info(str(path), s.patch_dir)[1]
+    lo, hi = info.pitch_range
+    pitches = [p for p in (60, 64, 67, 71, 72, 67, 64, 62) if lo <= p <= hi] or [lo]
+    x, y = LATENCY_POINT
+    with tempfile.TemporaryDirectory(prefix="pgesam-bench-") as tmp:
+        spill = Path(tmp) / "notes"
+        # The sequence's notes on disk only, as after a restart (placeholder audio: the
+        # figure is the callback's time, not the sound).
+        pre = RenderCache(info.model_id, info.codec, grid=s.cache_grid, spill_dir=spill)
+        t = np.arange(int(4.0 * SAMPLE_RATE), dtype=np.float32) / SAMPLE_RATE
+        for p in set(pitches):
+            f0 = 440.0 * 2 ** ((p - 69) / 12)
+            pre.put(pre.key(x, y, p, s.seed), (0.3 * np.sin(2 * np.pi * f0 * t)
+                                               * np.exp(-3 * t)).astype(np.float32))
+        cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
+                            max_bytes=s.cache_max_bytes, spill_dir=spill)
+        reads = [0]
+        fast_read = cache.read_file
+
+        def slow_read(file: Path) -> np.ndarray:
+            time.sleep(SLOW_DISK_S)
+            reads[0] += 1
+            return fast_read(file)
+
+        cache.read_file = slow_read
+        audio = AudioEngine("none", sample_rate=SAMPLE_RATE, buffer_size=BUFFER_SIZE)
+        audio.boot()
+        voices = VoicePool(audio, n_voices=s.n_voices)
+        worker = WorkerClient(cache, model=str(path), device=device, n_threads=s.worker_threads)
+        engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
+                        tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
+                        patch_dir=s.patch_dir, out_sample_rate=SAMPLE_RATE)
+        engine.prerender_banks = False  # the sequence's notes only
+        worker.on_ready = engine.note_ready
+        journal = Journal(Path(tmp) / "bench.jsonl", make_header(info.model_id, s.seed,
+                                                                 s.tempo_bpm),
+                          background=True, file_wrapper=lambda fh: cast(IO[str], _SlowFile(fh)))
+        engine.add_listener(journal)
+        osc = OscCore(engine)
+        controller = ("127.0.0.1", 50999)
+        osc.handle_datagram(encode_message("/pgesam/hello", []), controller)
+        audio.add_hook(engine.on_block)
+        stop = threading.Event()
+        polls = [0]
+
+        def poll_status() -> None:  # the controller's thread: status 30 times a second,
+            status = encode_message("/pgesam/status", [])  # and a journalled command 10
+            tempo = encode_message("/pgesam/tempo", [float(s.tempo_bpm)])  # times a second
+            while not stop.wait(1.0 / OSC_POLL_HZ):
+                osc.handle_datagram(status, controller)
+                if polls[0] % 3 == 0:
+                    osc.handle_datagram(tempo, controller)
+                osc.poll()
+                polls[0] += 1
+
+        def drop_memory() -> None:  # the cache spills: its memory copy goes every second
+            while not stop.wait(1.0):
+                cache.clear_memory()
+
+        threads = [threading.Thread(target=fn, daemon=True, name=f"bench-{fn.__name__}")
+                   for fn in (poll_status, drop_memory)]
+        try:
+            worker.start(timeout_s=timeout_s)
+            audio.start()
+            for th in threads:
+                th.start()
+            notes = " ".join(str(p) for p in pitches)
+            for line in (f"at {x} {y}", f'seq bench "{notes}" 0.25'):
+                r = engine.submit(line, src="osc")
+                if not r.ok:
+                    raise AudioError(f"bench: the engine refused `{line}`: {r.text}")
+            time.sleep(0.5)  # the sequence has started
+            audio.block_times_s.clear()
+            under0 = audio.underruns
+            time.sleep(seconds)
+            times_ms = 1000.0 * np.asarray(list(audio.block_times_s), dtype=np.float64)
+            underruns = audio.underruns - under0
+        finally:
+            stop.set()
+            for th in threads:
+                if th.is_alive():
+                    th.join(timeout=2.0)
+            audio.close()
+            worker.stop()
+            cache.close()
+            journal.close()
+    if not len(times_ms):
+        raise AudioError("bench: no audio block was computed")
+    block_ms = 1000.0 * BUFFER_SIZE / SAMPLE_RATE
+    late = int((times_ms > block_ms).sum())
+    return {"audio_callback_mean_ms": round(float(times_ms.mean()), 4),
+            "audio_callback_p99_ms": round(float(np.percentile(times_ms, 99)), 4),
+            "audio_callback_max_ms": round(float(times_ms.max()), 4),
+            "audio_callback_blocks": len(times_ms),
+            "audio_block_ms": round(block_ms, 3),
+            "audio_late_blocks": late,
+            "audio_underruns": int(underruns),
+            "audio_callback_ok": bool(float(times_ms.max()) < block_ms and late == 0),
+            "audio_disk_reads": int(reads[0]),
+            "audio_journal_lines": int(journal.count),
+            "audio_osc_polls": int(polls[0])}
+
+
 # ------------------------------------------------------------------------------ public
 def engine_figures(model: str = "default", device: str = "auto", *,
                    only: Collection[str] | None = None, n_triggers: int = 40,
                    bank_pitches: int = BANK_PITCHES, voices_seconds: float = 4.0,
                    bounce_seconds: float | None = None, patch: str | Path = BENCH_PATCH,
-                   timeout_s: float = 600.0) -> dict[str, Any]:
+                   timeout_s: float = 600.0, audio_seconds: float = 5.0) -> dict[str, Any]:
     """Issue 4's figures (see the module docstring for each key).
 
     only: the keys wanted (None = all); groups with no wanted key are not measured.
@@ -314,6 +473,7 @@ def engine_figures(model: str = "default", device: str = "auto", *,
     want_bank = _wanted(only, BANK_KEYS)
     want_voices = _wanted(only, VOICES_KEYS)
     want_bounce = _wanted(only, (*BOUNCE_KEYS, "engine_threads", "engine_device"))
+    want_audio = _wanted(only, AUDIO_KEYS)
     s = Settings.from_env()
     out: dict[str, Any] = {}
     with _checkpoint(model) as (path, described):
@@ -342,6 +502,8 @@ def engine_figures(model: str = "default", device: str = "auto", *,
             out["voices_64_cpu_pct"] = round(pct, 2)
         if want_bounce:
             out.update(_bounce_figures(path, device, bounce_seconds, Path(patch), s))
+        if want_audio:
+            out.update(_audio_callback_figures(path, device, s, audio_seconds, timeout_s))
     if not math.isfinite(sum(v for v in out.values() if isinstance(v, float))):
         raise AudioError(f"bench: a figure is not finite: {out}")
     return out

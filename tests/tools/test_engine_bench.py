@@ -29,7 +29,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_engine_figures_returns_every_key_with_sane_values(tiny_model: Path) -> None:
     f = engine_figures(str(tiny_model), "cpu", n_triggers=6, voices_seconds=0.3,
-                       bounce_seconds=1.5, timeout_s=60)
+                       bounce_seconds=1.5, timeout_s=60, audio_seconds=1.0)
     assert set(f) == set(ENGINE_KEYS)
     # A cache hit reaches the output within a few blocks (10.7 ms each), never instantly.
     mean, p95, mx = (f[k] for k in ("trigger_latency_ms", "trigger_latency_p95_ms",
@@ -47,6 +47,14 @@ def test_engine_figures_returns_every_key_with_sane_values(tiny_model: Path) -> 
     assert isinstance(f["engine_threads"], int) and f["engine_threads"] >= 1
     assert f["worker_threads"] >= 1 and f["engine_device"] == "cpu"
     assert f["engine_model"].startswith("pgesam_tiny_harmonic-")
+    # The audio callback per block, with slow disks and an OSC poller (the figure itself,
+    # max < block period, is machine-dependent: reported, not asserted here).
+    assert 0.0 < f["audio_callback_mean_ms"] <= f["audio_callback_p99_ms"] \
+        <= f["audio_callback_max_ms"]
+    assert f["audio_block_ms"] == pytest.approx(10.667, abs=0.001)
+    assert f["audio_callback_blocks"] > 50 and isinstance(f["audio_callback_ok"], bool)
+    assert f["audio_disk_reads"] > 0 and f["audio_journal_lines"] > 2
+    assert f["audio_osc_polls"] > 10
 
 
 def test_only_skips_other_work(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
