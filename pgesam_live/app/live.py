@@ -9,7 +9,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from pgesam_live.app.build import LIVE_PREROLL_S, RING_OUT_MAX_S, TAIL_S, model_info
+from pgesam_live.app.build import LIVE_PREROLL_S, RING_OUT_MAX_S, TAIL_S, build_live, model_info
 from pgesam_live.app.common import quote, settings_from_args
 from pgesam_live.app.inputs import load_checked
 from pgesam_live.errors import PgesamError
@@ -64,13 +64,9 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     import asyncio  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from pgesam_live.audio.server import AudioEngine, repair_recordings  # noqa: PLC0415
-    from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
-    from pgesam_live.engine.door import Engine  # noqa: PLC0415
+    from pgesam_live.audio.server import repair_recordings  # noqa: PLC0415
     from pgesam_live.frontends.osc import osc_port_problem  # noqa: PLC0415
     from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
-    from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-    from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
     from pgesam_live.sessions.journal import Journal, make_header, session_path  # noqa: PLC0415
 
     path, info = model_info(s.model, s.patch_dir)
@@ -78,7 +74,6 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     problem = osc_port_problem(s.osc_host, s.osc_port)
     if problem:  # before anything is written: a busy port leaves no journal or recording
         raise PgesamError(problem)
-    out_sr = s.sample_rate or info.sample_rate
     s.session_dir.mkdir(parents=True, exist_ok=True)
     for line in repair_recordings(s.session_dir):  # sessions cut off by a crash
         print(line, flush=True)
@@ -87,25 +82,12 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
                                                                s.tempo_bpm), background=True)
     try:
-        audio = AudioEngine(s.audio, sample_rate=out_sr, buffer_size=s.buffer_size,
-                            record_path=journal.path.with_suffix(".wav")
-                            if s.audio in ("auto", "record") else None)
-        audio.boot()
+        rig = build_live(s, info, path, record_path=journal.path.with_suffix(".wav")
+                         if s.audio in ("auto", "record") else None)
+        audio, voices, cache, worker, engine = \
+            rig.audio, rig.voices, rig.cache, rig.renderer, rig.engine
         if audio.message:
             print(audio.message, flush=True)
-        voices = VoicePool(audio, n_voices=s.n_voices)
-        cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
-                            max_bytes=s.cache_max_bytes,
-                            spill_dir=(s.cache_dir / "notes") if s.cache_spill else None)
-        worker = WorkerClient(cache, model=str(path), device=s.device,
-                              n_threads=s.worker_threads)
-        engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
-                        tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
-                        patch_dir=s.patch_dir, out_sample_rate=out_sr)
-        engine.scheduler.preroll_s = LIVE_PREROLL_S
-        worker.on_ready = engine.note_ready
-        worker.on_message = engine.message
-        audio.add_hook(engine.on_block)
     except BaseException:
         _drop_unused(journal)
         raise

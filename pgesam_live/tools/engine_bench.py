@@ -125,29 +125,17 @@ class _LiveRig:
     (`none` backend), the voice pool, an in-memory cache, the real worker process."""
 
     def __init__(self, path: Path, device: str, s: Settings) -> None:
-        from pgesam_live.app.build import model_info  # noqa: PLC0415
-        from pgesam_live.audio.server import AudioEngine  # noqa: PLC0415
-        from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
-        from pgesam_live.engine.door import Engine  # noqa: PLC0415
-        from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-        from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
+        from pgesam_live.app.build import build_live, model_info  # noqa: PLC0415
 
         info: Any = model_info(str(path), s.patch_dir)[1]
         self.info = info
-        self.audio = AudioEngine("none", sample_rate=SAMPLE_RATE, buffer_size=BUFFER_SIZE)
-        self.audio.boot()
-        self.voices = VoicePool(self.audio, n_voices=s.n_voices)
-        self.cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
-                                 max_bytes=s.cache_max_bytes, spill_dir=None)
-        self.worker = WorkerClient(self.cache, model=str(path), device=device,
-                                   n_threads=s.worker_threads)
-        self.engine = Engine(clock=self.audio, voices=self.voices, cache=self.cache,
-                             renderer=self.worker, model=info, tempo_bpm=s.tempo_bpm,
-                             lookahead_s=s.lookahead_s, seed=s.seed, patch_dir=s.patch_dir,
-                             out_sample_rate=SAMPLE_RATE)
+        rig = build_live(s.replace(device=device, sample_rate=SAMPLE_RATE,
+                                   buffer_size=BUFFER_SIZE), info, path, backend="none",
+                         spill=False, preroll_s=0.0)
+        self.audio, self.voices, self.cache = rig.audio, rig.voices, rig.cache
+        self.worker, self.engine = rig.renderer, rig.engine
         self.ready_hooks: list[Any] = []  # called with each key the worker caches
         self.worker.on_ready = self._on_ready
-        self.audio.add_hook(self.engine.on_block)
 
     def _on_ready(self, key: Any) -> None:
         self.engine.note_ready(key)
@@ -343,13 +331,9 @@ def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float
     memory copy dropped every second so the reads go on), the journal on a slow disk (each
     flush 50 ms; a journalled command 10 times a second) and an OSC controller polling
     /pgesam/status 30 times a second."""
-    from pgesam_live.app.build import model_info  # noqa: PLC0415
-    from pgesam_live.audio.server import AudioEngine  # noqa: PLC0415
-    from pgesam_live.audio.voices import VoicePool  # noqa: PLC0415
-    from pgesam_live.engine.door import Engine  # noqa: PLC0415
+    from pgesam_live.app.build import build_live, model_info  # noqa: PLC0415
     from pgesam_live.frontends.osc import OscCore, encode_message  # noqa: PLC0415
     from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
-    from pgesam_live.render.client import WorkerClient  # noqa: PLC0415
     from pgesam_live.sessions.journal import Journal, make_header  # noqa: PLC0415
 
     info: Any = model_info(str(path), s.patch_dir)[1]
@@ -377,15 +361,11 @@ def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float
             return fast_read(file)
 
         cache.read_file = slow_read
-        audio = AudioEngine("none", sample_rate=SAMPLE_RATE, buffer_size=BUFFER_SIZE)
-        audio.boot()
-        voices = VoicePool(audio, n_voices=s.n_voices)
-        worker = WorkerClient(cache, model=str(path), device=device, n_threads=s.worker_threads)
-        engine = Engine(clock=audio, voices=voices, cache=cache, renderer=worker, model=info,
-                        tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,
-                        patch_dir=s.patch_dir, out_sample_rate=SAMPLE_RATE)
+        rig = build_live(s.replace(device=device, sample_rate=SAMPLE_RATE,
+                                   buffer_size=BUFFER_SIZE), info, path, backend="none",
+                         cache=cache, preroll_s=0.0)
+        audio, worker, engine = rig.audio, rig.renderer, rig.engine
         engine.prerender_banks = False  # the sequence's notes only
-        worker.on_ready = engine.note_ready
         journal = Journal(Path(tmp) / "bench.jsonl", make_header(info.model_id, s.seed,
                                                                  s.tempo_bpm),
                           background=True, file_wrapper=lambda fh: cast(IO[str], _SlowFile(fh)))
