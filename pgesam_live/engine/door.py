@@ -33,6 +33,7 @@ from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import playable_range, range_text, rendered_pitch
 from pgesam_live.patches.patch import (
     Patch,
+    PatchCommand,
     Sequence,
     find_patch,
     load_patch,
@@ -709,11 +710,12 @@ class Engine:
     def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
         self.scheduler.set_lookahead(a["seconds"])
 
-    def _run_patch_line(self, line: str) -> None:
-        """A patch's timed command, fired inside a tick at its exact time. Not journalled:
-        replaying the journal's `load` fires it again."""
+    def _run_patch_line(self, patch_command: PatchCommand) -> None:
+        """A patch's timed command (parsed at load), fired inside a tick at its exact time.
+        Not journalled: replaying the journal's `load` fires it again."""
+        line = patch_command.line
         try:
-            command = parse_line(line)
+            command = patch_command.parsed()
             if not command.journal:
                 return
             prepared = self._prepare(command)

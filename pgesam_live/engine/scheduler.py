@@ -359,7 +359,7 @@ class _CommandStream(_Stream):
     def fire(self, sched: Scheduler) -> None:
         cmd = self.commands[self.i]
         self.i += 1
-        sched._run_command(cmd.line)
+        sched._run_command(cmd)
 
 
 # A patch's load-time command lines that still run when a hush installs it before its bar:
@@ -428,7 +428,7 @@ class _Counters:
 class Scheduler:
     """Musical time over engine time. See the module docstring for the tick model.
 
-    ``command_runner`` receives the REPL lines of a patch's ``commands:`` at their time
+    ``command_runner`` receives a patch's ``commands:`` (PatchCommand, parsed) at their time
     (during a tick); it may call back into this scheduler but must not call ``tick``.
     ``preroll_s`` delays beat 0 of a fresh clock past the horizon, so a patch loaded from
     silence gets time to render its first notes (0 = start at the horizon)."""
@@ -442,7 +442,7 @@ class Scheduler:
         lookahead_s: float = 0.2,
         sample_rate: int = 24000,
         *,
-        command_runner: Callable[[str], object] | None = None,
+        command_runner: Callable[[PatchCommand], object] | None = None,
         request_ahead_beats: float = float(BEATS_PER_BAR),
         preroll_s: float = 0.0,
         repitch_fn: Callable[[np.ndarray, float], np.ndarray] = repitch,
@@ -687,11 +687,11 @@ class Scheduler:
             self._repitched.move_to_end(memo)
         return out
 
-    def _run_command(self, line: str) -> None:
+    def _run_command(self, command: PatchCommand) -> None:
         if self.command_runner is None:
-            self._count_error(f"no command runner for patch command {line!r}")
+            self._count_error(f"no command runner for patch command {command.line!r}")
             return
-        self.command_runner(line)
+        self.command_runner(command)
 
     # -- render requests
 
@@ -955,16 +955,16 @@ class Scheduler:
         sink ring on. A patch loaded but waiting for its bar stays loaded (its points,
         sequences, seed and tempo from that bar) with nothing of it started (`start NAME`
         plays its sequences); of its load-time commands the settings (HUSH_KEEPS) run now."""
-        settings: list[str] = []
+        settings: list[PatchCommand] = []
         if self._swap is not None:
             for c in self._swap.patch.commands:
-                word = c.line.split(None, 1)[0].lower() if c.line.strip() else ""
+                word = c.parsed().name
                 if c.at_beats is not None:
                     continue
                 if word == "load":
                     break  # what follows may be the other patch's
                 if word in HUSH_KEEPS:
-                    settings.append(c.line)
+                    settings.append(c)
             self._swap.streams = []
             self._install_patch(self._swap)
         self._streams = []
@@ -972,8 +972,8 @@ class Scheduler:
         here = self.point_at(self._now_or_action_s())
         t_s = self._now_or_action_s()
         self._add_point_segment(_PointSegment(t_s, t_s, here, here))
-        for line in settings:  # the installed patch's load-time settings (`at glass`) hold
-            self._run_command(line)
+        for c in settings:  # the installed patch's load-time settings (`at glass`) hold
+            self._run_command(c)
 
     def play_now(self, pitches: list[int] | tuple[int, ...], velocity: float = 0.8,
                  length_beats: float | None = None, point: XY | None = None) -> None:

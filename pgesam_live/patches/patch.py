@@ -209,10 +209,15 @@ class Event:
 
 @dataclass(frozen=True)
 class PatchCommand:
-    """A REPL line from ``commands:``; ``at_beats`` None = run when the patch starts."""
+    """A REPL line from ``commands:``, parsed once at load (``command``); ``line`` is the
+    patch's own words (for messages); ``at_beats`` None = run when the patch starts."""
 
     line: str
     at_beats: float | None = None
+    command: Command | None = None
+
+    def parsed(self) -> Command:
+        return self.command if self.command is not None else parse_line(self.line)
 
 
 @dataclass(frozen=True)
@@ -544,7 +549,7 @@ def parse_patch(text: str, path: str = "<patch>",
         raise PatchValidationError(v.errors)
     return Patch(path=path, tempo_bpm=tempo, model=model, seed=seed, points=points,
                  trajectories=trajectories, sequences=sequences, events=events,
-                 commands=tuple(PatchCommand(line=c.line, at_beats=c.at_beats)
+                 commands=tuple(PatchCommand(line=c.line, at_beats=c.at_beats, command=c.cmd)
                                 for c in commands))
 
 
@@ -951,7 +956,7 @@ def patch_name_errors(patch: Patch, known_points: Collection[str],
     """command_name_errors of a read patch (for a load whose names are known only when it
     runs: a replayed or bundled one), each as `FILE: commands: "LINE": message`."""
 
-    cmds = [(parse_line(c.line), c.at_beats) for c in patch.commands]
+    cmds = [(c.parsed(), c.at_beats) for c in patch.commands]
     return [f"{patch.path}: commands: \"{patch.commands[k].line}\": {message}"
             for k, message in command_name_errors(cmds, patch.points, patch.sequences,
                                                   known_points, known_sequences)]

@@ -506,8 +506,39 @@ def parse_line(line: str) -> Command:
 
 
 def validate(cmd: Command) -> Command:
-    """Re-check a Command built in code (not parsed): the same rules as a typed line."""
-    return parse_line(cmd.to_line())
+    """Check a Command built in code (MIDI's mapper, a test) against the table: the rules of
+    a typed line (its form, each argument's kind and range, the command's own check), on the
+    values themselves, with no text round trip; defaults filled in. What it returns is what
+    `parse_line(cmd.to_line())` gives (to_line writes numbers exactly): journal and replay
+    agree with what was applied."""
+    spec = COMMANDS.get(cmd.name)
+    if spec is None:
+        raise CommandError(f"unknown command {cmd.name!r}; `help` lists them")
+    form = _form_of(cmd.name, {k: v for k, v in cmd.args.items() if v is not None})
+    args: dict[str, Any] = {}
+    for a in form.args:
+        raw = cmd.args.get(a.name)
+        word = next((w for w, k in form.keywords.items() if k is a), None)
+        named = dataclasses.replace(a, name=word) if word is not None else a
+        if raw is None:
+            if not (a.optional or a.keyword or a.variadic):
+                raise CommandError(f"{spec.name}: missing {a.name.upper()} (usage: "
+                                   f"{spec.usage()})")
+            args[a.name] = [] if a.variadic and a.default is None and not a.optional \
+                else a.default
+        elif a.variadic:
+            if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+                raise CommandError(f"{spec.name}: {a.name} must be a list")
+            if not raw and not a.optional:
+                raise CommandError(f"{spec.name}: missing {a.name.upper()} (usage: "
+                                   f"{spec.usage()})")
+            args[a.name] = [convert_arg(Arg(a.name, a.kind), r, spec.name, from_osc=True)
+                            for r in raw]
+        else:
+            args[a.name] = convert_arg(named, raw, spec.name, from_osc=True)
+    if spec.check is not None:
+        spec.check(args)
+    return Command(cmd.name, args)
 
 
 def from_osc(address: str, osc_args: Sequence[Any]) -> Command:

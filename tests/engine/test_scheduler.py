@@ -13,7 +13,7 @@ import pytest
 
 from pgesam_live.engine.scheduler import Scheduler, TempoMap
 from pgesam_live.errors import CommandError
-from pgesam_live.patches.patch import Patch, Trajectory, make_sequence, parse_patch
+from pgesam_live.patches.patch import Patch, PatchCommand, Trajectory, make_sequence, parse_patch
 
 BLOCK_S = 256 / 24000
 EXACT = 1e-9
@@ -467,7 +467,8 @@ def test_events_and_timed_commands() -> None:
     lines: list[tuple[str, float]] = []
     rig = Rig()
 
-    def runner(line: str) -> None:
+    def runner(c: PatchCommand) -> None:
+        line = c.line
         lines.append((line, rig.sched.committed_beat()))
         if line.startswith("tempo"):
             rig.sched.set_tempo(float(line.split()[1]))
@@ -548,7 +549,7 @@ def test_demo_patches_play_through_on_the_beat_grid() -> None:
         assert length is not None
         lines: list[str] = []
         rig = Rig()
-        rig.sched.command_runner = lines.append
+        rig.sched.command_runner = lambda c, out=lines: out.append(c.line)
         rig.sched.load_patch(p)
         end_s = length * 60 / p.tempo_bpm
         rig.run(end_s + 1.0)
