@@ -123,14 +123,10 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         if replay is not None:
             import time  # noqa: PLC0415
 
+            from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
+
             t0 = engine.time_s() + LIVE_PREROLL_S
-            engine.add_listener(lambda ev: print(
-                f"skipped `{ev['cmd']}` at {ev['t'] - t0:.3f} s: {ev['text']}", flush=True)
-                if ev.get("kind") == "rejected" else None)
-            for t_s, src, cmd in replay:
-                r = engine.submit(cmd, src=src, at_s=t0 + t_s)
-                if not r.ok:
-                    print(f"skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}", flush=True)
+            submit_schedule(engine, replay, t0, lambda text: print(text, flush=True))
             # As the offline replay: past the last command until what it started is over,
             # sequences still running stopped TAIL_S after it, then the ring-out.
             last = t0 + (replay[-1][0] if replay else 0.0)

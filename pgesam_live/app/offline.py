@@ -92,14 +92,15 @@ def run_render(ns: Namespace) -> int:
 
 def run_replay(ns: Namespace) -> int:
     """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
-    from pgesam_live.sessions.journal import read_journal, replay_schedule  # noqa: PLC0415
+    from pgesam_live.sessions.journal import read_schedule  # noqa: PLC0415
+    from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
 
-    header, schedule = replay_schedule(ns.session)
+    header, schedule, truncated = read_schedule(ns.session)  # read and parsed once
     if schedule and schedule[-1][0] > MAX_REPLAY_S:
         raise PgesamError(f"{ns.session}: its last command is at {schedule[-1][0]:.0f} s; a "
                           f"replay runs at most {MAX_REPLAY_S / 3600:g} h (check the journal's "
                           "t values)")
-    if read_journal(ns.session)[1].truncated:
+    if truncated:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
     s = settings_from_args(ns)
@@ -121,15 +122,9 @@ def run_replay(ns: Namespace) -> int:
         return run_live(s, replay=schedule)
     # The live clock's pre-roll, so sequences start where they started live.
     rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
-    rig.engine.add_listener(lambda ev: print(
-        f"{ns.session}: skipped `{ev['cmd']}` at {ev['t']:.3f} s: {ev['text']}",
-        file=sys.stderr) if ev.get("kind") == "rejected" else None)
     try:
-        for t_s, src, cmd in schedule:
-            r = rig.engine.submit(cmd, src=src, at_s=t_s)
-            if not r.ok:
-                print(f"{ns.session}: skipped `{cmd.to_line()}` at {t_s:.3f} s: {r.text}",
-                      file=sys.stderr)
+        submit_schedule(rig.engine, schedule, 0.0,
+                        lambda text: print(f"{ns.session}: {text}", file=sys.stderr))
         # Past the last command: what it started plays on for TAIL_S at most (the session
         # went on until quit, which is not journalled), then what sounds rings out.
         last_s = schedule[-1][0] if schedule else 0.0

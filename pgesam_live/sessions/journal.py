@@ -20,7 +20,7 @@ import queue
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -183,9 +183,11 @@ class JournalEntry:
     src: str
     cmd: str
     line_no: int
+    parsed: Command | None = field(default=None, compare=False, repr=False)
 
     def command(self) -> Command:
-        return parse_line(self.cmd)
+        """The line as a Command (parsed once, when the journal was read)."""
+        return self.parsed if self.parsed is not None else parse_line(self.cmd)
 
 
 class JournalEntries(list[JournalEntry]):
@@ -248,14 +250,23 @@ def _entry(p: Path, i: int, obj: dict[str, Any]) -> JournalEntry:
         raise DataError(f"{p}:{i}: {exc}") from None
     if not parsed.journal:
         raise DataError(f"{p}:{i}: `{parsed.name}` is a front-end word and never journalled")
-    return JournalEntry(float(t), src, cmd, i)
+    return JournalEntry(float(t), src, cmd, i, parsed)
 
 
-def replay_schedule(path: str | Path) -> tuple[dict[str, Any], list[tuple[float, str, Command]]]:
-    """(header, [(t_s, src, Command)]) sorted by time (stable: same-time commands keep file
-    order), ready to submit with `engine.submit(cmd, src, at_s=t_s)` or to feed an offline
-    render."""
+Schedule = list[tuple[float, str, Command]]
+
+
+def read_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule, bool]:
+    """(header, [(t_s, src, Command)], truncated): the journal read and parsed once, sorted
+    by time (stable: same-time commands keep file order), ready to submit with
+    `engine.submit(cmd, src, at_s=t_s)` (sessions/replay.py)."""
     header, entries = read_journal(path)
     schedule = [(e.t_s, e.src, e.command()) for e in entries]
     schedule.sort(key=lambda item: item[0])
+    return header, schedule, entries.truncated
+
+
+def replay_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule]:
+    """(header, [(t_s, src, Command)]) sorted by time; see read_schedule."""
+    header, schedule, _ = read_schedule(path)
     return header, schedule
