@@ -13,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.files import user_cache_dir
 from pgesam_live.vocab.commands import LOOKAHEAD_MAX_S, LOOKAHEAD_MIN_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pgesam-live"
 
 
 # A field's annotation (a string: `from __future__ import annotations`) -> its converter; an
@@ -46,7 +42,7 @@ class Settings:
     cache_max_bytes: int = 512 * 1024 * 1024
     cache_grid: float = 0.02            # x, y quantum of the render cache
     cache_spill: bool = True            # keep rendered notes on disk between runs
-    cache_dir: Path = dataclasses.field(default_factory=_user_cache_dir)
+    cache_dir: Path = dataclasses.field(default_factory=user_cache_dir)
     patch_dir: Path = REPO_ROOT / "patches"
     session_dir: Path = Path("sessions")
     worker_threads: int = 1             # torch threads in the synthesis worker

@@ -38,12 +38,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from pgesam_live.errors import AudioError, ConfigError
+from pgesam_live.files import stamped_path
 from pgesam_live.quiet import quiet_c_output, quiet_c_stderr
 
 os.environ.setdefault("PYO_GUI_WX", "0")
@@ -79,13 +79,7 @@ def portaudio_output_available() -> tuple[bool, str]:
 def default_record_path(folder: str | os.PathLike[str] = "sessions") -> Path:
     """`sessions/<YYYYmmdd-HHMMSS>.wav`, the contract's place for recordings (-2, -3.. when
     that name is taken: a recording never replaces another)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(folder) / f"{stamp}.wav"
-    n = 2
-    while path.exists() or path.with_suffix(".jsonl").exists():
-        path = Path(folder) / f"{stamp}-{n}.wav"
-        n += 1
-    return path
+    return stamped_path(folder, ".wav", ".jsonl")
 
 
 def repair_recordings(folder: str | os.PathLike[str]) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.files import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,7 @@ def _safe(name: str) -> str:
 
 def default_spill_root() -> Path:
     """The user's cache folder for notes: $XDG_CACHE_HOME or ~/.cache, /pgesam-live/notes."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pgesam-live" / "notes"
+    return user_cache_dir() / "notes"
 
 
 def quantise(value: float, grid: float) -> float:

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from pgesam_live.vocab.commands import Command, parse_line
 from pgesam_live.errors import CommandError, DataError
+from pgesam_live.files import stamped_path
 from pgesam_live.vocab.sources import SOURCES as SOURCE_POLICIES
 
 SESSION_FORMAT = 1
@@ -35,14 +36,7 @@ SOURCES = tuple(SOURCE_POLICIES)  # repl, osc, midi, patch, web
 def session_path(session_dir: str | Path, now: _dt.datetime | None = None) -> Path:
     """A fresh `<dir>/<YYYYmmdd-HHMMSS>.jsonl` (suffixed -2, -3.. if that second is taken),
     whose recording `<same name>.wav` is free too: a session's two files share one name."""
-    base = Path(session_dir)
-    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    path = base / f"{stamp}.jsonl"
-    n = 2
-    while path.exists() or path.with_suffix(".wav").exists():
-        path = base / f"{stamp}-{n}.jsonl"
-        n += 1
-    return path
+    return stamped_path(session_dir, ".jsonl", ".wav", now)
 
 
 def make_header(model: str, seed: int, tempo_bpm: float,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import note_to_midi, parse_notes, playable_range
+from pgesam_live.notes import note_names, note_to_midi, parse_notes, playable_range
 
 # --------------------------------------------------------------------------------------------
 # the limits: the one source every layer reads (the scheduler, patches, settings)
@@ -63,14 +63,14 @@ def is_name(text: str) -> bool:
 # note names
 
 
-def note_names() -> list[str]:
-    """Completion candidates for pitches: naturals, sharps and flats, octaves 0..8."""
-    out: list[str] = []
-    for octave in range(0, 9):
-        for name in ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab",
-                     "A", "A#", "Bb", "B"):
-            out.append(f"{name}{octave}")
-    return out
+COMPLETION_PITCHES = (12, 119)  # C0..B8
+
+
+def completion_note_names(low: int = COMPLETION_PITCHES[0],
+                          high: int = COMPLETION_PITCHES[1]) -> list[str]:
+    """Completion candidates for pitches: naturals, sharps and flats (notes.note_names)."""
+    return note_names(max(low, COMPLETION_PITCHES[0]), min(high, COMPLETION_PITCHES[1]),
+                      both=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,9 +616,8 @@ class CompletionContext:
 def candidates_for_kind(kind: str, ctx: CompletionContext) -> list[str]:
     if kind == "pitch":
         if ctx.pitch_range is None:
-            return note_names()
-        lo, hi = playable_range(ctx.pitch_range)
-        return [n for n in note_names() if lo <= note_to_midi(n) <= hi]
+            return completion_note_names()
+        return completion_note_names(*playable_range(ctx.pitch_range))
     if kind == "point":
         return list(ctx.point_names)
     if kind == "seq":
