@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from pgesam_live.errors import AudioError, ConfigError
+from pgesam_live.faults import logged
 from pgesam_live.files import stamped_path
 from pgesam_live.quiet import quiet_c_output, quiet_c_stderr
 
@@ -253,7 +254,7 @@ class AudioEngine:
             server.boot()
             booted = server.getIsBooted()
             if not booted:  # pyo says so on stdout, in four lines: ours below is the one
-                with contextlib.suppress(Exception):
+                with logged("audio: shutting a server that did not boot down"):
                     server.shutdown()
         if not booted:
             if self.backend == "jack":
@@ -306,7 +307,7 @@ class AudioEngine:
             self._thread.join(timeout=5.0)
             self._thread = None
         if self._server is not None and self._started:
-            with contextlib.suppress(Exception):
+            with logged("audio: stopping the server"):
                 self._server.stop()
         self._started = False
         if self._rec_thread is not None:
@@ -314,7 +315,7 @@ class AudioEngine:
             self._rec_thread.join(timeout=10.0)
             self._rec_thread = None
         if self._wav is not None:
-            with contextlib.suppress(Exception):
+            with logged("audio: closing the recording"):
                 self._wav.close()
             self._wav = None
 
@@ -336,9 +337,9 @@ class AudioEngine:
         """stop() and shut the pyo Server down (a process holds one server at a time)."""
         self.stop()
         if self._server is not None:
-            with contextlib.suppress(Exception):
+            with logged("audio: removing the block callback"):
                 self._server.setCallback(None)
-            with contextlib.suppress(Exception):
+            with logged("audio: shutting the server down"):
                 self._server.shutdown()
             self._server = None
             self._out_view = None

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pgesam_live import faults
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import playable_range, range_text, rendered_pitch
@@ -807,6 +808,7 @@ class Engine:
             "patch": st["patch"],
             "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
             "model_id": self.model.model_id,
+            "faults": faults.total(),  # errors caught and carried on with (faults.py)
         }
 
 
@@ -818,7 +820,8 @@ if _unhandled:
 def _safe_count(fn: Callable[[], int]) -> int:
     try:
         return int(fn())
-    except Exception:  # a front end's counter never breaks the state
+    except Exception as exc:  # a front end's counter never breaks the state
+        faults.record("engine: a front end's counter", exc)
         return -1
 
 

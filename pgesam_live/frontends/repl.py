@@ -11,7 +11,6 @@ engine (src "repl"), which validates, applies and journals it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from pgesam_live import faults
 from pgesam_live.errors import CommandError
 from pgesam_live.vocab.commands import (
     COMMANDS,
@@ -69,7 +69,8 @@ def completion_context(engine: EngineLike) -> CompletionContext:
     def safe(fn: Callable[[], Iterable[str]]) -> list[str]:
         try:
             return list(fn())
-        except Exception:  # completion must never break typing
+        except Exception as exc:  # completion must never break typing: logged, counted
+            faults.record("repl: completion names", exc)
             return []
     return CompletionContext(
         point_names=safe(engine.point_names),
@@ -83,7 +84,8 @@ def _pitch_range(engine: EngineLike) -> tuple[int, int] | None:
     try:
         lo, hi = engine.model.pitch_range
         return int(lo), int(hi)
-    except Exception:  # a front end without a model offers every note name
+    except Exception as exc:  # a front end without a model offers every note name
+        faults.record("repl: the model's pitch range", exc)
         return None
 
 
@@ -179,7 +181,8 @@ class _MessagePrinter:
         with self._lock:
             try:
                 self._write(str(event.get("text", "")))
-            except Exception:  # a closed stream must not break the engine's thread
+            except Exception as exc:  # a closed stream must not break the engine's thread
+                faults.record("repl: printing an engine message", exc)
                 self.active = False
 
 
@@ -212,7 +215,7 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
                 break
         # What the last lines bring about (a refusal when applied, an engine message) is
         # printed before the input's end ends the REPL.
-        with contextlib.suppress(Exception):
+        with faults.logged("repl: waiting for the last lines"):
             engine.settle()
     finally:
         printer.active = False

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pgesam_live.vocab.commands import Command, parse_line
+from pgesam_live import faults
 from pgesam_live.errors import CommandError, DataError
 from pgesam_live.files import stamped_path
 from pgesam_live.vocab.sources import SOURCES as SOURCE_POLICIES
@@ -109,8 +110,8 @@ class Journal:
                     self.on_error(f"journal {self.path}: cannot write ({self.error}); the "
                                   "performance goes on, its lines are kept and written when "
                                   "there is room")
-                except Exception:  # a broken listener must not stop the journal
-                    pass
+                except Exception as exc:  # a broken listener must not stop the journal
+                    faults.record("journal: telling of a write error", exc)
 
     def write(self, t_s: float, src: str, cmd_line: str) -> None:
         """Append one accepted command (no-op after close())."""
