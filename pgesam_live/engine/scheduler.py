@@ -27,19 +27,29 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pgesam_live.engine.ports import MAX_FALLBACK_SEMITONES, NoteSource, RenderRequester, VoiceSink
+from pgesam_live.engine.streams import (
+    HUSH_KEEPS,
+    CommandStream,
+    EventStream,
+    Note,
+    PointSegment,
+    SequenceStream,
+    Stream,
+    SwapStream,
+)
+from pgesam_live.engine.tempo import BEATS_PER_BAR, TempoMap
 from pgesam_live.errors import CommandError
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.patch import (
     XY,
-    Event,
     Patch,
     PatchCommand,
     Sequence,
-    timbre_at,
 )
 from pgesam_live.render.dsp import repitch
 from pgesam_live.vocab.commands import (
@@ -52,9 +62,7 @@ from pgesam_live.vocab.commands import (
 
 log = logging.getLogger(__name__)
 
-BEATS_PER_BAR = 4
 QUANTA = ("now", "beat", "bar")
-MAX_FALLBACK_SEMITONES = 3
 LAST_FALLBACK_SEMITONES = 12  # a late note with nothing near: a pitch up to an octave away
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
 KEEP_GRID_BARS = 2  # after the last sequence ends, new ones join its grid this long
@@ -62,352 +70,6 @@ _REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched
 _GLIDE_SAMPLE_BEATS = 0.25  # pre-render a gliding point every quarter beat
 _RECENT_PITCHES = 8        # pitches pre-rendered along a glide / at a new point
 
-# Priorities of items on the same beat: a patch swap first (it replaces what plays), then
-# commands (a tempo or point change applies to the notes on its beat), then notes.
-_PRIO_SWAP, _PRIO_COMMAND, _PRIO_NOTE = 0, 1, 2
-
-
-# ----------------------------------------------------------------------------- protocols
-
-
-class NoteKeyLike(Hashable, Protocol):
-    """A cache key: hashable, and it tells its pitch (the re-pitch fallback needs it)."""
-
-    @property
-    def pitch(self) -> int: ...
-
-
-class NoteSource(Protocol):
-    """Where rendered notes come from (the render cache). Audio is float32 mono [N] at the
-    model's rate. ``nearest_pitch`` returns a cached note of the same point within
-    ``max_semitones`` (its key tells its pitch), ``nearest_point`` the nearest cached point at
-    the same pitch; both None when nothing fits. ``count_late``/``count_fallback`` keep the
-    cache's counters in step with the scheduler's."""
-
-    def key(self, x: float, y: float, pitch: int, seed: int) -> NoteKeyLike: ...
-
-    def get(self, key: Any) -> np.ndarray | None: ...
-
-    def nearest_pitch(
-        self, key: Any, max_semitones: int = MAX_FALLBACK_SEMITONES
-    ) -> tuple[NoteKeyLike, np.ndarray] | None: ...
-
-    def nearest_point(self, key: Any) -> tuple[NoteKeyLike, np.ndarray] | None: ...
-
-    def count_late(self) -> None: ...
-
-    def count_fallback(self) -> None: ...
-
-
-class VoiceSink(Protocol):
-    """Where notes go (the voice pool). ``start_s`` is the exact engine time of the first
-    sample; ``length_s`` None plays the whole one-shot, otherwise the note is released then."""
-
-    def play(
-        self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
-        length_s: float | None, tag: Hashable | None = None,
-    ) -> None: ...
-
-    def release(self, tag: Hashable, at_s: float | None = None) -> None:
-        """End the notes played with ``tag`` so far (a short fade from ``at_s``)."""
-
-    def drop_pending(self, tag: Hashable) -> int:
-        """Drop the notes played with ``tag`` that have not started yet; how many."""
-
-
-class RenderRequester(Protocol):
-    """Where render requests go (the worker client). ``deadline_s`` is the engine time the
-    scheduler will need the note; the requester coalesces duplicates against its cache."""
-
-    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None: ...
-
-
-# ----------------------------------------------------------------------------- tempo map
-
-
-class TempoMap:
-    """Beats <-> engine seconds, piecewise constant tempo. ``changes`` are (beat, bpm) sorted
-    by beat; the first is beat 0 at ``origin_s``. A change never moves an earlier beat."""
-
-    def __init__(self, bpm: float, origin_s: float = 0.0) -> None:
-        self.reset(bpm, origin_s)
-
-    def reset(self, bpm: float, origin_s: float) -> None:
-        self.origin_s = origin_s
-        self.changes: list[tuple[float, float]] = [(0.0, float(bpm))]
-        self._starts_s = [origin_s]
-
-    def _rebuild(self) -> None:
-        starts = [self.origin_s]
-        for (b0, bpm0), (b1, _) in zip(self.changes, self.changes[1:], strict=False):
-            starts.append(starts[-1] + (b1 - b0) * 60.0 / bpm0)
-        self._starts_s = starts
-
-    def set(self, beat: float, bpm: float) -> None:
-        """Tempo ``bpm`` from ``beat`` on (replacing a change at the same beat; later
-        changes stay)."""
-        self.changes = [c for c in self.changes if c[0] != beat]
-        self.changes.append((beat, float(bpm)))
-        self.changes.sort(key=lambda c: c[0])
-        if self.changes[0][0] > 0.0:  # a change before beat 0 cannot happen; keep beat 0
-            self.changes.insert(0, (0.0, self.changes[0][1]))
-        self._rebuild()
-
-    def remove(self, beat: float, bpm: float) -> None:
-        """Undo ``set(beat, bpm)`` if that change is still there (a cancelled patch swap)."""
-        if beat > 0.0 and (beat, bpm) in self.changes:
-            self.changes.remove((beat, bpm))
-            self._rebuild()
-
-    def _segment_by_beat(self, beat: float) -> int:
-        i = 0
-        for j, (b, _) in enumerate(self.changes):
-            if b <= beat:
-                i = j
-            else:
-                break
-        return i
-
-    def beat_to_s(self, beat: float) -> float:
-        i = self._segment_by_beat(beat)
-        b, bpm = self.changes[i]
-        return self._starts_s[i] + (beat - b) * 60.0 / bpm
-
-    def s_to_beat(self, t_s: float) -> float:
-        i = 0
-        for j, s in enumerate(self._starts_s):
-            if s <= t_s:
-                i = j
-            else:
-                break
-        b, bpm = self.changes[i]
-        return b + (t_s - self._starts_s[i]) * bpm / 60.0
-
-    def bpm_at(self, beat: float) -> float:
-        return self.changes[self._segment_by_beat(beat)][1]
-
-    @property
-    def last_bpm(self) -> float:
-        return self.changes[-1][1]
-
-
-# ----------------------------------------------------------------------------- streams
-
-
-@dataclass
-class _Note:
-    """A note item a stream yields: where in musical time, what, and how."""
-
-    beat: float
-    pitches: tuple[int, ...]
-    velocity: float
-    length_beats: float | None
-    xy: XY | None  # None: the performer's current point at the onset
-
-
-class _Stream:
-    """Items in musical time. ``next_beat`` None = exhausted; ``fire`` handles the next item
-    and advances. ``peek_notes`` yields the notes due before a beat that were not peeked
-    before (render requests), from ``req_pos``."""
-
-    prio = _PRIO_NOTE
-    owner = "live"          # "patch" streams end at a patch swap or hush
-
-    def __init__(self, order: int, origin_beat: float, seed: int) -> None:
-        self.order = order
-        self.origin_beat = origin_beat
-        self.seed = seed
-        self.end_beat = math.inf
-        self.uses_current_point = False
-
-    def next_beat(self) -> float | None:
-        raise NotImplementedError
-
-    def fire(self, sched: Scheduler) -> None:
-        raise NotImplementedError
-
-    def peek_notes(self, until_beat: float) -> Iterator[_Note]:
-        return iter(())
-
-    def rewind_requests(self) -> None:
-        """Forget what was requested (the current point moved: those renders are stale)."""
-
-
-class _SequenceStream(_Stream):
-    owner = "live"
-
-    def __init__(self, order: int, origin_beat: float, seed: int, seq: Sequence,
-                 owner: str) -> None:
-        super().__init__(order, origin_beat, seed)
-        self.seq = seq
-        self.owner = owner
-        # A pattern of rests only never sounds: treat it as finished at once.
-        self.silent = not any(seq.pattern)
-        self.n = 0 if self.silent else self._skip_rests(0)
-        self.req_n = self.n
-        self.uses_current_point = seq.timbre is None
-
-    def _skip_rests(self, n: int) -> int:
-        total = self.seq.total_steps
-        # At most one pass of rests before a sounding step (the pattern has one).
-        for _ in range(len(self.seq.pattern)):
-            if total is not None and n >= total:
-                return n
-            if self.seq.step_at(n).pitches:
-                return n
-            n += 1
-        return n
-
-    def _beat_of(self, n: int) -> float | None:
-        total = self.seq.total_steps
-        if self.silent or (total is not None and n >= total):
-            return None
-        beat = self.origin_beat + self.seq.step_at(n).offset_beats
-        return None if beat >= self.end_beat else beat
-
-    def next_beat(self) -> float | None:
-        return self._beat_of(self.n)
-
-    def _note(self, n: int) -> _Note:
-        step = self.seq.step_at(n)
-        return _Note(
-            beat=self.origin_beat + step.offset_beats, pitches=step.pitches,
-            velocity=step.velocity, length_beats=step.length_beats,
-            xy=self.seq.timbre_at(step.offset_beats),
-        )
-
-    def fire(self, sched: Scheduler) -> None:
-        note = self._note(self.n)
-        self.n = self._skip_rests(self.n + 1)
-        self.req_n = max(self.req_n, self.n)
-        sched._play_note(note, self.seed, tag=("seq", self.seq.name))
-
-    def peek_notes(self, until_beat: float) -> Iterator[_Note]:
-        while True:
-            beat = self._beat_of(self.req_n)
-            if beat is None or beat >= until_beat:
-                return
-            note = self._note(self.req_n)
-            self.req_n = self._skip_rests(self.req_n + 1)
-            yield note
-
-    def rewind_requests(self) -> None:
-        self.req_n = self.n
-
-
-class _EventStream(_Stream):
-    owner = "patch"
-
-    def __init__(self, order: int, origin_beat: float, seed: int,
-                 events: tuple[Event, ...]) -> None:
-        super().__init__(order, origin_beat, seed)
-        self.events = events
-        self.i = 0
-        self.req_i = 0
-        self.uses_current_point = any(e.timbre is None for e in events)
-
-    def _beat_of(self, i: int) -> float | None:
-        if i >= len(self.events):
-            return None
-        beat = self.origin_beat + self.events[i].at_beats
-        return None if beat >= self.end_beat else beat
-
-    def next_beat(self) -> float | None:
-        return self._beat_of(self.i)
-
-    def _note(self, i: int) -> _Note:
-        ev = self.events[i]
-        xy = timbre_at(ev.timbre, ev.at_beats)
-        return _Note(beat=self.origin_beat + ev.at_beats, pitches=ev.pitches,
-                     velocity=ev.velocity, length_beats=ev.length_beats, xy=xy)
-
-    def fire(self, sched: Scheduler) -> None:
-        note = self._note(self.i)
-        self.i += 1
-        self.req_i = max(self.req_i, self.i)
-        sched._play_note(note, self.seed)
-
-    def peek_notes(self, until_beat: float) -> Iterator[_Note]:
-        while True:
-            beat = self._beat_of(self.req_i)
-            if beat is None or beat >= until_beat:
-                return
-            note = self._note(self.req_i)
-            self.req_i += 1
-            yield note
-
-    def rewind_requests(self) -> None:
-        self.req_i = self.i
-
-
-class _CommandStream(_Stream):
-    prio = _PRIO_COMMAND
-    owner = "patch"
-
-    def __init__(self, order: int, origin_beat: float, seed: int,
-                 commands: tuple[PatchCommand, ...]) -> None:
-        super().__init__(order, origin_beat, seed)
-        self.commands = commands
-        self.i = 0
-
-    def next_beat(self) -> float | None:
-        if self.i >= len(self.commands):
-            return None
-        beat = self.origin_beat + (self.commands[self.i].at_beats or 0.0)
-        return None if beat >= self.end_beat else beat
-
-    def fire(self, sched: Scheduler) -> None:
-        cmd = self.commands[self.i]
-        self.i += 1
-        sched._run_command(cmd)
-
-
-# A patch's load-time command lines that still run when a hush installs it before its bar:
-# they set where and how it plays (the point, bookmarks, tempo, look-ahead, renders), not sound.
-HUSH_KEEPS = frozenset({"at", "mark", "tempo", "lookahead", "prerender"})
-
-
-class _SwapStream(_Stream):
-    """A pending patch: at ``origin_beat`` the old patch's streams stop and these start."""
-
-    prio = _PRIO_SWAP
-    owner = "swap"
-
-    def __init__(self, order: int, origin_beat: float, patch: Patch,
-                 streams: list[_Stream]) -> None:
-        super().__init__(order, origin_beat, patch.seed)
-        self.patch = patch
-        self.streams = streams
-        self.done = False
-
-    def next_beat(self) -> float | None:
-        return None if self.done else self.origin_beat
-
-    def fire(self, sched: Scheduler) -> None:
-        self.done = True
-        sched._install_patch(self)
-
-    def peek_notes(self, until_beat: float) -> Iterator[_Note]:
-        for s in self.streams:
-            yield from s.peek_notes(until_beat)
-
-
-@dataclass
-class _PointSegment:
-    """The performer's point from ``t0_s``: a glide from ``start`` to ``end`` reached at
-    ``t1_s`` (t1_s == t0_s for a jump)."""
-
-    t0_s: float
-    t1_s: float
-    start: XY
-    end: XY
-
-    def at(self, t_s: float) -> XY:
-        if t_s >= self.t1_s or self.t1_s <= self.t0_s:
-            return self.end
-        u = max(0.0, (t_s - self.t0_s) / (self.t1_s - self.t0_s))
-        return (self.start[0] + (self.end[0] - self.start[0]) * u,
-                self.start[1] + (self.end[1] - self.start[1]) * u)
 
 
 @dataclass
@@ -469,15 +131,15 @@ class Scheduler:
         self._now_s = 0.0
         self._committed_s = 0.0
         self._action_s: float | None = None  # the time of the item firing now (in a tick)
-        self._streams: list[_Stream] = []
-        self._sequences: dict[str, _SequenceStream] = {}
-        self._swap: _SwapStream | None = None
+        self._streams: list[Stream] = []
+        self._sequences: dict[str, SequenceStream] = {}
+        self._swap: SwapStream | None = None
         self._swap_tempo: tuple[float, float] | None = None
         # (tempo before, patch tempo) of a load on a fresh clock, until its swap
         self._swap_restore_bpm: tuple[float, float] | None = None
         self._last_busy_s = -math.inf  # the horizon when something was last scheduled
         self._order = 0
-        self._points = [_PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
+        self._points = [PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
         # Notes played now, and key releases (velocity None), in the order they came.
         self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None]] = []
         self._requested: dict[Hashable, float] = {}
@@ -561,7 +223,7 @@ class Scheduler:
         horizon_s = now_s + self.lookahead_s
         while True:
             target_beat = self.tempo.s_to_beat(horizon_s)
-            best: _Stream | None = None
+            best: Stream | None = None
             best_key: tuple[float, int, int] | None = None
             for s in (*self._streams, *([self._swap] if self._swap else [])):
                 b = s.next_beat()
@@ -606,7 +268,7 @@ class Scheduler:
             except Exception as exc:
                 self._count_error(f"{type(exc).__name__}: {exc}")
 
-    def _play_note(self, note: _Note, seed: int, tag: Hashable | None = None) -> None:
+    def _play_note(self, note: Note, seed: int, tag: Hashable | None = None) -> None:
         start_s = self.tempo.beat_to_s(note.beat)
         self._play_at(start_s, note.pitches, note.velocity, note.length_beats, note.xy, seed,
                       beat=note.beat, tag=tag)
@@ -707,7 +369,7 @@ class Scheduler:
         self.counters.requests += 1
         self.requester.request(xy[0], xy[1], pitch, seed, deadline_s)
 
-    def _request_note(self, note: _Note, seed: int) -> None:
+    def _request_note(self, note: Note, seed: int) -> None:
         start_s = self.tempo.beat_to_s(note.beat)
         xy = note.xy if note.xy is not None else self.point_at(start_s)
         for pitch in note.pitches:
@@ -784,7 +446,7 @@ class Scheduler:
     def current_point(self) -> XY:
         return self.point_at(self._now_s)
 
-    def _add_point_segment(self, seg: _PointSegment) -> None:
+    def _add_point_segment(self, seg: PointSegment) -> None:
         # Keep the segment in force now and those after it; later edits replace the future.
         self._cp_gen += 1  # what was asked for at the point is judged again (_request_ahead)
         keep = [p for p in self._points if p.t0_s < seg.t0_s]
@@ -797,7 +459,7 @@ class Scheduler:
         the recently played pitches there (unless the caller pre-renders the point itself)."""
         xy = _check_xy(x, y)
         t_s = self._now_or_action_s()
-        self._add_point_segment(_PointSegment(t_s, t_s, xy, xy))
+        self._add_point_segment(PointSegment(t_s, t_s, xy, xy))
         for pitch in self._recent_pitches if request_recent else ():
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, self.seed)
@@ -815,7 +477,7 @@ class Scheduler:
         b0 = self.tempo.s_to_beat(t0_s)
         t1_s = self.tempo.beat_to_s(b0 + beats)
         start = self.point_at(t0_s)
-        self._add_point_segment(_PointSegment(t0_s, t1_s, start, end))
+        self._add_point_segment(PointSegment(t0_s, t1_s, start, end))
         n = max(1, int(math.ceil(beats / _GLIDE_SAMPLE_BEATS)))
         for i in range(n + 1):
             t_s = self.tempo.beat_to_s(b0 + min(beats, i * _GLIDE_SAMPLE_BEATS))
@@ -859,14 +521,14 @@ class Scheduler:
         else:
             self.tempo.set(beat, patch.tempo_bpm)
             self._swap_tempo = (beat, patch.tempo_bpm)
-        streams: list[_Stream] = []
+        streams: list[Stream] = []
         for seq in patch.sequences.values():
-            streams.append(_SequenceStream(self._next_order(), beat, patch.seed, seq, "patch"))
+            streams.append(SequenceStream(self._next_order(), beat, patch.seed, seq, "patch"))
         if patch.events:
-            streams.append(_EventStream(self._next_order(), beat, patch.seed, patch.events))
+            streams.append(EventStream(self._next_order(), beat, patch.seed, patch.events))
         if patch.commands:
-            streams.append(_CommandStream(self._next_order(), beat, patch.seed, patch.commands))
-        self._swap = _SwapStream(self._next_order(), beat, patch, streams)
+            streams.append(CommandStream(self._next_order(), beat, patch.seed, patch.commands))
+        self._swap = SwapStream(self._next_order(), beat, patch, streams)
         self._request_ahead()
         return beat
 
@@ -881,7 +543,7 @@ class Scheduler:
             self._swap_tempo = None
             self._swap_restore_bpm = None
 
-    def _install_patch(self, swap: _SwapStream) -> None:
+    def _install_patch(self, swap: SwapStream) -> None:
         self._swap = None
         self._swap_tempo = None
         self._swap_restore_bpm = None
@@ -890,7 +552,7 @@ class Scheduler:
         self.patch = swap.patch
         self.seed = swap.patch.seed
         for s in swap.streams:
-            if isinstance(s, _SequenceStream):
+            if isinstance(s, SequenceStream):
                 old = self._sequences.get(s.seq.name)
                 if old is not None:
                     old.end_beat = min(old.end_beat, s.origin_beat)
@@ -904,7 +566,7 @@ class Scheduler:
         old = self._sequences.get(name)
         if old is not None:
             old.end_beat = min(old.end_beat, beat)
-        stream = _SequenceStream(self._next_order(), beat, self.seed, seq, "live")
+        stream = SequenceStream(self._next_order(), beat, self.seed, seq, "live")
         self._streams.append(stream)
         self._sequences[name] = stream
         self._request_ahead()
@@ -915,7 +577,7 @@ class Scheduler:
         one of a pending patch's is taken out of it, so it never starts."""
         stream = self._sequences.pop(name, None)
         swap = self._swap
-        queued = [s for s in swap.streams if isinstance(s, _SequenceStream)
+        queued = [s for s in swap.streams if isinstance(s, SequenceStream)
                   and s.seq.name == name] if swap is not None else []
         if stream is None and not queued:
             running = ", ".join(self.running_sequences()) or "none"
@@ -925,7 +587,7 @@ class Scheduler:
         if stream is not None:
             # Every stream of that name: one being replaced at the next bar plays until then.
             ending = [s for s in self._streams
-                      if isinstance(s, _SequenceStream) and s.seq.name == name]
+                      if isinstance(s, SequenceStream) and s.seq.name == name]
             for s in ending:
                 s.end_beat = min(s.end_beat, self.committed_beat())
             self._streams = [s for s in self._streams if s not in ending]
@@ -937,7 +599,7 @@ class Scheduler:
         names = [n for n, s in self._sequences.items() if s.next_beat() is not None]
         if self._swap is not None and include_pending:
             names += [s.seq.name for s in self._swap.streams
-                      if isinstance(s, _SequenceStream) and s.seq.name not in names]
+                      if isinstance(s, SequenceStream) and s.seq.name not in names]
         return names
 
     def live_sequences(self) -> list[str]:
@@ -971,7 +633,7 @@ class Scheduler:
         self._sequences = {}
         here = self.point_at(self._now_or_action_s())
         t_s = self._now_or_action_s()
-        self._add_point_segment(_PointSegment(t_s, t_s, here, here))
+        self._add_point_segment(PointSegment(t_s, t_s, here, here))
         for c in settings:  # the installed patch's load-time settings (`at glass`) hold
             self._run_command(c)
 

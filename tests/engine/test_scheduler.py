@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from pgesam_live.engine.scheduler import Scheduler, TempoMap
+from pgesam_live.engine.scheduler import Scheduler
+from pgesam_live.engine.tempo import TempoMap
 from pgesam_live.errors import CommandError
 from pgesam_live.patches.patch import Patch, PatchCommand, Trajectory, make_sequence, parse_patch
 
