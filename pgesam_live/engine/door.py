@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pgesam_live import faults
+from pgesam_live.engine.handlers import HANDLERS
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import playable_range, range_text, rendered_pitch
@@ -39,7 +40,6 @@ from pgesam_live.patches.patch import (
     find_patch,
     load_patch,
     make_sequence,
-    patch_name_errors,
 )
 from pgesam_live.render.cache import AudioThreadSource, NoteKey, RenderCache
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
@@ -150,26 +150,6 @@ class _ResamplingSink:
 
     def drop_pending(self, tag: Hashable) -> int:
         return self.pool.drop_pending(tag)
-
-
-Handler = Callable[["Engine", dict[str, Any], Any], None]
-#: command name -> its handler (applied in the audio hook), registered with @handles below;
-#: every journalled word of the command table has exactly one (checked at import).
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(name: str) -> Callable[[Handler], Handler]:
-    """Register the decorated method as the handler of command `name`."""
-    spec = COMMANDS.get(name)
-    if spec is None or not spec.journal:
-        raise ValueError(f"no journalled command {name!r} in the command table")
-
-    def register(fn: Handler) -> Handler:
-        if name in HANDLERS:
-            raise ValueError(f"command {name!r} has two handlers")
-        HANDLERS[name] = fn
-        return fn
-    return register
 
 
 class Engine:
@@ -561,20 +541,6 @@ class Engine:
         return points
 
     # -- commands (applied in the audio hook) ----------------------------------------------
-    @handles("at")
-    def _do_at(self, a: dict[str, Any], _: Any) -> None:
-        if "name" in a:
-            x, y = self.resolve_point(a["name"])
-            self.point_name = a["name"]
-        else:
-            x, y = a["x"], a["y"]
-            self.point_name = None
-        self._set_point(x, y)
-
-    @handles("xy")
-    def _do_xy(self, a: dict[str, Any], _: Any) -> None:
-        self.point_name = None
-        self._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
 
     def _set_point(self, x: float, y: float) -> None:
         # The bank (recent pitches first) once the point has settled; a moving point only
@@ -603,26 +569,6 @@ class Engine:
             self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
                                   speculative=speculative)
 
-    @handles("play")
-    def _do_play(self, a: dict[str, Any], _: Any) -> None:
-        self._remember(a["pitches"])
-        self.scheduler.play_now(list(a["pitches"]), a["vel"], a.get("len_beats"))
-
-    @handles("note")
-    def _do_note(self, a: dict[str, Any], _: Any) -> None:
-        self._remember([a["pitch"]])
-        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")))
-
-    @handles("note_at")
-    def _do_note_at(self, a: dict[str, Any], _: Any) -> None:
-        self._remember([a["pitch"]])
-        self.scheduler.play_now([a["pitch"]], a["vel"], self._beats(a.get("len_s")),
-                                point=(a["x"], a["y"]))
-
-    @handles("release")
-    def _do_release(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.release(a["pitch"])
-
     def _remember(self, pitches: list[int]) -> None:
         if pitches:
             self.last_pitch = int(pitches[-1])
@@ -632,45 +578,6 @@ class Engine:
             return None
         return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
 
-    @handles("seq")
-    def _do_seq(self, a: dict[str, Any], seq: Any) -> None:
-        if not any(seq.pattern) and a["name"] not in self.scheduler.running_sequences():
-            raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
-                               "running: nothing would sound (give at least one note)")
-        self.scheduler.start_sequence(a["name"], seq)
-
-    @handles("start")
-    def _do_start(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.start_sequence(a["name"], self._resolve(Command("start", a)))
-
-    @handles("stop")
-    def _do_stop(self, a: dict[str, Any], _: Any) -> None:
-        self._resolve(Command("stop", a))
-        self.scheduler.stop_sequence(a["name"])
-
-    @handles("glide")
-    def _do_glide(self, a: dict[str, Any], _: Any) -> None:
-        self.point_name = None
-        self.scheduler.glide(a["x"], a["y"], a["beats"])
-
-    @handles("tempo")
-    def _do_tempo(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.set_tempo(a["bpm"])
-
-    @handles("load")
-    def _do_load(self, a: dict[str, Any], patch: Patch) -> None:
-        # Its commands' names against the state now (a timed load, e.g. replayed, could not
-        # be checked when it was submitted; an immediate one was, against the same state).
-        problems = patch_name_errors(patch, {*self.bookmarks, *self.model.named_points},
-                                     self.scheduler.live_sequences())
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CommandError(problems[0] + more)
-        if patch.model not in (None, "default", self.model.model_id):
-            self.message(f"patch {patch.path} asks for model {patch.model!r}; "
-                         f"playing it with {self.model.model_id}")
-        self.scheduler.load_patch(patch)
-
     def _mark_clash(self, name: str, patch_points: dict[str, tuple[float, float]]) -> None:
         """A bookmark may not take the name of the loaded patch's point (the patch's own
         `at NAME` means its point, so the bookmark could never be reached)."""
@@ -678,38 +585,6 @@ class Engine:
             x, y = patch_points[name]
             raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
                                f"{y:+.2f}); choose another name (e.g. {name}2)")
-
-    @handles("mark")
-    def _do_mark(self, a: dict[str, Any], _: Any) -> None:
-        name = a["name"]
-        self._mark_clash(name, self._patch_points())
-        if name in self.model.named_points and name not in self.bookmarks:
-            x, y = self.model.named_points[name]
-            self.message(f"mark {name}: your bookmark now stands for {name} (the demo "
-                         f"patches' {name} at ({x:+.2f}, {y:+.2f}) is hidden this session)")
-        # Where the point is at this command's own time (a patch line fires ahead, at its
-        # beat: `at p1` then `mark home` marks p1).
-        self.bookmarks[name] = self.scheduler.point_at(self.scheduler.now_or_action_s())
-        self.point_name = a["name"]
-
-    @handles("hush")
-    def _do_hush(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.hush()
-        self.voices.release_all()
-
-    @handles("panic")
-    def _do_panic(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.hush()
-        self.voices.panic()
-
-    @handles("prerender")
-    def _do_prerender(self, a: dict[str, Any], _: Any) -> None:
-        self._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), self._time_s,
-                             announce_cached=True)
-
-    @handles("lookahead")
-    def _do_lookahead(self, a: dict[str, Any], _: Any) -> None:
-        self.scheduler.set_lookahead(a["seconds"])
 
     def _run_patch_line(self, patch_command: PatchCommand) -> None:
         """A patch's timed command (parsed at load), fired inside a tick at its exact time.
@@ -810,11 +685,6 @@ class Engine:
             "model_id": self.model.model_id,
             "faults": faults.total(),  # errors caught and carried on with (faults.py)
         }
-
-
-_unhandled = sorted(n for n, spec in COMMANDS.items() if spec.journal and n not in HANDLERS)
-if _unhandled:
-    raise ImportError(f"commands without an engine handler: {', '.join(_unhandled)}")
 
 
 def _safe_count(fn: Callable[[], int]) -> int:
