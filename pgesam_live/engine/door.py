@@ -20,7 +20,6 @@ import itertools
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pgesam_live import faults
 from pgesam_live.engine.handlers import HANDLERS
+from pgesam_live.engine.names import NameChecks
 from pgesam_live.engine.scheduler import Scheduler
-from pgesam_live.errors import CommandError, PgesamError
-from pgesam_live.notes import playable_range, range_text, rendered_pitch
+from pgesam_live.engine.state import StateViews
+from pgesam_live.errors import PgesamError
+from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.patch import (
     Patch,
     PatchCommand,
-    Sequence,
     find_patch,
     load_patch,
     make_sequence,
@@ -44,7 +43,7 @@ from pgesam_live.patches.patch import (
 from pgesam_live.render.cache import AudioThreadSource, NoteKey, RenderCache
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
 from pgesam_live.vocab.sources import source
-from pgesam_live.vocab.views import FRONT_END_WORDS, Reply, answer, status_line
+from pgesam_live.vocab.views import Reply
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ BANK_STAGGER_S = 0.05  # deadline spacing of a new point's pitch bank: nearest p
 # streaming moves at 60 Hz must not flood the renderer with banks nobody will play.
 BANK_SETTLE_S = 0.12
 WAIT_FOR_RENDER_S = 1.5  # see Engine.wait_for_render_s
-SETTLE_TIMEOUT_S = 0.5  # Engine.settle: the longest a view waits for queued commands
-SETTLE_QUIET_S = 0.05  # ... and how long without an audio block before it stops waiting
 NOTE_WORDS = ("play", "note", "note_at")
 TIME_EPS_S = 1e-5  # well under a sample at any rate; larger than the journal's rounding
 
@@ -152,7 +149,7 @@ class _ResamplingSink:
         return self.pool.drop_pending(tag)
 
 
-class Engine:
+class Engine(NameChecks, StateViews):
     """The one door. See the module docstring."""
 
     def __init__(self, *, clock: Clock, voices: Sink, cache: RenderCache, renderer: Renderer,
@@ -390,156 +387,6 @@ class Engine:
         except ValueError:
             return str(p)
 
-    def _queued_immediate(self) -> list[tuple[float, int, Command, str, Any]]:
-        """The immediate commands queued and not applied yet, in the order they apply (lock
-        held): what the line checks simulate."""
-        return sorted((e for e in self._queue if e[0] == -math.inf), key=lambda e: e[1])
-
-    def _known_names(self) -> tuple[set[str], set[str]]:
-        """Point names and running sequences outside any patch, as the immediate commands
-        already queued will leave them: what a patch loaded now may name (a patch's own
-        sequences end at the swap; those of `seq` and `start` are the performer's and
-        play on)."""
-        with self._lock:
-            points = {*self.bookmarks, *self.model.named_points}
-            sequences = set(self.scheduler.live_sequences())
-            for _, _, q, _, prepared in self._queued_immediate():
-                name = str(q.args.get("name", ""))
-                if q.name == "mark":
-                    points.add(name)
-                elif q.name == "seq" and isinstance(prepared, Sequence) and \
-                        not any(prepared.pattern):
-                    sequences.discard(name)  # rests only: it ends that one
-                elif q.name in ("seq", "start"):  # (a started one is the performer's too)
-                    sequences.add(name)
-                elif q.name == "stop":
-                    sequences.discard(name)
-                elif q.name in ("hush", "panic"):
-                    sequences.clear()
-        return points, sequences
-
-    def _check_state(self, c: Command, prepared: Any = None) -> None:
-        """Check an immediate `c`'s names (points, patch sequences, running sequences) against
-        the state the immediate commands already queued will leave: `mark a` then `at a`, or
-        `seq s ...` then `stop s`, pass at once (lock held). A `seq` of rests only must name
-        a running sequence (it silences that one from its next bar)."""
-        silent_seq = c.name == "seq" and isinstance(prepared, Sequence) and \
-            not any(prepared.pattern)
-        if c.name not in ("at", "start", "stop", "mark") and not silent_seq or \
-                (c.name == "at" and "name" not in c.args):
-            return
-        sched = self.scheduler
-        current = sched.patch
-        marks = set(self.bookmarks)
-        pending = sched.pending_patch  # a load waiting for its bar (replaced by a later load)
-        pending_off: set[str] = set()  # its sequences stopped before they start
-        running = set(sched.running_sequences(include_pending=False))
-        for _, _, q, _, prepared in self._queued_immediate():
-            name = str(q.args.get("name", ""))
-            if q.name == "mark":
-                marks.add(name)
-            elif q.name == "load" and isinstance(prepared, Patch):
-                pending, pending_off = prepared, set()
-            elif q.name in ("seq", "start"):
-                running.add(name)
-            elif q.name == "stop":
-                running.discard(name)
-                pending_off.add(name)
-            elif q.name in ("hush", "panic"):  # a pending patch is installed, nothing starts
-                running.clear()
-                if pending is not None:
-                    current, pending, pending_off = pending, None, set()
-        sequences = set(current.sequences) if current is not None else set()
-        points = marks | set(self.model.named_points) | \
-            (set(current.points) if current is not None else set())
-        if pending is not None:
-            sequences |= set(pending.sequences)
-            points |= set(pending.points)
-            running |= set(pending.sequences) - pending_off
-        name = c.args["name"]
-        if c.name == "mark":
-            patch_points: dict[str, tuple[float, float]] = {}
-            for patch in (current, pending):
-                if patch is not None:
-                    patch_points.update(patch.points)
-            self._mark_clash(name, patch_points)
-            return
-        if c.name == "at" and name not in points:
-            known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
-            raise CommandError(f"no point named {name!r}; known: {known}")
-        if c.name == "start" and name not in sequences:
-            have = ", ".join(sorted(sequences)) or (
-                "no patch loaded" if current is None and pending is None else "it has none")
-            raise CommandError(f"start: no sequence {name!r} in the patch ({have})")
-        if c.name == "stop" and name not in running:
-            have = ", ".join(sorted(running)) or "none"
-            raise CommandError(f"stop: no sequence {name!r} is running (running: {have})")
-        if silent_seq and name not in running:
-            raise CommandError(f"seq {name}: rests only, and no sequence {name!r} is running: "
-                               "nothing would sound (rests only silence a running sequence "
-                               "from its next bar; give at least one note)")
-
-    def _check_pitches(self, c: Command) -> None:
-        a = c.args
-        pitches = a.get("pitches") or ([a["pitch"]] if "pitch" in a else [])
-        if c.name == "prerender":
-            # What the model renders (and answers /pgesam/ready for): notes beyond its range
-            # are played from its edge notes, which the bank holds.
-            lo, hi = self.model.pitch_range
-            for p in (a.get("low"), a.get("high")):
-                if p is not None and not lo <= p <= hi:
-                    raise CommandError(f"prerender: pitch {p} is outside the model's rendered "
-                                       f"range {lo}..{hi} (notes beyond it play its edge "
-                                       "notes re-pitched: prerender those)")
-            return
-        n_voices = self.voices.stats().get("voices", 0)
-        if c.name == "play" and n_voices and len(pitches) > n_voices:
-            raise CommandError(f"play: {len(pitches)} notes at once; the voice pool has "
-                               f"{n_voices} (more would steal each other)")
-        lo, hi = playable_range(self.model.pitch_range)
-        for p in pitches:
-            if c.name != "release" and not lo <= p <= hi:
-                raise CommandError(f"{c.name}: pitch {p} is outside what the model plays: "
-                                   f"{range_text(self.model.pitch_range)}")
-
-    def _resolve(self, c: Command) -> Any:
-        """The state-dependent part of a command: a point name's coordinates, a patch
-        sequence, a running sequence. Raises CommandError naming what exists."""
-        a = c.args
-        if c.name == "at" and "name" in a:
-            return self.resolve_point(a["name"])
-        if c.name == "start":
-            # A patch loaded but waiting for its bar first, then the playing one.
-            for patch in (self.scheduler.pending_patch, self.scheduler.patch):
-                if patch is not None and a["name"] in patch.sequences:
-                    return patch.sequences[a["name"]]
-            have = ", ".join(self.sequence_names()) or (
-                "no patch loaded" if self.scheduler.patch is None
-                and self.scheduler.pending_patch is None else "it has none")
-            raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
-        if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
-            running = ", ".join(self.scheduler.running_sequences()) or "none"
-            raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
-        return None
-
-    def resolve_point(self, name: str) -> tuple[float, float]:
-        """A point name: the patch's points (a patch means its own), a bookmark, or the
-        demo patches' named points."""
-        for table in (self._patch_points(), self.bookmarks, self.model.named_points):
-            if name in table:
-                x, y = table[name]
-                return float(x), float(y)
-        known = ", ".join(self.point_names()) or "none yet (`mark NAME` makes one)"
-        raise CommandError(f"no point named {name!r}; known: {known}")
-
-    def _patch_points(self) -> dict[str, tuple[float, float]]:
-        """The playing patch's points, and a pending one's (which win)."""
-        points: dict[str, tuple[float, float]] = {}
-        for patch in (self.scheduler.patch, self.scheduler.pending_patch):
-            if patch is not None:
-                points.update(patch.points)
-        return points
-
     # -- commands (applied in the audio hook) ----------------------------------------------
 
     def _set_point(self, x: float, y: float) -> None:
@@ -578,14 +425,6 @@ class Engine:
             return None
         return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
 
-    def _mark_clash(self, name: str, patch_points: dict[str, tuple[float, float]]) -> None:
-        """A bookmark may not take the name of the loaded patch's point (the patch's own
-        `at NAME` means its point, so the bookmark could never be reached)."""
-        if name in patch_points:
-            x, y = patch_points[name]
-            raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
-                               f"{y:+.2f}); choose another name (e.g. {name}2)")
-
     def _run_patch_line(self, patch_command: PatchCommand) -> None:
         """A patch's timed command (parsed at load), fired inside a tick at its exact time.
         Not journalled: replaying the journal's `load` fires it again."""
@@ -605,94 +444,6 @@ class Engine:
             self.message(f"{where}: `{line}`: {e}")
             self.emit({"kind": "rejected", "t": self._time_s, "src": "patch", "cmd": line,
                        "text": str(e)})
-
-    # -- read-only views ---------------------------------------------------------------------
-    def _info(self, c: Command) -> Reply:
-        """A front-end word submitted as a line: its answer (vocab/views.py) as the reply."""
-        if c.name not in FRONT_END_WORDS:
-            return Reply(False, f"{c.name} is a REPL word; it does nothing from here")
-        a = answer(self, c)
-        if c.name == "status":  # one line here; the snapshot rides along
-            return Reply(True, status_line(a.data), a.data)
-        return Reply(True, a.text)
-
-    def point_names(self) -> list[str]:
-        names = dict.fromkeys([*self.bookmarks, *self._patch_points(), *self.model.named_points])
-        return list(names)
-
-    def sequence_names(self) -> list[str]:
-        names: dict[str, None] = {}
-        for patch in (self.scheduler.pending_patch, self.scheduler.patch):
-            names.update(dict.fromkeys(patch.sequences if patch is not None else {}))
-        names.update(dict.fromkeys(self.scheduler.running_sequences()))
-        return list(names)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The state, once the immediate commands already accepted have been applied. Never
-        called in the audio hook; the figures of the cache, the renderer and the voices are
-        read outside the engine's lock, so a view never holds up an audio block for them."""
-        self.settle()
-        outside = self._outside_stats()
-        with self._lock:
-            return {**self._state_locked(), **outside}
-
-    def settle(self, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
-        """Wait until the immediate commands already accepted are applied (the next audio
-        block, normally a few ms), so that a view taken next (status, map, points) shows what
-        the lines before it did. Gives up when no block comes within SETTLE_QUIET_S (nothing
-        drives the engine: an offline bounce between its blocks) or after `timeout_s`."""
-        if threading.get_ident() == self._block_thread:
-            return  # asked from inside a block (a listener): waiting would stall the audio
-        end = time.monotonic() + timeout_s
-        with self._applied:
-            while any(e[0] == -math.inf for e in self._queue):
-                left = end - time.monotonic()
-                if left <= 0 or not self._applied.wait(min(left, SETTLE_QUIET_S)):
-                    return
-
-    def _outside_stats(self) -> dict[str, Any]:
-        """The figures other objects own (their own locks; not the engine's)."""
-        cache = self.cache.stats()
-        voices = self.voices.stats()
-        return {
-            "voices_in_use": self.voices.in_use(),
-            "voices_total": voices["voices"],
-            "cache_fill": cache.get("fill", 0.0),
-            "cache_notes": cache.get("entries", 0),
-            "renders_pending": self.renderer.pending,
-            **{name: _safe_count(fn) for name, fn in self._stats.items()},
-        }
-
-    def _state_locked(self) -> dict[str, Any]:
-        """The engine's own state (lock held)."""
-        st = self.scheduler.status()
-        x, y = self.scheduler.current_point()
-        return {
-            "time_s": round(self.clock.time_s(), 4),
-            # The tempo set last (what `tempo` asked for; it takes effect on the coming beat),
-            # and the one playing now.
-            "tempo_bpm": self.scheduler.tempo.last_bpm,
-            "tempo_now_bpm": st["tempo_bpm"],
-            "beat": round(st["beat"], 3),
-            "point": [round(x, 4), round(y, 4)],
-            "point_name": self.point_name,
-            "late_notes": st["late"],
-            "fallbacks": st["fallbacks"],
-            "lookahead_s": st["lookahead_s"],
-            "sequences": st["sequences"],
-            "patch": st["patch"],
-            "bookmarks": {k: [round(v[0], 4), round(v[1], 4)] for k, v in self.bookmarks.items()},
-            "model_id": self.model.model_id,
-            "faults": faults.total(),  # errors caught and carried on with (faults.py)
-        }
-
-
-def _safe_count(fn: Callable[[], int]) -> int:
-    try:
-        return int(fn())
-    except Exception as exc:  # a front end's counter never breaks the state
-        faults.record("engine: a front end's counter", exc)
-        return -1
 
 
 __all__ = ["COMMANDS", "Engine", "ModelInfo", "Reply"]
