@@ -61,7 +61,7 @@ def run_doctor(ns: Namespace) -> int:
         rows.append(("model", False, str(e)))
 
     # OSC port.
-    from pgesam_live.frontends.osc import osc_port_problem  # noqa: PLC0415
+    from pgesam_live.frontends.osc_server import osc_port_problem  # noqa: PLC0415
 
     problem = osc_port_problem(s.osc_host, s.osc_port)
     rows.append(("osc", problem is None, problem or f"udp {s.osc_host}:{s.osc_port} is free"))

@@ -65,7 +65,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     import threading  # noqa: PLC0415
 
     from pgesam_live.audio.server import repair_recordings  # noqa: PLC0415
-    from pgesam_live.frontends.osc import osc_port_problem  # noqa: PLC0415
+    from pgesam_live.frontends.osc_server import osc_port_problem  # noqa: PLC0415
     from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
     from pgesam_live.sessions.journal import Journal, make_header, session_path  # noqa: PLC0415
 
@@ -106,7 +106,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         audio.start()
         started = True
         threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
-        from pgesam_live.frontends.osc import OscServer  # noqa: PLC0415
+        from pgesam_live.frontends.osc_server import OscServer  # noqa: PLC0415
 
         osc = OscServer(engine, s.osc_host, s.osc_port)
         asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)

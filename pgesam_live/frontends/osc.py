@@ -3,7 +3,8 @@
 Built on asyncio's DatagramProtocol so that EVERY datagram is seen (python-osc's dispatcher
 drops unparsable ones silently): `OscCore.handle_datagram(data, addr)` is the pure core,
 parsing with pythonosc's OscPacket and answering with a list of (addr, address, args) replies;
-`OscServer` only moves bytes. Addresses come from the command table (`commands.OSC_ADDRESSES`)
+`OscServer` (osc_server.py) only moves bytes; the wire format is osc_wire.py. Addresses come
+from the command table (`commands.OSC_ADDRESSES`)
 plus the front-end ones handled here:
 
   /pgesam/cmd LINE        one REPL line (front-end words: status -> /pgesam/state,
@@ -42,11 +43,8 @@ every controller.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import itertools
 import math
-import socket
 import threading
 import time
 from collections import Counter
@@ -55,7 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import COMMANDS, Command, from_osc, parse_line
+from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
+from pgesam_live.vocab.commands import Command, from_osc, parse_line
 from pgesam_live.vocab.views import (
     FRONT_END_WORDS,
     Answer,
@@ -67,97 +66,9 @@ from pgesam_live.vocab.views import (
 Addr = tuple[str, int]
 OscReply = tuple[Addr, str, list[Any]]
 
-RECV_BUFFER_BYTES = 4 * 1024 * 1024
 OFFSET_SMOOTHING = 0.05  # weight of a new engine-minus-wall reading
 OFFSET_JUMP_S = 0.05     # a reading this far off is a jump, taken at once
 _MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
-
-
-_FIXED_SIZES = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8,
-                "T": 0, "F": 0, "N": 0, "I": 0, "[": 0, "]": 0}
-
-
-def _padded_string_end(data: bytes, start: int) -> int:
-    """End of the 4-byte padded, NUL-terminated string at `start` (ValueError if none)."""
-    nul = data.index(b"\0", start)
-    return start + ((nul - start) // 4 + 1) * 4
-
-
-def strict_problem(data: bytes) -> str | None:
-    """Why a datagram is not exactly one well-formed OSC packet, or None.
-
-    python-osc pads a short final argument with zeros (a truncated /pgesam/note 60 0.5 reads
-    as 60 0.0); the sizes are checked here first so a cut-off datagram is answered, not
-    played with made-up values."""
-    try:
-        if len(data) % 4:
-            return f"length {len(data)} is not a multiple of 4 (truncated?)"
-        if data.startswith(b"#bundle\0"):
-            pos = 16
-            if len(data) < pos:
-                return "bundle header is truncated"
-            while pos < len(data):
-                if pos + 4 > len(data):
-                    return "bundle element size is truncated"
-                size = int.from_bytes(data[pos:pos + 4], "big")
-                if size % 4 or pos + 4 + size > len(data):
-                    return f"bundle element of {size} bytes does not fit (truncated?)"
-                inner = strict_problem(data[pos + 4:pos + 4 + size])
-                if inner is not None:
-                    return inner
-                pos += 4 + size
-            return None
-        if not data.startswith(b"/"):
-            return "not an OSC message or bundle"
-        pos = _padded_string_end(data, 0)
-        if pos == len(data):
-            return None   # OSC 1.0 allows an address alone (no type tags, no arguments)
-        if data[pos:pos + 1] != b",":
-            return "no type tag string"
-        tag_end = data.index(b"\0", pos)
-        tags = data[pos + 1:tag_end].decode("ascii")
-        pos = _padded_string_end(data, pos)
-        for tag in tags:
-            if tag in _FIXED_SIZES:
-                pos += _FIXED_SIZES[tag]
-            elif tag in "sS":
-                pos = _padded_string_end(data, pos)
-            elif tag == "b":
-                size = int.from_bytes(data[pos:pos + 4], "big")
-                pos += 4 + ((size + 3) // 4) * 4
-            else:
-                return f"unknown type tag {tag!r}"
-            if pos > len(data):
-                return "arguments are truncated"
-        if pos != len(data):
-            return f"{len(data) - pos} bytes after the last argument"
-        return None
-    except (ValueError, UnicodeDecodeError):
-        return "malformed (unterminated string or bad type tags)"
-
-
-def _timed_messages(data: bytes) -> list[tuple[float | None, Any]]:
-    """(timetag as wall-clock seconds, or None for "immediately"; OscMessage) for every
-    message in a datagram, nested bundles included. Parsed here rather than with OscPacket,
-    which folds past timetags into its own clock reading."""
-    from pythonosc.osc_bundle import OscBundle
-    from pythonosc.osc_message import OscMessage
-    from pythonosc.parsing import osc_types
-
-    if not OscBundle.dgram_is_bundle(data):
-        return [(None, OscMessage(data))]
-    out: list[tuple[float | None, Any]] = []
-
-    def walk(b: Any) -> None:
-        tag = None if b.timestamp == osc_types.IMMEDIATELY else float(b.timestamp)
-        for content in b:
-            if isinstance(content, OscBundle):
-                walk(content)
-            else:
-                out.append((tag, content))
-
-    walk(OscBundle(data))
-    return out
 
 
 @dataclass
@@ -240,7 +151,7 @@ class OscCore:
             return [(addr, "/pgesam/error", ["", f"not an OSC packet: {problem}; send an OSC "
                                              "message or bundle"])]
         try:
-            timed = _timed_messages(data)
+            timed = timed_messages(data)
         except Exception as exc:  # ParseError, and anything a hostile datagram provokes
             self.stats["errors"] += 1
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -520,139 +431,3 @@ class OscCore:
             if self.controllers:  # watch the point (see _follow_point)
                 due.append(self._point_check_s + gap)
         return min(due) if due else None
-
-
-def encode_message(address: str, args: list[Any]) -> bytes:
-    """One OSC message datagram (ints as i, floats as f, strings as s)."""
-    from pythonosc.osc_message_builder import OscMessageBuilder
-
-    builder = OscMessageBuilder(address=address)
-    for a in args:
-        if isinstance(a, bool):
-            builder.add_arg(int(a), "i")
-        elif isinstance(a, int):
-            builder.add_arg(a, "i")
-        elif isinstance(a, float):
-            builder.add_arg(a, "f")
-        else:
-            builder.add_arg(str(a), "s")
-    return builder.build().dgram
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, server: OscServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.server._received(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP "port unreachable" from a controller that went away: not our problem
-        self.server.core.stats["send_errors"] += 1
-
-
-def _bind_error(host: str, port: int, exc: OSError) -> str:
-    busy = exc.errno == errno.EADDRINUSE
-    fix = ("another program has it (another instrument?): choose another with --osc-port"
-           if busy else "give --osc-host an address of this machine (127.0.0.1, 0.0.0.0 for "
-           "every interface)")
-    return f"OSC: cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}"
-
-
-def osc_port_problem(host: str, port: int) -> str | None:
-    """Why the OSC server could not listen on host:port now (None: it can), by binding and
-    closing a socket: checked before a live start writes anything."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        return _bind_error(host, port, exc)
-    finally:
-        sock.close()
-    return None
-
-
-class OscServer:
-    """`OscServer(engine, host, port)`; `await start()` on the app's loop, `close()` at exit.
-    Port 0 binds an ephemeral port (see `.port` after start)."""
-
-    def __init__(self, engine: EngineView, host: str = "127.0.0.1", port: int = 9000,
-                 **core_options: Any) -> None:
-        self.host = host
-        self.port = port
-        self.core = OscCore(engine, **core_options)
-        self.core.wake = self._wake
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def start(self) -> None:
-        from pgesam_live.errors import ConfigError
-
-        self._loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(self.host, self.port))
-        except OSError as exc:
-            raise ConfigError(_bind_error(self.host, self.port, exc)) from None
-        self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # a burst arriving while the loop is busy waits in the kernel instead of being
-            # dropped; the kernel caps the request at net.core.rmem_max
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
-            except OSError:
-                pass
-
-    @property
-    def stats(self) -> Counter[str]:
-        return self.core.stats
-
-    def _received(self, data: bytes, addr: Addr) -> None:
-        self._send(self.core.handle_datagram(data, addr))
-        self._service()
-
-    def _send(self, replies: list[OscReply]) -> None:
-        if self._transport is None:
-            return
-        for addr, address, args in replies:
-            try:
-                self._transport.sendto(encode_message(address, args), addr)
-            except Exception:  # an unencodable value or a vanished peer: count, carry on
-                self.core.stats["send_errors"] += 1
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._service)
-        except RuntimeError:   # the loop is shutting down
-            pass
-
-    def _service(self) -> None:
-        if self._transport is None:
-            return
-        self._send(self.core.poll())
-        due = self.core.next_due()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if due is not None and self._loop is not None:
-            delay_s = max(0.0, due - self.core.clock())
-            self._timer = self._loop.call_later(delay_s, self._service)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-
-
-# The table's words that OSC reaches only through /pgesam/cmd (no address of their own).
-CMD_ONLY_WORDS = sorted(n for n, s in COMMANDS.items()
-                        if s.journal and not any(f.osc for f in s.forms))

@@ -332,7 +332,8 @@ def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float
     flush 50 ms; a journalled command 10 times a second) and an OSC controller polling
     /pgesam/status 30 times a second."""
     from pgesam_live.app.build import build_live, model_info  # noqa: PLC0415
-    from pgesam_live.frontends.osc import OscCore, encode_message  # noqa: PLC0415
+    from pgesam_live.frontends.osc import OscCore
+    from pgesam_live.frontends.osc_wire import encode_message  # noqa: PLC0415
     from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
     from pgesam_live.sessions.journal import Journal, make_header  # noqa: PLC0415
 

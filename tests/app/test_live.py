@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from pythonosc.osc_message import OscMessage
 
-from pgesam_live.frontends.osc import encode_message
+from pgesam_live.frontends.osc_wire import encode_message
 from pgesam_live.model.checkpoints import save_model
 from pgesam_live.model.synth import Synth
 

@@ -17,7 +17,9 @@ from pythonosc.osc_message import OscMessage
 
 from pgesam_live.engine.door import Reply
 from pgesam_live.errors import CommandError
-from pgesam_live.frontends.osc import OscCore, OscServer, encode_message
+from pgesam_live.frontends.osc import OscCore
+from pgesam_live.frontends.osc_server import OscServer
+from pgesam_live.frontends.osc_wire import encode_message
 from pgesam_live.sessions.journal import Journal, make_header, read_journal
 from pgesam_live.vocab.commands import Command, parse_line
 from pgesam_live.vocab.views import flatten_state

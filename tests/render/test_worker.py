@@ -158,7 +158,8 @@ def test_xy_stream_at_60hz_causes_no_late_notes_of_its_own(tiny_model: Path,
                                                           tmp_path: Path) -> None:
     """A pad streaming /pgesam/xy at 60 Hz for 30 s while a patch sequence plays at its own
     point: the sequence's notes are all on time (the moves only cost speculative work)."""
-    from pgesam_live.frontends.osc import OscCore, encode_message
+    from pgesam_live.frontends.osc import OscCore
+    from pgesam_live.frontends.osc_wire import encode_message
 
     patch = tmp_path / "p.yaml"
     patch.write_text('pgesam: 1\npoints:\n  home: [0.3, -0.2]\nsequences:\n  s:\n'
