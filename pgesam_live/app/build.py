@@ -42,7 +42,8 @@ CODEC_SAMPLE_RATE = 24000  # both codecs (harmonic, EnCodec 24 kHz) render at 24
 
 def named_points(patch_dir: Path) -> dict[str, tuple[float, float]]:
     """Named points of the demo patches, so `at glass` works before any patch is loaded."""
-    from pgesam_live.patches.patch import list_patches, load_patch  # noqa: PLC0415
+    from pgesam_live.patches.files import list_patches  # noqa: PLC0415
+    from pgesam_live.patches.schema import load_patch  # noqa: PLC0415
 
     out: dict[str, tuple[float, float]] = {}
     for p in list_patches(patch_dir):

@@ -34,7 +34,8 @@ def apply_patch_settings(s: Settings, patch: Any, given_model: str | None) -> Se
 def load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[Any, Settings]:
     """A patch named on the command line, validated completely (pitches against the model
     it will play with) before anything starts; the settings with its model."""
-    from pgesam_live.patches.patch import PatchValidationError, find_patch, load_patch  # noqa: PLC0415
+    from pgesam_live.patches.files import find_patch  # noqa: PLC0415
+    from pgesam_live.patches.schema import PatchValidationError, load_patch  # noqa: PLC0415
 
     path = find_patch(patch_arg, s.patch_dir)
     try:

@@ -33,13 +33,9 @@ from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.state import StateViews
 from pgesam_live.errors import PgesamError
 from pgesam_live.notes import rendered_pitch
-from pgesam_live.patches.patch import (
-    Patch,
-    PatchCommand,
-    find_patch,
-    load_patch,
-    make_sequence,
-)
+from pgesam_live.patches.files import find_patch
+from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
+from pgesam_live.patches.schema import load_patch
 from pgesam_live.render.cache import AudioThreadSource, NoteKey, RenderCache
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
 from pgesam_live.vocab.sources import source

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.patches.patch import Patch, patch_name_errors
+from pgesam_live.patches.model import Patch
+from pgesam_live.patches.names import patch_name_errors
 from pgesam_live.vocab.commands import COMMANDS, Command
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgesam_live.errors import CommandError
 from pgesam_live.notes import playable_range, range_text
-from pgesam_live.patches.patch import Patch, Sequence
+from pgesam_live.patches.model import Patch, Sequence
 from pgesam_live.vocab.commands import Command
 
 if TYPE_CHECKING:

@@ -45,12 +45,7 @@ from pgesam_live.engine.streams import (
 from pgesam_live.engine.tempo import BEATS_PER_BAR, TempoMap
 from pgesam_live.errors import CommandError
 from pgesam_live.notes import rendered_pitch
-from pgesam_live.patches.patch import (
-    XY,
-    Patch,
-    PatchCommand,
-    Sequence,
-)
+from pgesam_live.patches.model import XY, Patch, PatchCommand, Sequence
 from pgesam_live.render.dsp import repitch
 from pgesam_live.vocab.commands import (
     LOOKAHEAD_MAX_S,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pgesam_live.patches.patch import XY, Event, Patch, PatchCommand, Sequence, timbre_at
+from pgesam_live.patches.model import XY, Event, Patch, PatchCommand, Sequence, timbre_at
 
 if TYPE_CHECKING:
     from pgesam_live.engine.scheduler import Scheduler

@@ -259,7 +259,7 @@ def _bounce_figures(path: Path, device: str, seconds: float | None, patch_path: 
 
     from pgesam_live.app.build import TAIL_S, OfflineRig  # noqa: PLC0415
     from pgesam_live.model.synth import Synth  # noqa: PLC0415
-    from pgesam_live.patches.patch import load_patch  # noqa: PLC0415
+    from pgesam_live.patches.schema import load_patch  # noqa: PLC0415
     from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
 
     patch = load_patch(patch_path)

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 from pgesam_live.app.build import OfflineRig  # noqa: E402
-from pgesam_live.patches.patch import load_patch  # noqa: E402
+from pgesam_live.patches.schema import load_patch  # noqa: E402
 from pgesam_live.settings import Settings  # noqa: E402
 
 PATCH_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "demo_patches"

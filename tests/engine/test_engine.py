@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 from pgesam_live.app.build import OfflineRig  # noqa: E402
-from pgesam_live.patches.patch import PatchValidationError, load_patch  # noqa: E402
+from pgesam_live.patches.schema import PatchValidationError, load_patch  # noqa: E402
 from pgesam_live.sessions.journal import Journal, make_header, replay_schedule  # noqa: E402
 from pgesam_live.settings import REPO_ROOT, Settings  # noqa: E402
 from tests.fakes import FakeSynth  # noqa: E402

@@ -14,7 +14,8 @@ import pytest
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.tempo import TempoMap
 from pgesam_live.errors import CommandError
-from pgesam_live.patches.patch import Patch, PatchCommand, Trajectory, make_sequence, parse_patch
+from pgesam_live.patches.model import Patch, PatchCommand, Trajectory, make_sequence
+from pgesam_live.patches.schema import parse_patch
 
 BLOCK_S = 256 / 24000
 EXACT = 1e-9
@@ -541,7 +542,7 @@ def test_tempo_map_round_trip() -> None:
 def test_demo_patches_play_through_on_the_beat_grid() -> None:
     from pathlib import Path
 
-    from pgesam_live.patches.patch import load_patch
+    from pgesam_live.patches.schema import load_patch
 
     folder = Path(__file__).resolve().parents[2] / "patches"
     for f in sorted(folder.glob("*.yaml")):

@@ -6,13 +6,12 @@ import pytest
 
 from pgesam_live.errors import CommandError, PatchError
 from pgesam_live.notes import NoteError
-from pgesam_live.patches.patch import (
+from pgesam_live.patches.files import find_patch
+from pgesam_live.patches.model import Trajectory, make_sequence
+from pgesam_live.patches.schema import (
     MAX_ERRORS_SHOWN,
     PatchValidationError,
-    Trajectory,
-    find_patch,
     load_patch,
-    make_sequence,
     parse_patch,
 )
 

@@ -1,30 +1,12 @@
-"""Patch files, format v1 (see the user contract): parse, validate completely, and return
-frozen dataclasses the scheduler plays.
-
-Validation walks the YAML node tree (``yaml.compose``) rather than the loaded dict, so every
-error can name the file, the line and the key path::
-
-    patches/x.yaml:12: sequences.arp.notes: "H4" at step 3 is not a note name (...)
-
-All errors are collected; PatchValidationError carries the whole list in ``.errors`` and its
-message shows the first few. Nothing here plays or imports audio code: a bad patch loaded
-while another plays never touches the running one.
-
-Extension to the contract: ``commands:`` is a list of REPL lines, each a string (run when the
-patch starts) or ``{at: BEAT, do: "LINE"}`` (run at that beat). The lines are kept as text:
-the engine parses them with its command table.
-
-Defaults where the contract is silent (documented for the README): a sequence's ``step`` is
-0.5 beats, ``velocity`` 0.8, ``start`` 0, ``repeat`` 1 (plays once; 0 = until stopped), and
-a sequence or event without ``timbre`` plays at the performer's current point. An event's
-``note`` may be one pitch or a list of pitches (a chord).
-"""
+"""Reading a patch file: YAML with line numbers, validated completely before anything plays;
+every error names the file, the line, the key path and what is allowed
+(`arp.notes: "H4" at step 3 is not a note name`). Unknown keys are errors."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +18,31 @@ from pgesam_live.errors import CommandError, PatchError
 from pgesam_live.notes import (
     NoteError,
     Step,
-    format_notes,
     midi_to_note,
     parse_notes,
     parse_pitch,
     playable_range,
     range_text,
+)
+from pgesam_live.patches.model import (
+    CURVES,
+    DEFAULT_REPEAT,
+    DEFAULT_STEP_BEATS,
+    DEFAULT_TEMPO_BPM,
+    DEFAULT_VELOCITY,
+    FORMAT_VERSION,
+    GATE_MAX,
+    STEP_MAX_BEATS,
+    XY,
+    Event,
+    Patch,
+    PatchCommand,
+    Sequence,
+    Timbre,
+    Trajectory,
+)
+from pgesam_live.patches.names import (
+    command_name_errors,
 )
 from pgesam_live.vocab.commands import (
     NAME_RE,
@@ -52,20 +53,7 @@ from pgesam_live.vocab.commands import (
     parse_line,
 )
 
-FORMAT_VERSION = 1
-GATE_MAX = 16.0         # gate > 1 overlaps the next step (legato pads); 16 steps is plenty
-STEP_MAX_BEATS = 64.0
 MAX_ERRORS_SHOWN = 50
-
-DEFAULT_TEMPO_BPM = 120.0
-DEFAULT_STEP_BEATS = 0.5
-DEFAULT_VELOCITY = 0.8
-DEFAULT_REPEAT = 1
-
-CURVES = ("linear", "smooth")
-_NAME_RE = NAME_RE  # the command table's: a patch's names are what commands name
-
-XY = tuple[float, float]
 
 
 class PatchValidationError(PatchError):
@@ -79,217 +67,6 @@ class PatchValidationError(PatchError):
         super().__init__(text)
         self.errors = list(errors)
 
-
-# ----------------------------------------------------------------------------- dataclasses
-
-
-def _smoothstep(t: float) -> float:
-    return t * t * (3.0 - 2.0 * t)
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """Timbre moving in musical time: ``keys`` are (beat, (x, y)) with strictly increasing
-    beats. Before the first key the point is the first key's; after the last it holds the
-    last, unless ``loop`` repeats the whole path every ``keys[-1][0]`` beats."""
-
-    name: str
-    keys: tuple[tuple[float, XY], ...]
-    curve: str = "linear"
-    loop: bool = False
-
-    @property
-    def period_beats(self) -> float:
-        return self.keys[-1][0]
-
-    def at(self, beat: float) -> XY:
-        """The (x, y) point at ``beat`` (beats from the trajectory's origin)."""
-        keys = self.keys
-        if self.loop and self.period_beats > 0:
-            beat = beat % self.period_beats
-        if beat <= keys[0][0]:
-            return keys[0][1]
-        if beat >= keys[-1][0]:
-            return keys[-1][1]
-        for (b0, p0), (b1, p1) in zip(keys, keys[1:], strict=False):
-            if b0 <= beat < b1:
-                t = (beat - b0) / (b1 - b0)
-                if self.curve == "smooth":
-                    t = _smoothstep(t)
-                return (p0[0] + (p1[0] - p0[0]) * t, p0[1] + (p1[1] - p0[1]) * t)
-        return keys[-1][1]  # not reached: the loop above covers [first, last)
-
-
-# Where a note's timbre comes from: a fixed point, a trajectory sampled at the note's onset,
-# or None for the performer's current point.
-Timbre = XY | Trajectory | None
-
-
-def timbre_at(timbre: Timbre, beat: float) -> XY | None:
-    """The point of ``timbre`` at ``beat`` (beats from the owner's origin); None = current."""
-    if timbre is None:
-        return None
-    if isinstance(timbre, Trajectory):
-        return timbre.at(beat)
-    return timbre
-
-
-@dataclass(frozen=True)
-class SeqStep:
-    """One expanded step of a sequence. ``index`` counts steps from 0 over all passes
-    (velocity lists cycle over it); ``offset_beats`` is from the sequence's origin and
-    includes ``start``; a rest has no pitches."""
-
-    index: int
-    offset_beats: float
-    pitches: Step
-    velocity: float
-    length_beats: float | None
-
-
-@dataclass(frozen=True)
-class Sequence:
-    """A repeating pattern of steps. ``pattern`` is the parsed ``notes``; ``repeat`` 0 means
-    until stopped; ``gate`` None means each note plays its full one-shot."""
-
-    name: str
-    notes: str
-    pattern: tuple[Step, ...]
-    step_beats: float = DEFAULT_STEP_BEATS
-    velocity: tuple[float, ...] = (DEFAULT_VELOCITY,)
-    gate: float | None = None
-    start_beats: float = 0.0
-    repeat: int = DEFAULT_REPEAT
-    timbre: Timbre = None
-    timbre_name: str | None = None
-
-    @property
-    def total_steps(self) -> int | None:
-        """Steps over all passes; None when it repeats until stopped."""
-        return None if self.repeat == 0 else self.repeat * len(self.pattern)
-
-    @property
-    def length_beats(self) -> float | None:
-        """Beats from the origin to the end of the last step; None = until stopped."""
-        total = self.total_steps
-        return None if total is None else self.start_beats + total * self.step_beats
-
-    def step_at(self, index: int) -> SeqStep:
-        """The step with global number ``index`` (0-based, over all passes)."""
-        length = None if self.gate is None else self.gate * self.step_beats
-        return SeqStep(
-            index=index,
-            offset_beats=self.start_beats + index * self.step_beats,
-            pitches=self.pattern[index % len(self.pattern)],
-            velocity=self.velocity[index % len(self.velocity)],
-            length_beats=length,
-        )
-
-    def steps(self, passes: int = 1) -> tuple[SeqStep, ...]:
-        """The first ``passes`` passes of the pattern, expanded (rests included)."""
-        if passes < 0:
-            raise ValueError("passes must be >= 0")
-        return tuple(self.step_at(i) for i in range(passes * len(self.pattern)))
-
-    def timbre_at(self, offset_beats: float) -> XY | None:
-        return timbre_at(self.timbre, offset_beats)
-
-
-@dataclass(frozen=True)
-class Event:
-    """A single note (or chord) at ``at_beats`` from the patch origin."""
-
-    at_beats: float
-    pitches: Step
-    velocity: float = DEFAULT_VELOCITY
-    length_beats: float | None = None
-    timbre: Timbre = None
-    timbre_name: str | None = None
-
-
-@dataclass(frozen=True)
-class PatchCommand:
-    """A REPL line from ``commands:``, parsed once at load (``command``); ``line`` is the
-    patch's own words (for messages); ``at_beats`` None = run when the patch starts."""
-
-    line: str
-    at_beats: float | None = None
-    command: Command | None = None
-
-    def parsed(self) -> Command:
-        return self.command if self.command is not None else parse_line(self.line)
-
-
-@dataclass(frozen=True)
-class Patch:
-    path: str
-    tempo_bpm: float = DEFAULT_TEMPO_BPM
-    model: str = "default"
-    seed: int = 0
-    points: Mapping[str, XY] = field(default_factory=dict)
-    trajectories: Mapping[str, Trajectory] = field(default_factory=dict)
-    sequences: Mapping[str, Sequence] = field(default_factory=dict)
-    events: tuple[Event, ...] = ()
-    commands: tuple[PatchCommand, ...] = ()
-
-    def length_beats(self) -> float | None:
-        """Beats until the last sequence step, event or timed command ends; None when a
-        sequence repeats until stopped. Looping trajectories do not count (they only colour
-        notes)."""
-        end = 0.0
-        for seq in self.sequences.values():
-            seq_end = seq.length_beats
-            if seq_end is None:
-                return None
-            end = max(end, seq_end)
-        for ev in self.events:
-            end = max(end, ev.at_beats + (ev.length_beats or 0.0))
-        for cmd in self.commands:
-            if cmd.at_beats is not None:
-                end = max(end, cmd.at_beats)
-        return end
-
-
-def make_sequence(
-    name: str,
-    notes: str,
-    step_beats: float = DEFAULT_STEP_BEATS,
-    *,
-    velocity: float | tuple[float, ...] = DEFAULT_VELOCITY,
-    gate: float | None = None,
-    start_beats: float = 0.0,
-    repeat: int = 0,
-    timbre: Timbre = None,
-    timbre_name: str | None = None,
-) -> Sequence:
-    """A Sequence from REPL-style arguments (``seq NAME "NOTES" STEP``), validated with the
-    patch rules; raises CommandError (NoteError for the notes). Repeats until stopped by
-    default, as a live ``seq`` should."""
-    if not _NAME_RE.match(name):
-        raise CommandError(f"sequence name {name!r}: use letters, digits, _ or -")
-    pattern = parse_notes(notes)
-    if not 0 < step_beats <= STEP_MAX_BEATS:
-        raise CommandError(f"step {step_beats}: use a number of beats in (0, {STEP_MAX_BEATS:g}]")
-    vels = (velocity,) if isinstance(velocity, int | float) else tuple(velocity)
-    if not vels or any(not 0.0 <= v <= 1.0 for v in vels):
-        raise CommandError(f"velocity {velocity}: use 0..1 (or a list of them)")
-    if gate is not None and not 0 < gate <= GATE_MAX:
-        raise CommandError(f"gate {gate}: use a fraction of the step in (0, {GATE_MAX:g}]")
-    if start_beats < 0:
-        raise CommandError(f"start {start_beats}: use a beat >= 0")
-    if repeat < 0:
-        raise CommandError(f"repeat {repeat}: use a count >= 0 (0 = until stopped)")
-    if isinstance(timbre, tuple) and any(abs(c) > XY_LIMIT for c in timbre):
-        raise CommandError(f"timbre {timbre}: x and y must lie in [-1.5, 1.5]")
-    return Sequence(
-        name=name, notes=format_notes(pattern), pattern=pattern, step_beats=float(step_beats),
-        velocity=tuple(float(v) for v in vels), gate=None if gate is None else float(gate),
-        start_beats=float(start_beats), repeat=int(repeat), timbre=timbre,
-        timbre_name=timbre_name,
-    )
-
-
-# ----------------------------------------------------------------------------- validation
 
 _MISSING = object()
 
@@ -364,8 +141,8 @@ class _Validator:
 
     def name(self, node: Node, key_path: str) -> str | None:
         v = self.value(node)
-        if not isinstance(v, str) or not _NAME_RE.match(v):
-            self.err(node, key_path, f"{_show(node)} is not a name (letters, digits, _ or -)")
+        if not isinstance(v, str) or not NAME_RE.match(v):
+            self.err(node, key_path, f"{_show(node)} is not a name (letters, digits, _ . or -)")
             return None
         return v
 
@@ -434,8 +211,8 @@ class _Validator:
             if allowed is not None and key not in allowed:
                 self.err(knode, sub, f"unknown key; allowed: {', '.join(allowed)}")
                 continue
-            if allowed is None and not _NAME_RE.match(key):
-                self.err(knode, sub, "is not a name (letters, digits, _ or -)")
+            if allowed is None and not NAME_RE.match(key):
+                self.err(knode, sub, "is not a name (letters, digits, _ . or -)")
                 continue
             out[key] = (knode, vnode)
         for key in required:
@@ -464,10 +241,20 @@ def _show(node: Node) -> str:
 
 _TOP_KEYS = ("pgesam", "tempo", "model", "seed", "points", "trajectories", "sequences",
              "events", "commands")
+
+
 _TRAJ_KEYS = ("keys", "curve", "loop")
+
+
 _SEQ_KEYS = ("timbre", "notes", "step", "velocity", "gate", "start", "repeat")
+
+
 _EVENT_KEYS = ("at", "note", "timbre", "velocity", "length")
+
+
 _CMD_KEYS = ("at", "do")
+
+
 _VEL_WHAT = "velocity is 0..1"
 
 
@@ -891,77 +678,6 @@ def _check_command_names(v: _Validator, commands: list[_ReadCommand], points: Co
         v.err(commands[k].node, commands[k].path, message)
 
 
-def command_name_errors(commands: list[tuple[Command, float | None]],
-                        points: Collection[str], sequences: Collection[str],
-                        known_points: Collection[str],
-                        known_sequences: Collection[str]) -> list[tuple[int, str]]:
-    """(index, message) for each of a patch's commands (in the order they run) that names
-    what will not exist when it runs: `at NAME` a point of the patch, a `mark` before it or
-    one of `known_points`; `mark NAME` not one of the patch's points; `start NAME` a sequence
-    of the patch; `stop NAME` one running then (the patch's, one of `known_sequences`, one a
-    `seq` or `start` before it started; a stop or hush before it ends them); a rests-only
-    `seq NAME` one running then (it silences that one). Lines after a `load` are not judged
-    (their names may be the other patch's)."""
-    marks = set(points) | set(known_points)
-    running = set(sequences) | set(known_sequences)
-    out: list[tuple[int, str]] = []
-    for k, (cmd, _) in enumerate(commands):
-        name = str(cmd.args.get("name", ""))
-        if cmd.name == "load":
-            break  # the names after it may be the other patch's: checked when they run
-        if cmd.name == "mark":
-            if name in points:
-                out.append((k, f"mark: {name!r} is a point of this patch; choose another "
-                               "name"))
-            marks.add(name)
-        elif cmd.name == "seq":
-            if not any(_rest_free(cmd.args.get("notes", ""))):
-                if name not in running:
-                    out.append((k, f"seq {name}: rests only, and no sequence {name!r} runs "
-                                   "then: nothing would sound (give at least one note)"))
-                running.discard(name)
-            else:
-                running.add(name)
-        elif cmd.name == "at" and "name" in cmd.args and name not in marks:
-            have = ", ".join(sorted(marks)) or "none (define it under points:)"
-            out.append((k, f"at: no point named {name!r} before this line runs; known: {have}"))
-        elif cmd.name == "start":
-            if name not in sequences:
-                have = ", ".join(sorted(sequences)) or "it defines none (under sequences:)"
-                out.append((k, f"start: no sequence {name!r} in this patch; {have}"))
-            else:
-                running.add(name)
-        elif cmd.name == "stop":
-            if name not in running:
-                have = ", ".join(sorted(running)) or "none"
-                out.append((k, f"stop: no sequence {name!r} runs when this line does; "
-                               f"running then: {have}"))
-            running.discard(name)
-        elif cmd.name in ("hush", "panic"):
-            running.clear()
-    return out
-
-
-def _rest_free(notes: str) -> list[tuple[int, ...]]:
-    """The sounding steps of a note string (an unreadable one counts as sounding: its
-    error is reported where it is read)."""
-    try:
-        return [step for step in parse_notes(notes) if step]
-    except (NoteError, ValueError):
-        return [(0,)]
-
-
-def patch_name_errors(patch: Patch, known_points: Collection[str],
-                      known_sequences: Collection[str]) -> list[str]:
-    """command_name_errors of a read patch (for a load whose names are known only when it
-    runs: a replayed or bundled one), each as `FILE: commands: "LINE": message`."""
-
-    cmds = [(c.parsed(), c.at_beats) for c in patch.commands]
-    return [f"{patch.path}: commands: \"{patch.commands[k].line}\": {message}"
-            for k, message in command_name_errors(cmds, patch.points, patch.sequences,
-                                                  known_points, known_sequences)]
-
-
 def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None,
                known_points: Collection[str] | None = None,
                known_sequences: Collection[str] = ()) -> Patch:
@@ -977,44 +693,3 @@ def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None,
         raise PatchError(f"{p}: cannot read the patch ({exc.__class__.__name__}); "
                          "is it a UTF-8 YAML file?") from None
     return parse_patch(text, str(path), pitch_range, known_points, known_sequences)
-
-
-def find_patch(name: str, folder: str | Path = "patches", confined: bool = False) -> Path:
-    """A patch by name in ``folder`` (``drift`` -> ``patches/drift.yaml``) or by path
-    (``./drift.yaml`` for one in the working directory).
-
-    confined: only a file inside ``folder`` (what OSC may load: a path from the network never
-    reads other files); anything else is refused like a missing patch."""
-    in_folder = [Path(folder) / name]
-    as_given = [Path(name)]
-    if not name.endswith((".yaml", ".yml")):
-        in_folder += [Path(folder) / (name + ".yaml"), Path(folder) / (name + ".yml")]
-        as_given += [Path(name + ".yaml")]
-    # A bare name is the patch folder's first (as a journal names it); a path with a folder
-    # in it (./x.yaml, sets/x.yaml, /abs/x.yaml) is taken as given first.
-    bare = Path(name).name == name
-    candidates = in_folder + as_given if bare else as_given + in_folder
-    if not bare and Path(name).parent.name == Path(folder).name:
-        # `patches/x.yaml` as the README writes it, typed in another working directory.
-        leaf = Path(name).name
-        candidates += [Path(folder) / leaf, Path(folder) / f"{leaf}.yaml"]
-    root = Path(folder).resolve()
-    for c in candidates:
-        if confined and not c.resolve().is_relative_to(root):
-            continue
-        if c.is_file():
-            return c
-    if not confined and Path(name).is_dir():
-        inside = ", ".join(p.name for p in list_patches(name)[:5]) or "no .yaml files"
-        raise PatchError(f"{name} is a folder: give a patch file in it ({inside})")
-    known = ", ".join(p.stem for p in list_patches(folder)) or "none"
-    where = " (over OSC only patches in that folder load)" if confined else ""
-    raise PatchError(f"no patch {name!r}; patches in {folder}/{where}: {known}")
-
-
-def list_patches(folder: str | Path = "patches") -> list[Path]:
-    """Patch files in ``folder``, sorted by name (for completion and `load`)."""
-    f = Path(folder)
-    if not f.is_dir():
-        return []
-    return sorted(p for p in f.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
