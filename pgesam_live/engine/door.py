@@ -110,8 +110,7 @@ class _Requester:
         self.cache = cache
         self.renderer = renderer
 
-    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
-        key = self.cache.key(x, y, pitch, seed)
+    def request(self, key: NoteKey, deadline_s: float) -> None:
         self.renderer.request(key, key.xq, key.yq, deadline_s, cancellable=True)
 
     def cancel(self, keys: list[Any]) -> None:

@@ -57,10 +57,11 @@ class VoiceSink(Protocol):
 
 
 class RenderRequester(Protocol):
-    """Where render requests go (the worker client). ``deadline_s`` is the engine time the
-    scheduler will need the note; the requester coalesces duplicates against its cache."""
+    """Where render requests go (the worker client). ``key`` is the note source's key (built
+    once, by the scheduler); ``deadline_s`` is the engine time the scheduler will need the
+    note; the requester coalesces duplicates against its cache."""
 
-    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None: ...
+    def request(self, key: Any, deadline_s: float) -> None: ...
 
 
 # ----------------------------------------------------------------------------- tempo map

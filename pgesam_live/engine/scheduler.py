@@ -362,7 +362,7 @@ class Scheduler:
             return
         self._requested[key] = deadline_s
         self.counters.requests += 1
-        self.requester.request(xy[0], xy[1], pitch, seed, deadline_s)
+        self.requester.request(key, deadline_s)
 
     def _request_note(self, note: Note, seed: int) -> None:
         start_s = self.tempo.beat_to_s(note.beat)

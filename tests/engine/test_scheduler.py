@@ -122,8 +122,10 @@ class FakeRequester:
         self.requests: list[tuple[float, float, float, int, int, float]] = []
         self.cancelled: list[Any] = []
 
-    def request(self, x: float, y: float, pitch: int, seed: int, deadline_s: float) -> None:
-        self.requests.append((self.clock.now_s, x, y, pitch, seed, deadline_s))
+    def request(self, key: Any, deadline_s: float) -> None:
+        # (a FakeSource Key has x, y; the real cache's NoteKey xq, yq)
+        x, y = (key.x, key.y) if isinstance(key, Key) else (key.xq, key.yq)
+        self.requests.append((self.clock.now_s, x, y, key.pitch, key.seed, deadline_s))
 
     def cancel(self, keys: list[Any]) -> None:
         self.cancelled.extend(keys)
