@@ -36,7 +36,8 @@ from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.files import find_patch
 from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
 from pgesam_live.patches.schema import load_patch
-from pgesam_live.render.cache import AudioThreadSource, NoteKey, RenderCache
+from pgesam_live.render.cache import AudioThreadSource, RenderCache
+from pgesam_live.render.keys import NoteKey
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import Reply

@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection
 
-from pgesam_live.render.cache import NoteKey
+from pgesam_live.render.keys import NoteKey
 from pgesam_live.render.messages import RenderRequest
 
 BATCH_MAX = 25  # one pitch bank per batch: the batched render is the efficient unit

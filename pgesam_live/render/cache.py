@@ -1,18 +1,17 @@
-"""The render cache: content-addressed notes, LRU by bytes, optional spill to disk.
+"""The render cache: notes by NoteKey (render/keys.py), LRU by bytes in memory, optionally
+spilled to disk (render/spill.py), with an index of cached pitches and points for the
+scheduler's fallbacks.
 
-A note is addressed by what made it: the model (its content hash), the codec, the timbre
-point quantised to a grid, the pitch and the render seed (``NoteKey``). The scheduler and the
-audio thread read it; the worker's result thread writes it. One lock guards the dictionaries
-only; decoding, copying and disk I/O happen outside it, so a reader never waits on a render or
-on another thread's file write.
+The scheduler reads it (on the audio thread: memory only, `AudioThreadSource`; a note only on
+disk is read by the cache's loader thread, asked for ahead by the worker client's `prefetch`);
+the worker client's result thread writes it. One lock guards the dictionaries only; copying
+and disk I/O happen outside it, so a reader never waits on a render or a file.
 
-Spill (optional): every note put is also written to ``<spill_root>/<model_id>/`` as a .npy
-file (atomically: a temporary file, then ``os.replace``), so a restart starts warm. At start
-the folder is indexed by file name (cheap); a note that is on disk but not in memory is loaded
-on its first ``get`` (a fraction of a millisecond for a few-second note), or ahead of time with
-``warm()``. A file that does not load as mono float audio is removed and counted in
-``corrupt``, never a crash. ``spill_dir``: None = no spill, ``"default"`` = the user's cache
-folder (``$XDG_CACHE_HOME`` or ``~/.cache``)/pgesam-live/notes, or a folder of your choice.
+Spill (optional): every note put is also written to ``<spill_root>/<model_id>/`` so a restart
+starts warm; at start the folder is indexed by file name; ``warm()`` loads ahead. A file that
+does not load as mono float audio is removed and counted in ``corrupt``, never a crash.
+``spill_dir``: None = no spill, ``"default"`` = the user's cache folder
+(``$XDG_CACHE_HOME`` or ``~/.cache``)/pgesam-live/notes, or a folder of your choice.
 
 This module does not import pyo (the worker and tests use it without audio).
 """
@@ -22,18 +21,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pgesam_live.errors import ConfigError
 from pgesam_live.files import user_cache_dir
+from pgesam_live.render.keys import NoteKey, quantise, safe_name
+from pgesam_live.render.spill import SpillDir, read_npy
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +39,9 @@ DEFAULT_GRID = 0.02
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_DISK_BYTES = 2 * 1024 * 1024 * 1024
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_NAME = re.compile(
-    r"^(?P<codec>[A-Za-z0-9._-]+)_x(?P<x>[+-]\d+\.\d+)_y(?P<y>[+-]\d+\.\d+)"
-    r"_p(?P<pitch>-?\d+)_s(?P<seed>-?\d+)\.npy$"
-)
-
-
-def _safe(name: str) -> str:
-    return _SAFE.sub("-", name) or "-"
-
-
 def default_spill_root() -> Path:
     """The user's cache folder for notes: $XDG_CACHE_HOME or ~/.cache, /pgesam-live/notes."""
     return user_cache_dir() / "notes"
-
-
-def quantise(value: float, grid: float) -> float:
-    """value rounded to a multiple of grid; exact to 1e-9 so equal points give equal keys."""
-    return round(round(float(value) / grid) * grid, 9) + 0.0  # + 0.0: no -0.0 in keys
-
-
-@dataclass(frozen=True)
-class NoteKey:
-    """What a note is made of. xq, yq are the quantised point the worker should render."""
-
-    model_id: str
-    codec: str
-    xq: float
-    yq: float
-    pitch: int
-    seed: int
-
-    def file_name(self) -> str:
-        return (f"{_safe(self.codec)}_x{self.xq:+.9f}_y{self.yq:+.9f}"
-                f"_p{self.pitch}_s{self.seed}.npy")
 
 
 class RenderCache:
@@ -108,17 +74,15 @@ class RenderCache:
         # point -> pitches and pitch -> points, over memory and disk, for the fallbacks
         self._pitches: dict[tuple[str, str, float, float, int], set[int]] = {}
         self._points: dict[tuple[str, str, int, int], set[tuple[float, float]]] = {}
-        # The disk read of a spilled note (a slow-disk double replaces it in the bench).
-        self.read_file: Callable[[Path], np.ndarray] = _read_npy
         # Spilled notes asked for by the audio thread are read here, on a thread of their own.
         self._loads: queue.SimpleQueue[NoteKey | None] = queue.SimpleQueue()
         self._loading: set[NoteKey] = set()
         self._loader: threading.Thread | None = None
         self.background_loads = 0
-        self.spill_path: Path | None = None
+        self._spill: SpillDir | None = None
         if spill_dir is not None:
             root = default_spill_root() if str(spill_dir) == "default" else Path(spill_dir)
-            self.spill_path = root / _safe(model_id)
+            self._spill = SpillDir(root / safe_name(model_id), model_id, codec)
             self._index_disk()
 
     # ------------------------------------------------------------------ keys
@@ -255,9 +219,9 @@ class RenderCache:
         with self._lock:
             self._insert_mem(key, x)
             self._index_add(key)
-            need_file = self.spill_path is not None and key not in self._disk
+            need_file = self._spill is not None and key not in self._disk
         if need_file:
-            self._spill(key, x)
+            self._spill_note(key, x)
 
     def count_late(self, n: int = 1) -> None:
         with self._lock:
@@ -353,36 +317,29 @@ class RenderCache:
         self._bytes -= audio.nbytes
         self._index_remove_if_gone(key)
 
-    # ------------------------------------------------------------------ disk
-    def _file(self, key: NoteKey) -> Path:
-        assert self.spill_path is not None
-        return self.spill_path / key.file_name()
+    # ------------------------------------------------------------------ disk (render/spill.py)
+    @property
+    def spill_path(self) -> Path | None:
+        return self._spill.path if self._spill is not None else None
+
+    @property
+    def read_file(self) -> Callable[[Path], np.ndarray]:
+        """The disk read of a spilled note (a slow-disk double replaces it)."""
+        return self._spill.read_file if self._spill is not None else read_npy
+
+    @read_file.setter
+    def read_file(self, fn: Callable[[Path], np.ndarray]) -> None:
+        if self._spill is not None:
+            self._spill.read_file = fn
 
     def _index_disk(self) -> None:
-        assert self.spill_path is not None
+        assert self._spill is not None
         try:
-            self.spill_path.mkdir(parents=True, exist_ok=True)
-            entries = list(os.scandir(self.spill_path))
+            found = self._spill.scan()
         except OSError as e:
-            log.warning("note cache: cannot use %s (%s): spill off", self.spill_path, e)
-            self.spill_path = None
+            log.warning("note cache: cannot use %s (%s): spill off", self._spill.path, e)
+            self._spill = None
             return
-        found: list[tuple[float, NoteKey, int]] = []
-        for ent in entries:
-            if ent.name.startswith(".tmp-"):  # a write cut off by a crash
-                self._remove(Path(ent.path))
-                continue
-            m = _NAME.match(ent.name)
-            if m is None or m["codec"] != _safe(self.codec):
-                continue
-            try:
-                st = ent.stat()
-            except OSError:
-                continue
-            key = NoteKey(self.model_id, self.codec, float(m["x"]) + 0.0, float(m["y"]) + 0.0,
-                          int(m["pitch"]), int(m["seed"]))
-            found.append((st.st_mtime, key, st.st_size))
-        found.sort(key=lambda f: f[0])  # oldest first = least recently used first
         with self._lock:
             for _, key, size in found:
                 self._disk[key] = size
@@ -391,22 +348,18 @@ class RenderCache:
         self._trim_disk()
 
     def _load(self, key: NoteKey) -> np.ndarray | None:
-        if self.spill_path is None:
+        spill = self._spill
+        if spill is None:
             return None
-        path = self._file(key)
         try:
-            audio = self.read_file(path)
-            if audio.dtype != np.float32 or audio.ndim != 1 or len(audio) == 0:
-                raise ValueError(f"not mono float32 audio ({audio.dtype}, {audio.shape})")
+            return spill.read(key)
         except Exception as e:  # truncated, garbage, wrong content: drop it, never crash
-            log.warning("note cache: removing unreadable %s (%s)", path.name, e)
+            log.warning("note cache: removing unreadable %s (%s)", key.file_name(), e)
             self._forget_disk(key)
-            self._remove(path)
+            spill.remove(key)
             with self._lock:
                 self.corrupt += 1
             return None
-        audio.setflags(write=False)
-        return audio
 
     def _fetch_quiet(self, key: NoteKey, block: bool = True) -> np.ndarray | None:
         with self._lock:
@@ -425,21 +378,10 @@ class RenderCache:
                 self._insert_mem(key, audio)
         return audio
 
-    def _spill(self, key: NoteKey, audio: np.ndarray) -> None:
-        assert self.spill_path is not None
-        path = self._file(key)
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.spill_path)
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, audio, allow_pickle=False)
-            os.replace(tmp, path)
-            tmp = None
-            size = path.stat().st_size
-        except OSError as e:
-            log.warning("note cache: cannot spill %s (%s)", path.name, e)
-            if tmp is not None:
-                self._remove(Path(tmp))
+    def _spill_note(self, key: NoteKey, audio: np.ndarray) -> None:
+        assert self._spill is not None
+        size = self._spill.write(key, audio)
+        if size is None:
             return
         with self._lock:
             if key in self._disk:
@@ -459,22 +401,12 @@ class RenderCache:
     def _trim_disk(self) -> None:
         while True:
             with self._lock:
-                if self._disk_bytes <= self.max_disk_bytes or not self._disk:
+                if self._disk_bytes <= self.max_disk_bytes or not self._disk or \
+                        self._spill is None:
                     return
                 victim = next(iter(self._disk))
             self._forget_disk(victim)
-            self._remove(self._file(victim))
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+            self._spill.remove(victim)
 
 
 class AudioThreadSource:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.render.batcher import BATCH_MAX
-from pgesam_live.render.cache import NoteKey, RenderCache
+from pgesam_live.render.cache import RenderCache
+from pgesam_live.render.keys import NoteKey
 from pgesam_live.render.messages import (
     Cancel,
     Failed,

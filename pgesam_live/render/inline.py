@@ -13,8 +13,9 @@ import numpy as np
 
 from pgesam_live.errors import PgesamError
 from pgesam_live.render.batcher import Batcher
-from pgesam_live.render.cache import NoteKey, RenderCache
+from pgesam_live.render.cache import RenderCache
 from pgesam_live.render.dsp import normalise_peak
+from pgesam_live.render.keys import NoteKey
 from pgesam_live.render.messages import RenderRequest
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pgesam_live.render.cache import NoteKey
+from pgesam_live.render.keys import NoteKey
 
 
 @dataclass(frozen=True, order=True)

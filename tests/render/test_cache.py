@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from pgesam_live.errors import ConfigError
-from pgesam_live.render.cache import NoteKey, RenderCache, default_spill_root, quantise
+from pgesam_live.render.cache import RenderCache, default_spill_root
 from pgesam_live.render.dsp import repitch
+from pgesam_live.render.keys import NoteKey, quantise
 
 SR = 24000
 
