@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgesam_live.errors import CommandError
+from pgesam_live.frontends.osc_ready import ReadyTracker
 from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
 from pgesam_live.vocab.commands import Command, from_osc, parse_line
 from pgesam_live.vocab.views import (
@@ -75,21 +76,6 @@ _MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
 class _Controller:
     last_push_s: float = -math.inf
     pending: dict[str, Any] | None = None
-
-
-@dataclass
-class _ReadyRequest:
-    addr: Addr
-    x: float
-    y: float
-    low: int | None
-    high: int | None
-    expires_s: float
-    answered: set[int] = field(default_factory=set)  # one /pgesam/ready per note
-
-    def done(self) -> bool:
-        return self.low is not None and self.high is not None and \
-            len(self.answered) >= self.high - self.low + 1
 
 
 @dataclass
@@ -121,7 +107,7 @@ class OscCore:
         self.controllers: dict[Addr, _Controller] = {}
         self._pending_move: _PendingMove | None = None
         self._last_move_s = -math.inf
-        self._ready: list[_ReadyRequest] = []
+        self._ready = ReadyTracker(self.ready_tolerance, self.ready_ttl_s)
         self._outbox: list[OscReply] = []
         # command line -> senders of that line not yet applied (oldest first): the engine's
         # "command" event names the line, and the "state" event that follows it on the same
@@ -297,14 +283,12 @@ class OscCore:
         return []
 
     def _remember_ready(self, addr: Addr, cmd: Command) -> None:
+        low, high = cmd.args.get("low"), cmd.args.get("high")
+        if low is None or high is None:  # the whole range: the model's
+            low, high = (int(p) for p in self.engine.model.pitch_range)
         with self._lock:
-            now = self.clock()
-            self._ready = [r for r in self._ready if r.expires_s > now][-255:]
-            low, high = cmd.args.get("low"), cmd.args.get("high")
-            if low is None:  # the whole range: the model's
-                low, high = (int(p) for p in self.engine.model.pitch_range)
-            self._ready.append(_ReadyRequest(addr, cmd.args["x"], cmd.args["y"], low, high,
-                                             now + self.ready_ttl_s))
+            self._ready.remember(addr, cmd.args["x"], cmd.args["y"], int(low), int(high),
+                                 self.clock())
 
     # ---------------------------------------------------------------- engine events
 
@@ -341,15 +325,9 @@ class OscCore:
             except (KeyError, TypeError, ValueError):
                 return
             with self._lock:
-                for r in self._ready:
-                    if abs(r.x - x) <= self.ready_tolerance and \
-                            abs(r.y - y) <= self.ready_tolerance and \
-                            (r.low is None or r.low <= pitch) and \
-                            (r.high is None or pitch <= r.high) and pitch not in r.answered:
-                        r.answered.add(pitch)
-                        self._outbox.append((r.addr, "/pgesam/ready", [r.x, r.y, pitch]))
-                        woke = True
-                self._ready = [r for r in self._ready if not r.done()]
+                for to, args in self._ready.cached(x, y, pitch):
+                    self._outbox.append((to, "/pgesam/ready", args))
+                    woke = True
         if woke and self.wake is not None:
             self.wake()
 
