@@ -21,13 +21,8 @@ from typing import Any, TextIO
 
 from pgesam_live import faults
 from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import (
-    COMMANDS,
-    Command,
-    CompletionContext,
-    complete,
-    parse_line,
-)
+from pgesam_live.vocab.commands import COMMANDS, Command, parse_line
+from pgesam_live.vocab.completion import CompletionContext, complete
 from pgesam_live.vocab.views import EngineView, answer, status_line, status_text
 
 __all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_line",

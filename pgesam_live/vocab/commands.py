@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import note_names, note_to_midi, parse_notes, playable_range
+from pgesam_live.notes import note_to_midi, parse_notes
 
 # --------------------------------------------------------------------------------------------
 # the limits: the one source every layer reads (the scheduler, patches, settings)
@@ -51,26 +51,6 @@ LOOKAHEAD_MAX_S = 5.0
 NAME_MAX_CHARS = 64
 # A name (point, sequence, trajectory, bookmark): a letter or _, then letters, digits, _ . -
 NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
-_NAME_RE = NAME_RE
-
-
-def is_name(text: str) -> bool:
-    """A valid point, sequence, trajectory or bookmark name (the patch format's too)."""
-    return bool(NAME_RE.match(text))
-
-
-# --------------------------------------------------------------------------------------------
-# note names
-
-
-COMPLETION_PITCHES = (12, 119)  # C0..B8
-
-
-def completion_note_names(low: int = COMPLETION_PITCHES[0],
-                          high: int = COMPLETION_PITCHES[1]) -> list[str]:
-    """Completion candidates for pitches: naturals, sharps and flats (notes.note_names)."""
-    return note_names(max(low, COMPLETION_PITCHES[0]), min(high, COMPLETION_PITCHES[1]),
-                      both=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +337,7 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
     if not isinstance(raw, str):
         raise CommandError(f"{where}: {a.name} must be a string, got {type(raw).__name__}")
     if a.kind in _NAME_KINDS:
-        if not _NAME_RE.match(raw):
+        if not NAME_RE.match(raw):
             raise CommandError(f"{where}: {a.name} {raw!r} is not a name (letters, digits, _ . -;"
                                " starting with a letter)")
         if a.kind == "command" and raw not in COMMANDS:
@@ -562,7 +542,7 @@ def osc_usage(address: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# help and completion
+# help
 
 
 def help_text(name: str | None = None) -> str:
@@ -601,74 +581,3 @@ def help_text(name: str | None = None) -> str:
 # What /pgesam/cmd answers for the front-end words (see osc.py).
 _CMD_REPLIES = {"status": "/pgesam/state", "help": "/pgesam/help", "map": "/pgesam/map",
                 "points": "/pgesam/points", "seqs": "/pgesam/seqs"}
-
-
-@dataclass(frozen=True)
-class CompletionContext:
-    """What the completer may offer besides the table's own words."""
-
-    point_names: Sequence[str] = ()
-    sequence_names: Sequence[str] = ()
-    patch_files: Sequence[str] = ()
-    pitch_range: tuple[int, int] | None = None  # the model's: only playable notes offered
-
-
-def candidates_for_kind(kind: str, ctx: CompletionContext) -> list[str]:
-    if kind == "pitch":
-        if ctx.pitch_range is None:
-            return completion_note_names()
-        return completion_note_names(*playable_range(ctx.pitch_range))
-    if kind == "point":
-        return list(ctx.point_names)
-    if kind == "seq":
-        return list(ctx.sequence_names)
-    if kind == "patch":
-        return list(ctx.patch_files)
-    if kind == "command":
-        return list(COMMANDS)
-    return []
-
-
-def complete(before_cursor: str, ctx: CompletionContext) -> tuple[str, list[str]]:
-    """(word being typed, candidate words) for the text left of the cursor.
-
-    Context-aware by position from the table: the first word is a command, later words take
-    the kinds of the arguments at that position (all forms), and `vel`/`len` keywords are
-    offered where the form has them."""
-    if before_cursor.count('"') % 2 or before_cursor.count("'") % 2:
-        return "", []  # inside a quoted note string: nothing sensible to offer
-    words = before_cursor.split()
-    if before_cursor and not before_cursor[-1].isspace() and words:
-        prefix = words.pop()
-    else:
-        prefix = ""
-    try:
-        done = shlex.split(" ".join(words))
-    except ValueError:
-        return prefix, []
-    if not done:
-        return prefix, [c for c in COMMANDS if c.startswith(prefix.lower())]
-    spec = COMMANDS.get(done[0].lower())
-    if spec is None:
-        return prefix, []
-    rest = done[1:]
-    out: list[str] = []
-    for form in spec.forms:
-        kw = form.keywords
-        if rest and rest[-1] in kw:
-            continue  # a keyword's value: a number, nothing to list
-        n_pos = sum(1 for i, t in enumerate(rest) if t not in kw and not (i and rest[i - 1] in kw))
-        pos = form.positionals
-        kinds: list[str] = []
-        if n_pos < len(pos):
-            kinds.append(pos[n_pos].kind)
-        elif pos and pos[-1].variadic:
-            kinds.append(pos[-1].kind)
-        if kw and n_pos >= 1 and (n_pos >= len(pos) or pos[-1].variadic):
-            out.extend(w for w in kw if w not in rest)
-        for kind in kinds:
-            out.extend(candidates_for_kind(kind, ctx))
-    seen: set[str] = set()
-    unique = [c for c in out if not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
-    low = prefix.lower()
-    return prefix, [c for c in unique if c.lower().startswith(low)]

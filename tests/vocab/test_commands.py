@@ -11,13 +11,12 @@ from pgesam_live.vocab.commands import (
     COMMANDS,
     OSC_ADDRESSES,
     Command,
-    CompletionContext,
-    complete,
     from_osc,
     help_text,
     parse_line,
     validate,
 )
+from pgesam_live.vocab.completion import CompletionContext, complete
 
 GOOD_LINES = [
     "at 0.4 -0.3",
