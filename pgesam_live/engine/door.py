@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pgesam_live import faults
 from pgesam_live.engine.handlers import HANDLERS
 from pgesam_live.engine.names import NameChecks
 from pgesam_live.engine.scheduler import Scheduler
@@ -209,8 +210,8 @@ class Engine(NameChecks, StateViews):
         for fn in self._listeners:
             try:
                 fn(event)
-            except Exception:  # a broken listener never stops the engine
-                log.exception("listener %r failed", fn)
+            except Exception as exc:  # a broken listener never stops the engine
+                faults.record(f"engine: listener {getattr(fn, '__qualname__', fn)!s}", exc)
 
     def message(self, text: str) -> None:
         """An engine message for the performer (the REPL prints it above the prompt)."""
