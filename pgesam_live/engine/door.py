@@ -121,22 +121,42 @@ class _Requester:
 
 
 class _ResamplingSink:
-    """Voice pool at another rate than the model's: resample each note once (memoised)."""
+    """Voice pool at another rate than the model's: each note resampled once (memoised), in
+    the thread that cached it (`warm`: the renderer's result thread, the cache's loader), so
+    the audio hook only looks it up; a note made in the hook (a re-pitched fallback) is
+    resampled there."""
+
+    MEMO_MAX = 512
 
     def __init__(self, pool: Sink, from_sr: int, to_sr: int) -> None:
         from pgesam_live.render.dsp import resample  # noqa: PLC0415
 
         self.pool, self.from_sr, self.to_sr, self._resample = pool, from_sr, to_sr, resample
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.resampled_in_hook = 0
+
+    def _remember(self, samples: np.ndarray, out: np.ndarray) -> None:
+        with self._lock:
+            if len(self._memo) > self.MEMO_MAX:
+                self._memo.clear()
+            self._memo[id(samples)] = (samples, out)
+
+    def warm(self, samples: np.ndarray) -> None:
+        """Resample a cached note ahead of its play (any thread but the audio one)."""
+        with self._lock:
+            hit = self._memo.get(id(samples))
+        if hit is None or hit[0] is not samples:
+            self._remember(samples, self._resample(samples, self.from_sr, self.to_sr))
 
     def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
              length_s: float | None, tag: Hashable | None = None) -> None:
-        hit = self._memo.get(id(samples))
+        with self._lock:
+            hit = self._memo.get(id(samples))
         if hit is None or hit[0] is not samples:
-            if len(self._memo) > 512:
-                self._memo.clear()
+            self.resampled_in_hook += 1
             hit = (samples, self._resample(samples, self.from_sr, self.to_sr))
-            self._memo[id(samples)] = hit
+            self._remember(samples, hit[1])
         self.pool.play(hit[1], start_s, velocity, pan, length_s, tag)
 
     def release(self, tag: Hashable, at_s: float | None = None) -> None:
@@ -162,8 +182,11 @@ class Engine(NameChecks, StateViews):
         self.model_points = [(p["x"], p["y"], p.get("family", "")) for p in
                              model.training_points]
         sink: Any = voices
+        self._resampler: _ResamplingSink | None = None
         if out_sample_rate and out_sample_rate != model.sample_rate:
-            sink = _ResamplingSink(voices, model.sample_rate, out_sample_rate)
+            sink = self._resampler = _ResamplingSink(voices, model.sample_rate,
+                                                     out_sample_rate)
+            cache.on_loaded = self._warm_note  # a spilled note read back: resampled there
         # Live, the scheduler reads notes from memory only (a spilled one is read by the
         # cache's loader thread); offline, a source that renders on demand is given.
         self.scheduler = Scheduler(sink, source if source is not None else AudioThreadSource(cache),
@@ -218,8 +241,16 @@ class Engine(NameChecks, StateViews):
         self.emit({"kind": "message", "text": text})
 
     def note_ready(self, key: NoteKey) -> None:
-        """Called by the renderer when a note is cached."""
+        """Called by the renderer when a note is cached (in its result thread)."""
+        self._warm_note(key)
         self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
+
+    def _warm_note(self, key: NoteKey) -> None:
+        """At another output rate: resample a newly cached note here, not in the hook."""
+        if self._resampler is not None:
+            audio = self.cache.peek(key)
+            if audio is not None:
+                self._resampler.warm(audio)
 
     # -- the door ---------------------------------------------------------------------------
     def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,

@@ -79,6 +79,7 @@ class RenderCache:
         self._loading: set[NoteKey] = set()
         self._loader: threading.Thread | None = None
         self.background_loads = 0
+        self.on_loaded: Callable[[NoteKey], None] | None = None  # (the loader thread)
         self._spill: SpillDir | None = None
         if spill_dir is not None:
             root = default_spill_root() if str(spill_dir) == "default" else Path(spill_dir)
@@ -161,6 +162,8 @@ class RenderCache:
                 self._fetch_quiet(key)
                 with self._lock:
                     self.background_loads += 1
+                if self.on_loaded is not None:
+                    self.on_loaded(key)
             except Exception:  # the loader lives on: logged, counted as corrupt
                 log.exception("note cache: loading %s failed", key)
                 with self._lock:

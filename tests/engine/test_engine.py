@@ -665,3 +665,21 @@ def test_a_timed_moves_state_event_carries_the_point_it_moves_to() -> None:
     rig.run_until(1.0)
     assert states and states[-1] == pytest.approx([0.3, -0.3])
     rig.close()
+
+
+def test_at_another_output_rate_a_cached_note_is_resampled_before_it_plays() -> None:
+    """--sample-rate 48000 on a 24 kHz model: a note is resampled when it is cached (the
+    renderer's thread calls note_ready), not in the audio hook when it plays."""
+    rig = make_rig(sample_rate=48000)
+    e = rig.engine
+    assert rig.audio.sample_rate == 48000 and e._resampler is not None
+    key = rig.cache.key(0.2, 0.1, 60, e.scheduler.seed)
+    note = FakeSynth(SR).render(np.array([[0.2, 0.1]], np.float32), np.array([60]))[0]
+    rig.cache.put(key, note)
+    e.note_ready(key)
+    assert e.submit("at 0.2 0.1").ok and e.submit("note 60").ok
+    rig.run_until(0.5)
+    out = rig.audio.render_to_array()
+    assert first_nonzero(out) >= 0
+    assert e._resampler.resampled_in_hook == 0
+    rig.close()
