@@ -9,7 +9,7 @@ time it plays), so a replay needs no guessing. A journal cut off by a crash mid-
 to its last whole line.
 
 `Journal` is an engine listener (`engine.add_listener(journal)`); `read_journal` and
-`replay_schedule` give the replay (live or offline, wired in app.py) its commands in order.
+`replay_schedule` give the replay (live or offline: sessions/replay.py, wired in app/) its commands in order.
 """
 
 from __future__ import annotations

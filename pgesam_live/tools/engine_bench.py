@@ -1,6 +1,6 @@
 """The live engine's benchmark figures (issue 4), merged into `pgesam-live bench`.
 
-Everything is measured through the real engine (core.Engine, scheduler, voice pool, pyo),
+Everything is measured through the real engine (engine.door.Engine, scheduler, voice pool, pyo),
 in one process, one pyo server at a time:
 
 - ``trigger_latency_ms`` (mean), ``trigger_latency_p95_ms``, ``trigger_latency_max_ms``: a
@@ -121,8 +121,8 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
 
 # ------------------------------------------------------------------------------ live rig
 class _LiveRig:
-    """The live wiring of app._run_live without journal or front ends: a real-time pyo clock
-    (`none` backend), the voice pool, an in-memory cache, the real worker process."""
+    """The live wiring (app/build.py build_live) without journal or front ends: a real-time
+    pyo clock (`none` backend), the voice pool, an in-memory cache, the real worker process."""
 
     def __init__(self, path: Path, device: str, s: Settings) -> None:
         from pgesam_live.app.build import build_live, model_info  # noqa: PLC0415

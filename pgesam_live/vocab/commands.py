@@ -578,6 +578,6 @@ def help_text(name: str | None = None) -> str:
     return "\n".join(lines)
 
 
-# What /pgesam/cmd answers for the front-end words (see osc.py).
+# What /pgesam/cmd answers for the front-end words (see frontends/osc.py).
 _CMD_REPLIES = {"status": "/pgesam/state", "help": "/pgesam/help", "map": "/pgesam/map",
                 "points": "/pgesam/points", "seqs": "/pgesam/seqs"}

@@ -29,8 +29,8 @@ B = ("127.0.0.1", 50002)
 
 
 class FakeEngine:
-    """core.Engine's API: validates by parsing, records what it was given, and on applying a
-    command emits "command" then "state" events. deferred=True mimics core.Engine: submit()
+    """engine.door.Engine's API: validates by parsing, records what it was given, and on applying a
+    command emits "command" then "state" events. deferred=True mimics engine.door.Engine: submit()
     queues, and apply_pending() (the audio thread, in the loopback tests) applies."""
 
     def __init__(self, deferred: bool = False) -> None:
@@ -71,7 +71,7 @@ class FakeEngine:
             self.apply(cmd, src, at_s, tag)
 
     def apply(self, cmd: Command, src: str, at_s: float | None, tag: Any = None) -> None:
-        # As core.Engine: the state changes and its events go out under the engine's lock,
+        # As engine.door.Engine: the state changes and its events go out under the engine's lock,
         # so a snapshot never sees a change before its "state" event.
         with self.lock:
             self._apply_locked(cmd, src, at_s, tag)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeEngine:
-    """Implements the front-end part of core.Engine's API and records what it is given."""
+    """Implements the front-end part of engine.door.Engine's API and records what it is given."""
 
     def __init__(self, patch_dir: Path | None = None) -> None:
         self.patch_dir = patch_dir or ROOT / "patches"
@@ -67,7 +67,7 @@ class FakeEngine:
         self.submitted.append((src, cmd.to_line(), at_s))
         for fn in self.listeners:
             fn({"kind": "command", "t": 0.0, "src": src, "cmd": cmd.to_line()})
-        return Reply(True, cmd.to_line())  # as core.Engine: the canonical line
+        return Reply(True, cmd.to_line())  # as engine.door.Engine: the canonical line
 
     def emit(self, event: dict[str, Any]) -> None:
         for fn in self.listeners:
