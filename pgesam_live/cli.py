@@ -43,15 +43,20 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
     are accepted everywhere, so one option list serves a whole script; an offline command
     (`audio` False) does not use them."""
     unused = "" if audio else " (not used by this command: it renders offline)"
-    p.add_argument("--model", default="default",
+    # Defaults are None: a value not given on the command line leaves the patch's, the
+    # environment's (PGESAM_*) or the settings' default in place (settings.py).
+    p.add_argument("--model", default=None,
                    help="checkpoint name or path (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the model runs (auto prefers CUDA)")
-    p.add_argument("--audio", default="auto",
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default auto: prefers CUDA)")
+    p.add_argument("--audio", default=None,
                    choices=["auto", "portaudio", "jack", "record", "none"],
-                   help="audio backend (auto: a real device, else record to sessions/)" + unused)
-    p.add_argument("--osc-host", default="127.0.0.1", help="OSC bind address" + unused)
-    p.add_argument("--osc-port", type=_port, default=9000, help="OSC UDP port" + unused)
+                   help="audio backend (default auto: a real device, else record to "
+                        "sessions/)" + unused)
+    p.add_argument("--osc-host", default=None,
+                   help="OSC bind address (default 127.0.0.1)" + unused)
+    p.add_argument("--osc-port", type=_port, default=None,
+                   help="OSC UDP port (default 9000)" + unused)
     p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port" + unused)
     p.add_argument("--sample-rate", type=_sample_rate, default=None,
                    help="output sample rate in Hz (the model renders at its own and is "
@@ -69,20 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repl", action="store_true",
                    help="no prompt: run until interrupted (OSC / MIDI only)")
     p.add_argument("--lookahead", type=float, default=None, help="look-ahead in seconds")
-    p.set_defaults(func="pgesam_live.app:run_play")
+    p.set_defaults(func="pgesam_live.app.live:run_play")
 
     p = sub.add_parser("render", help="offline bounce of a patch")
     p.add_argument("patch")
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=None)
     _add_common(p)
-    p.set_defaults(func="pgesam_live.app:run_render")
+    p.set_defaults(func="pgesam_live.app.offline:run_render")
 
     p = sub.add_parser("replay", help="replay a session journal live, or offline with --out")
     p.add_argument("session")
     p.add_argument("--out", default=None)
     _add_common(p, audio=True)
-    p.set_defaults(func="pgesam_live.app:run_replay")
+    p.set_defaults(func="pgesam_live.app.offline:run_replay")
 
     p = sub.add_parser("note", help="render one note")
     p.add_argument("x", type=float)
@@ -92,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--velocity", type=float, default=0.8)
     p.add_argument("--seed", type=_seed, default=0)
     _add_common(p)
-    p.set_defaults(func="pgesam_live.app:run_note")
+    p.set_defaults(func="pgesam_live.app.offline:run_note")
 
     p = sub.add_parser("map", help="picture of the timbre map")
     p.add_argument("--out", required=True)
     _add_common(p)
-    p.set_defaults(func="pgesam_live.mapplot:run_map")
+    p.set_defaults(func="pgesam_live.tools.mapplot:run_map")
 
     p = sub.add_parser("dataset", help="build an NSynth-format data set")
     dsub = p.add_subparsers(dest="dataset_cmd", required=True)
@@ -190,11 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_common(p)
     p.add_argument("--only", default=None, help="comma-separated keys to measure")
-    p.set_defaults(func="pgesam_live.bench:run_bench")
+    p.set_defaults(func="pgesam_live.tools.bench:run_bench")
 
     p = sub.add_parser("doctor", help="what works on this machine and what to do")
     _add_common(p, audio=True)
-    p.set_defaults(func="pgesam_live.app:run_doctor")
+    p.set_defaults(func="pgesam_live.app.doctor:run_doctor")
     return ap
 
 

@@ -228,6 +228,13 @@ def format_notes(steps: Iterable[Sequence[int]], flats: bool = False) -> str:
     return " ".join(parts)
 
 
-def note_names(low: int = PITCH_MIN, high: int = PITCH_MAX, flats: bool = False) -> list[str]:
-    """Names of the pitches low..high (inclusive), for tab completion."""
-    return [midi_to_note(p, flats) for p in range(max(low, PITCH_MIN), min(high, PITCH_MAX) + 1)]
+def note_names(low: int = PITCH_MIN, high: int = PITCH_MAX, flats: bool = False,
+               both: bool = False) -> list[str]:
+    """Names of the pitches low..high (inclusive), for tab completion; with `both` each
+    black key twice, sharp then flat (C#4, Db4)."""
+    out: list[str] = []
+    for p in range(max(low, PITCH_MIN), min(high, PITCH_MAX) + 1):
+        out.append(midi_to_note(p, flats and not both))
+        if both and midi_to_note(p, True) != out[-1]:
+            out.append(midi_to_note(p, True))
+    return out

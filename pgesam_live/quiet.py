@@ -33,7 +33,7 @@ def quiet_c_stderr() -> Iterator[None]:
 def quiet_c_output() -> Iterator[None]:
     """Point fds 1 and 2 at /dev/null inside the block (what Python buffered is written
     first; sys.stdout and sys.stderr objects are untouched)."""
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(OSError, ValueError):  # a closed or broken stdout
         sys.stdout.flush()
     try:
         saved = os.dup(1)
@@ -50,7 +50,7 @@ def quiet_c_output() -> Iterator[None]:
                 # What C code (or pyo through Python's sys.stdout) buffered goes to
                 # /dev/null, not out later.
                 _flush_c_stdio()
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(OSError, ValueError):
                     sys.stdout.flush()
                 os.dup2(saved, 1)
     finally:
@@ -61,5 +61,5 @@ def _flush_c_stdio() -> None:
     """fflush(NULL): write out every C stdio buffer now."""
     import ctypes  # noqa: PLC0415
 
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(OSError, AttributeError):  # no C library to ask: nothing buffered
         ctypes.CDLL(None).fflush(None)

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.files import user_cache_dir
+from pgesam_live.vocab.commands import LOOKAHEAD_MAX_S, LOOKAHEAD_MIN_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pgesam-live"
+# A field's annotation (a string: `from __future__ import annotations`) -> its converter; an
+# optional field converts as its type (`sample_rate: int | None` from "48000" is 48000).
+_KINDS: dict[str, type] = {"bool": bool, "int": int, "float": float, "Path": Path, "str": str,
+                           "int | None": int, "float | None": float, "str | None": str}
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,14 @@ class Settings:
     cache_max_bytes: int = 512 * 1024 * 1024
     cache_grid: float = 0.02            # x, y quantum of the render cache
     cache_spill: bool = True            # keep rendered notes on disk between runs
-    cache_dir: Path = dataclasses.field(default_factory=_user_cache_dir)
+    cache_dir: Path = dataclasses.field(default_factory=user_cache_dir)
     patch_dir: Path = REPO_ROOT / "patches"
     session_dir: Path = Path("sessions")
     worker_threads: int = 1             # torch threads in the synthesis worker
+
+    def __post_init__(self) -> None:
+        unknown = [f.name for f in dataclasses.fields(self) if str(f.type) not in _KINDS]
+        assert not unknown, f"settings fields without a converter: {unknown}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -64,20 +71,16 @@ class Settings:
                 continue
             if name not in fields:
                 raise ConfigError(f"unknown setting {name!r}: choose one of {', '.join(fields)}")
-            current = getattr(self, name)
+            kind = _KINDS.get(str(fields[name].type), str)
             try:
-                if isinstance(current, bool):
+                if kind is bool:
                     value = value if isinstance(value, bool) else str(value).lower() in (
                         "1", "true", "yes", "on")
-                elif isinstance(current, int):
-                    value = int(value)
-                elif isinstance(current, float):
-                    value = float(value)
-                elif isinstance(current, Path):
-                    value = Path(value)
+                elif not isinstance(value, kind):
+                    value = kind(value)
             except ValueError as e:
                 raise ConfigError(f"setting {name}: {value!r} is not a valid "
-                                  f"{type(current).__name__}") from e
+                                  f"{kind.__name__}") from e
             clean[name] = value
         out = dataclasses.replace(self, **clean)
         out.check()
@@ -88,8 +91,9 @@ class Settings:
             raise ConfigError(f"audio {self.audio!r}: choose auto, portaudio, jack, record or none")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: choose auto, cpu or cuda")
-        if not 0.0 <= self.lookahead_s <= 5.0:
-            raise ConfigError(f"lookahead {self.lookahead_s} s is out of range 0..5")
+        if not LOOKAHEAD_MIN_S <= self.lookahead_s <= LOOKAHEAD_MAX_S:
+            raise ConfigError(f"lookahead {self.lookahead_s} s is out of range "
+                              f"{LOOKAHEAD_MIN_S:g}..{LOOKAHEAD_MAX_S:g}")
         if not 1 <= self.n_voices <= 256:
             raise ConfigError(f"voices {self.n_voices} is out of range 1..256")
         if not 0 < self.osc_port < 65536:

@@ -178,7 +178,7 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_the_work(
 
 def test_a_replay_bounce_never_replaces_the_sessions_own_recording(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pgesam_live.session import Journal, make_header
+    from pgesam_live.sessions.journal import Journal, make_header
 
     j = Journal(tmp_path / "s.jsonl", make_header("m", 0, 120.0))
     j.close()

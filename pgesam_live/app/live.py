@@ -1,0 +1,172 @@
+"""The live instrument: `play` (and a live `replay`): audio, the synthesis worker, REPL,
+OSC, MIDI and the session journal around one engine."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from pgesam_live.app.build import LIVE_PREROLL_S, RING_OUT_MAX_S, TAIL_S, build_live, model_info
+from pgesam_live.app.common import quote, settings_from_args
+from pgesam_live.app.inputs import load_checked
+from pgesam_live.errors import PgesamError
+from pgesam_live.settings import Settings
+
+
+def _drop_unused(journal: Any) -> None:
+    """A start that failed before anything played: its journal (a header) goes."""
+    journal.close()
+    with contextlib.suppress(OSError):
+        journal.path.unlink()
+
+
+def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
+    """Piped input ended: let what plays and what is queued finish (at most max_s)."""
+    import time  # noqa: PLC0415
+
+    end = time.monotonic() + max_s
+    time.sleep(0.3)  # the last commands reach the audio hook
+    while time.monotonic() < end and (voices.in_use() or engine.renderer.pending):
+        time.sleep(0.05)
+
+
+def run_play(ns: Namespace) -> int:
+    """`pgesam-live [play [PATCH]]`: the live instrument."""
+    s = settings_from_args(ns)
+    if ns.patch:  # a bad patch ends the start here, before any audio or journal
+        patch, s = load_checked(ns.patch, s, ns.model)
+        return run_live(s, patch=patch.path, repl=not ns.no_repl)
+    return run_live(s, repl=not ns.no_repl)
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end a live run through its normal shutdown (journal closed, the
+    recording a complete WAV), also when the shell started it with SIGINT ignored (a
+    background job of a script)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
+              repl: bool = True) -> int:
+    import asyncio  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pgesam_live.audio.server import repair_recordings  # noqa: PLC0415
+    from pgesam_live.frontends.osc_server import osc_port_problem  # noqa: PLC0415
+    from pgesam_live.model.synth import resolve_device  # noqa: PLC0415
+    from pgesam_live.sessions.journal import Journal, make_header, session_path  # noqa: PLC0415
+
+    path, info = model_info(s.model, s.patch_dir)
+    resolve_device(s.device)  # --device cuda without a GPU: said before anything starts
+    problem = osc_port_problem(s.osc_host, s.osc_port)
+    if problem:  # before anything is written: a busy port leaves no journal or recording
+        raise PgesamError(problem)
+    s.session_dir.mkdir(parents=True, exist_ok=True)
+    for line in repair_recordings(s.session_dir):  # sessions cut off by a crash
+        print(line, flush=True)
+    # The journal first: it takes the session's name, which the recording shares.
+    # Written on its own thread: the engine's events come from the audio hook.
+    journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
+                                                               s.tempo_bpm), background=True)
+    try:
+        rig = build_live(s, info, path, record_path=journal.path.with_suffix(".wav")
+                         if s.audio in ("auto", "record") else None)
+        audio, voices, cache, worker, engine = \
+            rig.audio, rig.voices, rig.cache, rig.renderer, rig.engine
+        if audio.message:
+            print(audio.message, flush=True)
+    except BaseException:
+        _drop_unused(journal)
+        raise
+
+    loop = asyncio.new_event_loop()
+    osc = None
+    midi = None
+    started = False
+    _stop_on_signals()
+    try:
+        journal.on_error = engine.message
+        engine.add_listener(journal)
+        print(f"pgesam-live: model {info.model_id}, audio {audio.description}, "
+              f"journal {journal.path}", flush=True)
+        worker.start()
+        audio.start()
+        started = True
+        threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
+        from pgesam_live.frontends.osc_server import OscServer  # noqa: PLC0415
+
+        osc = OscServer(engine, s.osc_host, s.osc_port)
+        asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
+        osc_stats = osc.stats
+        engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
+        print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
+        if s.midi:
+            from pgesam_live.frontends.midi import start_midi  # noqa: PLC0415
+
+            midi = start_midi(engine, s.midi, message=print)
+        if patch:
+            r = engine.submit(f"load {quote(patch)}", src="patch")
+            print(r.text if not r.ok else f"loaded {patch}", flush=True)
+        if replay is not None:
+            import time  # noqa: PLC0415
+
+            from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
+
+            t0 = engine.time_s() + LIVE_PREROLL_S
+            submit_schedule(engine, replay, t0, lambda text: print(text, flush=True))
+            # As the offline replay: past the last command until what it started is over,
+            # sequences still running stopped TAIL_S after it, then the ring-out.
+            last = t0 + (replay[-1][0] if replay else 0.0)
+            while engine.time_s() < last or (engine.busy() and engine.time_s() < last + TAIL_S):
+                time.sleep(0.1)
+            if engine.busy():
+                engine.submit("hush", src="patch")
+            _ring_out(engine, voices, max_s=RING_OUT_MAX_S)
+        elif repl:
+            from pgesam_live.frontends.repl import run_repl  # noqa: PLC0415
+
+            run_repl(engine)
+            if not sys.stdin.isatty():
+                _ring_out(engine, voices)
+        else:
+            # Wake twice a second: a signal the kernel hands to another thread sets Python's
+            # flag but does not interrupt a wait without timeout, so the handlers that
+            # _stop_on_signals installed would only run at the next wake-up.
+            idle = threading.Event()  # never set: only a signal ends this wait
+            while not idle.wait(0.5):
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if osc is not None:
+            loop.call_soon_threadsafe(osc.close)
+        if midi is not None:
+            midi.close()
+        loop.call_soon_threadsafe(loop.stop)
+        audio.stop()
+        audio.close()
+        worker.stop()
+        cache.close()
+        if not started and journal.count == 0:
+            _drop_unused(journal)  # it never played: nothing to keep
+        else:
+            journal.close()
+            lost = f" ({journal.error})" if journal.error else ""
+            print(f"session journal {journal.path}{lost}", flush=True)
+        if audio.record_path is not None and audio.backend == "record" \
+                and Path(audio.record_path).is_file():
+            print(f"recorded {audio.record_path}", flush=True)
+    return 0

@@ -1,0 +1,136 @@
+"""Offline subcommands: `note`, `render`, and `replay` (offline with --out; live otherwise)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+
+from pgesam_live.app.build import LIVE_PREROLL_S, MAX_BOUNCE_S, MAX_REPLAY_S, TAIL_S, OfflineRig
+from pgesam_live.app.common import check_out_path, quote, settings_from_args, write_wav
+from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_checked
+from pgesam_live.errors import PgesamError
+
+
+def run_note(ns: Namespace) -> int:
+    """`pgesam-live note X Y PITCH --out WAV [--velocity V]`: one note through the model."""
+    from pgesam_live.audio.voices import velocity_gain  # noqa: PLC0415
+    from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
+    from pgesam_live.notes import (  # noqa: PLC0415
+        note_to_midi,
+        playable_range,
+        range_text,
+        rendered_pitch,
+    )
+    from pgesam_live.render.dsp import (
+        normalise_peak,  # noqa: PLC0415
+        repitch,  # noqa: PLC0415
+    )
+
+    s = settings_from_args(ns)
+    out_path = check_out_path(ns.out, (".wav",))
+    pitch = note_to_midi(ns.pitch)
+    if not 0.0 <= ns.velocity <= 1.0:
+        raise PgesamError(f"velocity {ns.velocity} is out of range 0..1")
+    for name, v in (("x", ns.x), ("y", ns.y)):
+        if not np.isfinite(v) or abs(v) > 1.5:
+            raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
+    synth = Synth.load(s.model, device=resolve_device(s.device))
+    model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
+    lo, hi = playable_range(model_range)
+    if not lo <= pitch <= hi:
+        raise PgesamError(f"pitch {pitch} is outside what the model plays: "
+                          f"{range_text(model_range)}")
+    rp = rendered_pitch(pitch, model_range)
+    audio = synth.render(np.array([[ns.x, ns.y]], np.float32), np.array([rp]), seed=ns.seed)
+    audio = normalise_peak(audio)[0]
+    if rp != pitch:  # beyond the model's range: its edge note re-pitched, as the engine does
+        audio = repitch(audio, float(pitch - rp))
+    audio = audio * velocity_gain(ns.velocity)
+    sr = synth.sample_rate
+    if s.sample_rate and s.sample_rate != sr:
+        from pgesam_live.render.dsp import resample  # noqa: PLC0415
+
+        audio, sr = resample(audio, sr, s.sample_rate), s.sample_rate
+    out = write_wav(out_path, audio, sr)
+    print(f"{out}: pitch {pitch} at ({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
+          f"{sr} Hz, model {synth.model_id}")
+    return 0
+
+
+def run_render(ns: Namespace) -> int:
+    """`pgesam-live render PATCH --out WAV [--seconds S]`: offline bounce."""
+    s = settings_from_args(ns)
+    out_path = check_out_path(ns.out, (".wav",))
+    patch, s = load_checked(ns.patch, s, ns.model)
+    path = Path(patch.path)
+    s = apply_patch_settings(s, patch, ns.model)
+    seconds = ns.seconds
+    if seconds is None and patch.length_beats() is None:
+        raise PgesamError(f"{path}: a sequence repeats forever (repeat: 0); give the bounce a "
+                          "length with --seconds S")
+    if seconds is not None and (not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S):
+        raise PgesamError(f"--seconds {seconds}: give a length > 0 and at most {MAX_BOUNCE_S:g}")
+    rig = OfflineRig(s)
+    try:
+        rig.submit_or_fail(f"load {quote(str(path))}", src="patch", at_s=0.0)
+        if seconds is None:
+            # To the end: the last note (tempo changes included) and its ring-out.
+            seconds = rig.run_to_end(0.0, MAX_BOUNCE_S)
+        else:
+            rig.run_until(seconds)
+        out = rig.save(out_path, seconds=seconds)
+    finally:
+        rig.close()
+    print(f"{out}: {seconds:.2f} s at {rig.audio.sample_rate} Hz, "
+          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered")
+    return 0
+
+
+def run_replay(ns: Namespace) -> int:
+    """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
+    from pgesam_live.sessions.journal import read_schedule  # noqa: PLC0415
+    from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
+
+    header, schedule, truncated = read_schedule(ns.session)  # read and parsed once
+    if schedule and schedule[-1][0] > MAX_REPLAY_S:
+        raise PgesamError(f"{ns.session}: its last command is at {schedule[-1][0]:.0f} s; a "
+                          f"replay runs at most {MAX_REPLAY_S / 3600:g} h (check the journal's "
+                          "t values)")
+    if truncated:
+        print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
+              "the line before it", file=sys.stderr)
+    s = settings_from_args(ns)
+    try:
+        s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
+                      model=journal_model(ns.session, str(header.get("model") or ""),
+                                           ns.model, s.model))
+    except PgesamError as e:
+        raise PgesamError(f"{ns.session}:1: header: {e}") from None
+    out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
+    if out_path is not None and \
+            out_path.resolve() == Path(ns.session).with_suffix(".wav").resolve():
+        raise PgesamError(f"--out {ns.out} is the session's own live recording; a bounce "
+                          f"never replaces it: choose another name, e.g. "
+                          f"{out_path.with_name(out_path.stem + '-replay.wav')}")
+    if out_path is None:
+        from pgesam_live.app.live import run_live  # noqa: PLC0415
+
+        return run_live(s, replay=schedule)
+    # The live clock's pre-roll, so sequences start where they started live.
+    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
+    try:
+        submit_schedule(rig.engine, schedule, 0.0,
+                        lambda text: print(f"{ns.session}: {text}", file=sys.stderr))
+        # Past the last command: what it started plays on for TAIL_S at most (the session
+        # went on until quit, which is not journalled), then what sounds rings out.
+        last_s = schedule[-1][0] if schedule else 0.0
+        end_s = rig.run_to_end(last_s, last_s + TAIL_S)
+        out = rig.save(out_path, seconds=end_s)
+    finally:
+        rig.close()
+    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
+    return 0

@@ -1,0 +1,411 @@
+"""OSC front end (UDP, default 127.0.0.1:9000), on the app's asyncio loop.
+
+Built on asyncio's DatagramProtocol so that EVERY datagram is seen (python-osc's dispatcher
+drops unparsable ones silently): `OscCore.handle_datagram(data, addr)` is the pure core,
+parsing with pythonosc's OscPacket and answering with a list of (addr, address, args) replies;
+`OscServer` (osc_server.py) only moves bytes; the wire format is osc_wire.py. Addresses come
+from the command table (`commands.OSC_ADDRESSES`)
+plus the front-end ones handled here:
+
+  /pgesam/cmd LINE        one REPL line (front-end words: status -> /pgesam/state,
+                          help [CMD] -> /pgesam/help TEXT, map -> /pgesam/map TEXT,
+                          points -> /pgesam/points NAME..., seqs -> /pgesam/seqs NAME...
+                          then /pgesam/seqs/running NAME...; quit refused)
+  /pgesam/status          reply /pgesam/state (below)
+  /pgesam/hello           register the sender as a controller: state pushed on change
+  /pgesam/bye             unregister
+
+Replies go to the sender: `/pgesam/error <address> <message>` for anything rejected (address
+"" for a datagram that is not OSC at all), `/pgesam/ready <x> <y> <pitch>` when a render the
+sender asked for with /pgesam/prerender is cached (x, y as it asked), and
+`/pgesam/state k1 v1 k2 v2 ...`: the engine snapshot as flat key/value pairs: numbers and
+strings as they are, `point` as two pairs `x` and `y`, lists (sequences) as one
+space-separated string, dicts (bookmarks) as a JSON string, booleans as 0/1, None as "".
+
+Timing: a bundle whose timetag is in the future is submitted with
+`at_s = engine.time_s() + (timetag - wall now)`; an immediate or past timetag plays now; one
+more than `max_ahead_s` (10 s) ahead is treated as clock skew: played now and counted
+(`stats["skewed"]`), never held.
+
+Flow control: every valid move (/pgesam/xy, /pgesam/timbre, /pgesam/point) is applied and
+journalled; a fast stream cannot flood the renderer because the engine asks for a point's
+pitch bank only once the point settles, and the worker client lets a newer point's
+pre-renders supersede older ones (latest wins). `coalesce_s` > 0 (off by default) also
+coalesces moves here: the first is applied at once, later ones within the window replace each
+other and only the latest is applied when it ends (superseded ones are counted, not
+journalled). State pushes to a controller are at most `push_hz` (30) per
+second, latest value wins, and a change caused by a controller's own message is not pushed
+back to it: the engine emits a "command" event (with the line) and then, on the same thread,
+the "state" event for each applied command; the line is matched to the controller that sent
+it. A state event that follows no OSC command (a sequence ending, the REPL, MIDI) is pushed to
+every controller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgesam_live.errors import CommandError
+from pgesam_live.frontends.osc_ready import ReadyTracker
+from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
+from pgesam_live.vocab.commands import Command, from_osc, parse_line
+from pgesam_live.vocab.views import (
+    FRONT_END_WORDS,
+    Answer,
+    EngineView,
+    answer,
+    flatten_state,
+)
+
+Addr = tuple[str, int]
+OscReply = tuple[Addr, str, list[Any]]
+
+OFFSET_SMOOTHING = 0.05  # weight of a new engine-minus-wall reading
+OFFSET_JUMP_S = 0.05     # a reading this far off is a jump, taken at once
+_MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
+
+
+@dataclass
+class _Controller:
+    last_push_s: float = -math.inf
+    pending: dict[str, Any] | None = None
+
+
+@dataclass
+class _PendingMove:
+    cmd: Command
+    addr: Addr
+    address: str
+
+
+@dataclass
+class OscCore:
+    """The socket-free OSC logic. Thread-safe: engine events may arrive from any thread."""
+
+    engine: EngineView
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    coalesce_s: float = 0.0  # > 0: coalesce moves here too (see the module docstring)
+    max_ahead_s: float = 10.0
+    push_hz: float = 30.0
+    ready_tolerance: float = 0.02   # the render cache's x, y quantum
+    ready_ttl_s: float = 120.0
+    max_controllers: int = 64
+    wake: Callable[[], None] | None = None   # called when poll() has new work (any thread)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tls = threading.local()
+        self.controllers: dict[Addr, _Controller] = {}
+        self._pending_move: _PendingMove | None = None
+        self._last_move_s = -math.inf
+        self._ready = ReadyTracker(self.ready_tolerance, self.ready_ttl_s)
+        self._outbox: list[OscReply] = []
+        # command line -> senders of that line not yet applied (oldest first): the engine's
+        # "command" event names the line, and the "state" event that follows it on the same
+        # thread is that sender's change
+        # submission tag -> (sender, time sent, OSC address it came to), for commands the
+        # engine accepted and has not applied yet: its "command" event says whose change the
+        # "state" event after it is; its "rejected" event (refused when it came due) is
+        # answered /pgesam/error <address> <message> to that sender
+        self._inflight: dict[int, tuple[Addr, float, str]] = {}
+        self._tag = itertools.count(1)
+        # engine time - wall time, smoothed: bundles sent together keep their spacing
+        self._offset_s: float | None = None
+        # the point last pushed to controllers: a glide moves it with no command to push
+        self._pushed_point: Any = None
+        self._point_check_s = -math.inf
+        self.engine.add_listener(self.on_event)
+
+    # ---------------------------------------------------------------- incoming datagrams
+
+    def handle_datagram(self, data: bytes, addr: Addr) -> list[OscReply]:
+        """One UDP datagram -> replies. Never raises."""
+        self.stats["datagrams"] += 1
+        wall_now = self.wall()
+        problem = strict_problem(data)
+        if problem is not None:
+            self.stats["errors"] += 1
+            return [(addr, "/pgesam/error", ["", f"not an OSC packet: {problem}; send an OSC "
+                                             "message or bundle"])]
+        try:
+            timed = timed_messages(data)
+        except Exception as exc:  # ParseError, and anything a hostile datagram provokes
+            self.stats["errors"] += 1
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return [(addr, "/pgesam/error", ["", f"not an OSC packet ({first[:120]}); send an "
+                                             "OSC message or bundle"])]
+        replies: list[OscReply] = []
+        # One engine-minus-wall offset per datagram: messages with one time tag (a chord, a
+        # note-off and the next note-on) get one engine time, and keep their order.
+        offset_s = self._engine_offset_s(wall_now) if any(
+            t is not None and 0.0005 < t - wall_now <= self.max_ahead_s for t, _ in timed) \
+            else 0.0
+        for timetag, msg in timed:
+            at_s: float | None = None
+            ahead_s = -math.inf if timetag is None else timetag - wall_now
+            if ahead_s > self.max_ahead_s:
+                self.stats["skewed"] += 1   # clock skew: play now, never hold
+            elif ahead_s > 0.0005:
+                at_s = timetag + offset_s  # type: ignore[operator]
+                self.stats["scheduled"] += 1
+            try:
+                replies += self._dispatch(msg.address, list(msg.params), addr, at_s)
+            except Exception as exc:  # an engine bug must not stop the server
+                self.stats["errors"] += 1
+                replies.append((addr, "/pgesam/error",
+                                [msg.address, f"internal error: {type(exc).__name__}: {exc}"]))
+        return replies
+
+    def _engine_offset_s(self, wall_now: float) -> float:
+        """Engine time minus wall time. Read once per datagram it jitters by a fraction of
+        an audio block; smoothed, timed bundles sent apart keep their spacing to the sample.
+        A jump (a stall, a restart) is taken at once."""
+        raw = float(self.engine.time_s()) - wall_now
+        with self._lock:
+            if self._offset_s is None or abs(raw - self._offset_s) > OFFSET_JUMP_S:
+                self._offset_s = raw
+            else:
+                self._offset_s += OFFSET_SMOOTHING * (raw - self._offset_s)
+            return self._offset_s
+
+    def _error(self, addr: Addr, address: str, message: str) -> list[OscReply]:
+        self.stats["errors"] += 1
+        return [(addr, "/pgesam/error", [address, message])]
+
+    def _dispatch(self, address: str, args: list[Any], addr: Addr,
+                  at_s: float | None) -> list[OscReply]:
+        if address in ("/pgesam/hello", "/pgesam/bye") and args:
+            return self._error(addr, address, f"{address} takes no arguments")
+        if address == "/pgesam/hello":
+            with self._lock:
+                if addr not in self.controllers and len(self.controllers) >= self.max_controllers:
+                    return self._error(addr, address, "too many controllers; send /pgesam/bye "
+                                       "from an old one")
+                self.controllers.setdefault(addr, _Controller())
+            snap = self.engine.snapshot()
+            with self._lock:
+                if self._pushed_point is None:
+                    self._pushed_point = snap.get("point")
+            return [(addr, "/pgesam/state", flatten_state(snap))]
+        if address == "/pgesam/bye":
+            with self._lock:
+                self.controllers.pop(addr, None)
+            return []
+        if address == "/pgesam/status":
+            if args:
+                return self._error(addr, address, "/pgesam/status takes no arguments")
+            return [(addr, "/pgesam/state", flatten_state(self.engine.snapshot()))]
+        if address == "/pgesam/cmd":
+            if len(args) != 1 or not isinstance(args[0], str):
+                return self._error(addr, address, "/pgesam/cmd takes one string: a REPL line")
+            try:
+                cmd = parse_line(args[0])
+            except CommandError as exc:
+                return self._error(addr, address, str(exc))
+            if not cmd.journal:
+                if cmd.name not in FRONT_END_WORDS:
+                    return self._error(addr, address, f"`{cmd.name}` is not available over "
+                                       "OSC: it ends the instrument only from its terminal "
+                                       "(or SIGTERM)")
+                return self._answer(addr, answer(self.engine, cmd))
+        else:
+            try:
+                cmd = from_osc(address, args)
+            except CommandError as exc:
+                return self._error(addr, address, str(exc))
+        if cmd.name == "prerender":
+            self._remember_ready(addr, cmd)
+        if at_s is None and address in _MOVE_ADDRESSES:
+            return self._move(cmd, addr, address)
+        return self._submit(cmd, addr, address, at_s)
+
+    @staticmethod
+    def _answer(addr: Addr, a: Answer) -> list[OscReply]:
+        """A front-end word's answer on the wire (vocab/views.py makes it)."""
+        if a.word == "status":
+            return [(addr, "/pgesam/state", flatten_state(a.data))]
+        if a.word == "points":
+            return [(addr, "/pgesam/points", list(a.data))]
+        if a.word == "seqs":  # every sequence, then the running ones
+            names, running = a.data
+            return [(addr, "/pgesam/seqs", list(names)), (addr, "/pgesam/seqs/running",
+                                                          list(running))]
+        return [(addr, f"/pgesam/{a.word}", [a.text])]  # help, map
+
+    def _submit(self, cmd: Command, addr: Addr, address: str,
+                at_s: float | None) -> list[OscReply]:
+        tag = next(self._tag)
+        with self._lock:   # remembered first: the engine may apply it before submit returns
+            self._inflight[tag] = (addr, self.clock(), address)
+            if len(self._inflight) > 4096:
+                self._prune_inflight()
+        reply = None
+        try:
+            reply = self.engine.submit(cmd, src="osc", at_s=at_s, tag=tag)
+        finally:
+            if reply is None or not reply.ok:
+                with self._lock:
+                    self._inflight.pop(tag, None)
+        if not reply.ok:
+            return self._error(addr, address, str(reply.text or "rejected"))
+        self.stats["submitted"] += 1
+        return []
+
+    def _prune_inflight(self) -> None:
+        # commands the engine accepted but never applied (dropped by a hush) would stay
+        oldest = self.clock() - (self.max_ahead_s + 5.0)
+        self._inflight = {t: e for t, e in self._inflight.items() if e[1] >= oldest}
+
+    def _move(self, cmd: Command, addr: Addr, address: str) -> list[OscReply]:
+        now = self.clock()
+        with self._lock:
+            if self._pending_move is None and now - self._last_move_s >= self.coalesce_s:
+                self._last_move_s = now
+                immediate = True
+            else:
+                if self._pending_move is not None:
+                    self.stats["coalesced"] += 1   # superseded: latest wins
+                self._pending_move = _PendingMove(cmd, addr, address)
+                immediate = False
+        if immediate:
+            return self._submit(cmd, addr, address, None)
+        if self.wake is not None:
+            self.wake()
+        return []
+
+    def _remember_ready(self, addr: Addr, cmd: Command) -> None:
+        low, high = cmd.args.get("low"), cmd.args.get("high")
+        if low is None or high is None:  # the whole range: the model's
+            low, high = (int(p) for p in self.engine.model.pitch_range)
+        with self._lock:
+            self._ready.remember(addr, cmd.args["x"], cmd.args["y"], int(low), int(high),
+                                 self.clock())
+
+    # ---------------------------------------------------------------- engine events
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Engine listener (any thread): queue state pushes and /pgesam/ready replies."""
+        kind = event.get("kind")
+        woke = False
+        if kind in ("command", "rejected"):
+            sender: tuple[Addr, float, str] | None = None
+            if event.get("src") == "osc":
+                with self._lock:
+                    sender = self._inflight.pop(event.get("tag"), None)  # type: ignore[arg-type]
+            if kind == "command":
+                self._tls.causer = sender[0] if sender is not None else None
+            elif sender is not None:  # refused when it came due (a timed bundle's command)
+                with self._lock:
+                    self.stats["errors"] += 1
+                    self._outbox.append((sender[0], "/pgesam/error",
+                                         [sender[2], str(event.get("text", "rejected"))]))
+                woke = True
+        elif kind == "state":
+            snap = {k: v for k, v in event.items() if k != "kind"}
+            causer = getattr(self._tls, "causer", None)
+            self._tls.causer = None
+            with self._lock:
+                self._pushed_point = snap.get("point")  # known to all: causer and pushed
+                for addr, ctl in self.controllers.items():
+                    if addr != causer:   # never echo a controller's own change back to it
+                        ctl.pending = snap
+                        woke = True
+        elif kind == "ready":
+            try:
+                x, y, pitch = float(event["x"]), float(event["y"]), int(event["pitch"])
+            except (KeyError, TypeError, ValueError):
+                return
+            with self._lock:
+                for to, args in self._ready.cached(x, y, pitch):
+                    self._outbox.append((to, "/pgesam/ready", args))
+                    woke = True
+        if woke and self.wake is not None:
+            self.wake()
+
+    # ---------------------------------------------------------------- timers
+
+    def poll(self, now: float | None = None) -> list[OscReply]:
+        """Due work: the coalesced move, rate-limited state pushes, ready replies."""
+        now = self.clock() if now is None else now
+        replies: list[OscReply] = []
+        move: _PendingMove | None = None
+        with self._lock:
+            if self._pending_move is not None and now - self._last_move_s >= self.coalesce_s:
+                move, self._pending_move = self._pending_move, None
+                self._last_move_s = now
+        if move is not None:
+            try:
+                replies += self._submit(move.cmd, move.addr, move.address, None)
+            except Exception as exc:
+                replies += self._error(move.addr, move.address,
+                                       f"internal error: {type(exc).__name__}: {exc}")
+        min_gap_s = 1.0 / self.push_hz
+        self._follow_point(now, min_gap_s)
+        due: list[tuple[Addr, dict[str, Any]]] = []
+        with self._lock:
+            replies += self._outbox
+            self._outbox = []
+            for addr, ctl in self.controllers.items():
+                if ctl.pending is not None and now - ctl.last_push_s >= min_gap_s:
+                    due.append((addr, ctl.pending))
+                    ctl.pending = None
+                    ctl.last_push_s = now
+                    self.stats["pushes"] += 1
+        if due:
+            # The state is built here, in this thread, at most push_hz times a second: the
+            # engine's events only say that (and where the point) it changed.
+            base = self.engine.snapshot()
+            for addr, change in due:
+                replies += self._push(addr, {**base, **change})
+        return replies
+
+    def _follow_point(self, now: float, gap_s: float) -> None:
+        """While controllers listen, push the state when the point moves by itself (a glide,
+        a trajectory): an XY pad follows it."""
+        with self._lock:
+            if not self.controllers or now - self._point_check_s < gap_s:
+                return
+            self._point_check_s = now
+        snap = self.engine.snapshot()
+        with self._lock:
+            if snap.get("point") == self._pushed_point:
+                return
+            self._pushed_point = snap.get("point")
+            for ctl in self.controllers.values():
+                if ctl.pending is None:
+                    ctl.pending = snap
+
+    @staticmethod
+    def _push(addr: Addr, snap: dict[str, Any]) -> list[OscReply]:
+        out: list[OscReply] = [(addr, "/pgesam/state", flatten_state(snap))]
+        point = snap.get("point")
+        if isinstance(point, list | tuple) and len(point) == 2:
+            # the pad's own address, so a TouchOSC XY pad follows the point with no scripting
+            u = min(1.0, max(0.0, (float(point[0]) + 1.0) / 2.0))
+            v = min(1.0, max(0.0, (float(point[1]) + 1.0) / 2.0))
+            out.append((addr, "/pgesam/xy", [u, v]))
+        return out
+
+    def next_due(self) -> float | None:
+        """Clock time of the next poll() with work, or None when there is none."""
+        with self._lock:
+            due: list[float] = []
+            if self._pending_move is not None:
+                due.append(self._last_move_s + self.coalesce_s)
+            if self._outbox:
+                due.append(-math.inf)
+            gap = 1.0 / self.push_hz
+            due += [c.last_push_s + gap for c in self.controllers.values()
+                    if c.pending is not None]
+            if self.controllers:  # watch the point (see _follow_point)
+                due.append(self._point_check_s + gap)
+        return min(due) if due else None

@@ -1,0 +1,269 @@
+"""The REPL: type commands at the instrument.
+
+A prompt_toolkit PromptSession when stdin and stdout are a terminal (completion from the
+command table, history across runs, a bottom status line, engine messages printed above the
+prompt), and a plain line reader otherwise (`echo "play C4" | pgesam-live`). Every line goes
+through `handle_line`, which never raises: a typo, a bad argument or an internal error is one
+printed line and the prompt stays. Front-end words (help, map, status, points, seqs, quit) are
+answered here from the table and the engine's snapshot; everything else is submitted to the
+engine (src "repl"), which validates, applies and journals it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from pgesam_live import faults
+from pgesam_live.errors import CommandError
+from pgesam_live.vocab.commands import COMMANDS, Command, parse_line
+from pgesam_live.vocab.completion import CompletionContext, complete
+from pgesam_live.vocab.views import EngineView, answer, status_line, status_text
+
+__all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_line",
+           "status_text"]
+
+PROMPT = "pgesam> "
+STATUS_REFRESH_S = 0.5
+
+
+EngineLike = EngineView  # the shared seam (vocab/views.py)
+
+
+# --------------------------------------------------------------------------------------------
+# pure parts
+
+
+def history_path() -> Path:
+    """$PGESAM_HISTORY, else ~/.local/state/pgesam-live/history (XDG_STATE_HOME honoured)."""
+    explicit = os.environ.get("PGESAM_HISTORY")
+    if explicit:
+        return Path(explicit).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "pgesam-live" / "history"
+
+
+def patch_files(patch_dir: Path | str | None) -> list[str]:
+    """Patch files under the patch folder, as `load` takes them (relative, / separated)."""
+    if patch_dir is None:
+        return []
+    root = Path(patch_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    return sorted(p.relative_to(root).as_posix() for p in found)
+
+
+def completion_context(engine: EngineLike) -> CompletionContext:
+    """Names the completer may offer now; an engine that fails here just offers fewer."""
+    def safe(fn: Callable[[], Iterable[str]]) -> list[str]:
+        try:
+            return list(fn())
+        except Exception as exc:  # completion must never break typing: logged, counted
+            faults.record("repl: completion names", exc)
+            return []
+    return CompletionContext(
+        point_names=safe(engine.point_names),
+        sequence_names=safe(engine.sequence_names),
+        patch_files=safe(lambda: patch_files(engine.patch_dir)),
+        pitch_range=_pitch_range(engine),
+    )
+
+
+def _pitch_range(engine: EngineLike) -> tuple[int, int] | None:
+    try:
+        lo, hi = engine.model.pitch_range
+        return int(lo), int(hi)
+    except Exception as exc:  # a front end without a model offers every note name
+        faults.record("repl: the model's pitch range", exc)
+        return None
+
+
+MAX_MESSAGE_CHARS = 400  # an error echoing a pasted novel is cut, not 40 screen lines
+
+
+def _fit_message(text: str) -> str:
+    """A reply line, cut to MAX_MESSAGE_CHARS per line (views such as `map` are many lines
+    of their own)."""
+    return "\n".join(line if len(line) <= MAX_MESSAGE_CHARS else
+                     line[:MAX_MESSAGE_CHARS - 20] + f"... ({len(line)} chars)"
+                     for line in text.split("\n"))
+
+
+def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
+    """One REPL line -> (lines to print, quit?). Never raises."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return [], False
+    try:
+        cmd = parse_line(text)
+    except CommandError as exc:
+        return [f"error: {exc}"], False
+    except Exception as exc:  # a parser bug must not end the performance
+        return [f"internal error: {type(exc).__name__}: {exc}"], False
+    try:
+        if not cmd.journal:
+            return _front_end_word(engine, cmd)
+        reply = engine.submit(cmd, src="repl")
+        reply_text = str(reply.text or "")
+        if not reply.ok:
+            return [f"error: {reply_text or 'rejected'}"], False
+        # the engine answers an accepted command with its canonical line: not worth a print
+        quiet = not reply_text or reply_text == cmd.to_line()
+        return ([] if quiet else [reply_text]), False
+    except Exception as exc:  # the engine's bug is reported, the prompt stays
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [f"internal error: {type(exc).__name__}: {first} (the instrument carries on)"], \
+            False
+
+
+def _front_end_word(engine: EngineLike, cmd: Command) -> tuple[list[str], bool]:
+    if cmd.name == "quit":
+        return [], True
+    columns = shutil.get_terminal_size((80, 24)).columns - 1 if cmd.name == "map" else None
+    return answer(engine, cmd, columns=columns).text.splitlines(), False
+
+
+# --------------------------------------------------------------------------------------------
+# the terminal
+
+
+def _make_completer(engine: EngineLike) -> Any:
+    from prompt_toolkit.completion import Completer, Completion
+
+    class CommandCompleter(Completer):
+        """Completion from the command table, by argument position."""
+
+        def get_completions(self, document: Any, complete_event: Any) -> Iterable[Completion]:
+            prefix, cands = complete(document.text_before_cursor, completion_context(engine))
+            for c in cands:
+                spec = COMMANDS.get(c)
+                meta = spec.help if spec is not None and " " not in document.text_before_cursor \
+                    else None
+                # A space after the word, as a shell does: `pl<Tab>C` reads `play C`.
+                yield Completion(c + " ", start_position=-len(prefix), display=c,
+                                 display_meta=meta)
+
+    return CommandCompleter()
+
+
+def make_completer(engine: EngineLike) -> Any:
+    """A prompt_toolkit Completer over the command table and the engine's names."""
+    return _make_completer(engine)
+
+
+class _MessagePrinter:
+    """Engine listener: prints {"kind": "message"} events; silent once the REPL has ended."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.active = True
+        self._write = write
+        self._lock = threading.Lock()
+
+    def reply(self, text: str) -> None:
+        """Print a reply under the same lock, so an engine message never splits one."""
+        with self._lock:
+            self._write(text)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.active or event.get("kind") != "message":
+            return
+        with self._lock:
+            try:
+                self._write(str(event.get("text", "")))
+            except Exception as exc:  # a closed stream must not break the engine's thread
+                faults.record("repl: printing an engine message", exc)
+                self.active = False
+
+
+def run_repl(engine: EngineLike, *, stdin: TextIO | None = None,
+             stdout: TextIO | None = None) -> None:
+    """Run until `quit`, Ctrl-D or end of input; returns to the caller (which closes the
+    journal and the audio). Interactive when both streams are terminals, else line by line."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    interactive = stdin.isatty() and stdout.isatty()
+    if interactive:
+        _run_prompt(engine)
+    else:
+        _run_lines(engine, stdin, stdout)
+
+
+def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
+    def write(text: str) -> None:
+        stdout.write(text + "\n")
+        stdout.flush()
+
+    printer = _MessagePrinter(write)
+    engine.add_listener(printer)
+    try:
+        for line in stdin:
+            out, done = handle_line(engine, line)
+            for o in out:
+                printer.reply(o)
+            if done:
+                break
+        # What the last lines bring about (a refusal when applied, an engine message) is
+        # printed before the input's end ends the REPL.
+        with faults.logged("repl: waiting for the last lines"):
+            engine.settle()
+    finally:
+        printer.active = False
+
+
+def _run_prompt(engine: EngineLike) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    history: Any
+    path = history_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        history = FileHistory(str(path))
+    except OSError:
+        history = InMemoryHistory()  # an unwritable home must not stop the performance
+        print(f"note: history not kept ({path} is not writable; set PGESAM_HISTORY)")
+
+    def toolbar() -> str:
+        try:
+            width = shutil.get_terminal_size((120, 24)).columns - 1
+            return status_line(engine.snapshot(), width=width)
+        except Exception as exc:
+            return f"status unavailable: {type(exc).__name__}"
+
+    session: PromptSession[str] = PromptSession(
+        history=history,
+        completer=make_completer(engine),
+        complete_while_typing=False,
+        bottom_toolbar=toolbar,
+        refresh_interval=STATUS_REFRESH_S,
+    )
+    with patch_stdout(raw=True):
+        printer = _MessagePrinter(lambda text: print(text, flush=True))
+        engine.add_listener(printer)
+        try:
+            while True:
+                try:
+                    line = session.prompt(PROMPT)
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C clears the line, the instrument keeps playing
+                except EOFError:
+                    break
+                done = False
+                # A bracketed paste of several lines arrives as one text: each line in order.
+                for one in line.splitlines() or [""]:
+                    out, done = handle_line(engine, one)
+                    for o in out:
+                        print(_fit_message(o), flush=True)
+                    if done:
+                        break
+                if done:
+                    break
+        finally:
+            printer.active = False

@@ -1,0 +1,1 @@
+"""YAML patches: the format, its validation and the patch folder."""

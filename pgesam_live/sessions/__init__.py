@@ -1,0 +1,1 @@
+"""The session journal (an engine listener) and reading it back for a replay."""

@@ -1,0 +1,1 @@
+"""Tools around the instrument: the bench, the map picture."""

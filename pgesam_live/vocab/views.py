@@ -1,0 +1,202 @@
+"""The views every front end shows, in one place: the state snapshot's forms (the status line,
+`status`, /pgesam/state's flat list), the map, and the answers to the front-end words (status,
+help, map, points, seqs). REPL, OSC, MIDI and (later) a web page read the engine through the
+same seam, `EngineView`, and format only what they answer with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pgesam_live.vocab.commands import Command, help_text
+from pgesam_live.vocab.termmap import map_text
+
+Snapshot = dict[str, Any]
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the engine answers a submission with: ok, one line of text, optional data."""
+
+    ok: bool
+    text: str
+    data: dict[str, Any] | None = None
+
+
+class ModelView(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def pitch_range(self) -> tuple[int, int]: ...
+
+
+class EngineView(Protocol):
+    """The seam between the engine and every front end: the one door (`submit`), read-only
+    views (snapshots built off the audio thread), names for completion, and events pushed to
+    listeners ({"kind": "command" | "rejected" | "state" | "message" | "ready", ...})."""
+
+    patch_dir: Path
+    model_points: list[tuple[float, float, str]]
+
+    @property
+    def model(self) -> ModelView: ...
+
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,
+               tag: Hashable | None = None) -> Reply: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def settle(self) -> None: ...
+
+    def time_s(self) -> float: ...
+
+    def message(self, text: str) -> None: ...
+
+    def add_listener(self, fn: Listener) -> None: ...
+
+    def remove_listener(self, fn: Listener) -> None: ...
+
+    def point_names(self) -> list[str]: ...
+
+    def sequence_names(self) -> list[str]: ...
+
+
+# -- the snapshot's forms --------------------------------------------------------------------
+
+def fmt_point(snap: Snapshot) -> str:
+    """The point as the status line shows it: `glass (+0.31, -0.12)` or `(+0.31, -0.12)`."""
+    point = snap.get("point") or [0.0, 0.0]
+    name = snap.get("point_name")
+    xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
+    return f"{name} {xy}" if name else xy
+
+
+def status_line(snap: Snapshot, width: int | None = None) -> str:
+    """The one status line (the REPL's toolbar, `status`' first line, a web page's #status):
+    tempo, point, voices, cache fill, renders pending, late notes, look-ahead, running
+    sequences. Fitted to `width` columns when given: the contract's six figures are kept (in
+    short forms if need be); look-ahead, sequences and the point's name go first."""
+    tempo = f"{float(snap.get('tempo_bpm', 0)):g}"
+    voices = f"{snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}"
+    cache = f"{100 * float(snap.get('cache_fill', 0.0)):.0f}%"
+    renders, late = snap.get("renders_pending", 0), snap.get("late_notes", 0)
+    point = snap.get("point") or [0.0, 0.0]
+    xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
+    seqs = snap.get("sequences") or []
+    extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
+    if seqs:
+        extra.append("seq " + ",".join(str(s) for s in seqs))
+    if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once
+        extra.append(f"osc skewed {snap['osc_skewed']}")
+    full = [f"tempo {tempo}", f"at {fmt_point(snap)}", f"voices {voices}", f"cache {cache}",
+            f"renders {renders}", f"late {late}"]
+    candidates = [
+        " | ".join(full + extra),
+        " | ".join(full + extra[1:]),
+        " | ".join(full),
+        " | ".join([f"tempo {tempo}", f"at {xy}", *full[2:]]),
+        f"{tempo} bpm | {xy} | voices {voices} | cache {cache} | renders {renders} | late {late}",
+        f"{tempo}bpm {xy} v{voices} c{cache} r{renders} late{late}",
+    ]
+    if width is None:
+        return candidates[0]
+    return next((c for c in candidates if len(c) <= width), candidates[-1][:max(width, 1)])
+
+
+def status_text(snap: Snapshot) -> str:
+    """`status`: the status line, then the snapshot one key per line."""
+    lines = [status_line(snap)]
+    for key in sorted(snap):
+        lines.append(f"  {key}: {snap[key]}")
+    return "\n".join(lines)
+
+
+def flatten_state(snap: Snapshot) -> list[Any]:
+    """A snapshot as /pgesam/state's flat key/value argument list (see frontends/osc.py)."""
+    out: list[Any] = []
+    for key in sorted(snap):
+        value = snap[key]
+        if key == "kind":
+            continue
+        if key == "point" and isinstance(value, list | tuple) and len(value) == 2:
+            out += ["x", float(value[0]), "y", float(value[1])]
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif value is None:
+            value = ""
+        elif isinstance(value, int):
+            value = value if -2**31 <= value < 2**31 else float(value)
+        elif isinstance(value, float):
+            value = value if math.isfinite(value) else str(value)
+        elif isinstance(value, list | tuple):
+            value = " ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        else:
+            value = str(value)
+        out += [key, value]
+    return out
+
+
+def engine_map(view: EngineView, width: int = 61, height: int = 21,
+               columns: int | None = None) -> str:
+    """The map of a live engine: its training points, bookmarks and current point."""
+    return map_text(view.model_points, view.snapshot(), width, height, columns)
+
+
+# -- the front-end words ----------------------------------------------------------------------
+
+FRONT_END_WORDS = ("status", "help", "map", "points", "seqs")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A front-end word's answer: `text` for a terminal, `data` for a wire (OSC, a web page):
+    status -> the snapshot; points -> names; seqs -> (names, running); help, map -> None."""
+
+    word: str
+    text: str
+    data: Any = None
+
+
+def answer(view: EngineView, cmd: Command, columns: int | None = None) -> Answer:
+    """The answer to a front-end word (`cmd.journal` is False), once the commands accepted
+    before it are applied (a view shows what the lines before it did)."""
+    name = cmd.name
+    if name == "help":
+        return Answer(name, help_text(cmd.args.get("command")))
+    if name == "status":
+        snap = view.snapshot()
+        return Answer(name, status_text(snap), snap)
+    if name == "map":
+        return Answer(name, engine_map(view, columns=columns))
+    if name == "points":
+        view.settle()
+        snap = view.snapshot()
+        marks = snap.get("bookmarks") or {}
+        names = view.point_names()
+        if not names and not marks:
+            return Answer(name, "no named points (load a patch, or `mark NAME` the current "
+                                "point)", [])
+        lines = []
+        for n in sorted(set(names) | set(marks)):
+            xy = marks.get(n)
+            lines.append(f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n)
+        return Answer(name, "\n".join(lines), [str(n) for n in names])
+    if name == "seqs":
+        running = sorted(str(n) for n in view.snapshot().get("sequences") or [])
+        names = sorted(set(view.sequence_names()) | set(running))
+        if not names:
+            return Answer(name, 'no sequences (load a patch, or `seq NAME "NOTES" STEP`)',
+                          ([], []))
+        lines = [("* " if n in running else "  ") + n for n in names]
+        return Answer(name, "\n".join(lines), (names, running))
+    raise ValueError(f"{name!r} is not a view word")  # `quit` is each front end's own

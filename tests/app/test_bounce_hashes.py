@@ -1,0 +1,94 @@
+"""Bounces stay byte-identical across restructuring: the demo patches (frozen copies in
+tests/fixtures/demo_patches, taken with the hashes) rendered offline with a small fixed test model
+defined here (not the bundled checkpoint, so a new default model does not change them).
+
+The hashes were taken on the code before the sweep of issue 15; a change in how the engine
+schedules, renders, mixes or writes a bounce shows here as a changed SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+from pgesam_live.app.build import OfflineRig  # noqa: E402
+from pgesam_live.patches.schema import load_patch  # noqa: E402
+from pgesam_live.settings import Settings  # noqa: E402
+
+PATCH_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "demo_patches"
+SR = 24000
+
+EXPECTED = {
+    "drift-arpeggio.yaml":
+        "6c353ca98c8657c176d683227425dcb985140c1cbd99b0906d3445489aefc928",
+    "family-changes.yaml":
+        "7b4754ae71b737176d4301997dd950d64768c349c60727b7375c77210f8a30c5",
+    "morph.yaml":
+        "5b6e8e39732c1432d25cb43e7e178086419412e92712a06eb922880addc031c7",
+}
+
+
+class FixedSynth:
+    """A small, fixed, fully deterministic model stand-in: a decaying three-partial tone
+    whose partial balance follows x, decay follows y and a seeded noise breath follows the
+    seed. Each row depends only on its own (point, pitch, seed): batching does not matter."""
+
+    def __init__(self) -> None:
+        self.sample_rate = SR
+        self.pitch_range = (36, 84)
+        self.model_id = "fixed-test-0001"
+        self.codec_name = "fixed"
+        self.training_points = [{"name": "a", "x": 0.5, "y": 0.5, "family": "guitar"},
+                                {"name": "b", "x": -0.5, "y": -0.5, "family": "organ"}]
+
+    def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
+        n = int(SR * 1.5)
+        t = np.arange(n, dtype=np.float64) / SR
+        out = np.zeros((len(pitches), n), np.float32)
+        for i, (pt, p) in enumerate(zip(points, pitches, strict=True)):
+            x, y = float(pt[0]), float(pt[1])
+            f0 = 440.0 * 2 ** ((int(p) - 69) / 12)
+            a1, a2, a3 = 1.0, 0.5 * (1 + x), 0.3 * (1 - x)
+            env = np.exp(-t * (2.0 + 1.5 * (y + 1)))
+            tone = (a1 * np.sin(2 * np.pi * f0 * t) + a2 * np.sin(4 * np.pi * f0 * t)
+                    + a3 * np.sin(6 * np.pi * f0 * t))
+            key = int(p) * 1_000_003 + int(round(x * 1000)) * 1009 + int(round(y * 1000))
+            rng = np.random.default_rng([seed, key & 0x7FFFFFFF])
+            noise = rng.standard_normal(n) * 0.02 * np.exp(-t * 20)
+            out[i] = (0.4 * env * tone + noise).astype(np.float32)
+        return out
+
+
+def bounce(patch: Path, out: Path) -> str:
+    s = Settings().replace(audio="offline", cache_spill=False, patch_dir=PATCH_DIR)
+    p = load_patch(patch, pitch_range=(36, 84))
+    s = s.replace(seed=p.seed, tempo_bpm=p.tempo_bpm)
+    rig = OfflineRig(s, synth=FixedSynth())
+    try:
+        rig.submit_or_fail(f"load {patch}", src="patch", at_s=0.0)
+        seconds = rig.run_to_end(0.0, 600.0)
+        rig.save(out, seconds=seconds)
+    finally:
+        rig.close()
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_demo_patch_bounce_is_byte_identical(name: str, tmp_path: Path) -> None:
+    got = bounce(PATCH_DIR / name, tmp_path / "out.wav")
+    assert got == EXPECTED[name], f"{name}: bounce changed: {got}"
+
+
+def test_the_fixed_model_bounce_is_music_not_silence(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    bounce(PATCH_DIR / "morph.yaml", tmp_path / "m.wav")
+    audio, sr = sf.read(tmp_path / "m.wav")
+    assert sr == SR and len(audio) > 10 * SR
+    assert float(np.abs(audio).max()) > 0.05
