@@ -26,14 +26,12 @@ writer and damage checks but no hash in the name: they change at every checkpoin
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import sys
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -45,6 +43,7 @@ import torch
 
 import pgesam_live
 from pgesam_live.errors import CheckpointError, CodecError, ConfigError
+from pgesam_live.model.configs import _plain, config_from_dict, config_to_dict
 
 if TYPE_CHECKING:
     from pgesam_live.model.codec import Codec
@@ -134,51 +133,6 @@ class ModelBundle:
 
 
 # --- config dataclasses <-> plain dicts -------------------------------------------------------
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as a plain dict (tuples become lists: weights_only-safe)."""
-    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
-    return _plain(d)
-
-
-def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Rebuild `cls` from `config_to_dict`'s output; unknown keys are an error (stale file).
-    The one implementation behind VAEConfig.from_dict and TransformerConfig.from_dict."""
-    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {unknown}: valid keys are "
-                          f"{sorted(names)}")
-    kw = {}
-    for k, v in d.items():
-        # Dataclass fields declared as tuples were stored as lists.
-        kw[k] = tuple(v) if isinstance(v, list) and "tuple" in str(names[k].type) else v
-    return cls(**kw)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):  # int keys stay ints (optimiser states index params by int)
-        return {(int(k) if isinstance(k, int) else _plain(str(k))): _plain(v)
-                for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, bool) or x is None:
-        return x
-    if isinstance(x, str):
-        # Interned: pickle shares equal strings by identity, so without this the same content
-        # could give different bytes (and a different hash) depending on where it came from.
-        return sys.intern(str(x))  # str(): subclasses (TorchVersion) are not weights-safe
-    for base in (int, float):  # subclasses (IntEnum, numpy scalars) are not weights-safe
-        if isinstance(x, base):
-            return base(x)
-    if hasattr(x, "item"):  # numpy scalars
-        return x.item()
-    return str(x)
-
 
 def codec_normalisation(codec: Codec) -> dict[str, float]:
     """The codec's fixed normalisation constants (class attributes named *OFFSET* / *SCALE*):

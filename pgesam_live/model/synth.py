@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,47 +21,7 @@ import torch
 
 from pgesam_live.errors import ConfigError
 from pgesam_live.model.checkpoints import ModelBundle, ModelMeta, load_model
-
-_threads_configured = False
-
-
-def configure_threads() -> int:
-    """Set torch's intra-op threads once per process; returns the count.
-
-    `PGESAM_TORCH_THREADS` overrides; otherwise all cores this process may use (torch's own
-    default can count hyper-threads or ignore the affinity mask of a container).
-    """
-    global _threads_configured
-    if not _threads_configured:
-        env = os.environ.get("PGESAM_TORCH_THREADS")
-        try:
-            n = int(env) if env else len(os.sched_getaffinity(0))
-        except (ValueError, AttributeError):
-            n = os.cpu_count() or 1
-        torch.set_num_threads(max(1, n))
-        _threads_configured = True
-    return torch.get_num_threads()
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> CUDA when present, else CPU; `cuda` without CUDA is a ConfigError."""
-    if isinstance(device, torch.device):
-        name = str(device)
-    else:
-        name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but torch sees no CUDA GPU: use --device cpu "
-                              "or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"unknown device {device!r}: choose auto, cpu or cuda")
-
-
-pick_device = resolve_device  # the name the live layer uses
+from pgesam_live.model.device import configure_threads, resolve_device
 
 
 class Synth:
@@ -96,8 +55,8 @@ class Synth:
                   pitch_range: tuple[int, int] = (48, 72),
                   device: str | torch.device = "auto", seed: int = 0) -> Synth:
         """A randomly initialised model of a named config: for benchmarks and tests only."""
+        from pgesam_live.model.build import build_models
         from pgesam_live.model.codec import get_codec
-        from pgesam_live.model.train import build_models
 
         c = get_codec(codec)
         with torch.random.fork_rng(devices=[]):
@@ -215,4 +174,4 @@ def note_seeds(seed: int, points: torch.Tensor, pitches: torch.Tensor) -> list[i
     return out
 
 
-__all__ = ["Synth", "configure_threads", "note_seeds", "pick_device", "resolve_device"]
+__all__ = ["Synth", "configure_threads", "note_seeds", "resolve_device"]

@@ -46,6 +46,7 @@ from torch import nn
 
 from pgesam_live.errors import CheckpointError, ConfigError, DataError
 from pgesam_live.model import lora
+from pgesam_live.model.build import CONFIG_NAMES, DEFAULT_DECODER, build_models, make_configs
 from pgesam_live.model.checkpoints import (
     ModelMeta,
     build_transformer,
@@ -59,13 +60,12 @@ from pgesam_live.model.checkpoints import (
     save_training_state,
 )
 from pgesam_live.model.codec import Codec, get_codec
+from pgesam_live.model.device import resolve_device
 from pgesam_live.model.parallel import Decoder, make_transformer
-from pgesam_live.model.synth import resolve_device
-from pgesam_live.model.transformer import DECODERS, TransformerConfig
-from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
+from pgesam_live.model.transformer import DECODERS
+from pgesam_live.model.vae import TimbreVAE, vae_losses
 from pgesam_live.notes import parse_pitch_span
 
-CONFIG_NAMES = ("tiny", "small", "paper")
 DEFAULT_PITCH_RANGE = (48, 72)  # the authors'
 VAE_MILESTONES = (0.5, 0.6, 0.7, 0.8, 0.9)  # lr halved at these fractions of the steps
 
@@ -293,33 +293,6 @@ def parse_pitch_range(text: Any) -> tuple[int, int]:
 
 
 # --- configs and models -------------------------------------------------------------------------
-
-DEFAULT_DECODER = "autoregressive"
-
-
-def make_configs(config: str, frame_dim: int, n_instruments: int,
-                 pitch_range: tuple[int, int], decoder: str = DEFAULT_DECODER
-                 ) -> tuple[VAEConfig, TransformerConfig]:
-    """The named config's VAE and Transformer configs for this codec and pitch range."""
-    if config not in CONFIG_NAMES:
-        raise ConfigError(f"unknown config {config!r}: choose {', '.join(CONFIG_NAMES)}")
-    lo, hi = pitch_range
-    vae_cfg = getattr(VAEConfig, config)(frame_dim, max(1, n_instruments), n_pitches=hi - lo + 1)
-    tr_cfg = getattr(TransformerConfig, config)(frame_dim, pitch_min=lo, pitch_max=hi,
-                                                decoder=decoder)
-    if vae_cfg.n_frames > tr_cfg.n_frames:
-        raise ConfigError(f"config {config}: the VAE reads {vae_cfg.n_frames} frames but the "
-                          f"Transformer models only {tr_cfg.n_frames}")
-    return vae_cfg, tr_cfg
-
-
-def build_models(config: str, frame_dim: int, n_instruments: int,
-                 pitch_range: tuple[int, int], decoder: str = DEFAULT_DECODER
-                 ) -> tuple[TimbreVAE, Decoder]:
-    """Fresh (randomly initialised, eval-mode) networks of a named config."""
-    vae_cfg, tr_cfg = make_configs(config, frame_dim, n_instruments, pitch_range, decoder)
-    return TimbreVAE(vae_cfg).eval(), make_transformer(tr_cfg).eval()
-
 
 # --- distributed context ------------------------------------------------------------------------
 

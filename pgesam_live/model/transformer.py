@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.model.configs import config_from_dict
 
 DECODERS = ("autoregressive", "parallel")
 
@@ -157,7 +158,6 @@ class TransformerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
         """Inverse of to_dict; unknown keys are an error."""
-        from pgesam_live.model.checkpoints import config_from_dict  # noqa: PLC0415
 
         return config_from_dict(cls, d)  # type: ignore[no-any-return]
 

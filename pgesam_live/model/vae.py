@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.model.configs import config_from_dict
 
 N_FAMILIES = 11  # NSynth's instrument families
 
@@ -116,7 +117,6 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
         """Inverse of to_dict (JSON turns tuples into lists; unknown keys are an error)."""
-        from pgesam_live.model.checkpoints import config_from_dict  # noqa: PLC0415
 
         return config_from_dict(cls, d)  # type: ignore[no-any-return]
 

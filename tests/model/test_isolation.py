@@ -14,8 +14,9 @@ import textwrap
 import pytest
 
 FORBIDDEN = ("pyo", "prompt_toolkit", "pythonosc", "mido", "rtmidi")
-# Outside model/, the library may use only the package root, the error family and the note
-# names (pure vocabulary: `--pitches C2-C6` reads like a REPL pitch; no audio, no I/O).
+# Outside model/, the library may use only the package root, the error family, the note
+# names (pure vocabulary: `--pitches C2-C6` reads like a REPL pitch; no audio, no I/O) and,
+# in the source scan below, quiet.py (stdlib only: silences fluidsynth's C output).
 ALLOWED_LIVE = ("pgesam_live", "pgesam_live.errors", "pgesam_live.notes")
 
 _PROBE = textwrap.dedent("""
@@ -68,3 +69,63 @@ def test_probe_detects_a_forbidden_import() -> None:
     assert r.returncode == 0, r.stderr[-500:]
     mods = json.loads(r.stdout)
     assert [m for m in mods if m.split(".")[0] in FORBIDDEN]
+
+
+# -- the same, read from the source: lazy imports count too ---------------------------------------
+def _model_imports() -> dict[str, set[str]]:
+    """Each model module -> the pgesam_live modules it imports anywhere in its body (lazy
+    imports inside functions included; `if TYPE_CHECKING:` blocks left out: they never run)."""
+    import ast
+    from pathlib import Path
+
+    import pgesam_live.model as m
+
+    out: dict[str, set[str]] = {}
+    for path in sorted(Path(m.__path__[0]).glob("*.py")):
+        name = f"pgesam_live.model.{path.stem}" if path.stem != "__init__" else \
+            "pgesam_live.model"
+        tree = ast.parse(path.read_text())
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip |= {id(n) for n in ast.walk(node)}
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("pgesam_live"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("pgesam_live")}
+        out[name] = deps
+    return out
+
+
+def test_no_model_module_imports_the_live_layer_even_lazily() -> None:
+    bad = {mod: sorted(d for d in deps if not d.startswith("pgesam_live.model")
+                       and d not in ALLOWED_LIVE + ("pgesam_live.quiet",))
+           for mod, deps in _model_imports().items()}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_model_package_has_no_import_circles() -> None:
+    graph = {k: {d for d in v if d in _model_imports()} for k, v in _model_imports().items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, path: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle.extend([*path, node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, [*path, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for start in sorted(graph):
+        if state.get(start) is None and visit(start, []):
+            break
+    assert cycle == [], " -> ".join(cycle)
