@@ -1,7 +1,9 @@
 """`pgesam-live bench [--json]`: the performance figures, measured in this run.
 
 Each figure that has a baseline is printed as a ratio against it, measured in the same run
-(`kv_speedup`: naive full-recompute generation / KV-cached generation, same weights).
+(`kv_speedup`: naive full-recompute generation / KV-cached generation, same weights;
+`parallel_speedup_vs_autoregressive`: the autoregressive decoder's KV-cached note / the bundled
+parallel decoder's one-pass note).
 """
 
 from __future__ import annotations
@@ -47,14 +49,17 @@ def _render_figures(synth: Any) -> dict[str, float]:
         with torch.inference_mode():
             tr.generate(one_pt, one_p, n_frames=n, use_cache=cache)
 
-    t_naive = _best_of(lambda: gen(False), repeat=1)
+    parallel = bool(getattr(tr.cfg, "parallel", False))
+    # A parallel decoder has no cache: its one pass is the figure (naive = cached).
     t_kv = _best_of(lambda: gen(True), repeat=3)
+    t_naive = t_kv if parallel else _best_of(lambda: gen(False), repeat=1)
     t_note = _best_of(lambda: synth.render(np.zeros((1, 2), np.float32),
                                            np.array([one_p.item()]), seed=0))
     pitches = np.arange(lo, hi + 1)[:25]
     pts = np.zeros((len(pitches), 2), np.float32)
     t_bank = _best_of(lambda: synth.render(pts, pitches, seed=0), repeat=2)
     return {"frames": n, "frames_per_step": int(tr.cfg.frames_per_step),
+            "decoder": str(getattr(tr.cfg, "decoder", "autoregressive")),
             "kv_naive_s": round(t_naive, 4), "kv_cached_s": round(t_kv, 4),
             "kv_speedup": round(t_naive / t_kv, 2), "note_render_s": round(t_note, 4),
             "bank_render_s": round(t_bank, 4), "bank_pitches": int(len(pitches))}
@@ -110,8 +115,16 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
         out.update({"note_render_s": bundled["note_render_s"],
                     "bank_render_s": bundled["bank_render_s"],
                     "bank_pitches": bundled["bank_pitches"],
-                    "kv_speedup_bundled": bundled["kv_speedup"],
+                    "decoder_bundled": bundled["decoder"],
+                    "generate_bundled_s": bundled["kv_cached_s"],
                     "frames_per_step_bundled": bundled["frames_per_step"]})
+        if bundled["decoder"] == "parallel":
+            # One pass for the whole note against the autoregressive decoder's KV-cached
+            # steps (the default small config), same run, same threads.
+            out["parallel_speedup_vs_autoregressive"] = round(
+                fig["kv_cached_s"] / bundled["kv_cached_s"], 2)
+        else:
+            out["kv_speedup_bundled"] = bundled["kv_speedup"]
     else:
         out["model"] = "untrained default config (no bundled model found)"
         out.update({"note_render_s": fig["note_render_s"], "bank_render_s": fig["bank_render_s"],
@@ -133,7 +146,9 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
 MODEL_KEYS = ("device", "cpu", "torch_threads", "kv_speedup", "kv_naive_s", "kv_cached_s",
               "frames", "note_render_default_s", "bank_render_default_s", "model",
               "note_render_s", "bank_render_s", "bank_pitches", "kv_speedup_bundled",
-              "frames_per_step_bundled", "codec", "codec_encode_s", "codec_decode_s")
+              "frames_per_step_bundled", "decoder_bundled", "generate_bundled_s",
+              "parallel_speedup_vs_autoregressive", "codec", "codec_encode_s",
+              "codec_decode_s")
 
 
 def run_bench(ns: Namespace) -> int:

@@ -307,3 +307,15 @@ def test_default_file_names_the_default_model(saved: tuple, tmp_path: Path) -> N
     (base.parent / ck.DEFAULT_FILE).write_text("pgesam_gone-00000000.pt\n")
     with pytest.raises(CheckpointError, match="DEFAULT names 'pgesam_gone-00000000.pt'"):
         ck.resolve_model("default", base.parent)
+
+
+def test_a_superseded_bundled_model_is_named_with_where_to_get_it(tmp_path: Path) -> None:
+    """Journals and patches name older bundled models; asking for one says what it was and
+    how to get it back from the repository's history, not just 'not found'."""
+    from pgesam_live.model.checkpoints import SUPERSEDED, resolve_model
+
+    for stem, (_what, commit) in SUPERSEDED.items():
+        with pytest.raises(CheckpointError, match=f"git show {commit}:checkpoints/{stem}.pt"):
+            resolve_model(stem, tmp_path)
+    with pytest.raises(CheckpointError, match="its base pgesam_small_harmonic-be8bcbcb.pt"):
+        resolve_model("pgesam_small_harmonic-869fda4e.pt", tmp_path)
