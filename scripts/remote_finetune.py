@@ -125,9 +125,10 @@ def _seconds_per_step(data: T.TrainData, opts: T.TrainOptions, dev: torch.device
                                       opts.self_feed_passes or 2)
         pred = tr(pts, data.pitch[idx], x_in)
         if tr.cfg.parallel:
-            loss = T.audible_frame_loss(pred, x, codec, w, opts.delta_weight)
-            if opts.spectral_weight:
-                loss = loss + opts.spectral_weight * T.decoded_spectral_loss(pred, x, codec)
+            loss = T.audible_frame_loss(pred, x, codec, w, opts.loss_value("delta_weight", None))
+            spectral = opts.loss_value("spectral_weight", None)
+            if spectral:
+                loss = loss + spectral * T.decoded_spectral_loss(pred, x, codec)
         else:
             loss = (((pred - x) ** 2) * w).mean()
         opt.zero_grad()

@@ -102,6 +102,11 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
     return w.to(device)
 
 
+# Defaults of the parallel decoder's loss options (TrainOptions.loss_value).
+LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
+                 "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0]}
+
+
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
 
@@ -157,11 +162,12 @@ class TrainOptions:
     # model/parallel.py). None: the resumed run's or the init model's, else DEFAULT_DECODER.
     decoder: str | None = None
     # Parallel decoder: weight of the loss on frame-to-frame differences (against jitter).
-    delta_weight: float = 1.0
+    # These four: None = the resumed run's value, else LOSS_DEFAULTS.
+    delta_weight: float | None = None
     # Parallel decoder: weight of decoded_spectral_loss (0 = off) and extra Gaussian noise (map
     # units) on the training points, for a smoother map between the training instruments.
-    spectral_weight: float = 0.0
-    point_noise: float = 0.0
+    spectral_weight: float | None = None
+    point_noise: float | None = None
     # Loss weight of the harmonic codec's pitch channel (None: CHANNEL_WEIGHTS' 300).
     pitch_weight: float | None = None
 
@@ -239,7 +245,6 @@ class TrainOptions:
             if given:
                 raise ConfigError(f"{', '.join(given)}: Transformer options; use them with "
                                   "`train transformer` or `train all`")
-        delta_w = _opt_float(g("delta_weight"))
         return cls(
             stage=stage, data=Path(str(g("data"))), out=Path(str(g("out") or "runs/default")),
             config=config, config_given=config_given, codec=str(g("codec") or "harmonic"),
@@ -262,11 +267,20 @@ class TrainOptions:
             init=None if init is None else Path(str(init)),
             lora_rank=lora_rank,
             decoder=None if decoder is None else str(decoder),
-            delta_weight=1.0 if delta_w is None else delta_w,
-            spectral_weight=float(g("spectral_weight") or 0.0),
-            point_noise=float(g("point_noise") or 0.0),
+            delta_weight=_opt_float(g("delta_weight")),
+            spectral_weight=_opt_float(g("spectral_weight")),
+            point_noise=_opt_float(g("point_noise")),
             pitch_weight=_opt_float(g("pitch_weight")),
         )
+
+    def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
+        """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight): given,
+        else the resumed run's, else LOSS_DEFAULTS."""
+        given = getattr(self, name)
+        if given is not None:
+            return float(given)
+        stored = (saved or {}).get("loss_options", {}).get(name)
+        return float(stored) if stored is not None else LOSS_DEFAULTS[name]
 
     def stage_value(self, stage: str, key: str) -> Any:
         """--steps / --batch-size / --lr, else the config's default for `stage`."""
@@ -885,6 +899,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     parallel = bool(tr.cfg.parallel)
     if parallel and (opts.self_feed or opts.input_noise):
         raise ConfigError("--self-feed and --input-noise are for the autoregressive decoder")
+    loss_opts = {k: opts.loss_value(k, saved) for k in LOSS_DEFAULTS}
     tr.to(d.device).train()
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
     mu, logvar = encode_all(vae, data.frames)
@@ -936,6 +951,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "init": str(opts.init) if opts.init is not None else "",
             "vae": str(opts.vae) if opts.vae is not None else "",
             "lora_rank": lora_rank,
+            "loss_options": loss_opts,
             "lora_factors": lora.factors_of(tr) if lora_rank else None,
             "model_config": config_to_dict(tr.cfg),
             "model": lora.merged_state(tr),
@@ -947,8 +963,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds") if final else ""})
 
     chan_w = channel_weights(codec_name, codec.dim, d.device)
-    if opts.pitch_weight is not None and codec_name in CHANNEL_WEIGHTS:
-        chan_w[0] = opts.pitch_weight
+    if codec_name in CHANNEL_WEIGHTS:
+        chan_w[0] = loss_opts["pitch_weight"]
     t0 = time.time()
     bar = _progress(steps, step, "transformer", d.main and opts.progress)
     every = _log_every(steps)
@@ -967,8 +983,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
             idx = idx_cpu.to(d.device)
             points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
-            if opts.point_noise > 0:
-                points = points + opts.point_noise * torch.randn_like(points)
+            if loss_opts["point_noise"] > 0:
+                points = points + loss_opts["point_noise"] * torch.randn_like(points)
             x = data.frames[idx]
             x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
             if self_feed > 0:
@@ -976,9 +992,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                                         feed_passes)
             pred = model(points, data.pitch[idx], x_in)
             if parallel:
-                loss = audible_frame_loss(pred, x, codec, chan_w, opts.delta_weight)
-                if opts.spectral_weight > 0:
-                    loss = loss + opts.spectral_weight * decoded_spectral_loss(pred, x, codec)
+                loss = audible_frame_loss(pred, x, codec, chan_w, loss_opts["delta_weight"])
+                if loss_opts["spectral_weight"] > 0:
+                    loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(
+                        pred, x, codec)
             else:
                 loss = (((pred - x) ** 2) * chan_w).mean()
             _check_finite(loss, "transformer", step, opts.out)
@@ -1027,6 +1044,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         "transformer_input_noise": float(st.get("input_noise", 0.0)),
         "transformer_self_feed": float(st.get("self_feed", 0.0)),
         "transformer_self_feed_passes": int(st.get("self_feed_passes", 2)),
+        "transformer_loss_options": dict(st.get("loss_options") or {}),
         "data_dir": str(meta.get("data_dir", opts.data)), "n_notes": int(len(data.pitch)),
         # The stage's own finish time (not now): resuming a finished run rewrites the same file.
         "date": str(st.get("finished_at", "")),

@@ -478,9 +478,16 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     assert b.transformer.cfg.decoder == "parallel"
     audio = Synth(b, "cpu").render(np.array([[0.0, 0.0]]), [50], seed=0)
     assert audio.shape == (1, 24 * 320) and np.isfinite(audio).all()
+    # The loss options are the run's: recorded, and kept by a resume that does not restate them.
+    st = load_training_state(out / "transformer.pt")
+    assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
+                                  "point_noise": 0.02, "pitch_weight": 300.0}
+    assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
+    assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
+    assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
     # Resuming names the decoder it is; asking for the other one is refused.
     with pytest.raises(ConfigError, match="decoder"):
-        T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4",
+        T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "5",
                                "--decoder", "autoregressive"))
     with pytest.raises(ConfigError, match="self-feed"):
         T.TrainOptions.from_namespace(train_args("transformer", data_dir, out, "--decoder",
