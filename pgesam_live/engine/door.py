@@ -30,6 +30,7 @@ import numpy as np
 from pgesam_live import faults
 from pgesam_live.engine.handlers import HANDLERS
 from pgesam_live.engine.names import NameChecks
+from pgesam_live.engine.repitch import RepitchPreparer
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.state import StateViews
 from pgesam_live.errors import PgesamError
@@ -186,7 +187,6 @@ class Engine(NameChecks, StateViews):
         if out_sample_rate and out_sample_rate != model.sample_rate:
             sink = self._resampler = _ResamplingSink(voices, model.sample_rate,
                                                      out_sample_rate)
-            cache.on_loaded = self._warm_note  # a spilled note read back: resampled there
         # Live, the scheduler reads notes from memory only (a spilled one is read by the
         # cache's loader thread); offline, a source that renders on demand is given.
         self.scheduler = Scheduler(sink, source if source is not None else AudioThreadSource(cache),
@@ -194,6 +194,14 @@ class Engine(NameChecks, StateViews):
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
                                    command_runner=self._run_patch_line, seed=seed,
                                    pitch_range=model.pitch_range)
+        self._repitcher: RepitchPreparer | None = None
+        if source is None:
+            # Live: a note beyond the model's range is re-pitched off the audio thread (and
+            # resampled there too), the hook only looks it up.
+            self._repitcher = self.scheduler.fallbacks.attach_preparer(
+                cache.peek, self._resampler.warm if self._resampler is not None else None)
+        if self._resampler is not None or self._repitcher is not None:
+            cache.on_loaded = self._warm_note  # a spilled note read back: prepared there
         self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)  # notified after every block
         self._block_thread: int | None = None  # the thread running on_block
@@ -246,11 +254,19 @@ class Engine(NameChecks, StateViews):
         self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
 
     def _warm_note(self, key: NoteKey) -> None:
-        """At another output rate: resample a newly cached note here, not in the hook."""
+        """At another output rate: resample a newly cached note here, not in the hook; and
+        have the notes beyond the model's range that play it re-pitched (its own thread)."""
         if self._resampler is not None:
             audio = self.cache.peek(key)
             if audio is not None:
                 self._resampler.warm(audio)
+        if self._repitcher is not None:
+            self._repitcher.ready(key)
+
+    def close(self) -> None:
+        """Stop the engine's own thread (the re-pitch preparer); idempotent."""
+        if self._repitcher is not None:
+            self._repitcher.close()
 
     # -- the door ---------------------------------------------------------------------------
     def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,

@@ -3,23 +3,28 @@ when the pitch lies beyond the model's range, or, when nothing was rendered in t
 explicit fallback (counted late): the nearest cached pitch re-pitched, the nearest cached
 point, or, last, the nearest cached pitch anywhere up to an octave away, re-pitched.
 
-Runs on the audio thread (inside the scheduler's tick); reads the note source only.
+Runs on the audio thread (inside the scheduler's tick); reads the note source only. The
+re-pitch of a note beyond the range is prepared off the audio thread when a preparer is
+attached (engine/repitch.py: live); the hook then only looks it up, and re-pitches (counted
+in ``repitched_in_hook``) only when it was not ready in time, or when no preparer is attached
+(offline, where the source renders on demand anyway). A late note's fallback re-pitch still
+runs in the hook: which cached note it borrows is known only when the note is due.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import numpy as np
 
 from pgesam_live.engine.counters import SchedulerCounters
 from pgesam_live.engine.ports import MAX_FALLBACK_SEMITONES, NoteSource
+from pgesam_live.engine.repitch import RepitchMemo, RepitchPreparer
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.model import XY
 
 LAST_FALLBACK_SEMITONES = 12  # a late note with nothing near: a pitch up to an octave away
-REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched
 
 RepitchFn = Callable[[np.ndarray, float], np.ndarray]
 
@@ -34,7 +39,23 @@ class Fallbacks:
         self.repitch_fn = repitch_fn
         # The model's rendered range: a pitch beyond it plays its nearest edge re-pitched.
         self.pitch_range = pitch_range
-        self._repitched: OrderedDict[tuple[Hashable, int], np.ndarray] = OrderedDict()
+        self.memo = RepitchMemo()
+        self.preparer: RepitchPreparer | None = None  # attach_preparer
+        self.repitched_in_hook = 0  # beyond-range notes re-pitched in the hook (not ready)
+
+    def attach_preparer(self, peek: Callable[[Any], np.ndarray | None],
+                        on_prepared: Callable[[np.ndarray], object] | None = None
+                        ) -> RepitchPreparer:
+        """Re-pitch notes beyond the range off the audio thread (live): ``peek(key)`` reads
+        an edge note from memory; ``on_prepared(audio)`` hears of each re-pitched one."""
+        self.preparer = RepitchPreparer(self.memo, self.repitch_fn, peek, on_prepared)
+        return self.preparer
+
+    def want(self, key: Hashable, semitones: int) -> None:
+        """The edge note ``key`` is asked for a pitch ``semitones`` away (beyond the range):
+        have it re-pitched ahead, off the audio thread (no-op without a preparer)."""
+        if semitones and self.preparer is not None:
+            self.preparer.want(key, semitones)
 
     def audio_for(self, xy: XY, pitch: int, seed: int,
                   request_now: Callable[[Hashable], object]) -> np.ndarray | None:
@@ -49,6 +70,7 @@ class Fallbacks:
         self.counters.late += 1
         self.source.count_late()
         request_now(key)
+        self.want(key, pitch - rp)
         near = self.source.nearest_pitch(key, max_semitones=MAX_FALLBACK_SEMITONES)
         if near is not None:
             near_key, near_audio = near
@@ -77,14 +99,12 @@ class Fallbacks:
 
     def beyond_range(self, key: Hashable, audio: np.ndarray, semitones: int) -> np.ndarray:
         """A note beyond the model's range: its edge note re-pitched (memoised, so a riff
-        on a low note resamples once, not in every block that plays it)."""
+        on a low note resamples once, not in every block that plays it; prepared off the
+        audio thread when a preparer is attached)."""
         memo = (key, semitones)
-        out = self._repitched.get(memo)
+        out = self.memo.get(memo)
         if out is None:
-            out = self.repitch_fn(audio, float(semitones))
-            self._repitched[memo] = out
-            if len(self._repitched) > REPITCH_MEMO:
-                self._repitched.popitem(last=False)
-        else:
-            self._repitched.move_to_end(memo)
+            if self.preparer is not None:
+                self.repitched_in_hook += 1  # not ready in time: done here, as without one
+            out = self.memo.add(memo, self.repitch_fn(audio, float(semitones)))
         return out

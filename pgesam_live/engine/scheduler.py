@@ -285,8 +285,13 @@ class Scheduler:
         """The model's rendered range (a pitch beyond it plays its edge re-pitched)."""
         return self.fallbacks.pitch_range
 
-    def _request(self, key: Hashable, deadline_s: float, current_point: bool = False) -> None:
+    def _request(self, key: Hashable, deadline_s: float, current_point: bool = False,
+                 semitones: int = 0) -> None:
+        """Ask for ``key`` by ``deadline_s``; ``semitones`` != 0: for a pitch that far beyond
+        the model's range (``key`` is its edge note), re-pitched ahead off the audio thread."""
         self.requests.request(key, deadline_s, current_point)
+        if semitones:
+            self.fallbacks.want(key, semitones)
 
     def _request_late(self, key: Hashable) -> None:
         # A note due now and not rendered: asked for now, so that the next time it is there.
@@ -298,7 +303,8 @@ class Scheduler:
         for pitch in note.pitches:
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, seed)
-            self._request(key, start_s - self.lookahead_s, current_point=note.xy is None)
+            self._request(key, start_s - self.lookahead_s, current_point=note.xy is None,
+                          semitones=pitch - rp)
 
     def _request_ahead(self) -> None:
         until_beat = self.committed_beat() + self.request_ahead_beats
@@ -351,7 +357,7 @@ class Scheduler:
         for pitch in self._recent_pitches if request_recent else ():
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, self.seed)
-            self._request(key, t_s, current_point=True)
+            self._request(key, t_s, current_point=True, semitones=pitch - rp)
         self._request_ahead()
 
     def glide(self, x: float, y: float, beats: float) -> None:
@@ -373,7 +379,7 @@ class Scheduler:
             for pitch in self._recent_pitches:
                 rp = rendered_pitch(pitch, self.pitch_range)
                 key = self.source.key(xy[0], xy[1], rp, self.seed)
-                self._request(key, t_s - self.lookahead_s)
+                self._request(key, t_s - self.lookahead_s, semitones=pitch - rp)
         self._request_ahead()
 
     # -- tempo and look-ahead

@@ -417,6 +417,7 @@ def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float
                     th.join(timeout=2.0)
             audio.close()
             worker.stop()
+            engine.close()
             cache.close()
             journal.close()
     if not len(times_ms):
