@@ -121,7 +121,7 @@ def test_live_engine_re_pitches_beyond_range_notes_off_the_audio_thread(tmp_path
     class Stub:
         pending = 0
 
-        def request(self, key: Any, x: float, y: float, deadline_s: float,
+        def request(self, key: Any, deadline_s: float,
                     speculative: bool = False, cancellable: bool = False) -> bool:
             return False
 
