@@ -159,6 +159,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         audio.stop()
         audio.close()
         worker.stop()
+        engine.close()
         cache.close()
         if not started and journal.count == 0:
             _drop_unused(journal)  # it never played: nothing to keep

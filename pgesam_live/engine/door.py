@@ -30,6 +30,7 @@ import numpy as np
 from pgesam_live import faults
 from pgesam_live.engine.handlers import HANDLERS
 from pgesam_live.engine.names import NameChecks
+from pgesam_live.engine.repitch import RepitchPreparer
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.state import StateViews
 from pgesam_live.errors import PgesamError
@@ -71,8 +72,8 @@ class Renderer(Protocol):
     """The worker client (live) or an in-process renderer (offline). A speculative request
     (a point's pitch bank) may be dropped when newer ones supersede it."""
 
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False, cancellable: bool = False) -> bool: ...
+    def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
+                cancellable: bool = False) -> bool: ...
 
     def cancel(self, keys: list[NoteKey]) -> None: ...
 
@@ -113,7 +114,7 @@ class _Requester:
         self.renderer = renderer
 
     def request(self, key: NoteKey, deadline_s: float) -> None:
-        self.renderer.request(key, key.xq, key.yq, deadline_s, cancellable=True)
+        self.renderer.request(key, deadline_s, cancellable=True)
 
     def cancel(self, keys: list[Any]) -> None:
         """Renders no longer wanted (the point moved on; offline renderers ignore it)."""
@@ -186,7 +187,6 @@ class Engine(NameChecks, StateViews):
         if out_sample_rate and out_sample_rate != model.sample_rate:
             sink = self._resampler = _ResamplingSink(voices, model.sample_rate,
                                                      out_sample_rate)
-            cache.on_loaded = self._warm_note  # a spilled note read back: resampled there
         # Live, the scheduler reads notes from memory only (a spilled one is read by the
         # cache's loader thread); offline, a source that renders on demand is given.
         self.scheduler = Scheduler(sink, source if source is not None else AudioThreadSource(cache),
@@ -194,11 +194,22 @@ class Engine(NameChecks, StateViews):
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
                                    command_runner=self._run_patch_line, seed=seed,
                                    pitch_range=model.pitch_range)
+        self._repitcher: RepitchPreparer | None = None
+        if source is None:
+            # Live: a note beyond the model's range is re-pitched off the audio thread (and
+            # resampled there too), the hook only looks it up.
+            self._repitcher = self.scheduler.fallbacks.attach_preparer(
+                cache.peek, self._resampler.warm if self._resampler is not None else None)
+        if self._resampler is not None or self._repitcher is not None:
+            cache.on_loaded = self._warm_note  # a spilled note read back: prepared there
         self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)  # notified after every block
         self._block_thread: int | None = None  # the thread running on_block
         self._queue: list[tuple[float, int, Command, str, Any]] = []
         self._tags: dict[int, Hashable] = {}  # queue order -> the submitter's tag
+        # queue order -> the command's journal text, made in the submitter's thread (not the
+        # audio hook's)
+        self._lines: dict[int, str] = {}
         self._order = itertools.count()
         self._listeners: list[Listener] = []
         self._stats: dict[str, Callable[[], int]] = {}
@@ -246,11 +257,19 @@ class Engine(NameChecks, StateViews):
         self.emit({"kind": "ready", "x": key.xq, "y": key.yq, "pitch": key.pitch})
 
     def _warm_note(self, key: NoteKey) -> None:
-        """At another output rate: resample a newly cached note here, not in the hook."""
+        """At another output rate: resample a newly cached note here, not in the hook; and
+        have the notes beyond the model's range that play it re-pitched (its own thread)."""
         if self._resampler is not None:
             audio = self.cache.peek(key)
             if audio is not None:
                 self._resampler.warm(audio)
+        if self._repitcher is not None:
+            self._repitcher.ready(key)
+
+    def close(self) -> None:
+        """Stop the engine's own thread (the re-pitch preparer); idempotent."""
+        if self._repitcher is not None:
+            self._repitcher.close()
 
     # -- the door ---------------------------------------------------------------------------
     def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None,
@@ -271,6 +290,7 @@ class Engine(NameChecks, StateViews):
             if command.name == "load" and isinstance(prepared, Patch):
                 # Journalled as found, not as typed: portable to another working directory.
                 command = Command("load", {"patch": self._patch_ref(prepared.path)})
+            line = command.to_line()
             with self._lock:
                 # A timed command is checked against the state it will meet when applied;
                 # an immediate one is checked now (against the state the immediate commands
@@ -281,8 +301,9 @@ class Engine(NameChecks, StateViews):
                 order = next(self._order)
                 if tag is not None:
                     self._tags[order] = tag
+                self._lines[order] = line
                 heapq.heappush(self._queue, (when, order, command, src, prepared))
-            return Reply(True, command.to_line())
+            return Reply(True, line)
         except PgesamError as e:
             self.rejected += 1
             return Reply(False, str(e))
@@ -316,7 +337,8 @@ class Engine(NameChecks, StateViews):
                 # A timed command acts at its own time within this block (to the sample).
                 at_s = None if entry[0] == -math.inf else max(entry[0], t_s)
                 self._apply(entry[2], entry[3], entry[4], t_s, at_s,
-                            tag=self._tags.pop(entry[1], None))
+                            tag=self._tags.pop(entry[1], None),
+                            line=self._lines.pop(entry[1], None))
             if self._bank_due is not None and t_s >= self._bank_due[2]:
                 x, y, _ = self._bank_due
                 self._bank_due = None
@@ -345,11 +367,13 @@ class Engine(NameChecks, StateViews):
         if any(n in ("hush", "panic") for n in behind):
             self._held = None  # dropped: the performer silenced it before it sounded
             self._tags.pop(entry[1], None)
+            self._lines.pop(entry[1], None)
             return
         waited = t_s - self._held_since_s >= self.wait_for_render_s
         if behind or waited or not self._missing_renders(entry[2], t_s):
             self._held = None
-            self._apply(entry[2], entry[3], entry[4], t_s, tag=self._tags.pop(entry[1], None))
+            self._apply(entry[2], entry[3], entry[4], t_s, tag=self._tags.pop(entry[1], None),
+                        line=self._lines.pop(entry[1], None))
 
     def _missing_renders(self, c: Command, t_s: float) -> list[NoteKey]:
         """The notes of a play/note/note_at command not in the cache (and asks for them)."""
@@ -360,26 +384,30 @@ class Engine(NameChecks, StateViews):
                                self.scheduler.seed) for p in pitches)
         missing = [k for k in keys if not self.cache.in_memory(k)]  # (on disk: loaded)
         for k in missing:
-            self.renderer.request(k, k.xq, k.yq, t_s)
+            self.renderer.request(k, t_s)
         return missing
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float,
-               at_s: float | None = None, tag: Hashable | None = None) -> None:
+               at_s: float | None = None, tag: Hashable | None = None,
+               line: str | None = None) -> None:
         """Apply in the block at `t_s`; a timed command at `at_s` (in this block), where it
-        is also journalled, so a replay acts there too."""
+        is also journalled, so a replay acts there too. ``line``: its journal text, made
+        when it was submitted (not here, in the audio hook)."""
+        if line is None:
+            line = command.to_line()
         try:
             with self.scheduler.acting_at(at_s):
                 HANDLERS[command.name](self, command.args, prepared)
         except Exception as e:  # per event: log, count, tell, carry on
             self.apply_errors += 1
-            self.message(f"{command.to_line()}: {e}")
+            self.message(f"{line}: {e}")
             # For the front end that sent it (an OSC bundle's sender) and a replay's log.
             self.emit({"kind": "rejected", "t": t_s if at_s is None else at_s, "src": src,
-                       "cmd": command.to_line(), "text": str(e), "tag": tag})
+                       "cmd": line, "text": str(e), "tag": tag})
             return
         self.applied += 1
         self.emit({"kind": "command", "t": t_s if at_s is None else at_s, "src": src,
-                   "cmd": command.to_line(), "tag": tag})
+                   "cmd": line, "tag": tag})
         # A change of state, not the state: listeners that show it (OSC pushes) build the
         # snapshot in their own thread. It carries the point this command leaves (a timed
         # move's at its own time), which OSC uses to keep a sender's change from echoing.
@@ -441,7 +469,7 @@ class Engine(NameChecks, StateViews):
             if announce_cached and key in self.cache:
                 self.note_ready(key)
                 continue
-            self.renderer.request(key, key.xq, key.yq, deadline0_s + rank * BANK_STAGGER_S,
+            self.renderer.request(key, deadline0_s + rank * BANK_STAGGER_S,
                                   speculative=speculative)
 
     def _remember(self, pitches: list[int]) -> None:

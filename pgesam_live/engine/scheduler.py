@@ -1,5 +1,6 @@
 """The musical clock: logical time in beats over engine time in seconds, look-ahead
-scheduling, render requests ahead of deadlines, and fallbacks for late renders.
+scheduling, render requests ahead of deadlines (tracked by engine/requests.py), and the
+notes' audio with fallbacks for late renders (engine/fallback.py).
 
 Time is injected: the engine calls ``tick(now_s)`` before every audio block (any rate
 works), so tests and the offline bounce drive the same code with a fake clock. Nothing here
@@ -23,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pgesam_live.engine.ports import MAX_FALLBACK_SEMITONES, NoteSource, RenderRequester, VoiceSink
+from pgesam_live.engine.counters import SchedulerCounters
+from pgesam_live.engine.fallback import Fallbacks
+from pgesam_live.engine.ports import NoteSource, RenderRequester, VoiceSink
+from pgesam_live.engine.requests import RenderRequests
 from pgesam_live.engine.streams import (
     HUSH_KEEPS,
     CommandStream,
@@ -58,25 +60,10 @@ from pgesam_live.vocab.commands import (
 log = logging.getLogger(__name__)
 
 QUANTA = ("now", "beat", "bar")
-LAST_FALLBACK_SEMITONES = 12  # a late note with nothing near: a pitch up to an octave away
 _EPS_BEATS = 1e-9          # a horizon within this of a grid line counts as on it
 KEEP_GRID_BARS = 2  # after the last sequence ends, new ones join its grid this long
-_REPITCH_MEMO = 64  # notes beyond the model's range kept re-pitched
 _GLIDE_SAMPLE_BEATS = 0.25  # pre-render a gliding point every quarter beat
 _RECENT_PITCHES = 8        # pitches pre-rendered along a glide / at a new point
-
-
-
-@dataclass
-class _Counters:
-    notes: int = 0          # notes handed to the sink (fallbacks included)
-    late: int = 0           # notes whose render was not ready when due (every fallback case)
-    fallback_pitch: int = 0
-    fallback_point: int = 0
-    skipped: int = 0
-    errors: int = 0         # exceptions caught per event (logged)
-    requests: int = 0
-    recent_errors: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- scheduler
@@ -115,10 +102,6 @@ class Scheduler:
         self.command_runner = command_runner
         self.request_ahead_beats = request_ahead_beats
         self.preroll_s = preroll_s
-        self.repitch_fn = repitch_fn
-        # The model's rendered range: a pitch beyond it plays its nearest edge re-pitched.
-        self.pitch_range = pitch_range
-        self._repitched: OrderedDict[tuple[Hashable, int], np.ndarray] = OrderedDict()
         self.seed = seed
         self.lookahead_s = lookahead_s
         self.tempo = TempoMap(tempo_bpm, 0.0)
@@ -137,15 +120,11 @@ class Scheduler:
         self._points = [PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
         # Notes played now, and key releases (velocity None), in the order they came.
         self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None]] = []
-        self._requested: dict[Hashable, float] = {}
-        # Requests made at the performer's point, by the point's generation (bumped by every
-        # move): a move's _request_ahead cancels those of older generations not asked again.
-        self._cp_keys: dict[Hashable, int] = {}
-        self._cp_gen = 0
-        self._cp_judged = 0  # the generation _cancel_superseded last judged
-        self._pinned: dict[Hashable, float] = {}  # asked for by notes with their own timbre
         self._recent_pitches: dict[int, None] = {}
-        self.counters = _Counters()
+        self.counters = SchedulerCounters()
+        self.requests = RenderRequests(source, requester, self.counters)
+        # The model's rendered range: a pitch beyond it plays its nearest edge re-pitched.
+        self.fallbacks = Fallbacks(source, self.counters, repitch_fn, pitch_range)
 
     # -- time
 
@@ -244,7 +223,7 @@ class Scheduler:
         self._streams = [s for s in self._streams if s.next_beat() is not None]
         self._sequences = {n: s for n, s in self._sequences.items() if s in self._streams}
         self._request_ahead()
-        self._prune_requests(now_s)
+        self.requests.prune(now_s)
 
     def _count_error(self, text: str) -> None:
         self.counters.errors += 1
@@ -286,63 +265,12 @@ class Scheduler:
             self._recent_pitches[pitch] = None
             if len(self._recent_pitches) > _RECENT_PITCHES:
                 del self._recent_pitches[next(iter(self._recent_pitches))]
-            audio = self._audio_for(xy, pitch, seed)
+            audio = self.fallbacks.audio_for(xy, pitch, seed, self._request_late)
             if audio is None:
                 continue
             self.sink.play(audio, start_s, velocity, 0.0, length_s,
                            tag=pitch if held else tag)
             self.counters.notes += 1
-
-    def _audio_for(self, xy: XY, pitch: int, seed: int) -> np.ndarray | None:
-        """The note's audio, or a counted fallback, or None (skipped, counted)."""
-        rp = rendered_pitch(pitch, self.pitch_range)
-        key = self.source.key(xy[0], xy[1], rp, seed)
-        audio = self.source.get(key)
-        if audio is not None:
-            return audio if rp == pitch else self._beyond_range(key, audio, pitch - rp)
-        self.counters.late += 1
-        self.source.count_late()
-        # Ask for it now so the next time it is there.
-        self._request(key, xy, rp, seed, self._now_or_action_s())
-        near = self.source.nearest_pitch(key, max_semitones=MAX_FALLBACK_SEMITONES)
-        if near is not None:
-            near_key, near_audio = near
-            self.counters.fallback_pitch += 1
-            self.source.count_fallback()
-            return self.repitch_fn(near_audio, float(pitch - near_key.pitch))
-        near = self.source.nearest_point(key)
-        if near is not None:
-            self.counters.fallback_point += 1
-            self.source.count_fallback()
-            return near[1]
-        # Last: the nearest cached pitch anywhere, up to an octave away, re-pitched (a chord
-        # right after a load, before any of its notes is rendered, still sounds).
-        lo, hi = self.pitch_range if self.pitch_range is not None else (0, 127)
-        for d in sorted(range(-LAST_FALLBACK_SEMITONES, LAST_FALLBACK_SEMITONES + 1),
-                        key=lambda d: (abs(d), d)):
-            if d == 0 or not lo <= rp + d <= hi:
-                continue
-            near = self.source.nearest_point(self.source.key(xy[0], xy[1], rp + d, seed))
-            if near is not None:
-                self.counters.fallback_point += 1
-                self.source.count_fallback()
-                return self.repitch_fn(near[1], float(pitch - (rp + d)))
-        self.counters.skipped += 1
-        return None
-
-    def _beyond_range(self, key: Hashable, audio: np.ndarray, semitones: int) -> np.ndarray:
-        """A note beyond the model's range: its edge note re-pitched (memoised, so a riff
-        on a low note resamples once, not in every block that plays it)."""
-        memo = (key, semitones)
-        out = self._repitched.get(memo)
-        if out is None:
-            out = self.repitch_fn(audio, float(semitones))
-            self._repitched[memo] = out
-            if len(self._repitched) > _REPITCH_MEMO:
-                self._repitched.popitem(last=False)
-        else:
-            self._repitched.move_to_end(memo)
-        return out
 
     def _run_command(self, command: PatchCommand) -> None:
         if self.command_runner is None:
@@ -352,17 +280,22 @@ class Scheduler:
 
     # -- render requests
 
-    def _request(self, key: Hashable, xy: XY, pitch: int, seed: int, deadline_s: float,
-                 current_point: bool = False) -> None:
-        if current_point:  # asked for where the performer's point is: superseded when it moves
-            self._cp_keys[key] = self._cp_gen
-        else:  # a note with its own timbre needs it wherever the performer goes: never cancelled
-            self._pinned[key] = max(deadline_s, self._pinned.get(key, -math.inf))
-        if key in self._requested:
-            return
-        self._requested[key] = deadline_s
-        self.counters.requests += 1
-        self.requester.request(key, deadline_s)
+    @property
+    def pitch_range(self) -> tuple[int, int] | None:
+        """The model's rendered range (a pitch beyond it plays its edge re-pitched)."""
+        return self.fallbacks.pitch_range
+
+    def _request(self, key: Hashable, deadline_s: float, current_point: bool = False,
+                 semitones: int = 0) -> None:
+        """Ask for ``key`` by ``deadline_s``; ``semitones`` != 0: for a pitch that far beyond
+        the model's range (``key`` is its edge note), re-pitched ahead off the audio thread."""
+        self.requests.request(key, deadline_s, current_point)
+        if semitones:
+            self.fallbacks.want(key, semitones)
+
+    def _request_late(self, key: Hashable) -> None:
+        # A note due now and not rendered: asked for now, so that the next time it is there.
+        self._request(key, self._now_or_action_s())
 
     def _request_note(self, note: Note, seed: int) -> None:
         start_s = self.tempo.beat_to_s(note.beat)
@@ -370,8 +303,8 @@ class Scheduler:
         for pitch in note.pitches:
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, seed)
-            self._request(key, xy, rp, seed, start_s - self.lookahead_s,
-                          current_point=note.xy is None)
+            self._request(key, start_s - self.lookahead_s, current_point=note.xy is None,
+                          semitones=pitch - rp)
 
     def _request_ahead(self) -> None:
         until_beat = self.committed_beat() + self.request_ahead_beats
@@ -381,41 +314,7 @@ class Scheduler:
             until = min(until_beat, swap_beat) if s.owner == "patch" else until_beat
             for note in s.peek_notes(until):
                 self._request_note(note, s.seed)
-        self._cancel_superseded()
-
-    def _cancel_superseded(self) -> None:
-        """Renders asked for at the performer's point before it moved, and not asked for
-        again since (by a note still due there): cancelled, so a stream of moves (an XY pad
-        while a sequence plays) never piles renders up behind the ones that will play."""
-        if self._cp_judged == self._cp_gen:
-            return  # the point has not moved since: nothing new to judge (every block)
-        self._cp_judged = self._cp_gen
-        stale = [k for k, gen in self._cp_keys.items() if gen < self._cp_gen]
-        if not stale:
-            return
-        for k in stale:
-            del self._cp_keys[k]
-        x, y = self.current_point()
-        # Kept: what a note with its own timbre also wants, and what lies at the point the
-        # performer is on (a hush re-states the point without moving it).
-        stale = [k for k in stale if k not in self._pinned and
-                 k != self.source.key(x, y, k.pitch, k.seed)]  # type: ignore[attr-defined]
-        if not stale:
-            return
-        for k in stale:
-            self._requested.pop(k, None)
-        cancel = getattr(self.requester, "cancel", None)
-        if cancel is not None:
-            cancel(stale)
-
-    def _prune_requests(self, now_s: float) -> None:
-        # Forget requests whose deadline has passed: a looping pattern asks again next pass
-        # (the requester coalesces it against the cache), and the memory stays small.
-        if len(self._requested) > 256 or any(d < now_s for d in self._requested.values()):
-            self._requested = {k: d for k, d in self._requested.items() if d >= now_s}
-            self._pinned = {k: d for k, d in self._pinned.items() if d >= now_s}
-            # (_cp_keys stay until the point moves: a render past its deadline may still be
-            # queued in the worker, and a move cancels it; they are one move's worth.)
+        self.requests.cancel_superseded(self.current_point)
 
     def _rewind_current_point_requests(self) -> None:
         for s in (*self._streams, *(self._swap.streams if self._swap else [])):
@@ -443,7 +342,7 @@ class Scheduler:
 
     def _add_point_segment(self, seg: PointSegment) -> None:
         # Keep the segment in force now and those after it; later edits replace the future.
-        self._cp_gen += 1  # what was asked for at the point is judged again (_request_ahead)
+        self.requests.point_moved()  # what was asked for at the point is judged again
         keep = [p for p in self._points if p.t0_s < seg.t0_s]
         current = [p for p in keep if p.t0_s <= self._now_s]
         self._points = current[-1:] + [p for p in keep if p.t0_s > self._now_s] + [seg]
@@ -458,7 +357,7 @@ class Scheduler:
         for pitch in self._recent_pitches if request_recent else ():
             rp = rendered_pitch(pitch, self.pitch_range)
             key = self.source.key(xy[0], xy[1], rp, self.seed)
-            self._request(key, xy, rp, self.seed, t_s, current_point=True)
+            self._request(key, t_s, current_point=True, semitones=pitch - rp)
         self._request_ahead()
 
     def glide(self, x: float, y: float, beats: float) -> None:
@@ -480,7 +379,7 @@ class Scheduler:
             for pitch in self._recent_pitches:
                 rp = rendered_pitch(pitch, self.pitch_range)
                 key = self.source.key(xy[0], xy[1], rp, self.seed)
-                self._request(key, xy, rp, self.seed, t_s - self.lookahead_s)
+                self._request(key, t_s - self.lookahead_s, semitones=pitch - rp)
         self._request_ahead()
 
     # -- tempo and look-ahead

@@ -3,7 +3,9 @@
 Built on asyncio's DatagramProtocol so that EVERY datagram is seen (python-osc's dispatcher
 drops unparsable ones silently): `OscCore.handle_datagram(data, addr)` is the pure core,
 parsing with pythonosc's OscPacket and answering with a list of (addr, address, args) replies;
-`OscServer` (osc_server.py) only moves bytes; the wire format is osc_wire.py. Addresses come
+`OscServer` (osc_server.py) only moves bytes; the wire format is osc_wire.py, time tags
+become engine times in osc_clock.py, subscribers and their state pushes are osc_push.py,
+/pgesam/ready bookkeeping osc_ready.py. Addresses come
 from the command table (`commands.OSC_ADDRESSES`)
 plus the front-end ones handled here:
 
@@ -53,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgesam_live.errors import CommandError
+from pgesam_live.frontends.osc_clock import TimetagClock
+from pgesam_live.frontends.osc_push import Controller, StatePushes
 from pgesam_live.frontends.osc_ready import ReadyTracker
 from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
 from pgesam_live.vocab.commands import Command, from_osc, parse_line
@@ -67,15 +71,7 @@ from pgesam_live.vocab.views import (
 Addr = tuple[str, int]
 OscReply = tuple[Addr, str, list[Any]]
 
-OFFSET_SMOOTHING = 0.05  # weight of a new engine-minus-wall reading
-OFFSET_JUMP_S = 0.05     # a reading this far off is a jump, taken at once
 _MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
-
-
-@dataclass
-class _Controller:
-    last_push_s: float = -math.inf
-    pending: dict[str, Any] | None = None
 
 
 @dataclass
@@ -104,7 +100,8 @@ class OscCore:
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
         self._tls = threading.local()
-        self.controllers: dict[Addr, _Controller] = {}
+        self._pushes = StatePushes(self.engine, self.stats)
+        self._timetags = TimetagClock()
         self._pending_move: _PendingMove | None = None
         self._last_move_s = -math.inf
         self._ready = ReadyTracker(self.ready_tolerance, self.ready_ttl_s)
@@ -118,12 +115,12 @@ class OscCore:
         # answered /pgesam/error <address> <message> to that sender
         self._inflight: dict[int, tuple[Addr, float, str]] = {}
         self._tag = itertools.count(1)
-        # engine time - wall time, smoothed: bundles sent together keep their spacing
-        self._offset_s: float | None = None
-        # the point last pushed to controllers: a glide moves it with no command to push
-        self._pushed_point: Any = None
-        self._point_check_s = -math.inf
         self.engine.add_listener(self.on_event)
+
+    @property
+    def controllers(self) -> dict[Addr, Controller]:
+        """The controllers that said /pgesam/hello (osc_push.py)."""
+        return self._pushes.controllers
 
     # ---------------------------------------------------------------- incoming datagrams
 
@@ -144,19 +141,11 @@ class OscCore:
             return [(addr, "/pgesam/error", ["", f"not an OSC packet ({first[:120]}); send an "
                                              "OSC message or bundle"])]
         replies: list[OscReply] = []
-        # One engine-minus-wall offset per datagram: messages with one time tag (a chord, a
-        # note-off and the next note-on) get one engine time, and keep their order.
-        offset_s = self._engine_offset_s(wall_now) if any(
-            t is not None and 0.0005 < t - wall_now <= self.max_ahead_s for t, _ in timed) \
-            else 0.0
-        for timetag, msg in timed:
-            at_s: float | None = None
-            ahead_s = -math.inf if timetag is None else timetag - wall_now
-            if ahead_s > self.max_ahead_s:
-                self.stats["skewed"] += 1   # clock skew: play now, never hold
-            elif ahead_s > 0.0005:
-                at_s = timetag + offset_s  # type: ignore[operator]
-                self.stats["scheduled"] += 1
+        at_times = self._timetags.at_times([t for t, _ in timed], wall_now, self.max_ahead_s,
+                                           self.engine.time_s)
+        for (_, msg), (at_s, decided) in zip(timed, at_times, strict=True):
+            if decided is not None:
+                self.stats[decided] += 1
             try:
                 replies += self._dispatch(msg.address, list(msg.params), addr, at_s)
             except Exception as exc:  # an engine bug must not stop the server
@@ -164,18 +153,6 @@ class OscCore:
                 replies.append((addr, "/pgesam/error",
                                 [msg.address, f"internal error: {type(exc).__name__}: {exc}"]))
         return replies
-
-    def _engine_offset_s(self, wall_now: float) -> float:
-        """Engine time minus wall time. Read once per datagram it jitters by a fraction of
-        an audio block; smoothed, timed bundles sent apart keep their spacing to the sample.
-        A jump (a stall, a restart) is taken at once."""
-        raw = float(self.engine.time_s()) - wall_now
-        with self._lock:
-            if self._offset_s is None or abs(raw - self._offset_s) > OFFSET_JUMP_S:
-                self._offset_s = raw
-            else:
-                self._offset_s += OFFSET_SMOOTHING * (raw - self._offset_s)
-            return self._offset_s
 
     def _error(self, addr: Addr, address: str, message: str) -> list[OscReply]:
         self.stats["errors"] += 1
@@ -186,19 +163,12 @@ class OscCore:
         if address in ("/pgesam/hello", "/pgesam/bye") and args:
             return self._error(addr, address, f"{address} takes no arguments")
         if address == "/pgesam/hello":
-            with self._lock:
-                if addr not in self.controllers and len(self.controllers) >= self.max_controllers:
-                    return self._error(addr, address, "too many controllers; send /pgesam/bye "
-                                       "from an old one")
-                self.controllers.setdefault(addr, _Controller())
-            snap = self.engine.snapshot()
-            with self._lock:
-                if self._pushed_point is None:
-                    self._pushed_point = snap.get("point")
-            return [(addr, "/pgesam/state", flatten_state(snap))]
+            if not self._pushes.hello(addr, self.max_controllers):
+                return self._error(addr, address, "too many controllers; send /pgesam/bye "
+                                   "from an old one")
+            return [(addr, "/pgesam/state", self._pushes.greeted(self.engine.snapshot()))]
         if address == "/pgesam/bye":
-            with self._lock:
-                self.controllers.pop(addr, None)
+            self._pushes.bye(addr)
             return []
         if address == "/pgesam/status":
             if args:
@@ -313,12 +283,7 @@ class OscCore:
             snap = {k: v for k, v in event.items() if k != "kind"}
             causer = getattr(self._tls, "causer", None)
             self._tls.causer = None
-            with self._lock:
-                self._pushed_point = snap.get("point")  # known to all: causer and pushed
-                for addr, ctl in self.controllers.items():
-                    if addr != causer:   # never echo a controller's own change back to it
-                        ctl.pending = snap
-                        woke = True
+            woke = self._pushes.state_changed(snap, causer)
         elif kind == "ready":
             try:
                 x, y, pitch = float(event["x"]), float(event["y"]), int(event["pitch"])
@@ -348,52 +313,11 @@ class OscCore:
             except Exception as exc:
                 replies += self._error(move.addr, move.address,
                                        f"internal error: {type(exc).__name__}: {exc}")
-        min_gap_s = 1.0 / self.push_hz
-        self._follow_point(now, min_gap_s)
-        due: list[tuple[Addr, dict[str, Any]]] = []
         with self._lock:
             replies += self._outbox
             self._outbox = []
-            for addr, ctl in self.controllers.items():
-                if ctl.pending is not None and now - ctl.last_push_s >= min_gap_s:
-                    due.append((addr, ctl.pending))
-                    ctl.pending = None
-                    ctl.last_push_s = now
-                    self.stats["pushes"] += 1
-        if due:
-            # The state is built here, in this thread, at most push_hz times a second: the
-            # engine's events only say that (and where the point) it changed.
-            base = self.engine.snapshot()
-            for addr, change in due:
-                replies += self._push(addr, {**base, **change})
+        replies += self._pushes.poll(now, self.push_hz)
         return replies
-
-    def _follow_point(self, now: float, gap_s: float) -> None:
-        """While controllers listen, push the state when the point moves by itself (a glide,
-        a trajectory): an XY pad follows it."""
-        with self._lock:
-            if not self.controllers or now - self._point_check_s < gap_s:
-                return
-            self._point_check_s = now
-        snap = self.engine.snapshot()
-        with self._lock:
-            if snap.get("point") == self._pushed_point:
-                return
-            self._pushed_point = snap.get("point")
-            for ctl in self.controllers.values():
-                if ctl.pending is None:
-                    ctl.pending = snap
-
-    @staticmethod
-    def _push(addr: Addr, snap: dict[str, Any]) -> list[OscReply]:
-        out: list[OscReply] = [(addr, "/pgesam/state", flatten_state(snap))]
-        point = snap.get("point")
-        if isinstance(point, list | tuple) and len(point) == 2:
-            # the pad's own address, so a TouchOSC XY pad follows the point with no scripting
-            u = min(1.0, max(0.0, (float(point[0]) + 1.0) / 2.0))
-            v = min(1.0, max(0.0, (float(point[1]) + 1.0) / 2.0))
-            out.append((addr, "/pgesam/xy", [u, v]))
-        return out
 
     def next_due(self) -> float | None:
         """Clock time of the next poll() with work, or None when there is none."""
@@ -403,9 +327,5 @@ class OscCore:
                 due.append(self._last_move_s + self.coalesce_s)
             if self._outbox:
                 due.append(-math.inf)
-            gap = 1.0 / self.push_hz
-            due += [c.last_push_s + gap for c in self.controllers.values()
-                    if c.pending is not None]
-            if self.controllers:  # watch the point (see _follow_point)
-                due.append(self._point_check_s + gap)
+        due += self._pushes.next_due(self.push_hz)
         return min(due) if due else None

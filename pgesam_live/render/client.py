@@ -138,9 +138,10 @@ class WorkerClient:
         return self._proc is not None and self._proc.is_alive()
 
     # -- requests --------------------------------------------------------------------------
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False, cancellable: bool = False) -> bool:
-        """Ask for a note by `deadline_s` (engine seconds). Returns False when coalesced
+    def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
+                cancellable: bool = False) -> bool:
+        """Ask for the note `key` (its point is the key's) by `deadline_s` (engine seconds).
+        Returns False when coalesced
         (already cached, or already pending with an earlier or equal deadline).
 
         speculative: a pre-render nobody waits for yet; held back while the worker is busy
@@ -160,7 +161,7 @@ class WorkerClient:
             if old is not None and old.deadline_s <= deadline_s:
                 return False
             self._seq += 1
-            req = RenderRequest(deadline_s, self._seq, key, x, y)
+            req = RenderRequest(deadline_s, self._seq, key)
             if speculative:
                 if key in self._spec:
                     return False

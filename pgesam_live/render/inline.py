@@ -40,13 +40,13 @@ class InlineRenderer:
         self.model_id = synth.model_id
         self.sample_rate = synth.sample_rate
 
-    def request(self, key: NoteKey, x: float, y: float, deadline_s: float,
-                speculative: bool = False, cancellable: bool = False) -> bool:
+    def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
+                cancellable: bool = False) -> bool:
         # (Offline nothing is cancelled: a note renders on demand when it plays.)
         if key in self._queued or key in self.cache:
             return False
         self._seq += 1
-        self._todo.push(RenderRequest(deadline_s, self._seq, key, x, y))
+        self._todo.push(RenderRequest(deadline_s, self._seq, key))
         self._queued.add(key)
         return True
 
@@ -62,7 +62,7 @@ class InlineRenderer:
         if key in self.cache:
             return
         if key not in self._queued:
-            self.request(key, key.xq, key.yq, -math.inf)
+            self.request(key, -math.inf)
         while key not in self.cache and self._todo:
             batch = self._todo.next_batch()
             try:

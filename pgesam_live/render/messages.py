@@ -21,8 +21,15 @@ class RenderRequest:
     deadline_s: float
     seq: int
     key: NoteKey
-    x: float
-    y: float
+
+    @property
+    def x(self) -> float:
+        """The point's x as the key has it (quantised to the cache grid)."""
+        return self.key.xq
+
+    @property
+    def y(self) -> float:
+        return self.key.yq
 
 
 @dataclass(frozen=True)

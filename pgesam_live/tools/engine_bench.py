@@ -162,7 +162,7 @@ def _render_one(rig: _LiveRig, pitch: int, timeout_s: float) -> Any:
     """Render the latency note through the worker (also its warm-up); returns its key."""
     x, y = LATENCY_POINT
     key = rig.cache.key(x, y, pitch, rig.engine.scheduler.seed)
-    rig.worker.request(key, key.xq, key.yq, deadline_s=0.0)
+    rig.worker.request(key, deadline_s=0.0)
     _wait(lambda: key in rig.cache, timeout_s, "the worker's first render")
     return key
 
@@ -417,6 +417,7 @@ def _audio_callback_figures(path: Path, device: str, s: Settings, seconds: float
                     th.join(timeout=2.0)
             audio.close()
             worker.stop()
+            engine.close()
             cache.close()
             journal.close()
     if not len(times_ms):

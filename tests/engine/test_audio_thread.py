@@ -32,7 +32,7 @@ class _StubRenderer:
         self.cache = cache
         self.pending = 0
 
-    def request(self, key: Any, x: float, y: float, deadline_s: float,
+    def request(self, key: Any, deadline_s: float,
                 speculative: bool = False, cancellable: bool = False) -> bool:
         if key in self.cache:
             self.cache.prefetch(key)
@@ -110,3 +110,29 @@ def test_no_disk_io_and_no_snapshot_on_the_audio_thread(tmp_path: Path) -> None:
     assert states and all(set(ev) == {"kind", "point"} for ev in states)
     # Each block's callback stayed far below the slow disk's 50 ms.
     assert max(audio.block_times_s) < SLOW_S
+
+
+def test_the_journal_text_of_a_command_is_made_when_submitted_not_in_the_hook(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    from pgesam_live.vocab.commands import Command  # noqa: PLC0415
+
+    info = ModelInfo(model_id="m-0001", codec="harmonic", sample_rate=SR, pitch_range=(48, 72))
+    cache = RenderCache(info.model_id, info.codec)
+    s = Settings().replace(audio="none", patch_dir=tmp_path)
+    engine = build_rig(s, info, backend="none", make_renderer=_StubRenderer, cache=cache).engine
+    made_on: list[str] = []
+    to_line = Command.to_line
+
+    def spy(self: Command) -> str:
+        made_on.append(threading.current_thread().name)
+        return to_line(self)
+
+    monkeypatch.setattr(Command, "to_line", spy)
+    events: list[dict[str, Any]] = []
+    engine.add_listener(lambda ev: events.append(ev) if ev["kind"] == "command" else None)
+    assert engine.submit("tempo 100").ok and engine.submit("at 0.25 0.5").ok
+    hook = threading.Thread(target=engine.on_block, args=(0.0,), name="hook")
+    hook.start()
+    hook.join()
+    assert [ev["cmd"] for ev in events] == ["tempo 100", "at 0.25 0.5"]
+    assert made_on and "hook" not in made_on

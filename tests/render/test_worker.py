@@ -72,8 +72,8 @@ def test_worker_renders_coalesces_and_restarts(tiny_model: Path) -> None:
     helpers = list(w._threads)
     try:
         keys = [cache.key(0.1, 0.2, p, 0) for p in (60, 61, 62)]
-        assert all(w.request(k, k.xq, k.yq, deadline_s=1.0) for k in keys)
-        assert not w.request(keys[0], keys[0].xq, keys[0].yq, deadline_s=2.0)  # coalesced
+        assert all(w.request(k, deadline_s=1.0) for k in keys)
+        assert not w.request(keys[0], deadline_s=2.0)  # coalesced
         assert wait_for(lambda: all(k in cache for k in keys), 60)
         assert len(ready) == 3 and w.pending == 0
         note = cache.peek(keys[0])
@@ -84,7 +84,7 @@ def test_worker_renders_coalesces_and_restarts(tiny_model: Path) -> None:
         more = [cache.key(-0.3, 0.4, p, 0) for p in (50, 51)]
         w.kill()
         for k in more:
-            w.request(k, k.xq, k.yq, deadline_s=3.0)
+            w.request(k, deadline_s=3.0)
         assert wait_for(lambda: w.alive and w.pid != pid and w.status == "running", 5.0)
         assert w.restarts == 1
         assert wait_for(lambda: all(k in cache for k in more), 60)
@@ -120,12 +120,12 @@ def test_a_stream_of_point_moves_cannot_flood_the_worker(tiny_model: Path) -> No
             x = -0.9 + i * 0.009
             for p in range(48, 73):
                 k = cache.key(x, 0.3, p, 0)
-                w.request(k, k.xq, k.yq, deadline_s=float(i), speculative=True)
+                w.request(k, deadline_s=float(i), speculative=True)
             assert w.pending <= INFLIGHT_MAX + SPECULATIVE_MAX
         assert w.dropped > 0
         # A note somebody is waiting for goes ahead of the held-back banks.
         need = cache.key(0.5, -0.5, 60, 0)
-        w.request(need, need.xq, need.yq, deadline_s=0.0)
+        w.request(need, deadline_s=0.0)
         assert wait_for(lambda: need in cache, 30)
         # The last point's bank still arrives.
         last = cache.key(-0.9 + 199 * 0.009, 0.3, 60, 0)
@@ -236,7 +236,7 @@ def test_the_worker_drops_renders_cancelled_before_it_takes_them(
     req_q: queue.Queue[Any] = queue.Queue()
     res_q: queue.Queue[Any] = queue.Queue()
     for i, k in enumerate(keys):
-        req_q.put(RenderRequest(1.0 + i, i, k, k.xq, k.yq))
+        req_q.put(RenderRequest(1.0 + i, i, k))
     req_q.put(Cancel(tuple(keys[1:])))  # the point moved on before the worker got to them
     t = threading.Thread(target=worker_main, args=(str(tiny_model), "cpu", req_q, res_q, 1))
     t.start()
@@ -259,14 +259,14 @@ def test_the_client_forgets_cancelled_renders_and_asks_again_later(tiny_model: P
     w.start(timeout_s=60)
     try:
         k = cache.key(0.3, 0.3, 60, 0)
-        assert w.request(k, k.xq, k.yq, deadline_s=100.0, cancellable=True)
+        assert w.request(k, deadline_s=100.0, cancellable=True)
         w.cancel([k])
         assert w.cancelled == 1
-        assert w.request(k, k.xq, k.yq, deadline_s=100.0)  # wanted again: asked again
+        assert w.request(k, deadline_s=100.0)  # wanted again: asked again
         # Asked for by a prerender too (not cancellable): a cancel leaves it.
         k2 = cache.key(0.3, 0.3, 61, 0)
-        assert w.request(k2, k2.xq, k2.yq, deadline_s=100.0, cancellable=True)
-        w.request(k2, k2.xq, k2.yq, deadline_s=90.0)
+        assert w.request(k2, deadline_s=100.0, cancellable=True)
+        w.request(k2, deadline_s=90.0)
         w.cancel([k2])
         assert w.cancelled == 1
         assert wait_for(lambda: k in cache and k2 in cache, 60)
