@@ -200,6 +200,7 @@ class Engine(NameChecks, StateViews):
             # resampled there too), the hook only looks it up.
             self._repitcher = self.scheduler.fallbacks.attach_preparer(
                 cache.peek, self._resampler.warm if self._resampler is not None else None)
+            self._repitcher.start()  # here, not lazily in the audio hook
         if self._resampler is not None or self._repitcher is not None:
             cache.on_loaded = self._warm_note  # a spilled note read back: prepared there
         self._lock = threading.RLock()

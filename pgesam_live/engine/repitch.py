@@ -98,8 +98,16 @@ class RepitchPreparer:
         if self._wanted:  # else nothing waits for it
             self._post(("ready", key, 0))
 
+    def start(self) -> None:
+        """Start the thread now (the engine calls this when it is built, so the audio thread
+        never starts one; _post restarts it only if it died)."""
+        self._ensure_thread()
+
     def _post(self, item: tuple[str, Hashable, int]) -> None:
         self._todo.put(item)
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             with self._start_lock:
                 if self._thread is None or not self._thread.is_alive():
