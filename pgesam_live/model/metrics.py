@@ -220,6 +220,7 @@ ENVELOPE_TIMES_S = (0.5, 1.5, 2.5)
 ENVELOPE_WINDOW_S = 0.05
 
 
+@functools.lru_cache(maxsize=4)
 def _band_matrix(sample_rate: int) -> np.ndarray:
     """[N_BANDS, F] triangle-free rectangular bands, log-spaced from 40 Hz to Nyquist."""
     nyq = sample_rate / 2
@@ -235,17 +236,22 @@ def _band_matrix(sample_rate: int) -> np.ndarray:
     return m
 
 
-def log_band_spectrogram(wave: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
-    """A note's log-band spectrogram: [N_BANDS, frames] in dB re its loudest cell, floored at
-    SPEC_FLOOR_DB (levels normalised: a note and the same note 10 dB quieter are identical).
-    Hann 2048, hop 1024, 48 log-spaced bands from 40 Hz."""
+def _power_frames(wave: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Power spectra [frames, BAND_FFT // 2 + 1] (Hann BAND_FFT, hop BAND_HOP; a note shorter
+    than one window is zero-padded to one)."""
     x = _as_numpy(wave)
     if len(x) < BAND_FFT:
         x = np.pad(x, (0, BAND_FFT - len(x)))
     n = 1 + (len(x) - BAND_FFT) // BAND_HOP
     idx = np.arange(BAND_FFT)[None, :] + BAND_HOP * np.arange(n)[:, None]
-    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(BAND_FFT), axis=1)) ** 2  # [frames, F]
-    bands = _band_matrix(sample_rate) @ spec.T  # [N_BANDS, frames]
+    return np.abs(np.fft.rfft(x[idx] * np.hanning(BAND_FFT), axis=1)) ** 2
+
+
+def log_band_spectrogram(wave: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+    """A note's log-band spectrogram: [N_BANDS, frames] in dB re its loudest cell, floored at
+    SPEC_FLOOR_DB (levels normalised: a note and the same note 10 dB quieter are identical).
+    Hann 2048, hop 1024, 48 log-spaced bands from 40 Hz."""
+    bands = _band_matrix(sample_rate) @ _power_frames(wave).T  # [N_BANDS, frames]
     db = 10.0 * np.log10(bands + 1e-20)
     db -= db.max()
     return np.maximum(db, SPEC_FLOOR_DB)
@@ -286,12 +292,7 @@ def envelope_error_db(ref: np.ndarray | torch.Tensor, est: np.ndarray | torch.Te
 
 def spectral_centroid_hz(wave: np.ndarray | torch.Tensor, sample_rate: int) -> float:
     """Power-weighted mean frequency over the whole note (Hann 2048, hop 1024)."""
-    x = _as_numpy(wave)
-    if len(x) < BAND_FFT:
-        x = np.pad(x, (0, BAND_FFT - len(x)))
-    n = 1 + (len(x) - BAND_FFT) // BAND_HOP
-    idx = np.arange(BAND_FFT)[None, :] + BAND_HOP * np.arange(n)[:, None]
-    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(BAND_FFT), axis=1)) ** 2
+    spec = _power_frames(wave)
     freqs = np.fft.rfftfreq(BAND_FFT, 1.0 / sample_rate)
     total = float(spec.sum())
     if total <= 0.0:

@@ -31,6 +31,7 @@ from pgesam_live.model.transformer import (
     SelfAttention,
     TransformerConfig,
     noisy_points,
+    pitch_indices,
 )
 
 N_FOURIER = 8  # sin/cos of x and y at 8 octaves of frequency: the map's fine detail
@@ -95,17 +96,7 @@ class ParallelFrameTransformer(nn.Module):
     # -- helpers -----------------------------------------------------------------------------
     def pitch_index(self, pitches: torch.Tensor) -> torch.Tensor:
         """MIDI pitches [B] -> class indices [B]; out-of-range pitches raise ConfigError."""
-        cfg = self.cfg
-        if pitches.dim() != 1:
-            raise ConfigError(f"pitches must be [B] MIDI numbers, got shape {list(pitches.shape)}")
-        if pitches.numel():
-            lo, hi = int(pitches.min()), int(pitches.max())
-            if lo < cfg.pitch_min or hi > cfg.pitch_max:
-                bad = lo if lo < cfg.pitch_min else hi
-                raise ConfigError(f"pitch {bad} is outside this model's range "
-                                  f"{cfg.pitch_min}..{cfg.pitch_max} (MIDI): choose a pitch "
-                                  "in that range")
-        return (pitches.long() - cfg.pitch_min).to(self.pos.device)
+        return pitch_indices(self.cfg, pitches, self.pos.device)
 
     def _token_points(self, points: torch.Tensor, s: int) -> torch.Tensor:
         """points [B, 2] or [B, T, 2] -> one point per token [B, S, 2] (a token's frames

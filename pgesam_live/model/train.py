@@ -59,7 +59,7 @@ from pgesam_live.model.checkpoints import (
     save_model,
     save_training_state,
 )
-from pgesam_live.model.codec import Codec, get_codec
+from pgesam_live.model.codec import Codec, HarmonicCodec, get_codec
 from pgesam_live.model.device import resolve_device
 from pgesam_live.model.parallel import Decoder, make_transformer
 from pgesam_live.model.transformer import DECODERS
@@ -1082,15 +1082,13 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
     between frames buzzes at the frame rate even when each frame is close on average).
     Other codecs: channel-weighted MSE plus the difference term.
     """
-    from pgesam_live.model.codec import HarmonicCodec as H
-
-    if not isinstance(codec, H):
+    if not isinstance(codec, HarmonicCodec):
         err = (pred - target) ** 2 * chan_w
         d_err = (pred.diff(dim=1) - target.diff(dim=1)) ** 2 * chan_w
         return err.mean() + delta_weight * d_err.mean()
     k = codec.n_harmonics
-    loud_floor = (LOUD_FLOOR_DB + H.LOUD_OFFSET_DB) / H.LOUD_SCALE_DB
-    noise_floor = (NOISE_FLOOR_DB + H.NOISE_OFFSET_DB) / H.NOISE_SCALE_DB
+    loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
+    noise_floor = (NOISE_FLOOR_DB + codec.NOISE_OFFSET_DB) / codec.NOISE_SCALE_DB
     t_loud, p_loud = target[..., 1], pred[..., 1]
     audible = (t_loud > loud_floor).to(pred.dtype)  # [B, T]
     t_noise, p_noise = target[..., 2 + k:], pred[..., 2 + k:]
@@ -1114,15 +1112,12 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
                         target[..., 0], t_loud, target[..., 2:2 + k], t_noise, audible)
     if delta_weight > 0:
         # Differences of the floored values: the jitter that is heard.
-        fl = torch.maximum
-        lf = torch.tensor(loud_floor, dtype=pred.dtype, device=pred.device)
-        nf = torch.tensor(noise_floor, dtype=pred.dtype, device=pred.device)
         aud2 = audible[:, 1:] * audible[:, :-1]
         loss = loss + delta_weight * group_losses(
-            pred[..., 0].diff(dim=1), fl(p_loud, lf).diff(dim=1),
-            pred[..., 2:2 + k].diff(dim=1), fl(p_noise, nf).diff(dim=1),
-            target[..., 0].diff(dim=1), fl(t_loud, lf).diff(dim=1),
-            target[..., 2:2 + k].diff(dim=1), fl(t_noise, nf).diff(dim=1), aud2)
+            pred[..., 0].diff(dim=1), p_loud.clamp(min=loud_floor).diff(dim=1),
+            pred[..., 2:2 + k].diff(dim=1), p_noise.clamp(min=noise_floor).diff(dim=1),
+            target[..., 0].diff(dim=1), t_loud.clamp(min=loud_floor).diff(dim=1),
+            target[..., 2:2 + k].diff(dim=1), t_noise.clamp(min=noise_floor).diff(dim=1), aud2)
     return loss
 
 
@@ -1137,9 +1132,7 @@ def decoded_spectral_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
     random window of `crop_frames` per batch: the spectral detail as it is heard, which a
     frame MSE weighs poorly (a 1 % error in a loud partial against one in an inaudible one).
     0 for a codec without a differentiable synthesiser of that form."""
-    from pgesam_live.model.codec import HarmonicCodec as H
-
-    if not isinstance(codec, H):
+    if not isinstance(codec, HarmonicCodec):
         return pred.new_zeros(())
     t = pred.shape[1]
     n = min(crop_frames, t)

@@ -162,6 +162,22 @@ class TransformerConfig:
         return config_from_dict(cls, d)  # type: ignore[no-any-return]
 
 
+def pitch_indices(cfg: TransformerConfig, pitches: torch.Tensor,
+                  device: torch.device) -> torch.Tensor:
+    """MIDI pitches [B] -> class indices [B] on `device` (either decoder's pitch tables);
+    out-of-range pitches raise ConfigError."""
+    if pitches.dim() != 1:
+        raise ConfigError(f"pitches must be [B] MIDI numbers, got shape {list(pitches.shape)}")
+    if pitches.numel():
+        lo, hi = int(pitches.min()), int(pitches.max())
+        if lo < cfg.pitch_min or hi > cfg.pitch_max:
+            bad = lo if lo < cfg.pitch_min else hi
+            raise ConfigError(f"pitch {bad} is outside this model's range "
+                              f"{cfg.pitch_min}..{cfg.pitch_max} (MIDI): choose a pitch "
+                              "in that range")
+    return (pitches.long() - cfg.pitch_min).to(device)
+
+
 def noisy_points(points: torch.Tensor, noise_seed: int | Sequence[int] | None,
                  std: float) -> torch.Tensor:
     """points [B, 2] (or [B, T, 2], one per frame) plus seeded Gaussian noise of `std`.
@@ -436,17 +452,7 @@ class FrameTransformer(nn.Module):
     # -- helpers -----------------------------------------------------------------------------
     def pitch_index(self, pitches: torch.Tensor) -> torch.Tensor:
         """MIDI pitches [B] -> class indices [B]; out-of-range pitches raise ConfigError."""
-        cfg = self.cfg
-        if pitches.dim() != 1:
-            raise ConfigError(f"pitches must be [B] MIDI numbers, got shape {list(pitches.shape)}")
-        if pitches.numel():
-            lo, hi = int(pitches.min()), int(pitches.max())
-            if lo < cfg.pitch_min or hi > cfg.pitch_max:
-                bad = lo if lo < cfg.pitch_min else hi
-                raise ConfigError(f"pitch {bad} is outside this model's range "
-                                  f"{cfg.pitch_min}..{cfg.pitch_max} (MIDI): choose a pitch "
-                                  "in that range")
-        return (pitches.long() - cfg.pitch_min).to(self.pitch_embed.weight.device)
+        return pitch_indices(self.cfg, pitches, self.pitch_embed.weight.device)
 
     def _check_points(self, points: torch.Tensor, pitches: torch.Tensor) -> None:
         if points.dim() != 2 or points.shape[1] != 2:

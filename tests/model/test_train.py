@@ -354,10 +354,8 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
         T.run_train(train_args("vae", data_dir, tmp_path / "bad", "--init", str(base)))
 
 
-def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
-                                                                tmp_path: Path) -> None:
-    """scripts/remote_finetune.py: export -> one file; train from it alone (what a lent GPU
-    machine without the data set runs)."""
+def _remote_finetune():  # noqa: ANN202
+    """scripts/remote_finetune.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -365,6 +363,14 @@ def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
     assert spec is not None and spec.loader is not None
     rf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rf)
+    return rf
+
+
+def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """scripts/remote_finetune.py: export -> one file; train from it alone (what a lent GPU
+    machine without the data set runs)."""
+    rf = _remote_finetune()
     out = tmp_path / "base"
     T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
     T.run_train(train_args("transformer", data_dir, out, "--steps", "2"))
@@ -466,8 +472,6 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     """`--decoder parallel`: a new Transformer run on a VAE, the audible loss (with the
     spectral term), a model file that loads and renders; the remote script's deadline probe
     builds the same decoder without --init."""
-    import importlib.util
-
     out = tmp_path / "run"
     T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
     assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--decoder",
@@ -492,11 +496,7 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     with pytest.raises(ConfigError, match="self-feed"):
         T.TrainOptions.from_namespace(train_args("transformer", data_dir, out, "--decoder",
                                                  "parallel", "--self-feed", "0.5"))
-    spec = importlib.util.spec_from_file_location(
-        "remote_finetune", Path(__file__).resolve().parents[2] / "scripts/remote_finetune.py")
-    assert spec is not None and spec.loader is not None
-    rf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rf)
+    rf = _remote_finetune()
     portable = tmp_path / "frames.xz"
     rf.export(data_dir, model, portable)
     ft = tmp_path / "ft"
