@@ -193,6 +193,37 @@ def unslim(slim_file: Path, base: Path, out_dir: Path) -> Path:
     return path
 
 
+def half(model: Path, out: Path) -> None:
+    """A whole model file with its float tensors in float16: the base of a fine-tune on a lent
+    machine when the working tree that travels must stay small (`widen` undoes it there)."""
+    obj, model_id = read_model_payload(model)
+    torch.save(_cast(obj, torch.float16) | {"from": model_id}, out)
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
+
+
+def widen(half_file: Path, out: Path) -> Path:
+    """`half`'s file -> a model file (float32, its own checksum) that `--init` reads."""
+    from pgesam_live.model.checkpoints import CONTENT_KEY, content_digest
+
+    obj = _cast(torch.load(half_file, weights_only=True), torch.float32)
+    obj.pop("from", None)
+    obj[CONTENT_KEY] = content_digest(obj)
+    torch.save(obj, out)
+    read_model_payload(out)  # the file must read as a model before training starts
+    print(out)
+    return out
+
+
+def _cast(x: Any, dtype: torch.dtype) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_cast(v, dtype) for v in x]
+    return x
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -212,7 +243,19 @@ def main() -> int:
     us.add_argument("slim", type=Path)
     us.add_argument("--base", type=Path, required=True)
     us.add_argument("--out", type=Path, required=True, help="folder for the model file")
+    hf = sub.add_parser("half", help="a whole model file, float16 (to travel)")
+    hf.add_argument("model", type=Path)
+    hf.add_argument("--out", type=Path, required=True)
+    wd = sub.add_parser("widen", help="half's file -> a float32 model file")
+    wd.add_argument("half", type=Path)
+    wd.add_argument("--out", type=Path, required=True)
     ns = ap.parse_args()
+    if ns.cmd == "half":
+        half(ns.model, ns.out)
+        return 0
+    if ns.cmd == "widen":
+        widen(ns.half, ns.out)
+        return 0
     if ns.cmd == "slim":
         slim(ns.model, ns.out)
         return 0

@@ -517,3 +517,12 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     a = got.transformer.generate(pts, pit)
     b = rebuilt.transformer.generate(pts, pit)
     assert float((a - b).abs().max()) < 1e-2
+    # What travels there when the working tree must stay small: the whole model in float16,
+    # widened there into a model file that `--init` reads and that renders like the original.
+    travel = tmp_path / "init16.pt"
+    rf.half(trained, travel)
+    assert travel.stat().st_size < 0.6 * trained.stat().st_size
+    widened = load_model(rf.widen(travel, tmp_path / "init.pt"))
+    c = widened.transformer.generate(pts, pit)
+    assert float((a - c).abs().max()) < 1e-2
+    assert widened.meta.training_points == got.meta.training_points
