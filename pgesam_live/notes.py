@@ -156,14 +156,35 @@ def _bad_names(text: str) -> list[str]:
     return out
 
 
+def _check_chords_closed(tokens: Sequence[str]) -> None:
+    """A '[' that no later ']' closes is named first: whatever follows it inside the would-be
+    chord (a rest, another '[') is a symptom of the missing ']', not the mistake."""
+    step, open_at = 0, None
+    for token in tokens:
+        if token == "[":
+            if open_at is not None:
+                return  # nesting: parse_notes names it where it happens
+            step += 1
+            open_at = step
+        elif token == "]":
+            open_at = None
+        elif open_at is None:
+            step += 1
+    if open_at is not None:
+        raise NoteError(f"the chord '[' at step {open_at} has no closing ']'",
+                        token="[", step=open_at)
+
+
 def parse_notes(text: str) -> tuple[Step, ...]:
     """Steps of a note string; each step is a tuple of MIDI numbers, ``()`` for a rest.
 
     ``"C4 ~ [C4 E4]"`` -> ``((60,), (), (60, 64))``. Raises NoteError (with ``.step``) for
     a bad name, a nested, empty or unclosed chord, or an empty string."""
+    tokens = _TOKEN_RE.findall(text)
+    _check_chords_closed(tokens)
     steps: list[Step] = []
     chord: list[int] | None = None
-    for token in _TOKEN_RE.findall(text):
+    for token in tokens:
         step_no = len(steps) + 1
         if token == "[":
             if chord is not None:

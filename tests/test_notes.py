@@ -76,6 +76,9 @@ def test_parse_notes_brackets_need_no_spaces_and_numbers_mix() -> None:
         ("C4 []", 2, "[]"),
         ("C4 [E4 G4", 2, "["),
         ("C4 [E4 ~]", 2, "~"),
+        # An unclosed chord is the mistake, not the rest or the bad name it swallows.
+        ("C4 E4 G4 [B4 D5 ~", 4, "["),
+        ("C4 [E4 H9 G4", 2, "["),
     ],
 )
 def test_parse_notes_errors_name_the_step(text: str, step: int, token: str) -> None:
