@@ -463,6 +463,8 @@ class WebServer:
             self.stats["errors"] += 1
             return {"error": result.text or "rejected"}
         out: dict[str, Any] = {"reply": result.text}
+        if result.command is not None and result.command.journal:
+            out["cmd"] = result.command.to_line()  # accepted, journalled as this line
         a = result.answer
         if a is not None and a.word == "status":
             out = {"reply": status_line(a.data), "data": json_state(a.data)}

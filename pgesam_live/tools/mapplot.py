@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import PgesamError
-
 from pgesam_live.vocab.mapview import FAMILY_COLOURS, map_data
 
 

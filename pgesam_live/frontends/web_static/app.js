@@ -106,7 +106,8 @@ function onMessage(msg) {
   if ("pong" in msg) { S.rttMs = performance.now() - msg.pong; return; }
   if ("listening" in msg) { return; }
   if ("error" in msg) { log(`error: ${msg.error}`, "error"); return; }
-  if ("reply" in msg) { if (msg.reply) log(msg.reply, "reply"); }
+  // An accepted command is answered with its journal line: said only when it differs.
+  if ("reply" in msg) { if (msg.reply && msg.reply !== msg.cmd) log(msg.reply, "reply"); }
 }
 
 function log(text, kind) {
@@ -467,7 +468,7 @@ function onAudio(buf) {
     for (let c = 0; c < L.channels; c++) out[c][i] = pcm[i * channels + Math.min(c, channels - 1)] / 32768;
   }
   L.packets += 1;
-  L.serverS = Math.max(0, tSent - (tFirst + frames / rate));  // how old its last sample was when sent
+  L.serverS = Math.max(0, tSent - tFirst - frames / rate / 2);  // a sample waits half a packet on average
   L.node.port.postMessage(out, out.map((a) => a.buffer));
 }
 
