@@ -46,8 +46,11 @@ class EngineView(Protocol):
     views (snapshots built off the audio thread), names for completion, and events pushed to
     listeners ({"kind": "command" | "rejected" | "state" | "message" | "ready", ...})."""
 
-    patch_dir: Path
-    model_points: list[tuple[float, float, str]]
+    @property
+    def patch_dir(self) -> Path: ...
+
+    @property
+    def model_points(self) -> list[tuple[float, float, str]]: ...
 
     @property
     def model(self) -> ModelView: ...
