@@ -87,6 +87,7 @@ MAX_LINE_CHARS = 4000              # a line longer than this is refused, not par
 MAX_MESSAGES_PER_S = 120.0         # per client, sustained (a drag at 60 Hz plus keys)
 BURST_MESSAGES = 240.0
 MAX_QUEUED = 512                   # replies and messages waiting for a slow client
+MAX_SOCKETS = 32                   # pages open at once (each one is a control surface)
 AUDIO_PACKET_S = 0.04              # the loop sends the master output this often
 AUDIO_QUEUE_S = 1.0                # at most this much audio waits for a slow client
 REFRESH_S = 0.5                    # the state again when what the page shows changed
@@ -167,14 +168,15 @@ class WebServer:
 
     def __init__(self, view: EngineView, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  *, audio: Any = None, token: str | None = None, push_hz: float = 30.0,
-                 refresh_s: float | None = REFRESH_S,
+                 refresh_s: float | None = REFRESH_S, require_token: bool | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.view = view
         self.host = host
         self.port = port
         self.audio = audio
         self.token = token or secrets.token_urlsafe(18)
-        self.needs_token = not is_loopback(host)
+        # Beyond loopback every request needs the token (tests ask for it on loopback).
+        self.needs_token = not is_loopback(host) if require_token is None else require_token
         self.clock = clock
         self.stats: Counter[str] = Counter()
         self.clients = Clients(view, SRC, self.stats, clock=clock, push_hz=push_hz,
@@ -225,9 +227,10 @@ class WebServer:
         app.router.add_get("/favicon.ico", self._no_icon)
         app.router.add_get("/ws", self._websocket)
         app.router.add_post("/cmd", self._post_cmd)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except OSError as exc:
@@ -352,6 +355,10 @@ class WebServer:
     async def _websocket(self, request: Any) -> Any:
         from aiohttp import WSMsgType, web  # noqa: PLC0415
 
+        if len(self._open) >= MAX_SOCKETS:
+            self.stats["refused"] += 1
+            return web.Response(status=503, text=f"{MAX_SOCKETS} pages are open already: "
+                                                 "close one\n")
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_MESSAGE_BYTES,
                                    compress=False)
         await ws.prepare(request)
