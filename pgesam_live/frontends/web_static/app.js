@@ -22,7 +22,8 @@ const S = {
   ws: null, connected: false, retryMs: 500,
   region: readRegion(), mapData: null, state: null, status: "",
   pushAt: 0, own: null,               // own = {x, y, t}: our last move
-  octave: 0, upper: 0, held: new Map(), // key -> pitch sounding
+  octave: 0, upper: 0, held: new Map(), // key down -> its note's id
+  keyNotes: new Map(),                  // id -> {pitch, answered, ok, up}
   dragging: false, dragPending: null, lastSent: null,
   mapKey: "", seqKey: "", nextId: 1,
   listen: null,                       // {ctx, node, sampleRate, channels, ...}
@@ -73,8 +74,8 @@ function send(obj) {
 }
 
 // A line, as the REPL takes it. `quiet`: gestures are not echoed in the log (their errors are).
-function sendLine(line, quiet) {
-  if (!send(quiet ? { cmd: line, id: "g" } : { cmd: line })) {
+function sendLine(line, quiet, id) {
+  if (!send(quiet ? { cmd: line, id: id || "g" } : { cmd: line })) {
     log(`not connected: ${line} not sent`, "error"); return;
   }
   if (!quiet) log(`> ${line}`, "sent");
@@ -88,8 +89,11 @@ function query(line, cb) {
 }
 
 function onMessage(msg) {
-  if (msg.id === "g") {   // a gesture's answer: said only when refused
+  if (typeof msg.id === "string" && (msg.id === "g" || msg.id.startsWith("key:"))) {
+    // a gesture's answer: said only when refused
     if ("error" in msg) log(`error: ${msg.error}`, "error");
+    const note = S.keyNotes.get(msg.id);
+    if (note) keyNoteAnswered(msg.id, note, !("error" in msg));
     return;
   }
   if (msg.id !== undefined && pending.has(msg.id)) {
@@ -347,24 +351,40 @@ function drawKeyboard() {
   $("octave").textContent = `keys ${noteName(basePitch())}..${noteName(basePitch() + 12)} · z / x octave · q toggles`;
 }
 
+// A key's note is held until the key comes up: then `release P`, once the instrument has
+// accepted the note (a note it refused, beyond what the model plays, gets no release, as a
+// MIDI key the engine refused).
 function keyDown(key) {
   if (S.held.has(key)) return;       // auto-repeat, or the key is already down
   const pitch = basePitch() + KEY_ROW.indexOf(key);
-  S.held.set(key, pitch);
-  sendLine(`note ${pitch} ${velocity()}`, true);   // held until the key comes up
+  const id = `key:${key}:${S.nextId++}`;
+  S.held.set(key, id);
+  S.keyNotes.set(id, { pitch, answered: false, ok: false, up: false });
+  sendLine(`note ${pitch} ${velocity()}`, true, id);
   markKey(key, true);
 }
 
 function keyUp(key) {
   if (!S.held.has(key)) return;
-  const pitch = S.held.get(key);
+  const id = S.held.get(key);
   S.held.delete(key);
-  sendLine(`release ${pitch}`, true);
   markKey(key, false);
+  const note = S.keyNotes.get(id);
+  if (!note) return;
+  note.up = true;
+  if (note.answered) keyNoteAnswered(id, note, note.ok);
+}
+
+function keyNoteAnswered(id, note, ok) {
+  note.answered = true; note.ok = ok;
+  if (!note.up) return;
+  S.keyNotes.delete(id);
+  if (ok) sendLine(`release ${note.pitch}`, true);
 }
 
 function releaseAll(sendIt) {
-  for (const key of [...S.held.keys()]) { if (sendIt) keyUp(key); else { S.held.delete(key); markKey(key, false); } }
+  if (!sendIt) S.keyNotes.clear();   // (the socket is gone, or a panic silenced them)
+  for (const key of [...S.held.keys()]) keyUp(key);
 }
 
 function markKey(key, down) {
