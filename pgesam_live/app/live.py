@@ -114,6 +114,8 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
         from pgesam_live.frontends.osc_server import OscServer  # noqa: PLC0415
 
+        # what `status` shows of the page: its address, never its token
+        view.add_info("web", lambda: web.url if web is not None else "off")
         osc = OscServer(view, s.osc_host, s.osc_port)
         asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
         osc_stats = osc.stats
@@ -124,8 +126,6 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
 
             web = start_web(view, loop, s.web_host, s.web_port, audio=audio,
                             message=lambda text: print(text, flush=True))
-        page = web
-        view.add_info("web", lambda: page.url if page is not None else "off")
         if s.midi:
             from pgesam_live.frontends.midi import start_midi  # noqa: PLC0415
 

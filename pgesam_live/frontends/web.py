@@ -49,6 +49,7 @@ import hmac
 import itertools
 import json
 import math
+import os
 import secrets
 import struct
 import time
@@ -124,7 +125,24 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
     else:
         fix = "give --web-host an address of this machine (127.0.0.1, or 0.0.0.0 for every " \
               "interface), or --no-web"
-    return f"web page: cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}"
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"web page: cannot listen on {host}:{port} ({why}); {fix}"
+
+
+def web_port_problem(host: str, port: int) -> str | None:
+    """Why the page could not listen on host:port now (None: it can): `doctor`'s check."""
+    import socket  # noqa: PLC0415
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        sock.bind((host, port))
+    except OSError as exc:
+        return bind_problem(host, port, exc)
+    finally:
+        sock.close()
+    return None
 
 
 class _Bucket:
@@ -476,7 +494,7 @@ class WebServer:
             out["cmd"] = result.command.to_line()  # accepted, journalled as this line
         a = result.answer
         if a is not None and a.word == "status":
-            out = {"reply": status_line(a.data), "data": json_state(a.data)}
+            out = {"reply": a.text, "data": json_state(a.data)}
         elif a is not None and a.word == "points":
             out["data"] = list(a.data)
         elif a is not None and a.word == "seqs":

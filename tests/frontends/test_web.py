@@ -221,7 +221,8 @@ def test_lines_and_bad_messages_on_the_socket(served: Served) -> None:
             assert "not binary" in m["error"]
             status = await answer_to(ws, {"cmd": "status", "id": 7})
             assert status["id"] == 7 and status["data"]["tempo_bpm"] == 90.0
-            assert status["reply"].startswith("tempo 90")
+            assert status["reply"].startswith("tempo 90")   # as the REPL's `status` prints
+            assert "\n  tempo_bpm: 90.0" in status["reply"]
             seqs = await answer_to(ws, {"cmd": "seqs", "id": "s"})
             assert seqs["data"] == {"names": ["arp"], "running": []}
             pong = await answer_to(ws, {"ping": 12.5})

@@ -78,6 +78,7 @@ class Instrument:
     osc: Client
     url: str
     sessions: Path
+    model: Path
 
     def journal(self) -> list[dict[str, Any]]:
         files = sorted(self.sessions.glob("*.jsonl"))
@@ -127,7 +128,7 @@ def instrument(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instrument]
                 out = proc.communicate(timeout=5)[0] if proc.poll() is not None else ""
                 pytest.fail(f"the instrument's page did not answer: {out}")
             time.sleep(0.2)
-        yield Instrument(proc, Client(osc_port), url, here / "sessions")
+        yield Instrument(proc, Client(osc_port), url, here / "sessions", model)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -283,6 +284,10 @@ def test_a_bad_line_shows_its_error_and_a_good_one_its_effect(page: Any,
     page.fill("#cmd", "help tempo")
     page.press("#cmd", "Enter")
     page.wait_for_function("document.getElementById('log').textContent.includes('usage: tempo')")
+    page.fill("#cmd", "status")   # the page's address is there, no token
+    page.press("#cmd", "Enter")
+    page.wait_for_function("document.getElementById('log').textContent"
+                           f".includes('web: {instrument.url}')")
     assert instrument.web_lines(since) == ["tempo 96"]
 
 
@@ -355,3 +360,35 @@ def test_a_page_of_another_origin_cannot_drive_the_instrument(browser: Any,
         evil.shutdown()
     time.sleep(0.3)
     assert instrument.web_lines(since) == []
+
+
+def test_a_second_instrument_on_the_same_web_port_plays_on_without_the_page(
+        instrument: Instrument, tmp_path: Path) -> None:
+    """The port taken (here by the first instrument): one line naming --web-port, and the
+    second instrument plays (OSC answers, its status says the page is off)."""
+    web_port = int(instrument.url.rsplit(":", 1)[1].strip("/"))
+    osc_port = free_port()
+    env = {**os.environ, "PYO_GUI_WX": "0", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "pgesam_live", "play", "--audio", "none", "--no-repl",
+            "--osc-port", str(osc_port), "--web-port", str(web_port), "--device", "cpu",
+            "--model", str(instrument.model)]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        c = Client(osc_port)
+        state: dict[str, Any] = {}
+        for _ in range(150):
+            c.send("/pgesam/status")
+            got = [m for m in c.replies(0.2) if m.address == "/pgesam/state"]
+            if got:
+                args_ = got[0].params
+                state = dict(zip(args_[::2], args_[1::2], strict=True))
+                break
+        assert state.get("web") == "off", state
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    said = [ln for ln in out.splitlines() if "--web-port" in ln]
+    assert len(said) == 1 and f"127.0.0.1:{web_port}" in said[0] and \
+        "playing on without the page" in said[0], out
