@@ -377,3 +377,21 @@ def test_keys_needs_a_terminal(engine: FakeEngine) -> None:
     run_repl(engine, stdin=io.StringIO("keys\ntempo 90\n"), stdout=out)
     assert "keys: the keyboard plays only in a terminal" in out.getvalue()
     assert [s for _, s, _ in engine.submitted] == ["tempo 90"]
+
+
+def test_keys_in_a_real_terminal_says_so_on_its_bottom_line(tmp_path: Path) -> None:
+    child = _spawn(tmp_path)
+    try:
+        child.send("keys\r")
+        _expect(child, "KEYS C4..C5")    # the bottom line: the mode, its range and keys
+        child.send("a")
+        child.send("x")
+        child.send("d")
+        _expect(child, "play 76 len 1")  # the mode's line shows what it played
+        child.send("\x1b")               # Escape leaves: the prompt again
+        _expect(child, "keys: 2 commands played")
+        _expect(child, "pgesam>")
+        child.send("quit\r")
+        _expect(child, "REPL-ENDED ['play 60 len 1', 'play 76 len 1']")
+    finally:
+        child.close(force=True)

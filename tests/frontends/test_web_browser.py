@@ -201,6 +201,22 @@ def test_a_click_moves_the_point_there_and_plays_the_pitch(page: Any,
     assert len(lines) == 1 and lines[0].startswith("at "), lines
 
 
+def test_a_tap_on_a_touch_screen_is_a_click(browser: Any, instrument: Instrument) -> None:
+    context = browser.new_context(viewport={"width": 800, "height": 1000}, has_touch=True,
+                                  is_mobile=True)
+    try:
+        pg = context.new_page()
+        pg.goto(instrument.url)
+        pg.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+        since = len(instrument.journal())
+        pg.touchscreen.tap(*map_pixel(pg, 0.3, 0.0))
+        lines = instrument.wait_for(lambda ls: len(ls) >= 2, since)
+    finally:
+        context.close()
+    x, y = parse_at(lines[0])
+    assert abs(x - 0.3) <= 0.02 and abs(y) <= 0.02 and lines[1] == "note 60", lines
+
+
 def test_a_drag_moves_the_point_without_retriggering(page: Any, instrument: Instrument) -> None:
     since = len(instrument.journal())
     page.mouse.move(*map_pixel(page, -0.3, -0.3))
