@@ -402,3 +402,11 @@ def test_a_taken_port_is_one_line_and_the_instrument_plays_on() -> None:
         thread.join(5)
     assert len(said) == 1 and "--web-port" in said[0] and "playing on without the page" in \
         said[0] and str(port) in said[0]
+
+
+def test_beyond_loopback_the_printed_address_carries_the_token_and_status_does_not() -> None:
+    server = WebServer(FakeEngine(), "0.0.0.0", 8765)
+    assert server.needs_token and len(server.token) >= 20
+    assert server.page_url == f"{server.url}?token={server.token}"
+    assert server.token not in server.url and server.url.endswith(":8765/")
+    assert not WebServer(FakeEngine(), "127.0.0.1", 8765).needs_token
