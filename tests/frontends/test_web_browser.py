@@ -291,7 +291,7 @@ def test_a_bad_line_shows_its_error_and_a_good_one_its_effect(page: Any,
     page.wait_for_function("document.querySelectorAll('#log .error').length >= 3")
     errors = page.locator("#log .error").all_text_contents()[-3:]
     assert "out of range 20..400" in errors[0]
-    assert "no patch '/etc/passwd'" in errors[1]   # a page loads from the patch folder only
+    assert "no patch '/etc/passwd'" in errors[1] and "from the web page only" in errors[1]
     assert "not available from the web page" in errors[2]
     page.fill("#cmd", "tempo 96")
     page.press("#cmd", "Enter")
