@@ -73,3 +73,24 @@ def test_the_terminal_map_shows_the_same_region() -> None:
     assert f"y = {r.y_max:+.2f}" in text and f"x = {r.x_min:+.2f}" in text
     assert "far (+1.40, -1.40) off the map" in text
     assert "@" in text.split("families")[0] and "off the map: @ on its edge" in text
+
+
+def test_a_pads_xy_lands_on_the_engines_map_region() -> None:
+    """`xy U V` (OSC /pgesam/xy, MIDI CC) spans the region the map shows, in the engine."""
+    from pgesam_live.app.build import OfflineRig
+    from pgesam_live.settings import Settings
+    from tests.fakes import FakeSynth
+
+    synth = FakeSynth(24000)
+    rig = OfflineRig(Settings(audio="offline", cache_spill=False), synth=synth)
+    try:
+        region = region_of(synth.training_points)
+        assert rig.engine.map_region == region
+        for (u, v), want in (((0, 0), (region.x_min, region.y_min)),
+                             ((1, 1), (region.x_max, region.y_max)),
+                             ((0.25, 0.5), region.to_xy(0.25, 0.5))):
+            rig.submit_or_fail(f"xy {u} {v}", "osc")
+            rig.run_until(rig.engine.time_s() + 0.05)
+            assert rig.engine.snapshot()["point"] == pytest.approx(list(want), abs=1e-4)
+    finally:
+        rig.close()
