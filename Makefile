@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Debian packages: libfluidsynth for the soundfont data set, General MIDI soundfonts, tmux for
-# the terminal tests. Needs root (apt-get); CI runs it.
+# the terminal tests, chromium for the web page's tests (driven by Playwright's Python API;
+# Playwright's own browser download is never used). Needs root (apt-get); CI runs it.
 system-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 fluid-soundfont-gm \
-	  timgm6mb-soundfont musescore-general-soundfont tmux >/dev/null
+	  timgm6mb-soundfont musescore-general-soundfont tmux chromium >/dev/null
 
 run: $(STAMP)
 	PYO_GUI_WX=0 $(BIN)/pgesam-live play

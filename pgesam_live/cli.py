@@ -58,6 +58,13 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
     p.add_argument("--osc-port", type=_port, default=None,
                    help="OSC UDP port (default 9000)" + unused)
     p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port" + unused)
+    p.add_argument("--web-host", default=None,
+                   help="web page bind address (default 127.0.0.1; beyond loopback the "
+                        "printed address carries a token)" + unused)
+    p.add_argument("--web-port", type=_port, default=None,
+                   help="web page TCP port (default 8765)" + unused)
+    p.add_argument("--no-web", action="store_true",
+                   help="serve no web page" + unused)
     p.add_argument("--sample-rate", type=_sample_rate, default=None,
                    help="output sample rate in Hz (the model renders at its own and is "
                         "resampled)")
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd")
 
-    p = sub.add_parser("play", help="the live instrument: audio, REPL, OSC, journal")
+    p = sub.add_parser("play", help="the live instrument: audio, REPL, OSC, web page, journal")
     p.add_argument("patch", nargs="?", help="a patch to load at start")
     _add_common(p, audio=True)
     p.add_argument("--no-repl", action="store_true",
@@ -99,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func="pgesam_live.app.offline:run_note")
 
-    p = sub.add_parser("map", help="picture of the timbre map")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("map", help="the timbre map: a picture (--out) or data (--json)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="picture file (.png, .svg, .pdf)")
+    out.add_argument("--json", action="store_true",
+                     help="print the map as JSON: model, training points, named points")
     _add_common(p)
     p.set_defaults(func="pgesam_live.tools.mapplot:run_map")
 

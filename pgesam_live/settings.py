@@ -33,6 +33,9 @@ class Settings:
     osc_host: str = "127.0.0.1"
     osc_port: int = 9000
     midi: str | None = None
+    web: bool = True                    # serve the web page (`--no-web`: not)
+    web_host: str = "127.0.0.1"
+    web_port: int = 8765
     sample_rate: int | None = None      # output rate; None = the model's rate
     buffer_size: int = 256              # samples per audio block
     n_voices: int = 32
@@ -98,3 +101,5 @@ class Settings:
             raise ConfigError(f"voices {self.n_voices} is out of range 1..256")
         if not 0 < self.osc_port < 65536:
             raise ConfigError(f"OSC port {self.osc_port} is out of range 1..65535")
+        if not 0 < self.web_port < 65536:
+            raise ConfigError(f"web port {self.web_port} is out of range 1..65535")

@@ -44,6 +44,9 @@ def test_user_errors_are_one_line_and_exit_1(args: list[str], fragment: str, tmp
     ["note", "0", "0", "60", "--out", "a.wav", "--seed", "-5"],
     ["note", "0", "0", "60", "--out", "a.wav", "--sample-rate", "0"],
     ["play", "--osc-port", "70000"],
+    ["play", "--web-port", "0"],
+    ["map"],                              # --out or --json
+    ["map", "--out", "m.png", "--json"],  # not both
 ])
 def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -186,3 +189,50 @@ def test_a_replay_bounce_never_replaces_the_sessions_own_recording(
     assert main(["replay", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "s.wav")]) == 1
     assert "session's own live recording" in capsys.readouterr().err
     assert (tmp_path / "s.wav").read_bytes() == b"RIFF live take"
+
+
+def test_web_options_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgesam_live.app.common import settings_from_args
+
+    monkeypatch.delenv("PGESAM_WEB", raising=False)
+    monkeypatch.delenv("PGESAM_WEB_PORT", raising=False)
+    s = settings_from_args(build_parser().parse_args(["play", "--web-port", "8800",
+                                                      "--web-host", "0.0.0.0"]))
+    assert (s.web, s.web_host, s.web_port) == (True, "0.0.0.0", 8800)
+    assert settings_from_args(build_parser().parse_args(["play", "--no-web"])).web is False
+    assert settings_from_args(build_parser().parse_args(["play"])).web_port == 8765
+    monkeypatch.setenv("PGESAM_WEB", "0")
+    assert settings_from_args(build_parser().parse_args(["play"])).web is False
+
+
+def test_map_json_prints_what_the_page_draws(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pgesam_live.app.build import model_info
+    from pgesam_live.settings import Settings
+    from pgesam_live.vocab.mapview import region_of
+
+    assert main(["map", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    _, info = model_info("default", Settings().patch_dir)
+    assert data["model"] == info.model_id
+    assert len(data["training_points"]) == len(info.training_points) > 0
+    assert set(data["training_points"][0]) >= {"name", "family", "x", "y"}
+    assert data["points"]["glass"] == [0.31, 0.12]   # a demo patch's point: `at glass`
+    assert data["region"] == region_of(info.training_points).as_dict()
+
+
+def test_doctor_says_whether_the_web_port_is_free(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        main(["doctor", "--osc-port", "9233", "--web-port", str(port)])
+        out = capsys.readouterr().out
+    finally:
+        holder.close()
+    line = next(ln for ln in out.splitlines() if " web " in ln)
+    assert line.startswith("--") and "--web-port" in line

@@ -23,6 +23,9 @@ def settings_from_args(ns: Namespace) -> Settings:
         osc_host=getattr(ns, "osc_host", None),
         osc_port=getattr(ns, "osc_port", None),
         midi=getattr(ns, "midi", None),
+        web=False if getattr(ns, "no_web", False) else None,
+        web_host=getattr(ns, "web_host", None),
+        web_port=getattr(ns, "web_port", None),
         sample_rate=getattr(ns, "sample_rate", None),
         lookahead_s=getattr(ns, "lookahead", None),
     )

@@ -66,6 +66,17 @@ def run_doctor(ns: Namespace) -> int:
     problem = osc_port_problem(s.osc_host, s.osc_port)
     rows.append(("osc", problem is None, problem or f"udp {s.osc_host}:{s.osc_port} is free"))
 
+    # The web page (optional: the instrument plays on without it).
+    from pgesam_live.frontends.web import web_port_problem  # noqa: PLC0415
+
+    if not s.web:
+        rows.append(("web", True, "off (--no-web)"))
+    else:
+        problem = web_port_problem(s.web_host, s.web_port)
+        rows.append(("web", problem is None, problem or
+                     f"tcp {s.web_host}:{s.web_port} is free: the page will be "
+                     f"http://{s.web_host}:{s.web_port}/"))
+
     # MIDI.
     try:
         from pgesam_live.frontends.midi import list_ports  # noqa: PLC0415

@@ -1,5 +1,7 @@
 """The live instrument: `play` (and a live `replay`): audio, the synthesis worker, REPL,
-OSC, MIDI and the session journal around one engine."""
+OSC, MIDI, the web page and the session journal around one engine. The front ends see the
+engine through one view (frontends/seam.py's FrontView), which adds the page's address to
+what `status` shows."""
 
 from __future__ import annotations
 
@@ -95,6 +97,10 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     loop = asyncio.new_event_loop()
     osc = None
     midi = None
+    web = None
+    from pgesam_live.frontends.seam import FrontView  # noqa: PLC0415
+
+    view = FrontView(engine)
     started = False
     _stop_on_signals()
     try:
@@ -108,15 +114,22 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
         from pgesam_live.frontends.osc_server import OscServer  # noqa: PLC0415
 
-        osc = OscServer(engine, s.osc_host, s.osc_port)
+        # what `status` shows of the page: its address, never its token
+        view.add_info("web", lambda: web.url if web is not None else "off")
+        osc = OscServer(view, s.osc_host, s.osc_port)
         asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
         osc_stats = osc.stats
         engine.add_stat("osc_skewed", lambda: osc_stats["skewed"])
         print(f"OSC on udp {s.osc_host}:{osc.port}", flush=True)
+        if s.web:
+            from pgesam_live.frontends.web import start_web  # noqa: PLC0415
+
+            web = start_web(view, loop, s.web_host, s.web_port, audio=audio,
+                            message=lambda text: print(text, flush=True))
         if s.midi:
             from pgesam_live.frontends.midi import start_midi  # noqa: PLC0415
 
-            midi = start_midi(engine, s.midi, message=print)
+            midi = start_midi(view, s.midi, message=print)
         if patch:
             r = engine.submit(f"load {quote(patch)}", src="patch")
             print(r.text if not r.ok else f"loaded {patch}", flush=True)
@@ -138,7 +151,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         elif repl:
             from pgesam_live.frontends.repl import run_repl  # noqa: PLC0415
 
-            run_repl(engine)
+            run_repl(view)
             if not sys.stdin.isatty():
                 _ring_out(engine, voices)
         else:
@@ -151,6 +164,8 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     except KeyboardInterrupt:
         pass
     finally:
+        if web is not None:
+            web.close()
         if osc is not None:
             loop.call_soon_threadsafe(osc.close)
         if midi is not None:

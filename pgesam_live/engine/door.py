@@ -41,6 +41,7 @@ from pgesam_live.patches.schema import load_patch
 from pgesam_live.render.cache import AudioThreadSource, RenderCache
 from pgesam_live.render.keys import NoteKey
 from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
+from pgesam_live.vocab.mapview import region_of
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import Reply
 
@@ -182,6 +183,7 @@ class Engine(NameChecks, StateViews):
         self.patch_dir = Path(patch_dir)
         self.model_points = [(p["x"], p["y"], p.get("family", "")) for p in
                              model.training_points]
+        self.map_region = region_of(self.model_points)  # what `xy U V` maps onto: the map's
         sink: Any = voices
         self._resampler: _ResamplingSink | None = None
         if out_sample_rate and out_sample_rate != model.sample_rate:

@@ -50,7 +50,7 @@ def do_at(e: Engine, a: dict[str, Any], _: Any) -> None:
 @handles("xy")
 def do_xy(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.point_name = None
-    e._set_point(2.0 * a["u"] - 1.0, 2.0 * a["v"] - 1.0)
+    e._set_point(*e.map_region.to_xy(a["u"], a["v"]))  # the map's region (vocab/mapview.py)
 
 
 @handles("play")

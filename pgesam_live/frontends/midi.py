@@ -4,8 +4,10 @@ Mapping (the defaults; change them with PGESAM_MIDI_CC_X / PGESAM_MIDI_CC_Y or t
 MidiMapping arguments):
   note on (velocity > 0)  -> `note PITCH VEL` at the current point, VEL = velocity / 127
   note off / note on 0    -> `release PITCH` (deferred while the sustain pedal is down)
-  CC1  (mod wheel)        -> timbre x  \\  sent as `xy U V` with U, V = value / 127,
-  CC74 (brightness knob)  -> timbre y  /   coalesced (latest wins, at most every 10 ms)
+  CC1  (mod wheel)        -> timbre x  \\  sent as `xy U V` with U, V = value / 127 across
+  CC74 (brightness knob)  -> timbre y  /   the map's region (vocab/mapview.py: what `map`
+                                           and the web page show), coalesced (latest wins,
+                                           at most every 10 ms)
   CC64 (sustain pedal)    -> >= 64 holds note offs; < 64 releases the held notes
   CC123 (all notes off)   -> releases every sounding note;  CC120 (all sound off) -> `panic`
   CC121 (reset controllers) -> the pedal up (releases what it held)
@@ -34,7 +36,7 @@ from typing import Any
 from pgesam_live.errors import ConfigError
 from pgesam_live.quiet import quiet_c_stderr
 from pgesam_live.vocab.commands import Command
-from pgesam_live.vocab.views import EngineView
+from pgesam_live.vocab.views import EngineView, view_region
 
 SUSTAIN_CC = 64
 ALL_SOUND_OFF_CC = 120
@@ -184,6 +186,7 @@ class MidiInput:
         self.engine = engine
         self.port_name = port_name
         self.mapper = MidiMapper(mapping or MidiMapping())
+        self.region = view_region(engine)  # what `xy U V` maps onto: the map's region
         self.coalesce_s = coalesce_s
         self.errors = 0
         self._lock = threading.Lock()
@@ -251,9 +254,9 @@ class MidiInput:
                 return
         point = self.engine.snapshot().get("point")
         if isinstance(point, list | tuple) and len(point) == 2:
+            u, v = self.region.to_uv(float(point[0]), float(point[1]))
             with self._lock:
-                self.mapper.u = min(1.0, max(0.0, (float(point[0]) + 1.0) / 2.0))
-                self.mapper.v = min(1.0, max(0.0, (float(point[1]) + 1.0) / 2.0))
+                self.mapper.u, self.mapper.v = u, v
 
     def _submit(self, cmd: Command) -> bool:
         """Submit; a refusal is said above the prompt (a player has no other screen)."""

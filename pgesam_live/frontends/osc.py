@@ -4,8 +4,9 @@ Built on asyncio's DatagramProtocol so that EVERY datagram is seen (python-osc's
 drops unparsable ones silently): `OscCore.handle_datagram(data, addr)` is the pure core,
 parsing with pythonosc's OscPacket and answering with a list of (addr, address, args) replies;
 `OscServer` (osc_server.py) only moves bytes; the wire format is osc_wire.py, time tags
-become engine times in osc_clock.py, subscribers and their state pushes are osc_push.py,
-/pgesam/ready bookkeeping osc_ready.py. Addresses come
+become engine times in osc_clock.py, /pgesam/ready bookkeeping osc_ready.py; what every
+front end shares (the line's handling, subscribers and their state pushes without echo) is
+seam.py. Addresses come
 from the command table (`commands.OSC_ADDRESSES`)
 plus the front-end ones handled here:
 
@@ -45,7 +46,6 @@ every controller.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
@@ -56,17 +56,11 @@ from typing import Any
 
 from pgesam_live.errors import CommandError
 from pgesam_live.frontends.osc_clock import TimetagClock
-from pgesam_live.frontends.osc_push import Controller, StatePushes
 from pgesam_live.frontends.osc_ready import ReadyTracker
 from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
-from pgesam_live.vocab.commands import Command, from_osc, parse_line
-from pgesam_live.vocab.views import (
-    FRONT_END_WORDS,
-    Answer,
-    EngineView,
-    answer,
-    flatten_state,
-)
+from pgesam_live.frontends.seam import Clients, Listening, run_line
+from pgesam_live.vocab.commands import Command, from_osc
+from pgesam_live.vocab.views import Answer, EngineView, Reply, flatten_state, view_region
 
 Addr = tuple[str, int]
 OscReply = tuple[Addr, str, list[Any]]
@@ -99,28 +93,26 @@ class OscCore:
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
-        self._tls = threading.local()
-        self._pushes = StatePushes(self.engine, self.stats)
+        # Controllers, their submissions and their state pushes (no echo): the seam's.
+        self._clients = Clients(self.engine, "osc", self.stats, clock=lambda: self.clock(),
+                                push_hz=self.push_hz, max_listeners=self.max_controllers,
+                                wake=self._wake_owner)
         self._timetags = TimetagClock()
         self._pending_move: _PendingMove | None = None
         self._last_move_s = -math.inf
         self._ready = ReadyTracker(self.ready_tolerance, self.ready_ttl_s)
         self._outbox: list[OscReply] = []
-        # command line -> senders of that line not yet applied (oldest first): the engine's
-        # "command" event names the line, and the "state" event that follows it on the same
-        # thread is that sender's change
-        # submission tag -> (sender, time sent, OSC address it came to), for commands the
-        # engine accepted and has not applied yet: its "command" event says whose change the
-        # "state" event after it is; its "rejected" event (refused when it came due) is
-        # answered /pgesam/error <address> <message> to that sender
-        self._inflight: dict[int, tuple[Addr, float, str]] = {}
-        self._tag = itertools.count(1)
+        self._region = view_region(self.engine)   # what /pgesam/xy maps onto
         self.engine.add_listener(self.on_event)
 
+    def _wake_owner(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
     @property
-    def controllers(self) -> dict[Addr, Controller]:
-        """The controllers that said /pgesam/hello (osc_push.py)."""
-        return self._pushes.controllers
+    def controllers(self) -> dict[Addr, Listening]:
+        """The controllers that said /pgesam/hello."""
+        return self._clients.listeners  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- incoming datagrams
 
@@ -163,12 +155,13 @@ class OscCore:
         if address in ("/pgesam/hello", "/pgesam/bye") and args:
             return self._error(addr, address, f"{address} takes no arguments")
         if address == "/pgesam/hello":
-            if not self._pushes.hello(addr, self.max_controllers):
+            if not self._clients.listen(addr):
                 return self._error(addr, address, "too many controllers; send /pgesam/bye "
                                    "from an old one")
-            return [(addr, "/pgesam/state", self._pushes.greeted(self.engine.snapshot()))]
+            snap = self._clients.greeted(addr, self.engine.snapshot())
+            return [(addr, "/pgesam/state", flatten_state(snap))]
         if address == "/pgesam/bye":
-            self._pushes.bye(addr)
+            self._clients.unlisten(addr)
             return []
         if address == "/pgesam/status":
             if args:
@@ -177,16 +170,20 @@ class OscCore:
         if address == "/pgesam/cmd":
             if len(args) != 1 or not isinstance(args[0], str):
                 return self._error(addr, address, "/pgesam/cmd takes one string: a REPL line")
-            try:
-                cmd = parse_line(args[0])
-            except CommandError as exc:
-                return self._error(addr, address, str(exc))
-            if not cmd.journal:
-                if cmd.name not in FRONT_END_WORDS:
-                    return self._error(addr, address, f"`{cmd.name}` is not available over "
-                                       "OSC: it ends the instrument only from its terminal "
-                                       "(or SIGTERM)")
-                return self._answer(addr, answer(self.engine, cmd))
+            submitted: list[Command] = []
+
+            def keep(c: Command) -> Reply:  # submitted below, timed and tagged as OSC's
+                submitted.append(c)
+                return Reply(True, "")
+
+            result = run_line(self.engine, args[0], "osc", submit=keep)
+            if not result.ok:
+                return self._error(addr, address, result.text)
+            if result.answer is not None:
+                return self._answer(addr, result.answer)
+            if not submitted:
+                return []   # an empty line, a comment
+            cmd = submitted[0]
         else:
             try:
                 cmd = from_osc(address, args)
@@ -213,27 +210,10 @@ class OscCore:
 
     def _submit(self, cmd: Command, addr: Addr, address: str,
                 at_s: float | None) -> list[OscReply]:
-        tag = next(self._tag)
-        with self._lock:   # remembered first: the engine may apply it before submit returns
-            self._inflight[tag] = (addr, self.clock(), address)
-            if len(self._inflight) > 4096:
-                self._prune_inflight()
-        reply = None
-        try:
-            reply = self.engine.submit(cmd, src="osc", at_s=at_s, tag=tag)
-        finally:
-            if reply is None or not reply.ok:
-                with self._lock:
-                    self._inflight.pop(tag, None)
+        reply = self._clients.submit(cmd, addr, at_s=at_s, note=address)
         if not reply.ok:
             return self._error(addr, address, str(reply.text or "rejected"))
-        self.stats["submitted"] += 1
         return []
-
-    def _prune_inflight(self) -> None:
-        # commands the engine accepted but never applied (dropped by a hush) would stay
-        oldest = self.clock() - (self.max_ahead_s + 5.0)
-        self._inflight = {t: e for t, e in self._inflight.items() if e[1] >= oldest}
 
     def _move(self, cmd: Command, addr: Addr, address: str) -> list[OscReply]:
         now = self.clock()
@@ -263,36 +243,20 @@ class OscCore:
     # ---------------------------------------------------------------- engine events
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Engine listener (any thread): queue state pushes and /pgesam/ready replies."""
-        kind = event.get("kind")
+        """Engine listener (any thread): the seam's bookkeeping (who caused a change, state
+        pushes, refusals) and /pgesam/ready replies."""
+        if event.get("kind") != "ready":
+            self._clients.on_event(event)
+            return
+        try:
+            x, y, pitch = float(event["x"]), float(event["y"]), int(event["pitch"])
+        except (KeyError, TypeError, ValueError):
+            return
         woke = False
-        if kind in ("command", "rejected"):
-            sender: tuple[Addr, float, str] | None = None
-            if event.get("src") == "osc":
-                with self._lock:
-                    sender = self._inflight.pop(event.get("tag"), None)  # type: ignore[arg-type]
-            if kind == "command":
-                self._tls.causer = sender[0] if sender is not None else None
-            elif sender is not None:  # refused when it came due (a timed bundle's command)
-                with self._lock:
-                    self.stats["errors"] += 1
-                    self._outbox.append((sender[0], "/pgesam/error",
-                                         [sender[2], str(event.get("text", "rejected"))]))
+        with self._lock:
+            for to, args in self._ready.cached(x, y, pitch):
+                self._outbox.append((to, "/pgesam/ready", args))
                 woke = True
-        elif kind == "state":
-            snap = {k: v for k, v in event.items() if k != "kind"}
-            causer = getattr(self._tls, "causer", None)
-            self._tls.causer = None
-            woke = self._pushes.state_changed(snap, causer)
-        elif kind == "ready":
-            try:
-                x, y, pitch = float(event["x"]), float(event["y"]), int(event["pitch"])
-            except (KeyError, TypeError, ValueError):
-                return
-            with self._lock:
-                for to, args in self._ready.cached(x, y, pitch):
-                    self._outbox.append((to, "/pgesam/ready", args))
-                    woke = True
         if woke and self.wake is not None:
             self.wake()
 
@@ -316,8 +280,21 @@ class OscCore:
         with self._lock:
             replies += self._outbox
             self._outbox = []
-        replies += self._pushes.poll(now, self.push_hz)
+        pushes, refused = self._clients.poll(now)
+        for r in refused:  # refused when it came due (a timed bundle's command)
+            replies.append((r.client, "/pgesam/error", [r.note, r.text]))  # type: ignore[arg-type]
+        for to, snap in pushes:
+            replies += self._push(to, snap)  # type: ignore[arg-type]
         return replies
+
+    def _push(self, addr: Addr, snap: dict[str, Any]) -> list[OscReply]:
+        out: list[OscReply] = [(addr, "/pgesam/state", flatten_state(snap))]
+        point = snap.get("point")
+        if isinstance(point, list | tuple) and len(point) == 2:
+            # the pad's own address, so a TouchOSC XY pad follows the point with no scripting
+            u, v = self._region.to_uv(float(point[0]), float(point[1]))
+            out.append((addr, "/pgesam/xy", [u, v]))
+        return out
 
     def next_due(self) -> float | None:
         """Clock time of the next poll() with work, or None when there is none."""
@@ -327,5 +304,7 @@ class OscCore:
                 due.append(self._last_move_s + self.coalesce_s)
             if self._outbox:
                 due.append(-math.inf)
-        due += self._pushes.next_due(self.push_hz)
+        pushes_due = self._clients.next_due()
+        if pushes_due is not None:
+            due.append(pushes_due)
         return min(due) if due else None

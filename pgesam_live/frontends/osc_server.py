@@ -11,6 +11,7 @@ from typing import Any
 
 from pgesam_live.frontends.osc import Addr, OscCore, OscReply
 from pgesam_live.frontends.osc_wire import encode_message
+from pgesam_live.frontends.seam import LoopService
 from pgesam_live.vocab.views import EngineView
 
 RECV_BUFFER_BYTES = 4 * 1024 * 1024
@@ -58,15 +59,16 @@ class OscServer:
         self.host = host
         self.port = port
         self.core = OscCore(engine, **core_options)
-        self.core.wake = self._wake
+        self._service = LoopService(self._serve, clock=lambda: self.core.clock())
+        self.core.wake = self._service.wake
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         from pgesam_live.errors import ConfigError
 
         self._loop = asyncio.get_running_loop()
+        self._service.bind(self._loop)
         try:
             transport, _ = await self._loop.create_datagram_endpoint(
                 lambda: _Protocol(self), local_addr=(self.host, self.port))
@@ -89,7 +91,7 @@ class OscServer:
 
     def _received(self, data: bytes, addr: Addr) -> None:
         self._send(self.core.handle_datagram(data, addr))
-        self._service()
+        self._service.run()
 
     def _send(self, replies: list[OscReply]) -> None:
         if self._transport is None:
@@ -100,31 +102,15 @@ class OscServer:
             except Exception:  # an unencodable value or a vanished peer: count, carry on
                 self.core.stats["send_errors"] += 1
 
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._service)
-        except RuntimeError:   # the loop is shutting down
-            pass
-
-    def _service(self) -> None:
+    def _serve(self) -> float | None:
+        """Due replies and pushes out; the clock time of the next (LoopService)."""
         if self._transport is None:
-            return
+            return None
         self._send(self.core.poll())
-        due = self.core.next_due()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if due is not None and self._loop is not None:
-            delay_s = max(0.0, due - self.core.clock())
-            self._timer = self._loop.call_later(delay_s, self._service)
+        return self.core.next_due()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._service.cancel()
         if self._transport is not None:
             self._transport.close()
             self._transport = None

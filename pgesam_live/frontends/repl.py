@@ -3,10 +3,12 @@
 A prompt_toolkit PromptSession when stdin and stdout are a terminal (completion from the
 command table, history across runs, a bottom status line, engine messages printed above the
 prompt), and a plain line reader otherwise (`echo "play C4" | pgesam-live`). Every line goes
-through `handle_line`, which never raises: a typo, a bad argument or an internal error is one
-printed line and the prompt stays. Front-end words (help, map, status, points, seqs, quit) are
-answered here from the table and the engine's snapshot; everything else is submitted to the
-engine (src "repl"), which validates, applies and journals it.
+through `handle_line` (the seam's `run_line`, as OSC's and the web page's lines do), which
+never raises: a typo, a bad argument or an internal error is one printed line and the prompt
+stays. Front-end words (help, map, status, points, seqs) are answered from the views; `quit`
+ends the REPL and `keys` turns the keyboard into an instrument (frontends/keys.py) until
+Escape; everything else is submitted to the engine (src "repl"), which validates, applies and
+journals it.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pgesam_live import faults
-from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import COMMANDS, Command, parse_line
+from pgesam_live.frontends.seam import run_line
+from pgesam_live.vocab.commands import COMMANDS, Command
 from pgesam_live.vocab.completion import CompletionContext, complete
-from pgesam_live.vocab.views import EngineView, answer, status_line, status_text
+from pgesam_live.vocab.views import EngineView, status_line, status_text
 
 __all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_line",
            "status_text"]
@@ -96,37 +98,29 @@ def _fit_message(text: str) -> str:
 
 
 def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
-    """One REPL line -> (lines to print, quit?). Never raises."""
-    text = line.strip()
-    if not text or text.startswith("#"):
-        return [], False
-    try:
-        cmd = parse_line(text)
-    except CommandError as exc:
-        return [f"error: {exc}"], False
-    except Exception as exc:  # a parser bug must not end the performance
-        return [f"internal error: {type(exc).__name__}: {exc}"], False
-    try:
-        if not cmd.journal:
-            return _front_end_word(engine, cmd)
-        reply = engine.submit(cmd, src="repl")
-        reply_text = str(reply.text or "")
-        if not reply.ok:
-            return [f"error: {reply_text or 'rejected'}"], False
-        # the engine answers an accepted command with its canonical line: not worth a print
-        quiet = not reply_text or reply_text == cmd.to_line()
-        return ([] if quiet else [reply_text]), False
-    except Exception as exc:  # the engine's bug is reported, the prompt stays
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return [f"internal error: {type(exc).__name__}: {first} (the instrument carries on)"], \
-            False
+    """One REPL line -> (lines to print, quit?). Never raises. (`keys` needs the terminal:
+    `_run_prompt` takes it before this; here, on piped input, it says so.)"""
+    lines, done, _ = _handle(engine, line)
+    return lines, done
 
 
-def _front_end_word(engine: EngineLike, cmd: Command) -> tuple[list[str], bool]:
-    if cmd.name == "quit":
-        return [], True
-    columns = shutil.get_terminal_size((80, 24)).columns - 1 if cmd.name == "map" else None
-    return answer(engine, cmd, columns=columns).text.splitlines(), False
+def _handle(engine: EngineLike, line: str) -> tuple[list[str], bool, Command | None]:
+    """(lines to print, quit?, the `keys` command when the line was one)."""
+    columns = shutil.get_terminal_size((80, 24)).columns - 1
+    result = run_line(engine, line, "repl", columns=columns)
+    if not result.ok:
+        text = result.text or "rejected"
+        return [text if text.startswith("internal error") else f"error: {text}"], False, None
+    if result.word == "quit":
+        return [], True, None
+    if result.word == "keys":
+        return [], False, result.command
+    if result.answer is not None:
+        return result.answer.text.splitlines(), False, None
+    # the engine answers an accepted command with its canonical line: not worth a print
+    quiet = not result.text or (result.command is not None and
+                                result.text == result.command.to_line())
+    return ([] if quiet else [result.text]), False, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,9 +176,14 @@ class _MessagePrinter:
 
 
 def run_repl(engine: EngineLike, *, stdin: TextIO | None = None,
-             stdout: TextIO | None = None) -> None:
+             stdout: TextIO | None = None, pt_input: Any = None,
+             pt_output: Any = None) -> None:
     """Run until `quit`, Ctrl-D or end of input; returns to the caller (which closes the
-    journal and the audio). Interactive when both streams are terminals, else line by line."""
+    journal and the audio). Interactive when both streams are terminals (or prompt_toolkit's
+    `pt_input` is given: a test's pipe), else line by line."""
+    if pt_input is not None:
+        _run_prompt(engine, pt_input=pt_input, pt_output=pt_output)
+        return
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
@@ -203,7 +202,10 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
     engine.add_listener(printer)
     try:
         for line in stdin:
-            out, done = handle_line(engine, line)
+            out, done, keys = _handle(engine, line)
+            if keys is not None:
+                out = ["error: keys: the keyboard plays only in a terminal (the input is "
+                       "piped); type notes as lines: play C4"]
             for o in out:
                 printer.reply(o)
             if done:
@@ -216,7 +218,7 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
         printer.active = False
 
 
-def _run_prompt(engine: EngineLike) -> None:
+def _run_prompt(engine: EngineLike, pt_input: Any = None, pt_output: Any = None) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.patch_stdout import patch_stdout
@@ -243,6 +245,8 @@ def _run_prompt(engine: EngineLike) -> None:
         complete_while_typing=False,
         bottom_toolbar=toolbar,
         refresh_interval=STATUS_REFRESH_S,
+        input=pt_input,
+        output=pt_output,
     )
     with patch_stdout(raw=True):
         printer = _MessagePrinter(lambda text: print(text, flush=True))
@@ -258,7 +262,16 @@ def _run_prompt(engine: EngineLike) -> None:
                 done = False
                 # A bracketed paste of several lines arrives as one text: each line in order.
                 for one in line.splitlines() or [""]:
-                    out, done = handle_line(engine, one)
+                    out, done, keys = _handle(engine, one)
+                    if keys is not None:
+                        from pgesam_live.frontends.keys import run_keys  # noqa: PLC0415
+
+                        try:
+                            out = run_keys(engine, keys, pt_input=pt_input,
+                                           pt_output=pt_output,
+                                           width=lambda: shutil.get_terminal_size().columns)
+                        except Exception as exc:  # the mode's bug: one line, the REPL stays
+                            out = [f"internal error: keys: {type(exc).__name__}: {exc}"]
                     for o in out:
                         print(_fit_message(o), flush=True)
                     if done:

@@ -37,7 +37,8 @@ def find_patch(name: str, folder: str | Path = "patches", confined: bool = False
         inside = ", ".join(p.name for p in list_patches(name)[:5]) or "no .yaml files"
         raise PatchError(f"{name} is a folder: give a patch file in it ({inside})")
     known = ", ".join(p.stem for p in list_patches(folder)) or "none"
-    where = " (over OSC only patches in that folder load)" if confined else ""
+    where = " (over OSC or from the web page only patches in that folder load)" if confined \
+        else ""
     raise PatchError(f"no patch {name!r}; patches in {folder}/{where}: {known}")
 
 

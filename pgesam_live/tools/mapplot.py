@@ -1,4 +1,4 @@
-"""`pgesam-live map --out map.png`: the timbre map as a picture.
+"""`pgesam-live map --out map.png`: the timbre map as a picture; `map --json`: as data.
 
 The training instruments' mean latent points coloured by family (with a legend), each
 family's label at its centroid, the named points of the demo patches, zoomed to where they
@@ -14,12 +14,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import PgesamError
-
-FAMILY_COLOURS = {
-    "bass": "#1f77b4", "brass": "#ff7f0e", "flute": "#2ca02c", "guitar": "#d62728",
-    "keyboard": "#9467bd", "mallet": "#8c564b", "organ": "#e377c2", "reed": "#7f7f7f",
-    "string": "#bcbd22", "synth_lead": "#17becf", "vocal": "#000000",
-}
+from pgesam_live.vocab.mapview import FAMILY_COLOURS, map_data
 
 
 def draw_map(training_points: list[dict[str, Any]], named: dict[str, tuple[float, float]],
@@ -102,6 +97,8 @@ def run_map(ns: Namespace) -> int:
         resolve_model,
     )
 
+    if getattr(ns, "json", False):
+        return _print_json(ns)
     out_path = check_out_path(ns.out, (".png", ".svg", ".pdf"))
     settings = settings_from_args(ns)
     path = resolve_model(settings.model)
@@ -118,4 +115,20 @@ def run_map(ns: Namespace) -> int:
     named = named_points(settings.patch_dir) if path.resolve() == bundled else {}
     out = draw_map(meta.training_points, named, out_path, title=f"pGESAM timbre map: {model_id}")
     print(f"{out}: {len(meta.training_points)} training instruments, {len(named)} named points")
+    return 0
+
+
+def _print_json(ns: Namespace) -> int:
+    """`map --json`: the map the web page draws (its /map.json), before any patch is loaded
+    or bookmark made: the model's training points and the names `at NAME` reaches then (the
+    demo patches' points)."""
+    import json  # noqa: PLC0415
+
+    from pgesam_live.app.build import model_info  # noqa: PLC0415
+    from pgesam_live.app.common import settings_from_args  # noqa: PLC0415
+
+    settings = settings_from_args(ns)
+    _, info = model_info(settings.model, settings.patch_dir)
+    print(json.dumps(map_data(info.model_id, info.training_points, info.named_points,
+                              info.pitch_range)))
     return 0

@@ -128,7 +128,8 @@ _SPECS: list[Spec] = [
          "set the timbre point: `at 0.4 -0.3` or `at glass`"),
     Spec("xy", (Form((Arg("u", "unit", "pad x 0..1"), Arg("v", "unit", "pad y 0..1")),
                      "/pgesam/xy"),),
-         "set the timbre from a 0..1 pad: x = 2u - 1, y = 2v - 1"),
+         "set the timbre from a 0..1 pad laid over the map's region (what `map` and the web "
+         "page show): `xy 0.5 0.5` is its middle"),
     Spec("play", (Form((Arg("pitches", "pitch", "notes to play together", variadic=True),
                         Arg("vel", "velocity", "velocity 0..1", default=0.8, keyword="vel"),
                         Arg("len_beats", "beats", "length in beats (default: full one-shot)",
@@ -177,6 +178,12 @@ _SPECS: list[Spec] = [
     Spec("seqs", (Form(()),), "list sequences (running ones marked *)", journal=False),
     Spec("help", (Form((Arg("command", "command", "a command", optional=True),)),),
          "list commands, or explain one: `help play`", journal=False),
+    Spec("keys", (Form((Arg("len_beats", "beats", "each note's length in beats", optional=True,
+                            default=1.0),
+                        Arg("vel", "velocity", "velocity 0..1", default=0.8, keyword="vel"))),),
+         "the terminal's keyboard plays: a w s e d f t g y h u j k = C4..C5, z / x octave, "
+         "arrows move the point (shift: further), Escape or Enter leaves: `keys 0.5`",
+         journal=False),
     Spec("quit", (Form(()),), "leave the instrument (the journal is closed)", journal=False),
 ]
 

@@ -2,7 +2,8 @@
 
 Training points are drawn by family letter (the most frequent family wins a shared cell),
 bookmarks as digits 1..9 (then +), the current point as @. x grows to the right, y upwards,
-as in the PNG from `pgesam-live map`.
+as in the PNG from `pgesam-live map`; the view is the map's region (vocab/mapview.py), the
+same the web page shows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_MAX_EXTENT = 1.5  # the command table's coordinate range
+from pgesam_live.vocab.mapview import MapRegion, region_of
 
 
 def family_letters(families: Sequence[str]) -> dict[str, str]:
@@ -49,33 +50,33 @@ def map_text(points: Sequence[Sequence[Any]], snap: Mapping[str, Any], width: in
 def render_map(points: Any,
                bookmarks: Mapping[str, Sequence[float]] | None = None,
                current: Sequence[float] | None = None,
-               width: int = 61, height: int = 21) -> str:
+               width: int = 61, height: int = 21,
+               region: MapRegion | None = None) -> str:
     """The map as text: a framed grid, then a legend.
 
     points: training points (x, y, family); bookmarks: name -> [x, y]; current: [x, y].
-    The view is the square [-e, e]^2 with e = 1, widened (up to 1.5) to show every mark."""
+    The view is `region` (default: the training points' region, vocab/mapview.py: the one
+    the web page shows and a 0..1 pad maps onto); a bookmark outside it is listed, not drawn,
+    and the current point outside it sits on the nearest edge."""
     if width < 11 or height < 5:
         raise ValueError("render_map: the grid needs width >= 11 and height >= 5")
     bookmarks = dict(bookmarks or {})
-    coords = [(p[0], p[1]) for p in points] + [(b[0], b[1]) for b in bookmarks.values()]
-    if current is not None:
-        coords.append((current[0], current[1]))
-    extent = max([1.0] + [min(_MAX_EXTENT, max(abs(x), abs(y))) for x, y in coords])
+    view = region if region is not None else region_of(points)
 
     def cell(x: float, y: float) -> tuple[int, int] | None:
-        if not (abs(x) <= extent and abs(y) <= extent):
+        if not view.contains(x, y):
             return None
-        col = round((x + extent) / (2 * extent) * (width - 1))
-        row = round((extent - y) / (2 * extent) * (height - 1))
+        col = round((x - view.x_min) / view.width * (width - 1))
+        row = round((view.y_max - y) / view.height * (height - 1))
         return row, col
 
     grid = [[" "] * width for _ in range(height)]
     origin = cell(0.0, 0.0)
-    assert origin is not None
-    for c in range(width):  # faint axes through the origin, to read positions by eye
-        grid[origin[0]][c] = "."
-    for r in range(height):
-        grid[r][origin[1]] = "."
+    if origin is not None:  # faint axes through the origin, to read positions by eye
+        for c in range(width):
+            grid[origin[0]][c] = "."
+        for r in range(height):
+            grid[r][origin[1]] = "."
     marks = family_letters([p[2] for p in points])
     per_cell: dict[tuple[int, int], Counter[str]] = {}
     for x, y, fam in points:
@@ -90,15 +91,16 @@ def render_map(points: Any,
         rc = cell(xy[0], xy[1])
         if rc is not None:
             grid[rc[0]][rc[1]] = mark
-        legend_marks.append(f"{mark} {name} ({xy[0]:+.2f}, {xy[1]:+.2f})")
+        off = "" if rc is not None else " off the map"
+        legend_marks.append(f"{mark} {name} ({xy[0]:+.2f}, {xy[1]:+.2f}){off}")
     if current is not None:
-        rc = cell(current[0], current[1])
+        rc = cell(*view.clamp(float(current[0]), float(current[1])))
         if rc is not None:
             grid[rc[0]][rc[1]] = "@"
-    top = f"+{'-' * width}+  y = {extent:+.2f}"
-    bottom = f"+{'-' * width}+  y = {-extent:+.2f}"
+    top = f"+{'-' * width}+  y = {view.y_max:+.2f}"
+    bottom = f"+{'-' * width}+  y = {view.y_min:+.2f}"
     lines = [top] + ["|" + "".join(r) + "|" for r in grid] + [bottom]
-    lines.append(f" x = {-extent:+.2f}{' ' * max(1, width - 16)}x = {extent:+.2f}")
+    lines.append(f" x = {view.x_min:+.2f}{' ' * max(1, width - 16)}x = {view.x_max:+.2f}")
     if marks:
         lines.append("families: " + "  ".join(f"{m} {f}" for f, m in marks.items()))
     else:
@@ -106,5 +108,7 @@ def render_map(points: Any,
     if legend_marks:
         lines.append("bookmarks: " + "  ".join(legend_marks))
     if current is not None:
-        lines.append(f"@ current point ({current[0]:+.2f}, {current[1]:+.2f})")
+        off = "" if view.contains(float(current[0]), float(current[1])) else \
+            " (off the map: @ on its edge)"
+        lines.append(f"@ current point ({current[0]:+.2f}, {current[1]:+.2f}){off}")
     return "\n".join(lines)

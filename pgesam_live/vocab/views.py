@@ -1,7 +1,8 @@
 """The views every front end shows, in one place: the state snapshot's forms (the status line,
-`status`, /pgesam/state's flat list), the map, and the answers to the front-end words (status,
-help, map, points, seqs). REPL, OSC, MIDI and (later) a web page read the engine through the
-same seam, `EngineView`, and format only what they answer with.
+`status`, /pgesam/state's flat list, the web page's JSON), the map (as text, as data, and its
+region), and the answers to the front-end words (status, help, map, points, seqs). REPL, OSC,
+MIDI and the web page read the engine through the same seam, `EngineView`, and format only
+what they answer with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pgesam_live.vocab.commands import Command, help_text
+from pgesam_live.vocab.mapview import MapRegion, map_data, region_of
 from pgesam_live.vocab.termmap import map_text
 
 Snapshot = dict[str, Any]
@@ -36,14 +38,19 @@ class ModelView(Protocol):
     @property
     def pitch_range(self) -> tuple[int, int]: ...
 
+    # (and `training_points`, [{"name", "family", "x", "y"}], where the model has them)
+
 
 class EngineView(Protocol):
     """The seam between the engine and every front end: the one door (`submit`), read-only
     views (snapshots built off the audio thread), names for completion, and events pushed to
     listeners ({"kind": "command" | "rejected" | "state" | "message" | "ready", ...})."""
 
-    patch_dir: Path
-    model_points: list[tuple[float, float, str]]
+    @property
+    def patch_dir(self) -> Path: ...
+
+    @property
+    def model_points(self) -> list[tuple[float, float, str]]: ...
 
     @property
     def model(self) -> ModelView: ...
@@ -66,6 +73,8 @@ class EngineView(Protocol):
     def point_names(self) -> list[str]: ...
 
     def sequence_names(self) -> list[str]: ...
+
+    def resolve_point(self, name: str) -> tuple[float, float]: ...
 
 
 # -- the snapshot's forms --------------------------------------------------------------------
@@ -146,10 +155,54 @@ def flatten_state(snap: Snapshot) -> list[Any]:
     return out
 
 
+def json_state(snap: Snapshot) -> dict[str, Any]:
+    """A snapshot as native JSON (the web page's `{"state": ...}`): the same keys and values
+    as /pgesam/state, with lists and dicts as they are; a value JSON cannot carry (NaN, inf,
+    an object) as a string."""
+    return {str(k): _json_value(v) for k, v in snap.items() if k != "kind"}
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    try:  # numpy scalars and the like
+        return _json_value(value.item())
+    except (AttributeError, TypeError, ValueError):
+        return str(value)
+
+
+def view_region(view: EngineView) -> MapRegion:
+    """The map's region for a live engine (vocab/mapview.py): the training points' square."""
+    return region_of(getattr(view, "model_points", None) or [])
+
+
 def engine_map(view: EngineView, width: int = 61, height: int = 21,
                columns: int | None = None) -> str:
     """The map of a live engine: its training points, bookmarks and current point."""
     return map_text(view.model_points, view.snapshot(), width, height, columns)
+
+
+def engine_map_data(view: EngineView) -> dict[str, Any]:
+    """The map of a live engine as data (`/map.json`, the same form as `pgesam-live map
+    --json`): training points, and every point name `at NAME` reaches now (the patch's,
+    bookmarks, the demo patches') with its coordinates."""
+    model = view.model
+    training = getattr(model, "training_points", None)
+    if training is None:  # a model view without names: the engine's (x, y, family)
+        training = [{"name": "", "family": f, "x": x, "y": y} for x, y, f in view.model_points]
+    points: dict[str, tuple[float, float]] = {}
+    for name in view.point_names():
+        try:
+            points[name] = view.resolve_point(name)
+        except Exception:  # a name gone between the two calls (a patch swapped): left out
+            continue
+    return map_data(model.model_id, training, points, model.pitch_range)
 
 
 # -- the front-end words ----------------------------------------------------------------------

@@ -294,3 +294,104 @@ def test_map_fits_a_narrow_terminal(engine: FakeEngine) -> None:
         assert max(len(line) for line in text.splitlines()) <= columns, columns
         assert "@" in text
     assert engine_map(engine, columns=200) == engine_map(engine)  # room enough: unchanged
+
+
+# -- keys: the terminal's keyboard as an instrument --------------------------------------------
+
+class KeysEngine(FakeEngine):
+    """The fake engine, with `at X Y` moving the point (the arrows read it back)."""
+
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None) -> Reply:
+        reply = super().submit(cmd, src, at_s)
+        c = parse_line(cmd) if isinstance(cmd, str) else cmd
+        if reply.ok and c.name == "at" and "x" in c.args:
+            self.state["point"] = [c.args["x"], c.args["y"]]
+        return reply
+
+
+def test_keys_mode_maps_keys_to_lines() -> None:
+    from pgesam_live.frontends.keys import KeysMode
+    from pgesam_live.vocab.mapview import MapRegion
+
+    point = [0.0, 0.0]
+    mode = KeysMode(MapRegion(-0.5, 0.5, -0.5, 0.5), len_beats=0.5, vel=0.6,
+                    point=lambda: (point[0], point[1]))
+    assert [mode.press(k) for k in "awk"] == ["play 60 vel 0.6 len 0.5",
+                                             "play 61 vel 0.6 len 0.5",
+                                             "play 72 vel 0.6 len 0.5"]
+    assert mode.press("z") is None and mode.press("a") == "play 48 vel 0.6 len 0.5"
+    for _ in range(6):
+        mode.press("x")
+    assert mode.press("a") == "play 96 vel 0.6 len 0.5"  # three octaves up at most
+    assert mode.press("right") == "at 0.02 0"          # 2 % of the map's width
+    assert mode.press("s-up") == "at 0 0.1"            # shift: five steps
+    point[:] = [0.49, 0.0]
+    assert mode.press("s-right") == "at 0.5 0"         # kept on the map
+    assert mode.press("p") is None and "KEYS C7..C8" in mode.bar()
+
+
+def test_keys_in_the_repl_through_prompt_toolkits_input_pipe(tmp_path: Path) -> None:
+    """`keys` enters the mode: letters play, z/x move the octave, arrows move the point,
+    Escape leaves and the prompt takes lines again; every note and move is an ordinary
+    command (src repl)."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    engine = KeysEngine(tmp_path)
+    engine.model_points = [(-0.5, -0.5, "bass"), (0.5, 0.5, "flute")]  # region +-0.62
+    lines = lambda: [line for _, line, _ in engine.submitted]  # noqa: E731
+
+    def wait_for(n: int) -> None:
+        end = time.monotonic() + 5
+        while len(engine.submitted) < n and time.monotonic() < end:
+            time.sleep(0.01)
+
+    with create_pipe_input() as pipe:
+        repl = threading.Thread(target=run_repl, args=(engine,),
+                                kwargs={"pt_input": pipe, "pt_output": DummyOutput()})
+        repl.start()
+        try:
+            pipe.send_text("keys 0.5\r")
+            time.sleep(0.3)
+            for key, n in (("a", 1), ("s", 2), ("x", 2), ("k", 3), ("\x1b[C", 4),
+                           ("\x1b[1;2A", 5)):   # right arrow, shift + up arrow
+                pipe.send_text(key)
+                wait_for(n)
+            pipe.send_text("q")   # not a key of the terminal's keyboard: nothing
+            time.sleep(0.2)
+            pipe.send_text("\x1b")  # Escape leaves
+            time.sleep(0.4)
+            pipe.send_text("tempo 99\r")
+            wait_for(6)
+            pipe.send_text("quit\r")
+        finally:
+            repl.join(10)
+    assert not repl.is_alive()
+    assert lines() == ["play 60 len 0.5", "play 62 len 0.5", "play 84 len 0.5",
+                       "at 0.025 0", "at 0.025 0.124", "tempo 99"]
+    assert {src for src, _, _ in engine.submitted} == {"repl"}
+
+
+def test_keys_needs_a_terminal(engine: FakeEngine) -> None:
+    out = io.StringIO()
+    run_repl(engine, stdin=io.StringIO("keys\ntempo 90\n"), stdout=out)
+    assert "keys: the keyboard plays only in a terminal" in out.getvalue()
+    assert [s for _, s, _ in engine.submitted] == ["tempo 90"]
+
+
+def test_keys_in_a_real_terminal_says_so_on_its_bottom_line(tmp_path: Path) -> None:
+    child = _spawn(tmp_path)
+    try:
+        child.send("keys\r")
+        _expect(child, "KEYS C4..C5")    # the bottom line: the mode, its range and keys
+        child.send("a")
+        child.send("x")
+        child.send("d")
+        _expect(child, "play 76 len 1")  # the mode's line shows what it played
+        child.send("\x1b")               # Escape leaves: the prompt again
+        _expect(child, "keys: 2 commands played")
+        _expect(child, "pgesam>")
+        child.send("quit\r")
+        _expect(child, "REPL-ENDED ['play 60 len 1', 'play 76 len 1']")
+    finally:
+        child.close(force=True)
