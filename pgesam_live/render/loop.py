@@ -39,10 +39,10 @@ LOOP_END_MARGIN_S = 0.06  # ... and ends this long before the release onset
 SEAM_WINDOW_PERIODS = 2.0
 SEAM_WINDOW_MIN_S = 0.006
 LOOP_XFADE_S = 0.08      # at most; a quarter of the loop when it is shorter
-RELEASE_XFADE_S = 0.012  # key up -> the release segment
-RELEASE_LEAD_S = 0.02    # the release segment is entered this long before its onset
+RELEASE_XFADE_S = 0.006  # key up -> the release segment, centred on its onset
 FOLLOW_XFADE_S = 0.08    # one point's sustain -> another's (timbre following the point)
-DECAY_MIN_DB_PER_S = 1.5  # a steadier level than this is a sustaining sound
+DECAY_MIN_DB_PER_S = 3.0  # a steadier level than this is a sustaining sound (a bowed
+# string's swell measures up to 2 dB/s over a second; a piano's or guitar's decay 7-15)
 SILENT_DB = -100.0       # a decaying held note ends here (re its loop level)
 NO_LOOP_BELOW_DB = -60.0  # a note this far below its peak at the loop end is not looped
 END_FADE_S = 0.005       # the last samples of a release, faded (a render's edge never clicks)
@@ -269,17 +269,17 @@ class Sustain:
     def release_material(self, n: int) -> np.ndarray:
         """What a note held until sample n plays from n on: float32 [M] (finite).
 
-        The held sound crossfades (RELEASE_XFADE_S, correlation-aligned within two pitch
-        periods) into the render's release segment, entered RELEASE_LEAD_S before its onset
-        and scaled to the level sounding at n, then plays it to its end."""
+        The held sound crossfades (RELEASE_XFADE_S, correlation-aligned within half a pitch
+        period either way) into the render's release segment, the crossfade centred on its
+        onset, scaled to the level sounding at n, then plays it to its end."""
         sr = self.sample_rate
         xf = max(8, int(RELEASE_XFADE_S * sr))
         now = self.render(n, xf).astype(np.float64)
         x = self.audio.astype(np.float64)
-        j0 = max(0, self.release_onset - int(RELEASE_LEAD_S * sr))
-        span = max(1, int(round(2 * self.period))) if self.period else 1
-        lo = max(0, j0 - span)
-        seg = x[lo: j0 + xf]
+        j0 = max(0, self.release_onset - xf // 2)
+        span = max(1, int(round(self.period))) if self.period else 1
+        lo = max(0, j0 - span // 2)
+        seg = x[lo: j0 + span // 2 + xf]
         if len(seg) < xf or not np.any(now):
             j, rho = j0, 0.0
         else:
@@ -290,7 +290,7 @@ class Sustain:
         if len(tail) == 0:
             return np.zeros(0, np.float32)
         lev_now, lev_tail = level_db(now), level_db(tail[:xf])
-        g = 10.0 ** (np.clip(lev_now - lev_tail, -60.0, 24.0) / 20.0) if lev_tail > -190 else 0.0
+        g = 10.0 ** (min(lev_now - lev_tail, 24.0) / 20.0) if lev_tail > -190 else 0.0
         tail = tail * g
         m = min(xf, len(tail))
         out = tail.astype(np.float32)
@@ -459,3 +459,39 @@ def seam_figures(sustain: Sustain, n_seams: int = 3) -> dict[str, float]:
 
 __all__ = ["Playhead", "Sustain", "blend", "envelope_db", "estimate_period", "level_db",
            "seam_figures", "spectral_flux"]
+
+
+RELEASE_COMPARE_S = 0.3
+RELEASE_FLOOR_DB = -60.0
+
+
+def release_envelope_db(x: np.ndarray, off: int, sample_rate: int,
+                        span_s: float = RELEASE_COMPARE_S) -> np.ndarray:
+    """The level after a note-off at sample `off` of x [N], in dB re the level over the
+    ENV_WIN_S before it, every ENV_HOP_S for span_s (floored at RELEASE_FLOOR_DB):
+    float64 [round(span_s / ENV_HOP_S)]."""
+    x = np.asarray(x, dtype=np.float64)
+    hop, win = int(round(ENV_HOP_S * sample_rate)), int(round(ENV_WIN_S * sample_rate))
+    ref = level_db(x[max(0, off - win): off])
+    n = int(round(span_s / ENV_HOP_S))
+    lev = np.array([level_db(x[off + i * hop: off + i * hop + win]) for i in range(n)])
+    return np.maximum(lev - ref, RELEASE_FLOOR_DB)
+
+
+def held_output(sustain: Sustain, hold_s: float, after_s: float = 1.0) -> np.ndarray:
+    """What a note held `hold_s` and then let go plays: float32 [(hold_s + after_s) * rate]."""
+    p = Playhead(sustain)
+    off = int(round(hold_s * sustain.sample_rate))
+    p.release(off)
+    return p.read(0, off + int(round(after_s * sustain.sample_rate)))
+
+
+def release_error_db(sustain: Sustain, original: np.ndarray, hold_s: float) -> float:
+    """Largest |dB| difference over the first RELEASE_COMPARE_S after the note-off between a
+    held note released after hold_s and `original` float32 [N] (the instrument's own note
+    held hold_s, at the same rate), each relative to its level just before the note-off."""
+    sr = sustain.sample_rate
+    off = int(round(hold_s * sr))
+    ours = release_envelope_db(held_output(sustain, hold_s, RELEASE_COMPARE_S + 0.05), off, sr)
+    theirs = release_envelope_db(original, off, sr)
+    return float(np.max(np.abs(ours - theirs)))
