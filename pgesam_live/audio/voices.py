@@ -84,6 +84,7 @@ class _Note:
     serial: int = 0  # the order of play() calls: a release ends notes played before it
     head: Any = None  # a held note's playhead (data is then empty)
     gain: float = 1.0  # a held note's gain, applied as it is written
+    release_at: int | None = None  # a held note's own release time (a length), engine samples
 
 
 @dataclass
@@ -104,6 +105,7 @@ class _Voice:
     head: Any = None  # a held note's playhead, while it is written ahead
     gain: float = 1.0
     onset: int = 0  # engine sample of the held note's index 0
+    release_at: int | None = None  # when the held note lets go by itself (a length)
 
 
 class VoicePool:
@@ -192,10 +194,12 @@ class VoicePool:
             return v.index
 
     def play_held(self, playhead: Any, start_s: float | None = None, velocity: float = 1.0,
-                  pan: float = 0.0, tag: Hashable | None = None) -> int:
+                  pan: float = 0.0, tag: Hashable | None = None,
+                  release_at_s: float | None = None) -> int:
         """Schedule a held note; returns the voice index. playhead: its material (see the
-        module docstring); it sounds until ``release(tag)`` (then its own release) or until
-        its material ends (a decaying sound). start_s, velocity, pan, tag as ``play``."""
+        module docstring); it sounds until ``release(tag)`` or engine time release_at_s (a
+        note of a length; then its own release) or until its material ends (a decaying
+        sound). start_s, velocity, pan, tag as ``play``."""
         for name in ("read", "release", "end"):
             if not hasattr(playhead, name):
                 raise ConfigError(f"play_held needs a playhead (render.loop.Playhead), got "
@@ -206,7 +210,9 @@ class VoicePool:
             now = self.engine.time_samples()
             booked = now if start is None else max(start, now)
             note = _Note(np.zeros(0, np.float32), start, p, booked, tag,
-                         serial=self.played + 1, head=playhead, gain=velocity_gain(velocity))
+                         serial=self.played + 1, head=playhead, gain=velocity_gain(velocity),
+                         release_at=None if release_at_s is None
+                         else int(round(float(release_at_s) * self.sample_rate)))
             v = self._pick_voice(booked)
             v.pending = note
             self.played += 1
@@ -360,6 +366,13 @@ class VoicePool:
                                               material)
             for v in self._voices:
                 if v.head is not None and v.playing:
+                    if v.release_at is not None and v.release_at < block_end:
+                        at, v.release_at = v.release_at, None
+                        if v.head.released_at is None:
+                            self._release_held(v, max(at, v.start_sample, block_start),
+                                               block_start)
+                        if v.head is None:
+                            continue
                     self._fill(v, block_start, block_end)
 
     def _fade_all(self, block_start: int) -> None:
@@ -477,6 +490,7 @@ class VoicePool:
         v.start_sample = block_start + offset
         v.end_sample = block_start + new_end
         v.head, v.gain, v.onset = note.head, note.gain, block_start + offset
+        v.release_at = note.release_at
         if note.head is not None:
             end = note.head.end
             v.end_sample = HELD_FOREVER if end is None else block_start + offset + end

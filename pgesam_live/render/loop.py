@@ -32,6 +32,7 @@ from scipy.signal import correlate
 from pgesam_live.errors import ConfigError
 
 HOLD_S = 3.0             # the render's hold before its release (model/soundfont.NOTE_HOLD_S)
+HOLD_FRACTION = 0.75     # ... of its 4 s: a note re-pitched (longer or shorter) keeps it
 LOOP_MIN_S = 0.3
 LOOP_MAX_S = 1.2
 STEADY_FROM_S = 0.6      # the loop lies after the attack ...
@@ -179,16 +180,19 @@ class Sustain:
     # -- analysis ------------------------------------------------------------------------
     @classmethod
     def analyse(cls, audio: np.ndarray, sample_rate: int, f0_hint_hz: float | None = None,
-                hold_s: float = HOLD_S) -> Sustain:
+                hold_s: float | None = HOLD_S) -> Sustain:
         """Find the loop of a rendered note float32 [N] held `hold_s` then released (the
-        model's notes: 3 s). f0_hint_hz: the key's frequency (the search spans an octave
-        either side, so a note the model put an octave off is found)."""
+        model's notes: 3 s; None: HOLD_FRACTION of the note, for a re-pitched one).
+        f0_hint_hz: the key's frequency (the search spans an octave either side, so a note
+        the model put an octave off is found)."""
         x = np.asarray(audio, dtype=np.float32)
         if x.ndim != 1:
             raise ConfigError(f"a note is mono [N] float32, got shape {x.shape}: pass one channel")
         if sample_rate <= 0:
             raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
         sr = int(sample_rate)
+        if hold_s is None:
+            hold_s = HOLD_FRACTION * len(x) / sr
         onset = min(len(x), int(round(hold_s * sr)))
         le = onset - int(round(LOOP_END_MARGIN_S * sr))
         steady0 = int(round(STEADY_FROM_S * sr))
