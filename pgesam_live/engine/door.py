@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pgesam_live import faults
+from pgesam_live.engine.exports import Exports
 from pgesam_live.engine.handlers import HANDLERS
 from pgesam_live.engine.held import HeldNotes
 from pgesam_live.engine.names import NameChecks
@@ -172,7 +173,7 @@ class _ResamplingSink:
         return self.pool.drop_pending(tag)
 
 
-class Engine(NameChecks, StateViews):
+class Engine(NameChecks, StateViews, Exports):
     """The one door. See the module docstring."""
 
     def __init__(self, *, clock: Clock, voices: Sink, cache: RenderCache, renderer: Renderer,

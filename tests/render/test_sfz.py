@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,46 @@ def test_bad_requests_name_the_fix(tmp_path: Path) -> None:
         parse_pitch_range("H4-C5", (48, 72))
     with pytest.raises(ConfigError, match="outside"):
         parse_pitch_range("C1-C2", (48, 72))
+
+
+def make_fake_synth() -> HeldFakeSynth:
+    """Built in the export's own process (picklable by reference)."""
+    return HeldFakeSynth()
+
+
+def test_the_engine_exports_in_its_own_process_and_confines_network_sources(
+        tmp_path: Path) -> None:
+    from pgesam_live.app.build import OfflineRig
+    from pgesam_live.settings import Settings
+
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=HeldFakeSynth())
+    e = rig.engine
+    e.export_dir = tmp_path / "sessions"
+    e.export_synth_factory = make_fake_synth
+    events: list[dict[str, object]] = []
+    e.add_listener(lambda ev: events.append(ev) if ev.get("kind") == "export" else None)
+    try:
+        assert e.submit("at 0.3 0.1").ok
+        rig.run_until(0.1)
+        # From the web page or OSC: only into the sessions folder.
+        r = e.start_export(out_dir=tmp_path / "elsewhere", src="web", pitches=[60])
+        assert not r.ok and "sessions folder" in r.text
+        r = e.start_export(out_dir="../../up", src="osc", pitches=[60])
+        assert not r.ok and "sessions folder" in r.text
+        r = e.start_export(pitches=[59, 60], src="web", name="mine")
+        assert r.ok, r.text
+        deadline, t0 = 60.0, time.monotonic()
+        while not any(ev["sfz"] or ev["error"] for ev in events):
+            assert time.monotonic() - t0 < deadline, events
+            time.sleep(0.05)
+        last = events[-1]
+        assert last["error"] is None and last["done"] == 2
+        sfz = Path(str(last["sfz"]))
+        assert sfz == (tmp_path / "sessions" / "export-mine" / "mine.sfz").resolve()
+        assert len(regions(sfz)) == 2
+        assert [ev["done"] for ev in events if not ev["sfz"]] == [0, 2]
+        r = e.start_export(pitches=[10])
+        assert not r.ok and "outside the model's range" in r.text
+    finally:
+        rig.close()
