@@ -647,6 +647,7 @@ class Scheduler:
             "late": c.late,
             "fallbacks": c.fallback_pitch + c.fallback_point,
             "skipped": c.skipped,
+            "held": c.held,
             "requests": c.requests,
             "errors": c.errors,
         }
