@@ -434,8 +434,12 @@ class VoicePool:
             self._write_held(v, v.onset + end, block_start)
 
     def _follow_held(self, v: _Voice, at: int, material: Any) -> None:
-        v.head.follow(at - v.onset, material)
-        self._truncate(v, at)
+        n = v.head.follow(at - v.onset, material)
+        if n is None:
+            return
+        # Rewritten from where the move starts (after an earlier move's crossfade): what
+        # lies before it is written already and stays as it is.
+        self._truncate(v, v.onset + n)
         self.follows += 1
 
     def _fade(self, v: _Voice, from_sample: int, n: int) -> None:

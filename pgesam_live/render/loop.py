@@ -375,13 +375,14 @@ class Playhead:
         self._release = s.release_material(n + off)
         self.released_at = n
 
-    def follow(self, n: int, sustain: Sustain, xfade_s: float = FOLLOW_XFADE_S) -> None:
+    def follow(self, n: int, sustain: Sustain, xfade_s: float = FOLLOW_XFADE_S) -> int | None:
         """From sample n, sound `sustain` (the same pitch at another point) instead, through a
         crossfade of xfade_s; aligned to the sounding waveform within two pitch periods, so
         the two do not cancel. Ignored once released; a follow before the previous one's
-        crossfade has ended starts when it ends."""
+        crossfade has ended starts when it ends. Returns the sample it starts from (what lies
+        before it is unchanged), None when ignored."""
         if self.released_at is not None:
-            return
+            return None
         last_n, _, _, last_xf = self._parts[-1]
         n = max(int(n), last_n + last_xf)
         xf = max(8, int(xfade_s * self.sample_rate))
@@ -393,8 +394,12 @@ class Playhead:
             if np.any(cand):
                 ncc = _ncc_scan(cand, now)
                 off = int(np.argmax(ncc)) - span
-        # Only the sounding part and the new one are kept: nothing before n is read again.
-        self._parts = [(0, self._parts[-1][1], self._parts[-1][2], 0), (n, sustain, off, xf)]
+        # The last part, the one it may still be fading in from (a voice can read again
+        # from its last move on, never before it), and the new one.
+        keep = self._parts[-2:]
+        first = keep[0]
+        self._parts = [(0, first[1], first[2], 0), *keep[1:], (n, sustain, off, xf)]
+        return n
 
 
 SEAM_FFT = 1024

@@ -109,3 +109,22 @@ def test_play_held_refuses_what_is_not_a_playhead(rig: tuple[AudioEngine, VoiceP
     _, pool = rig
     with pytest.raises(ConfigError, match="playhead"):
         pool.play_held(np.zeros(10, np.float32))
+
+
+def test_moves_faster_than_the_crossfade_make_no_click(
+        rig: tuple[AudioEngine, VoicePool], sustain: Sustain) -> None:
+    """A drag: moves every 20 ms, inside the previous move's crossfade (80 ms)."""
+    engine, pool = rig
+    # Other waveforms (inverted: no shift of the original matches them) at other levels.
+    levels = [Sustain.analyse(note(220.0) * g, SR, 220.0) for g in (-0.9, 0.7, -0.5)]
+    pool.play_held(Playhead(sustain), start_s=0.0, velocity=1.0, pan=-1.0, tag=57)
+    engine.advance_to(4.0)
+    for s in levels:
+        pool.follow(57, s)
+        engine.advance_to(engine.time_s() + 0.02)
+    engine.advance_to(6.0)
+    out = engine.render_to_array()[:, 0]
+    own = np.abs(np.diff(sustain.audio[SR: 2 * SR].astype(np.float64))).max()
+    assert clicks(out[: 6 * SR], 1.2 * own) == 0
+    assert level_db(out[5 * SR: 6 * SR]) - level_db(out[3 * SR: 4 * SR]) == \
+        pytest.approx(20 * np.log10(0.5), abs=0.5)
