@@ -24,6 +24,16 @@ applied while copying (sample-exact, free, deterministic). Consequences:
 - ``panic()`` rewrites every sounding table from its current read position: a fade to zero
   over the next block, then the readers stop.
 
+Held notes (``play_held``) have no length: a *playhead* (render/loop.py's Playhead: any object
+with ``read(n0, count)``, ``release(n)``, ``follow(n, other)`` and ``end``; samples are a pure
+function of the index n since the onset) is written ahead of the reader, HELD_AHEAD_S at a
+time, a few hundred samples per block; when the table runs out the voice is re-anchored at a
+block boundary (what is written ahead moves to index 0 and the reader restarts there, as a
+note's activation does). ``release(tag)`` lets a held note go: its playhead's own release
+(the rendered release segment) is written from that sample instead of a fade; ``follow(tag,
+other)`` rewrites what lies ahead with a crossfade into another playhead's material. Nothing
+here allocates pyo objects, and what runs in the hook is numpy on a few thousand samples.
+
 Pan is equal power (pyo Pan, spread 0): centre = -3 dB per channel, hard left/right = 0 dB.
 The limiter is a zero-latency compressor (pyo Compress in `outputAmp` mode driving a gain, since
 Compress's own audio path always adds its look-ahead delay, at least one sample) followed by a
@@ -37,6 +47,7 @@ import threading
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +61,9 @@ RELEASE_S = 0.030
 STEAL_FADE_S = 0.005
 LIMIT_THRESH_DB = -1.0
 LIMIT_CLIP = 0.98
+HELD_AHEAD_S = 0.05  # a held voice keeps this much written ahead of the block being played
 POOL_HOOK_PRIORITY = 1000  # after every other hook: the scheduler hands notes in before us
+HELD_FOREVER = 2**62  # a held note's end sample until it is released
 
 
 def velocity_gain(velocity: float) -> float:
@@ -69,6 +82,9 @@ class _Note:
     booked_sample: int  # for stealing order: when this note (would) start
     tag: Hashable | None = None  # what release() names it by (a held key's pitch)
     serial: int = 0  # the order of play() calls: a release ends notes played before it
+    head: Any = None  # a held note's playhead (data is then empty)
+    gain: float = 1.0  # a held note's gain, applied as it is written
+    release_at: int | None = None  # a held note's own release time (a length), engine samples
 
 
 @dataclass
@@ -86,6 +102,10 @@ class _Voice:
     pending: _Note | None = None
     tag: Hashable | None = None  # the sounding note's tag
     serial: int = 0  # the sounding note's play() order
+    head: Any = None  # a held note's playhead, while it is written ahead
+    gain: float = 1.0
+    onset: int = 0  # engine sample of the held note's index 0
+    release_at: int | None = None  # when the held note lets go by itself (a length)
 
 
 class VoicePool:
@@ -115,6 +135,12 @@ class VoicePool:
         # Releases not applied yet: (sample from which to fade, tag, serial of the last note
         # played before the release).
         self._releases: list[tuple[int, Hashable, int]] = []
+        # Timbre moves for held notes not applied yet: (sample, tag, the other material).
+        self._follows: list[tuple[int, Hashable, Any]] = []
+        self.held_ahead = max(self.block, int(round(HELD_AHEAD_S * self.sample_rate)))
+        self.held_played = 0
+        self.reanchors = 0  # held voices moved back to their table's start
+        self.follows = 0  # timbre moves applied to held notes
         self._voices: list[_Voice] = []
         for i in range(self.n_voices):
             table = pyo.DataTable(size=self.table_len, chnls=1)
@@ -167,6 +193,50 @@ class VoicePool:
             self.played += 1
             return v.index
 
+    def play_held(self, playhead: Any, start_s: float | None = None, velocity: float = 1.0,
+                  pan: float = 0.0, tag: Hashable | None = None,
+                  release_at_s: float | None = None) -> int:
+        """Schedule a held note; returns the voice index. playhead: its material (see the
+        module docstring); it sounds until ``release(tag)`` or engine time release_at_s (a
+        note of a length; then its own release) or until its material ends (a decaying
+        sound). start_s, velocity, pan, tag as ``play``."""
+        for name in ("read", "release", "end"):
+            if not hasattr(playhead, name):
+                raise ConfigError(f"play_held needs a playhead (render.loop.Playhead), got "
+                                  f"{type(playhead).__name__} without .{name}")
+        start = None if start_s is None else int(round(float(start_s) * self.sample_rate))
+        p = min(1.0, max(-1.0, float(pan)))
+        with self._lock:
+            now = self.engine.time_samples()
+            booked = now if start is None else max(start, now)
+            note = _Note(np.zeros(0, np.float32), start, p, booked, tag,
+                         serial=self.played + 1, head=playhead, gain=velocity_gain(velocity),
+                         release_at=None if release_at_s is None
+                         else int(round(float(release_at_s) * self.sample_rate)))
+            v = self._pick_voice(booked)
+            v.pending = note
+            self.played += 1
+            self.held_played += 1
+            return v.index
+
+    def follow(self, tag: Hashable, material: Any, at_s: float | None = None) -> None:
+        """Held notes of ``tag`` sounding at ``at_s`` (None: the next block) move to
+        ``material`` (their playhead's ``follow``: a crossfade into another point's sustain);
+        one-shots and released notes are not touched."""
+        with self._lock:
+            now = self.engine.time_samples()
+            at = now if at_s is None else max(now, int(round(float(at_s) * self.sample_rate)))
+            self._follows.append((at, tag, material))
+
+    def held_tags(self) -> list[Hashable]:
+        """Tags of the held notes sounding or about to (not released yet)."""
+        with self._lock:
+            out = [v.tag for v in self._voices if v.head is not None and v.tag is not None
+                   and v.head.released_at is None]
+            out += [v.pending.tag for v in self._voices if v.pending is not None
+                    and v.pending.head is not None and v.pending.tag is not None]
+            return out
+
     def release_all(self) -> int:
         """Hush's part in the pool: drop notes not started yet, let sounding notes ring.
 
@@ -208,6 +278,7 @@ class VoicePool:
             for v in self._voices:
                 v.pending = None
             self._releases = []
+            self._follows = []
             self._panic = True
 
     def in_use(self) -> int:
@@ -220,7 +291,8 @@ class VoicePool:
     def stats(self) -> dict[str, int]:
         return {"voices": self.n_voices, "in_use": self.in_use(), "played": self.played,
                 "stolen": self.stolen, "late_starts": self.late_starts,
-                "truncated": self.truncated}
+                "truncated": self.truncated, "held_played": self.held_played,
+                "reanchors": self.reanchors, "follows": self.follows}
 
     # ------------------------------------------------------------------ internals
     def _shape(self, x: np.ndarray, gain: float, length_s: float | None) -> np.ndarray:
@@ -278,17 +350,102 @@ class VoicePool:
                     for v in self._voices:
                         if v.tag == tag and v.serial <= serial and v.playing \
                                 and v.end_sample > at:
-                            self._fade(v, max(at, v.start_sample), self.release_samples)
+                            if v.head is not None:
+                                self._release_held(v, max(at, v.start_sample, block_start),
+                                                   block_start)
+                            else:
+                                self._fade(v, max(at, v.start_sample), self.release_samples)
                             v.tag = None
+            follows = [f for f in self._follows if f[0] < block_end]
+            if follows:
+                self._follows = [f for f in self._follows if f[0] >= block_end]
+                for at, tag, material in follows:
+                    for v in self._voices:
+                        if v.tag == tag and v.head is not None and v.playing:
+                            self._follow_held(v, max(at, v.start_sample, block_start),
+                                              material)
+            for v in self._voices:
+                if v.head is not None and v.playing:
+                    if v.release_at is not None and v.release_at < block_end:
+                        at, v.release_at = v.release_at, None
+                        if v.head.released_at is None:
+                            self._release_held(v, max(at, v.start_sample, block_start),
+                                               block_start)
+                        if v.head is None:
+                            continue
+                    self._fill(v, block_start, block_end)
 
     def _fade_all(self, block_start: int) -> None:
         for v in self._voices:
             if v.playing and v.end_sample > block_start:
                 self._fade(v, block_start, self.block)
 
+    # -- held voices (in the hook) ------------------------------------------------------
+    def _reanchor(self, v: _Voice, block_start: int) -> None:
+        """Move what is written from this block on to the table's index 0 and restart the
+        reader there (with this block, as an activation does)."""
+        pos = block_start - v.table_start
+        if pos <= 0:
+            return
+        keep = v.buf[pos: v.written_end].copy()
+        v.buf[: len(keep)] = keep
+        v.buf[len(keep): v.written_end] = 0.0
+        v.written_end = len(keep)
+        v.table_start = block_start
+        v.reader.play()
+        self.reanchors += 1
+
+    def _write_held(self, v: _Voice, until: int, block_start: int) -> None:
+        """Write the playhead's samples from the written end up to engine sample `until`."""
+        head = v.head
+        end = head.end
+        if end is not None:
+            until = min(until, v.onset + end)
+        if until - v.table_start > self.table_len:
+            self._reanchor(v, block_start)
+            until = min(until, v.table_start + self.table_len)
+        a = v.table_start + v.written_end
+        if until > a:
+            v.buf[v.written_end: v.written_end + (until - a)] = \
+                head.read(a - v.onset, until - a) * np.float32(v.gain)
+            v.written_end += until - a
+        if end is not None:
+            v.end_sample = v.onset + end
+            if v.table_start + v.written_end >= v.end_sample:
+                v.head = None  # all of it is written: it plays out as a one-shot
+
+    def _fill(self, v: _Voice, block_start: int, block_end: int) -> None:
+        if v.table_start + v.written_end < block_end + self.held_ahead:
+            self._write_held(v, block_end + 2 * self.held_ahead, block_start)
+
+    def _truncate(self, v: _Voice, at: int) -> None:
+        """Forget what is written from engine sample `at` on (it will be written again)."""
+        pos = max(0, at - v.table_start)
+        if pos < v.written_end:
+            v.buf[pos: v.written_end] = 0.0
+            v.written_end = pos
+
+    def _release_held(self, v: _Voice, at: int, block_start: int) -> None:
+        head = v.head
+        head.release(at - v.onset)
+        self._truncate(v, v.onset + head.released_at)
+        end = head.end
+        if end is not None:
+            self._write_held(v, v.onset + end, block_start)
+
+    def _follow_held(self, v: _Voice, at: int, material: Any) -> None:
+        n = v.head.follow(at - v.onset, material)
+        if n is None:
+            return
+        # Rewritten from where the move starts (after an earlier move's crossfade): what
+        # lies before it is written already and stays as it is.
+        self._truncate(v, v.onset + n)
+        self.follows += 1
+
     def _fade(self, v: _Voice, from_sample: int, n: int) -> None:
         """Rewrite a sounding voice's table: a linear fade to zero over `n` samples from
         engine sample `from_sample` (in this block or later), silence after."""
+        v.head = None  # a held note faded (panic) is not written on
         ramp = np.linspace(1.0, 0.0, n + 1, dtype=np.float32)[1:]
         pos = from_sample - v.table_start
         seg = v.buf[pos: pos + n]
@@ -305,6 +462,9 @@ class VoicePool:
         else:
             offset = note.start_sample - block_start
         data = note.data
+        if note.head is not None:
+            # A held note: its first samples now, the rest as it plays (_fill).
+            data = note.head.read(0, self.held_ahead + self.block) * np.float32(note.gain)
         n = len(data)
         fade = self.steal_fade_samples
         tail: np.ndarray | None = None
@@ -333,6 +493,11 @@ class VoicePool:
         v.serial = note.serial
         v.start_sample = block_start + offset
         v.end_sample = block_start + new_end
+        v.head, v.gain, v.onset = note.head, note.gain, block_start + offset
+        v.release_at = note.release_at
+        if note.head is not None:
+            end = note.head.end
+            v.end_sample = HELD_FOREVER if end is None else block_start + offset + end
         v.playing = True
         v.reader.play()  # restarts at table index 0 with this block
 

@@ -13,6 +13,8 @@ class SchedulerCounters:
     fallback_pitch: int = 0
     fallback_point: int = 0
     skipped: int = 0
+    held: int = 0           # held notes (until a release, or a length's end) handed over
+    streamed: int = 0       # notes started from their first rendered frames (streaming)
     errors: int = 0         # exceptions caught per event (logged)
     requests: int = 0
     recent_errors: list[str] = field(default_factory=list)

@@ -28,7 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from pgesam_live import faults
+from pgesam_live.engine.exports import Exports
 from pgesam_live.engine.handlers import HANDLERS
+from pgesam_live.engine.held import HeldNotes
 from pgesam_live.engine.names import NameChecks
 from pgesam_live.engine.repitch import RepitchPreparer
 from pgesam_live.engine.scheduler import Scheduler
@@ -151,15 +153,19 @@ class _ResamplingSink:
         if hit is None or hit[0] is not samples:
             self._remember(samples, self._resample(samples, self.from_sr, self.to_sr))
 
-    def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
-             length_s: float | None, tag: Hashable | None = None) -> None:
+    def lookup(self, samples: np.ndarray) -> np.ndarray:
+        """The note at the output rate (resampled here when it was not warmed)."""
         with self._lock:
             hit = self._memo.get(id(samples))
         if hit is None or hit[0] is not samples:
             self.resampled_in_hook += 1
             hit = (samples, self._resample(samples, self.from_sr, self.to_sr))
             self._remember(samples, hit[1])
-        self.pool.play(hit[1], start_s, velocity, pan, length_s, tag)
+        return hit[1]
+
+    def play(self, samples: np.ndarray, start_s: float, velocity: float, pan: float,
+             length_s: float | None, tag: Hashable | None = None) -> None:
+        self.pool.play(self.lookup(samples), start_s, velocity, pan, length_s, tag)
 
     def release(self, tag: Hashable, at_s: float | None = None) -> None:
         self.pool.release(tag, at_s)
@@ -168,7 +174,7 @@ class _ResamplingSink:
         return self.pool.drop_pending(tag)
 
 
-class Engine(NameChecks, StateViews):
+class Engine(NameChecks, StateViews, Exports):
     """The one door. See the module docstring."""
 
     def __init__(self, *, clock: Clock, voices: Sink, cache: RenderCache, renderer: Renderer,
@@ -196,6 +202,11 @@ class Engine(NameChecks, StateViews):
                                    lookahead_s=lookahead_s, sample_rate=model.sample_rate,
                                    command_runner=self._run_patch_line, seed=seed,
                                    pitch_range=model.pitch_range)
+        # Held notes (note P V hold, a length's note): loops in the pool, at its rate.
+        self.held = HeldNotes(voices, out_sample_rate or model.sample_rate,
+                              self._resampler.lookup if self._resampler is not None else None)
+        self.scheduler.held = self.held
+        self.scheduler.held_lengths = True
         self._repitcher: RepitchPreparer | None = None
         if source is None:
             # Live: a note beyond the model's range is re-pitched off the audio thread (and
@@ -268,6 +279,15 @@ class Engine(NameChecks, StateViews):
                 self._resampler.warm(audio)
         if self._repitcher is not None:
             self._repitcher.ready(key)
+        if self.scheduler.counters.held:
+            # Held notes are being played (a MIDI keyboard, the web page's keys): find this
+            # note's loop here, not in the audio hook when it is struck.
+            audio = self.cache.peek(key)
+            if audio is not None:
+                try:
+                    self.held.warm(audio, key.pitch)
+                except Exception as exc:  # a note that cannot loop is analysed (and
+                    faults.record("engine: a held note's loop", exc)  # fails) when played
 
     def close(self) -> None:
         """Stop the engine's own thread (the re-pitch preparer); idempotent."""

@@ -61,15 +61,17 @@ def do_play(e: Engine, a: dict[str, Any], _: Any) -> None:
 
 @handles("note")
 def do_note(e: Engine, a: dict[str, Any], _: Any) -> None:
+    # mode: "hold" (`note P V hold`: until `release P`) or "follow" (held, the timbre
+    # following the point); absent: a one-shot, or a note of len_s.
     e._remember([a["pitch"]])
-    e.scheduler.play_now([a["pitch"]], a["vel"], e._beats(a.get("len_s")))
+    e.scheduler.play_now([a["pitch"]], a["vel"], e._beats(a.get("len_s")), mode=a.get("mode"))
 
 
 @handles("note_at")
 def do_note_at(e: Engine, a: dict[str, Any], _: Any) -> None:
     e._remember([a["pitch"]])
     e.scheduler.play_now([a["pitch"]], a["vel"], e._beats(a.get("len_s")),
-                            point=(a["x"], a["y"]))
+                         point=(a["x"], a["y"]), mode=a.get("mode"))
 
 
 @handles("release")
@@ -145,6 +147,7 @@ def do_hush(e: Engine, a: dict[str, Any], _: Any) -> None:
 @handles("panic")
 def do_panic(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.scheduler.hush()
+    e.scheduler.forget_followers()
     e.voices.panic()
 
 
@@ -158,6 +161,22 @@ def do_prerender(e: Engine, a: dict[str, Any], _: Any) -> None:
 def do_lookahead(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.scheduler.set_lookahead(a["seconds"])
 
+
+def do_follow(e: Engine, a: dict[str, Any], _: Any) -> None:
+    """`follow on|off`: every held note's timbre follows the point (on), or only those
+    played `note P V follow` (off, the default)."""
+    state = a.get("state")
+    if state not in ("on", "off"):
+        raise CommandError(f"follow {state!r}: use follow on or follow off")
+    e.scheduler.follow_point = state == "on"
+
+
+# Words whose command-table entries come with the front ends' wiring (issue 16): registered
+# once the table has them, so adding the table entry is all that wiring needs.
+_LATER = {"follow": do_follow}
+for _name, _fn in _LATER.items():
+    if _name in COMMANDS and COMMANDS[_name].journal:
+        handles(_name)(_fn)
 
 _unhandled = sorted(n for n, spec in COMMANDS.items() if spec.journal and n not in HANDLERS)
 if _unhandled:

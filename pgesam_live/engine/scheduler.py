@@ -119,7 +119,18 @@ class Scheduler:
         self._order = 0
         self._points = [PointSegment(0.0, 0.0, (0.0, 0.0), (0.0, 0.0))]
         # Notes played now, and key releases (velocity None), in the order they came.
-        self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None]] = []
+        self._immediate: list[tuple[tuple[int, ...], float | None, float | None, XY | None,
+                                    str | None]] = []
+        # Held notes (engine/held.py): set by the engine. `held_lengths`: a note with a length
+        # (a `note` length, `play len`, a sequence's gate) is a held note released at its end
+        # (its own release), not a one-shot cut with a fade. `follow_point`: every held note
+        # follows the point (the setting; `note P V follow` asks for it per note).
+        self.held: Any = None
+        self.held_lengths = False
+        self.follow_point = False
+        # Held notes following the point: pitch -> the key they sound now.
+        self._followers: dict[int, Hashable] = {}
+        self._follow_asked: set[Hashable] = set()
         self._recent_pitches: dict[int, None] = {}
         self.counters = SchedulerCounters()
         self.requests = RenderRequests(source, requester, self.counters)
@@ -194,6 +205,8 @@ class Scheduler:
         now_s = max(now_s, self._now_s)
         self._now_s = now_s
         self._flush_immediate(now_s)
+        if self._followers:
+            self._follow_point(now_s)
         horizon_s = now_s + self.lookahead_s
         while True:
             target_beat = self.tempo.s_to_beat(horizon_s)
@@ -232,13 +245,14 @@ class Scheduler:
 
     def _flush_immediate(self, now_s: float) -> None:
         pending, self._immediate = self._immediate, []
-        for pitches, velocity, length_beats, point in pending:
+        for pitches, velocity, length_beats, point, mode in pending:
             try:
                 if velocity is None:
+                    self._followers.pop(pitches[0], None)
                     self.sink.release(pitches[0], now_s)
                 else:
                     self._play_at(now_s, pitches, velocity, length_beats, point, self.seed,
-                                  held=True)
+                                  held=True, mode=mode)
             except Exception as exc:
                 self._count_error(f"{type(exc).__name__}: {exc}")
 
@@ -250,10 +264,11 @@ class Scheduler:
     def _play_at(self, start_s: float, pitches: tuple[int, ...], velocity: float,
                  length_beats: float | None, xy: XY | None, seed: int,
                  beat: float | None = None, held: bool = False,
-                 tag: Hashable | None = None) -> None:
+                 tag: Hashable | None = None, mode: str | None = None) -> None:
         """Hand notes to the sink; `held` ones (played now, not by a sequence) are tagged
         with their pitch, so that `release` can end them; a sequence's with ("seq", name),
-        so that `stop` can drop those not started yet."""
+        so that `stop` can drop those not started yet. mode "hold" / "follow": a held note
+        (until `release`; "follow": its timbre follows the point while it sounds)."""
         if xy is None:
             xy = self.point_at(start_s)
         length_s = None
@@ -268,8 +283,18 @@ class Scheduler:
             audio = self.fallbacks.audio_for(xy, pitch, seed, self._request_late)
             if audio is None:
                 continue
-            self.sink.play(audio, start_s, velocity, 0.0, length_s,
-                           tag=pitch if held else tag)
+            note_tag = pitch if held else tag
+            holding = held and mode in ("hold", "follow") and length_s is None
+            if self.held is not None and (holding or (self.held_lengths and length_s)):
+                self.held.play_held(audio, start_s, velocity, 0.0, note_tag, pitch,
+                                    release_at_s=None if holding or length_s is None
+                                    else start_s + length_s)
+                if holding and (mode == "follow" or self.follow_point):
+                    rp = rendered_pitch(pitch, self.pitch_range)
+                    self._followers[pitch] = self.source.key(xy[0], xy[1], rp, seed)
+                self.counters.held += 1
+            else:
+                self.sink.play(audio, start_s, velocity, 0.0, length_s, tag=note_tag)
             self.counters.notes += 1
 
     def _run_command(self, command: PatchCommand) -> None:
@@ -532,9 +557,16 @@ class Scheduler:
             self._run_command(c)
 
     def play_now(self, pitches: list[int] | tuple[int, ...], velocity: float = 0.8,
-                 length_beats: float | None = None, point: XY | None = None) -> None:
+                 length_beats: float | None = None, point: XY | None = None,
+                 mode: str | None = None) -> None:
         """Play notes as soon as possible: at the next tick's ``now_s`` (or, from a patch
-        command, at that command's exact time). ``point`` None = the current point."""
+        command, at that command's exact time). ``point`` None = the current point. mode
+        None: a one-shot (or a note of ``length_beats``); "hold": held until ``release``;
+        "follow": held, its timbre following the point."""
+        if mode not in (None, "hold", "follow"):
+            raise CommandError(f"note mode {mode!r}: use hold or follow (or none: a one-shot)")
+        if mode is not None and length_beats is not None:
+            raise CommandError("a held note has no length: give a length or hold, not both")
         if not pitches:
             raise CommandError("play needs at least one pitch (e.g. play C4 E4)")
         pitches = list(dict.fromkeys(pitches))  # C#4 Db4 is one key: it sounds once
@@ -549,17 +581,52 @@ class Scheduler:
             point = _check_xy(*point)
         if self._action_s is not None:
             self._play_at(self._action_s, tuple(pitches), velocity, length_beats, point,
-                          self.seed, held=True)
+                          self.seed, held=True, mode=mode)
         else:
-            self._immediate.append((tuple(pitches), velocity, length_beats, point))
+            self._immediate.append((tuple(pitches), velocity, length_beats, point, mode))
 
     def release(self, pitch: int) -> None:
         """End the notes of ``pitch`` played now (a key let go, `release`), after any played
         before it; sequence notes are not touched."""
         if self._action_s is not None:  # a patch's or a timed command's: at its time
+            self._followers.pop(int(pitch), None)
             self.sink.release(int(pitch), self._action_s)
         else:
-            self._immediate.append(((int(pitch),), None, None, None))
+            self._immediate.append(((int(pitch),), None, None, None, None))
+
+    def _follow_point(self, now_s: float) -> None:
+        """Held notes that follow the point: where the point has moved to another cached
+        render of their pitch, they crossfade into it; one not rendered yet is asked for
+        (now) and followed when it is there."""
+        xy = self.point_at(now_s)
+        for pitch, key in list(self._followers.items()):
+            rp = rendered_pitch(pitch, self.pitch_range)
+            new = self.source.key(xy[0], xy[1], rp, self.seed)
+            if new == key:
+                continue
+            audio = self.source.get(new)
+            if audio is None:
+                if new not in self._follow_asked:
+                    self._follow_asked.add(new)
+                    self._request(new, now_s)
+                continue
+            self._follow_asked.discard(new)
+            if rp != pitch:
+                audio = self.fallbacks.beyond_range(new, audio, pitch - rp)
+            try:
+                self.held.follow(pitch, audio, pitch, now_s)
+            except Exception as exc:  # one bad note never stops the clock
+                self._count_error(f"follow: {type(exc).__name__}: {exc}")
+            self._followers[pitch] = new
+
+    def forget_followers(self) -> None:
+        """Nothing follows the point any more (panic)."""
+        self._followers = {}
+        self._follow_asked = set()
+
+    def followers(self) -> list[int]:
+        """Pitches of the held notes following the point."""
+        return sorted(self._followers)
 
     # -- read-only view
 
@@ -580,6 +647,7 @@ class Scheduler:
             "late": c.late,
             "fallbacks": c.fallback_pitch + c.fallback_point,
             "skipped": c.skipped,
+            "held": c.held,
             "requests": c.requests,
             "errors": c.errors,
         }

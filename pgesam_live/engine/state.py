@@ -99,6 +99,8 @@ class StateViews:
             "point_name": self.point_name,
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],
+            "held_notes": st["held"],  # held notes handed over (a key, a length, a gate)
+            "following": self.scheduler.followers(),  # held keys following the point
             "lookahead_s": st["lookahead_s"],
             "sequences": st["sequences"],
             "patch": st["patch"],

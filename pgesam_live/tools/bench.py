@@ -159,17 +159,21 @@ def run_bench(ns: Namespace) -> int:
 
     s = settings_from_args(ns)
     from pgesam_live.tools.engine_bench import ENGINE_KEYS, engine_figures  # noqa: PLC0415
+    from pgesam_live.tools.hold_bench import HOLD_KEYS, hold_figures  # noqa: PLC0415
 
+    every = set(MODEL_KEYS) | set(ENGINE_KEYS) | set(HOLD_KEYS)
     if only is not None:
-        unknown = sorted(only - set(MODEL_KEYS) - set(ENGINE_KEYS))
+        unknown = sorted(only - every)
         if unknown or not only:
             raise ConfigError(f"--only {','.join(unknown)}: no such figure; the figures are "
-                              f"{', '.join(sorted(set(MODEL_KEYS) | set(ENGINE_KEYS)))}")
+                              f"{', '.join(sorted(every))}")
     # --only skips the work behind keys not asked for (engine keys are measured by group).
-    if only is None or only - set(ENGINE_KEYS):
+    if only is None or only - set(ENGINE_KEYS) - set(HOLD_KEYS):
         out.update(model_figures(s.model, s.device))
     if only is None or only & set(ENGINE_KEYS):
         out.update(engine_figures(s.model, s.device, only=only))
+    if only is None or only & set(HOLD_KEYS):
+        out.update(hold_figures(s.model, "cpu" if s.device == "auto" else s.device))
     if only:
         out = {k: v for k, v in out.items()
                if k in only or k in ("device", "model", "engine_model", "engine_device")}

@@ -64,6 +64,12 @@ BANK_POINT = (0.37, -0.41)  # far from LATENCY_POINT on the cache grid: a fresh 
 TRIGGER_NOTE_LEN_S = 0.02  # short notes: each one is over (release included) before the next
 
 TRIGGER_KEYS = ("trigger_latency_ms", "trigger_latency_p95_ms", "trigger_latency_max_ms")
+COLD_KEYS = ("cold_trigger_ms", "cold_trigger_p95_ms", "cold_trigger_max_ms",
+             "cold_trigger_notes", "cold_trigger_target_ms", "cold_trigger_vs_cache_hit",
+             "cold_generate_ms", "cold_decode_ms", "cold_underruns")
+COLD_TARGET_MS = 40.0  # issue 16: a note from nothing within 40 ms (p95)
+COLD_NOTES = 12
+COLD_LEVEL_DB = -40.0  # the first sample this far below the note's peak counts
 BANK_KEYS = ("bank_prerender_s", "bank_prerender_pitches")
 VOICES_KEYS = ("voices_64_cpu_pct",)
 BOUNCE_KEYS = ("bounce_realtime_factor", "bounce_cold_s", "bounce_seconds", "bounce_notes",
@@ -73,7 +79,8 @@ AUDIO_KEYS = ("audio_callback_mean_ms", "audio_callback_p99_ms", "audio_callback
               "audio_callback_blocks", "audio_block_ms", "audio_late_blocks",
               "audio_underruns", "audio_callback_ok", "audio_disk_reads",
               "audio_journal_lines", "audio_osc_polls")
-ENGINE_KEYS = (*TRIGGER_KEYS, *BANK_KEYS, *VOICES_KEYS, *BOUNCE_KEYS, *INFO_KEYS, *AUDIO_KEYS)
+ENGINE_KEYS = (*TRIGGER_KEYS, *COLD_KEYS, *BANK_KEYS, *VOICES_KEYS, *BOUNCE_KEYS, *INFO_KEYS,
+               *AUDIO_KEYS)
 SLOW_DISK_S = 0.05   # the slow-disk double: every spilled-note read and journal flush
 OSC_POLL_HZ = 30.0   # a controller asking /pgesam/status this often
 
@@ -218,6 +225,96 @@ def _trigger_latency(rig: _LiveRig, key: Any, n_notes: int, seed: int = 0) -> di
     return {"trigger_latency_ms": round(float(a.mean()), 3),
             "trigger_latency_p95_ms": round(float(np.percentile(a, 95)), 3),
             "trigger_latency_max_ms": round(float(a.max()), 3)}
+
+
+def _cold_trigger(rig: _LiveRig, n_notes: int, timeout_s: float) -> dict[str, Any]:
+    """A note at a point and pitch never rendered (empty cache for it, no fallback allowed:
+    the engine waits for its render), from `submit` to the note's first sample above
+    COLD_LEVEL_DB re its peak at the output; the worker on its one torch thread; no
+    underrun of the clock counted meanwhile."""
+    from pgesam_live.audio.voices import velocity_gain  # noqa: PLC0415
+    from pgesam_live.render.dsp import NOTE_PEAK  # noqa: PLC0415
+
+    audio, engine, cache = rig.audio, rig.engine, rig.cache
+    engine.prerender_banks = False
+    engine.wait_for_render_s = timeout_s  # never a fallback: the figure is the render's
+    lo, hi = rig.info.pitch_range
+    seed = engine.scheduler.seed
+    # The note's peak at the output: the rendered peak, velocity 1, the centre pan (-3 dB).
+    threshold = NOTE_PEAK * velocity_gain(1.0) * math.sqrt(0.5) * 10 ** (COLD_LEVEL_DB / 20)
+    found = threading.Event()
+    state: dict[str, float] = {"t_call": 0.0, "latency": 0.0}
+
+    def tap(block: np.ndarray, t_s: float) -> None:
+        if found.is_set() or state["t_call"] == 0.0:
+            return
+        idx = np.flatnonzero(np.abs(block).max(axis=1) > threshold)
+        if len(idx):
+            assert audio.t0_wall is not None
+            due = audio.t0_wall + t_s + idx[0] / audio.sample_rate
+            state["latency"] = max(due, time.perf_counter()) - state["t_call"]
+            found.set()
+
+    late0 = engine.scheduler.counters.late
+    fall0 = engine.scheduler.counters.fallback_pitch + engine.scheduler.counters.fallback_point
+    under0 = audio.underruns
+    lat_ms: list[float] = []
+    audio.add_tap(tap)
+    try:
+        for i in range(n_notes):
+            x, y = -0.9 + 0.137 * i, 0.83 - 0.071 * i  # a fresh cell of the cache grid each
+            pitch = lo + (7 * i) % (hi - lo + 1)
+            key = cache.key(x, y, pitch, seed)
+            if key in cache:
+                raise AudioError("bench: a cold-trigger point is cached already")
+            time.sleep(0.3 + 0.01 * i)  # the previous note is over (0.05 s + its release)
+            found.clear()
+            state["t_call"] = time.perf_counter()
+            rig.submit(f"note_at {x:.4f} {y:.4f} {pitch} 1 0.05")
+            if not found.wait(timeout_s):
+                raise AudioError("bench: a cold note never reached the output")
+            lat_ms.append(1000.0 * state["latency"])
+            state["t_call"] = 0.0
+        time.sleep(0.3)
+    finally:
+        audio.remove_tap(tap)
+    sched = engine.scheduler.counters
+    if sched.late != late0 or sched.fallback_pitch + sched.fallback_point != fall0:
+        raise AudioError("bench: a cold note fell back: not a render-from-nothing figure")
+    a = np.asarray(lat_ms)
+    return {"cold_trigger_ms": round(float(a.mean()), 2),
+            "cold_trigger_p95_ms": round(float(np.percentile(a, 95)), 2),
+            "cold_trigger_max_ms": round(float(a.max()), 2), "cold_trigger_notes": len(a),
+            "cold_trigger_target_ms": COLD_TARGET_MS,
+            "cold_underruns": int(audio.underruns - under0)}
+
+
+def _cold_parts(path: Path, device: str, threads: int) -> dict[str, float]:
+    """Where a cold note's time goes, in this process on the worker's thread count: the
+    decoder's one pass for a note, and the codec decoding it (best of 5 each)."""
+    import torch  # noqa: PLC0415
+
+    from pgesam_live.model.synth import Synth  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        synth = Synth.load(str(path), device=device)
+        lo, hi = synth.pitch_range
+        pts, p = np.array([[0.11, -0.23]], np.float32), np.array([(lo + hi) // 2])
+        frames = synth.render_frames(pts, p)
+        gen, dec = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            synth.render_frames(pts, p)
+            t1 = time.perf_counter()
+            synth.decode_frames(frames)
+            gen.append(t1 - t0)
+            dec.append(time.perf_counter() - t1)
+        return {"cold_generate_ms": round(1000 * min(gen), 2),
+                "cold_decode_ms": round(1000 * min(dec), 2)}
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bank_prerender(rig: _LiveRig, n_pitches: int, timeout_s: float) -> dict[str, Any]:
@@ -442,7 +539,8 @@ def engine_figures(model: str = "default", device: str = "auto", *,
                    only: Collection[str] | None = None, n_triggers: int = 40,
                    bank_pitches: int = BANK_PITCHES, voices_seconds: float = 4.0,
                    bounce_seconds: float | None = None, patch: str | Path = BENCH_PATCH,
-                   timeout_s: float = 600.0, audio_seconds: float = 5.0) -> dict[str, Any]:
+                   timeout_s: float = 600.0, audio_seconds: float = 5.0,
+                   n_cold: int = COLD_NOTES) -> dict[str, Any]:
     """Issue 4's figures (see the module docstring for each key).
 
     only: the keys wanted (None = all); groups with no wanted key are not measured.
@@ -452,6 +550,7 @@ def engine_figures(model: str = "default", device: str = "auto", *,
     if n_triggers < 1 or bank_pitches < 1 or voices_seconds <= 0:
         raise AudioError("bench: n_triggers and bank_pitches must be >= 1, voices_seconds > 0")
     want_trigger = _wanted(only, TRIGGER_KEYS)
+    want_cold = _wanted(only, COLD_KEYS)
     want_bank = _wanted(only, BANK_KEYS)
     want_voices = _wanted(only, VOICES_KEYS)
     want_bounce = _wanted(only, (*BOUNCE_KEYS, "engine_threads", "engine_device"))
@@ -461,21 +560,28 @@ def engine_figures(model: str = "default", device: str = "auto", *,
     with _checkpoint(model) as (path, described):
         out["engine_model"] = described
         out["worker_threads"] = s.worker_threads
-        if want_trigger or want_bank:
+        if want_trigger or want_bank or want_cold:
             rig = _LiveRig(path, device, s)
             try:
                 rig.start(timeout_s)
                 lo, hi = rig.info.pitch_range
                 pitch = 60 if lo <= 60 <= hi else (lo + hi) // 2
                 key = _render_one(rig, pitch, timeout_s)  # warms the worker up, too
-                if want_trigger:
+                if want_trigger or want_cold:
                     out.update(_trigger_latency(rig, key, n_triggers))
+                if want_cold:
+                    out.update(_cold_trigger(rig, n_cold, timeout_s))
+                    # The cost of a note from nothing against a cache hit, same run.
+                    out["cold_trigger_vs_cache_hit"] = round(
+                        out["cold_trigger_ms"] / max(out["trigger_latency_ms"], 1e-3), 1)
                 if want_bank:
                     rig.engine.last_pitch = pitch
                     out.update(_bank_prerender(rig, bank_pitches, timeout_s))
                 out["engine_device"] = rig.worker.device_name
             finally:
                 rig.close()  # the one pyo server of this process goes before the next
+        if want_cold:
+            out.update(_cold_parts(path, device, s.worker_threads))
         if want_voices:
             from pgesam_live.audio.voices import bench_voices_cpu_pct  # noqa: PLC0415
 

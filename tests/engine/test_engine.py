@@ -36,6 +36,14 @@ def spy_starts(rig: OfflineRig) -> list[float]:
         return orig(samples, start_s, velocity, pan, length_s, tag)
 
     sink.play = play  # type: ignore[method-assign]
+    held = rig.engine.held  # a note with a length (a gate) is a held note released at its end
+    orig_held = held.play_held
+
+    def play_held(audio, start_s, *args, **kw):  # type: ignore[no-untyped-def]
+        starts.append(start_s)
+        return orig_held(audio, start_s, *args, **kw)
+
+    held.play_held = play_held  # type: ignore[method-assign]
     return starts
 
 

@@ -29,8 +29,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_engine_figures_returns_every_key_with_sane_values(tiny_model: Path) -> None:
     f = engine_figures(str(tiny_model), "cpu", n_triggers=6, voices_seconds=0.3,
-                       bounce_seconds=1.5, timeout_s=60, audio_seconds=1.0)
+                       bounce_seconds=1.5, timeout_s=60, audio_seconds=1.0, n_cold=3)
     assert set(f) == set(ENGINE_KEYS)
+    # A note from nothing: rendered, then played (no fallback), slower than a cache hit.
+    assert f["cold_trigger_notes"] == 3 and f["cold_trigger_target_ms"] == 40.0
+    assert f["trigger_latency_ms"] < f["cold_trigger_ms"] <= f["cold_trigger_p95_ms"] \
+        <= f["cold_trigger_max_ms"]
+    assert f["cold_generate_ms"] > 0.0 and f["cold_decode_ms"] > 0.0
     # A cache hit reaches the output within a few blocks (10.7 ms each), never instantly.
     mean, p95, mx = (f[k] for k in ("trigger_latency_ms", "trigger_latency_p95_ms",
                                     "trigger_latency_max_ms"))

@@ -1,0 +1,173 @@
+"""Held notes through the engine (offline): `note P V hold` ... `release P` sounds exactly as
+long as it is held and then goes into the note's own release; its journal replays to the same
+length; a note of a length releases the same way; a held note follows the point."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYO_GUI_WX", "0")
+
+from pgesam_live.app.build import OfflineRig  # noqa: E402
+from pgesam_live.render.loop import envelope_db  # noqa: E402
+from pgesam_live.sessions.journal import Journal, make_header, replay_schedule  # noqa: E402
+from pgesam_live.settings import Settings  # noqa: E402
+from tests.engine.wiring import with_hold_words  # noqa: E402
+
+SR = 24000
+
+
+def fake_note(pitch: int, x: float) -> np.ndarray:
+    """Held 3 s, released over 1 s (tau 0.15 s), as the model's notes are: a fundamental and
+    a third harmonic whose share grows with x (so the point is heard; the renderer plays
+    every note at one peak level)."""
+    f0 = 440.0 * 2 ** ((int(pitch) - 69) / 12)
+    t = np.arange(4 * SR) / SR
+    env = np.minimum(1.0, t / 0.02) * np.where(t < 3.0, 1.0, np.exp(-(t - 3.0) / 0.15))
+    ph = 2 * np.pi * f0 * t
+    return (0.3 * env * (np.sin(ph) + (x + 1.0) * np.sin(3 * ph))).astype(np.float32)
+
+
+def third_share_db(x: np.ndarray, f0: float, t0_s: float, t1_s: float) -> float:
+    """Level of the third harmonic re the fundamental over [t0_s, t1_s], dB."""
+    seg = x[int(t0_s * SR): int(t1_s * SR)].astype(np.float64)
+    spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+    hz = np.fft.rfftfreq(len(seg), 1 / SR)
+
+    def at(f: float) -> float:
+        return float(spec[np.abs(hz - f) < 5].max())
+
+    return 20 * np.log10(at(3 * f0) / at(f0))
+
+
+class HeldFakeSynth:
+    """A model stand-in whose notes are held 3 s and released over 1 s, as the model's are
+    (fake_note)."""
+
+    def __init__(self) -> None:
+        self.sample_rate = SR
+        self.duration_s = 4.0
+        self.pitch_range = (48, 72)
+        self.model_id = "fakeheld-00000000"
+        self.codec_name = "fake"
+        self.training_points = [{"name": "a", "x": 0.5, "y": 0.5, "family": "organ"}]
+        self.calls = 0
+
+    def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
+        self.calls += 1
+        out = [fake_note(int(p), float(pt[0])) for pt, p in zip(points, pitches, strict=True)]
+        return np.stack(out)
+
+
+@pytest.fixture(autouse=True)
+def hold_words() -> Iterator[None]:
+    with with_hold_words():
+        yield
+
+
+def make_rig() -> OfflineRig:
+    s = Settings().replace(audio="offline", cache_spill=False)
+    return OfflineRig(s, synth=HeldFakeSynth())
+
+
+def sounding_until(x: np.ndarray, below_db: float = -60.0) -> float:
+    """Seconds until the last 10 ms window above below_db re the loudest."""
+    env = envelope_db(x, SR)
+    loud = np.flatnonzero(env > env.max() + below_db)
+    return float(loud[-1] * 0.01) if len(loud) else 0.0
+
+
+def held_session(lines: list[tuple[float, str]], until_s: float, src: str = "midi",
+                 journal: Path | None = None) -> np.ndarray:
+    rig = make_rig()
+    j = Journal(journal, make_header("fake", 0, 120.0)) if journal is not None else None
+    if j is not None:
+        rig.engine.add_listener(j)
+    for t, line in lines:
+        r = rig.engine.submit(line, src=src, at_s=t)
+        assert r.ok, r.text
+    rig.run_until(until_s)
+    out = rig.audio.render_to_array()[:, 0]
+    rig.close()
+    if j is not None:
+        j.close()
+    return out
+
+
+def test_a_held_note_of_ten_seconds_sounds_ten_seconds_and_releases(tmp_path: Path) -> None:
+    """A MIDI key held 10 s (the journal form MIDI writes: `note P V hold`, `release P`)."""
+    lines = [(0.0, "at 0 0"), (0.5, "note C4 0.8 hold"), (10.5, "release C4")]
+    out = held_session(lines, 12.5, journal=tmp_path / "s.jsonl")
+    env = envelope_db(out, SR)
+    level = env[100:1000]  # 1 s .. 10 s
+    assert level.max() - level.min() < 1.5  # it holds its level while held (a 4 s render)
+    assert env[1040] > env[1000] - 3  # still sounding just before the key-up at 10.5 s...
+    after = env[1080] - env[1040]  # ...and into its own release after it (tau 0.15 s)
+    assert -30.0 < after < -6.0  # a release, not a cut (a 30 ms fade would be silent)
+    assert sounding_until(out) == pytest.approx(10.5 + 0.9, abs=0.2)  # release ~ -58 dB by 0.9 s
+    # The journal has the held form and replays to the same length, sample for sample.
+    text = (tmp_path / "s.jsonl").read_text()
+    assert "note 60 0.8 hold" in text and "release 60" in text
+    _, schedule = replay_schedule(tmp_path / "s.jsonl")
+    replay = held_session([(t, c.to_line()) for t, _, c in schedule], 12.5)
+    assert np.array_equal(out, replay)
+
+
+def test_a_plain_note_stays_a_one_shot() -> None:
+    out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8")], 8.0)
+    assert sounding_until(out) == pytest.approx(0.5 + 3.0 + 0.9, abs=0.2)  # the render's 4 s
+
+
+def test_a_note_with_a_length_releases_into_its_own_release() -> None:
+    out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8 6")], 9.0)  # longer than 4 s
+    env = envelope_db(out, SR)
+    assert env[640] > env[400] - 1.5  # held past the render's own 3 s
+    assert sounding_until(out) == pytest.approx(6.5 + 0.9, abs=0.2)
+
+
+def test_release_before_the_loop_goes_into_the_release_at_once() -> None:
+    out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8 hold"), (0.8, "release C4")], 3.0)
+    assert sounding_until(out) == pytest.approx(0.8 + 0.9, abs=0.2)
+
+
+def test_a_held_note_follows_the_point_without_a_click() -> None:
+    lines = [(0.0, "at -0.5 0"), (0.5, "note C4 0.8 follow"), (4.0, "at 0.5 0"),
+             (8.0, "release C4")]
+    out = held_session(lines, 9.5)
+    c4 = 261.63
+    # At x = -0.5 the third harmonic is 6 dB under the fundamental, at x = 0.5 3.5 dB over.
+    assert third_share_db(out, c4, 3.0, 3.9) == pytest.approx(-6.0, abs=1.0)
+    assert third_share_db(out, c4, 5.0, 7.0) == pytest.approx(3.5, abs=1.0)
+    d = np.abs(np.diff(out[int(3.5 * SR): int(5 * SR)].astype(np.float64)))
+    own = np.abs(np.diff(out[int(5 * SR): int(6 * SR)].astype(np.float64))).max()
+    assert d.max() <= 1.2 * own  # the crossfade makes no step larger than the sound's own
+
+
+def test_a_held_note_without_follow_keeps_its_timbre() -> None:
+    lines = [(0.0, "at -0.5 0"), (0.5, "note C4 0.8 hold"), (4.0, "at 0.5 0"),
+             (8.0, "release C4")]
+    assert third_share_db(held_session(lines, 9.5), 261.63, 5.0, 7.0) == pytest.approx(
+        -6.0, abs=1.0)
+
+
+def test_follow_on_makes_every_held_note_follow() -> None:
+    lines = [(0.0, "at -0.5 0"), (0.1, "follow on"), (0.5, "note C4 0.8 hold"),
+             (4.0, "at 0.5 0"), (8.0, "release C4")]
+    assert third_share_db(held_session(lines, 9.5), 261.63, 5.0, 7.0) == pytest.approx(
+        3.5, abs=1.0)
+
+
+def test_bad_modes_are_refused_with_the_fix() -> None:
+    rig = make_rig()
+    try:
+        r = rig.engine.submit("note C4 0.8 sustain")
+        assert not r.ok and "hold" in r.text
+        r = rig.engine.submit("follow maybe")
+        assert not r.ok and "follow on" in r.text
+    finally:
+        rig.close()

@@ -1,0 +1,183 @@
+"""A point exported as a multisample (render/sfz.py): the SFZ parses with a real parser
+(sfzlint), every key maps to a sample, the WAVs are 24-bit at the model's rate, and a real
+consumer (polyphone) turns it into an SF2 that fluidsynth plays like the model's own note:
+the same pitch, the loop held past the render's length, the level envelope and spectrum
+close; a key beyond the range plays the nearest sample re-pitched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pgesam_live.errors import ConfigError
+from pgesam_live.render.dsp import normalise_peak
+from pgesam_live.render.loop import envelope_db, estimate_period
+from pgesam_live.render.sfz import export_point, parse_pitch_range
+from tests.engine.test_held import HeldFakeSynth
+
+SR = 24000
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lark, in sfzlint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, int]]]:
+    seen: list[tuple[int, int]] = []
+    out = tmp_path_factory.mktemp("export")
+    r = export_point(HeldFakeSynth(), 0.2, -0.1, out, pitches=[55, 57, 59, 60], name="fake",
+                     progress=lambda d, t: seen.append((d, t)))
+    assert r.sfz == out / "fake.sfz"
+    return r.sfz, seen
+
+
+def regions(sfz: Path) -> list[dict[str, str]]:
+    """The regions as sfzlint parses them; fails on any error it reports."""
+    parser = pytest.importorskip("sfzlint.parser", reason="sfzlint is missing: pip install sfzlint")
+    SFZValidatorConfig, validate = parser.SFZValidatorConfig, parser.validate
+
+    problems: list[str] = []
+    cfg = SFZValidatorConfig(file_path=sfz)
+    validate(sfz, err_cb=lambda sev, msg, tok, path: problems.append(f"{sev} {msg}"),
+             config=cfg)
+    assert problems == []
+    return [{k: str(v) for k, v in h.items()} for h in cfg.sfz.headers
+            if str(h.token) == "region"]
+
+
+def test_the_sfz_parses_and_maps_every_key(exported: tuple[Path, list[tuple[int, int]]]
+                                           ) -> None:
+    sfz, seen = exported
+    rs = regions(sfz)
+    assert [int(r["pitch_keycenter"]) for r in rs] == [55, 57, 59, 60]
+    keys = [k for r in rs for k in range(int(r["lokey"]), int(r["hikey"]) + 1)]
+    assert keys == list(range(128))  # every key once: beyond the range -> nearest sample
+    for r in rs:
+        info = sf.info(str(sfz.parent / r["sample"]))
+        assert info.samplerate == SR and info.subtype == "PCM_24" and info.channels == 1
+        assert r["loop_mode"] == "loop_continuous"  # a sustaining sound loops
+        assert 0 < int(r["loop_start"]) < int(r["loop_end"]) < info.frames
+        assert float(r["ampeg_release"]) > 0
+    assert "amp_veltrack=100" in sfz.read_text()
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)  # the progress bar's steps
+
+
+def test_the_loop_in_the_file_has_no_seam(exported: tuple[Path, list[tuple[int, int]]]
+                                          ) -> None:
+    """Looped as a sampler loops it (jump from loop_end to loop_start, no crossfade)."""
+    sfz, _ = exported
+    r = regions(sfz)[1]
+    x, _ = sf.read(str(sfz.parent / r["sample"]), dtype="float32")
+    a, b = int(r["loop_start"]), int(r["loop_end"])
+    looped = np.concatenate([x[a - 2000: b + 1], x[a: a + 2000]])
+    seam = 2000 + (b + 1 - a)
+    d = np.abs(np.diff(looped.astype(np.float64)))
+    assert d[seam - 5: seam + 5].max() <= 1.2 * d[:1500].max()
+
+
+def test_polyphone_makes_an_sf2_that_plays_like_the_model(
+        exported: tuple[Path, list[tuple[int, int]]], tmp_path: Path) -> None:
+    from pgesam_live.model.soundfont import SoundfontRenderer
+
+    if shutil.which("polyphone") is None:
+        pytest.skip("polyphone is missing: apt-get install polyphone")
+    sfz, _ = exported
+    out = tmp_path / "sf2"
+    out.mkdir()
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    subprocess.run(["polyphone", "-1", "-i", str(sfz), "-d", str(out), "-o", "fake"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    sf2 = out / "fake.sf2"
+    assert sf2.stat().st_size > 100_000
+    fs = SoundfontRenderer(str(sf2), SR)
+    try:
+        played = fs.render(0, 57, 100, hold_s=6.0, release_s=1.0)  # held past the 4 s render
+        low = fs.render(0, 45, 100, hold_s=2.0, release_s=0.5)  # beyond the range
+    finally:
+        fs.close()
+    model = normalise_peak(HeldFakeSynth().render(np.array([[0.2, -0.1]], np.float32),
+                                                  np.array([57])))[0]
+    f_a3 = 440.0 * 2 ** ((57 - 69) / 12)
+    steady = slice(SR, 2 * SR)
+    assert SR / estimate_period(played[steady], SR, f_a3) == pytest.approx(f_a3, rel=0.003)
+    f_a2 = 440.0 * 2 ** ((45 - 69) / 12)
+    assert SR / estimate_period(low[steady], SR, f_a2) == pytest.approx(f_a2, rel=0.003)
+    # Level envelope, each re its own mean over 0.5-2.5 s: the same shape where both sound.
+    ep, em = envelope_db(played, SR), envelope_db(model, SR)
+    ep, em = ep - ep[50:250].mean(), em - em[50:250].mean()
+    assert np.abs(ep[10:290] - em[10:290]).max() < 1.5
+    assert np.abs(ep[300:590] - ep[50:250].mean()).max() < 1.5  # the loop holds to 6 s
+    # Released after the key-up at 6 s as the model's note releases after its 3 s.
+    assert ep[650] == pytest.approx(em[350], abs=3.0) and ep[650] < -20
+    # Spectrum: the partial balance of the model's note (the third harmonic's share).
+    def share(x: np.ndarray) -> float:
+        seg = x[SR: 2 * SR].astype(np.float64) * np.hanning(SR)
+        spec = np.abs(np.fft.rfft(seg))
+        return 20 * np.log10(spec[round(3 * f_a3)] / spec[round(f_a3)])
+    assert share(played) == pytest.approx(share(model), abs=1.0)
+
+
+def test_bad_requests_name_the_fix(tmp_path: Path) -> None:
+    synth = HeldFakeSynth()
+    with pytest.raises(ConfigError, match="outside the model's range"):
+        export_point(synth, 0, 0, tmp_path, pitches=[30])
+    with pytest.raises(ConfigError, match="letters, digits"):
+        export_point(synth, 0, 0, tmp_path, pitches=[60], name="../evil")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="folder"):
+        export_point(synth, 0, 0, tmp_path / "file", pitches=[60])
+    assert parse_pitch_range("C3-C5", (48, 72)) == list(range(48, 73))
+    assert parse_pitch_range("40-50", (48, 72)) == [48, 49, 50]
+    assert parse_pitch_range("C4", (48, 72)) == [60]
+    with pytest.raises(ConfigError, match="C3-C5"):
+        parse_pitch_range("H4-C5", (48, 72))
+    with pytest.raises(ConfigError, match="outside"):
+        parse_pitch_range("C1-C2", (48, 72))
+
+
+def make_fake_synth() -> HeldFakeSynth:
+    """Built in the export's own process (picklable by reference)."""
+    return HeldFakeSynth()
+
+
+def test_the_engine_exports_in_its_own_process_and_confines_network_sources(
+        tmp_path: Path) -> None:
+    from pgesam_live.app.build import OfflineRig
+    from pgesam_live.settings import Settings
+
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=HeldFakeSynth())
+    e = rig.engine
+    e.export_dir = tmp_path / "sessions"
+    e.export_synth_factory = make_fake_synth
+    events: list[dict[str, object]] = []
+    e.add_listener(lambda ev: events.append(ev) if ev.get("kind") == "export" else None)
+    try:
+        assert e.submit("at 0.3 0.1").ok
+        rig.run_until(0.1)
+        # From the web page or OSC: only into the sessions folder.
+        r = e.start_export(out_dir=tmp_path / "elsewhere", src="web", pitches=[60])
+        assert not r.ok and "sessions folder" in r.text
+        r = e.start_export(out_dir="../../up", src="osc", pitches=[60])
+        assert not r.ok and "sessions folder" in r.text
+        r = e.start_export(pitches=[59, 60], src="web", name="mine")
+        assert r.ok, r.text
+        deadline, t0 = 60.0, time.monotonic()
+        while not any(ev["sfz"] or ev["error"] for ev in events):
+            assert time.monotonic() - t0 < deadline, events
+            time.sleep(0.05)
+        last = events[-1]
+        assert last["error"] is None and last["done"] == 2
+        sfz = Path(str(last["sfz"]))
+        assert sfz == (tmp_path / "sessions" / "export-mine" / "mine.sfz").resolve()
+        assert len(regions(sfz)) == 2
+        assert [ev["done"] for ev in events if not ev["sfz"]] == [0, 2]
+        r = e.start_export(pitches=[10])
+        assert not r.ok and "outside the model's range" in r.text
+    finally:
+        rig.close()
