@@ -29,7 +29,7 @@ setup: $(STAMP)
 system-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfluidsynth3 fluid-soundfont-gm \
-	  timgm6mb-soundfont musescore-general-soundfont tmux chromium >/dev/null
+	  timgm6mb-soundfont musescore-general-soundfont tmux chromium polyphone >/dev/null
 
 run: $(STAMP)
 	PYO_GUI_WX=0 $(BIN)/pgesam-live play

@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func="pgesam_live.app.offline:run_note")
 
+    p = sub.add_parser("export", help="a point as a multisample: 24-bit WAVs + an SFZ file")
+    p.add_argument("where", nargs="+", metavar="X Y|NAME",
+                   help="map coordinates, or a training instrument's name")
+    p.add_argument("--out", required=True, help="folder for the WAVs and the SFZ")
+    p.add_argument("--pitches", default=None,
+                   help="e.g. C3-C5 or 48-72 (default: the model's range); keys beyond it "
+                        "map to the nearest sample")
+    p.add_argument("--name", default=None, help="the SFZ's and samples' name")
+    p.add_argument("--seed", type=_seed, default=0)
+    _add_common(p)
+    p.set_defaults(func="pgesam_live.app.export:run_export")
+
     p = sub.add_parser("map", help="the timbre map: a picture (--out) or data (--json)")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="picture file (.png, .svg, .pdf)")

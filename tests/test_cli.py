@@ -236,3 +236,25 @@ def test_doctor_says_whether_the_web_port_is_free(capsys: pytest.CaptureFixture[
         holder.close()
     line = next(ln for ln in out.splitlines() if " web " in ln)
     assert line.startswith("--") and "--web-port" in line
+
+
+def test_export_writes_an_sfz_of_a_named_point(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`pgesam-live export NAME --out DIR --pitches C4-D4` with the bundled model: 24-bit WAVs
+    at the model's rate and an SFZ whose regions cover every key; a bad name is one line."""
+    import soundfile as sf
+
+    out = tmp_path / "glass"
+    assert main(["export", "glass", "--out", str(out), "--pitches", "C4-D4",
+                 "--device", "cpu"]) == 0
+    sfz = out / "glass.sfz"
+    text = sfz.read_text()
+    wavs = sorted(out.glob("*.wav"))
+    assert len(wavs) == 3 and text.count("<region>") == 3
+    assert "lokey=0" in text and "hikey=127" in text and "pitch_keycenter=60" in text
+    info = sf.info(str(wavs[0]))
+    assert info.subtype == "PCM_24" and info.samplerate == 24000
+    assert main(["export", "nosuch", "--out", str(tmp_path / "x")]) == 1
+    assert "no point named 'nosuch'" in capsys.readouterr().err
+    assert main(["export", "0.1", "--out", str(tmp_path / "x")]) == 1
+    assert "give X Y or one point NAME" in capsys.readouterr().err

@@ -97,6 +97,10 @@ def build_rig(s: Settings, info: Any, *, backend: str, make_renderer: Callable[[
                     patch_dir=s.patch_dir, out_sample_rate=out_sr,
                     source=make_source(cache, renderer) if make_source is not None else None)
     engine.scheduler.preroll_s = preroll_s
+    # `export` from a front end renders in its own process with the instrument's model.
+    engine.export_model = str(s.model)
+    engine.export_device = str(s.device)
+    engine.export_dir = Path(s.session_dir)
     audio.add_hook(engine.on_block)
     return Rig(audio=audio, voices=voices, cache=cache, renderer=renderer, engine=engine,
                info=info)

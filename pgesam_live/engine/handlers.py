@@ -162,6 +162,7 @@ def do_lookahead(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.scheduler.set_lookahead(a["seconds"])
 
 
+@handles("follow")
 def do_follow(e: Engine, a: dict[str, Any], _: Any) -> None:
     """`follow on|off`: every held note's timbre follows the point (on), or only those
     played `note P V follow` (off, the default)."""
@@ -170,13 +171,6 @@ def do_follow(e: Engine, a: dict[str, Any], _: Any) -> None:
         raise CommandError(f"follow {state!r}: use follow on or follow off")
     e.scheduler.follow_point = state == "on"
 
-
-# Words whose command-table entries come with the front ends' wiring (issue 16): registered
-# once the table has them, so adding the table entry is all that wiring needs.
-_LATER = {"follow": do_follow}
-for _name, _fn in _LATER.items():
-    if _name in COMMANDS and COMMANDS[_name].journal:
-        handles(_name)(_fn)
 
 _unhandled = sorted(n for n, spec in COMMANDS.items() if spec.journal and n not in HANDLERS)
 if _unhandled:

@@ -2,7 +2,7 @@
 
 Mapping (the defaults; change them with PGESAM_MIDI_CC_X / PGESAM_MIDI_CC_Y or the
 MidiMapping arguments):
-  note on (velocity > 0)  -> `note PITCH VEL` at the current point, VEL = velocity / 127
+  note on (velocity > 0)  -> `note PITCH VEL hold` at the current point, VEL = velocity / 127
   note off / note on 0    -> `release PITCH` (deferred while the sustain pedal is down)
   CC1  (mod wheel)        -> timbre x  \\  sent as `xy U V` with U, V = value / 127 across
   CC74 (brightness knob)  -> timbre y  /   the map's region (vocab/mapview.py: what `map`
@@ -96,7 +96,7 @@ class MidiMapper:
             self.held.add(msg.note)
             self.sustained.discard(msg.note)
             return [Command("note", {"pitch": msg.note, "vel": msg.velocity / 127,
-                                     "len_s": None})]
+                                     "mode": "hold"})]
         if kind == "note_off" or (kind == "note_on" and msg.velocity == 0):
             self.held.discard(msg.note)
             if self.sustain:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pgesam_live.errors import CommandError
 from pgesam_live.vocab.commands import Command, parse_line
@@ -110,6 +110,13 @@ class FrontView:
     def resolve_point(self, name: str) -> tuple[float, float]:
         return self.engine.resolve_point(name)
 
+    def start_export(self, *args: Any, **kwargs: Any) -> Reply:
+        """The engine's export (engine/exports.py), when it has one."""
+        start = getattr(self.engine, "start_export", None)
+        if start is None:
+            return Reply(False, "export: this instrument has no exporter")
+        return cast(Reply, start(*args, **kwargs))
+
     def add_stat(self, name: str, fn: Callable[[], int]) -> None:
         """A front end's counter in the engine's state (the engine's own `add_stat`)."""
         add = getattr(self.engine, "add_stat", None)
@@ -157,7 +164,9 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
                 return LineResult(True, command=cmd, word=cmd.name)
             if cmd.name not in FRONT_END_WORDS:
                 return LineResult(False, f"`{cmd.name}` does nothing from here", command=cmd)
-            a = answer(view, cmd, columns=columns)
+            a = answer(view, cmd, columns=columns, src=src)
+            if a.word == "export" and not a.data:
+                return LineResult(False, a.text, command=cmd)
             return LineResult(True, a.text, answer=a, command=cmd)
         reply = submit(cmd) if submit is not None else view.submit(cmd, src=src)
         return LineResult(bool(reply.ok), str(reply.text or ("" if reply.ok else "rejected")),

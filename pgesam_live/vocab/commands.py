@@ -122,6 +122,22 @@ _VEL_OPT = Arg("vel", "velocity", "velocity 0..1", optional=True, default=0.8)
 _LEN_S_OPT = Arg("len_s", "seconds", "length in seconds (default: the full one-shot)",
                  optional=True)
 
+HOLD_MODES = ("hold", "follow")
+_HOLD_MODE = Arg("mode", "name", "hold (until `release P`) or follow (held, following the point)")
+
+
+def _check_hold_mode(args: dict[str, Any]) -> None:
+    mode = args.get("mode")
+    if mode is not None and mode not in HOLD_MODES:
+        raise CommandError(f"note: {mode!r} is not a mode; use `hold` (until `release P`) or "
+                           "`follow` (held, the timbre following the point)")
+
+
+def _check_follow_state(args: dict[str, Any]) -> None:
+    if args["state"] not in ("on", "off"):
+        raise CommandError(f"follow: {args['state']!r}: use `follow on` or `follow off`")
+
+
 _SPECS: list[Spec] = [
     Spec("at", (Form((_X, _Y), "/pgesam/timbre"),
                 Form((Arg("name", "point", "a point or bookmark name"),), "/pgesam/point")),
@@ -135,11 +151,21 @@ _SPECS: list[Spec] = [
                         Arg("len_beats", "beats", "length in beats (default: full one-shot)",
                             keyword="len"))),),
          "play notes now at the current point: `play C4 E4 G4 vel 0.6 len 2`"),
-    Spec("note", (Form((Arg("pitch", "pitch"), _VEL_OPT, _LEN_S_OPT), "/pgesam/note"),),
-         "play one note at the current point: `note 60 0.8 1.5` (length in seconds)"),
+    Spec("note", (Form((Arg("pitch", "pitch"), _VEL_OPT, _LEN_S_OPT), "/pgesam/note"),
+                  Form((Arg("pitch", "pitch"), Arg("vel", "velocity", "velocity 0..1"),
+                        _HOLD_MODE))),
+         "play one note at the current point: `note 60 0.8 1.5` (length in seconds); "
+         "`note C4 0.8 hold` holds it until `release C4`, `note C4 0.8 follow` also follows "
+         "the point while it sounds", check=_check_hold_mode),
     Spec("note_at", (Form((_X, _Y, Arg("pitch", "pitch"), _VEL_OPT, _LEN_S_OPT),
-                          "/pgesam/note_at"),),
-         "play one note at a point without moving it: `note_at 0.2 0.1 C4 0.9`"),
+                          "/pgesam/note_at"),
+                     Form((_X, _Y, Arg("pitch", "pitch"),
+                           Arg("vel", "velocity", "velocity 0..1"), _HOLD_MODE))),
+         "play one note at a point without moving it: `note_at 0.2 0.1 C4 0.9` (`... hold` "
+         "until `release C4`)", check=_check_hold_mode),
+    Spec("follow", (Form((Arg("state", "name", "on or off"),), "/pgesam/follow"),),
+         "held notes follow the timbre point while they sound: `follow on` (or per note: "
+         "`note C4 0.8 follow`)", check=_check_follow_state),
     Spec("release", (Form((Arg("pitch", "pitch"),), "/pgesam/release"),),
          "end a held note (a MIDI note off): `release C4`"),
     Spec("seq", (Form((Arg("name", "name", "a new or running sequence's name"),
@@ -184,6 +210,9 @@ _SPECS: list[Spec] = [
          "the terminal's keyboard plays: a w s e d f t g y h u j k = C4..C5, z / x octave, "
          "arrows move the point (shift: further), Escape or Enter leaves: `keys 0.5`",
          journal=False),
+    Spec("export", (Form(()), Form((Arg("dir", "path", "a folder for the WAVs and the SFZ"),))),
+         "the current point as a multisample (24-bit WAVs + an SFZ file, in the background): "
+         "`export` (into the sessions folder) or `export DIR`", journal=False),
     Spec("quit", (Form(()),), "leave the instrument (the journal is closed)", journal=False),
 ]
 
@@ -359,6 +388,10 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
     if a.kind == "patch":
         if not raw.strip() or any(ord(c) < 32 for c in raw):
             raise CommandError(f"{where}: {a.name} must be a patch file name, e.g. ambient.yaml")
+        return raw
+    if a.kind == "path":
+        if not raw.strip() or any(ord(c) < 32 for c in raw):
+            raise CommandError(f"{where}: {a.name} must be a folder, e.g. exports/glass")
         return raw
     raise CommandError(f"{where}: internal: unknown argument kind {a.kind!r}")  # table bug
 

@@ -207,7 +207,7 @@ def engine_map_data(view: EngineView) -> dict[str, Any]:
 
 # -- the front-end words ----------------------------------------------------------------------
 
-FRONT_END_WORDS = ("status", "help", "map", "points", "seqs")
+FRONT_END_WORDS = ("status", "help", "map", "points", "seqs", "export")
 
 
 @dataclass(frozen=True)
@@ -220,10 +220,18 @@ class Answer:
     data: Any = None
 
 
-def answer(view: EngineView, cmd: Command, columns: int | None = None) -> Answer:
+def answer(view: EngineView, cmd: Command, columns: int | None = None,
+           src: str = "repl") -> Answer:
     """The answer to a front-end word (`cmd.journal` is False), once the commands accepted
-    before it are applied (a view shows what the lines before it did)."""
+    before it are applied (a view shows what the lines before it did). `export` starts the
+    export in the background; its `data` is whether it started (False: `text` says why)."""
     name = cmd.name
+    if name == "export":
+        start = getattr(view, "start_export", None)
+        if start is None:
+            return Answer(name, "export: this instrument has no exporter", False)
+        reply = start(out_dir=cmd.args.get("dir"), src=src)
+        return Answer(name, str(reply.text), bool(reply.ok))
     if name == "help":
         return Answer(name, help_text(cmd.args.get("command")))
     if name == "status":

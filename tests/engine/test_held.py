@@ -5,7 +5,6 @@ length; a note of a length releases the same way; a held note follows the point.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from pgesam_live.app.build import OfflineRig  # noqa: E402
 from pgesam_live.render.loop import envelope_db  # noqa: E402
 from pgesam_live.sessions.journal import Journal, make_header, replay_schedule  # noqa: E402
 from pgesam_live.settings import Settings  # noqa: E402
-from tests.engine.wiring import with_hold_words  # noqa: E402
 
 SR = 24000
 
@@ -62,12 +60,6 @@ class HeldFakeSynth:
         self.calls += 1
         out = [fake_note(int(p), float(pt[0])) for pt, p in zip(points, pitches, strict=True)]
         return np.stack(out)
-
-
-@pytest.fixture(autouse=True)
-def hold_words() -> Iterator[None]:
-    with with_hold_words():
-        yield
 
 
 def make_rig() -> OfflineRig:

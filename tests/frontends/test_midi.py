@@ -20,9 +20,9 @@ def lines(cmds: list[Command]) -> list[str]:
 
 def test_notes_and_velocity() -> None:
     m = MidiMapper()
-    assert lines(m.handle(mido.Message("note_on", note=60, velocity=127))) == ["note 60 1"]
+    assert lines(m.handle(mido.Message("note_on", note=60, velocity=127))) == ["note 60 1 hold"]
     (cmd,) = m.handle(mido.Message("note_on", note=64, velocity=64))
-    assert cmd.args["vel"] == pytest.approx(64 / 127) and cmd.args["len_s"] is None
+    assert cmd.args["vel"] == pytest.approx(64 / 127) and cmd.args["mode"] == "hold"
     assert lines(m.handle(mido.Message("note_off", note=60))) == ["release 60"]
     assert lines(m.handle(mido.Message("note_on", note=64, velocity=0))) == ["release 64"]
     for c in m.handle(mido.Message("note_on", note=61, velocity=1)):
@@ -128,7 +128,7 @@ def test_input_submits_and_coalesces_cc_streams() -> None:
     finally:
         inp.close()
     got: list[Any] = [line for _, line in engine.got]
-    assert got[0] == "note 60 1" and "release 60" in got
+    assert got[0] == "note 60 1 hold" and "release 60" in got
     moves = [g for g in got if g.startswith("xy")]
     assert moves[-1] == "xy 1 0.5" and len(moves) < 20  # coalesced, latest wins
     assert all(src == "midi" for src, _ in engine.got) and inp.errors == 0

@@ -134,3 +134,30 @@ def test_the_front_ends_view_adds_its_facts_to_the_snapshot() -> None:
     assert snap["broken"].startswith("unavailable")
     assert "web: http://127.0.0.1:8765/" in run_line(view, "status", "repl").text
     assert view.submit("tempo 80", src="web").ok and engine.submitted[-1][0] == "web"
+
+
+def test_export_is_a_front_end_word_answered_by_the_engines_exporter() -> None:
+    """`export [DIR]` is not journalled: it starts the engine's export with the line's source
+    (so OSC and the web page stay confined); a refusal is an error line; an engine without an
+    exporter says so."""
+    from pgesam_live.vocab.views import Reply
+
+    calls: list[dict[str, Any]] = []
+
+    class Exporting(FakeEngine):
+        def start_export(self, point: Any = None, out_dir: Any = None, pitches: Any = None,
+                         src: str = "repl", name: Any = None) -> Reply:
+            calls.append({"out_dir": out_dir, "src": src})
+            if src != "repl" and out_dir is not None:
+                return Reply(False, f"export from {src}: only into the sessions folder")
+            return Reply(True, f"export: rendering 37 notes into {out_dir or 'sessions'}")
+
+    eng = Exporting()
+    r = run_line(FrontView(eng), "export", "repl")
+    assert r.ok and "rendering 37 notes" in r.text
+    r = run_line(FrontView(eng), "export /tmp/x", "web")
+    assert not r.ok and "only into the sessions folder" in r.text
+    assert calls == [{"out_dir": None, "src": "repl"}, {"out_dir": "/tmp/x", "src": "web"}]
+    assert not any(c == "export" for c, _ in getattr(eng, "got", []))
+    r = run_line(FrontView(FakeEngine()), "export", "repl")
+    assert not r.ok and "no exporter" in r.text

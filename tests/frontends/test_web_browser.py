@@ -254,12 +254,13 @@ def test_keys_hold_notes_until_key_up_and_move_the_octave(page: Any,
     page.keyboard.press("z")
     page.keyboard.press("k")   # back to C5
     lines = instrument.wait_for(lambda ls: len(ls) >= 8, since)
-    assert lines[:2] == ["note 60", "release 60"], lines
+    assert lines[:2] == ["note 60 0.8 hold", "release 60"], lines
     # (a key's release goes once its note was accepted: taps faster than that interleave)
     notes = [ln for ln in lines if ln.startswith("note")]
-    assert notes == ["note 60", "note 73 0.5", "note 84 0.5", "note 72 0.5"], lines
+    assert notes == ["note 60 0.8 hold", "note 73 0.5 hold", "note 84 0.5 hold",
+                     "note 72 0.5 hold"], lines
     for pitch in (73, 84, 72):
-        assert lines.index(f"release {pitch}") > lines.index(f"note {pitch} 0.5"), lines
+        assert lines.index(f"release {pitch}") > lines.index(f"note {pitch} 0.5 hold"), lines
     assert len(lines) == 8 and "release 96" not in lines, lines
     page.wait_for_function("document.getElementById('log').textContent"
                            ".includes('note: pitch 96 is outside')")

@@ -360,7 +360,7 @@ function keyDown(key) {
   const id = `key:${key}:${S.nextId++}`;
   S.held.set(key, id);
   S.keyNotes.set(id, { pitch, answered: false, ok: false, up: false });
-  sendLine(`note ${pitch} ${velocity()}`, true, id);
+  sendLine(`note ${pitch} ${velocity()} hold`, true, id);
   markKey(key, true);
 }
 

@@ -1,0 +1,78 @@
+"""`pgesam-live export X Y|NAME --out DIR [--pitches LO-HI]`: a point as a multisample (24-bit
+WAVs at the model's rate and an SFZ file: key ranges, root keys, velocity tracking, loops and
+release), rendered by render/sfz.py with a progress bar."""
+
+from __future__ import annotations
+
+import math
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from pgesam_live.app.common import settings_from_args
+from pgesam_live.errors import PgesamError
+
+
+def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]],
+                         training_points: list[dict[str, Any]]) -> tuple[float, float, str]:
+    """`X Y` (map coordinates) or one NAME (a named point of the demo patches, or a training
+    instrument of the model) -> x, y, a name for the files."""
+    if len(where) == 2:
+        try:
+            x, y = float(where[0]), float(where[1])
+        except ValueError:
+            raise PgesamError(f"export: {' '.join(where)!r}: give X Y (numbers) or one point "
+                              "name") from None
+        if not (math.isfinite(x) and math.isfinite(y)) or abs(x) > 1.5 or abs(y) > 1.5:
+            raise PgesamError(f"export: ({x}, {y}) is outside the map: use -1.5..1.5")
+        return x, y, f"point_{x:.2f}_{y:.2f}"
+    if len(where) == 1:
+        name = where[0]
+        try:
+            float(name)
+        except ValueError:
+            pass
+        else:
+            raise PgesamError(f"export: {name} alone is not a point: give X Y or one point "
+                              "NAME, e.g. `export 0.2 -0.1 --out DIR`")
+        if name in named:
+            return float(named[name][0]), float(named[name][1]), name
+        for p in training_points:
+            if str(p["name"]) == name:
+                return float(p["x"]), float(p["y"]), name
+        close = sorted(n for n in [*named, *(str(p["name"]) for p in training_points)]
+                       if name.lower() in n.lower())[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else \
+            f" (named points: {', '.join(sorted(named)) or 'none'}; `pgesam-live map --json` " \
+            "lists the model's)"
+        raise PgesamError(f"export: no point named {name!r} in the model{hint}")
+    raise PgesamError("export: give X Y or one point NAME, e.g. `export 0.2 -0.1 --out DIR`")
+
+
+def run_export(ns: Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from pgesam_live.app.build import named_points  # noqa: PLC0415
+    from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
+    from pgesam_live.render.sfz import export_point, parse_pitch_range  # noqa: PLC0415
+
+    s = settings_from_args(ns)
+    synth = Synth.load(s.model, device=resolve_device(s.device))
+    x, y, label = resolve_export_point(list(ns.where), named_points(s.patch_dir),
+                                    synth.training_points)
+    pr = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
+    pitches = parse_pitch_range(ns.pitches, pr) if ns.pitches else None
+    out_dir = Path(ns.out)
+    name = ns.name or label
+    n = len(pitches) if pitches is not None else pr[1] - pr[0] + 1
+    with tqdm(total=n, desc=f"export {name}", unit="note", dynamic_ncols=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        result = export_point(synth, x, y, out_dir, pitches=pitches, name=name,
+                              seed=ns.seed, progress=progress)
+    print(f"{result.sfz}: {len(result.samples)} samples at ({x:+.2f}, {y:+.2f}), "
+          f"{result.sample_rate} Hz 24-bit, model {synth.model_id}")
+    return 0
