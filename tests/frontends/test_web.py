@@ -270,8 +270,11 @@ def test_state_is_pushed_to_other_pages_not_echoed_and_at_most_30_a_second(
             changer.join()
             in_first_second = [t for t, _ in tempos if t <= 1.0]
             assert 10 <= len(in_first_second) <= 31, tempos
-            gaps = np.diff([t for t, _ in tempos])
-            assert gaps.min() > 1 / 30 * 0.7, gaps   # (a timer's jitter: 30 Hz, give or take)
+            # In any half second at most 15 pushes (+2: arrival times bunch when the receiving
+            # loop is held up on a loaded machine; the changes come 300 times a second).
+            times = np.array([t for t, _ in tempos])
+            per_half_s = [int(((times >= t) & (times < t + 0.5)).sum()) for t in times]
+            assert max(per_half_s) <= 17, tempos
             assert tempos[-1][1] == 399.0
     run(go())
 
