@@ -40,7 +40,13 @@ from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
 from pgesam_live.patches.schema import load_patch
 from pgesam_live.render.cache import AudioThreadSource, RenderCache
 from pgesam_live.render.keys import NoteKey
-from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
+from pgesam_live.vocab.commands import (
+    COMMANDS,
+    Command,
+    PitchRangeError,
+    parse_line,
+    validate,
+)
 from pgesam_live.vocab.mapview import region_of
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import Reply
@@ -307,6 +313,9 @@ class Engine(NameChecks, StateViews):
                 self._lines[order] = line
                 heapq.heappush(self._queue, (when, order, command, src, prepared))
             return Reply(True, line)
+        except PitchRangeError as e:
+            self.rejected += 1
+            return Reply(False, str(e.with_range(self.model.pitch_range)))
         except PgesamError as e:
             self.rejected += 1
             return Reply(False, str(e))

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import playable_range, range_text
+from pgesam_live.notes import pitch_range_message, playable_range
 from pgesam_live.patches.model import Patch, Sequence
 from pgesam_live.vocab.commands import Command
 
@@ -137,8 +137,7 @@ class NameChecks:
         lo, hi = playable_range(self.model.pitch_range)
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
-                raise CommandError(f"{c.name}: pitch {p} is outside what the model plays: "
-                                   f"{range_text(self.model.pitch_range)}")
+                raise CommandError(pitch_range_message(c.name, p, self.model.pitch_range))
 
     def _resolve(self, c: Command) -> Any:
         """The state-dependent part of a command: a point name's coordinates, a patch

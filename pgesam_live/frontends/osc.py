@@ -58,8 +58,8 @@ from pgesam_live.errors import CommandError
 from pgesam_live.frontends.osc_clock import TimetagClock
 from pgesam_live.frontends.osc_ready import ReadyTracker
 from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
-from pgesam_live.frontends.seam import Clients, Listening, run_line
-from pgesam_live.vocab.commands import Command, from_osc
+from pgesam_live.frontends.seam import Clients, Listening, model_range, run_line
+from pgesam_live.vocab.commands import Command, PitchRangeError, from_osc
 from pgesam_live.vocab.views import Answer, EngineView, Reply, flatten_state, view_region
 
 Addr = tuple[str, int]
@@ -187,6 +187,8 @@ class OscCore:
         else:
             try:
                 cmd = from_osc(address, args)
+            except PitchRangeError as exc:
+                return self._error(addr, address, str(exc.with_range(model_range(self.engine))))
             except CommandError as exc:
                 return self._error(addr, address, str(exc))
         if cmd.name == "prerender":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import Command, parse_line
+from pgesam_live.vocab.commands import Command, PitchRangeError, parse_line
 from pgesam_live.vocab.sources import TERMINAL_WORDS, terminal_word_refusal
 from pgesam_live.vocab.views import (
     FRONT_END_WORDS,
@@ -135,6 +135,16 @@ class LineResult:
 Submit = Callable[[Command], Reply]
 
 
+def model_range(view: Any) -> tuple[int, int] | None:
+    """The model's rendered pitch range as a view knows it (None when it has no model)."""
+    rendered = getattr(getattr(view, "model", None), "pitch_range", None)
+    try:
+        lo, hi = rendered  # type: ignore[misc]
+        return int(lo), int(hi)
+    except (TypeError, ValueError):
+        return None
+
+
 def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None,
              columns: int | None = None) -> LineResult:
     """One REPL line from `src` (never raises). `submit` sends a command through the door
@@ -144,6 +154,8 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
         return LineResult(True)
     try:
         cmd = parse_line(text)
+    except PitchRangeError as exc:
+        return LineResult(False, str(exc.with_range(model_range(view))))
     except CommandError as exc:
         return LineResult(False, str(exc))
     except Exception as exc:  # a parser bug must not end the performance

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import note_to_midi, parse_notes
+from pgesam_live.notes import note_to_midi, parse_notes, pitch_range_message
 
 # --------------------------------------------------------------------------------------------
 # the limits: the one source every layer reads (the scheduler, patches, settings)
@@ -55,6 +55,19 @@ NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
 
 # --------------------------------------------------------------------------------------------
 # the table
+
+
+class PitchRangeError(CommandError):
+    """A pitch beyond MIDI's 0..127. The table does not know the model: whoever does (the
+    engine, the seam, OSC) calls `with_range` so every front end says one thing."""
+
+    def __init__(self, where: str, pitch: int) -> None:
+        super().__init__(pitch_range_message(where, pitch, None))
+        self.where = where
+        self.pitch = pitch
+
+    def with_range(self, rendered: tuple[int, int] | None) -> CommandError:
+        return CommandError(pitch_range_message(self.where, self.pitch, rendered))
 
 
 @dataclass(frozen=True)
@@ -338,8 +351,7 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
                 raise CommandError(f"{where}: {a.name} {raw!r} is not a whole MIDI note number")
             midi = int(number)
         if not 0 <= midi <= 127:
-            what = "pitch" if a.name == "pitches" else a.name
-            raise CommandError(f"{where}: {what} {midi} is out of range 0..127")
+            raise PitchRangeError(where, midi)
         return midi
     if not isinstance(raw, str):
         raise CommandError(f"{where}: {a.name} must be a string, got {type(raw).__name__}")
@@ -417,6 +429,8 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
         if k < len(positional):
             try:
                 args[a.name] = convert_arg(a, positional[k], where, from_osc=from_osc)
+            except PitchRangeError:
+                raise  # the same words whichever form it was meant for (the engine adds the range)
             except CommandError as exc:
                 # A number that is out of range or not finite was meant for this form
                 # (`at nan nan`, `at 5 0`): its error beats "too many" from another form.

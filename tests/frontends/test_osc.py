@@ -169,7 +169,7 @@ def test_valid_messages_are_submitted() -> None:
     (msg("/pgesam/tempo", 1e30), "/pgesam/tempo", "out of range"),
     (msg("/pgesam/note"), "/pgesam/note", "missing PITCH"),
     (msg("/pgesam/note", 60, 0.5, 1.0, 9), "/pgesam/note", "too many"),
-    (msg("/pgesam/note", 200), "/pgesam/note", "0..127"),
+    (msg("/pgesam/note", 200), "/pgesam/note", "outside what the model plays: 9..120"),
     (msg("/pgesam/xy", 0.5, 2), "/pgesam/xy", "out of range 0..1"),
     (msg("/pgesam/point", "nowhere"), "/pgesam/point", "no point"),
     (msg("/pgesam/cmd", "tempp 3"), "/pgesam/cmd", "unknown command"),

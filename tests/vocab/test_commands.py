@@ -83,7 +83,7 @@ def test_float_journal_text_is_exact() -> None:
         ("at glass 1", "too many arguments"),
         ("play", "missing PITCHES"),
         ("play H4", "not a note name"),
-        ("play 128", "0..127"),
+        ("play 128", "outside what the model plays (MIDI notes are 0..127"),
         ("play C4 vel", "`vel` needs a value"),
         ("play C4 vel 2", "0..1"),
         ("play C4 len 0", "> 0"),
