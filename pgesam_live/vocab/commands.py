@@ -15,7 +15,8 @@ Argument kinds (ranges are inclusive unless noted):
   lookahead float in [0.01, 5] seconds
   pitch     MIDI note 0..127, a whole number or a note name (C4 = 60, F#3, Bb2)
   name      an identifier: letter or _, then letters, digits, _ . - (at most 64)
-  point     a point name (completion: the engine's point names)
+  point     a point name (completion: the engine's point names), or a bookmark's digit 1..9
+            as the terminal map draws it (`at 1`)
   seq       a sequence name (completion: the engine's sequence names)
   patch     a patch file under the patch folder
   notes     a note string: names or numbers, ~ rest, [..] chord
@@ -137,8 +138,9 @@ _LEN_S_OPT = Arg("len_s", "seconds", "length in seconds (default: the full one-s
 
 _SPECS: list[Spec] = [
     Spec("at", (Form((_X, _Y), "/pgesam/timbre"),
-                Form((Arg("name", "point", "a point or bookmark name"),), "/pgesam/point")),
-         "set the timbre point: `at 0.4 -0.3` or `at glass`"),
+                Form((Arg("name", "point", "a point or bookmark name, or a bookmark's digit "
+                          "on the map"),), "/pgesam/point")),
+         "set the timbre point: `at 0.4 -0.3`, `at glass`, or `at 1` (bookmark 1 on the map)"),
     Spec("xy", (Form((Arg("u", "unit", "pad x 0..1"), Arg("v", "unit", "pad y 0..1")),
                      "/pgesam/xy"),),
          "set the timbre from a 0..1 pad laid over the map's region (what `map` and the web "
@@ -353,6 +355,9 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
         if not 0 <= midi <= 127:
             raise PitchRangeError(where, midi)
         return midi
+    if a.kind == "point" and not isinstance(raw, bool) and isinstance(raw, int | str) and \
+            re.fullmatch(r"[1-9]", str(raw).strip()):
+        return str(raw).strip()  # a bookmark's digit on the terminal map: `at 1`
     if not isinstance(raw, str):
         raise CommandError(f"{where}: {a.name} must be a string, got {type(raw).__name__}")
     if a.kind in _NAME_KINDS:

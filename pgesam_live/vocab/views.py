@@ -239,10 +239,25 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None) -> Answer
         if not names and not marks:
             return Answer(name, "no named points (load a patch, or `mark NAME` the current "
                                 "point)", [])
+        # Each name with the place `at NAME` goes to (a patch's point hides a bookmark of
+        # its name: said, with the bookmark's digit, which still reaches it).
+        digits = {m: i + 1 for i, m in enumerate(marks) if i < 9}
         lines = []
         for n in sorted(set(names) | set(marks)):
-            xy = marks.get(n)
-            lines.append(f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n)
+            try:
+                xy = view.resolve_point(n)
+            except Exception:  # a name gone between the two calls (a patch swapped)
+                xy = marks.get(n)
+            text = f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n
+            mark = marks.get(n)
+            if n in digits:
+                if mark is not None and xy is not None and \
+                        (abs(mark[0] - xy[0]) > 1e-9 or abs(mark[1] - xy[1]) > 1e-9):
+                    text += (f"  (the patch's point; bookmark {digits[n]} {n} at "
+                             f"({mark[0]:+.2f}, {mark[1]:+.2f}) is `at {digits[n]}`)")
+                else:
+                    text += f"  bookmark {digits[n]}"
+            lines.append(text)
         return Answer(name, "\n".join(lines), [str(n) for n in names])
     if name == "seqs":
         running = sorted(str(n) for n in view.snapshot().get("sequences") or [])

@@ -47,3 +47,50 @@ def test_range_errors_have_one_form_naming_the_models_range(rig: OfflineRig, pit
     core = OscCore(rig.engine)
     assert osc_errors(core, "/pgesam/note", pitch) == [f"note: {want}"]
     assert osc_errors(core, "/pgesam/cmd", f"play {pitch}") == [f"play: {want}"]
+
+
+def step(rig: OfflineRig) -> None:
+    """Apply what is queued (the offline rig runs blocks only when told)."""
+    rig.run_until(rig.engine.time_s() + 0.05)
+
+
+def point_now(rig: OfflineRig) -> tuple[float, float]:
+    step(rig)
+    x, y = rig.engine.snapshot()["point"]
+    return round(float(x), 2), round(float(y), 2)
+
+
+def test_at_a_digit_goes_to_that_bookmark_on_the_map(rig: OfflineRig) -> None:
+    e = rig.engine
+    for xy, name in (("-0.7 0.6", "glass"), ("0.2 -0.1", "low")):
+        assert e.submit(f"at {xy}").ok and e.submit(f"mark {name}").ok
+    step(rig)
+    assert "1 glass (-0.70, +0.60)" in run_line(e, "map", "repl").text
+    assert e.submit("at 0 0").ok
+    assert run_line(e, "at 1", "repl").ok, run_line(e, "at 1", "repl").text
+    assert point_now(rig) == (-0.7, 0.6)
+    assert e.submit("at 2").ok and point_now(rig) == (0.2, -0.1)
+    refused = run_line(e, "at 3", "repl")
+    assert not refused.ok
+    assert refused.text == "at: no bookmark 3 on the map; bookmarks: 1 glass, 2 low"
+    core = OscCore(e)
+    assert osc_errors(core, "/pgesam/point", "1") == [] and point_now(rig) == (-0.7, 0.6)
+
+
+def test_points_and_at_name_the_same_place_after_a_patch_hides_a_bookmark(
+        rig: OfflineRig) -> None:
+    """Precedence: the loaded patch's point, then a bookmark, then the demo points. `points`
+    shows where `at NAME` goes, and says how the hidden bookmark is still reached."""
+    e = rig.engine
+    assert e.submit("at -0.7 0.6").ok and e.submit("mark glass").ok
+    loaded = run_line(e, "load drift-arpeggio.yaml", "repl")
+    assert loaded.ok, loaded.text
+    rig.run_until(e.time_s() + 2.5)  # past its bar
+    assert e.submit("at glass").ok
+    at_glass = point_now(rig)
+    step(rig)
+    listing = run_line(e, "points", "repl").text.splitlines()
+    glass = next(line for line in listing if line.startswith("glass "))
+    assert glass.startswith(f"glass  ({at_glass[0]:+.2f}, {at_glass[1]:+.2f})"), glass
+    assert "bookmark 1 glass at (-0.70, +0.60) is `at 1`" in glass
+    assert e.submit("at 1").ok and point_now(rig) == (-0.7, 0.6)

@@ -133,7 +133,7 @@ def test_osc_mapping_accepts_int_and_float() -> None:
         ("/pgesam/xy", [0.5], "missing V"),
         ("/pgesam/note", [60.5], "whole MIDI"),
         ("/pgesam/note", [True], "boolean"),
-        ("/pgesam/point", [3], "must be a string"),
+        ("/pgesam/point", [10], "must be a string"),
     ],
 )
 def test_osc_rejections(address: str, args: list, fragment: str) -> None:
