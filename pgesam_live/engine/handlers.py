@@ -119,7 +119,9 @@ def do_load(e: Engine, a: dict[str, Any], patch: Patch) -> None:
     if patch.model not in (None, "default", e.model.model_id):
         e.message(f"patch {patch.path} asks for model {patch.model!r}; "
                      f"playing it with {e.model.model_id}")
-    e.scheduler.load_patch(patch)
+    beat = e.scheduler.load_patch(patch)
+    when = "now" if beat == 0.0 else f"at beat {beat:g} (the next bar)"
+    e.message(f"loaded {patch.summary()}; plays {when}")
 
 
 @handles("mark")

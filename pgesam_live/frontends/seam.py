@@ -54,9 +54,10 @@ class FrontView:
     """An `EngineView` that passes everything to the engine and adds front-end facts to its
     snapshot (`add_info("web_url", fn)`): what `status` shows of the front ends."""
 
-    def __init__(self, engine: EngineView) -> None:
+    def __init__(self, engine: EngineView, journal_path: Path | None = None) -> None:
         self.engine = engine
         self._info: dict[str, Callable[[], Any]] = {}
+        self.journal_path = journal_path  # this session's journal (what `save` copies)
 
     def add_info(self, key: str, fn: Callable[[], Any]) -> None:
         self._info = {**self._info, key: fn}
@@ -167,6 +168,8 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
                 if refusal is not None:
                     return LineResult(False, refusal, command=cmd)
                 return LineResult(True, command=cmd, word=cmd.name)
+            if cmd.name == "save":
+                return save_journal(view, cmd.args["name"], cmd)
             if cmd.name not in FRONT_END_WORDS:
                 return LineResult(False, f"`{cmd.name}` does nothing from here", command=cmd)
             a = answer(view, cmd, columns=columns)
@@ -178,6 +181,42 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
         first = str(exc).splitlines()[0] if str(exc) else ""
         return LineResult(False, f"internal error: {type(exc).__name__}: {first} (the "
                                  "instrument carries on)", command=cmd)
+
+
+def save_journal(view: Any, name: str, cmd: Command | None = None) -> LineResult:
+    """`save NAME`: this session's journal, as journalled so far, copied to NAME.jsonl
+    beside it (the sessions folder). Saving NAME again in a session updates it; a file of
+    that name from elsewhere is not overwritten."""
+    src = getattr(view, "journal_path", None)
+    if src is None or not Path(src).is_file():
+        return LineResult(False, "save: this session has no journal (a replay or a test "
+                                 "rig); `pgesam-live play` journals every session", command=cmd)
+    src = Path(src)
+    dest = src.with_name(f"{name}.jsonl")
+    saved: set[Path] = getattr(view, "_saved", set())
+    if dest.resolve() == src.resolve():
+        return LineResult(False, f"save: {name} is this session's own journal", command=cmd)
+    if dest.exists() and dest not in saved:
+        return LineResult(False, f"save: {dest} exists (a session saved before); choose "
+                                 f"another name, e.g. save {name}2", command=cmd)
+    try:
+        text = src.read_text(encoding="utf-8")
+        whole = text[: text.rfind("\n") + 1]  # whole lines only (a line being written waits)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_text(whole, encoding="utf-8")
+        tmp.replace(dest)
+    except OSError as exc:
+        return LineResult(False, f"save: cannot write {dest}: {exc.strerror or exc}",
+                          command=cmd)
+    saved.add(dest)
+    try:
+        view._saved = saved
+    except AttributeError:
+        pass
+    n = max(0, whole.count("\n") - 1)
+    return LineResult(True, f"saved {dest} ({n} commands so far; replay: pgesam-live replay "
+                            f"{dest}; the session goes on journalling to {src.name}, `save "
+                            f"{name}` again to update)", command=cmd)
 
 
 # -- clients of a network front end: tags, no echo, pushes ------------------------------------

@@ -199,6 +199,10 @@ _SPECS: list[Spec] = [
          "the terminal's keyboard plays: a w s e d f t g y h u j k = C4..C5, z / x octave, "
          "arrows move the point (shift: further), Escape or Enter leaves: `keys 0.5`",
          journal=False),
+    Spec("save", (Form((Arg("name", "name", "a name for this session's journal"),)),),
+         "keep this session's journal as sessions/NAME.jsonl (every session is journalled "
+         "already; replay it with `pgesam-live replay sessions/NAME.jsonl`): `save my-jam`",
+         journal=False),
     Spec("quit", (Form(()),), "leave the instrument (the journal is closed)", journal=False),
 ]
 
@@ -496,6 +500,12 @@ def split_line(line: str) -> list[str]:
         raise CommandError(f"cannot read the line: {exc} (close the quote)") from None
 
 
+# Words performers bring from other instruments -> what this one calls it.
+_SYNONYMS = {"record": "save NAME (every session is journalled already; `save` names it)",
+             "rec": "save NAME", "stop-all": "hush or panic", "stopall": "hush or panic",
+             "volume": "gain", "vol": "gain"}
+
+
 def parse_line(line: str) -> Command:
     """A REPL / journal / `/pgesam/cmd` line -> a validated Command (raises CommandError)."""
     words = split_line(line)
@@ -506,6 +516,8 @@ def parse_line(line: str) -> Command:
     if spec is None:
         near = [c for c in COMMANDS if c.startswith(name[:2])] if len(name) >= 2 else []
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        if name in _SYNONYMS:
+            hint = f" (did you mean {_SYNONYMS[name]}?)"
         shown = words[0] if len(words[0]) <= 40 else words[0][:37] + "..."
         raise CommandError(f"unknown command {shown!r}{hint}; `help` lists them")
     return _build(spec, words[1:], from_osc=False)

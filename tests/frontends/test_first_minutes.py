@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,58 @@ def test_points_and_at_name_the_same_place_after_a_patch_hides_a_bookmark(
     assert glass.startswith(f"glass  ({at_glass[0]:+.2f}, {at_glass[1]:+.2f})"), glass
     assert "bookmark 1 glass at (-0.70, +0.60) is `at 1`" in glass
     assert e.submit("at 1").ok and point_now(rig) == (-0.7, 0.6)
+
+
+def messages_of(rig: OfflineRig) -> list[str]:
+    said: list[str] = []
+    rig.engine.add_listener(lambda ev: said.append(ev["text"]) if ev.get("kind") == "message"
+                            else None)
+    return said
+
+
+def test_load_says_what_it_loaded_and_what_starts(rig: OfflineRig) -> None:
+    said = messages_of(rig)
+    assert run_line(rig.engine, "load morph.yaml", "repl").ok
+    step(rig)
+    loaded = [m for m in said if m.startswith("loaded ")]
+    assert loaded and loaded[0].startswith("loaded morph.yaml: tempo 100; starts motif (8 "
+                                           "times); 2 events; commands: at glass"), said
+    assert "plays now" in loaded[0]
+
+
+def test_save_names_the_sessions_journal_and_says_where(tmp_path: Path) -> None:
+    from pgesam_live.frontends.seam import FrontView
+    from pgesam_live.sessions.journal import Journal, make_header, read_journal
+
+    r = OfflineRig(Settings().replace(audio="offline", cache_spill=False), synth=FakeSynth(24000))
+    journal = Journal(tmp_path / "20261204-120000.jsonl", make_header("fake", 0, 120))
+    try:
+        r.engine.add_listener(journal)
+        view = FrontView(r.engine, journal_path=journal.path)
+        assert run_line(view, "play C4", "repl").ok
+        step(r)
+        saved = run_line(view, "save my-jam", "repl")
+        dest = tmp_path / "my-jam.jsonl"
+        assert saved.ok and str(dest) in saved.text and "replay" in saved.text, saved.text
+        _, entries = read_journal(dest)
+        assert [e.cmd for e in entries] == ["play 60"]
+        assert run_line(view, "tempo 90", "repl").ok
+        step(r)
+        assert run_line(view, "save my-jam", "repl").ok  # again: updated
+        assert [e.cmd for e in read_journal(dest)[1]] == ["play 60", "tempo 90"]
+        (tmp_path / "older.jsonl").write_text("{}\n")
+        refused = run_line(view, "save older", "repl")
+        assert not refused.ok and "exists" in refused.text and "save older2" in refused.text
+        no_journal = run_line(r.engine, "save x", "repl")
+        assert not no_journal.ok and "no journal" in no_journal.text
+    finally:
+        journal.close()
+        r.close()
+
+
+def test_record_points_to_save() -> None:
+    from pgesam_live.errors import CommandError
+    from pgesam_live.vocab.commands import parse_line
+
+    with pytest.raises(CommandError, match="did you mean save NAME"):
+        parse_line("record my-jam")

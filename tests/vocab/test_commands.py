@@ -151,7 +151,7 @@ def test_contract_addresses_are_mapped() -> None:
 
 def test_front_end_words_are_not_journalled() -> None:
     local = {n for n, s in COMMANDS.items() if not s.journal}
-    assert local == {"map", "status", "help", "quit", "points", "seqs", "keys"}
+    assert local == {"map", "status", "help", "quit", "points", "seqs", "keys", "save"}
     assert parse_line("tempo 100").journal
 
 
