@@ -128,6 +128,9 @@ class _Requester:
         self.renderer.cancel(keys)
 
 
+STEAL_REPORT_S = 2.0  # voice steals are told at most this often
+
+
 class _ResamplingSink:
     """Voice pool at another rate than the model's: each note resampled once (memoised), in
     the thread that cached it (`warm`: the renderer's result thread, the cache's loader), so
@@ -224,6 +227,8 @@ class Engine(NameChecks, StateViews):
         self._stats: dict[str, Callable[[], int]] = {}
         self.bookmarks: dict[str, tuple[float, float]] = {}
         self.point_name: str | None = None
+        self.gain = 1.0  # master gain (`gain`)
+        self._steals_told = (0, -math.inf)  # voice steals reported so far, and when
         self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2
         self.applied = 0
         self.rejected = 0
@@ -357,6 +362,18 @@ class Engine(NameChecks, StateViews):
                 self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
             self._applied.notify_all()
+        self._tell_steals(t_s)
+
+    def _tell_steals(self, t_s: float) -> None:
+        """Voices stolen since the last report, said at most every STEAL_REPORT_S."""
+        stolen = getattr(self.voices, "stolen", 0)
+        told, when = self._steals_told
+        if isinstance(stolen, int) and stolen > told and t_s - when >= STEAL_REPORT_S:
+            self._steals_told = (stolen, t_s)
+            n = stolen - told
+            self.message(f"voices: {n} note{'s' if n != 1 else ''} stolen (every voice was "
+                         f"sounding; {stolen} in all): shorter notes (`len`, a sequence's "
+                         "`gate`) or fewer at once")
 
     # An immediate note whose render is not cached yet waits for it (up to
     # `wait_for_render_s`) instead of falling back, but only while it is the last thing the

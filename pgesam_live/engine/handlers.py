@@ -150,6 +150,14 @@ def do_panic(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.voices.panic()
 
 
+@handles("gain")
+def do_gain(e: Engine, a: dict[str, Any], _: Any) -> None:
+    e.gain = float(a["level"])
+    set_gain = getattr(e.voices, "set_gain", None)  # the pool's mix level (a stand-in has none)
+    if set_gain is not None:
+        set_gain(e.gain)
+
+
 @handles("prerender")
 def do_prerender(e: Engine, a: dict[str, Any], _: Any) -> None:
     e._prerender_bank(a["x"], a["y"], a.get("low"), a.get("high"), e._time_s,

@@ -78,6 +78,7 @@ class StateViews:
         return {
             "voices_in_use": self.voices.in_use(),
             "voices_total": voices["voices"],
+            "voices_stolen": voices.get("stolen", 0),
             "cache_fill": cache.get("fill", 0.0),
             "cache_notes": cache.get("entries", 0),
             "renders_pending": self.renderer.pending,
@@ -97,6 +98,7 @@ class StateViews:
             "beat": round(st["beat"], 3),
             "point": [round(x, 4), round(y, 4)],
             "point_name": self.point_name,
+            "gain": self.gain,
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],
             "lookahead_s": st["lookahead_s"],

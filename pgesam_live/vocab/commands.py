@@ -13,6 +13,7 @@ Argument kinds (ranges are inclusive unless noted):
   beats     float > 0 (at most 1024)
   seconds   float > 0 (at most 60)
   lookahead float in [0.01, 5] seconds
+  gain      float in [0, 2], linear master gain (1 = unity)
   pitch     MIDI note 0..127, a whole number or a note name (C4 = 60, F#3, Bb2)
   name      an identifier: letter or _, then letters, digits, _ . - (at most 64)
   point     a point name (completion: the engine's point names), or a bookmark's digit 1..9
@@ -50,6 +51,7 @@ SECONDS_MAX = 60.0        # a note length in seconds
 LOOKAHEAD_MIN_S = 0.01
 LOOKAHEAD_MAX_S = 5.0
 NAME_MAX_CHARS = 64
+GAIN_MAX = 2.0            # master gain, linear (1 = as rendered; the limiter still guards)
 # A name (point, sequence, trajectory, bookmark): a letter or _, then letters, digits, _ . -
 NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
 
@@ -185,6 +187,9 @@ _SPECS: list[Spec] = [
     Spec("lookahead", (Form((Arg("seconds", "lookahead", "0.01..5 seconds"),),
                             "/pgesam/lookahead"),),
          "set how far ahead sequences are rendered and scheduled: `lookahead 0.25`"),
+    Spec("gain", (Form((Arg("level", "gain", "linear master gain 0..2 (1 = unity)"),),
+                       "/pgesam/gain"),),
+         "set the master gain, every voice at once (sounding notes too): `gain 0.5`"),
     Spec("map", (Form(()),), "draw the timbre map in the terminal (@ = current point)",
          journal=False),
     Spec("status", (Form(()),), "show the engine state (also on the status line)",
@@ -222,6 +227,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "beats": (0.0, BEATS_MAX, True),
     "seconds": (0.0, SECONDS_MAX, True),
     "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
+    "gain": (0.0, GAIN_MAX, False),
 }
 _NAME_KINDS = ("name", "point", "seq", "command")
 

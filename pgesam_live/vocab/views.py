@@ -94,12 +94,16 @@ def status_line(snap: Snapshot, width: int | None = None) -> str:
     short forms if need be); look-ahead, sequences and the point's name go first."""
     tempo = f"{float(snap.get('tempo_bpm', 0)):g}"
     voices = f"{snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}"
+    if snap.get("voices_stolen"):
+        voices += f" stolen {snap['voices_stolen']}"
     cache = f"{100 * float(snap.get('cache_fill', 0.0)):.0f}%"
     renders, late = snap.get("renders_pending", 0), snap.get("late_notes", 0)
     point = snap.get("point") or [0.0, 0.0]
     xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
     seqs = snap.get("sequences") or []
     extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
+    if float(snap.get("gain", 1.0)) != 1.0:
+        extra.append(f"gain {float(snap['gain']):g}")
     if seqs:
         extra.append("seq " + ",".join(str(s) for s in seqs))
     if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once

@@ -150,3 +150,43 @@ def test_record_points_to_save() -> None:
 
     with pytest.raises(CommandError, match="did you mean save NAME"):
         parse_line("record my-jam")
+
+
+def test_gain_scales_the_output_from_the_repl_and_osc_and_is_journalled(rig: OfflineRig) -> None:
+    from pgesam_live.vocab.views import status_line
+
+    lines: list[str] = []
+    e = rig.engine
+    e.add_listener(lambda ev: lines.append(ev["cmd"]) if ev["kind"] == "command" else None)
+    assert e.submit("at 0 0").ok and e.submit("note 60 0.8", at_s=0.0).ok
+    assert osc_errors(OscCore(e), "/pgesam/gain", 0.25) == []  # applied at once (t 0)
+    assert e.submit("gain 0.5", at_s=0.2).ok  # then twice as loud
+    rig.run_until(0.4)
+    assert e.snapshot()["gain"] == 0.5 and "gain 0.5" in status_line(e.snapshot())
+    assert "gain 0.5" in lines and "gain 0.25" in lines
+    bad = run_line(e, "gain 3", "repl")
+    assert not bad.ok and "0..2" in bad.text
+    out = rig.audio.render_to_array()
+    sr = 24000
+    early = float(abs(out[int(0.05 * sr):int(0.15 * sr)]).max())
+    late = float(abs(out[int(0.25 * sr):int(0.35 * sr)]).max())
+    assert early > 0 and late == pytest.approx(early * 2, rel=0.05)
+
+
+def test_voice_steals_are_counted_on_the_status_line_and_told(rig: OfflineRig) -> None:
+    from pgesam_live.vocab.views import status_line
+
+    said = messages_of(rig)
+    e = rig.engine
+    n = int(e.snapshot()["voices_total"])
+    assert e.submit("at 0 0").ok
+    for i in range(n + 3):  # every voice busy, then three more
+        assert e.submit(f"note {48 + i % 24} 0.5", at_s=0.01 * i).ok
+    rig.run_until(0.01 * (n + 3) + 0.1)
+    snap = e.snapshot()
+    assert snap["voices_stolen"] == 3
+    assert "stolen 3" in status_line(snap)
+    rig.run_until(3.0)  # reports are rate-limited (2 s): the rest comes later, summed
+    told = [m for m in said if "stolen" in m]
+    assert 1 <= len(told) <= 2, said
+    assert sum(int(m.split()[1]) for m in told) == 3 and "3 in all" in told[-1]
