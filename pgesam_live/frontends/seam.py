@@ -223,6 +223,9 @@ def save_journal(view: Any, name: str, cmd: Command | None = None) -> LineResult
 
 # Keys that change on every block: a refresh (Clients(refresh_s=...)) ignores them.
 VOLATILE_KEYS = frozenset({"time_s", "beat", "faults"})
+# Figures that change with no command (notes ending, renders late, voices stolen): watched
+# at push_hz while clients listen, and pushed when they change (a controller's meter moves).
+WATCHED_KEYS = ("voices_in_use", "late_notes", "voices_stolen")
 
 
 @dataclass
@@ -275,6 +278,7 @@ class Clients:
         self._refused: list[Refused] = []
         # the point last pushed: a glide moves it with no command to push
         self._pushed_point: Any = None
+        self._pushed_watch: tuple[Any, ...] | None = None  # WATCHED_KEYS as last seen
         self._point_check_s = -math.inf
         self._refresh_s = -math.inf
 
@@ -404,14 +408,19 @@ class Clients:
 
     def _follow_point(self, now: float, gap_s: float) -> Snapshot | None:
         """While clients listen, push the state when the point moves by itself (a glide, a
-        trajectory): a pad or a page's cursor follows it. Returns the snapshot it took."""
+        trajectory): a pad or a page's cursor follows it; and when the figures of
+        WATCHED_KEYS change (voices in use, late notes, steals): a meter follows them.
+        Returns the snapshot it took."""
         with self._lock:
             if not self.listeners or now - self._point_check_s < gap_s:
                 return None
             self._point_check_s = now
         snap = self.engine.snapshot()
+        watch = tuple(snap.get(k) for k in WATCHED_KEYS)
         with self._lock:
-            if snap.get("point") == self._pushed_point:
+            figures_moved = self._pushed_watch is not None and watch != self._pushed_watch
+            self._pushed_watch = watch
+            if snap.get("point") == self._pushed_point and not figures_moved:
                 return snap
             self._pushed_point = snap.get("point")
             for ctl in self.listeners.values():

@@ -630,3 +630,22 @@ def test_hello_and_bye_take_no_arguments() -> None:
         assert errors(core.handle_datagram(msg(address, 1), A)) == [
             (address, f"{address} takes no arguments")]
     assert core.controllers == {}
+
+
+def test_hello_clients_hear_voices_in_use_and_late_notes_change_by_themselves() -> None:
+    """No command changes them (notes end, renders come late): the watch pushes them, at
+    most push_hz a second, and nothing when they stay put."""
+    core, engine, clock = make_core()
+    core.handle_datagram(msg("/pgesam/hello"), A)
+    clock.now += 1
+    core.poll()  # the first look: what the controller was greeted with
+    clock.now += 1
+    assert [r for r in core.poll() if r[1] == "/pgesam/state"] == []  # nothing changed
+    for key, value in (("voices_in_use", 5), ("late_notes", 2)):
+        engine.state[key] = value
+        clock.now += 1
+        states = [a for to, addr, a in core.poll() if addr == "/pgesam/state" and to == A]
+        assert len(states) == 1, key
+        assert dict(zip(states[0][::2], states[0][1::2], strict=True))[key] == value
+    clock.now += 1
+    assert [r for r in core.poll() if r[1] == "/pgesam/state"] == []
