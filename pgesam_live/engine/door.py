@@ -33,7 +33,7 @@ from pgesam_live.engine.names import NameChecks
 from pgesam_live.engine.repitch import RepitchPreparer
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.state import StateViews
-from pgesam_live.errors import PgesamError
+from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.files import find_patch
 from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
@@ -42,6 +42,7 @@ from pgesam_live.render.cache import AudioThreadSource, RenderCache
 from pgesam_live.render.keys import NoteKey
 from pgesam_live.vocab.commands import (
     COMMANDS,
+    DEFAULT_STEP_BEATS,
     Command,
     PitchRangeError,
     parse_line,
@@ -459,9 +460,32 @@ class Engine(NameChecks, StateViews):
                               pitch_range=self.model.pitch_range,
                               known_points=points, known_sequences=sequences)
         if c.name == "seq":
-            return make_sequence(a["name"], a["notes"], a["step"])
+            step = a.get("step") or DEFAULT_STEP_BEATS
+            gate = a.get("gate")
+            if a.get("len_beats") is not None:
+                gate = a["len_beats"] / step
+            timbre, timbre_name = self._seq_timbre(a.get("at"), check_names)
+            return make_sequence(a["name"], a["notes"], step, velocity=a.get("vel", 0.8),
+                                 gate=gate, timbre=timbre, timbre_name=timbre_name)
         self._check_pitches(c)
         return None
+
+    def _seq_timbre(self, name: str | None, now: bool = True) -> tuple[Any, str | None]:
+        """`seq ... at NAME`: a trajectory of the loaded patch, else a point (the current
+        point when no `at`). A name that lines queued before it (`mark`) or a timed line
+        (a replay) will make is left to resolve when it applies (timbre None, the name kept:
+        engine/handlers.py do_seq)."""
+        if name is None:
+            return None, None
+        for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+            if patch is not None and name in patch.trajectories:
+                return patch.trajectories[name], name
+        try:
+            return self.resolve_point(name), name
+        except CommandError:
+            if now and name not in self._known_names()[0]:
+                raise
+            return None, name
 
     def _patch_ref(self, path: str) -> str:
         """A patch file as the journal names it: its name within the patch folder, else its

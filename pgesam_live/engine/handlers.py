@@ -5,6 +5,7 @@ handler gets the engine, the command's arguments and what `Engine._prepare` comp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,9 @@ def do_seq(e: Engine, a: dict[str, Any], seq: Any) -> None:
     if not any(seq.pattern) and a["name"] not in e.scheduler.running_sequences():
         raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
                            "running: nothing would sound (give at least one note)")
+    if seq.timbre is None and seq.timbre_name is not None:  # `at NAME` made by earlier lines
+        timbre, _ = e._seq_timbre(seq.timbre_name)
+        seq = dataclasses.replace(seq, timbre=timbre)
     e.scheduler.start_sequence(a["name"], seq)
 
 

@@ -14,6 +14,7 @@ Argument kinds (ranges are inclusive unless noted):
   seconds   float > 0 (at most 60)
   lookahead float in [0.01, 5] seconds
   gain      float in [0, 2], linear master gain (1 = unity)
+  gate      float > 0 (at most 16): a note's length as a fraction of its step
   pitch     MIDI note 0..127, a whole number or a note name (C4 = 60, F#3, Bb2)
   name      an identifier: letter or _, then letters, digits, _ . - (at most 64)
   point     a point name (completion: the engine's point names), or a bookmark's digit 1..9
@@ -51,6 +52,8 @@ SECONDS_MAX = 60.0        # a note length in seconds
 LOOKAHEAD_MIN_S = 0.01
 LOOKAHEAD_MAX_S = 5.0
 NAME_MAX_CHARS = 64
+GATE_MAX = 16.0           # a sequence's gate, a fraction of its step (> 1 overlaps the next)
+DEFAULT_STEP_BEATS = 0.5  # `seq NAME "NOTES"` without a step, as a patch's sequence
 GAIN_MAX = 2.0            # master gain, linear (1 = as rendered; the limiter still guards)
 # A name (point, sequence, trajectory, bookmark): a letter or _, then letters, digits, _ . -
 NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
@@ -132,6 +135,12 @@ def _check_prerender(args: dict[str, Any]) -> None:
         raise CommandError(f"prerender: LOW {low} is above HIGH {high}")
 
 
+def _check_seq(args: dict[str, Any]) -> None:
+    if args.get("gate") is not None and args.get("len_beats") is not None:
+        raise CommandError("seq: give `gate` (a fraction of the step) or `len` (beats), "
+                           "not both")
+
+
 _X = Arg("x", "coord", "timbre x, -1.5..1.5")
 _Y = Arg("y", "coord", "timbre y, -1.5..1.5")
 _VEL_OPT = Arg("vel", "velocity", "velocity 0..1", optional=True, default=0.8)
@@ -161,8 +170,17 @@ _SPECS: list[Spec] = [
          "end a held note (a MIDI note off): `release C4`"),
     Spec("seq", (Form((Arg("name", "name", "a new or running sequence's name"),
                        Arg("notes", "notes", 'quoted note string, e.g. "C4 E4 [G4 B4] ~"'),
-                       Arg("step", "beats", "beats per step")), "/pgesam/seq"),),
-         'start (or replace) a looping sequence at the current point: `seq arp "C4 E4 G4 ~" 0.5`'),
+                       Arg("step", "beats", "beats per step", optional=True,
+                           default=DEFAULT_STEP_BEATS),
+                       Arg("vel", "velocity", "velocity 0..1", default=0.8, keyword="vel"),
+                       Arg("gate", "gate", "note length as a fraction of the step "
+                           "(default: the full one-shot)", keyword="gate"),
+                       Arg("len_beats", "beats", "note length in beats (instead of gate)",
+                           keyword="len"),
+                       Arg("at", "point", "play at this point or trajectory (default: "
+                           "the current point)", keyword="at")), "/pgesam/seq"),),
+         'start (or replace) a looping sequence at the current point: `seq arp "C4 E4 G4 ~" '
+         '0.5 vel 0.6 gate 0.5 at glass` (step default 0.5 beat)', check=_check_seq),
     Spec("start", (Form((Arg("name", "seq", "a sequence from the patch"),), "/pgesam/seq/start"),),
          "start a sequence defined in the loaded patch: `start arp`"),
     Spec("stop", (Form((Arg("name", "seq", "a running sequence"),), "/pgesam/seq/stop"),),
@@ -228,6 +246,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "seconds": (0.0, SECONDS_MAX, True),
     "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
     "gain": (0.0, GAIN_MAX, False),
+    "gate": (0.0, GATE_MAX, True),
 }
 _NAME_KINDS = ("name", "point", "seq", "command")
 

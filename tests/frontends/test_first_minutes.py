@@ -190,3 +190,61 @@ def test_voice_steals_are_counted_on_the_status_line_and_told(rig: OfflineRig) -
     told = [m for m in said if "stolen" in m]
     assert 1 <= len(told) <= 2, said
     assert sum(int(m.split()[1]) for m in told) == 3 and "3 in all" in told[-1]
+
+
+def spy_notes(rig: OfflineRig) -> list[tuple[float, float, float | None]]:
+    """(start_s, velocity, length_s) of every note the scheduler hands to the pool."""
+    played: list[tuple[float, float, float | None]] = []
+    sink = rig.engine.scheduler.sink
+    orig = sink.play
+
+    def play(samples, start_s, velocity, pan, length_s, tag=None):  # type: ignore[no-untyped-def]
+        played.append((start_s, velocity, length_s))
+        return orig(samples, start_s, velocity, pan, length_s, tag)
+
+    sink.play = play  # type: ignore[method-assign]
+    return played
+
+
+def test_seq_from_the_repl_takes_vel_gate_len_at_and_a_default_step(rig: OfflineRig) -> None:
+    e = rig.engine
+    played = spy_notes(rig)
+    assert e.submit("at 0 0").ok and e.submit("mark home").ok
+    assert e.submit("at 0.5 0.5").ok
+    # no step: 0.5 beat (0.25 s at 120 bpm); gate half a step; at a bookmark just made
+    r = run_line(e, 'seq arp "C4 E4" vel 0.6 gate 0.5 at home', "repl")
+    assert r.ok, r.text
+    rig.run_until(1.05)
+    starts = [p[0] for p in played[:4]]
+    assert len(starts) == 4 and all(b - a == pytest.approx(0.25)
+                                    for a, b in zip(starts, starts[1:], strict=False))
+    assert all(p[2] == pytest.approx(0.125) for p in played[:4])  # half of 0.25 s
+    vel = played[0][1]
+    assert e.submit('seq arp "C4 E4" len 1 vel 0.3').ok  # len in beats: 0.5 s
+    rig.run_until(e.time_s() + 1.5)
+    later = played[-1]
+    assert later[2] == pytest.approx(0.5) and later[1] < vel
+    for bad, words in (('seq x "C4" gate 0.5 len 1', "not both"),
+                       ('seq x "C4" at nowhere', "no point named 'nowhere'"),
+                       ('seq x "C4" vel 2', "0..1")):
+        refused = run_line(e, bad, "repl")
+        assert not refused.ok and words in refused.text, refused.text
+
+
+def test_seq_at_a_point_plays_there_and_reads_back_from_its_line(rig: OfflineRig) -> None:
+    from pgesam_live.vocab.commands import parse_line
+
+    e = rig.engine
+    started: list[object] = []
+    orig = e.scheduler.start_sequence
+    e.scheduler.start_sequence = lambda name, seq: (started.append(seq),  # type: ignore
+                                                    orig(name, seq))[1]
+    assert e.submit("at -0.3 0.2").ok and e.submit("mark pad").ok and e.submit("at 0.4 0.4").ok
+    line = 'seq s "C4" 1 vel 0.7 at pad'
+    assert parse_line(parse_line(line).to_line()) == parse_line(line)
+    assert e.submit(line).ok  # `pad` is still queued: resolved when the line applies
+    rig.run_until(0.2)
+    assert len(started) == 1
+    seq = started[0]
+    assert seq.timbre == pytest.approx((-0.3, 0.2)) and seq.step_beats == 1.0  # type: ignore
+    assert seq.velocity == (0.7,)  # type: ignore[attr-defined]
