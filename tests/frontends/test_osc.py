@@ -99,6 +99,9 @@ class FakeEngine:
     def add_listener(self, fn: Any) -> None:
         self.listeners.append(fn)
 
+    def message(self, text: str) -> None:
+        self.emit({"kind": "message", "text": text})
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return dict(self.state)
@@ -650,3 +653,23 @@ def test_hello_clients_hear_voices_in_use_and_late_notes_change_by_themselves() 
         assert dict(zip(states[0][::2], states[0][1::2], strict=True))[key] == value
     clock.now += 1
     assert [r for r in core.poll() if r[1] == "/pgesam/state"] == []
+
+
+def test_osc_errors_are_said_in_the_terminal_rate_limited() -> None:
+    """What a controller is answered with /pgesam/error also reaches the terminal (an engine
+    message: a line above the prompt), at most one every 2 s; the ones between are counted."""
+    core, engine, clock = make_core()
+    said: list[str] = []
+    engine.add_listener(lambda ev: said.append(ev["text"]) if ev.get("kind") == "message"
+                        else None)
+    assert errors(core.handle_datagram(msg("/pgesam/tempo", 900), A))
+    assert len(said) == 1 and said[0].startswith("osc 127.0.0.1:") and "/pgesam/tempo" in said[0]
+    assert "900" in said[0]
+    for _ in range(5):  # a controller's burst: answered each time, said once
+        assert errors(core.handle_datagram(msg("/pgesam/nope"), A))
+        clock.now += 0.1
+    assert errors(core.handle_datagram(b"garbage", A))
+    assert len(said) == 1
+    clock.now += 2.0
+    assert errors(core.handle_datagram(msg("/pgesam/tempo", "fast"), A))
+    assert len(said) == 2 and "(and 6 more OSC errors since the last shown)" in said[1]
