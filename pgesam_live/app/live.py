@@ -99,7 +99,6 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     midi = None
     web = None
     from pgesam_live.frontends.seam import FrontView  # noqa: PLC0415
-
     view = FrontView(engine, journal_path=journal.path)
     started = False
     _stop_on_signals()

@@ -15,8 +15,33 @@ from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_che
 from pgesam_live.errors import PgesamError
 
 
+def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, float, str]:
+    """`X Y PITCH` or `NAME PITCH` (a demo patch's point, as `at NAME` before a patch is
+    loaded) -> (name, x, y, pitch)."""
+    from pgesam_live.app.build import named_points  # noqa: PLC0415
+
+    if len(words) == 3:
+        try:
+            return None, float(words[0]), float(words[1]), words[2]
+        except ValueError:
+            raise PgesamError(f"note: {words[0]!r} {words[1]!r} are not coordinates; give "
+                              "X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4)") \
+                from None
+    if len(words) == 2:
+        points = named_points(patch_dir)
+        if words[0] not in points:
+            known = ", ".join(sorted(points)) or "none (no demo patches found)"
+            raise PgesamError(f"note: no point named {words[0]!r}; the named points: {known} "
+                              "(or give X Y PITCH)")
+        x, y = points[words[0]]
+        return words[0], float(x), float(y), words[1]
+    raise PgesamError(f"note: give X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4), "
+                      f"not {len(words)} words")
+
+
 def run_note(ns: Namespace) -> int:
-    """`pgesam-live note X Y PITCH --out WAV [--velocity V]`: one note through the model."""
+    """`pgesam-live note X Y PITCH|NAME PITCH [--out WAV] [--velocity V]`: one note through
+    the model."""
     from pgesam_live.audio.voices import velocity_gain  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
     from pgesam_live.notes import (  # noqa: PLC0415
@@ -31,13 +56,17 @@ def run_note(ns: Namespace) -> int:
     )
 
     s = settings_from_args(ns)
-    out_path = check_out_path(ns.out, (".wav",))
+    name, ns.x, ns.y, ns.pitch = note_where(ns.where, s.patch_dir)
     pitch = note_to_midi(ns.pitch)
+    if ns.out is None:
+        place = name or f"{ns.x:g}_{ns.y:g}"
+        ns.out = f"note-{place}-{ns.pitch}.wav".replace("#", "s")
+    out_path = check_out_path(ns.out, (".wav",))
     if not 0.0 <= ns.velocity <= 1.0:
         raise PgesamError(f"velocity {ns.velocity} is out of range 0..1")
-    for name, v in (("x", ns.x), ("y", ns.y)):
+    for axis, v in (("x", ns.x), ("y", ns.y)):
         if not np.isfinite(v) or abs(v) > 1.5:
-            raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
+            raise PgesamError(f"{axis} = {v} is outside the map: use -1.5..1.5")
     synth = Synth.load(s.model, device=resolve_device(s.device))
     model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
     lo, hi = playable_range(model_range)
@@ -56,7 +85,8 @@ def run_note(ns: Namespace) -> int:
 
         audio, sr = resample(audio, sr, s.sample_rate), s.sample_rate
     out = write_wav(out_path, audio, sr)
-    print(f"{out}: pitch {pitch} at ({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
+    at = f"{name} " if name else ""
+    print(f"{out}: pitch {pitch} at {at}({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
           f"{sr} Hz, model {synth.model_id}")
     return 0
 

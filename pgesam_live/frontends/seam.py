@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgesam_live.errors import CommandError
+from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.vocab.commands import Command, PitchRangeError, parse_line
 from pgesam_live.vocab.sources import TERMINAL_WORDS, terminal_word_refusal
 from pgesam_live.vocab.views import (
@@ -170,6 +170,8 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
                 return LineResult(True, command=cmd, word=cmd.name)
             if cmd.name == "save":
                 return save_journal(view, cmd.args["name"], cmd)
+            if cmd.name == "map" and cmd.args.get("format"):
+                return map_picture(view, cmd, src)
             if cmd.name not in FRONT_END_WORDS:
                 return LineResult(False, f"`{cmd.name}` does nothing from here", command=cmd)
             a = answer(view, cmd, columns=columns)
@@ -181,6 +183,49 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
         first = str(exc).splitlines()[0] if str(exc) else ""
         return LineResult(False, f"internal error: {type(exc).__name__}: {first} (the "
                                  "instrument carries on)", command=cmd)
+
+
+def map_picture(view: EngineView, cmd: Command, src: str) -> LineResult:
+    """`map png [FILE]`: the map as a picture (tools/mapplot.py, what `pgesam-live map`
+    draws) with the names `at NAME` reaches now: the patch's points and the bookmarks too.
+    A file on this machine: the terminal's word only."""
+    from pgesam_live.vocab.sources import source  # noqa: PLC0415
+
+    if not source(src).ends_session:
+        return LineResult(False, f"`map {cmd.args['format']}` writes a file on the "
+                                 f"instrument's machine: not available {source(src).said} "
+                                 "(`map` answers as text)", command=cmd)
+    fmt = str(cmd.args["format"]).lower()
+    model_id = str(getattr(view.model, "model_id", "model"))
+    file = cmd.args.get("file") or f"map-{model_id}.{fmt}"
+    training = getattr(view.model, "training_points", None)
+    if training is None:
+        training = [{"name": "", "family": f, "x": x, "y": y} for x, y, f in view.model_points]
+    if not training:
+        return LineResult(False, "map: the model carries no training points to draw",
+                          command=cmd)
+    named: dict[str, tuple[float, float]] = {}
+    for name in view.point_names():
+        try:
+            named[name] = view.resolve_point(name)
+        except Exception:  # a name gone between the two calls (a patch swapped)
+            continue
+    from pgesam_live.vocab.mappicture import draw_map  # noqa: PLC0415
+
+    draw = getattr(view, "draw_map", None) or draw_map
+    target = Path(file).expanduser()
+    if target.is_dir():
+        return LineResult(False, f"map: {file} is a folder; give a file name, e.g. "
+                                 f"{target / ('map.' + fmt)}", command=cmd)
+    try:
+        out = draw(list(training), named, target, title=f"pGESAM timbre map: {model_id}")
+    except PgesamError as exc:
+        return LineResult(False, f"map: {exc}", command=cmd)
+    except OSError as exc:
+        return LineResult(False, f"map: cannot write {file}: {exc.strerror or exc}",
+                          command=cmd)
+    return LineResult(True, f"map: wrote {Path(out).resolve()} ({len(training)} training "
+                            f"instruments, {len(named)} named points)", command=cmd)
 
 
 def save_journal(view: Any, name: str, cmd: Command | None = None) -> LineResult:

@@ -21,6 +21,7 @@ Argument kinds (ranges are inclusive unless noted):
             as the terminal map draws it (`at 1`)
   seq       a sequence name (completion: the engine's sequence names)
   patch     a patch file under the patch folder
+  file      a file to write (`map png FILE`)
   notes     a note string: names or numbers, ~ rest, [..] chord
   command   a command name (for `help`)
 """
@@ -135,6 +136,18 @@ def _check_prerender(args: dict[str, Any]) -> None:
         raise CommandError(f"prerender: LOW {low} is above HIGH {high}")
 
 
+MAP_FORMATS = ("png", "svg", "pdf")
+
+
+def _check_map(args: dict[str, Any]) -> None:
+    fmt, file = args.get("format"), args.get("file")
+    if fmt is not None and fmt.lower() not in MAP_FORMATS:
+        raise CommandError(f"map: {fmt!r} is not a picture format; `map` draws in the terminal, "
+                           f"`map png FILE` writes a picture ({', '.join(MAP_FORMATS)})")
+    if fmt is not None and file is not None and not file.lower().endswith("." + fmt.lower()):
+        raise CommandError(f"map {fmt}: name the file ...{'.' + fmt.lower()} (got {file!r})")
+
+
 def _check_seq(args: dict[str, Any]) -> None:
     if args.get("gate") is not None and args.get("len_beats") is not None:
         raise CommandError("seq: give `gate` (a fraction of the step) or `len` (beats), "
@@ -208,8 +221,13 @@ _SPECS: list[Spec] = [
     Spec("gain", (Form((Arg("level", "gain", "linear master gain 0..2 (1 = unity)"),),
                        "/pgesam/gain"),),
          "set the master gain, every voice at once (sounding notes too): `gain 0.5`"),
-    Spec("map", (Form(()),), "draw the timbre map in the terminal (@ = current point)",
-         journal=False),
+    Spec("map", (Form((Arg("format", "name", "png, svg or pdf: write a picture instead",
+                           optional=True),
+                       Arg("file", "file", "the picture's file (default: map-MODEL.png)",
+                           optional=True))),),
+         "draw the timbre map in the terminal (@ = current point, * named points, digits "
+         "bookmarks), or as a picture: `map png my-map.png`", journal=False,
+         check=_check_map),
     Spec("status", (Form(()),), "show the engine state (also on the status line)",
          journal=False),
     Spec("points", (Form(()),), "list point names and bookmarks", journal=False),
@@ -401,6 +419,10 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
             parse_notes(raw)
         except CommandError as exc:
             raise CommandError(f"{where}: notes: {exc}") from None
+        return raw
+    if a.kind == "file":
+        if not raw.strip() or any(ord(c) < 32 for c in raw):
+            raise CommandError(f"{where}: {a.name} must be a file name, e.g. my-map.png")
         return raw
     if a.kind == "patch":
         if not raw.strip() or any(ord(c) < 32 for c in raw):

@@ -188,8 +188,19 @@ def view_region(view: EngineView) -> MapRegion:
 
 def engine_map(view: EngineView, width: int = 61, height: int = 21,
                columns: int | None = None) -> str:
-    """The map of a live engine: its training points, bookmarks and current point."""
-    return map_text(view.model_points, view.snapshot(), width, height, columns)
+    """The map of a live engine: its training points, named points (*), bookmarks (their
+    digits) and current point."""
+    snap = view.snapshot()
+    marks = snap.get("bookmarks") or {}
+    named: dict[str, tuple[float, float]] = {}
+    for name in view.point_names():
+        if name in marks:
+            continue
+        try:
+            named[name] = view.resolve_point(name)
+        except Exception:  # a name gone between the two calls (a patch swapped): left out
+            continue
+    return map_text(view.model_points, snap, width, height, columns, named=named)
 
 
 def engine_map_data(view: EngineView) -> dict[str, Any]:

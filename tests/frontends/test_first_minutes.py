@@ -248,3 +248,27 @@ def test_seq_at_a_point_plays_there_and_reads_back_from_its_line(rig: OfflineRig
     seq = started[0]
     assert seq.timbre == pytest.approx((-0.3, 0.2)) and seq.step_beats == 1.0  # type: ignore
     assert seq.velocity == (0.7,)  # type: ignore[attr-defined]
+
+
+def test_map_png_from_the_repl_and_named_points_on_the_terminal_map(
+        rig: OfflineRig, tmp_path: Path) -> None:
+    e = rig.engine
+    assert run_line(e, "load drift-arpeggio.yaml", "repl").ok
+    rig.run_until(e.time_s() + 2.5)
+    glass = e.resolve_point("glass")
+    text = run_line(e, "map", "repl").text
+    assert f"glass ({glass[0]:+.2f}, {glass[1]:+.2f})" in text.split("* points: ")[1]
+    assert "*" in "".join(line for line in text.splitlines() if line.startswith("|"))
+    from pgesam_live.frontends.seam import FrontView
+
+    view = FrontView(e)  # as the live app builds it
+    out = tmp_path / "my-map.png"
+    wrote = run_line(view, f"map png {out}", "repl")
+    assert wrote.ok and str(out) in wrote.text, wrote.text
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    for line, words in ((f"map png {tmp_path / 'x.svg'}", "name the file"),
+                        ("map gif", "not a picture format")):
+        refused = run_line(view, line, "repl")
+        assert not refused.ok and words in refused.text, refused.text
+    over_osc = run_line(view, f"map png {tmp_path / 'o.png'}", "osc")
+    assert not over_osc.ok and "not available over OSC" in over_osc.text
