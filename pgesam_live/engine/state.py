@@ -95,7 +95,9 @@ class StateViews:
             # and the one playing now.
             "tempo_bpm": self.scheduler.tempo.last_bpm,
             "tempo_now_bpm": st["tempo_bpm"],
-            "beat": round(st["beat"], 3),
+            # Before a fresh clock's first beat (a `seq` or `load` on an idle engine starts
+            # its beat 0 a moment ahead, for the renders) the beat is 0, not negative.
+            "beat": max(0.0, round(st["beat"], 3)),
             "point": [round(x, 4), round(y, 4)],
             "point_name": self.point_name,
             "gain": self.gain,

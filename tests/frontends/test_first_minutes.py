@@ -272,3 +272,14 @@ def test_map_png_from_the_repl_and_named_points_on_the_terminal_map(
         assert not refused.ok and words in refused.text, refused.text
     over_osc = run_line(view, f"map png {tmp_path / 'o.png'}", "osc")
     assert not over_osc.ok and "not available over OSC" in over_osc.text
+
+
+def test_the_beat_is_never_negative_before_a_fresh_clocks_first_beat(rig: OfflineRig) -> None:
+    e = rig.engine
+    rig.run_until(1.0)
+    assert e.submit('seq a "C4 E4" 0.5').ok
+    beats = []
+    for _ in range(20):
+        rig.run_until(e.time_s() + 0.02)
+        beats.append(e.snapshot()["beat"])
+    assert min(beats) >= 0.0 and beats[-1] > 0.0
