@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from pgesam_live.app.build import LIVE_PREROLL_S, MAX_BOUNCE_S, MAX_REPLAY_S, TA
 from pgesam_live.app.common import check_out_path, quote, settings_from_args, write_wav
 from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_checked
 from pgesam_live.errors import PgesamError
+
+
+def _speed(audio_s: float, wall_s: float) -> str:
+    """`in 12.3 s (29x real time)`: how fast a bounce went."""
+    return f"in {wall_s:.1f} s ({audio_s / max(wall_s, 1e-6):.0f}x real time)"
 
 
 def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, float, str]:
@@ -104,8 +110,12 @@ def run_render(ns: Namespace) -> int:
                           "length with --seconds S")
     if seconds is not None and (not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S):
         raise PgesamError(f"--seconds {seconds}: give a length > 0 and at most {MAX_BOUNCE_S:g}")
-    rig = OfflineRig(s)
+    rig = OfflineRig(s, spill=True)
+    wall = time.monotonic()
     try:
+        length = patch.length_beats()
+        rig.bar(seconds if seconds is not None else
+                (None if length is None else length * 60.0 / s.tempo_bpm), f"render {path.name}")
         rig.submit_or_fail(f"load {quote(str(path))}", src="patch", at_s=0.0)
         if seconds is None:
             # To the end: the last note (tempo changes included) and its ring-out.
@@ -116,7 +126,8 @@ def run_render(ns: Namespace) -> int:
     finally:
         rig.close()
     print(f"{out}: {seconds:.2f} s at {rig.audio.sample_rate} Hz, "
-          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered")
+          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered, "
+          f"{_speed(seconds, time.monotonic() - wall)}")
     return 0
 
 
@@ -151,8 +162,10 @@ def run_replay(ns: Namespace) -> int:
 
         return run_live(s, replay=schedule)
     # The live clock's pre-roll, so sequences start where they started live.
-    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
+    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S, spill=True)
+    wall = time.monotonic()
     try:
+        rig.bar((schedule[-1][0] if schedule else 0.0) + TAIL_S, f"replay {Path(ns.session).name}")
         submit_schedule(rig.engine, schedule, 0.0,
                         lambda text: print(f"{ns.session}: {text}", file=sys.stderr))
         # Past the last command: what it started plays on for TAIL_S at most (the session
@@ -162,5 +175,6 @@ def run_replay(ns: Namespace) -> int:
         out = rig.save(out_path, seconds=end_s)
     finally:
         rig.close()
-    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
+    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s, {rig.renderer.rendered} notes "
+          f"rendered, {_speed(end_s, time.monotonic() - wall)}")
     return 0
