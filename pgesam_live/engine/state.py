@@ -31,6 +31,7 @@ class StateViews:
     _stats: dict[str, Callable[[], int]]
     bookmarks: dict[str, tuple[float, float]]
     point_name: str | None
+    gain: float
     model: Any
     scheduler: Scheduler
     voices: Any

@@ -259,6 +259,7 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None) -> Answer
         digits = {m: i + 1 for i, m in enumerate(marks) if i < 9}
         lines = []
         for n in sorted(set(names) | set(marks)):
+            xy: Any
             try:
                 xy = view.resolve_point(n)
             except Exception:  # a name gone between the two calls (a patch swapped)
