@@ -650,7 +650,9 @@ def help_text(name: str | None = None) -> str:
             extra = f" (default {a.default})" if a.default is not None else ""
             lines.append(f"  {a.meta.strip('[]'):<14} {a.help or a.kind}{extra}")
         if f.osc:
-            lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.args)])}")
+            # (keywords are the REPL's: OSC takes the positionals; the rest via /pgesam/cmd)
+            kw = f" (keywords via /pgesam/cmd \"{spec.name} ...\")" if f.keywords else ""
+            lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.positionals)])}{kw}")
     if not any(f.osc for f in spec.forms):
         reply = _CMD_REPLIES.get(name)
         lines.append(f'  OSC: /pgesam/cmd "{name} ..."' if spec.journal and name != "quit" else
