@@ -193,16 +193,16 @@ def test_voice_steals_are_counted_on_the_status_line_and_told(rig: OfflineRig) -
 
 
 def spy_notes(rig: OfflineRig) -> list[tuple[float, float, float | None]]:
-    """(start_s, velocity, length_s) of every note the scheduler hands to the pool."""
+    """(start_s, velocity, length_beats) of every sequence note the scheduler plays."""
     played: list[tuple[float, float, float | None]] = []
-    sink = rig.engine.scheduler.sink
-    orig = sink.play
+    sched = rig.engine.scheduler
+    orig = sched._play_note
 
-    def play(samples, start_s, velocity, pan, length_s, tag=None):  # type: ignore[no-untyped-def]
-        played.append((start_s, velocity, length_s))
-        return orig(samples, start_s, velocity, pan, length_s, tag)
+    def play(note, seed, tag=None):  # type: ignore[no-untyped-def]
+        played.append((sched.tempo.beat_to_s(note.beat), note.velocity, note.length_beats))
+        return orig(note, seed, tag)
 
-    sink.play = play  # type: ignore[method-assign]
+    sched._play_note = play  # type: ignore[method-assign]
     return played
 
 
@@ -218,12 +218,12 @@ def test_seq_from_the_repl_takes_vel_gate_len_at_and_a_default_step(rig: Offline
     starts = [p[0] for p in played[:4]]
     assert len(starts) == 4 and all(b - a == pytest.approx(0.25)
                                     for a, b in zip(starts, starts[1:], strict=False))
-    assert all(p[2] == pytest.approx(0.125) for p in played[:4])  # half of 0.25 s
+    assert all(p[2] == pytest.approx(0.25) for p in played[:4])  # half of a 0.5-beat step
     vel = played[0][1]
-    assert e.submit('seq arp "C4 E4" len 1 vel 0.3').ok  # len in beats: 0.5 s
+    assert e.submit('seq arp "C4 E4" len 1 vel 0.3').ok  # len in beats
     rig.run_until(e.time_s() + 1.5)
     later = played[-1]
-    assert later[2] == pytest.approx(0.5) and later[1] < vel
+    assert later[2] == pytest.approx(1.0) and later[1] < vel
     for bad, words in (('seq x "C4" gate 0.5 len 1', "not both"),
                        ('seq x "C4" at nowhere', "no point named 'nowhere'"),
                        ('seq x "C4" vel 2', "0..1")):
