@@ -3,22 +3,28 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pip's output through scripts/pip_quiet.py: a correct install's expected torchaudio
+# "dependency conflict" ERROR and setuptools' warning box are dropped, real errors kept;
+# pipefail keeps pip's own exit status.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+QUIET := 2>&1 | $(PY) scripts/pip_quiet.py
 
 .PHONY: setup run test lint system-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "needs Python 3.11 ($(PY))"; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip $(QUIET)
 	# torch first, pinned: the CPU wheel here, the CUDA build on a GPU machine.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(QUIET)
 	# encodec declares torchaudio, whose PyPI build breaks beside CPU torch; the EnCodec model
 	# never uses it, so install encodec alone and give it a stub (model/torchaudio_stub.py).
-	$(BIN)/pip install -q --no-deps encodec==0.1.1
+	$(BIN)/pip install -q --no-deps encodec==0.1.1 $(QUIET)
 	# pesto-pitch (the eval's pitch tracker; weights inside the wheel) declares torchaudio too
 	# and only uses it to read files: same stub (pgesam_live/model/torchaudio_stub.py).
-	$(BIN)/pip install -q --no-deps pesto-pitch==2.0.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps pesto-pitch==2.0.1 $(QUIET)
+	$(BIN)/pip install -q -e '.[dev]' $(QUIET)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -96,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, audio=True)
     p.set_defaults(func="pgesam_live.app.offline:run_replay")
 
-    p = sub.add_parser("note", help="render one note")
-    p.add_argument("x", type=float)
-    p.add_argument("y", type=float)
-    p.add_argument("pitch")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("note", help="render one note: X Y PITCH or NAME PITCH (a demo "
+                                    "patch's point, e.g. glass C4)")
+    p.add_argument("where", nargs="+", metavar="X Y PITCH | NAME PITCH",
+                   help="a point (x y, or a name) and a pitch")
+    p.add_argument("--out", default=None,
+                   help="WAV file (default: note-NAME-PITCH.wav or note-X_Y-PITCH.wav here)")
     p.add_argument("--velocity", type=float, default=0.8)
     p.add_argument("--seed", type=_seed, default=0)
     _add_common(p)
@@ -119,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.app.export:run_export")
 
     p = sub.add_parser("map", help="the timbre map: a picture (--out) or data (--json)")
-    out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--out", help="picture file (.png, .svg, .pdf)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", help="picture file (.png, .svg, .pdf; default: map-MODEL.png "
+                                   "here)")
     out.add_argument("--json", action="store_true",
                      help="print the map as JSON: model, training points, named points")
     _add_common(p)

@@ -59,6 +59,16 @@ def range_text(rendered: tuple[int, int]) -> str:
     lo, hi = playable_range(rendered)
     return (f"{lo}..{hi} ({midi_to_note(lo)}..{midi_to_note(hi)}; the model renders "
             f"{rendered[0]}..{rendered[1]}, notes beyond are re-pitched)")
+
+
+def pitch_range_message(where: str, pitch: int, rendered: tuple[int, int] | None) -> str:
+    """The one form of a pitch-range refusal, wherever it is caught (the command table, the
+    engine; REPL, OSC, MIDI, patches): `play: pitch 999 is outside what the model plays:
+    36..84 (...)`. Without a model at hand (`rendered` None), MIDI's own range is named."""
+    if rendered is None:
+        return (f"{where}: pitch {pitch} is outside what the model plays (MIDI notes are "
+                f"0..127; `status` names the model's range)")
+    return f"{where}: pitch {pitch} is outside what the model plays: {range_text(rendered)}"
 REST = "~"
 
 # Pitch classes of the natural notes.

@@ -45,7 +45,6 @@ def test_user_errors_are_one_line_and_exit_1(args: list[str], fragment: str, tmp
     ["note", "0", "0", "60", "--out", "a.wav", "--sample-rate", "0"],
     ["play", "--osc-port", "70000"],
     ["play", "--web-port", "0"],
-    ["map"],                              # --out or --json
     ["map", "--out", "m.png", "--json"],  # not both
 ])
 def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
@@ -258,3 +257,31 @@ def test_export_writes_an_sfz_of_a_named_point(tmp_path: Path,
     assert "no point named 'nosuch'" in capsys.readouterr().err
     assert main(["export", "0.1", "--out", str(tmp_path / "x")]) == 1
     assert "give X Y or one point NAME" in capsys.readouterr().err
+
+
+def test_note_takes_a_point_by_name_and_writes_a_default_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pgesam_live.app.build import named_points
+    from pgesam_live.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    glass = named_points(Settings().patch_dir)["glass"]
+    assert main(["note", "glass", "C4"]) == 0
+    said = capsys.readouterr().out
+    assert (tmp_path / "note-glass-C4.wav").is_file()
+    assert f"at glass ({glass[0]:+.2f}, {glass[1]:+.2f})" in said
+    assert main(["note", "nowhere", "C4"]) == 1
+    assert "no point named 'nowhere'; the named points:" in capsys.readouterr().err
+    assert main(["note", "0.1", "0.2", "0.3", "C4"]) == 1  # neither form
+    assert "give X Y PITCH" in capsys.readouterr().err
+    assert main(["note", "0.1", "0.2", "C4", "--out", "n.wav"]) == 0
+    assert (tmp_path / "n.wav").is_file()
+
+
+def test_map_without_out_writes_a_default_picture(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["map"]) == 0
+    made = list(tmp_path.glob("map-*.png"))
+    assert len(made) == 1 and made[0].stat().st_size > 1000

@@ -132,7 +132,10 @@ class OfflineRig:
     differ."""
 
     def __init__(self, settings: Settings, synth: Any = None, cache: Any = None,
-                 preroll_s: float = 0.0) -> None:
+                 preroll_s: float = 0.0, spill: bool = False) -> None:
+        """spill: read and write the disk note cache (settings.cache_dir / "notes", with
+        settings.cache_spill), as the live instrument does: a bounce of a session replays the
+        notes the session rendered instead of rendering them again."""
         from pgesam_live.engine.door import ModelInfo  # noqa: PLC0415
         from pgesam_live.model.synth import Synth  # noqa: PLC0415
         from pgesam_live.render.inline import InlineRenderer, OnDemandSource  # noqa: PLC0415
@@ -145,7 +148,7 @@ class OfflineRig:
                          named_points=named_points(settings.patch_dir))
         rig = build_rig(settings, info, backend="offline",
                         make_renderer=lambda c: InlineRenderer(sy, c), cache=cache,
-                        make_source=OnDemandSource, preroll_s=preroll_s)
+                        make_source=OnDemandSource, preroll_s=preroll_s, spill=spill)
         self.audio, self.voices, self.cache = rig.audio, rig.voices, rig.cache
         self.renderer, self.engine = rig.renderer, rig.engine
         self.engine.prerender_banks = False
@@ -158,8 +161,27 @@ class OfflineRig:
         if not r.ok:
             raise PgesamError(r.text)
 
+    progress: Any = None  # a tqdm bar counting seconds of audio (`bar()`), or None
+
+    def bar(self, total_s: float | None, desc: str) -> Any:
+        """A progress bar (tqdm, on stderr, only when it is a terminal) over the bounce's
+        seconds; closed by `close()`."""
+        from tqdm import tqdm  # noqa: PLC0415
+
+        self.progress = tqdm(total=None if total_s is None else round(total_s, 1), desc=desc,
+                             unit="s", unit_scale=False, disable=None, mininterval=0.5,
+                             dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/"
+                             "{total_fmt} s of audio [{elapsed}<{remaining}]")
+        return self.progress
+
     def run_until(self, t_s: float) -> None:
-        self.audio.advance_to(t_s)
+        if self.progress is None:
+            self.audio.advance_to(t_s)
+            return
+        # In steps of a second, so the bar moves through a long stretch.
+        while self.audio.time_s() < t_s:
+            self.audio.advance_to(min(t_s, self.audio.time_s() + 1.0))
+            self.progress.update(max(0.0, self.audio.time_s() - self.progress.n))
 
     def run_to_end(self, from_s: float, max_s: float, ring_out_max_s: float = RING_OUT_MAX_S
                    ) -> float:
@@ -188,4 +210,7 @@ class OfflineRig:
         return self.audio.save(path, subtype="PCM_16", seconds=seconds, fade_out_s=0.01)
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
         self.audio.close()

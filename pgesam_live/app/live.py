@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,44 @@ def _drop_unused(journal: Any) -> None:
         journal.path.unlink()
 
 
-def _ring_out(engine: Any, voices: Any, max_s: float = 8.0) -> None:
-    """Piped input ended: let what plays and what is queued finish (at most max_s)."""
+RECORD_SETTLE_S = 0.3  # after the last voice: the recorder's blocks reach the file
+
+
+def _ring_out(engine: Any, voices: Any, max_s: float = RING_OUT_MAX_S,
+              clock: Callable[[], float] | None = None,
+              sleep: Callable[[float], None] | None = None) -> None:
+    """Let what plays and what is queued finish and ring out (at most max_s), then the
+    recorder's last blocks reach its file; what still sounds after max_s fades (`panic`)."""
     import time  # noqa: PLC0415
 
-    end = time.monotonic() + max_s
-    time.sleep(0.3)  # the last commands reach the audio hook
-    while time.monotonic() < end and (voices.in_use() or engine.renderer.pending):
-        time.sleep(0.05)
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    end = clock() + max_s
+    sleep(0.3)  # the last commands reach the audio hook
+    while clock() < end and (voices.in_use() or engine.renderer.pending):
+        sleep(0.05)
+    if voices.in_use():
+        engine.submit("panic", src="patch")  # a fade, never a cut
+        sleep(0.1)
+    sleep(RECORD_SETTLE_S)
+
+
+def _finish_piped(engine: Any, voices: Any, clock: Callable[[], float] | None = None,
+                  sleep: Callable[[float], None] | None = None) -> None:
+    """Piped input ended: as an offline replay ends, what the lines started plays on
+    (sequences still running are stopped TAIL_S after the last line, `hush`: their notes
+    ring), then everything rings out before the recording closes."""
+    import time  # noqa: PLC0415
+
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    tail_end = clock() + TAIL_S
+    sleep(0.3)
+    while engine.busy() and clock() < tail_end:
+        sleep(0.05)
+    if engine.busy():
+        engine.submit("hush", src="patch")
+    _ring_out(engine, voices, clock=clock, sleep=sleep)
 
 
 def run_play(ns: Namespace) -> int:
@@ -99,8 +130,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     midi = None
     web = None
     from pgesam_live.frontends.seam import FrontView  # noqa: PLC0415
-
-    view = FrontView(engine)
+    view = FrontView(engine, journal_path=journal.path)
     started = False
     _stop_on_signals()
     try:
@@ -153,7 +183,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
 
             run_repl(view)
             if not sys.stdin.isatty():
-                _ring_out(engine, voices)
+                _finish_piped(engine, voices)
         else:
             # Wake twice a second: a signal the kernel hands to another thread sets Python's
             # flag but does not interrupt a wait without timeout, so the handlers that

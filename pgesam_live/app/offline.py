@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -15,8 +16,38 @@ from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_che
 from pgesam_live.errors import PgesamError
 
 
+def _speed(audio_s: float, wall_s: float) -> str:
+    """`in 12.3 s (29x real time)`: how fast a bounce went."""
+    return f"in {wall_s:.1f} s ({audio_s / max(wall_s, 1e-6):.0f}x real time)"
+
+
+def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, float, str]:
+    """`X Y PITCH` or `NAME PITCH` (a demo patch's point, as `at NAME` before a patch is
+    loaded) -> (name, x, y, pitch)."""
+    from pgesam_live.app.build import named_points  # noqa: PLC0415
+
+    if len(words) == 3:
+        try:
+            return None, float(words[0]), float(words[1]), words[2]
+        except ValueError:
+            raise PgesamError(f"note: {words[0]!r} {words[1]!r} are not coordinates; give "
+                              "X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4)") \
+                from None
+    if len(words) == 2:
+        points = named_points(patch_dir)
+        if words[0] not in points:
+            known = ", ".join(sorted(points)) or "none (no demo patches found)"
+            raise PgesamError(f"note: no point named {words[0]!r}; the named points: {known} "
+                              "(or give X Y PITCH)")
+        x, y = points[words[0]]
+        return words[0], float(x), float(y), words[1]
+    raise PgesamError(f"note: give X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4), "
+                      f"not {len(words)} words")
+
+
 def run_note(ns: Namespace) -> int:
-    """`pgesam-live note X Y PITCH --out WAV [--velocity V]`: one note through the model."""
+    """`pgesam-live note X Y PITCH|NAME PITCH [--out WAV] [--velocity V]`: one note through
+    the model."""
     from pgesam_live.audio.voices import velocity_gain  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
     from pgesam_live.notes import (  # noqa: PLC0415
@@ -31,13 +62,17 @@ def run_note(ns: Namespace) -> int:
     )
 
     s = settings_from_args(ns)
-    out_path = check_out_path(ns.out, (".wav",))
+    name, ns.x, ns.y, ns.pitch = note_where(ns.where, s.patch_dir)
     pitch = note_to_midi(ns.pitch)
+    if ns.out is None:
+        place = name or f"{ns.x:g}_{ns.y:g}"
+        ns.out = f"note-{place}-{ns.pitch}.wav".replace("#", "s")
+    out_path = check_out_path(ns.out, (".wav",))
     if not 0.0 <= ns.velocity <= 1.0:
         raise PgesamError(f"velocity {ns.velocity} is out of range 0..1")
-    for name, v in (("x", ns.x), ("y", ns.y)):
+    for axis, v in (("x", ns.x), ("y", ns.y)):
         if not np.isfinite(v) or abs(v) > 1.5:
-            raise PgesamError(f"{name} = {v} is outside the map: use -1.5..1.5")
+            raise PgesamError(f"{axis} = {v} is outside the map: use -1.5..1.5")
     synth = Synth.load(s.model, device=resolve_device(s.device))
     model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
     lo, hi = playable_range(model_range)
@@ -56,7 +91,8 @@ def run_note(ns: Namespace) -> int:
 
         audio, sr = resample(audio, sr, s.sample_rate), s.sample_rate
     out = write_wav(out_path, audio, sr)
-    print(f"{out}: pitch {pitch} at ({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
+    at = f"{name} " if name else ""
+    print(f"{out}: pitch {pitch} at {at}({ns.x:+.2f}, {ns.y:+.2f}), {len(audio) / sr:.2f} s, "
           f"{sr} Hz, model {synth.model_id}")
     return 0
 
@@ -74,8 +110,12 @@ def run_render(ns: Namespace) -> int:
                           "length with --seconds S")
     if seconds is not None and (not math.isfinite(seconds) or not 0 < seconds <= MAX_BOUNCE_S):
         raise PgesamError(f"--seconds {seconds}: give a length > 0 and at most {MAX_BOUNCE_S:g}")
-    rig = OfflineRig(s)
+    rig = OfflineRig(s, spill=True)
+    wall = time.monotonic()
     try:
+        length = patch.length_beats()
+        rig.bar(seconds if seconds is not None else
+                (None if length is None else length * 60.0 / s.tempo_bpm), f"render {path.name}")
         rig.submit_or_fail(f"load {quote(str(path))}", src="patch", at_s=0.0)
         if seconds is None:
             # To the end: the last note (tempo changes included) and its ring-out.
@@ -86,7 +126,8 @@ def run_render(ns: Namespace) -> int:
     finally:
         rig.close()
     print(f"{out}: {seconds:.2f} s at {rig.audio.sample_rate} Hz, "
-          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered")
+          f"{rig.engine.scheduler.counters.notes} notes, {rig.renderer.rendered} rendered, "
+          f"{_speed(seconds, time.monotonic() - wall)}")
     return 0
 
 
@@ -121,8 +162,10 @@ def run_replay(ns: Namespace) -> int:
 
         return run_live(s, replay=schedule)
     # The live clock's pre-roll, so sequences start where they started live.
-    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S)
+    rig = OfflineRig(s, preroll_s=LIVE_PREROLL_S, spill=True)
+    wall = time.monotonic()
     try:
+        rig.bar((schedule[-1][0] if schedule else 0.0) + TAIL_S, f"replay {Path(ns.session).name}")
         submit_schedule(rig.engine, schedule, 0.0,
                         lambda text: print(f"{ns.session}: {text}", file=sys.stderr))
         # Past the last command: what it started plays on for TAIL_S at most (the session
@@ -132,5 +175,6 @@ def run_replay(ns: Namespace) -> int:
         out = rig.save(out_path, seconds=end_s)
     finally:
         rig.close()
-    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s")
+    print(f"{out}: {len(schedule)} commands, {end_s:.2f} s, {rig.renderer.rendered} notes "
+          f"rendered, {_speed(end_s, time.monotonic() - wall)}")
     return 0

@@ -281,6 +281,10 @@ class VoicePool:
             self._follows = []
             self._panic = True
 
+    def set_gain(self, gain: float) -> None:
+        """Master gain (linear), before the limiter: every voice, sounding notes too."""
+        self._mix.mul = float(gain)
+
     def in_use(self) -> int:
         """Voices sounding now or holding a note about to start."""
         now = self.engine.time_samples()

@@ -35,14 +35,21 @@ from pgesam_live.engine.names import NameChecks
 from pgesam_live.engine.repitch import RepitchPreparer
 from pgesam_live.engine.scheduler import Scheduler
 from pgesam_live.engine.state import StateViews
-from pgesam_live.errors import PgesamError
+from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.files import find_patch
 from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
 from pgesam_live.patches.schema import load_patch
 from pgesam_live.render.cache import AudioThreadSource, RenderCache
 from pgesam_live.render.keys import NoteKey
-from pgesam_live.vocab.commands import COMMANDS, Command, parse_line, validate
+from pgesam_live.vocab.commands import (
+    COMMANDS,
+    DEFAULT_STEP_BEATS,
+    Command,
+    PitchRangeError,
+    parse_line,
+    validate,
+)
 from pgesam_live.vocab.mapview import region_of
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import Reply
@@ -122,6 +129,9 @@ class _Requester:
     def cancel(self, keys: list[Any]) -> None:
         """Renders no longer wanted (the point moved on; offline renderers ignore it)."""
         self.renderer.cancel(keys)
+
+
+STEAL_REPORT_S = 2.0  # voice steals are told at most this often
 
 
 class _ResamplingSink:
@@ -229,6 +239,8 @@ class Engine(NameChecks, StateViews, Exports):
         self._stats: dict[str, Callable[[], int]] = {}
         self.bookmarks: dict[str, tuple[float, float]] = {}
         self.point_name: str | None = None
+        self.gain = 1.0  # master gain (`gain`)
+        self._steals_told = (0, -math.inf)  # voice steals reported so far, and when
         self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2
         self.applied = 0
         self.rejected = 0
@@ -327,6 +339,9 @@ class Engine(NameChecks, StateViews, Exports):
                 self._lines[order] = line
                 heapq.heappush(self._queue, (when, order, command, src, prepared))
             return Reply(True, line)
+        except PitchRangeError as e:
+            self.rejected += 1
+            return Reply(False, str(e.with_range(self.model.pitch_range)))
         except PgesamError as e:
             self.rejected += 1
             return Reply(False, str(e))
@@ -368,6 +383,18 @@ class Engine(NameChecks, StateViews, Exports):
                 self._prerender_bank(x, y, None, None, deadline0_s=t_s, speculative=True)
             self.scheduler.tick(t_s)
             self._applied.notify_all()
+        self._tell_steals(t_s)
+
+    def _tell_steals(self, t_s: float) -> None:
+        """Voices stolen since the last report, said at most every STEAL_REPORT_S."""
+        stolen = getattr(self.voices, "stolen", 0)
+        told, when = self._steals_told
+        if isinstance(stolen, int) and stolen > told and t_s - when >= STEAL_REPORT_S:
+            self._steals_told = (stolen, t_s)
+            n = stolen - told
+            self.message(f"voices: {n} note{'s' if n != 1 else ''} stolen (every voice was "
+                         f"sounding; {stolen} in all): shorter notes (`len`, a sequence's "
+                         "`gate`) or fewer at once")
 
     # An immediate note whose render is not cached yet waits for it (up to
     # `wait_for_render_s`) instead of falling back, but only while it is the last thing the
@@ -453,9 +480,32 @@ class Engine(NameChecks, StateViews, Exports):
                               pitch_range=self.model.pitch_range,
                               known_points=points, known_sequences=sequences)
         if c.name == "seq":
-            return make_sequence(a["name"], a["notes"], a["step"])
+            step = a.get("step") or DEFAULT_STEP_BEATS
+            gate = a.get("gate")
+            if a.get("len_beats") is not None:
+                gate = a["len_beats"] / step
+            timbre, timbre_name = self._seq_timbre(a.get("at"), check_names)
+            return make_sequence(a["name"], a["notes"], step, velocity=a.get("vel", 0.8),
+                                 gate=gate, timbre=timbre, timbre_name=timbre_name)
         self._check_pitches(c)
         return None
+
+    def _seq_timbre(self, name: str | None, now: bool = True) -> tuple[Any, str | None]:
+        """`seq ... at NAME`: a trajectory of the loaded patch, else a point (the current
+        point when no `at`). A name that lines queued before it (`mark`) or a timed line
+        (a replay) will make is left to resolve when it applies (timbre None, the name kept:
+        engine/handlers.py do_seq)."""
+        if name is None:
+            return None, None
+        for patch in (self.scheduler.pending_patch, self.scheduler.patch):
+            if patch is not None and name in patch.trajectories:
+                return patch.trajectories[name], name
+        try:
+            return self.resolve_point(name), name
+        except CommandError:
+            if now and name not in self._known_names()[0]:
+                raise
+            return None, name
 
     def _patch_ref(self, path: str) -> str:
         """A patch file as the journal names it: its name within the patch folder, else its

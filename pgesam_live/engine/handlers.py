@@ -5,6 +5,7 @@ handler gets the engine, the command's arguments and what `Engine._prepare` comp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,9 @@ def do_seq(e: Engine, a: dict[str, Any], seq: Any) -> None:
     if not any(seq.pattern) and a["name"] not in e.scheduler.running_sequences():
         raise CommandError(f"seq {a['name']}: rests only, and no sequence {a['name']!r} is "
                            "running: nothing would sound (give at least one note)")
+    if seq.timbre is None and seq.timbre_name is not None:  # `at NAME` made by earlier lines
+        timbre, _ = e._seq_timbre(seq.timbre_name)
+        seq = dataclasses.replace(seq, timbre=timbre)
     e.scheduler.start_sequence(a["name"], seq)
 
 
@@ -121,7 +125,9 @@ def do_load(e: Engine, a: dict[str, Any], patch: Patch) -> None:
     if patch.model not in (None, "default", e.model.model_id):
         e.message(f"patch {patch.path} asks for model {patch.model!r}; "
                      f"playing it with {e.model.model_id}")
-    e.scheduler.load_patch(patch)
+    beat = e.scheduler.load_patch(patch)
+    when = "now" if beat == 0.0 else f"at beat {beat:g} (the next bar)"
+    e.message(f"loaded {patch.summary()}; plays {when}")
 
 
 @handles("mark")
@@ -149,6 +155,14 @@ def do_panic(e: Engine, a: dict[str, Any], _: Any) -> None:
     e.scheduler.hush()
     e.scheduler.forget_followers()
     e.voices.panic()
+
+
+@handles("gain")
+def do_gain(e: Engine, a: dict[str, Any], _: Any) -> None:
+    e.gain = float(a["level"])
+    set_gain = getattr(e.voices, "set_gain", None)  # the pool's mix level (a stand-in has none)
+    if set_gain is not None:
+        set_gain(e.gain)
 
 
 @handles("prerender")

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import playable_range, range_text
+from pgesam_live.notes import pitch_range_message, playable_range
 from pgesam_live.patches.model import Patch, Sequence
 from pgesam_live.vocab.commands import Command
 
@@ -102,6 +102,12 @@ class NameChecks:
                     patch_points.update(patch.points)
             self._mark_clash(name, patch_points)
             return
+        if c.name == "at" and name.isdigit():
+            order = list(dict.fromkeys([*self.bookmarks, *(
+                str(q.args.get("name", "")) for _, _, q, _, _ in self._queued_immediate()
+                if q.name == "mark")]))
+            self._bookmark_by_digit(name, order)
+            return
         if c.name == "at" and name not in points:
             known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
             raise CommandError(f"no point named {name!r}; known: {known}")
@@ -137,8 +143,7 @@ class NameChecks:
         lo, hi = playable_range(self.model.pitch_range)
         for p in pitches:
             if c.name != "release" and not lo <= p <= hi:
-                raise CommandError(f"{c.name}: pitch {p} is outside what the model plays: "
-                                   f"{range_text(self.model.pitch_range)}")
+                raise CommandError(pitch_range_message(c.name, p, self.model.pitch_range))
 
     def _resolve(self, c: Command) -> Any:
         """The state-dependent part of a command: a point name's coordinates, a patch
@@ -160,9 +165,26 @@ class NameChecks:
             raise CommandError(f"stop: no sequence {a['name']!r} is running (running: {running})")
         return None
 
+    def _bookmark_by_digit(self, digit: str, order: list[str]) -> str:
+        """Bookmark number `digit` (1..9) as the terminal map draws it: the bookmarks in the
+        order they were first made."""
+        n = int(digit)
+        if not 1 <= n <= len(order):
+            have = ", ".join(f"{i + 1} {m}" for i, m in enumerate(order[:9])) or \
+                "none yet (`mark NAME` makes one)"
+            raise CommandError(f"at: no bookmark {n} on the map; bookmarks: {have}")
+        return order[n - 1]
+
     def resolve_point(self, name: str) -> tuple[float, float]:
         """A point name: the patch's points (a patch means its own), a bookmark, or the
-        demo patches' named points."""
+        demo patches' named points. A digit 1..9 is the bookmark the map draws with it (a
+        bookmark's own place, even when a patch point of its name hides it from `at NAME`).
+
+        Precedence (what `points` shows too): the loaded patch's points, then bookmarks,
+        then the demo patches' named points."""
+        if name.isdigit():
+            x, y = self.bookmarks[self._bookmark_by_digit(name, list(self.bookmarks))]
+            return float(x), float(y)
         for table in (self._patch_points(), self.bookmarks, self.model.named_points):
             if name in table:
                 x, y = table[name]

@@ -31,6 +31,7 @@ class StateViews:
     _stats: dict[str, Callable[[], int]]
     bookmarks: dict[str, tuple[float, float]]
     point_name: str | None
+    gain: float
     model: Any
     scheduler: Scheduler
     voices: Any
@@ -78,6 +79,7 @@ class StateViews:
         return {
             "voices_in_use": self.voices.in_use(),
             "voices_total": voices["voices"],
+            "voices_stolen": voices.get("stolen", 0),
             "cache_fill": cache.get("fill", 0.0),
             "cache_notes": cache.get("entries", 0),
             "renders_pending": self.renderer.pending,
@@ -94,9 +96,12 @@ class StateViews:
             # and the one playing now.
             "tempo_bpm": self.scheduler.tempo.last_bpm,
             "tempo_now_bpm": st["tempo_bpm"],
-            "beat": round(st["beat"], 3),
+            # Before a fresh clock's first beat (a `seq` or `load` on an idle engine starts
+            # its beat 0 a moment ahead, for the renders) the beat is 0, not negative.
+            "beat": max(0.0, round(st["beat"], 3)),
             "point": [round(x, 4), round(y, 4)],
             "point_name": self.point_name,
+            "gain": self.gain,
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],
             "held_notes": st["held"],  # held notes handed over (a key, a length, a gate)

@@ -112,6 +112,17 @@ def run_keys(view: EngineView, cmd: Command, *, pt_input: Any = None, pt_output:
     for key in [*KEY_ROW, "z", "x", *_ARROWS, *(f"s-{a}" for a in _ARROWS)]:
         kb.add(key)(lambda event, key=key: act(key))
 
+    @kb.add("c-\\", eager=True)
+    def _panic(event: Any) -> None:  # Ctrl-\: panic, as at the prompt; the mode stays
+        try:
+            reply: Reply = view.submit("panic", src="repl")
+        except Exception as exc:  # the engine's bug: said, the mode stays
+            reply = Reply(False, f"internal error: {type(exc).__name__}: {exc}")
+        if reply.ok:
+            mode.lines.append("panic")
+        mode.said = "panic (Ctrl-\\): everything silenced" if reply.ok else \
+            f"error: {reply.text}"
+
     @kb.add("escape", eager=True)
     @kb.add("enter")
     @kb.add("c-c")

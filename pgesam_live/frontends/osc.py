@@ -54,12 +54,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgesam_live import faults
 from pgesam_live.errors import CommandError
 from pgesam_live.frontends.osc_clock import TimetagClock
 from pgesam_live.frontends.osc_ready import ReadyTracker
 from pgesam_live.frontends.osc_wire import strict_problem, timed_messages
-from pgesam_live.frontends.seam import Clients, Listening, run_line
-from pgesam_live.vocab.commands import Command, from_osc
+from pgesam_live.frontends.seam import Clients, Listening, model_range, run_line
+from pgesam_live.vocab.commands import Command, PitchRangeError, from_osc
 from pgesam_live.vocab.views import Answer, EngineView, Reply, flatten_state, view_region
 
 Addr = tuple[str, int]
@@ -90,9 +91,12 @@ class OscCore:
     max_controllers: int = 64
     wake: Callable[[], None] | None = None   # called when poll() has new work (any thread)
     stats: Counter[str] = field(default_factory=Counter)
+    tell_every_s: float = 2.0   # errors said in the terminal at most this often
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
+        self._told_s = -math.inf
+        self._untold = 0
         # Controllers, their submissions and their state pushes (no echo): the seam's.
         self._clients = Clients(self.engine, "osc", self.stats, clock=lambda: self.clock(),
                                 push_hz=self.push_hz, max_listeners=self.max_controllers,
@@ -122,16 +126,14 @@ class OscCore:
         wall_now = self.wall()
         problem = strict_problem(data)
         if problem is not None:
-            self.stats["errors"] += 1
-            return [(addr, "/pgesam/error", ["", f"not an OSC packet: {problem}; send an OSC "
-                                             "message or bundle"])]
+            return self._error(addr, "", f"not an OSC packet: {problem}; send an OSC "
+                                         "message or bundle")
         try:
             timed = timed_messages(data)
         except Exception as exc:  # ParseError, and anything a hostile datagram provokes
-            self.stats["errors"] += 1
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return [(addr, "/pgesam/error", ["", f"not an OSC packet ({first[:120]}); send an "
-                                             "OSC message or bundle"])]
+            return self._error(addr, "", f"not an OSC packet ({first[:120]}); send an OSC "
+                                         "message or bundle")
         replies: list[OscReply] = []
         at_times = self._timetags.at_times([t for t, _ in timed], wall_now, self.max_ahead_s,
                                            self.engine.time_s)
@@ -148,7 +150,24 @@ class OscCore:
 
     def _error(self, addr: Addr, address: str, message: str) -> list[OscReply]:
         self.stats["errors"] += 1
+        self._tell(addr, address, message)
         return [(addr, "/pgesam/error", [address, message])]
+
+    def _tell(self, addr: Addr, address: str, message: str) -> None:
+        """An error answered to a controller, also said in the terminal (one line above the
+        prompt, at most every `tell_every_s`; the ones between are counted in the next)."""
+        now = self.clock()
+        if now - self._told_s < self.tell_every_s:
+            self._untold += 1
+            return
+        more = f" (and {self._untold} more OSC errors since the last shown)" \
+            if self._untold else ""
+        self._told_s, self._untold = now, 0
+        who = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) == 2 else str(addr)
+        try:
+            self.engine.message(f"osc {who} {address or '?'}: {message[:200]}{more}")
+        except Exception as exc:  # telling never breaks the answer
+            faults.record("osc: telling an error in the terminal", exc)
 
     def _dispatch(self, address: str, args: list[Any], addr: Addr,
                   at_s: float | None) -> list[OscReply]:
@@ -187,6 +206,8 @@ class OscCore:
         else:
             try:
                 cmd = from_osc(address, args)
+            except PitchRangeError as exc:
+                return self._error(addr, address, str(exc.with_range(model_range(self.engine))))
             except CommandError as exc:
                 return self._error(addr, address, str(exc))
         if cmd.name == "prerender":
@@ -283,6 +304,7 @@ class OscCore:
         pushes, refused = self._clients.poll(now)
         for r in refused:  # refused when it came due (a timed bundle's command)
             replies.append((r.client, "/pgesam/error", [r.note, r.text]))  # type: ignore[arg-type]
+            self._tell(r.client, str(r.note), r.text)  # type: ignore[arg-type]
         for to, snap in pushes:
             replies += self._push(to, snap)  # type: ignore[arg-type]
         return replies

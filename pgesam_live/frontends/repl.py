@@ -31,6 +31,7 @@ __all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_li
            "status_text"]
 
 PROMPT = "pgesam> "
+PANIC_KEY = "c-\\"  # Ctrl-\ (SuperCollider's Cmd-., Sonic Pi's Stop): `panic` in one key
 STATUS_REFRESH_S = 0.5
 
 
@@ -95,6 +96,15 @@ def _fit_message(text: str) -> str:
     return "\n".join(line if len(line) <= MAX_MESSAGE_CHARS else
                      line[:MAX_MESSAGE_CHARS - 20] + f"... ({len(line)} chars)"
                      for line in text.split("\n"))
+
+
+def panic_now(engine: EngineLike) -> str:
+    """Ctrl-\\: `panic` through the door (journalled as the REPL's), said in one line."""
+    try:
+        reply = engine.submit("panic", src="repl")
+    except Exception as exc:  # the engine's bug: said, the prompt stays
+        return f"internal error: panic: {type(exc).__name__}: {exc}"
+    return "panic (Ctrl-\\): everything silenced" if reply.ok else f"error: {reply.text}"
 
 
 def handle_line(engine: EngineLike, line: str) -> tuple[list[str], bool]:
@@ -239,7 +249,16 @@ def _run_prompt(engine: EngineLike, pt_input: Any = None, pt_output: Any = None)
         except Exception as exc:
             return f"status unavailable: {type(exc).__name__}"
 
+    from prompt_toolkit.key_binding import KeyBindings
+
+    kb = KeyBindings()
+
+    @kb.add(PANIC_KEY, eager=True)
+    def _panic(event: Any) -> None:  # the line being typed stays as it is
+        print(panic_now(engine), flush=True)
+
     session: PromptSession[str] = PromptSession(
+        key_bindings=kb,
         history=history,
         completer=make_completer(engine),
         complete_while_typing=False,

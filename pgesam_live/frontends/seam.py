@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from pgesam_live.errors import CommandError
-from pgesam_live.vocab.commands import Command, parse_line
+from pgesam_live.errors import CommandError, PgesamError
+from pgesam_live.vocab.commands import Command, PitchRangeError, parse_line
 from pgesam_live.vocab.sources import TERMINAL_WORDS, terminal_word_refusal
 from pgesam_live.vocab.views import (
     FRONT_END_WORDS,
@@ -54,9 +54,10 @@ class FrontView:
     """An `EngineView` that passes everything to the engine and adds front-end facts to its
     snapshot (`add_info("web_url", fn)`): what `status` shows of the front ends."""
 
-    def __init__(self, engine: EngineView) -> None:
+    def __init__(self, engine: EngineView, journal_path: Path | None = None) -> None:
         self.engine = engine
         self._info: dict[str, Callable[[], Any]] = {}
+        self.journal_path = journal_path  # this session's journal (what `save` copies)
 
     def add_info(self, key: str, fn: Callable[[], Any]) -> None:
         self._info = {**self._info, key: fn}
@@ -142,6 +143,16 @@ class LineResult:
 Submit = Callable[[Command], Reply]
 
 
+def model_range(view: Any) -> tuple[int, int] | None:
+    """The model's rendered pitch range as a view knows it (None when it has no model)."""
+    rendered = getattr(getattr(view, "model", None), "pitch_range", None)
+    try:
+        lo, hi = rendered  # type: ignore[misc]
+        return int(lo), int(hi)
+    except (TypeError, ValueError):
+        return None
+
+
 def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None,
              columns: int | None = None) -> LineResult:
     """One REPL line from `src` (never raises). `submit` sends a command through the door
@@ -151,6 +162,8 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
         return LineResult(True)
     try:
         cmd = parse_line(text)
+    except PitchRangeError as exc:
+        return LineResult(False, str(exc.with_range(model_range(view))))
     except CommandError as exc:
         return LineResult(False, str(exc))
     except Exception as exc:  # a parser bug must not end the performance
@@ -162,6 +175,10 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
                 if refusal is not None:
                     return LineResult(False, refusal, command=cmd)
                 return LineResult(True, command=cmd, word=cmd.name)
+            if cmd.name == "save":
+                return save_journal(view, cmd.args["name"], cmd)
+            if cmd.name == "map" and cmd.args.get("format"):
+                return map_picture(view, cmd, src)
             if cmd.name not in FRONT_END_WORDS:
                 return LineResult(False, f"`{cmd.name}` does nothing from here", command=cmd)
             a = answer(view, cmd, columns=columns, src=src)
@@ -177,10 +194,92 @@ def run_line(view: EngineView, line: str, src: str, submit: Submit | None = None
                                  "instrument carries on)", command=cmd)
 
 
+def map_picture(view: EngineView, cmd: Command, src: str) -> LineResult:
+    """`map png [FILE]`: the map as a picture (tools/mapplot.py, what `pgesam-live map`
+    draws) with the names `at NAME` reaches now: the patch's points and the bookmarks too.
+    A file on this machine: the terminal's word only."""
+    from pgesam_live.vocab.sources import source  # noqa: PLC0415
+
+    if not source(src).ends_session:
+        return LineResult(False, f"`map {cmd.args['format']}` writes a file on the "
+                                 f"instrument's machine: not available {source(src).said} "
+                                 "(`map` answers as text)", command=cmd)
+    fmt = str(cmd.args["format"]).lower()
+    model_id = str(getattr(view.model, "model_id", "model"))
+    file = cmd.args.get("file") or f"map-{model_id}.{fmt}"
+    training = getattr(view.model, "training_points", None)
+    if training is None:
+        training = [{"name": "", "family": f, "x": x, "y": y} for x, y, f in view.model_points]
+    if not training:
+        return LineResult(False, "map: the model carries no training points to draw",
+                          command=cmd)
+    named: dict[str, tuple[float, float]] = {}
+    for name in view.point_names():
+        try:
+            named[name] = view.resolve_point(name)
+        except Exception:  # a name gone between the two calls (a patch swapped)
+            continue
+    from pgesam_live.vocab.mappicture import draw_map  # noqa: PLC0415
+
+    draw = getattr(view, "draw_map", None) or draw_map
+    target = Path(file).expanduser()
+    if target.is_dir():
+        return LineResult(False, f"map: {file} is a folder; give a file name, e.g. "
+                                 f"{target / ('map.' + fmt)}", command=cmd)
+    try:
+        out = draw(list(training), named, target, title=f"pGESAM timbre map: {model_id}")
+    except PgesamError as exc:
+        return LineResult(False, f"map: {exc}", command=cmd)
+    except OSError as exc:
+        return LineResult(False, f"map: cannot write {file}: {exc.strerror or exc}",
+                          command=cmd)
+    return LineResult(True, f"map: wrote {Path(out).resolve()} ({len(training)} training "
+                            f"instruments, {len(named)} named points)", command=cmd)
+
+
+def save_journal(view: Any, name: str, cmd: Command | None = None) -> LineResult:
+    """`save NAME`: this session's journal, as journalled so far, copied to NAME.jsonl
+    beside it (the sessions folder). Saving NAME again in a session updates it; a file of
+    that name from elsewhere is not overwritten."""
+    src = getattr(view, "journal_path", None)
+    if src is None or not Path(src).is_file():
+        return LineResult(False, "save: this session has no journal (a replay or a test "
+                                 "rig); `pgesam-live play` journals every session", command=cmd)
+    src = Path(src)
+    dest = src.with_name(f"{name}.jsonl")
+    saved: set[Path] = getattr(view, "_saved", set())
+    if dest.resolve() == src.resolve():
+        return LineResult(False, f"save: {name} is this session's own journal", command=cmd)
+    if dest.exists() and dest not in saved:
+        return LineResult(False, f"save: {dest} exists (a session saved before); choose "
+                                 f"another name, e.g. save {name}2", command=cmd)
+    try:
+        text = src.read_text(encoding="utf-8")
+        whole = text[: text.rfind("\n") + 1]  # whole lines only (a line being written waits)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_text(whole, encoding="utf-8")
+        tmp.replace(dest)
+    except OSError as exc:
+        return LineResult(False, f"save: cannot write {dest}: {exc.strerror or exc}",
+                          command=cmd)
+    saved.add(dest)
+    try:
+        view._saved = saved
+    except AttributeError:
+        pass
+    n = max(0, whole.count("\n") - 1)
+    return LineResult(True, f"saved {dest} ({n} commands so far; replay: pgesam-live replay "
+                            f"{dest}; the session goes on journalling to {src.name}, `save "
+                            f"{name}` again to update)", command=cmd)
+
+
 # -- clients of a network front end: tags, no echo, pushes ------------------------------------
 
 # Keys that change on every block: a refresh (Clients(refresh_s=...)) ignores them.
 VOLATILE_KEYS = frozenset({"time_s", "beat", "faults"})
+# Figures that change with no command (notes ending, renders late, voices stolen): watched
+# at push_hz while clients listen, and pushed when they change (a controller's meter moves).
+WATCHED_KEYS = ("voices_in_use", "late_notes", "voices_stolen")
 
 
 @dataclass
@@ -233,6 +332,7 @@ class Clients:
         self._refused: list[Refused] = []
         # the point last pushed: a glide moves it with no command to push
         self._pushed_point: Any = None
+        self._pushed_watch: tuple[Any, ...] | None = None  # WATCHED_KEYS as last seen
         self._point_check_s = -math.inf
         self._refresh_s = -math.inf
 
@@ -362,14 +462,19 @@ class Clients:
 
     def _follow_point(self, now: float, gap_s: float) -> Snapshot | None:
         """While clients listen, push the state when the point moves by itself (a glide, a
-        trajectory): a pad or a page's cursor follows it. Returns the snapshot it took."""
+        trajectory): a pad or a page's cursor follows it; and when the figures of
+        WATCHED_KEYS change (voices in use, late notes, steals): a meter follows them.
+        Returns the snapshot it took."""
         with self._lock:
             if not self.listeners or now - self._point_check_s < gap_s:
                 return None
             self._point_check_s = now
         snap = self.engine.snapshot()
+        watch = tuple(snap.get(k) for k in WATCHED_KEYS)
         with self._lock:
-            if snap.get("point") == self._pushed_point:
+            figures_moved = self._pushed_watch is not None and watch != self._pushed_watch
+            self._pushed_watch = watch
+            if snap.get("point") == self._pushed_point and not figures_moved:
                 return snap
             self._pushed_point = snap.get("point")
             for ctl in self.listeners.values():

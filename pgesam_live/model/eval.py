@@ -131,7 +131,11 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     idx = _subsample(len(frames), max_notes, seed)
     synth = Synth(bundle, device=str(device))
     gen_frames, gen_audio = [], []
-    for sl in _batches(len(idx), 25):
+    from tqdm import tqdm  # noqa: PLC0415
+
+    # A progress bar on stderr when it is a terminal (disable=None): the slow part.
+    for sl in tqdm(_batches(len(idx), 25), desc="eval: generating", unit="batch",
+                   disable=None, dynamic_ncols=True, mininterval=1.0):
         sel = idx[sl]
         pts = mu_all[sel].numpy()
         g = synth.finish_frames(tr.generate(torch.as_tensor(pts, device=device),

@@ -197,6 +197,28 @@ class Patch:
     events: tuple[Event, ...] = ()
     commands: tuple[PatchCommand, ...] = ()
 
+    def summary(self) -> str:
+        """What loading it brings: `morph.yaml: tempo 100; starts motif (8 times); 2 events;
+        commands: at glass; points glass, reed`."""
+        import os  # noqa: PLC0415
+
+        parts = [f"tempo {self.tempo_bpm:g}"]
+        if self.sequences:
+            seqs = [f"{n} ({'looping' if q.repeat == 0 else f'{q.repeat} times'})"
+                    for n, q in self.sequences.items()]
+            parts.append("starts " + ", ".join(seqs))
+        else:
+            parts.append("starts no sequence")
+        if self.events:
+            parts.append(f"{len(self.events)} event{'s' if len(self.events) != 1 else ''}")
+        if self.commands:
+            shown = [c.line for c in self.commands[:3]]
+            more = f" (+{len(self.commands) - 3})" if len(self.commands) > 3 else ""
+            parts.append("commands: " + "; ".join(shown) + more)
+        if self.points:
+            parts.append("points " + ", ".join(self.points))
+        return f"{os.path.basename(self.path)}: " + "; ".join(parts)
+
     def length_beats(self) -> float | None:
         """Beats until the last sequence step, event or timed command ends; None when a
         sequence repeats until stopped. Looping trajectories do not count (they only colour

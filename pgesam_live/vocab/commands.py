@@ -13,11 +13,15 @@ Argument kinds (ranges are inclusive unless noted):
   beats     float > 0 (at most 1024)
   seconds   float > 0 (at most 60)
   lookahead float in [0.01, 5] seconds
+  gain      float in [0, 2], linear master gain (1 = unity)
+  gate      float > 0 (at most 16): a note's length as a fraction of its step
   pitch     MIDI note 0..127, a whole number or a note name (C4 = 60, F#3, Bb2)
   name      an identifier: letter or _, then letters, digits, _ . - (at most 64)
-  point     a point name (completion: the engine's point names)
+  point     a point name (completion: the engine's point names), or a bookmark's digit 1..9
+            as the terminal map draws it (`at 1`)
   seq       a sequence name (completion: the engine's sequence names)
   patch     a patch file under the patch folder
+  file      a file to write (`map png FILE`)
   notes     a note string: names or numbers, ~ rest, [..] chord
   command   a command name (for `help`)
 """
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import CommandError
-from pgesam_live.notes import note_to_midi, parse_notes
+from pgesam_live.notes import note_to_midi, parse_notes, pitch_range_message
 
 # --------------------------------------------------------------------------------------------
 # the limits: the one source every layer reads (the scheduler, patches, settings)
@@ -49,12 +53,28 @@ SECONDS_MAX = 60.0        # a note length in seconds
 LOOKAHEAD_MIN_S = 0.01
 LOOKAHEAD_MAX_S = 5.0
 NAME_MAX_CHARS = 64
+GATE_MAX = 16.0           # a sequence's gate, a fraction of its step (> 1 overlaps the next)
+DEFAULT_STEP_BEATS = 0.5  # `seq NAME "NOTES"` without a step, as a patch's sequence
+GAIN_MAX = 2.0            # master gain, linear (1 = as rendered; the limiter still guards)
 # A name (point, sequence, trajectory, bookmark): a letter or _, then letters, digits, _ . -
 NAME_RE = re.compile(rf"^[A-Za-z_][A-Za-z0-9_.\-]{{0,{NAME_MAX_CHARS - 1}}}$")
 
 
 # --------------------------------------------------------------------------------------------
 # the table
+
+
+class PitchRangeError(CommandError):
+    """A pitch beyond MIDI's 0..127. The table does not know the model: whoever does (the
+    engine, the seam, OSC) calls `with_range` so every front end says one thing."""
+
+    def __init__(self, where: str, pitch: int) -> None:
+        super().__init__(pitch_range_message(where, pitch, None))
+        self.where = where
+        self.pitch = pitch
+
+    def with_range(self, rendered: tuple[int, int] | None) -> CommandError:
+        return CommandError(pitch_range_message(self.where, self.pitch, rendered))
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,24 @@ def _check_prerender(args: dict[str, Any]) -> None:
         raise CommandError(f"prerender: LOW {low} is above HIGH {high}")
 
 
+MAP_FORMATS = ("png", "svg", "pdf")
+
+
+def _check_map(args: dict[str, Any]) -> None:
+    fmt, file = args.get("format"), args.get("file")
+    if fmt is not None and fmt.lower() not in MAP_FORMATS:
+        raise CommandError(f"map: {fmt!r} is not a picture format; `map` draws in the terminal, "
+                           f"`map png FILE` writes a picture ({', '.join(MAP_FORMATS)})")
+    if fmt is not None and file is not None and not file.lower().endswith("." + fmt.lower()):
+        raise CommandError(f"map {fmt}: name the file ...{'.' + fmt.lower()} (got {file!r})")
+
+
+def _check_seq(args: dict[str, Any]) -> None:
+    if args.get("gate") is not None and args.get("len_beats") is not None:
+        raise CommandError("seq: give `gate` (a fraction of the step) or `len` (beats), "
+                           "not both")
+
+
 _X = Arg("x", "coord", "timbre x, -1.5..1.5")
 _Y = Arg("y", "coord", "timbre y, -1.5..1.5")
 _VEL_OPT = Arg("vel", "velocity", "velocity 0..1", optional=True, default=0.8)
@@ -140,8 +178,9 @@ def _check_follow_state(args: dict[str, Any]) -> None:
 
 _SPECS: list[Spec] = [
     Spec("at", (Form((_X, _Y), "/pgesam/timbre"),
-                Form((Arg("name", "point", "a point or bookmark name"),), "/pgesam/point")),
-         "set the timbre point: `at 0.4 -0.3` or `at glass`"),
+                Form((Arg("name", "point", "a point or bookmark name, or a bookmark's digit "
+                          "on the map"),), "/pgesam/point")),
+         "set the timbre point: `at 0.4 -0.3`, `at glass`, or `at 1` (bookmark 1 on the map)"),
     Spec("xy", (Form((Arg("u", "unit", "pad x 0..1"), Arg("v", "unit", "pad y 0..1")),
                      "/pgesam/xy"),),
          "set the timbre from a 0..1 pad laid over the map's region (what `map` and the web "
@@ -170,8 +209,17 @@ _SPECS: list[Spec] = [
          "end a held note (a MIDI note off): `release C4`"),
     Spec("seq", (Form((Arg("name", "name", "a new or running sequence's name"),
                        Arg("notes", "notes", 'quoted note string, e.g. "C4 E4 [G4 B4] ~"'),
-                       Arg("step", "beats", "beats per step")), "/pgesam/seq"),),
-         'start (or replace) a looping sequence at the current point: `seq arp "C4 E4 G4 ~" 0.5`'),
+                       Arg("step", "beats", "beats per step", optional=True,
+                           default=DEFAULT_STEP_BEATS),
+                       Arg("vel", "velocity", "velocity 0..1", default=0.8, keyword="vel"),
+                       Arg("gate", "gate", "note length as a fraction of the step "
+                           "(default: the full one-shot)", keyword="gate"),
+                       Arg("len_beats", "beats", "note length in beats (instead of gate)",
+                           keyword="len"),
+                       Arg("at", "point", "play at this point or trajectory (default: "
+                           "the current point)", keyword="at")), "/pgesam/seq"),),
+         'start (or replace) a looping sequence at the current point: `seq arp "C4 E4 G4 ~" '
+         '0.5 vel 0.6 gate 0.5 at glass` (step default 0.5 beat)', check=_check_seq),
     Spec("start", (Form((Arg("name", "seq", "a sequence from the patch"),), "/pgesam/seq/start"),),
          "start a sequence defined in the loaded patch: `start arp`"),
     Spec("stop", (Form((Arg("name", "seq", "a running sequence"),), "/pgesam/seq/stop"),),
@@ -196,8 +244,16 @@ _SPECS: list[Spec] = [
     Spec("lookahead", (Form((Arg("seconds", "lookahead", "0.01..5 seconds"),),
                             "/pgesam/lookahead"),),
          "set how far ahead sequences are rendered and scheduled: `lookahead 0.25`"),
-    Spec("map", (Form(()),), "draw the timbre map in the terminal (@ = current point)",
-         journal=False),
+    Spec("gain", (Form((Arg("level", "gain", "linear master gain 0..2 (1 = unity)"),),
+                       "/pgesam/gain"),),
+         "set the master gain, every voice at once (sounding notes too): `gain 0.5`"),
+    Spec("map", (Form((Arg("format", "name", "png, svg or pdf: write a picture instead",
+                           optional=True),
+                       Arg("file", "file", "the picture's file (default: map-MODEL.png)",
+                           optional=True))),),
+         "draw the timbre map in the terminal (@ = current point, * named points, digits "
+         "bookmarks), or as a picture: `map png my-map.png`", journal=False,
+         check=_check_map),
     Spec("status", (Form(()),), "show the engine state (also on the status line)",
          journal=False),
     Spec("points", (Form(()),), "list point names and bookmarks", journal=False),
@@ -213,6 +269,10 @@ _SPECS: list[Spec] = [
     Spec("export", (Form(()), Form((Arg("dir", "path", "a folder for the WAVs and the SFZ"),))),
          "the current point as a multisample (24-bit WAVs + an SFZ file, in the background): "
          "`export` (into the sessions folder) or `export DIR`", journal=False),
+    Spec("save", (Form((Arg("name", "name", "a name for this session's journal"),)),),
+         "keep this session's journal as sessions/NAME.jsonl (every session is journalled "
+         "already; replay it with `pgesam-live replay sessions/NAME.jsonl`): `save my-jam`",
+         journal=False),
     Spec("quit", (Form(()),), "leave the instrument (the journal is closed)", journal=False),
 ]
 
@@ -232,6 +292,8 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "beats": (0.0, BEATS_MAX, True),
     "seconds": (0.0, SECONDS_MAX, True),
     "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
+    "gain": (0.0, GAIN_MAX, False),
+    "gate": (0.0, GATE_MAX, True),
 }
 _NAME_KINDS = ("name", "point", "seq", "command")
 
@@ -367,9 +429,11 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
                 raise CommandError(f"{where}: {a.name} {raw!r} is not a whole MIDI note number")
             midi = int(number)
         if not 0 <= midi <= 127:
-            what = "pitch" if a.name == "pitches" else a.name
-            raise CommandError(f"{where}: {what} {midi} is out of range 0..127")
+            raise PitchRangeError(where, midi)
         return midi
+    if a.kind == "point" and not isinstance(raw, bool) and isinstance(raw, int | str) and \
+            re.fullmatch(r"[1-9]", str(raw).strip()):
+        return str(raw).strip()  # a bookmark's digit on the terminal map: `at 1`
     if not isinstance(raw, str):
         raise CommandError(f"{where}: {a.name} must be a string, got {type(raw).__name__}")
     if a.kind in _NAME_KINDS:
@@ -384,6 +448,10 @@ def convert_arg(a: Arg, raw: Any, where: str, *, from_osc: bool = False) -> Any:
             parse_notes(raw)
         except CommandError as exc:
             raise CommandError(f"{where}: notes: {exc}") from None
+        return raw
+    if a.kind == "file":
+        if not raw.strip() or any(ord(c) < 32 for c in raw):
+            raise CommandError(f"{where}: {a.name} must be a file name, e.g. my-map.png")
         return raw
     if a.kind == "patch":
         if not raw.strip() or any(ord(c) < 32 for c in raw):
@@ -450,6 +518,8 @@ def _bind(spec: Spec, form: Form, tokens: Sequence[Any], *, from_osc: bool) -> d
         if k < len(positional):
             try:
                 args[a.name] = convert_arg(a, positional[k], where, from_osc=from_osc)
+            except PitchRangeError:
+                raise  # the same words whichever form it was meant for (the engine adds the range)
             except CommandError as exc:
                 # A number that is out of range or not finite was meant for this form
                 # (`at nan nan`, `at 5 0`): its error beats "too many" from another form.
@@ -510,6 +580,12 @@ def split_line(line: str) -> list[str]:
         raise CommandError(f"cannot read the line: {exc} (close the quote)") from None
 
 
+# Words performers bring from other instruments -> what this one calls it.
+_SYNONYMS = {"record": "save NAME (every session is journalled already; `save` names it)",
+             "rec": "save NAME", "stop-all": "hush or panic", "stopall": "hush or panic",
+             "volume": "gain", "vol": "gain"}
+
+
 def parse_line(line: str) -> Command:
     """A REPL / journal / `/pgesam/cmd` line -> a validated Command (raises CommandError)."""
     words = split_line(line)
@@ -520,6 +596,8 @@ def parse_line(line: str) -> Command:
     if spec is None:
         near = [c for c in COMMANDS if c.startswith(name[:2])] if len(name) >= 2 else []
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        if name in _SYNONYMS:
+            hint = f" (did you mean {_SYNONYMS[name]}?)"
         shown = words[0] if len(words[0]) <= 40 else words[0][:37] + "..."
         raise CommandError(f"unknown command {shown!r}{hint}; `help` lists them")
     return _build(spec, words[1:], from_osc=False)
@@ -605,7 +683,9 @@ def help_text(name: str | None = None) -> str:
             extra = f" (default {a.default})" if a.default is not None else ""
             lines.append(f"  {a.meta.strip('[]'):<14} {a.help or a.kind}{extra}")
         if f.osc:
-            lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.args)])}")
+            # (keywords are the REPL's: OSC takes the positionals; the rest via /pgesam/cmd)
+            kw = f" (keywords via /pgesam/cmd \"{spec.name} ...\")" if f.keywords else ""
+            lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.positionals)])}{kw}")
     if not any(f.osc for f in spec.forms):
         reply = _CMD_REPLIES.get(name)
         lines.append(f'  OSC: /pgesam/cmd "{name} ..."' if spec.journal and name != "quit" else

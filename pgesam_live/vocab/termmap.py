@@ -32,7 +32,8 @@ def family_letters(families: Sequence[str]) -> dict[str, str]:
 
 
 def map_text(points: Sequence[Sequence[Any]], snap: Mapping[str, Any], width: int = 61,
-             height: int = 21, columns: int | None = None) -> str:
+             height: int = 21, columns: int | None = None,
+             named: Mapping[str, Sequence[float]] | None = None) -> str:
     """The map of an engine's state: training `points` (x, y, family), and the bookmarks and
     point of a snapshot. With `columns` (a terminal's width) the grid shrinks to fit it
     (keeping its aspect) and the legend lines wrap."""
@@ -40,7 +41,7 @@ def map_text(points: Sequence[Sequence[Any]], snap: Mapping[str, Any], width: in
         width = max(11, min(width, columns - 14))  # "|" grid "|" and "  y = +1.00"
         height = max(5, min(height, round(height * width / 61)))
     text = render_map(list(points or []), snap.get("bookmarks") or {}, snap.get("point"),
-                      width, height)
+                      width, height, named=named)
     if columns is None:
         return text
     return "\n".join(textwrap.fill(line, max(columns, 20), subsequent_indent="  ")
@@ -51,7 +52,8 @@ def render_map(points: Any,
                bookmarks: Mapping[str, Sequence[float]] | None = None,
                current: Sequence[float] | None = None,
                width: int = 61, height: int = 21,
-               region: MapRegion | None = None) -> str:
+               region: MapRegion | None = None,
+               named: Mapping[str, Sequence[float]] | None = None) -> str:
     """The map as text: a framed grid, then a legend.
 
     points: training points (x, y, family); bookmarks: name -> [x, y]; current: [x, y].
@@ -85,6 +87,14 @@ def render_map(points: Any,
             per_cell.setdefault(rc, Counter())[fam] += 1
     for (r, c), counts in per_cell.items():
         grid[r][c] = marks[counts.most_common(1)[0][0]]
+    # Named points (the patch's, the demo patches') as *, under the bookmarks' digits.
+    named_legend: list[str] = []
+    for name, xy in sorted((named or {}).items()):
+        rc = cell(float(xy[0]), float(xy[1]))
+        if rc is not None:
+            grid[rc[0]][rc[1]] = "*"
+        off = "" if rc is not None else " off the map"
+        named_legend.append(f"{name} ({float(xy[0]):+.2f}, {float(xy[1]):+.2f}){off}")
     legend_marks: list[str] = []
     for i, (name, xy) in enumerate(bookmarks.items()):
         mark = str(i + 1) if i < 9 else "+"
@@ -105,6 +115,8 @@ def render_map(points: Any,
         lines.append("families: " + "  ".join(f"{m} {f}" for f, m in marks.items()))
     else:
         lines.append("families: (the model has no training points to show)")
+    if named_legend:
+        lines.append("* points: " + "  ".join(named_legend))
     if legend_marks:
         lines.append("bookmarks: " + "  ".join(legend_marks))
     if current is not None:

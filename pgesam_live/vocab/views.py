@@ -94,12 +94,16 @@ def status_line(snap: Snapshot, width: int | None = None) -> str:
     short forms if need be); look-ahead, sequences and the point's name go first."""
     tempo = f"{float(snap.get('tempo_bpm', 0)):g}"
     voices = f"{snap.get('voices_in_use', 0)}/{snap.get('voices_total', 0)}"
+    if snap.get("voices_stolen"):
+        voices += f" stolen {snap['voices_stolen']}"
     cache = f"{100 * float(snap.get('cache_fill', 0.0)):.0f}%"
     renders, late = snap.get("renders_pending", 0), snap.get("late_notes", 0)
     point = snap.get("point") or [0.0, 0.0]
     xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
     seqs = snap.get("sequences") or []
     extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
+    if float(snap.get("gain", 1.0)) != 1.0:
+        extra.append(f"gain {float(snap['gain']):g}")
     if seqs:
         extra.append("seq " + ",".join(str(s) for s in seqs))
     if snap.get("osc_skewed"):  # OSC bundles timed too far ahead, played at once
@@ -184,8 +188,19 @@ def view_region(view: EngineView) -> MapRegion:
 
 def engine_map(view: EngineView, width: int = 61, height: int = 21,
                columns: int | None = None) -> str:
-    """The map of a live engine: its training points, bookmarks and current point."""
-    return map_text(view.model_points, view.snapshot(), width, height, columns)
+    """The map of a live engine: its training points, named points (*), bookmarks (their
+    digits) and current point."""
+    snap = view.snapshot()
+    marks = snap.get("bookmarks") or {}
+    named: dict[str, tuple[float, float]] = {}
+    for name in view.point_names():
+        if name in marks:
+            continue
+        try:
+            named[name] = view.resolve_point(name)
+        except Exception:  # a name gone between the two calls (a patch swapped): left out
+            continue
+    return map_text(view.model_points, snap, width, height, columns, named=named)
 
 
 def engine_map_data(view: EngineView) -> dict[str, Any]:
@@ -247,10 +262,26 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None,
         if not names and not marks:
             return Answer(name, "no named points (load a patch, or `mark NAME` the current "
                                 "point)", [])
+        # Each name with the place `at NAME` goes to (a patch's point hides a bookmark of
+        # its name: said, with the bookmark's digit, which still reaches it).
+        digits = {m: i + 1 for i, m in enumerate(marks) if i < 9}
         lines = []
         for n in sorted(set(names) | set(marks)):
-            xy = marks.get(n)
-            lines.append(f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n)
+            xy: Any
+            try:
+                xy = view.resolve_point(n)
+            except Exception:  # a name gone between the two calls (a patch swapped)
+                xy = marks.get(n)
+            text = f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n
+            mark = marks.get(n)
+            if n in digits:
+                if mark is not None and xy is not None and \
+                        (abs(mark[0] - xy[0]) > 1e-9 or abs(mark[1] - xy[1]) > 1e-9):
+                    text += (f"  (the patch's point; bookmark {digits[n]} {n} at "
+                             f"({mark[0]:+.2f}, {mark[1]:+.2f}) is `at {digits[n]}`)")
+                else:
+                    text += f"  bookmark {digits[n]}"
+            lines.append(text)
         return Answer(name, "\n".join(lines), [str(n) for n in names])
     if name == "seqs":
         running = sorted(str(n) for n in view.snapshot().get("sequences") or [])

@@ -94,3 +94,29 @@ def test_the_fixed_model_bounce_is_music_not_silence(tmp_path: Path) -> None:
     audio, sr = sf.read(tmp_path / "m.wav")
     assert sr == SR and len(audio) > 10 * SR
     assert float(np.abs(audio).max()) > 0.05
+
+
+def test_a_bounce_reuses_the_disk_note_cache_and_sounds_the_same(tmp_path: Path) -> None:
+    """`replay --out` and `render` read the notes a session (or an earlier bounce) left on
+    disk: a warm bounce renders nothing and writes the same samples."""
+    from tests.fakes import FakeSynth
+
+    s = Settings().replace(audio="offline", cache_spill=True, cache_dir=tmp_path / "cache",
+                           patch_dir=PATCH_DIR)
+    outs, rendered = [], []
+    for _ in range(2):
+        rig = OfflineRig(s, synth=FakeSynth(24000), spill=True)
+        try:
+            assert rig.engine.submit("at 0.1 0.1", at_s=0.0).ok
+            assert rig.engine.submit('seq a "C4 E4 G4" 0.5 gate 0.5', at_s=0.0).ok
+            rig.run_until(2.0)
+            rig.engine.submit("hush", at_s=2.0)
+            end = rig.run_to_end(2.0, 3.0)
+            outs.append(rig.audio.render_to_array()[: int(end * 24000)].copy())
+            rendered.append(rig.renderer.rendered)
+            rig.cache.close()
+        finally:
+            rig.close()
+    assert rendered[0] >= 3 and rendered[1] == 0
+    assert np.array_equal(outs[0], outs[1])
+    assert list((tmp_path / "cache" / "notes").rglob("*.npy"))

@@ -167,3 +167,56 @@ def test_a_signal_stops_the_instrument_cleanly(tiny_model: Path, tmp_path: Path,
     assert "session journal" in out, out
     wavs = list((tmp_path / "sessions").glob("*.wav"))
     assert len(wavs) == 1 and sf.info(str(wavs[0])).frames > 0
+
+
+class _PipedRig:
+    """A live engine and voice pool as `_finish_piped` sees them, on a fake clock: a
+    sequence runs until `busy_until`, a note sounds until `sounding_until`."""
+
+    def __init__(self, busy_until: float, sounding_until: float) -> None:
+        from types import SimpleNamespace
+
+        self.now = 0.0
+        self.busy_until, self.sounding_until = busy_until, sounding_until
+        self.submitted: list[tuple[float, str]] = []
+        self.renderer = SimpleNamespace(pending=0)
+        self.slept_after_silence = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        if not self.in_use():
+            self.slept_after_silence += s
+        self.now += s
+
+    def busy(self) -> bool:
+        return self.now < self.busy_until
+
+    def in_use(self) -> int:
+        return int(self.now < self.sounding_until)
+
+    def submit(self, line: str, src: str = "repl") -> None:
+        self.submitted.append((self.now, line))
+        if line == "hush":
+            self.busy_until = self.now
+        if line == "panic":
+            self.sounding_until = self.now
+
+
+def test_piped_input_ends_after_the_sound_has_rung_out() -> None:
+    from pgesam_live.app.build import RING_OUT_MAX_S, TAIL_S
+    from pgesam_live.app.live import RECORD_SETTLE_S, _finish_piped
+
+    # a last note of 6 s (a re-pitched one): waited for, then the recorder settles
+    rig = _PipedRig(busy_until=1.0, sounding_until=6.0)
+    _finish_piped(rig, rig, clock=rig.clock, sleep=rig.sleep)
+    assert rig.submitted == [] and rig.now >= 6.0
+    assert rig.slept_after_silence >= RECORD_SETTLE_S
+    # a looping sequence: stopped TAIL_S after the input's end, its notes ring out
+    rig = _PipedRig(busy_until=1e9, sounding_until=1e9)
+    rig.sounding_until = 1e9
+    _finish_piped(rig, rig, clock=rig.clock, sleep=rig.sleep)
+    (t_hush, hush), (t_panic, panic) = rig.submitted
+    assert hush == "hush" and t_hush == pytest.approx(TAIL_S, abs=0.1)
+    assert panic == "panic" and t_panic == pytest.approx(TAIL_S + RING_OUT_MAX_S, abs=0.5)

@@ -99,6 +99,9 @@ class FakeEngine:
     def add_listener(self, fn: Any) -> None:
         self.listeners.append(fn)
 
+    def message(self, text: str) -> None:
+        self.emit({"kind": "message", "text": text})
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return dict(self.state)
@@ -157,7 +160,8 @@ def test_valid_messages_are_submitted() -> None:
     assert core.handle_datagram(msg("/pgesam/cmd", 'seq a "C4 ~ E4" 0.5'), A) == []
     assert [s for _, s, _ in engine.submitted] == [
         "note 60", "note 60 1 0.5", "note_at 0.2 -0.1 62 0.7", "tempo 96", "start arp", "hush",
-        'seq a "C4 ~ E4" 0.5']
+        # (the step 0.5 is the default: the canonical line leaves it out)
+        'seq a "C4 ~ E4"']
     assert all(src == "osc" for src, _, _ in engine.submitted)
 
 
@@ -169,7 +173,7 @@ def test_valid_messages_are_submitted() -> None:
     (msg("/pgesam/tempo", 1e30), "/pgesam/tempo", "out of range"),
     (msg("/pgesam/note"), "/pgesam/note", "missing PITCH"),
     (msg("/pgesam/note", 60, 0.5, 1.0, 9), "/pgesam/note", "too many"),
-    (msg("/pgesam/note", 200), "/pgesam/note", "0..127"),
+    (msg("/pgesam/note", 200), "/pgesam/note", "outside what the model plays: 9..120"),
     (msg("/pgesam/xy", 0.5, 2), "/pgesam/xy", "out of range 0..1"),
     (msg("/pgesam/point", "nowhere"), "/pgesam/point", "no point"),
     (msg("/pgesam/cmd", "tempp 3"), "/pgesam/cmd", "unknown command"),
@@ -630,3 +634,42 @@ def test_hello_and_bye_take_no_arguments() -> None:
         assert errors(core.handle_datagram(msg(address, 1), A)) == [
             (address, f"{address} takes no arguments")]
     assert core.controllers == {}
+
+
+def test_hello_clients_hear_voices_in_use_and_late_notes_change_by_themselves() -> None:
+    """No command changes them (notes end, renders come late): the watch pushes them, at
+    most push_hz a second, and nothing when they stay put."""
+    core, engine, clock = make_core()
+    core.handle_datagram(msg("/pgesam/hello"), A)
+    clock.now += 1
+    core.poll()  # the first look: what the controller was greeted with
+    clock.now += 1
+    assert [r for r in core.poll() if r[1] == "/pgesam/state"] == []  # nothing changed
+    for key, value in (("voices_in_use", 5), ("late_notes", 2)):
+        engine.state[key] = value
+        clock.now += 1
+        states = [a for to, addr, a in core.poll() if addr == "/pgesam/state" and to == A]
+        assert len(states) == 1, key
+        assert dict(zip(states[0][::2], states[0][1::2], strict=True))[key] == value
+    clock.now += 1
+    assert [r for r in core.poll() if r[1] == "/pgesam/state"] == []
+
+
+def test_osc_errors_are_said_in_the_terminal_rate_limited() -> None:
+    """What a controller is answered with /pgesam/error also reaches the terminal (an engine
+    message: a line above the prompt), at most one every 2 s; the ones between are counted."""
+    core, engine, clock = make_core()
+    said: list[str] = []
+    engine.add_listener(lambda ev: said.append(ev["text"]) if ev.get("kind") == "message"
+                        else None)
+    assert errors(core.handle_datagram(msg("/pgesam/tempo", 900), A))
+    assert len(said) == 1 and said[0].startswith("osc 127.0.0.1:") and "/pgesam/tempo" in said[0]
+    assert "900" in said[0]
+    for _ in range(5):  # a controller's burst: answered each time, said once
+        assert errors(core.handle_datagram(msg("/pgesam/nope"), A))
+        clock.now += 0.1
+    assert errors(core.handle_datagram(b"garbage", A))
+    assert len(said) == 1
+    clock.now += 2.0
+    assert errors(core.handle_datagram(msg("/pgesam/tempo", "fast"), A))
+    assert len(said) == 2 and "(and 6 more OSC errors since the last shown)" in said[1]

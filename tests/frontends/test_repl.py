@@ -395,3 +395,45 @@ def test_keys_in_a_real_terminal_says_so_on_its_bottom_line(tmp_path: Path) -> N
         _expect(child, "REPL-ENDED ['play 60 len 1', 'play 76 len 1']")
     finally:
         child.close(force=True)
+
+
+def test_ctrl_backslash_is_panic_at_the_prompt_and_in_keys_mode(tmp_path: Path) -> None:
+    """One keystroke, Ctrl-\\ (0x1c), says `panic` (src repl), at the prompt (the line
+    being typed stays) and in `keys` mode (the mode stays)."""
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    engine = KeysEngine(tmp_path)
+    engine.model_points = [(-0.5, -0.5, "bass"), (0.5, 0.5, "flute")]
+    lines = lambda: [line for _, line, _ in engine.submitted]  # noqa: E731
+
+    def wait_for(n: int) -> None:
+        end = time.monotonic() + 5
+        while len(engine.submitted) < n and time.monotonic() < end:
+            time.sleep(0.01)
+
+    with create_pipe_input() as pipe:
+        repl = threading.Thread(target=run_repl, args=(engine,),
+                                kwargs={"pt_input": pipe, "pt_output": DummyOutput()})
+        repl.start()
+        try:
+            pipe.send_text("tempo 9")
+            time.sleep(0.2)
+            pipe.send_text("\x1c")  # Ctrl-\ while a line is half typed
+            wait_for(1)
+            pipe.send_text("7\r")    # the line goes on: tempo 97
+            wait_for(2)
+            pipe.send_text("keys\r")
+            time.sleep(0.3)
+            pipe.send_text("a")
+            wait_for(3)
+            pipe.send_text("\x1c")
+            wait_for(4)
+            pipe.send_text("\x1b")
+            time.sleep(0.4)
+            pipe.send_text("quit\r")
+        finally:
+            repl.join(10)
+    assert not repl.is_alive()
+    assert lines() == ["panic", "tempo 97", "play 60 len 1", "panic"]
+    assert {src for src, _, _ in engine.submitted} == {"repl"}
