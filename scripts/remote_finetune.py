@@ -165,8 +165,7 @@ def slim(model: Path, out: Path) -> None:
     back from a lent machine within its file-size limits; `unslim` rebuilds the model file
     with the VAE and meta of the base it was trained on."""
     obj, model_id = read_model_payload(model)
-    state = {k: (v.half() if v.is_floating_point() else v)
-             for k, v in obj["transformer_state"].items()}
+    state = _cast(obj["transformer_state"], torch.float16)
     torch.save({"transformer_config": obj["transformer_config"], "transformer_state": state,
                 "training": obj["training"], "from": model_id}, out)
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
@@ -184,8 +183,7 @@ def unslim(slim_file: Path, base: Path, out_dir: Path) -> Path:
     s = torch.load(slim_file, weights_only=True)
     obj, _ = read_model_payload(base)
     vae = build_vae(obj["vae_config"], obj["vae_state"], base)
-    state = {k: (v.float() if v.is_floating_point() else v)
-             for k, v in s["transformer_state"].items()}
+    state = _cast(s["transformer_state"], torch.float32)
     tr = build_transformer(s["transformer_config"], state, slim_file)
     meta = dataclasses.replace(meta_from_payload(obj), training=dict(s["training"]))
     path = save_model(out_dir, vae, tr, meta)  # type: ignore[arg-type]

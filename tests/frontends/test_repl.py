@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -330,16 +331,13 @@ def test_keys_mode_maps_keys_to_lines() -> None:
     assert mode.press("p") is None and "KEYS C7..C8" in mode.bar()
 
 
-def test_keys_in_the_repl_through_prompt_toolkits_input_pipe(tmp_path: Path) -> None:
-    """`keys` enters the mode: letters play, z/x move the octave, arrows move the point,
-    Escape leaves and the prompt takes lines again; every note and move is an ordinary
-    command (src repl)."""
+def _drive_piped_repl(engine: Any, drive: Callable[[Any, Callable[[int], None]], None]
+                      ) -> threading.Thread:
+    """The REPL on prompt_toolkit's input pipe; `drive(pipe, wait_for)` types into it (and
+    ends with `quit`), `wait_for(n)` waits up to 5 s for n submitted commands. Returns the
+    REPL's thread, joined."""
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
-
-    engine = KeysEngine(tmp_path)
-    engine.model_points = [(-0.5, -0.5, "bass"), (0.5, 0.5, "flute")]  # region +-0.62
-    lines = lambda: [line for _, line, _ in engine.submitted]  # noqa: E731
 
     def wait_for(n: int) -> None:
         end = time.monotonic() + 5
@@ -351,21 +349,36 @@ def test_keys_in_the_repl_through_prompt_toolkits_input_pipe(tmp_path: Path) -> 
                                 kwargs={"pt_input": pipe, "pt_output": DummyOutput()})
         repl.start()
         try:
-            pipe.send_text("keys 0.5\r")
-            time.sleep(0.3)
-            for key, n in (("a", 1), ("s", 2), ("x", 2), ("k", 3), ("\x1b[C", 4),
-                           ("\x1b[1;2A", 5)):   # right arrow, shift + up arrow
-                pipe.send_text(key)
-                wait_for(n)
-            pipe.send_text("q")   # not a key of the terminal's keyboard: nothing
-            time.sleep(0.2)
-            pipe.send_text("\x1b")  # Escape leaves
-            time.sleep(0.4)
-            pipe.send_text("tempo 99\r")
-            wait_for(6)
-            pipe.send_text("quit\r")
+            drive(pipe, wait_for)
         finally:
             repl.join(10)
+    return repl
+
+
+def test_keys_in_the_repl_through_prompt_toolkits_input_pipe(tmp_path: Path) -> None:
+    """`keys` enters the mode: letters play, z/x move the octave, arrows move the point,
+    Escape leaves and the prompt takes lines again; every note and move is an ordinary
+    command (src repl)."""
+    engine = KeysEngine(tmp_path)
+    engine.model_points = [(-0.5, -0.5, "bass"), (0.5, 0.5, "flute")]  # region +-0.62
+    lines = lambda: [line for _, line, _ in engine.submitted]  # noqa: E731
+
+    def drive(pipe: Any, wait_for: Callable[[int], None]) -> None:
+        pipe.send_text("keys 0.5\r")
+        time.sleep(0.3)
+        for key, n in (("a", 1), ("s", 2), ("x", 2), ("k", 3), ("\x1b[C", 4),
+                       ("\x1b[1;2A", 5)):   # right arrow, shift + up arrow
+            pipe.send_text(key)
+            wait_for(n)
+        pipe.send_text("q")   # not a key of the terminal's keyboard: nothing
+        time.sleep(0.2)
+        pipe.send_text("\x1b")  # Escape leaves
+        time.sleep(0.4)
+        pipe.send_text("tempo 99\r")
+        wait_for(6)
+        pipe.send_text("quit\r")
+
+    repl = _drive_piped_repl(engine, drive)
     assert not repl.is_alive()
     assert lines() == ["play 60 len 0.5", "play 62 len 0.5", "play 84 len 0.5",
                        "at 0.025 0", "at 0.025 0.124", "tempo 99"]
@@ -400,40 +413,28 @@ def test_keys_in_a_real_terminal_says_so_on_its_bottom_line(tmp_path: Path) -> N
 def test_ctrl_backslash_is_panic_at_the_prompt_and_in_keys_mode(tmp_path: Path) -> None:
     """One keystroke, Ctrl-\\ (0x1c), says `panic` (src repl), at the prompt (the line
     being typed stays) and in `keys` mode (the mode stays)."""
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
     engine = KeysEngine(tmp_path)
     engine.model_points = [(-0.5, -0.5, "bass"), (0.5, 0.5, "flute")]
     lines = lambda: [line for _, line, _ in engine.submitted]  # noqa: E731
 
-    def wait_for(n: int) -> None:
-        end = time.monotonic() + 5
-        while len(engine.submitted) < n and time.monotonic() < end:
-            time.sleep(0.01)
+    def drive(pipe: Any, wait_for: Callable[[int], None]) -> None:
+        pipe.send_text("tempo 9")
+        time.sleep(0.2)
+        pipe.send_text("\x1c")  # Ctrl-\ while a line is half typed
+        wait_for(1)
+        pipe.send_text("7\r")    # the line goes on: tempo 97
+        wait_for(2)
+        pipe.send_text("keys\r")
+        time.sleep(0.3)
+        pipe.send_text("a")
+        wait_for(3)
+        pipe.send_text("\x1c")
+        wait_for(4)
+        pipe.send_text("\x1b")
+        time.sleep(0.4)
+        pipe.send_text("quit\r")
 
-    with create_pipe_input() as pipe:
-        repl = threading.Thread(target=run_repl, args=(engine,),
-                                kwargs={"pt_input": pipe, "pt_output": DummyOutput()})
-        repl.start()
-        try:
-            pipe.send_text("tempo 9")
-            time.sleep(0.2)
-            pipe.send_text("\x1c")  # Ctrl-\ while a line is half typed
-            wait_for(1)
-            pipe.send_text("7\r")    # the line goes on: tempo 97
-            wait_for(2)
-            pipe.send_text("keys\r")
-            time.sleep(0.3)
-            pipe.send_text("a")
-            wait_for(3)
-            pipe.send_text("\x1c")
-            wait_for(4)
-            pipe.send_text("\x1b")
-            time.sleep(0.4)
-            pipe.send_text("quit\r")
-        finally:
-            repl.join(10)
+    repl = _drive_piped_repl(engine, drive)
     assert not repl.is_alive()
     assert lines() == ["panic", "tempo 97", "play 60 len 1", "panic"]
     assert {src for src, _, _ in engine.submitted} == {"repl"}
