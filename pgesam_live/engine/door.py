@@ -83,7 +83,7 @@ class Renderer(Protocol):
     (a point's pitch bank) may be dropped when newer ones supersede it."""
 
     def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
-                cancellable: bool = False) -> bool: ...
+                cancellable: bool = False, stream: bool = False) -> bool: ...
 
     def cancel(self, keys: list[NoteKey]) -> None: ...
 
@@ -163,6 +163,11 @@ class _ResamplingSink:
         if hit is None or hit[0] is not samples:
             self._remember(samples, self._resample(samples, self.from_sr, self.to_sr))
 
+    def resample_now(self, samples: np.ndarray) -> np.ndarray:
+        """Samples at the output rate, not remembered (a streamed note's head and joined
+        note: played once from a NoteStream)."""
+        return self._resample(samples, self.from_sr, self.to_sr)
+
     def lookup(self, samples: np.ndarray) -> np.ndarray:
         """The note at the output rate (resampled here when it was not warmed)."""
         with self._lock:
@@ -216,6 +221,10 @@ class Engine(NameChecks, StateViews, Exports):
         self.held = HeldNotes(voices, out_sample_rate or model.sample_rate,
                               self._resampler.lookup if self._resampler is not None else None)
         self.scheduler.held = self.held
+        # A streamed note's head reaches the voices at their rate (render/stream.py).
+        cache.stream_rate = out_sample_rate or model.sample_rate
+        if self._resampler is not None:
+            cache.stream_prepare = self._resampler.resample_now
         self.scheduler.held_lengths = True
         self._repitcher: RepitchPreparer | None = None
         if source is None:
@@ -332,6 +341,10 @@ class Engine(NameChecks, StateViews, Exports):
                 # queued before it will leave), so the reply can say what is wrong.
                 if at_s is None:
                     self._check_state(command, prepared)
+                    if command.name in NOTE_WORDS and self.wait_for_render_s > 0:
+                        # Asked for here, not in the next block: a note never rendered
+                        # starts streaming (render/stream.py) a block sooner.
+                        self._missing_renders(command, self._time_s)
                 when = -math.inf if at_s is None else float(at_s)
                 order = next(self._order)
                 if tag is not None:
@@ -432,9 +445,10 @@ class Engine(NameChecks, StateViews, Exports):
         pitches = a.get("pitches") or [a["pitch"]]
         keys = (self.cache.key(x, y, rendered_pitch(p, self.model.pitch_range),
                                self.scheduler.seed) for p in pitches)
-        missing = [k for k in keys if not self.cache.in_memory(k)]  # (on disk: loaded)
+        # (on disk: loaded; streaming in: its head plays while the rest renders)
+        missing = [k for k in keys if not self.cache.in_memory(k) and self.cache.stream(k) is None]
         for k in missing:
-            self.renderer.request(k, t_s)
+            self.renderer.request(k, t_s, stream=True)
         return missing
 
     def _apply(self, command: Command, src: str, prepared: Any, t_s: float,

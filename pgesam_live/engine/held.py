@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.render.loop import Playhead, Sustain
+from pgesam_live.render.stream import NoteStream, StreamPlayhead
 
 MEMO_MAX = 256  # notes whose loops are remembered (a few pitch banks)
 
@@ -74,6 +75,14 @@ class HeldNotes:
         length), then plays its own release."""
         return int(self.pool.play_held(Playhead(self.sustain(audio, pitch)), start_s,
                                        velocity, pan, tag, release_at_s=release_at_s))
+
+    def play_stream(self, stream: NoteStream, start_s: float | None, velocity: float,
+                    pan: float, tag: Hashable | None, hold: bool,
+                    release_at_s: float | None = None) -> int:
+        """A note streaming in (render/stream.py): its head now, the note when it comes; hold:
+        loop its sustain until released (else a one-shot)."""
+        return int(self.pool.play_held(StreamPlayhead(stream, hold), start_s, velocity, pan,
+                                       tag, release_at_s=release_at_s))
 
     def follow(self, tag: Hashable, audio: np.ndarray, pitch: int,
                at_s: float | None = None) -> None:

@@ -280,11 +280,24 @@ class Scheduler:
             self._recent_pitches[pitch] = None
             if len(self._recent_pitches) > _RECENT_PITCHES:
                 del self._recent_pitches[next(iter(self._recent_pitches))]
+            note_tag = pitch if held else tag
+            holding = held and mode in ("hold", "follow") and length_s is None
+            stream = self._stream_for(xy, pitch, seed)
+            if stream is not None and self.held is not None:
+                # Not rendered yet, but its head is here: it starts from that (render/stream.py).
+                self.held.play_stream(stream, start_s, velocity, 0.0, note_tag,
+                                      hold=holding or bool(length_s),
+                                      release_at_s=None if holding or not length_s
+                                      else start_s + length_s)
+                if holding and (mode == "follow" or self.follow_point):
+                    self._followers[pitch] = self.source.key(xy[0], xy[1], pitch, seed)
+                self.counters.held += int(holding or bool(length_s))
+                self.counters.streamed += 1
+                self.counters.notes += 1
+                continue
             audio = self.fallbacks.audio_for(xy, pitch, seed, self._request_late)
             if audio is None:
                 continue
-            note_tag = pitch if held else tag
-            holding = held and mode in ("hold", "follow") and length_s is None
             if self.held is not None and (holding or (self.held_lengths and length_s)):
                 self.held.play_held(audio, start_s, velocity, 0.0, note_tag, pitch,
                                     release_at_s=None if holding or length_s is None
@@ -296,6 +309,14 @@ class Scheduler:
             else:
                 self.sink.play(audio, start_s, velocity, 0.0, length_s, tag=note_tag)
             self.counters.notes += 1
+
+    def _stream_for(self, xy: XY, pitch: int, seed: int) -> Any:
+        """The note's NoteStream when it is not cached but its head has come (a live source
+        only), else None."""
+        stream_of = getattr(self.source, "stream", None)
+        if stream_of is None or rendered_pitch(pitch, self.pitch_range) != pitch:
+            return None
+        return stream_of(self.source.key(xy[0], xy[1], pitch, seed))
 
     def _run_command(self, command: PatchCommand) -> None:
         if self.command_runner is None:
@@ -648,6 +669,7 @@ class Scheduler:
             "fallbacks": c.fallback_pitch + c.fallback_point,
             "skipped": c.skipped,
             "held": c.held,
+            "streamed": c.streamed,
             "requests": c.requests,
             "errors": c.errors,
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Collection
+from dataclasses import replace
 
 from pgesam_live.render.keys import NoteKey
 from pgesam_live.render.messages import RenderRequest
@@ -24,6 +25,16 @@ class Batcher:
         return len(self._heap)
 
     def push(self, req: RenderRequest) -> None:
+        """Queue `req`; a request for a key already queued keeps one of the two: the earlier
+        deadline, streamed if either is (a note someone now waits for)."""
+        for i, old in enumerate(self._heap):
+            if old.key == req.key:
+                if req.deadline_s < old.deadline_s or (req.stream and not old.stream):
+                    keep = replace(req, deadline_s=min(req.deadline_s, old.deadline_s),
+                                   stream=req.stream or old.stream)
+                    self._heap[i] = keep
+                    heapq.heapify(self._heap)
+                return
         heapq.heappush(self._heap, req)
 
     def drop(self, keys: Collection[NoteKey]) -> None:

@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GRID = 0.02
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_DISK_BYTES = 2 * 1024 * 1024 * 1024
+
+STREAMS_MAX = 64  # notes streaming in at once, at most (more is a burst of failures)
+
 
 def default_spill_root() -> Path:
     """The user's cache folder for notes: $XDG_CACHE_HOME or ~/.cache, /pgesam-live/notes."""
@@ -66,6 +70,7 @@ class RenderCache:
         self.fallbacks = 0
         self.evictions = 0
         self.corrupt = 0
+        self.streams_starved = 0
         self._lock = threading.Lock()
         self._mem: OrderedDict[NoteKey, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -80,6 +85,12 @@ class RenderCache:
         self._loader: threading.Thread | None = None
         self.background_loads = 0
         self.on_loaded: Callable[[NoteKey], None] | None = None  # (the loader thread)
+        # Notes streaming in (render/stream.py's NoteStream), from their head's arrival until
+        # the note itself is put here; how a head is made ready for the voices (the engine
+        # sets it: resampling to the output rate, at that rate).
+        self._streams: OrderedDict[NoteKey, Any] = OrderedDict()
+        self.stream_prepare: Callable[[np.ndarray], np.ndarray] | None = None
+        self.stream_rate: int | None = None
         self._spill: SpillDir | None = None
         if spill_dir is not None:
             root = default_spill_root() if str(spill_dir) == "default" else Path(spill_dir)
@@ -131,6 +142,24 @@ class RenderCache:
             if key in self._disk:
                 self._disk.move_to_end(key)
             return audio
+
+    def stream(self, key: NoteKey) -> Any:
+        """The note's NoteStream while it streams in (not cached yet), else None."""
+        with self._lock:
+            return None if key in self._mem else self._streams.get(key)
+
+    def add_stream(self, key: NoteKey, stream: Any) -> None:
+        """A note starts streaming in (its head has come); kept until `put` or
+        `drop_stream`, the last STREAMS_MAX at most."""
+        with self._lock:
+            self._streams[key] = stream
+            while len(self._streams) > STREAMS_MAX:
+                self._streams.popitem(last=False)
+
+    def drop_stream(self, key: NoteKey) -> Any:
+        """Forget a note's stream (its render failed); returns it, or None."""
+        with self._lock:
+            return self._streams.pop(key, None)
 
     def peek(self, key: NoteKey) -> np.ndarray | None:
         """Like get, from memory only, without counting or reordering (for status/tests)."""
@@ -222,6 +251,7 @@ class RenderCache:
         with self._lock:
             self._insert_mem(key, x)
             self._index_add(key)
+            self._streams.pop(key, None)
             need_file = self._spill is not None and key not in self._disk
         if need_file:
             self._spill_note(key, x)
@@ -229,6 +259,11 @@ class RenderCache:
     def count_late(self, n: int = 1) -> None:
         with self._lock:
             self.late += n
+
+    def count_starved(self) -> None:
+        """A streamed note's head ran out before the note came (render/stream.py)."""
+        with self._lock:
+            self.streams_starved += 1
 
     def count_fallback(self, n: int = 1) -> None:
         with self._lock:
@@ -433,6 +468,10 @@ class AudioThreadSource:
 
     def nearest_point(self, key: NoteKey) -> tuple[NoteKey, np.ndarray] | None:
         return self.cache.nearest_point(key, block=False)
+
+    def stream(self, key: NoteKey) -> Any:
+        """The note's NoteStream while its head plays ahead of its render, else None."""
+        return self.cache.stream(key)
 
     def count_late(self) -> None:
         self.cache.count_late()

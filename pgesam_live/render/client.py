@@ -24,11 +24,14 @@ from pgesam_live.render.messages import (
     Cancel,
     Failed,
     Fatal,
+    Head,
+    Joined,
     Ready,
     Rendered,
     RenderRequest,
     Stop,
 )
+from pgesam_live.render.stream import NoteStream
 from pgesam_live.render.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ class WorkerClient:
         self.restarts = 0
         self.errors = 0
         self.rendered = 0
+        self.streamed = 0  # notes whose head came first (render/stream.py)
         self.status = "stopped"
         self._ready = threading.Event()
 
@@ -139,7 +143,7 @@ class WorkerClient:
 
     # -- requests --------------------------------------------------------------------------
     def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
-                cancellable: bool = False) -> bool:
+                cancellable: bool = False, stream: bool = False) -> bool:
         """Ask for the note `key` (its point is the key's) by `deadline_s` (engine seconds).
         Returns False when coalesced
         (already cached, or already pending with an earlier or equal deadline).
@@ -147,7 +151,9 @@ class WorkerClient:
         speculative: a pre-render nobody waits for yet; held back while the worker is busy
         and dropped when a newer point's speculative requests push it out.
         cancellable: `cancel` may take it back (the scheduler's look-ahead at the performer's
-        point); a key also asked for without it (a prerender, a held note) is kept."""
+        point); a key also asked for without it (a prerender, a held note) is kept.
+        stream: someone waits for it now: its head comes first (render/stream.py); a key
+        pending without it is asked for again with it (the process keeps one)."""
         if key in self.cache:
             self.cache.prefetch(key)  # spilled: into memory before it plays (loader thread)
             return False
@@ -158,10 +164,10 @@ class WorkerClient:
             else:
                 self._cancellable.discard(key)
             old = self._pending.get(key)
-            if old is not None and old.deadline_s <= deadline_s:
+            if old is not None and old.deadline_s <= deadline_s and (old.stream or not stream):
                 return False
             self._seq += 1
-            req = RenderRequest(deadline_s, self._seq, key)
+            req = RenderRequest(deadline_s, self._seq, key, stream=stream)
             if speculative:
                 if key in self._spec:
                     return False
@@ -261,8 +267,20 @@ class WorkerClient:
                 if self.on_ready is not None:
                     self.on_ready(key)
                 self._feed()
+            elif isinstance(msg, Head):
+                self.cache.add_stream(msg.key, NoteStream(
+                    msg.audio, msg.key.pitch, self.cache.stream_rate or self.sample_rate or 0,
+                    self.cache.stream_prepare, self.cache.count_starved))
+                self.streamed += 1
+            elif isinstance(msg, Joined):
+                st = self.cache.stream(msg.key)
+                if st is not None:
+                    st.finish(np.asarray(msg.audio, dtype=np.float32))
             elif isinstance(msg, Failed):
                 key, text = msg.key, msg.text
+                st = self.cache.drop_stream(key)
+                if st is not None:
+                    st.fail()
                 with self._lock:
                     self._pending.pop(key, None)
                     self._cancellable.discard(key)

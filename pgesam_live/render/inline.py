@@ -41,8 +41,8 @@ class InlineRenderer:
         self.sample_rate = synth.sample_rate
 
     def request(self, key: NoteKey, deadline_s: float, speculative: bool = False,
-                cancellable: bool = False) -> bool:
-        # (Offline nothing is cancelled: a note renders on demand when it plays.)
+                cancellable: bool = False, stream: bool = False) -> bool:
+        # (Offline nothing is cancelled or streamed: a note renders on demand when it plays.)
         if key in self._queued or key in self.cache:
             return False
         self._seq += 1

@@ -233,7 +233,14 @@ class Sustain:
         cand = ls_lo + np.arange(len(ncc))
         sq = np.concatenate([[0.0], np.cumsum(flat * flat)])
         lev = 10.0 * np.log10((sq[cand + w] - sq[cand - w]) / (2 * w) + 1e-20)
-        score = ncc - 0.05 * np.abs(lev - lev_end)
+        # ... and a steady level at the start: the seam repeats the step the sound itself
+        # makes there (body end -> body start is the sound's own x[ls - 1] -> x[ls]) at
+        # every pass, so a start in a tremolo's or a beat's steep flank is heard as a pulse.
+        w2 = int(SEAM_LEVEL_WIN_S * sr)
+        c2 = np.clip(cand, w2, len(flat) - w2)
+        before = 10.0 * np.log10((sq[c2] - sq[c2 - w2]) / w2 + 1e-20)
+        after = 10.0 * np.log10((sq[c2 + w2] - sq[c2]) / w2 + 1e-20)
+        score = ncc - 0.05 * np.abs(lev - lev_end) - 0.05 * np.abs(after - before)
         k = int(np.argmax(score))
         ls = int(cand[k])
         length = le - ls

@@ -2,12 +2,13 @@
 process. All are picklable dataclasses: a process queue carries them as they are.
 
 client -> process: RenderRequest, Cancel, Stop
-process -> client: Ready, Fatal, Rendered, Failed
+process -> client: Ready, Fatal, Rendered, Failed, and for a streamed request Head (first),
+Joined (then), before its Rendered (render/stream.py)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,8 @@ class RenderRequest:
     deadline_s: float
     seq: int
     key: NoteKey
+    # Someone waits for it now (an immediate note): send its head first (render/stream.py).
+    stream: bool = field(default=False, compare=False)
 
     @property
     def x(self) -> float:
@@ -69,6 +72,24 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class Head:
+    """A streamed note's first samples, float32 [seam] at the model's rate and at the level
+    it starts playing at (render/stream.py): sent before its note is rendered."""
+
+    key: NoteKey
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A streamed note whole: its head, then the note (joined in the frame domain), float32
+    [N] at the model's rate and the streamed level; its first samples are the Head's."""
+
+    key: NoteKey
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
 class Failed:
     """A note the model failed to render."""
 
@@ -77,4 +98,4 @@ class Failed:
 
 
 ToProcess = RenderRequest | Cancel | Stop
-FromProcess = Ready | Fatal | Rendered | Failed
+FromProcess = Ready | Fatal | Rendered | Failed | Head | Joined

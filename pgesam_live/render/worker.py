@@ -7,6 +7,7 @@ handle is render/client.py.
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,20 @@ from pgesam_live.render.messages import (
     Cancel,
     Failed,
     Fatal,
+    Head,
+    Joined,
     Ready,
     Rendered,
     RenderRequest,
     Stop,
+)
+from pgesam_live.render.stream import (
+    HEAD_FRAMES,
+    XFADE_FRAMES,
+    join_frame,
+    level_joined,
+    peak_gain,
+    seam_sample,
 )
 
 
@@ -62,12 +73,43 @@ def worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int)
         if not batch:
             continue
         try:
-            pts = np.array([[r.x, r.y] for r in batch], dtype=np.float32)
-            pitches = np.array([r.key.pitch for r in batch], dtype=np.int64)
-            audio = normalise_peak(synth.render(pts, pitches, seed=batch[0].key.seed))
-            for r, a in zip(batch, audio, strict=True):
-                res_q.put(Rendered(r.key, a))
+            render_batch(synth, batch, res_q.put)
         except Exception as e:  # one bad batch must not kill the worker: each note says why
             for r in batch:
                 res_q.put(Failed(r.key, f"{type(e).__name__}: {e}"))
+
+
+def render_batch(synth: Any, batch: list[RenderRequest], send: Callable[[Any], object],
+                 head_frames: int = HEAD_FRAMES) -> None:
+    """Render one batch (one seed) and `send` each note as a message. The requests flagged
+    `stream` (someone waits now) get their heads first, in one short batched pass, then,
+    after the batch's whole notes, their joined notes (render/stream.py). Streamed ones are
+    rendered as a batch of their own, before the others: a head lasts ~0.6 s, and their
+    notes must come before it has played out."""
+    streamed = [r for r in batch if r.stream]
+    if streamed and len(streamed) < len(batch):
+        render_batch(synth, streamed, send, head_frames)
+        render_batch(synth, [r for r in batch if not r.stream], send, head_frames)
+        return
+    pts = np.array([[r.x, r.y] for r in batch], dtype=np.float32)
+    pitches = np.array([r.key.pitch for r in batch], dtype=np.int64)
+    seed = batch[0].key.seed
+    rows = [i for i, r in enumerate(batch) if r.stream]
+    n_head = min(int(head_frames), int(getattr(synth, "n_frames", head_frames)))
+    heads = None
+    if rows and hasattr(synth, "render_heads") and n_head > join_frame(n_head) + XFADE_FRAMES:
+        heads, head_audio = synth.render_heads(pts[rows], pitches[rows], seed, n_head)
+        hop = int(head_audio.shape[1] // n_head)
+        seam = seam_sample(n_head, hop)
+        gains = [peak_gain(a[:seam]) for a in head_audio]
+        for i, a, g in zip(rows, head_audio, gains, strict=True):
+            send(Head(batch[i].key, (a[:seam] * np.float32(g)).astype(np.float32)))
+    frames, audio = synth.render_notes(pts, pitches, seed)
+    if heads is not None:
+        stitched = synth.stitch_frames(heads, frames[rows], join_frame(n_head), XFADE_FRAMES)
+        joined = synth.decode_notes(stitched, pts[rows], pitches[rows], seed)
+        for i, a, g in zip(rows, joined, gains, strict=True):
+            send(Joined(batch[i].key, level_joined(a, g, seam, int(synth.sample_rate))))
+    for r, a in zip(batch, normalise_peak(audio), strict=True):
+        send(Rendered(r.key, a))
 

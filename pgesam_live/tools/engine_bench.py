@@ -52,6 +52,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from pgesam_live.errors import AudioError, CheckpointError
+from pgesam_live.render.stream import HEAD_FRAMES
 from pgesam_live.settings import REPO_ROOT, Settings
 
 SAMPLE_RATE = 24000
@@ -66,7 +67,8 @@ TRIGGER_NOTE_LEN_S = 0.02  # short notes: each one is over (release included) be
 TRIGGER_KEYS = ("trigger_latency_ms", "trigger_latency_p95_ms", "trigger_latency_max_ms")
 COLD_KEYS = ("cold_trigger_ms", "cold_trigger_p95_ms", "cold_trigger_max_ms",
              "cold_trigger_notes", "cold_trigger_target_ms", "cold_trigger_vs_cache_hit",
-             "cold_generate_ms", "cold_decode_ms", "cold_underruns")
+             "cold_generate_ms", "cold_decode_ms", "cold_head_ms", "cold_streamed",
+             "cold_stream_starved", "cold_underruns")
 COLD_TARGET_MS = 40.0  # issue 16: a note from nothing within 40 ms (p95)
 COLD_NOTES = 12
 COLD_LEVEL_DB = -40.0  # the first sample this far below the note's peak counts
@@ -255,7 +257,8 @@ def _cold_trigger(rig: _LiveRig, n_notes: int, timeout_s: float) -> dict[str, An
             state["latency"] = max(due, time.perf_counter()) - state["t_call"]
             found.set()
 
-    late0 = engine.scheduler.counters.late
+    late0, streamed0 = engine.scheduler.counters.late, engine.scheduler.counters.streamed
+    starved0 = cache.streams_starved
     fall0 = engine.scheduler.counters.fallback_pitch + engine.scheduler.counters.fallback_point
     under0 = audio.underruns
     lat_ms: list[float] = []
@@ -286,6 +289,8 @@ def _cold_trigger(rig: _LiveRig, n_notes: int, timeout_s: float) -> dict[str, An
             "cold_trigger_p95_ms": round(float(np.percentile(a, 95)), 2),
             "cold_trigger_max_ms": round(float(a.max()), 2), "cold_trigger_notes": len(a),
             "cold_trigger_target_ms": COLD_TARGET_MS,
+            "cold_streamed": int(sched.streamed - streamed0),
+            "cold_stream_starved": int(cache.streams_starved - starved0),
             "cold_underruns": int(audio.underruns - under0)}
 
 
@@ -303,16 +308,20 @@ def _cold_parts(path: Path, device: str, threads: int) -> dict[str, float]:
         lo, hi = synth.pitch_range
         pts, p = np.array([[0.11, -0.23]], np.float32), np.array([(lo + hi) // 2])
         frames = synth.render_frames(pts, p)
-        gen, dec = [], []
+        gen, dec, head = [], [], []
         for _ in range(5):
             t0 = time.perf_counter()
             synth.render_frames(pts, p)
             t1 = time.perf_counter()
             synth.decode_frames(frames)
+            t2 = time.perf_counter()
+            synth.render_heads(pts, p, 0, HEAD_FRAMES)
             gen.append(t1 - t0)
-            dec.append(time.perf_counter() - t1)
+            dec.append(t2 - t1)
+            head.append(time.perf_counter() - t2)
         return {"cold_generate_ms": round(1000 * min(gen), 2),
-                "cold_decode_ms": round(1000 * min(dec), 2)}
+                "cold_decode_ms": round(1000 * min(dec), 2),
+                "cold_head_ms": round(1000 * min(head), 2)}
     finally:
         torch.set_num_threads(before)
 

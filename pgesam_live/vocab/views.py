@@ -102,6 +102,8 @@ def status_line(snap: Snapshot, width: int | None = None) -> str:
     xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
     seqs = snap.get("sequences") or []
     extra = [f"look-ahead {1000 * float(snap.get('lookahead_s', 0.0)):.0f} ms"]
+    if snap.get("streamed_notes"):  # notes started from their head (render/stream.py)
+        extra.insert(1, f"streamed {snap['streamed_notes']}")
     if float(snap.get("gain", 1.0)) != 1.0:
         extra.append(f"gain {float(snap['gain']):g}")
     if seqs:

@@ -33,7 +33,8 @@ class _StubRenderer:
         self.pending = 0
 
     def request(self, key: Any, deadline_s: float,
-                speculative: bool = False, cancellable: bool = False) -> bool:
+                speculative: bool = False, cancellable: bool = False,
+                stream: bool = False) -> bool:
         if key in self.cache:
             self.cache.prefetch(key)
         return False

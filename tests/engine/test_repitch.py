@@ -121,8 +121,8 @@ def test_live_engine_re_pitches_beyond_range_notes_off_the_audio_thread(tmp_path
     class Stub:
         pending = 0
 
-        def request(self, key: Any, deadline_s: float,
-                    speculative: bool = False, cancellable: bool = False) -> bool:
+        def request(self, key: Any, deadline_s: float, speculative: bool = False,
+                    cancellable: bool = False, stream: bool = False) -> bool:
             return False
 
         def cancel(self, keys: list[Any]) -> None:

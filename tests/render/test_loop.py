@@ -81,6 +81,20 @@ def test_a_bad_loop_is_measured_as_one() -> None:
     assert fig["seam_flux_ratio"] > 1.5
 
 
+def test_a_tremolo_loop_starts_where_the_level_is_steady() -> None:
+    """A sound whose level wobbles (tremolos of 5-6 Hz, +-1.5-2 dB, over a slower 1.3 Hz
+    one): the seam repeats the sound's own step at the loop start on every pass, so the start
+    is put where the level is steady, not on a flank (there the raw step was 0.4-0.7 dB)."""
+    for rate_hz, depth_db in ((6.0, 1.5), (5.0, 2.0)):
+        x = note(196.0).astype(np.float64)
+        t = np.arange(len(x)) / SR
+        x *= 10 ** ((depth_db * np.sin(2 * np.pi * rate_hz * t)
+                     + np.sin(2 * np.pi * 1.3 * t)) / 20)
+        fig = seam_figures(Sustain.analyse(x.astype(np.float32), SR, 196.0))
+        assert fig["seam_level_step_raw_db"] <= 0.3
+        assert fig["seam_flux_ratio"] <= 1.5
+
+
 def test_vibrato_and_noise_still_loop_cleanly() -> None:
     s = Sustain.analyse(note(180.0, vibrato=0.004, noise=0.01), SR, 180.0)
     fig = seam_figures(s)

@@ -272,3 +272,25 @@ def test_the_client_forgets_cancelled_renders_and_asks_again_later(tiny_model: P
         assert wait_for(lambda: k in cache and k2 in cache, 60)
     finally:
         w.stop()
+
+
+def test_a_streamed_request_brings_its_head_then_the_whole_note(tiny_model: Path) -> None:
+    """A note someone waits for: the process sends its head first (a NoteStream in the cache,
+    at the playing level), then the joined note, then the note itself into the cache."""
+    cache = RenderCache("m", "harmonic", spill_dir=None)
+    seen: list[Any] = []
+    add = cache.add_stream
+    cache.add_stream = lambda k, s: (seen.append(s), add(k, s))  # type: ignore[method-assign]
+    w = WorkerClient(cache, model=str(tiny_model), device="cpu")
+    w.start(timeout_s=60)
+    try:
+        key = cache.key(0.3, -0.1, 60, 0)
+        assert w.request(key, deadline_s=0.0, stream=True)
+        assert wait_for(lambda: key in cache, 60)
+        assert w.streamed == 1 and len(seen) == 1
+        st = seen[0]
+        assert st.complete and not st.failed and len(st.head) > 0
+        assert cache.stream(key) is None  # cached now: later plays read the cache
+        np.testing.assert_allclose(st.note[: len(st.head)], st.head, atol=1e-6)
+    finally:
+        w.stop()
