@@ -58,10 +58,12 @@ class AdaBlock(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """h [B, S, d], c [B, S, d] (SiLU applied) -> [B, S, d]."""
+    def forward(self, h: torch.Tensor, c: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, S, d], c [B, S, d] (SiLU applied) -> [B, S, d]; key_bias [S] as
+        SelfAttention's."""
         sh1, sc1, g1, sh2, sc2, g2 = self.mod(c).chunk(6, dim=-1)
-        h = h + g1 * self.attn(self.ln1(h) * (1 + sc1) + sh1, causal=False)
+        h = h + g1 * self.attn(self.ln1(h) * (1 + sc1) + sh1, causal=False, key_bias=key_bias)
         return h + g2 * self.ff(self.ln2(h) * (1 + sc2) + sh2)
 
 
@@ -127,16 +129,38 @@ class ParallelFrameTransformer(nn.Module):
         c_pitch = self.pitch_embed(pitch_idx) + self.pitch_lin(p_norm)  # [B, d]
         return c_pt + c_pitch[:, None, :]
 
-    def _run(self, c: torch.Tensor, pitch_idx: torch.Tensor, s: int) -> torch.Tensor:
-        """Condition [B, S or 1, d] -> frames [B, S * G, D]."""
+    def _run(self, c: torch.Tensor, pitch_idx: torch.Tensor, s: int,
+             context_stride: int | None = None) -> torch.Tensor:
+        """Condition [B, S or 1, d] (S: every step of the note with a context_stride) ->
+        frames [B, s * G, D] of the first s steps, then, with a context_stride, those of the
+        context tokens (steps s + stride // 2, s + stride // 2 + stride, ...).
+
+        context_stride: the first s tokens attend to one another and to every
+        context_stride-th token after them (each of those weighted context_stride times in
+        the attention, standing for its neighbours), not to all the note's tokens: the
+        first frames of a note nearly as the whole pass gives them (on the bundled model,
+        32 of 300 frames with a stride of 16: mean |difference| 0.0002 of the normalised
+        frame, against 0.024 with the first frames alone), for a fraction of the cost."""
         b = c.shape[0]
-        h = self.pos[:s] + c
+        bias = None
+        if context_stride is None or s >= self.cfg.n_steps:
+            idx = torch.arange(s, device=c.device)
+        else:
+            first = min(s + context_stride // 2, self.cfg.n_steps)
+            far = torch.arange(first, self.cfg.n_steps, context_stride, device=c.device)
+            idx = torch.cat([torch.arange(s, device=c.device), far])
+            bias = torch.cat([torch.zeros(s, device=c.device),
+                              torch.full((len(far),), math.log(context_stride),
+                                         device=c.device)])
+        if c.shape[1] > 1:
+            c = c[:, idx]
+        h = self.pos[idx] + c
         cs = F.silu(c)
         for block in self.blocks:
-            h = block(h, cs)
+            h = block(h, cs, bias)
         shift, scale = self.mod_out(cs).chunk(2, dim=-1)
-        out = self.out_proj(self.norm_out(h) * (1 + scale) + shift)  # [B, S, G*D]
-        out = out.reshape(b, s * self.cfg.frames_per_step, self.cfg.frame_dim)
+        out = self.out_proj(self.norm_out(h) * (1 + scale) + shift)  # [B, N, G*D]
+        out = out.reshape(b, len(idx) * self.cfg.frames_per_step, self.cfg.frame_dim)
         if self.out_bias is not None:
             out = out + self.out_bias(pitch_idx)[:, None, :]
         return out
@@ -181,10 +205,30 @@ class ParallelFrameTransformer(nn.Module):
         Dropout is off; the result is an inference-mode tensor.
         """
         del use_cache
+        n = self.cfg.n_frames if n_frames is None else int(n_frames)
+        return self._generate(points, pitches, n, noise_seed, guidance, None)[:, :n].clone()
+
+    def generate_head(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int,
+                      context_stride: int = 16,
+                      noise_seed: int | Sequence[int] | None = None,
+                      guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A note's first n frames (a streamed note's head), attending to the rest of the
+        note at every context_stride-th step only (see _run), as `generate` gives them to
+        within a little: -> (head [B, n, D], context [B, M, D]: the frames of the context
+        steps, a coarse view of the whole note, e.g. of where it peaks)."""
+        n = int(n_frames)
+        out = self._generate(points, pitches, n, noise_seed, guidance, int(context_stride))
+        s = math.ceil(n / self.cfg.frames_per_step)
+        return out[:, :n].clone(), out[:, s * self.cfg.frames_per_step:].clone()
+
+    def _generate(self, points: torch.Tensor, pitches: torch.Tensor, n: int,
+                  noise_seed: int | Sequence[int] | None, guidance: float | None,
+                  context_stride: int | None) -> torch.Tensor:
         cfg = self.cfg
-        n = cfg.n_frames if n_frames is None else int(n_frames)
         if not 1 <= n <= cfg.n_frames:
             raise ConfigError(f"n_frames must be in 1..{cfg.n_frames} for this model, got {n}")
+        if context_stride is not None and context_stride < 1:
+            raise ConfigError(f"context_stride must be >= 1, got {context_stride}")
         if pitches.shape[0] != points.shape[0]:
             raise ConfigError(f"points ({points.shape[0]}) and pitches ({pitches.shape[0]}) "
                               "must have the same batch size")
@@ -198,15 +242,17 @@ class ParallelFrameTransformer(nn.Module):
                 pts = noisy_points(points.to(device=dev, dtype=dtype), noise_seed,
                                    cfg.point_noise_std)
                 s = math.ceil(n / cfg.frames_per_step)
+                sc = s if context_stride is None else cfg.n_steps  # steps conditioned
                 b = pts.shape[0]
                 if w == 1.0 or b == 0:
-                    return self._run(self.condition(pts, pitch_idx, s), pitch_idx, s)[:, :n].clone()
+                    return self._run(self.condition(pts, pitch_idx, sc), pitch_idx, s,
+                                     context_stride)
                 both = torch.cat([pts, pts])
                 idx2 = torch.cat([pitch_idx, pitch_idx])
                 drop = torch.arange(2 * b, device=dev) >= b
-                out = self._run(self.condition(both, idx2, s, drop), idx2, s)[:, :n]
+                out = self._run(self.condition(both, idx2, sc, drop), idx2, s, context_stride)
                 cond, uncond = out[:b], out[b:]
-                return (uncond + w * (cond - uncond)).clone()
+                return uncond + w * (cond - uncond)
         finally:
             self.train(was_training)
 

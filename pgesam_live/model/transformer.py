@@ -236,13 +236,17 @@ class SelfAttention(nn.Module):
         b, n, _ = x.shape  # [B, N, d] -> [B, H, N, hd]
         return x.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        """x [B, N, d] -> [B, N, d] over the whole sequence (training, naive generation)."""
+    def forward(self, x: torch.Tensor, causal: bool,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, d] -> [B, N, d] over the whole sequence (training, naive generation).
+        key_bias [N]: added to every query's attention logits for each key (log weights)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+        mask = None if key_bias is None else key_bias.to(q.dtype).expand(1, 1, n, n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 

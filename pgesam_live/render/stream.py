@@ -1,19 +1,21 @@
 """Streamed notes: a note never rendered starts from its first frames while the rest is
 generated (issue 16's "a note from nothing").
 
-The synthesis process renders a short *head* first (the first HEAD_FRAMES frames alone,
-`Synth.render_heads`: ~15 ms on one CPU thread against ~60 ms for a whole note) and sends
-its audio up to a *seam*; then it renders the whole note, joins head and note in the frame
-domain before the seam's frame (`Synth.stitch_frames`: a crossfade of the frames, so f0 and
-phase run on, nothing to click) and sends the joined note, whose samples before the seam are
-the head's own. A voice plays a `StreamPlayhead`: the head while that is all there is, the
-joined note (looped and released as a held note, or played out as a one-shot) once it
-arrives; the cache receives the whole note rendered as always, for every later play.
+The synthesis process renders a short *head* first (`Synth.render_heads`: the first
+HEAD_FRAMES frames, attending to the rest of the note at every 16th frame only: ~8 ms on one
+CPU thread against ~50 ms for the whole pass, and within a fraction of a dB of what the whole
+pass gives those frames) and sends its audio up to a *seam*; then it renders the whole note,
+joins head and note in the frame domain before the seam's frame (`Synth.stitch_frames`: a
+crossfade of the frames, so f0 and phase run on, nothing to click) and sends the joined
+note, whose samples before the seam are the head's own. A voice plays a `StreamPlayhead`:
+the head while that is all there is, the joined note (looped and released as a held note, or
+played out as a one-shot) once it arrives; the cache receives the whole note rendered as
+always, for every later play.
 
-Level: a note plays at NOTE_PEAK, but a head does not know the note's peak. The head plays at
-its own peak's gain; where the whole note peaks later (a swell: 1 note in 40 on the bundled
-model peaks after the head's 0.64 s, by 1.4 dB), the gain eases from the head's to the
-note's over LEVEL_EASE_S after the seam, so the note never overshoots its playing level.
+Level: a note plays at NOTE_PEAK, but a head does not know the note's peak for sure. It plays
+at its own peak's gain, lowered by as much as the head's context frames say the note gets
+louder later (a swell); what that estimate misses, the gain eases out over LEVEL_EASE_S after
+the seam, so the note never overshoots its playing level.
 """
 
 from __future__ import annotations

@@ -98,10 +98,12 @@ def render_batch(synth: Any, batch: list[RenderRequest], send: Callable[[Any], o
     n_head = min(int(head_frames), int(getattr(synth, "n_frames", head_frames)))
     heads = None
     if rows and hasattr(synth, "render_heads") and n_head > join_frame(n_head) + XFADE_FRAMES:
-        heads, head_audio = synth.render_heads(pts[rows], pitches[rows], seed, n_head)
+        heads, head_audio, later_db = synth.render_heads(pts[rows], pitches[rows], seed, n_head)
         hop = int(head_audio.shape[1] // n_head)
         seam = seam_sample(n_head, hop)
-        gains = [peak_gain(a[:seam]) for a in head_audio]
+        # Played at the note's level: lower where the note peaks after its head (a swell).
+        gains = [peak_gain(a[:seam]) * 10 ** (-float(d) / 20) for a, d in
+                 zip(head_audio, later_db, strict=True)]
         for i, a, g in zip(rows, head_audio, gains, strict=True):
             send(Head(batch[i].key, (a[:seam] * np.float32(g)).astype(np.float32)))
     frames, audio = synth.render_notes(pts, pitches, seed)

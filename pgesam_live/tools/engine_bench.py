@@ -14,6 +14,16 @@ in one process, one pyo server at a time:
   and warmed up first: model load and torch's first call are not counted), from submitting
   ``at X Y`` at a fresh point to the first ``BANK_PITCHES`` pitches of that point's bank (the
   engine's order: nearest the last played first) all in the cache.
+- ``cold_trigger_ms`` (mean), ``_p95_ms``, ``_max_ms`` (target: p95 <= 40): a note at a point
+  and pitch never rendered, the worker on its one torch thread, no fallback allowed, from
+  ``submit("note_at ...")`` to the note's first sample above -40 dB re its peak at the
+  output; ``cold_streamed``: how many of them started from their head (render/stream.py),
+  ``cold_stream_starved``: heads that ran out before their note came, ``cold_underruns``;
+  ``cold_generate_ms`` / ``cold_decode_ms`` / ``cold_head_ms``: a whole note's decoder pass,
+  its decoding, a head (best of 5, in this process); ``stream_level_diff_db`` (median,
+  ``_max``): a streamed note against the same note cached, the largest |difference| of their
+  10 ms level envelopes where the cached note is within 40 dB of its peak, over
+  STREAM_CHECK_NOTES random points and pitches.
 - ``voices_64_cpu_pct``: ``voices.bench_voices_cpu_pct(64)`` (share of one core).
 - ``bounce_realtime_factor``: seconds of audio per wall second of an offline bounce of a demo
   patch (``OfflineRig``, the same path as ``pgesam-live render``) whose notes are already in
@@ -68,7 +78,9 @@ TRIGGER_KEYS = ("trigger_latency_ms", "trigger_latency_p95_ms", "trigger_latency
 COLD_KEYS = ("cold_trigger_ms", "cold_trigger_p95_ms", "cold_trigger_max_ms",
              "cold_trigger_notes", "cold_trigger_target_ms", "cold_trigger_vs_cache_hit",
              "cold_generate_ms", "cold_decode_ms", "cold_head_ms", "cold_streamed",
-             "cold_stream_starved", "cold_underruns")
+             "cold_stream_starved", "cold_underruns", "stream_level_diff_db",
+             "stream_level_diff_db_max")
+STREAM_CHECK_NOTES = 24  # streamed against cached notes compared (stream_level_diff_db)
 COLD_TARGET_MS = 40.0  # issue 16: a note from nothing within 40 ms (p95)
 COLD_NOTES = 12
 COLD_LEVEL_DB = -40.0  # the first sample this far below the note's peak counts
@@ -321,9 +333,41 @@ def _cold_parts(path: Path, device: str, threads: int) -> dict[str, float]:
             head.append(time.perf_counter() - t2)
         return {"cold_generate_ms": round(1000 * min(gen), 2),
                 "cold_decode_ms": round(1000 * min(dec), 2),
-                "cold_head_ms": round(1000 * min(head), 2)}
+                "cold_head_ms": round(1000 * min(head), 2),
+                **_stream_fidelity(synth)}
     finally:
         torch.set_num_threads(before)
+
+
+def _stream_fidelity(synth: Any, n_notes: int = STREAM_CHECK_NOTES) -> dict[str, float]:
+    """How a streamed note (head, then joined) differs from the same note cached, over
+    n_notes random points and pitches: the largest |level difference| of their 10 ms
+    envelopes where the cached note is within 40 dB of its peak (median and max over the
+    notes), dB."""
+    from pgesam_live.render.cache import RenderCache  # noqa: PLC0415
+    from pgesam_live.render.loop import envelope_db  # noqa: PLC0415
+    from pgesam_live.render.messages import Joined, Rendered, RenderRequest  # noqa: PLC0415
+    from pgesam_live.render.worker import render_batch  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    cache = RenderCache(synth.model_id, synth.codec_name)
+    lo, hi = synth.pitch_range
+    reqs = [RenderRequest(0.0, i, cache.key(float(x), float(y), int(p), 0), stream=True)
+            for i, (x, y, p) in enumerate(zip(rng.uniform(-0.9, 0.9, n_notes),
+                                              rng.uniform(-0.9, 0.9, n_notes),
+                                              rng.integers(lo, hi + 1, n_notes), strict=True))]
+    sent: list[Any] = []
+    render_batch(synth, reqs, sent.append)
+    joined = {m.key: m.audio for m in sent if isinstance(m, Joined)}
+    diffs = []
+    for m in sent:
+        if isinstance(m, Rendered) and m.key in joined:
+            a, b = envelope_db(joined[m.key], synth.sample_rate), \
+                envelope_db(m.audio, synth.sample_rate)
+            loud = b > b.max() - 40.0
+            diffs.append(float(np.abs(a - b)[loud].max()))
+    return {"stream_level_diff_db": round(float(np.median(diffs)), 2),
+            "stream_level_diff_db_max": round(float(np.max(diffs)), 2)}
 
 
 def _bank_prerender(rig: _LiveRig, n_pitches: int, timeout_s: float) -> dict[str, Any]:
