@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", choices=["on", "off"], default=None,
                    help="tune each generated note's f0 to its key (default: as the model "
                         "says; off measures the generator alone)")
+    p.add_argument("--debuzz", choices=["on", "off"], default=None,
+                   help="smooth each generated note's frame-to-frame loudness zig-zag, onsets "
+                        "kept (default: as the model says)")
     p.set_defaults(func="pgesam_live.model.eval:run_eval")
 
     p = sub.add_parser("pack", help="store a fine-tuned model compactly, as a difference "

@@ -405,6 +405,26 @@ class HarmonicCodec(Codec):
             out[i, :, 0] = frames[i, :, 0] - shift / self.PITCH_SCALE_MIDI
         return out
 
+    DEBUZZ_ONSET_DB = 6.0  # debuzz(): a frame this much louder than the one before is an onset
+
+    def debuzz(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, D] (normalised) -> frames whose loudness is smoothed over
+        neighbouring frames ([1, 2, 1] / 4, in dB), except at onsets: a frame more than
+        DEBUZZ_ONSET_DB louder than the one before it, and the frame before it, keep their
+        loudness (an attack is not smeared ahead of itself). A new tensor."""
+        out = frames.clone()
+        if frames.shape[1] < 3:
+            return out
+        loud = frames[..., 1]
+        pad = torch.cat([loud[:, :1], loud, loud[:, -1:]], dim=1)
+        smooth = 0.25 * pad[:, :-2] + 0.5 * pad[:, 1:-1] + 0.25 * pad[:, 2:]
+        rise = torch.zeros_like(loud, dtype=torch.bool)
+        rise[:, 1:] = (loud[:, 1:] - loud[:, :-1]) * self.LOUD_SCALE_DB > self.DEBUZZ_ONSET_DB
+        keep = rise.clone()
+        keep[:, :-1] |= rise[:, 1:]
+        out[..., 1] = torch.where(keep, loud, smooth)
+        return out
+
     # ----------------------------------------------------------------------------- decode
     def unnormalise(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [B, T, D] -> clamped physical parameters: f0_hz [B, T], amplitude [B, T, K]

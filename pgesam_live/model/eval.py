@@ -414,6 +414,12 @@ def set_tune(bundle: ModelBundle, tune: bool) -> None:
     tr.cfg = dataclasses.replace(tr.cfg, tune_f0=tune)
 
 
+def set_debuzz(bundle: ModelBundle, debuzz: bool) -> None:
+    """Render `bundle` with its loudness de-buzzing on or off (TransformerConfig.debuzz)."""
+    tr = bundle.transformer
+    tr.cfg = dataclasses.replace(tr.cfg, debuzz=debuzz)
+
+
 def run_eval(ns: Namespace) -> int:
     """`pgesam-live eval --model M --data DIR [--split S] [--json] [--report MD]`."""
     from pgesam_live.model.paths import write_problem  # noqa: PLC0415
@@ -427,6 +433,8 @@ def run_eval(ns: Namespace) -> int:
         set_guidance(bundle, float(ns.guidance))
     if getattr(ns, "tune", None) is not None:
         set_tune(bundle, ns.tune == "on")
+    if getattr(ns, "debuzz", None) is not None:
+        set_debuzz(bundle, ns.debuzz == "on")
     splits = ["train", "valid", "test"] if ns.split == "all" else [ns.split]
     result: dict[str, Any] = {}
     for sp in splits:

@@ -117,11 +117,16 @@ class Synth:
         return self.finish_frames(frames, p)
 
     def finish_frames(self, frames: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
-        """Generated frames [B, T, D] -> what is decoded: tuned to the keys `pitches` [B] when
-        the model asks for it (TransformerConfig.tune_f0) and the codec can (harmonic)."""
+        """Generated frames [B, T, D] -> what is decoded: tuned to the keys `pitches` [B] and
+        their loudness de-buzzed when the model asks for it (TransformerConfig.tune_f0,
+        .debuzz) and the codec can (harmonic)."""
+        cfg = self.bundle.transformer.cfg
         tune = getattr(self.codec, "tune", None)
-        if getattr(self.bundle.transformer.cfg, "tune_f0", False) and callable(tune):
-            return tune(frames, pitches)
+        if getattr(cfg, "tune_f0", False) and callable(tune):
+            frames = tune(frames, pitches)
+        debuzz = getattr(self.codec, "debuzz", None)
+        if getattr(cfg, "debuzz", False) and callable(debuzz):
+            frames = debuzz(frames)
         return frames
 
     @torch.inference_mode()

@@ -194,6 +194,29 @@ def test_encodec_missing_weights_names_both_places(monkeypatch: pytest.MonkeyPat
         get_codec("encodec", weights=bad)
 
 
+def test_debuzz_flattens_a_frame_rate_zig_zag_and_keeps_onsets() -> None:
+    """HarmonicCodec.debuzz: a loudness alternating +-0.7 dB frame to frame (the parallel
+    decoder's buzz at half the frame rate) comes out within 0.01 dB of its mean; an onset
+    (silence, then a 60 dB jump) keeps its frame and the one before it; a slow swell (a
+    straight line in dB) is unchanged; nothing else of the frame moves."""
+    from pgesam_live.model.codec import HarmonicCodec
+
+    c = HarmonicCodec()
+    f = torch.rand(2, 40, c.dim)
+    zig = torch.tensor([0.7, -0.7]).repeat(20)
+    f[0, :, 1] = (-30.0 + zig + c.LOUD_OFFSET_DB) / c.LOUD_SCALE_DB
+    f[1, :, 1] = (torch.where(torch.arange(40) < 10, -100.0, -30.0) + c.LOUD_OFFSET_DB) \
+        / c.LOUD_SCALE_DB
+    f[1, 25:, 1] = (torch.linspace(-30.0, -20.0, 15) + c.LOUD_OFFSET_DB) / c.LOUD_SCALE_DB
+    out = c.debuzz(f)
+    db = out[..., 1] * c.LOUD_SCALE_DB - c.LOUD_OFFSET_DB
+    assert (db[0, 1:-1] + 30.0).abs().max() < 0.01
+    assert torch.equal(out[1, 9:11, 1], f[1, 9:11, 1])  # the onset and the frame before it
+    assert torch.allclose(out[1, 26:-1, 1], f[1, 26:-1, 1], atol=1e-6)  # a line stays a line
+    keep = [i for i in range(c.dim) if i != 1]
+    assert torch.equal(out[..., keep], f[..., keep])
+
+
 def test_tune_centres_each_notes_f0_on_its_key_keeping_octave_and_vibrato() -> None:
     """HarmonicCodec.tune: a note 30 cents sharp, one an octave below its key and 20 cents
     sharp, and one 11 semitones above: each moves by the same amount at every frame, so its
