@@ -5,7 +5,9 @@ defined here (not the bundled checkpoint, so a new default model does not change
 The hashes were taken on the code before the sweep of issue 15; a change in how the engine
 schedules, renders, mixes or writes a bounce shows here as a changed SHA-256. Retaken once,
 on purpose, for issue 16: a sequence's gate is a held note released into the note's own release
-(render/loop.py) instead of a 30 ms fade."""
+(render/loop.py) instead of a 30 ms fade; and again when a loop's start came to be chosen where
+the sound's level is steady (render/loop.py; with the loop code before that change the old
+hashes still came out)."""
 
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ SR = 24000
 
 EXPECTED = {
     "drift-arpeggio.yaml":
-        "7f5df92b05cfdc1276fcea5cc42b8db91064630c625ae00e15e37982d3de0479",
+        "a546c15bd75253df8e4baabd412bebc5a2353bdc5ea49813a9133d1ee0db935d",
     "family-changes.yaml":
-        "31182ad8ab34bb59e9e6a69dcf482e34d69518266ba831c4752c6dfa5a2c3b0f",
+        "d781fd215b14d088e1af8762f4c926d0f457734f18f9c0c6f499c09eeaf1525f",
     "morph.yaml":
-        "0e3599498c2c30900cd49c215862157250af706c3e38b4b1ef3b4aecb2afce1e",
+        "32953521421875f69b1419105cdcaeb8f1651a42a823310a886a99e7b2000f89",
 }
 
 
