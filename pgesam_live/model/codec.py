@@ -262,13 +262,69 @@ class HarmonicCodec(Codec):
             half_partials > 4.0 * valleys)
 
     def _encode_one(self, x: torch.Tensor, hint_hz: float | None) -> torch.Tensor:
-        """x [N] float64 -> frames [T, D] float32."""
-        sr, hop, K = self.sample_rate, self.hop, self.n_harmonics
+        """x [N] float64 -> frames [T, D] float32.
+
+        The steps are methods a subclass may replace (PartialsCodec does): `_note_f0`,
+        `_track_f0`, `_partial_centres_hz`, `_harmonic_peaks`, `_harmonic_mask`, `_extra` and
+        `_with_extra`; this class's own versions give its frames unchanged."""
+        sr, hop = self.sample_rate, self.hop
         n_frames = len(x) // hop
         nyq = sr / 2
         bin_hz = sr / self.ANALYSIS_FFT
-        # A first look at (at most 32 of) the loud frames with a fixed window finds f0 when no
-        # hint is given, and checks for a sub-octave.
+        f0_nom = self._note_f0(x, hint_hz, n_frames)
+
+        win_len = int(min(2048, max(512, 2 * round(self.PERIODS_PER_WINDOW * sr / f0_nom / 2))))
+        mag, window = self._spectra(x, win_len, n_frames)             # [T, F]
+        f0 = self._track_f0(mag, f0_nom)                              # [T]
+        fk = self._partial_centres_hz(mag, f0, f0_nom)                # [T, K]
+        amp, peak_hz = self._harmonic_peaks(mag, window, fk, f0_nom)  # [T, K] each
+        below = fk < nyq * 0.98
+        amp = amp * below
+
+        # Noise: residual power density away from the harmonic peaks actually found (so
+        # stretched partials of pianos and bells are not counted as noise), averaged per mel
+        # band, from a longer low-leakage window (~10 periods).
+        noise_len = int(min(4096, max(1024, 2 * round(10 * sr / f0_nom / 2))))
+        nmag, nwin = self._spectra(x, noise_len, n_frames, low_leakage=True)
+        psd = nmag**2 / (nwin**2).sum()                               # white noise var -> var
+        mask_hz = min(self.MASK_HALF_WIDTH * f0_nom,
+                      max(0.3 * f0_nom, 4.5 * sr / noise_len))
+        f_bins = torch.arange(mag.shape[-1], dtype=torch.float64) * bin_hz
+        masked = self._harmonic_mask(f_bins, f0, peak_hz, below, mask_hz)
+        extra = self._extra(mag, window, f0, peak_hz, amp, f0_nom)
+        if extra is not None:
+            masked |= extra["mask"]
+        keep = (~masked).double()
+        num = (psd * keep) @ self._analysis_band_onehot              # [T, B]
+        cnt = keep @ self._analysis_band_onehot
+        band_psd = num / cnt.clamp(min=1)
+        band_psd = self._fill_empty_bands(band_psd, cnt > 0)
+
+        # Attack: the long window smears onsets, so rescale each frame by the ratio of a short
+        # (>= one period, >= 5 ms) RMS to the long window's RMS at the same centre.
+        gain = self._attack_gain(x, window, f0_nom, n_frames)        # [T]
+        amp = amp * gain[:, None]
+        band_psd = band_psd * gain[:, None] ** 2
+
+        K = self.n_harmonics
+        total = amp.sum(-1)
+        dist = (amp + 1e-12) / (total[:, None] + K * 1e-12)
+        midi = 69.0 + 12.0 * torch.log2(f0 / 440.0)
+        loud_db = 20.0 * torch.log10(total + 1e-12)
+        noise_db = 10.0 * torch.log10(band_psd + 1e-20)
+        frames = torch.cat([
+            ((midi - self.PITCH_OFFSET_MIDI) / self.PITCH_SCALE_MIDI)[:, None],
+            ((loud_db + self.LOUD_OFFSET_DB) / self.LOUD_SCALE_DB).clamp(min=0.0)[:, None],
+            dist,
+            ((noise_db + self.NOISE_OFFSET_DB) / self.NOISE_SCALE_DB).clamp(min=0.0),
+        ], dim=-1)
+        return self._with_extra(frames, extra, gain).float()
+
+    def _note_f0(self, x: torch.Tensor, hint_hz: float | None, n_frames: int) -> float:
+        """The note's nominal f0 in Hz: the hint (else a wide search), halved when the note
+        sounds an octave below. A first look at (at most 32 of) the loud frames with a fixed
+        window."""
+        hop = self.hop
         e = F.pad(x**2, (1024, 1024 + hop)).unfold(0, 2048, hop)[:n_frames].sum(-1)
         loud_idx = torch.nonzero(e >= e.max() * 1e-2)[:, 0]
         loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(32, len(loud_idx))).long()]
@@ -277,12 +333,13 @@ class HarmonicCodec(Codec):
         f0_nom = hint_hz if hint_hz is not None else self._nominal_f0(mag, loud)
         if self._suboctave(mag, loud, f0_nom):
             f0_nom /= 2.0
-        f0_nom = min(max(f0_nom, 20.0), 5000.0)
+        return min(max(f0_nom, 20.0), 5000.0)
 
-        win_len = int(min(2048, max(512, 2 * round(self.PERIODS_PER_WINDOW * sr / f0_nom / 2))))
-        mag, window = self._spectra(x, win_len, n_frames)             # [T, F]
-
-        # Per-frame f0: harmonic sum on a fine grid around the nominal f0, parabola, median.
+    def _track_f0(self, mag: torch.Tensor, f0_nom: float) -> torch.Tensor:
+        """Per-frame f0 [T] (Hz) from mag [T, F]: harmonic sum on a 2-cent grid within
+        +-SEARCH_CENTS of the nominal f0, parabola, 3-frame median; quiet frames hold the
+        note's median."""
+        n_frames = mag.shape[0]
         c = torch.arange(-self.SEARCH_CENTS, self.SEARCH_CENTS + 1e-9, self.SEARCH_STEP_CENTS,
                          dtype=torch.float64)
         cand = f0_nom * 2.0 ** (c / 1200)
@@ -298,60 +355,51 @@ class HarmonicCodec(Codec):
         frame_energy = (mag**2).sum(-1)
         voiced = frame_energy >= frame_energy.max() * 1e-4
         f0_fill = f0[voiced].median() if bool(voiced.any()) else torch.tensor(f0_nom)
-        f0 = torch.where(voiced, f0, f0_fill)
+        return torch.where(voiced, f0, f0_fill)
 
-        # Harmonic amplitudes: the largest peak within k f0 +- 0.25 f0.
-        k = torch.arange(1, K + 1, dtype=torch.float64)
-        fk = f0[:, None] * k                                          # [T, K]
+    def _partial_centres_hz(self, mag: torch.Tensor, f0: torch.Tensor,
+                            f0_nom: float) -> torch.Tensor:
+        """Where partial k is sought in each frame: k f0. f0 [T] -> [T, K]."""
+        k = torch.arange(1, self.n_harmonics + 1, dtype=torch.float64)
+        return f0[:, None] * k
+
+    def _harmonic_peaks(self, mag: torch.Tensor, window: torch.Tensor, fk: torch.Tensor,
+                        f0_nom: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sinusoid amplitude and frequency (Hz) of partial k: the largest peak of mag [T, F]
+        within fk [T, K] +- PEAK_HALF_WIDTH f0. -> ([T, K], [T, K])."""
+        bin_hz = self.sample_rate / self.ANALYSIS_FFT
+        n_frames, K = fk.shape
         r = int(math.ceil(self.PEAK_HALF_WIDTH * f0_nom / bin_hz))
         idx = (fk / bin_hz).round().long()[..., None] + torch.arange(-r, r + 1)
         idx = idx.clamp(0, mag.shape[-1] - 1)
         peak, arg = torch.gather(mag, 1, idx.flatten(1)).view(n_frames, K, 2 * r + 1).max(-1)
         peak_hz = torch.gather(idx, 2, arg[..., None])[..., 0].double() * bin_hz  # [T, K]
-        amp = 2.0 * peak / window.sum()                               # sinusoid amplitude
-        below = fk < nyq * 0.98
-        amp = amp * below
+        return 2.0 * peak / window.sum(), peak_hz                    # sinusoid amplitude
 
-        # Noise: residual power density away from the harmonic peaks actually found (so
-        # stretched partials of pianos and bells are not counted as noise), averaged per mel
-        # band, from a longer low-leakage window (~10 periods).
-        noise_len = int(min(4096, max(1024, 2 * round(10 * sr / f0_nom / 2))))
-        nmag, nwin = self._spectra(x, noise_len, n_frames, low_leakage=True)
-        psd = nmag**2 / (nwin**2).sum()                               # white noise var -> var
-        mask_hz = min(self.MASK_HALF_WIDTH * f0_nom,
-                      max(0.3 * f0_nom, 4.5 * sr / noise_len))
-        f_bins = torch.arange(mag.shape[-1], dtype=torch.float64) * bin_hz
+    def _harmonic_mask(self, f_bins: torch.Tensor, f0: torch.Tensor, peak_hz: torch.Tensor,
+                       below: torch.Tensor, mask_hz: float) -> torch.Tensor:
+        """Bins [T, F] within mask_hz of a found partial (kept out of the noise estimate)."""
+        K = self.n_harmonics
         nearest = (f_bins[None, :] / f0[:, None]).round().long()       # [T, F]
-        masked = torch.zeros_like(psd, dtype=torch.bool)
+        masked = torch.zeros(len(f0), len(f_bins), dtype=torch.bool)
         for j in (-1, 0, 1):
             h = (nearest + j).clamp(1, K)
             fh = torch.gather(peak_hz, 1, h - 1)
             ok = torch.gather(below, 1, h - 1)
             masked |= ok & ((f_bins[None, :] - fh).abs() < mask_hz)
-        keep = (~masked).double()
-        num = (psd * keep) @ self._analysis_band_onehot              # [T, B]
-        cnt = keep @ self._analysis_band_onehot
-        band_psd = num / cnt.clamp(min=1)
-        band_psd = self._fill_empty_bands(band_psd, cnt > 0)
+        return masked
 
-        # Attack: the long window smears onsets, so rescale each frame by the ratio of a short
-        # (>= one period, >= 5 ms) RMS to the long window's RMS at the same centre.
-        gain = self._attack_gain(x, window, f0_nom, n_frames)        # [T]
-        amp = amp * gain[:, None]
-        band_psd = band_psd * gain[:, None] ** 2
+    def _extra(self, mag: torch.Tensor, window: torch.Tensor, f0: torch.Tensor,
+               peak_hz: torch.Tensor, amp: torch.Tensor,
+               f0_nom: float) -> dict[str, torch.Tensor] | None:
+        """What a subclass analyses beyond the harmonics: None here, else a dict holding at
+        least `mask` [T, F] (bins kept out of the noise estimate)."""
+        return None
 
-        total = amp.sum(-1)
-        dist = (amp + 1e-12) / (total[:, None] + K * 1e-12)
-        midi = 69.0 + 12.0 * torch.log2(f0 / 440.0)
-        loud_db = 20.0 * torch.log10(total + 1e-12)
-        noise_db = 10.0 * torch.log10(band_psd + 1e-20)
-        frames = torch.cat([
-            ((midi - self.PITCH_OFFSET_MIDI) / self.PITCH_SCALE_MIDI)[:, None],
-            ((loud_db + self.LOUD_OFFSET_DB) / self.LOUD_SCALE_DB).clamp(min=0.0)[:, None],
-            dist,
-            ((noise_db + self.NOISE_OFFSET_DB) / self.NOISE_SCALE_DB).clamp(min=0.0),
-        ], dim=-1)
-        return frames.float()
+    def _with_extra(self, frames: torch.Tensor, extra: dict[str, torch.Tensor] | None,
+                    gain: torch.Tensor) -> torch.Tensor:
+        """frames [T, 2 + K + B] -> the codec's frames [T, D] (here: unchanged)."""
+        return frames
 
     @staticmethod
     def _fill_empty_bands(band: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
