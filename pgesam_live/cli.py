@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/default", help="run directory (checkpoints, logs)")
     p.add_argument("--config", default=None, help="small | paper | tiny (default: small)")
-    p.add_argument("--codec", default="harmonic", choices=["harmonic", "encodec"])
+    p.add_argument("--codec", default="harmonic", choices=["harmonic", "partials", "encodec"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

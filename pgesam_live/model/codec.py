@@ -1,7 +1,9 @@
 """Codecs: waveform <-> sequences of continuous, normalised frames.
 
-One interface, two codecs:
+One interface, three codecs:
 - `harmonic`: weight-free harmonic-plus-noise analysis/synthesis (f0 lives in the frames).
+- `partials`: the harmonic codec's frames plus a stretch coefficient and free sinusoidal
+  partials, with a wider f0 search (model/partials.py).
 - `encodec`: EnCodec 24 kHz's quantized continuous latent at 24 kbps (the authors' frames).
 
 Shapes: wave [B, N] float32 at `sample_rate`; frames [B, T, D] float32, normalised.
@@ -294,6 +296,8 @@ class HarmonicCodec(Codec):
         extra = self._extra(mag, window, f0, peak_hz, amp, f0_nom)
         if extra is not None:
             masked |= extra["mask"]
+            if "harmonic_keep" in extra:  # partials the extra analysis took over
+                amp = amp * extra["harmonic_keep"]
         keep = (~masked).double()
         num = (psd * keep) @ self._analysis_band_onehot              # [T, B]
         cnt = keep @ self._analysis_band_onehot
@@ -393,7 +397,8 @@ class HarmonicCodec(Codec):
                peak_hz: torch.Tensor, amp: torch.Tensor,
                f0_nom: float) -> dict[str, torch.Tensor] | None:
         """What a subclass analyses beyond the harmonics: None here, else a dict holding at
-        least `mask` [T, F] (bins kept out of the noise estimate)."""
+        least `mask` [T, F] (bins kept out of the noise estimate) and optionally
+        `harmonic_keep` [T, K] (a factor on the harmonic amplitudes)."""
         return None
 
     def _with_extra(self, frames: torch.Tensor, extra: dict[str, torch.Tensor] | None,
@@ -653,14 +658,19 @@ class EncodecCodec(Codec):
         return out[:, : f.shape[1] * self.hop]
 
 
-CODEC_NAMES = ("harmonic", "encodec")
+CODEC_NAMES = ("harmonic", "partials", "encodec")
 
 
 def get_codec(name: str, **kwargs: object) -> Codec:
-    """Build a codec by name: `harmonic` (n_harmonics=64, n_noise_bands=32) or `encodec`
-    (weights=PATH|None)."""
+    """Build a codec by name: `harmonic` (n_harmonics=64, n_noise_bands=32), `partials`
+    (the harmonic codec plus stretch and free partials: n_partials=16; see partials.py) or
+    `encodec` (weights=PATH|None)."""
     if name == "harmonic":
         return HarmonicCodec(**kwargs)  # type: ignore[arg-type]
+    if name == "partials":
+        from pgesam_live.model.partials import PartialsCodec  # noqa: PLC0415
+
+        return PartialsCodec(**kwargs)  # type: ignore[arg-type]
     if name == "encodec":
         return EncodecCodec(**kwargs)  # type: ignore[arg-type]
     raise CodecError(f"unknown codec {name!r}: choose one of {', '.join(CODEC_NAMES)}")
