@@ -235,13 +235,13 @@ class PartialsCodec(HarmonicCodec):
         # Refine: least squares on the caught peaks' positions p_k (parabolic), from
         # y_k = (p_k / (k f1))^2 = (1 + B k^2) / (1 + B), i.e. y_k - 1 = B (k^2 - y_k).
         sel = idx[best]                                               # [P, 2h+1]
-        j = mean[sel].argmax(-1)
-        i = sel.gather(1, j[:, None])[:, 0].clamp(1, len(mean) - 2)
-        m0, m1, m2 = mean[i - 1], mean[i], mean[i + 1]
-        den = m0 - 2 * m1 + m2
-        p_k = (i.double() + torch.where(den < 0, 0.5 * (m0 - m2) / den.clamp(max=-1e-30),
-                                        0.0).clamp(-0.5, 0.5)) * bin_hz
-        w = m1 * ok[best] * (m1 > 1e-3 * mean.max())
+        top = mean[sel].argmax(-1)
+        ib = sel.gather(1, top[:, None])[:, 0].clamp(1, len(mean) - 2)
+        q0, q1, q2 = mean[ib - 1], mean[ib], mean[ib + 1]
+        curv = q0 - 2 * q1 + q2
+        p_k = (ib.double() + torch.where(curv < 0, 0.5 * (q0 - q2) / curv.clamp(max=-1e-30),
+                                         torch.zeros_like(curv)).clamp(-0.5, 0.5)) * bin_hz
+        w = q1 * ok[best] * (q1 > 1e-3 * mean.max())
         y = (p_k / (k * f0_note)) ** 2
         num = float((w * (y - 1) * (k**2 - y)).sum())
         den_b = float((w * (k**2 - y) ** 2).sum())
