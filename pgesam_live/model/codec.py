@@ -486,6 +486,12 @@ class HarmonicCodec(Codec):
         p = self.unnormalise(frames)
         return self.synthesise(p["f0_hz"], p["amplitude"], p["noise_psd"], seed=seed)
 
+    def decode_deterministic(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, D] -> the noise-free part of the decoded wave [B, T * hop]:
+        deterministic and differentiable, for a training loss on decoded audio."""
+        p = self.unnormalise(frames)
+        return self.synthesise(p["f0_hz"], p["amplitude"], None)
+
     def synthesise(self, f0_hz: torch.Tensor, amplitude: torch.Tensor,
                    noise_psd: torch.Tensor | None, seed: int | Sequence[int] = 0) -> torch.Tensor:
         """Physical parameters -> wave [B, T * hop].

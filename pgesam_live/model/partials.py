@@ -414,10 +414,17 @@ class PartialsCodec(HarmonicCodec):
         deterministic for a seed (as the harmonic codec's)."""
         frames = _check_frames(frames, self.dim)
         p = self.unnormalise(frames)
+        wave = self._sinusoids(p)
+        return wave + self._noise(p["noise_psd"], wave.shape[1], seed)
+
+    def decode_deterministic(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, T, D] -> the stretched harmonics and free partials, no noise."""
+        return self._sinusoids(self.unnormalise(_check_frames(frames, self.dim)))
+
+    def _sinusoids(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         freq = torch.cat([p["harmonic_hz"], p["partial_hz"]], dim=-1)
         amp = torch.cat([p["amplitude"], p["partial_amplitude"]], dim=-1)
-        wave = oscillator_bank(freq, amp, self.hop, self.sample_rate)
-        return wave + self._noise(p["noise_psd"], wave.shape[1], seed)
+        return oscillator_bank(freq, amp, self.hop, self.sample_rate)
 
 
 def oscillator_bank(freq_hz: torch.Tensor, amplitude: torch.Tensor, hop: int,
