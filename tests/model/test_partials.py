@@ -187,8 +187,10 @@ def test_oscillator_bank_known_answer() -> None:
 def test_training_losses_read_the_partials_layout(partials: PartialsCodec) -> None:
     """The audible frame loss is 0 on identical frames, sees an error in a free partial's
     level, and the decoded spectral loss reaches the stretch channel through its gradient."""
-    from pgesam_live.model.train import audible_frame_loss, channel_weights, \
-        decoded_spectral_loss
+    from pgesam_live.model import train as T
+
+    audible_frame_loss, channel_weights = T.audible_frame_loss, T.channel_weights
+    decoded_spectral_loss = T.decoded_spectral_loss
 
     x = tone(harmonic_partials(220.0, 12), 0.5)
     t = partials.encode(torch.from_numpy(x)[None], f0_hint_hz=220.0)
