@@ -59,6 +59,9 @@ class PartialsCodec(HarmonicCodec):
     # Analysis settings beyond the harmonic codec's.
     SEARCH_CENTS = 350.0         # per-frame f0 search half-width (a prior, not a wall)
     PRIOR_CENTS = 150.0          # std of the Gaussian prior around the nominal f0
+    LONG_WINDOW = 8192           # samples: the note-level f0 that anchors the frames' track
+    ANCHOR_CENTS = 15.0          # per-frame median this far from it is shifted onto it
+    TIGHT_PRIOR_CENTS = 40.0     # the second per-frame search's prior around that f0
     SALIENCE_POWER = 0.5         # magnitudes^0.5 in the harmonic sum: one loud inharmonic
                                  # partial cannot drag f0 onto itself
     STRETCH_GRID = 48            # B candidates, log-spaced over [1e-6, 0.02], plus 0
@@ -101,8 +104,9 @@ class PartialsCodec(HarmonicCodec):
         # The note may sound off its key (detuned, or a sample tuned elsewhere): the mean
         # spectrum's best f0 within the wide search first, then the common fundamental.
         mean = mag.mean(0, keepdim=True)
-        f0 = float(self._search_f0(mean, f0, 0.0)[0])
+        f0 = float(self._search_f0(mean, f0, 0.0, f0, self.PRIOR_CENTS)[0])
         self._note_divisor = self._divisor(mean[0], f0)
+        self._x = x  # the later steps' long-window look at the note
         return min(max(f0 / self._note_divisor, 20.0), 5000.0)
 
     def _divisor(self, mean_mag: torch.Tensor, f0_hz: float) -> int:
@@ -165,15 +169,56 @@ class PartialsCodec(HarmonicCodec):
         return (v * valid / k).sum(-1)
 
     def _track_f0(self, mag: torch.Tensor, f0_nom: float) -> torch.Tensor:
-        """Per-frame f0 [T]: a wide search with a prior (never a hard edge), stretch-aware."""
-        f0 = self._search_f0(mag, f0_nom, 0.0)
+        """Per-frame f0 [T]: a wide search whose prior picks among salience maxima (never a
+        hard edge), stretch-aware; then anchored to the note's long-window f0 and searched
+        again with a tight prior there, so a frame cannot flip to another maximum (a bar's
+        strong inharmonic partial) while the others stay."""
+        f0 = self._search_f0(mag, f0_nom, 0.0, f0_nom, self.PRIOR_CENTS)
         # A dyad's common fundamental is no string: its grid is not stretched.
         self._note_stretch = self._fit_stretch(mag, f0) if self._note_divisor == 1 else 0.0
         if self._note_stretch > 0.0:
-            f0 = self._search_f0(mag, f0_nom, self._note_stretch)
-        return f0
+            f0 = self._search_f0(mag, f0_nom, self._note_stretch, f0_nom, self.PRIOR_CENTS)
+        anchor = self._long_window_f0(f0, f0_nom)
+        if anchor is None:
+            return f0
+        f0 = self._search_f0(mag, f0_nom, self._note_stretch, anchor, self.TIGHT_PRIOR_CENTS)
+        e = (mag**2).sum(-1)
+        loud = e >= e.max() * 1e-2
+        shift = 1200 * math.log2(anchor / float(f0[loud].median()))
+        return f0 * 2.0 ** (shift / 1200) if abs(shift) > self.ANCHOR_CENTS else f0
 
-    def _search_f0(self, mag: torch.Tensor, f0_nom: float, stretch: float) -> torch.Tensor:
+    def _long_window_f0(self, f0: torch.Tensor, f0_nom: float) -> float | None:
+        """The note's f0 from LONG_WINDOW-sample spectra of its loud frames (a few periods
+        of window cannot tell a weak fundamental from a strong partial a few per cent off
+        its grid place: a low glockenspiel bar's 5.3 f0 partial), the salience maximum
+        that best combines salience and nearness to the short-window track's median; None
+        when there is none."""
+        x, n_frames = self._x, len(f0)
+        e = torch.nn.functional.pad(x**2, (1024, 1024 + self.hop)).unfold(0, 2048, self.hop)[
+            :n_frames].sum(-1)
+        loud_idx = torch.nonzero(e >= e.max() * 1e-1)[:, 0]
+        loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(16, len(loud_idx))).long()]
+        mag = self._spectra(x, self.LONG_WINDOW, n_frames, only=loud_idx)[0].mean(
+            0, keepdim=True)
+        med = float(f0[loud_idx].median())
+        c = torch.arange(-self.SEARCH_CENTS, self.SEARCH_CENTS + 1e-9, 1.0, dtype=torch.float64)
+        sal = self._salience(mag**self.SALIENCE_POWER, (f0_nom * 2.0 ** (c / 1200))[None],
+                             self._note_stretch)[0]
+        is_max = torch.zeros_like(sal, dtype=torch.bool)
+        is_max[1:-1] = (sal[1:-1] > sal[:-2]) & (sal[1:-1] >= sal[2:])
+        if not bool(is_max.any()):
+            return None
+        c_med = 1200 * math.log2(med / f0_nom)
+        score = torch.where(is_max, sal * torch.exp(-0.5 * ((c - c_med) / self.PRIOR_CENTS)
+                                                    ** 2), -1.0)
+        return f0_nom * 2.0 ** (float(c[int(score.argmax())]) / 1200)
+
+    def _search_f0(self, mag: torch.Tensor, f0_nom: float, stretch: float,
+                   prior_hz: float, prior_cents: float) -> torch.Tensor:
+        """f0 [T] from mag [T, F]: candidates within +-SEARCH_CENTS of f0_nom; among each
+        frame's salience maxima the one with the best salience x Gaussian prior (centre
+        prior_hz, std prior_cents); parabola; 3-frame median; unvoiced frames (quiet, or no
+        interior maximum) hold the median."""
         n_frames = mag.shape[0]
         step = self.SEARCH_STEP_CENTS
         c = torch.arange(-self.SEARCH_CENTS, self.SEARCH_CENTS + 1e-9, step,
@@ -185,7 +230,9 @@ class PartialsCodec(HarmonicCodec):
         # A frame without an interior maximum is on the edge: unvoiced.
         is_max = torch.zeros_like(sal, dtype=torch.bool)
         is_max[:, 1:-1] = (sal[:, 1:-1] > sal[:, :-2]) & (sal[:, 1:-1] >= sal[:, 2:])
-        score = torch.where(is_max, sal * torch.exp(-0.5 * (c / self.PRIOR_CENTS) ** 2), -1.0)
+        c_prior = 1200 * math.log2(prior_hz / f0_nom)
+        score = torch.where(is_max, sal * torch.exp(-0.5 * ((c - c_prior) / prior_cents) ** 2),
+                            -1.0)
         best = score.argmax(-1)
         on_edge = ~is_max.any(-1)
         i = best.clamp(1, len(c) - 2)
@@ -270,6 +317,7 @@ class PartialsCodec(HarmonicCodec):
         centre = (fk / bin_hz).round().long().clamp(0, mag.shape[-1] - 1)
         off = (peak_hz / bin_hz).round().long() - centre
         at_edge = off.abs() >= r
+        self._peak_at_edge = at_edge  # [T, K]: no peak of its own (read by _extra)
         centre_amp = 2.0 * torch.gather(mag, 1, centre) / window.sum()
         return (torch.where(at_edge, centre_amp, amp),
                 torch.where(at_edge, centre.double() * bin_hz, peak_hz))
@@ -301,7 +349,7 @@ class PartialsCodec(HarmonicCodec):
         f_bins = torch.arange(Fb, dtype=torch.float64) * bin_hz
         fk = self._partial_centres_hz(mag, f0, f0_nom)                # [T, K]
         # Harmonic peaks that are real (above 1e-3 of the frame's loudest) get their lobes cut.
-        real = amp > amp.amax(-1, keepdim=True) * 1e-3
+        real = (amp > amp.amax(-1, keepdim=True) * 1e-3) & ~self._peak_at_edge
         # A harmonic whose peak sits steadily off its grid position (a bar's 7.95 partial
         # near harmonic 8) is not cut: the free partials take it at its own frequency.
         dev = (peak_hz - fk) / fk                                      # [T, K]
@@ -330,7 +378,10 @@ class PartialsCodec(HarmonicCodec):
         local_med = torch.nn.functional.pad(full[None, None], (w, w), mode="replicate")[
             0, 0].unfold(0, 2 * w + 1, 1).median(-1).values
         is_peak = torch.zeros(Fb, dtype=torch.bool)
-        is_peak[1:-1] = (mean[1:-1] > mean[:-2]) & (mean[1:-1] >= mean[2:])
+        # A maximum of the residual must be one of the full spectrum too (not the edge of
+        # a cut-out lobe).
+        is_peak[1:-1] = ((mean[1:-1] > mean[:-2]) & (mean[1:-1] >= mean[2:])
+                         & (full[1:-1] > full[:-2]) & (full[1:-1] >= full[2:]))
         ok = (is_peak & (mean > self.PARTIAL_PROMINENCE * local_med)
               & (mean > ref * 10 ** (self.PARTIAL_FLOOR_DB / 20))
               & (f_bins > 20.0) & (f_bins < 0.98 * self.sample_rate / 2))
