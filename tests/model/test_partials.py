@@ -217,3 +217,17 @@ def test_train_runs_on_the_partials_codec(tmp_path) -> None:  # type: ignore[no-
     T.run_train(train_args("vae", data, out, "--steps", "2", "--codec", "partials"))
     caches = list((data / ".pgesam-cache").glob("partials-*"))
     assert caches, "the frame cache is kept per codec"
+
+
+def test_unstretched_harmonics_decode_as_the_oscillator_bank_would(
+        partials: PartialsCodec) -> None:
+    """The wavetable fast path for B = 0 sounds as the oscillator bank does (to the table's
+    interpolation error), and a stretch just above it switches to the bank."""
+    x = tone(harmonic_partials(196.0, 20), 0.5)
+    frames = partials.encode(torch.from_numpy(x)[None], f0_hint_hz=196.0)
+    assert float(frames[..., 98].max()) == 0.0
+    p = partials.unnormalise(frames)
+    fast = partials.decode_deterministic(frames)
+    slow = oscillator_bank(torch.cat([p["harmonic_hz"], p["partial_hz"]], -1),
+                           torch.cat([p["amplitude"], p["partial_amplitude"]], -1), 320, SR)
+    assert float((fast - slow).abs().max()) < 1e-3 * float(slow.abs().max())
