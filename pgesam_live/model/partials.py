@@ -493,8 +493,14 @@ def oscillator_bank(freq_hz: torch.Tensor, amplitude: torch.Tensor, hop: int,
     the exact integral of the linear frequency ramp: quadratic within a hop), the last frame
     is held; every oscillator starts at phase 0 (sine). Differentiable; P is summed in
     chunks so memory stays at [B, T, chunk, hop]."""
-    B, T, P = freq_hz.shape
+    B, T, _ = freq_hz.shape
     dev, dt = amplitude.device, amplitude.dtype
+    # Oscillators silent in every frame of every note add nothing (nor any gradient: their
+    # frequency does not reach the wave): most notes use a few of the free partials.
+    live = amplitude.detach().amax(dim=(0, 1)) > 0
+    if not bool(live.all()):
+        freq_hz, amplitude = freq_hz[..., live], amplitude[..., live]
+    P = freq_hz.shape[-1]
     f = torch.cat([freq_hz, freq_hz[:, -1:]], dim=1)                     # [B, T+1, P]
     a = torch.cat([amplitude, amplitude[:, -1:]], dim=1)
     f0, f1 = f[:, :-1], f[:, 1:]
