@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from pgesam_live.errors import CodecError
-from pgesam_live.model.codec import CODEC_NAMES, HarmonicCodec, get_codec
+from pgesam_live.model.codec import (
+    CODEC_NAMES,
+    HarmonicCodec,
+    PartialsCodec,
+    get_codec,
+    oscillator_bank,
+)
 from pgesam_live.model.metrics import mrstft_distance
-from pgesam_live.model.partials import PartialsCodec, oscillator_bank
 
 SR = 24000
 
