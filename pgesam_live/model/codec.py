@@ -218,11 +218,13 @@ class HarmonicCodec(Codec):
         spec = torch.fft.rfft((frames * window).float(), n=self.ANALYSIS_FFT)
         return spec.abs().double(), window
 
-    def _harmonic_sum(self, mag: torch.Tensor, f0_hz: torch.Tensor) -> torch.Tensor:
-        """Salience of f0 candidates. mag [T, F], f0_hz [T, C] -> [T, C]."""
+    def _harmonic_sum(self, mag: torch.Tensor, f0_hz: torch.Tensor,
+                      factors: torch.Tensor | None = None) -> torch.Tensor:
+        """Salience of f0 candidates. mag [T, F], f0_hz [T, C] -> [T, C]; partial k sought
+        at k f0 (times factors[k-1] when given: a stretched grid)."""
         bin_hz = self.sample_rate / self.ANALYSIS_FFT
         k = torch.arange(1, self.SEARCH_PARTIALS + 1, dtype=torch.float64)
-        pos = f0_hz[..., None] * k / bin_hz                          # [T, C, P]
+        pos = f0_hz[..., None] * (k if factors is None else k * factors) / bin_hz  # [T, C, P]
         valid = pos < mag.shape[-1] - 2
         pos = pos.clamp(max=mag.shape[-1] - 2)
         i0 = pos.floor().long()
@@ -324,14 +326,21 @@ class HarmonicCodec(Codec):
         ], dim=-1)
         return self._with_extra(frames, extra, gain).float()
 
+    def _loud_frames(self, x: torch.Tensor, n_frames: int, share: float = 1e-2,
+                     count: int = 32) -> torch.Tensor:
+        """Indices of (at most `count`, evenly spread) frames whose 2048-sample energy is
+        within `share` of the note's loudest. x [N] -> [<= count]."""
+        hop = self.hop
+        e = F.pad(x**2, (1024, 1024 + hop)).unfold(0, 2048, hop)[:n_frames].sum(-1)
+        loud_idx = torch.nonzero(e >= e.max() * share)[:, 0]
+        return loud_idx[torch.linspace(0, len(loud_idx) - 1,
+                                       min(count, len(loud_idx))).long()]
+
     def _note_f0(self, x: torch.Tensor, hint_hz: float | None, n_frames: int) -> float:
         """The note's nominal f0 in Hz: the hint (else a wide search), halved when the note
         sounds an octave below. A first look at (at most 32 of) the loud frames with a fixed
         window."""
-        hop = self.hop
-        e = F.pad(x**2, (1024, 1024 + hop)).unfold(0, 2048, hop)[:n_frames].sum(-1)
-        loud_idx = torch.nonzero(e >= e.max() * 1e-2)[:, 0]
-        loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(32, len(loud_idx))).long()]
+        loud_idx = self._loud_frames(x, n_frames)
         mag = self._spectra(x, 2048, n_frames, only=loud_idx)[0]
         loud = torch.ones(len(loud_idx), dtype=torch.bool)
         f0_nom = hint_hz if hint_hz is not None else self._nominal_f0(mag, loud)
@@ -653,11 +662,7 @@ class PartialsCodec(HarmonicCodec):
         by the smallest d in DIVISORS whose grid f / d explains the loud frames' spectral
         peaks as well as any finer grid does (an organ stop an octave below: d = 2; a dyad a
         fourth or fifth apart: d = 3 or 4, both voices then harmonics of one f0)."""
-        hop = self.hop
-        e = torch.nn.functional.pad(x**2, (1024, 1024 + hop)).unfold(0, 2048, hop)[
-            :n_frames].sum(-1)
-        loud_idx = torch.nonzero(e >= e.max() * 1e-2)[:, 0]
-        loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(32, len(loud_idx))).long()]
+        loud_idx = self._loud_frames(x, n_frames)
         mag = self._spectra(x, 2048, n_frames, only=loud_idx)[0]
         loud = torch.ones(len(loud_idx), dtype=torch.bool)
         f0 = hint_hz if hint_hz is not None else self._nominal_f0(mag, loud)
@@ -712,21 +717,10 @@ class PartialsCodec(HarmonicCodec):
 
     def _salience(self, mag: torch.Tensor, f0_hz: torch.Tensor,
                   stretch: float = 0.0) -> torch.Tensor:
-        """Harmonic sum (weights 1/k over SEARCH_PARTIALS, stretched by B) on mag [T, F]
-        already compressed; f0_hz [T, C] -> [T, C]."""
-        bin_hz = self.sample_rate / self.ANALYSIS_FFT
-        P = self.SEARCH_PARTIALS
-        k = torch.arange(1, P + 1, dtype=torch.float64)
-        s = self._stretch_factors(torch.tensor(stretch, dtype=torch.float64), P)
-        pos = f0_hz[..., None] * k * s / bin_hz                      # [T, C, P]
-        valid = pos < mag.shape[-1] - 2
-        pos = pos.clamp(max=mag.shape[-1] - 2)
-        i0 = pos.floor().long()
-        a = pos - i0
-        rows = mag.expand(pos.shape[0], -1)
-        v = (torch.gather(rows, 1, i0.flatten(1)).view_as(pos) * (1 - a)
-             + torch.gather(rows, 1, (i0 + 1).flatten(1)).view_as(pos) * a)
-        return (v * valid / k).sum(-1)
+        """The harmonic sum on a stretched grid (B = stretch); mag [T, F] already
+        compressed, f0_hz [T, C] -> [T, C]."""
+        b = torch.tensor(stretch, dtype=torch.float64)
+        return self._harmonic_sum(mag, f0_hz, self._stretch_factors(b, self.SEARCH_PARTIALS))
 
     def _track_f0(self, mag: torch.Tensor, f0_nom: float) -> torch.Tensor:
         """Per-frame f0 [T]: a wide search whose prior picks among salience maxima (never a
@@ -754,10 +748,7 @@ class PartialsCodec(HarmonicCodec):
         that best combines salience and nearness to the short-window track's median; None
         when there is none."""
         x, n_frames = self._x, len(f0)
-        e = torch.nn.functional.pad(x**2, (1024, 1024 + self.hop)).unfold(0, 2048, self.hop)[
-            :n_frames].sum(-1)
-        loud_idx = torch.nonzero(e >= e.max() * 1e-1)[:, 0]
-        loud_idx = loud_idx[torch.linspace(0, len(loud_idx) - 1, min(16, len(loud_idx))).long()]
+        loud_idx = self._loud_frames(x, n_frames, share=1e-1, count=16)
         mag = self._spectra(x, self.LONG_WINDOW, n_frames, only=loud_idx)[0].mean(
             0, keepdim=True)
         med = float(f0[loud_idx].median())
