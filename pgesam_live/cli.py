@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="runs/default", help="run directory (checkpoints, logs)")
     p.add_argument("--config", default=None, help="small | paper | tiny (default: small)")
-    p.add_argument("--codec", default="harmonic", choices=["harmonic", "encodec"])
+    p.add_argument("--codec", default="harmonic", choices=["harmonic", "partials", "encodec"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="parallel decoder: render with this guidance scale instead of the "
                         "model's own (1 = off)")
+    p.add_argument("--codec-only", nargs="+", default=None, metavar="CODEC",
+                   help="measure these codecs' own round trips instead of a model (no model "
+                        "needed), e.g. --codec-only harmonic partials; --max-notes defaults "
+                        "to 200")
     p.add_argument("--tune", choices=["on", "off"], default=None,
                    help="tune each generated note's f0 to its key (default: as the model "
                         "says; off measures the generator alone)")

@@ -420,6 +420,32 @@ def set_debuzz(bundle: ModelBundle, debuzz: bool) -> None:
     tr.cfg = dataclasses.replace(tr.cfg, debuzz=debuzz)
 
 
+def _run_codec_only(ns: Namespace) -> int:
+    """`eval --codec-only NAME [NAME ...]`: the codecs' own round trips, no model."""
+    from pgesam_live.model import codec_eval  # noqa: PLC0415
+    from pgesam_live.model.codec import CODEC_NAMES  # noqa: PLC0415
+
+    bad = [n for n in ns.codec_only if n not in CODEC_NAMES]
+    if bad:
+        raise ConfigError(f"--codec-only {bad[0]}: unknown codec; choose from "
+                          f"{', '.join(CODEC_NAMES)}")
+    if ns.split == "all":
+        raise ConfigError("--codec-only measures one split: choose --split train, valid or test")
+    r = codec_eval.evaluate_codecs(list(ns.codec_only), ns.data, ns.split,
+                                   max_notes=ns.max_notes or codec_eval.DEFAULT_MAX_NOTES,
+                                   progress=not ns.json)
+    md = codec_eval.report_markdown(r)
+    if ns.report:
+        try:
+            Path(ns.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(ns.report).write_text(md)
+        except OSError as e:
+            raise DataError(f"--report {ns.report}: cannot write it ({e.strerror or e}); give "
+                            "a writable path") from None
+    print(json.dumps(r) if ns.json else md)
+    return 0
+
+
 def run_eval(ns: Namespace) -> int:
     """`pgesam-live eval --model M --data DIR [--split S] [--json] [--report MD]`."""
     from pgesam_live.model.paths import write_problem  # noqa: PLC0415
@@ -428,6 +454,8 @@ def run_eval(ns: Namespace) -> int:
     problem = write_problem(ns.report) if ns.report else None
     if problem is not None:  # before the evaluation, not after it
         raise DataError(f"--report {ns.report}: {problem}; give a writable path")
+    if getattr(ns, "codec_only", None):
+        return _run_codec_only(ns)
     bundle = load_model(ns.model, device=resolve_device(ns.device))
     if getattr(ns, "guidance", None) is not None:
         set_guidance(bundle, float(ns.guidance))

@@ -90,7 +90,7 @@ GRAD_CLIP = 1.0
 # pitch, (MIDI - 20) / 100: a 50-cent error is 0.005, whose square is lost among 98 channels
 # of plain MSE, yet it decides whether a note is in tune. At 300 a 50-cent error costs about
 # a sixth of a typical frame's whole error (1000 made training oscillate at lr 5e-4).
-CHANNEL_WEIGHTS: dict[str, dict[int, float]] = {"harmonic": {0: 300.0}}
+CHANNEL_WEIGHTS: dict[str, dict[int, float]] = {"harmonic": {0: 300.0}, "partials": {0: 300.0}}
 
 
 def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu"
@@ -1087,11 +1087,12 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
         d_err = (pred.diff(dim=1) - target.diff(dim=1)) ** 2 * chan_w
         return err.mean() + delta_weight * d_err.mean()
     k = codec.n_harmonics
+    nb = codec.n_noise_bands
     loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
     noise_floor = (NOISE_FLOOR_DB + codec.NOISE_OFFSET_DB) / codec.NOISE_SCALE_DB
     t_loud, p_loud = target[..., 1], pred[..., 1]
     audible = (t_loud > loud_floor).to(pred.dtype)  # [B, T]
-    t_noise, p_noise = target[..., 2 + k:], pred[..., 2 + k:]
+    t_noise, p_noise = target[..., 2 + k:2 + k + nb], pred[..., 2 + k:2 + k + nb]
 
     def floored(p: torch.Tensor, t: torch.Tensor, floor: float) -> torch.Tensor:
         return torch.where(t > floor, p - t, F.relu(p - floor))
@@ -1118,6 +1119,14 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
             pred[..., 2:2 + k].diff(dim=1), p_noise.clamp(min=noise_floor).diff(dim=1),
             target[..., 0].diff(dim=1), t_loud.clamp(min=loud_floor).diff(dim=1),
             target[..., 2:2 + k].diff(dim=1), t_noise.clamp(min=noise_floor).diff(dim=1), aud2)
+    if codec.dim > 2 + k + nb:
+        # Channels beyond the harmonic layout (the partials codec's stretch and free
+        # partials): channel-weighted MSE, and the same on frame differences.
+        w_x = chan_w[2 + k + nb:]
+        p_x, t_x = pred[..., 2 + k + nb:], target[..., 2 + k + nb:]
+        loss = loss + ((p_x - t_x) ** 2 * w_x).mean()
+        if delta_weight > 0:
+            loss = loss + delta_weight * ((p_x.diff(dim=1) - t_x.diff(dim=1)) ** 2 * w_x).mean()
     return loss
 
 
@@ -1139,8 +1148,7 @@ def decoded_spectral_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
     start = int(torch.randint(0, t - n + 1, (1,)))
     waves = []
     for frames in (pred[:, start:start + n], target[:, start:start + n]):
-        p = codec.unnormalise(frames)
-        waves.append(codec.synthesise(p["f0_hz"], p["amplitude"], None))
+        waves.append(codec.decode_deterministic(frames))
     total = pred.new_zeros(())
     for n_fft in SPECTRAL_FFT_SIZES:
         win = torch.hann_window(n_fft, device=pred.device, dtype=pred.dtype)

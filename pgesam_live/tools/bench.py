@@ -134,7 +134,7 @@ def model_figures(model: str = "default", device: str = "auto") -> dict[str, Any
     pitch = 60 if lo <= 60 <= hi else lo
     wave = torch.as_tensor(synth.render(np.zeros((1, 2), np.float32), np.array([pitch]), seed=0))
     hint = 440.0 * 2 ** ((pitch - 69) / 12)
-    kw = {"f0_hint_hz": hint} if codec.name == "harmonic" else {}
+    kw = {"f0_hint_hz": hint} if codec.name in ("harmonic", "partials") else {}
     frames = codec.encode(wave, **kw)
     out.update({"codec": codec.name,
                 "codec_encode_s": round(_best_of(lambda: codec.encode(wave, **kw)), 4),
