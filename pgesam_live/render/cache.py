@@ -150,11 +150,16 @@ class RenderCache:
 
     def add_stream(self, key: NoteKey, stream: Any) -> None:
         """A note starts streaming in (its head has come); kept until `put` or
-        `drop_stream`, the last STREAMS_MAX at most."""
+        `drop_stream`, the last STREAMS_MAX at most. One it replaces or pushes out is told
+        that its note will not come (`fail`: its voices fade out after the head)."""
         with self._lock:
+            old = self._streams.pop(key, None)
             self._streams[key] = stream
+            gone = [old] if old is not None else []
             while len(self._streams) > STREAMS_MAX:
-                self._streams.popitem(last=False)
+                gone.append(self._streams.popitem(last=False)[1])
+        for g in gone:  # a stream replaced (a re-render) or pushed out: its voices end
+            g.fail()
 
     def drop_stream(self, key: NoteKey) -> Any:
         """Forget a note's stream (its render failed); returns it, or None."""
@@ -251,8 +256,10 @@ class RenderCache:
         with self._lock:
             self._insert_mem(key, x)
             self._index_add(key)
-            self._streams.pop(key, None)
+            streamed = self._streams.pop(key, None)
             need_file = self._spill is not None and key not in self._disk
+        if streamed is not None:
+            streamed.fail()  # (a no-op once its joined note has come, as it does first)
         if need_file:
             self._spill_note(key, x)
 

@@ -112,8 +112,10 @@ class NoteStream:
             self.note = note
 
     def fail(self) -> None:
-        """The note could not be rendered: voices end after the head (with a fade)."""
-        self.failed = True
+        """The note will not come (its render failed, or the process died and it is being
+        rendered again): voices fade out at the end of the head."""
+        if self.note is None:
+            self.failed = True
 
 
 class StreamPlayhead:
@@ -133,6 +135,12 @@ class StreamPlayhead:
 
     def _ready(self) -> bool:
         s = self.stream
+        if s.failed and s.note is None and self._fade_at is None:
+            # No note will come: the head fades out at its end (no click), as a release.
+            fade = max(1, int(RELEASE_FADE_S * self.sample_rate))
+            self._fade_at = max(0, len(s.head) - fade)
+            if self.released_at is None:
+                self.released_at = self._fade_at
         if self._inner is None and self.hold and s.sustain is not None:
             self._inner = Playhead(s.sustain)
             if self.released_at is not None and self._fade_at is None:
@@ -143,15 +151,14 @@ class StreamPlayhead:
     def end(self) -> int | None:
         """Samples since the onset after which the note is silent; None while unknown."""
         fade = max(1, int(RELEASE_FADE_S * self.sample_rate))
+        ready = self._ready()
         if self._fade_at is not None:
             return self._fade_at + fade
-        if self._ready():
+        if ready:
             if self._inner is not None:
                 return self._inner.end
             assert self.stream.note is not None
             return len(self.stream.note)
-        if self.stream.failed:
-            return len(self.stream.head)
         return None
 
     def read(self, n0: int, count: int) -> np.ndarray:

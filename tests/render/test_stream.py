@@ -194,3 +194,26 @@ def test_a_release_before_the_note_fades_the_head_and_a_follow_is_ignored() -> N
     out = ph.read(0, 1000)
     np.testing.assert_array_equal(out[:500], s.head[:500])
     assert not out[ph.end:].any() and abs(out[505]) < abs(s.head[505])
+
+
+def test_a_stream_whose_note_will_not_come_fades_out_at_the_end_of_its_head() -> None:
+    """The process died after the head (the note is rendered again, under a new stream) or
+    the render failed: the voice ends with a short fade at the head's end, not a click and
+    not a voice held for ever."""
+    s = _stream(n_head=1000)
+    ph = StreamPlayhead(s, hold=True)
+    assert ph.end is None
+    cache = RenderCache("m", "harmonic")
+    key = cache.key(0.1, 0.1, 60, 0)
+    cache.add_stream(key, s)
+    cache.add_stream(key, _stream())  # the same note streamed again: the first will not come
+    assert s.failed and ph.end == 1000
+    out = ph.read(0, 1200)
+    np.testing.assert_array_equal(out[:970], s.head[:970])
+    assert abs(out[999]) < 0.05 * abs(s.head[999]) and not out[1000:].any()
+    # A stream whose joined note has come is not failed by the note's arrival in the cache.
+    done = _stream()
+    done.finish(np.ones(3000, np.float32) * 0.1)
+    cache.add_stream(key, done)
+    cache.put(key, np.ones(3000, np.float32))
+    assert not done.failed and cache.stream(key) is None
