@@ -435,8 +435,11 @@ def test_ctrl_c_ends_training_after_a_whole_step(data_dir: Path, tmp_path: Path)
     cmd = [sys.executable, "-m", "pgesam_live", "train", "vae", "--data", str(data_dir),
            "--out", str(out), "--config", "tiny", "--pitch-range", "48-51", "--batch-size",
            "8", "--device", "cpu", "--steps", "100000", "--ckpt-every", "100000"]
+    # As from a terminal: SIGINT at its default even when this test runs in a background job
+    # (where the shell leaves it ignored, and training then rightly ignores Ctrl-C too).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PGESAM_TORCH_THREADS": "1"})
+                            env={**os.environ, "PGESAM_TORCH_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(300):  # until it has logged steps
             time.sleep(0.2)
