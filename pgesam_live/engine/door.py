@@ -259,8 +259,8 @@ class Engine(NameChecks, StateViews, Exports):
         # An immediate note not yet rendered waits this long for it (then falls back); 0 in
         # offline bounces, which render on demand.
         self.wait_for_render_s = WAIT_FOR_RENDER_S
-        self._held: tuple[float, int, Command, str, Any] | None = None
-        self._held_since_s = 0.0
+        # Immediate notes waiting for their renders, with the engine time each began to wait.
+        self._held: list[tuple[tuple[float, int, Command, str, Any], float]] = []
         self._time_s = 0.0
 
     # -- listeners -------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Engine(NameChecks, StateViews, Exports):
     def busy(self) -> bool:
         """Anything still to play: commands queued, sequences, events, a pending patch."""
         with self._lock:
-            return bool(self._queue) or self._held is not None or self.scheduler.is_playing()
+            return bool(self._queue) or bool(self._held) or self.scheduler.is_playing()
 
     def on_block(self, t_s: float) -> None:
         """The audio hook: apply the commands due in this block, then tick the clock."""
@@ -383,7 +383,7 @@ class Engine(NameChecks, StateViews, Exports):
             while self._queue and self._queue[0][0] < end_s:
                 entry = heapq.heappop(self._queue)
                 if self._should_hold(entry, t_s):
-                    self._held, self._held_since_s = entry, t_s
+                    self._held.append((entry, t_s))
                     continue
                 # A timed command acts at its own time within this block (to the sample).
                 at_s = None if entry[0] == -math.inf else max(entry[0], t_s)
@@ -410,33 +410,45 @@ class Engine(NameChecks, StateViews, Exports):
                          "`gate`) or fewer at once")
 
     # An immediate note whose render is not cached yet waits for it (up to
-    # `wait_for_render_s`) instead of falling back, but only while it is the last thing the
-    # performer asked for: anything typed or sent after it releases it at once (with the
-    # usual fallbacks), so a burst of commands never queues behind a render; hush and panic
-    # drop it. It is journalled when it plays, so a replay plays it then too.
+    # `wait_for_render_s`; a streamed note only for its head, some 15 ms) instead of falling
+    # back, but only while what the performer asked for after it is notes too (a chord, a
+    # MIDI burst: each waits for its own render): anything else typed or sent after it
+    # releases it at once (with the usual fallbacks), so a burst of commands never queues
+    # behind a render; hush and panic drop it. It is journalled when it plays, so a replay
+    # plays it then too.
     def _should_hold(self, entry: tuple[float, int, Command, str, Any], t_s: float) -> bool:
         when, _, c, _, _ = entry
         if when != -math.inf or c.name not in NOTE_WORDS or self.wait_for_render_s <= 0:
             return False
-        if self._queue and self._queue[0][0] == -math.inf:
-            return False  # more immediate commands behind it
+        if self._others_behind():
+            return False  # more immediate commands behind it, not all notes
         return bool(self._missing_renders(c, t_s))
 
+    def _others_behind(self) -> bool:
+        """Immediate commands queued that are not notes."""
+        return any(e[0] == -math.inf and e[2].name not in NOTE_WORDS for e in self._queue)
+
     def _release_or_keep_held(self, t_s: float) -> None:
-        entry = self._held
-        if entry is None:
+        if not self._held:
             return
         behind = [e[2].name for e in self._queue if e[0] == -math.inf]
         if any(n in ("hush", "panic") for n in behind):
-            self._held = None  # dropped: the performer silenced it before it sounded
-            self._tags.pop(entry[1], None)
-            self._lines.pop(entry[1], None)
+            for entry, _ in self._held:  # dropped: silenced before they sounded
+                self._tags.pop(entry[1], None)
+                self._lines.pop(entry[1], None)
+            self._held = []
             return
-        waited = t_s - self._held_since_s >= self.wait_for_render_s
-        if behind or waited or not self._missing_renders(entry[2], t_s):
-            self._held = None
-            self._apply(entry[2], entry[3], entry[4], t_s, tag=self._tags.pop(entry[1], None),
-                        line=self._lines.pop(entry[1], None))
+        others = self._others_behind()
+        keep = []
+        for entry, since_s in self._held:
+            waited = t_s - since_s >= self.wait_for_render_s
+            if others or waited or not self._missing_renders(entry[2], t_s):
+                self._apply(entry[2], entry[3], entry[4], t_s,
+                            tag=self._tags.pop(entry[1], None),
+                            line=self._lines.pop(entry[1], None))
+            else:
+                keep.append((entry, since_s))
+        self._held = keep
 
     def _missing_renders(self, c: Command, t_s: float) -> list[NoteKey]:
         """The notes of a play/note/note_at command not in the cache (and asks for them)."""

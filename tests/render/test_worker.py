@@ -212,6 +212,25 @@ def test_a_note_at_a_fresh_point_waits_for_its_render_then_plays(tiny_model: Pat
         assert cmds[-1]["t"] - cmds[-3]["t"] < 0.05
 
 
+def test_a_chord_at_a_fresh_point_waits_for_its_renders_note_by_note(tiny_model: Path) -> None:
+    """A burst of notes (a chord from a MIDI keyboard, three lines at once) at a point never
+    rendered: each waits for its own render (its head, when streamed); none falls back."""
+    with live_engine(tiny_model) as (engine, _, _):
+        assert engine.submit("at 0.35 -0.65").ok
+        for p in (60, 64, 67):
+            assert engine.submit(f"note {p} 0.8").ok
+        assert wait_for(lambda: engine.scheduler.counters.notes == 3, 10)
+        snap = engine.snapshot()
+        assert snap["late_notes"] == 0 and snap["fallbacks"] == 0
+        # A command that is not a note still releases the notes waiting before it.
+        assert engine.submit("at -0.75 0.75").ok
+        assert engine.submit("note 62 0.8").ok
+        assert engine.submit("tempo 100").ok
+        assert wait_for(lambda: engine.scheduler.counters.notes + engine.scheduler.counters.skipped
+                        >= 4, 2)
+        assert engine.snapshot()["late_notes"] == 1
+
+
 def test_notes_are_played_at_one_peak_level() -> None:
     from pgesam_live.render.dsp import NOTE_PEAK, normalise_peak
 
