@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian noise (map units) on the training points (default 0)")
     p.add_argument("--pitch-weight", type=float, default=None,
                    help="loss weight of the pitch channel (harmonic codec; default 300)")
+    p.add_argument("--loudness-weight", type=float, default=None,
+                   help="parallel decoder: loss weight of the loudness channel (harmonic "
+                        "codec; default 10)")
     p.add_argument("--input-noise", type=float, default=None,
                    help="std of Gaussian noise on the Transformer's teacher-forced input "
                         "frames (training only; 0 = off)")

@@ -470,6 +470,29 @@ def test_options_that_would_go_unused_or_out_of_range_are_refused() -> None:
             T.TrainOptions.from_namespace(argparse.Namespace(**{**base, **extra}))
 
 
+def test_loudness_weight_weighs_the_loudness_channel_alone() -> None:
+    """`--loudness-weight`: the audible loss's loudness term scales with it; an error in the
+    harmonic distribution costs the same whatever it is; the default is the old weight."""
+    from pgesam_live.model.codec import HarmonicCodec
+
+    codec = HarmonicCodec()
+    w = T.channel_weights("harmonic", codec.dim, torch.device("cpu"))
+    t = torch.full((1, 20, codec.dim), 0.5)
+    loud, dist = t.clone(), t.clone()
+    loud[..., 1] += 0.02  # 2.8 dB louder
+    dist[..., 2] += 0.05  # the same error on every frame: the difference term stays 0
+
+    def loss(p: torch.Tensor, lw: float | None) -> float:
+        return float(T.audible_frame_loss(p, t, codec, w, 1.0, lw))
+
+    assert loss(loud, None) == pytest.approx(loss(loud, 10.0))
+    assert loss(loud, 200.0) == pytest.approx(20 * loss(loud, 10.0))
+    assert loss(dist, 200.0) == pytest.approx(loss(dist, 10.0)) and loss(dist, 10.0) > 0
+    with pytest.raises(ConfigError, match="--loudness-weight must be in"):
+        T.TrainOptions.from_namespace(train_args("transformer", Path("d"), Path("o"),
+                                                 "--loudness-weight", "-1"))
+
+
 def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
         data_dir: Path, tmp_path: Path) -> None:
     """`--decoder parallel`: a new Transformer run on a VAE, the audible loss (with the
@@ -479,7 +502,7 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
     assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--decoder",
                                   "parallel", "--spectral-weight", "0.5", "--point-noise",
-                                  "0.02")) == 0
+                                  "0.02", "--loudness-weight", "40")) == 0
     model = next(out.glob("pgesam_*.pt"))
     b = load_model(model, "cpu")
     assert b.transformer.cfg.decoder == "parallel"
@@ -488,7 +511,8 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     # The loss options are the run's: recorded, and kept by a resume that does not restate them.
     st = load_training_state(out / "transformer.pt")
     assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
-                                  "point_noise": 0.02, "pitch_weight": 300.0}
+                                  "point_noise": 0.02, "pitch_weight": 300.0,
+                                  "loudness_weight": 40.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
