@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loudness-weight", type=float, default=None,
                    help="parallel decoder: loss weight of the loudness channel (harmonic "
                         "codec; default 10)")
+    p.add_argument("--log-dist-weight", type=float, default=None,
+                   help="parallel decoder: weight of a loss on the harmonic distribution in "
+                        "dB (harmonic codec; 0: off, the default)")
     p.add_argument("--input-noise", type=float, default=None,
                    help="std of Gaussian noise on the Transformer's teacher-forced input "
                         "frames (training only; 0 = off)")

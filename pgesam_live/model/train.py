@@ -104,7 +104,8 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 
 # Defaults of the parallel decoder's loss options (TrainOptions.loss_value).
 LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
-                 "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0}
+                 "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0,
+                 "log_dist_weight": 0.0}
 
 
 def _opt_int(v: Any) -> int | None:
@@ -173,6 +174,8 @@ class TrainOptions:
     # Parallel decoder, harmonic codec: weight of the loudness channel in audible_frame_loss
     # (None: the resumed run's, else LOSS_DEFAULTS' 10).
     loudness_weight: float | None = None
+    # Parallel decoder, harmonic codec: weight of log_distribution_loss (0 = off).
+    log_dist_weight: float | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -234,7 +237,7 @@ class TrainOptions:
             raise ConfigError(f"--decoder {decoder!r}: choose {' or '.join(DECODERS)}")
         for name, top in (("delta_weight", 100.0), ("spectral_weight", 100.0),
                           ("point_noise", 1.0), ("pitch_weight", 1e5),
-                          ("loudness_weight", 1e5)):
+                          ("loudness_weight", 1e5), ("log_dist_weight", 100.0)):
             v = g(name)
             if v is not None and not 0.0 <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
@@ -276,11 +279,12 @@ class TrainOptions:
             point_noise=_opt_float(g("point_noise")),
             pitch_weight=_opt_float(g("pitch_weight")),
             loudness_weight=_opt_float(g("loudness_weight")),
+            log_dist_weight=_opt_float(g("log_dist_weight")),
         )
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
         """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight,
-        loudness_weight): given,
+        loudness_weight, log_dist_weight): given,
         else the resumed run's, else LOSS_DEFAULTS."""
         given = getattr(self, name)
         if given is not None:
@@ -1003,6 +1007,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 if loss_opts["spectral_weight"] > 0:
                     loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(
                         pred, x, codec)
+                if loss_opts["log_dist_weight"] > 0:
+                    loss = loss + loss_opts["log_dist_weight"] * log_distribution_loss(
+                        pred, x, codec)
             else:
                 loss = (((pred - x) ** 2) * chan_w).mean()
             _check_finite(loss, "transformer", step, opts.out)
@@ -1140,6 +1147,39 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
         if delta_weight > 0:
             loss = loss + delta_weight * ((p_x.diff(dim=1) - t_x.diff(dim=1)) ** 2 * w_x).mean()
     return loss
+
+
+LOG_DIST_FLOOR_DB = -60.0  # log_distribution_loss: harmonic shares floored here (re total)
+
+
+def log_distribution_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
+                          ) -> torch.Tensor:
+    """The harmonic distribution's error in dB: frames [B, T, D] of the harmonic codec.
+
+    The audible loss weighs each harmonic's share of the amplitude linearly, so a harmonic at
+    -40 dB re the total costs next to nothing however wrong it is, while what is heard (and
+    what identity_nn's log-band spectrogram measures) is its level. This is the mean squared
+    difference of 20 log10(share), floored near LOG_DIST_FLOOR_DB and divided by its depth,
+    over the frames where the harmonics are audible and the harmonics below Nyquist. The
+    predicted share goes through a sharp softplus so that a harmonic predicted below zero
+    still has a gradient. 0 for other codecs."""
+    if not isinstance(codec, HarmonicCodec):
+        return pred.new_zeros(())
+    k = codec.n_harmonics
+    floor = 10.0 ** (LOG_DIST_FLOOR_DB / 20.0)
+    loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
+    audible = (target[..., 1] > loud_floor).to(pred.dtype)  # [B, T]
+    midi = target[..., 0] * codec.PITCH_SCALE_MIDI + codec.PITCH_OFFSET_MIDI
+    f0_hz = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    n = torch.arange(1, k + 1, device=pred.device, dtype=pred.dtype)
+    below = (f0_hz[..., None] * n < codec.sample_rate / 2 * 0.98).to(pred.dtype)  # [B, T, K]
+    share_p = F.softplus(pred[..., 2:2 + k], beta=1.0 / floor)
+    share_t = target[..., 2:2 + k].clamp(min=0.0)
+    db_p = 20.0 * torch.log10(share_p + floor)
+    db_t = 20.0 * torch.log10(share_t + floor)
+    w = below * audible[..., None]
+    err = ((db_p - db_t) / -LOG_DIST_FLOOR_DB) ** 2 * w
+    return err.sum() / w.sum().clamp(min=1.0)
 
 
 SPECTRAL_FFT_SIZES = (256, 1024)

@@ -493,6 +493,38 @@ def test_loudness_weight_weighs_the_loudness_channel_alone() -> None:
                                                  "--loudness-weight", "-1"))
 
 
+def test_log_distribution_loss_weighs_a_weak_harmonic_by_its_level() -> None:
+    """A harmonic at -40 dB re the total wrong by 10 dB costs about what the strongest one
+    wrong by 10 dB costs (the linear audible loss: 1 % of it); silent frames and harmonics
+    above Nyquist cost nothing."""
+    from pgesam_live.model.codec import HarmonicCodec
+
+    codec = HarmonicCodec()
+    k = codec.n_harmonics
+    t = torch.zeros(1, 10, codec.dim)
+    t[..., 0] = (60 - codec.PITCH_OFFSET_MIDI) / codec.PITCH_SCALE_MIDI  # C4
+    t[..., 1] = 0.6  # -56 dB: audible
+    share = torch.full((k,), 1e-2)
+    share[0] = 1.0
+    t[..., 2:2 + k] = share / share.sum()
+    assert float(T.log_distribution_loss(t, t, codec)) < 1e-6
+    strong, weak = t.clone(), t.clone()
+    strong[..., 2] *= 10 ** (-10 / 20)
+    weak[..., 3] *= 10 ** (-10 / 20)
+    ls, lw = (float(T.log_distribution_loss(p, t, codec)) for p in (strong, weak))
+    assert lw > 0.5 * ls > 0
+    w = T.channel_weights("harmonic", codec.dim, torch.device("cpu"))
+    lin_s, lin_w = (float(T.audible_frame_loss(p, t, codec, w, 0.0)) for p in (strong, weak))
+    assert lin_w < 0.01 * lin_s
+    silent = t.clone()
+    silent[..., 1] = 0.0
+    assert float(T.log_distribution_loss(weak.clone().index_fill_(2, torch.tensor([1]), 0.0),
+                                         silent, codec)) == 0.0
+    high = t.clone()
+    high[..., 2 + k - 1] = 0.5  # harmonic 64 of C4: 16.7 kHz, above Nyquist
+    assert float(T.log_distribution_loss(high, t, codec)) < 1e-6
+
+
 def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
         data_dir: Path, tmp_path: Path) -> None:
     """`--decoder parallel`: a new Transformer run on a VAE, the audible loss (with the
@@ -512,7 +544,7 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     st = load_training_state(out / "transformer.pt")
     assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
                                   "point_noise": 0.02, "pitch_weight": 300.0,
-                                  "loudness_weight": 40.0}
+                                  "loudness_weight": 40.0, "log_dist_weight": 0.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
