@@ -132,6 +132,9 @@ class StreamPlayhead:
         self._inner: Playhead | None = None
         self._fade_at: int | None = None  # a release handled here (no note yet, a one-shot)
         self._starved = False
+        # A follow asked before the note came (sample, sustain, crossfade): applied at the
+        # first read once it is here, from that read's first sample on.
+        self._pending_follow: tuple[int, Sustain, float | None] | None = None
 
     def _ready(self) -> bool:
         s = self.stream
@@ -166,6 +169,10 @@ class StreamPlayhead:
         s = self.stream
         if self._ready():
             if self._inner is not None and self._fade_at is None:
+                if self._pending_follow is not None:
+                    n, sustain, xfade_s = self._pending_follow
+                    self._pending_follow = None
+                    self.follow(max(n, n0), sustain, xfade_s)
                 return self._inner.read(n0, count)
             note = s.note
             assert note is not None
@@ -207,9 +214,14 @@ class StreamPlayhead:
             self._fade_at = int(n)
 
     def follow(self, n: int, sustain: Sustain, xfade_s: float | None = None) -> int | None:
-        """Move to another point's sustain from sample n (a held note whose note has come);
-        ignored before (the head plays on) and for one-shots."""
-        if not self._ready() or self._inner is None or self._fade_at is not None:
+        """Move to another point's sustain from sample n (a held note whose note has come).
+        Asked before the note has come, the head plays on and the move waits: it is made at
+        the first read once the note is here (the latest move asked wins; None is returned,
+        as nothing already read changes). Ignored for one-shots and once released."""
+        if not self.hold or self._fade_at is not None or self.released_at is not None:
+            return None
+        if not self._ready() or self._inner is None:
+            self._pending_follow = (int(n), sustain, xfade_s)
             return None
         if xfade_s is None:
             return self._inner.follow(n, sustain)

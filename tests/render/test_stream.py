@@ -196,6 +196,40 @@ def test_a_release_before_the_note_fades_the_head_and_a_follow_is_ignored() -> N
     assert not out[ph.end:].any() and abs(out[505]) < abs(s.head[505])
 
 
+def test_a_follow_asked_before_the_note_came_is_made_once_it_is_here() -> None:
+    """The point moves while a held streamed note still plays its head (a drag right after
+    the key): the move is kept, and made at the first read after the note has come, just as
+    a held note that had its note from the start moves from there."""
+    from pgesam_live.render.loop import Playhead, Sustain
+
+    sr = 24000
+    t = np.arange(int(3.0 * sr)) / sr
+    env = np.minimum(1.0, t / 0.01) * np.where(t < 2.5, 1.0, np.exp(-(t - 2.5) * 30))
+    note = (0.5 * env * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    other = (0.3 * env * np.sign(np.sin(2 * np.pi * 220 * t))).astype(np.float32)
+    there = Sustain.analyse(other, sr, 220.0, hold_s=None)
+    s = NoteStream(note[:4000], 57, sr)
+    ph = StreamPlayhead(s, hold=True)
+    before = ph.read(0, 2000)
+    assert ph.follow(1000, there) is None  # the note is not here: kept for later
+    s.finish(note)
+    got = np.concatenate([before, ph.read(2000, 3 * sr)])
+    ref = Playhead(s.sustain)  # type: ignore[arg-type]
+    ref.read(0, 2000)
+    ref.follow(2000, there)
+    want = np.concatenate([before, ref.read(2000, 3 * sr)])
+    np.testing.assert_array_equal(got, want)
+    # Now sounding the other point's square wave (peak 0.3), not the sine (peak 0.5).
+    late = got[2 * sr: 2 * sr + 2400]
+    assert np.abs(late).max() < 0.35 and np.mean(np.abs(late)) > 0.2
+    # A one-shot or a released note keeps no move.
+    one = StreamPlayhead(_stream(), hold=False)
+    assert one.follow(10, there) is None and one._pending_follow is None
+    rel = StreamPlayhead(_stream(), hold=True)
+    rel.release(50)
+    assert rel.follow(60, there) is None and rel._pending_follow is None
+
+
 def test_a_stream_whose_note_will_not_come_fades_out_at_the_end_of_its_head() -> None:
     """The process died after the head (the note is rendered again, under a new stream) or
     the render failed: the voice ends with a short fade at the head's end, not a click and
