@@ -651,7 +651,13 @@ def from_osc(address: str, osc_args: Sequence[Any]) -> Command:
                            f"{', '.join(sorted(OSC_ADDRESSES))} (README, OSC)")
     name, index = target
     spec = COMMANDS[name]
-    return _build(spec, list(osc_args), from_osc=True, forms=[spec.forms[index]])
+    # An address also takes its command's forms that have no address of their own with as
+    # many leading arguments: `/pgesam/note 60 0.8 hold` is `note 60 0.8 hold`.
+    own = spec.forms[index]
+    extra = [f for f in spec.forms if f.osc is None
+             and [a.name for a in f.positionals[:len(own.positionals) - 1]]
+             == [a.name for a in own.positionals[:len(own.positionals) - 1]]]
+    return _build(spec, list(osc_args), from_osc=True, forms=[own, *extra])
 
 
 def osc_usage(address: str) -> str:

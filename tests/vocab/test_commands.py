@@ -120,6 +120,16 @@ def test_osc_mapping_accepts_int_and_float() -> None:
     assert from_osc("/pgesam/hush", []).name == "hush"
 
 
+def test_osc_note_takes_the_hold_and_follow_modes() -> None:
+    assert from_osc("/pgesam/note", [60, 0.8, "hold"]) == parse_line("note 60 0.8 hold")
+    assert from_osc("/pgesam/note_at", [0.1, 0.2, "C4", 1, "follow"]) == \
+        parse_line("note_at 0.1 0.2 C4 1 follow")
+    with pytest.raises(CommandError, match="not a mode"):
+        from_osc("/pgesam/note", [60, 0.8, "hodl"])
+    with pytest.raises(CommandError, match="too many"):
+        from_osc("/pgesam/note", [60, 0.8, "hold", 2])
+
+
 @pytest.mark.parametrize(
     "address, args, fragment",
     [
