@@ -257,6 +257,10 @@ def test_export_writes_an_sfz_of_a_named_point(tmp_path: Path,
     assert "no point named 'nosuch'" in capsys.readouterr().err
     assert main(["export", "0.1", "--out", str(tmp_path / "x")]) == 1
     assert "give X Y or one point NAME" in capsys.readouterr().err
+    assert main(["export", "glass", "--out", str(tmp_path / "x"), "--sample-rate",
+                 "48000"]) == 1
+    assert "drop --sample-rate" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_note_takes_a_point_by_name_and_writes_a_default_file(

@@ -58,6 +58,10 @@ def run_export(ns: Namespace) -> int:
 
     s = settings_from_args(ns)
     synth = Synth.load(s.model, device=resolve_device(s.device))
+    if ns.sample_rate is not None and int(ns.sample_rate) != int(synth.sample_rate):
+        raise PgesamError(f"export: --sample-rate {ns.sample_rate}: an export's samples are "
+                          f"written at the model's rate ({synth.sample_rate} Hz), which any "
+                          "SFZ sampler converts on load; drop --sample-rate")
     x, y, label = resolve_export_point(list(ns.where), named_points(s.patch_dir),
                                     synth.training_points)
     pr = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))

@@ -63,12 +63,11 @@ class Exports:
             label = point
         elif point is None:
             x, y = self.scheduler.current_point()
-            label = self.point_name or f"{x:+.2f}_{y:+.2f}"
+            label = self.point_name or _coords_label(x, y)
         else:
             x, y = float(point[0]), float(point[1])
-            label = f"{x:+.2f}_{y:+.2f}"
-        name = check_export_name(name or re.sub(r"[^A-Za-z0-9_.\-]", "", label.replace(
-            "+", "p").replace("-", "m")) or "point")
+            label = _coords_label(x, y)
+        name = check_export_name(name or re.sub(r"[^A-Za-z0-9_.\-]", "", label) or "point")
         lo, hi = self.model.pitch_range
         want = list(range(lo, hi + 1)) if pitches is None else [int(p) for p in pitches]
         bad = [p for p in want if not lo <= p <= hi]
@@ -88,6 +87,12 @@ class Exports:
         if target.exists() and not target.is_dir():
             raise ConfigError(f"export: {target} is a file; give a folder")
         return _Export(self, x, y, target, want, name)
+
+
+def _coords_label(x: float, y: float) -> str:
+    """A point's coordinates as a file name: (0.2, -0.3) -> `p0.20_m0.30` (signs spelt, so
+    a name never starts with `-`); point names keep their own spelling (`warm-pad`)."""
+    return f"{x:+.2f}_{y:+.2f}".replace("+", "p").replace("-", "m")
 
 
 class _Export:

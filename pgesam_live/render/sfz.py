@@ -36,7 +36,7 @@ from pgesam_live.render.loop import (
     level_db,
 )
 
-EXPORT_BATCH = 25  # notes per render call (a pitch bank)
+EXPORT_BATCH = 8  # notes per render call (small enough for the progress bar to move)
 RELEASE_TO_DB = -60.0  # the rendered release is timed to fall this far ...
 SF2_RELEASE_DB = 100.0  # ... and scaled to an SF2 release's span (volEnvRelease: to -100 dB)
 RELEASE_MIN_S = 0.01

@@ -182,5 +182,10 @@ def test_the_engine_exports_in_its_own_process_and_confines_network_sources(
         assert [ev["done"] for ev in events if not ev["sfz"]] == [0, 2]
         r = e.start_export(pitches=[10])
         assert not r.ok and "outside the model's range" in r.text
+        # Files are named after the point as the performer spelt it; coordinates spell signs.
+        assert e.submit("mark warm-pad").ok and e.submit("at warm-pad").ok
+        rig.run_until(0.2)
+        assert e._export_job(None, None, [60], "repl", None).name == "warm-pad"
+        assert e._export_job((0.2, -0.3), None, [60], "repl", None).name == "p0.20_m0.30"
     finally:
         rig.close()
