@@ -318,7 +318,9 @@ class VoicePool:
         return x * np.float32(gain)
 
     def _pick_voice(self, booked: int) -> _Voice:
-        """A voice free at `booked` (silent longest first), else steal the oldest note."""
+        """A voice free at `booked` (silent longest first), else steal the oldest note; a
+        note still held (a key down, a drone under `note P V hold`) only when every voice
+        holds one, as synths keep held keys over ringing one-shots."""
         free = [v for v in self._voices if v.pending is None
                 and (not v.playing or v.end_sample <= booked)]
         if free:
@@ -328,7 +330,12 @@ class VoicePool:
         def age(v: _Voice) -> int:
             return v.pending.booked_sample if v.pending is not None else v.start_sample
 
-        return min(self._voices, key=lambda v: (age(v), v.index))
+        def held(v: _Voice) -> bool:
+            if v.pending is not None:
+                return v.pending.head is not None
+            return v.head is not None and v.head.released_at is None
+
+        return min(self._voices, key=lambda v: (held(v), age(v), v.index))
 
     def _on_block(self, t_s: float) -> None:
         block_start = int(round(t_s * self.sample_rate))

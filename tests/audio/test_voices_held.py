@@ -105,6 +105,20 @@ def test_stealing_a_held_voice_ends_it(rig: tuple[AudioEngine, VoicePool],
     assert sorted(pool.held_tags()) == [61, 62, 63]
 
 
+def test_a_held_drone_is_stolen_last(rig: tuple[AudioEngine, VoicePool],
+                                     sustain: Sustain) -> None:
+    """The oldest note is a held drone: a new note takes the oldest one-shot's voice."""
+    engine, pool = rig
+    pool.play_held(Playhead(sustain), start_s=0.0, velocity=0.5, tag=48)
+    shots = [pool.play(np.full(SR, 0.1, np.float32), start_s=0.1 + 0.05 * i, tag=60 + i)
+             for i in range(3)]
+    engine.advance_to(0.5)
+    assert pool.in_use() == 4
+    assert pool.play(np.full(SR // 10, 0.1, np.float32), start_s=0.6) == shots[0]
+    engine.advance_to(1.0)
+    assert pool.stolen == 1 and pool.held_tags() == [48]
+
+
 def test_play_held_refuses_what_is_not_a_playhead(rig: tuple[AudioEngine, VoicePool]) -> None:
     _, pool = rig
     with pytest.raises(ConfigError, match="playhead"):
