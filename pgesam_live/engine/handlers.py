@@ -178,12 +178,12 @@ def do_lookahead(e: Engine, a: dict[str, Any], _: Any) -> None:
 
 @handles("follow")
 def do_follow(e: Engine, a: dict[str, Any], _: Any) -> None:
-    """`follow on|off`: every held note's timbre follows the point (on), or only those
-    played `note P V follow` (off, the default)."""
+    """`follow on|off`: every held note's timbre follows the point (on: those sounding now
+    too), or only those played `note P V follow` (off, the default)."""
     state = a.get("state")
     if state not in ("on", "off"):
         raise CommandError(f"follow {state!r}: use follow on or follow off")
-    e.scheduler.follow_point = state == "on"
+    e.scheduler.set_follow(state == "on")
 
 
 _unhandled = sorted(n for n, spec in COMMANDS.items() if spec.journal and n not in HANDLERS)

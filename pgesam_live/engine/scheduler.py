@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,17 @@ _RECENT_PITCHES = 8        # pitches pre-rendered along a glide / at a new point
 
 
 # ----------------------------------------------------------------------------- scheduler
+
+
+@dataclass
+class _HeldNote:
+    """A note held now (`note P V hold|follow`, a MIDI or web key), until its release."""
+
+    key: Hashable | None  # the render it sounds now; None: a fallback stands in for it
+    xy: XY  # the point it was played at
+    mode: str  # "hold" or "follow" (asked for this note)
+    own_point: bool  # played at its own point (`note_at`): `follow on` leaves it there
+    follows: bool = False  # its timbre follows the point while it sounds
 
 
 class Scheduler:
@@ -128,8 +140,9 @@ class Scheduler:
         self.held: Any = None
         self.held_lengths = False
         self.follow_point = False
-        # Held notes following the point: pitch -> the key they sound now.
-        self._followers: dict[int, Hashable] = {}
+        # Held notes (not released yet) by pitch: those that follow the point, and those
+        # started on a fallback, move to their render when it comes (_follow_point).
+        self._held_notes: dict[int, _HeldNote] = {}
         self._follow_asked: set[Hashable] = set()
         self._recent_pitches: dict[int, None] = {}
         self.counters = SchedulerCounters()
@@ -205,7 +218,7 @@ class Scheduler:
         now_s = max(now_s, self._now_s)
         self._now_s = now_s
         self._flush_immediate(now_s)
-        if self._followers:
+        if self._held_notes:
             self._follow_point(now_s)
         horizon_s = now_s + self.lookahead_s
         while True:
@@ -248,7 +261,7 @@ class Scheduler:
         for pitches, velocity, length_beats, point, mode in pending:
             try:
                 if velocity is None:
-                    self._followers.pop(pitches[0], None)
+                    self._held_notes.pop(pitches[0], None)
                     self.sink.release(pitches[0], now_s)
                 else:
                     self._play_at(now_s, pitches, velocity, length_beats, point, self.seed,
@@ -269,6 +282,7 @@ class Scheduler:
         with their pitch, so that `release` can end them; a sequence's with ("seq", name),
         so that `stop` can drop those not started yet. mode "hold" / "follow": a held note
         (until `release`; "follow": its timbre follows the point while it sounds)."""
+        own_point = xy is not None
         if xy is None:
             xy = self.point_at(start_s)
         length_s = None
@@ -289,22 +303,26 @@ class Scheduler:
                                       hold=holding or bool(length_s),
                                       release_at_s=None if holding or not length_s
                                       else start_s + length_s)
-                if holding and (mode == "follow" or self.follow_point):
-                    self._followers[pitch] = self.source.key(xy[0], xy[1], pitch, seed)
+                if holding:
+                    self._hold(pitch, self.source.key(xy[0], xy[1], pitch, seed), xy,
+                               str(mode), own_point)
                 self.counters.held += int(holding or bool(length_s))
                 self.counters.streamed += 1
                 self.counters.notes += 1
                 continue
+            late_before = self.counters.late
             audio = self.fallbacks.audio_for(xy, pitch, seed, self._request_late)
             if audio is None:
                 continue
+            exact = self.counters.late == late_before  # not a fallback's stand-in
             if self.held is not None and (holding or (self.held_lengths and length_s)):
                 self.held.play_held(audio, start_s, velocity, 0.0, note_tag, pitch,
                                     release_at_s=None if holding or length_s is None
                                     else start_s + length_s)
-                if holding and (mode == "follow" or self.follow_point):
+                if holding:
                     rp = rendered_pitch(pitch, self.pitch_range)
-                    self._followers[pitch] = self.source.key(xy[0], xy[1], rp, seed)
+                    self._hold(pitch, self.source.key(xy[0], xy[1], rp, seed) if exact
+                               else None, xy, str(mode), own_point)
                 self.counters.held += 1
             else:
                 self.sink.play(audio, start_s, velocity, 0.0, length_s, tag=note_tag)
@@ -610,20 +628,40 @@ class Scheduler:
         """End the notes of ``pitch`` played now (a key let go, `release`), after any played
         before it; sequence notes are not touched."""
         if self._action_s is not None:  # a patch's or a timed command's: at its time
-            self._followers.pop(int(pitch), None)
+            self._held_notes.pop(int(pitch), None)
             self.sink.release(int(pitch), self._action_s)
         else:
             self._immediate.append(((int(pitch),), None, None, None, None))
 
+    def _hold(self, pitch: int, key: Hashable | None, xy: XY, mode: str,
+              own_point: bool) -> None:
+        """Record a held note (key None: a fallback stands in until its render comes)."""
+        self._held_notes[pitch] = _HeldNote(
+            key, xy, mode, own_point,
+            follows=mode == "follow" or (self.follow_point and not own_point))
+
+    def set_follow(self, on: bool) -> None:
+        """`follow on|off`: the held notes sounding now and those played later follow the
+        point (on), or only those played `note P V follow` (off: each stays where it is).
+        A note played at its own point (`note_at`) stays there."""
+        self.follow_point = bool(on)
+        for n in self._held_notes.values():
+            if n.mode != "follow" and not n.own_point:
+                n.follows = self.follow_point
+
     def _follow_point(self, now_s: float) -> None:
         """Held notes that follow the point: where the point has moved to another cached
         render of their pitch, they crossfade into it; one not rendered yet is asked for
-        (now) and followed when it is there."""
-        xy = self.point_at(now_s)
-        for pitch, key in list(self._followers.items()):
+        (now) and followed when it is there. A held note started on a fallback crossfades
+        into its own render (at its point, or the point it follows) when that comes."""
+        point = self.point_at(now_s)
+        for pitch, n in list(self._held_notes.items()):
+            if not n.follows and n.key is not None:
+                continue
+            xy = point if n.follows else n.xy
             rp = rendered_pitch(pitch, self.pitch_range)
             new = self.source.key(xy[0], xy[1], rp, self.seed)
-            if new == key:
+            if new == n.key:
                 continue
             audio = self.source.get(new)
             if audio is None:
@@ -638,16 +676,16 @@ class Scheduler:
                 self.held.follow(pitch, audio, pitch, now_s)
             except Exception as exc:  # one bad note never stops the clock
                 self._count_error(f"follow: {type(exc).__name__}: {exc}")
-            self._followers[pitch] = new
+            n.key = new
 
     def forget_followers(self) -> None:
-        """Nothing follows the point any more (panic)."""
-        self._followers = {}
+        """Nothing is held or follows the point any more (panic)."""
+        self._held_notes = {}
         self._follow_asked = set()
 
     def followers(self) -> list[int]:
         """Pitches of the held notes following the point."""
-        return sorted(self._followers)
+        return sorted(p for p, n in self._held_notes.items() if n.follows)
 
     # -- read-only view
 

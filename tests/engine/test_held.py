@@ -154,6 +154,15 @@ def test_follow_on_makes_every_held_note_follow() -> None:
         3.5, abs=1.0)
 
 
+def test_follow_on_takes_a_note_already_held_but_not_one_at_its_own_point() -> None:
+    lines = [(0.0, "at -0.5 0"), (0.5, "note C4 0.8 hold"), (0.5, "note_at -0.5 0 G4 0.8 hold"),
+             (2.0, "follow on"), (4.0, "at 0.5 0"), (8.0, "release C4"), (8.0, "release G4")]
+    out = held_session(lines, 9.5)
+    assert third_share_db(out, 261.63, 5.0, 7.0) == pytest.approx(3.5, abs=1.0)
+    # G4 (392 Hz; its third, 1176 Hz, is clear of C4's partials) stays at its own point.
+    assert third_share_db(out, 392.0, 5.0, 7.0) == pytest.approx(-6.0, abs=1.0)
+
+
 def test_bad_modes_are_refused_with_the_fix() -> None:
     rig = make_rig()
     try:

@@ -706,3 +706,55 @@ def test_a_cancel_spares_keys_an_own_timbre_note_wants_and_the_point_still_held(
     rig.run(0.6)
     x, y = rig.sched.current_point()
     assert not any((k.x, k.y) == (round(x, 3), round(y, 3)) for k in rig.req.cancelled[n:])
+
+
+class FakeHeld:
+    """The held-note player (engine/held.py): records what it is asked to play and follow."""
+
+    def __init__(self) -> None:
+        self.played: list[tuple[int, float]] = []  # (pitch, x of the audio)
+        self.follows: list[tuple[int, float, float]] = []  # (pitch, x, y of the new audio)
+
+    def play_held(self, audio: np.ndarray, start_s: float | None, velocity: float, pan: float,
+                  tag: object, pitch: int, release_at_s: float | None = None) -> None:
+        self.played.append((pitch, float(audio[1])))
+
+    def follow(self, tag: object, audio: np.ndarray, pitch: int, at_s: float) -> None:
+        self.follows.append((pitch, float(audio[1]), float(audio[2])))
+
+
+def held_rig(auto: bool = True) -> tuple[Rig, FakeHeld]:
+    rig = Rig(auto=auto)
+    held = FakeHeld()
+    rig.sched.held = held
+    return rig, held
+
+
+def test_follow_on_takes_the_notes_held_now_but_not_those_at_their_own_point() -> None:
+    rig, held = held_rig()
+    rig.sched.play_now([60], velocity=0.8, mode="hold")
+    rig.sched.play_now([64], velocity=0.8, mode="hold", point=(0.5, 0.5))  # note_at
+    rig.run(0.1)
+    assert held.played == [(60, 0.0), (64, 0.5)] and rig.sched.followers() == []
+    rig.sched.set_follow(True)  # after the keys went down
+    rig.sched.set_point(0.25, -0.25)
+    rig.run(0.2)
+    assert held.follows == [(60, 0.25, -0.25)] and rig.sched.followers() == [60]
+    rig.sched.set_follow(False)  # each stays where it is now
+    rig.sched.set_point(0.0, 0.0)
+    rig.run(0.3)
+    assert held.follows == [(60, 0.25, -0.25)] and rig.sched.followers() == []
+
+
+def test_a_held_note_started_on_a_fallback_moves_to_its_own_render_when_it_comes() -> None:
+    rig, held = held_rig(auto=False)
+    rig.source.add(0.0, 0.0, 62)  # only D4 is here: C4 starts on it, re-pitched
+    rig.sched.play_now([60], velocity=0.8, mode="hold")
+    rig.run(0.1)
+    assert len(held.played) == 1 and rig.sched.counters.fallback_pitch == 1
+    assert held.follows == []
+    rig.source.add(0.0, 0.0, 60)  # its render comes
+    rig.run(0.2)
+    assert held.follows == [(60, 0.0, 0.0)]
+    rig.run(0.4)
+    assert len(held.follows) == 1  # once
