@@ -163,6 +163,16 @@ class _Bucket:
         return True
 
 
+def _track_held(held: set[int], cmd: Command) -> None:
+    """Keep a page's held keys from an accepted command."""
+    if cmd.name in ("note", "note_at") and cmd.args.get("mode") is not None:
+        held.add(int(cmd.args["pitch"]))
+    elif cmd.name == "release":
+        held.discard(int(cmd.args["pitch"]))
+    elif cmd.name == "panic":
+        held.clear()
+
+
 @dataclass
 class _Client:
     """One page's socket: what waits to be sent to it, and its sender task's wake-up."""
@@ -178,6 +188,7 @@ class _Client:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     last_flood_said_s: float = -math.inf
+    held: set[int] = field(default_factory=set)  # keys this page holds (`note P V hold`)
 
 
 class WebServer:
@@ -403,6 +414,7 @@ class WebServer:
             faults.record("web: a page's socket", exc)
         finally:
             self._open.pop(client.id, None)
+            await self._release_held(client)
             self.clients.forget(client.id)
             if client.listening:
                 client.listening = False
@@ -455,7 +467,7 @@ class WebServer:
             return
         keys = set(msg) - {"id"}
         if keys == {"cmd"}:
-            answer = await self._line(msg["cmd"], client.id)
+            answer = await self._line(msg["cmd"], client.id, client.held)
         elif keys == {"listen"} and isinstance(msg["listen"], bool):
             answer = self._listen(client, msg["listen"])
         elif keys == {"ping"} and isinstance(msg["ping"], int | float) \
@@ -469,8 +481,19 @@ class WebServer:
         self._say(client, answer)
         self._service.run()  # pushes due now, and the timer of the next (the point's watch)
 
-    async def _line(self, line: Any, client_id: int) -> dict[str, Any]:
-        """A line from a page -> {"reply": ...} or {"error": ...} (never raises)."""
+    async def _release_held(self, client: _Client) -> None:
+        """A page gone with keys down (closed, reloaded, its network lost) lets them go as
+        a key-up would: `release P`, journalled, so neither the room nor a replay keeps a
+        stuck note."""
+        for pitch in sorted(client.held):
+            with contextlib.suppress(Exception):
+                await self._line(f"release {pitch}", client.id)
+        client.held.clear()
+
+    async def _line(self, line: Any, client_id: int,
+                    held: set[int] | None = None) -> dict[str, Any]:
+        """A line from a page -> {"reply": ...} or {"error": ...} (never raises). held: the
+        page's held keys, kept up to date from the lines accepted."""
         if not isinstance(line, str):
             return {"error": "cmd must be a string: one REPL line, e.g. \"play C4\""}
         if len(line) > MAX_LINE_CHARS:
@@ -490,6 +513,8 @@ class WebServer:
             self.stats["errors"] += 1
             return {"error": result.text or "rejected"}
         out: dict[str, Any] = {"reply": result.text}
+        if held is not None and result.command is not None:
+            _track_held(held, result.command)
         if result.command is not None and result.command.journal:
             out["cmd"] = result.command.to_line()  # accepted, journalled as this line
         a = result.answer

@@ -341,6 +341,24 @@ def test_a_client_gone_mid_message_is_forgotten(served: Served) -> None:
     assert served.server._open == {}
 
 
+def test_a_page_gone_with_keys_down_lets_them_go(served: Served) -> None:
+    """A page closed (or its network lost) while keys are held: the server releases them,
+    journalled as the page's key-ups would be; keys already let go are not released twice."""
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(served.base + "/ws", origin=served.base) as ws:
+            for line in ("note C4 0.8 hold", "note E4 0.8 follow", "note G4 0.8 hold",
+                         "release E4"):
+                assert "reply" in await answer_to(ws, {"cmd": line}), line
+        end = time.monotonic() + 3
+        while served.server._open and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+    run(go())
+    lines = [line for _, line, _ in served.engine.submitted]
+    assert lines == ["note 60 0.8 hold", "note 64 0.8 follow", "note 67 0.8 hold",
+                     "release 64", "release 60", "release 67"]
+
+
 def test_listen_streams_the_master_output_as_pcm_frames(served: Served) -> None:
     audio = served.audio
     block = np.stack([np.linspace(-0.5, 0.5, 256, dtype=np.float32),
