@@ -18,6 +18,11 @@ plus the front-end ones handled here:
   /pgesam/hello           register the sender as a controller: state pushed on change
   /pgesam/bye             unregister
 
+An export started with `/pgesam/cmd "export [NAME]"` is answered `/pgesam/export TEXT` (where
+it renders, or why not), then reported to its sender (and to every controller) as
+`/pgesam/export/progress NAME DONE TOTAL` while it renders and `/pgesam/export/done NAME
+SFZ_PATH` or `/pgesam/export/error NAME MESSAGE` at its end.
+
 Replies go to the sender: `/pgesam/error <address> <message>` for anything rejected (address
 "" for a datagram that is not OSC at all), `/pgesam/ready <x> <y> <pitch>` when a render the
 sender asked for with /pgesam/prerender is cached (x, y as it asked), and
@@ -76,6 +81,9 @@ class _PendingMove:
     address: str
 
 
+_MAX_EXPORTERS = 16  # export senders remembered for the reports
+
+
 @dataclass
 class OscCore:
     """The socket-free OSC logic. Thread-safe: engine events may arrive from any thread."""
@@ -106,6 +114,7 @@ class OscCore:
         self._last_move_s = -math.inf
         self._ready = ReadyTracker(self.ready_tolerance, self.ready_ttl_s)
         self._outbox: list[OscReply] = []
+        self._exporters: dict[Addr, None] = {}  # senders of exports (newest last)
         self._region = view_region(self.engine)   # what /pgesam/xy maps onto
         self.engine.add_listener(self.on_event)
 
@@ -199,6 +208,12 @@ class OscCore:
             if not result.ok:
                 return self._error(addr, address, result.text)
             if result.answer is not None:
+                if result.answer.word == "export" and result.answer.data:
+                    with self._lock:
+                        self._exporters.pop(addr, None)
+                        self._exporters[addr] = None
+                        while len(self._exporters) > _MAX_EXPORTERS:
+                            del self._exporters[next(iter(self._exporters))]
                 return self._answer(addr, result.answer)
             if not submitted:
                 return []   # an empty line, a comment
@@ -266,6 +281,9 @@ class OscCore:
     def on_event(self, event: dict[str, Any]) -> None:
         """Engine listener (any thread): the seam's bookkeeping (who caused a change, state
         pushes, refusals) and /pgesam/ready replies."""
+        if event.get("kind") == "export":
+            self._export_report(event)
+            return
         if event.get("kind") != "ready":
             self._clients.on_event(event)
             return
@@ -279,6 +297,23 @@ class OscCore:
                 self._outbox.append((to, "/pgesam/ready", args))
                 woke = True
         if woke and self.wake is not None:
+            self.wake()
+
+    def _export_report(self, event: dict[str, Any]) -> None:
+        """An export's progress or end, to its senders and every controller."""
+        name = str(event.get("name", ""))
+        if event.get("sfz"):
+            msg: tuple[str, list[Any]] = ("/pgesam/export/done", [name, str(event["sfz"])])
+        elif event.get("error"):
+            msg = ("/pgesam/export/error", [name, str(event["error"])])
+        else:
+            msg = ("/pgesam/export/progress", [name, int(event.get("done") or 0),
+                                               int(event.get("total") or 0)])
+        with self._lock:
+            to = [*self._exporters, *(a for a in self.controllers if a not in self._exporters)]
+            for addr in to:
+                self._outbox.append((addr, msg[0], msg[1]))
+        if to and self.wake is not None:
             self.wake()
 
     # ---------------------------------------------------------------- timers

@@ -161,13 +161,29 @@ def make_completer(engine: EngineLike) -> Any:
     return _make_completer(engine)
 
 
+def _export_progress(event: dict[str, Any], quarters: dict[str, int]) -> str | None:
+    """`export NAME: 12/37 notes` when an export passes a quarter of its notes, else None."""
+    name, done, total = str(event.get("name")), int(event.get("done") or 0), \
+        int(event.get("total") or 0)
+    if event.get("sfz") or event.get("error") or total <= 0:
+        quarters.pop(name, None)
+        return None
+    quarter = 4 * done // total
+    if done == 0 or quarter <= quarters.get(name, 0) or done >= total:
+        return None
+    quarters[name] = quarter
+    return f"export {name}: {done}/{total} notes"
+
+
 class _MessagePrinter:
-    """Engine listener: prints {"kind": "message"} events; silent once the REPL has ended."""
+    """Engine listener: prints {"kind": "message"} events, and an export's progress at each
+    quarter (its end comes as a message); silent once the REPL has ended."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.active = True
         self._write = write
         self._lock = threading.Lock()
+        self._export_quarter: dict[str, int] = {}
 
     def reply(self, text: str) -> None:
         """Print a reply under the same lock, so an engine message never splits one."""
@@ -175,11 +191,16 @@ class _MessagePrinter:
             self._write(text)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.active or event.get("kind") != "message":
+        if not self.active:
+            return
+        text = _export_progress(event, self._export_quarter) \
+            if event.get("kind") == "export" else \
+            str(event.get("text", "")) if event.get("kind") == "message" else None
+        if text is None:
             return
         with self._lock:
             try:
-                self._write(str(event.get("text", "")))
+                self._write(text)
             except Exception as exc:  # a closed stream must not break the engine's thread
                 faults.record("repl: printing an engine message", exc)
                 self.active = False

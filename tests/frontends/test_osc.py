@@ -673,3 +673,37 @@ def test_osc_errors_are_said_in_the_terminal_rate_limited() -> None:
     clock.now += 2.0
     assert errors(core.handle_datagram(msg("/pgesam/tempo", "fast"), A))
     assert len(said) == 2 and "(and 6 more OSC errors since the last shown)" in said[1]
+
+
+def test_an_export_is_reported_to_its_sender_and_the_controllers() -> None:
+    """`/pgesam/cmd "export NAME"`: answered at once, then progress and the end (the path,
+    or the error) reported to the sender and to every controller; other senders hear
+    nothing."""
+    core, engine, _ = make_core()
+    started: list[tuple[Any, Any]] = []
+
+    def start_export(point: Any = None, out_dir: Any = None, pitches: Any = None,
+                     src: str = "repl", name: Any = None) -> Reply:
+        started.append((out_dir, src))
+        return Reply(True, "export: rendering 2 notes into sessions/export-pad")
+
+    engine.start_export = start_export  # type: ignore[attr-defined]
+    C = ("127.0.0.1", 50003)
+    core.handle_datagram(msg("/pgesam/hello"), B)
+    assert core.handle_datagram(msg("/pgesam/cmd", "export pad"), A) == [
+        (A, "/pgesam/export", ["export: rendering 2 notes into sessions/export-pad"])]
+    assert started == [("pad", "osc")]
+    core.poll()
+    engine.emit({"kind": "export", "name": "pad", "done": 1, "total": 2, "sfz": None,
+                 "error": None})
+    engine.emit({"kind": "export", "name": "pad", "done": 2, "total": 2,
+                 "sfz": "/s/export-pad/pad.sfz", "error": None})
+    engine.emit({"kind": "export", "name": "pad", "done": 0, "total": 2, "sfz": None,
+                 "error": "disk full"})
+    got = [r for r in core.poll() if r[1].startswith("/pgesam/export")]
+    for to in (A, B):
+        assert [(addr, args) for t, addr, args in got if t == to] == [
+            ("/pgesam/export/progress", ["pad", 1, 2]),
+            ("/pgesam/export/done", ["pad", "/s/export-pad/pad.sfz"]),
+            ("/pgesam/export/error", ["pad", "disk full"])]
+    assert not any(t == C for t, _, _ in got)

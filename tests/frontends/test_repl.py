@@ -438,3 +438,18 @@ def test_ctrl_backslash_is_panic_at_the_prompt_and_in_keys_mode(tmp_path: Path) 
     assert not repl.is_alive()
     assert lines() == ["panic", "tempo 97", "play 60 len 1", "panic"]
     assert {src for src, _, _ in engine.submitted} == {"repl"}
+
+
+def test_an_exports_progress_is_printed_each_quarter_and_its_end_once() -> None:
+    from pgesam_live.frontends.repl import _MessagePrinter
+
+    said: list[str] = []
+    printer = _MessagePrinter(said.append)
+    for done in range(0, 41, 8):
+        printer({"kind": "export", "name": "pad", "done": done, "total": 40, "sfz": None,
+                 "error": None})
+    printer({"kind": "export", "name": "pad", "done": 40, "total": 40, "sfz": "p.sfz",
+             "error": None})
+    printer({"kind": "message", "text": "export pad: p.sfz"})
+    assert said == ["export pad: 16/40 notes", "export pad: 24/40 notes",
+                    "export pad: 32/40 notes", "export pad: p.sfz"]
