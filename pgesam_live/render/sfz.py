@@ -9,8 +9,11 @@ re-pitched by the sampler, as samplers do), `pitch_keycenter`, velocity tracking
 sustaining sound its loop (`loop_mode=loop_continuous`, `loop_start` / `loop_end`, the seam
 crossfaded inside the file, so a sampler without crossfade support loops it cleanly) and a
 release time (`ampeg_release`) measured on the note's own rendered release. A decaying sound
-(a piano, a plucked string) is not looped: it plays as rendered, release included
-(`loop_mode=no_loop`), with the same measured release when let go early.
+(a piano, a plucked string) is not looped: its file is the note as the instrument holds it
+(the render up to its loop, then the loop fading on at the measured decay until it has
+fallen 60 dB or DECAY_FILE_MAX_S), not the render's 3 s and release, so a key held longer
+keeps decaying as the instrument does (`loop_mode=no_loop`), and the measured release when
+let go.
 
 `export_point(synth, x, y, out_dir)` does it all; `progress(done, total)` hears of each note.
 """
@@ -40,6 +43,9 @@ EXPORT_BATCH = 8  # notes per render call (small enough for the progress bar to 
 RELEASE_TO_DB = -60.0  # the rendered release is timed to fall this far ...
 SF2_RELEASE_DB = 100.0  # ... and scaled to an SF2 release's span (volEnvRelease: to -100 dB)
 RELEASE_MIN_S = 0.01
+RELEASE_FLOOR_MARGIN_DB = 6.0  # a release is timed to this far above the render's last level
+DECAY_FILE_MAX_S = 15.0  # a decaying sound's file: at most this long ...
+DECAY_END_FADE_S = 0.1  # ... its last samples faded
 SFZ_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 Progress = Callable[[int, int], object]
 
@@ -78,17 +84,28 @@ def check_export_name(name: str) -> str:
 
 def release_time_s(sustain: Sustain) -> float:
     """The `ampeg_release` of a note: how long its rendered release takes to fall
-    RELEASE_TO_DB below the level at its onset (10 ms envelope frames; the render's end if it
-    never does), scaled to SF2_RELEASE_DB, the span over which an SF2 player's release
-    (linear in dB) runs: so the converted release falls as fast as the rendered one."""
+    RELEASE_TO_DB below the level at its onset (10 ms envelope frames), scaled to
+    SF2_RELEASE_DB, the span over which an SF2 player's release (linear in dB) runs: so the
+    converted release falls as fast as the rendered one. A quiet release (a decayed piano
+    note) reaches the render's floor first: it is timed down to RELEASE_FLOOR_MARGIN_DB above
+    the render's last level and its rate extended; one that never falls that far lasts the
+    rest of the render."""
     sr = sustain.sample_rate
     env = envelope_db(sustain.audio, sr)
     hop = int(round(0.01 * sr))
     i0 = min(len(env) - 1, sustain.release_onset // hop)
     ref = float(env[max(0, i0 - 2): i0 + 1].max())
-    below = np.flatnonzero(env[i0:] < ref + RELEASE_TO_DB)
-    frames = int(below[0]) if len(below) else len(env) - i0
-    return max(RELEASE_MIN_S, frames * 0.01 * SF2_RELEASE_DB / -RELEASE_TO_DB)
+    floor = float(env[-3:].max()) if len(env) - i0 > 3 else ref
+    target = max(ref + RELEASE_TO_DB, floor + RELEASE_FLOOR_MARGIN_DB)
+    fall_db = ref - target
+    below = np.flatnonzero(env[i0:] < target)
+    if fall_db < RELEASE_FLOOR_MARGIN_DB or not len(below):
+        frames = len(env) - i0
+        fall_db = -RELEASE_TO_DB
+    else:
+        frames = int(below[0])
+    return max(RELEASE_MIN_S, frames * 0.01 * (-RELEASE_TO_DB / fall_db)
+               * SF2_RELEASE_DB / -RELEASE_TO_DB)
 
 
 def file_with_loop(sustain: Sustain) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -99,8 +116,10 @@ def file_with_loop(sustain: Sustain) -> tuple[np.ndarray, tuple[int, int] | None
     crossfade region and crossfades the first samples of the loop from the material that
     followed the loop end (what the jump continues from) into the loop start's own."""
     x = sustain.audio.astype(np.float32).copy()
-    if not sustain.looped or sustain.decay_db_per_s:
+    if not sustain.looped:
         return x, None
+    if sustain.decay_db_per_s:
+        return decaying_file(sustain), None
     ls, le = sustain.loop_start, sustain.loop_end
     assert ls is not None and le is not None
     sr = sustain.sample_rate
@@ -109,6 +128,20 @@ def file_with_loop(sustain: Sustain) -> tuple[np.ndarray, tuple[int, int] | None
         x[ls: ls + xf] = blend(sustain.audio[le: le + xf], sustain.audio[ls: ls + xf],
                                sustain.seam_ncc)
     return x, (ls, le - 1)
+
+
+def decaying_file(sustain: Sustain) -> np.ndarray:
+    """A decaying sound's sample, float32 [N]: the note held for ever as the instrument plays
+    it (Sustain.render: the head, then the loop fading on at the measured decay) until it has
+    fallen -RELEASE_TO_DB below its loop's level, at most DECAY_FILE_MAX_S, the end faded."""
+    sr = sustain.sample_rate
+    assert sustain.loop_end is not None and sustain.decay_db_per_s < 0
+    n = sustain.loop_end + int(RELEASE_TO_DB / sustain.decay_db_per_s * sr)
+    n = max(len(sustain.audio) // 2, min(n, int(DECAY_FILE_MAX_S * sr)))
+    x = sustain.render(0, n)
+    fade = min(n, int(DECAY_END_FADE_S * sr))
+    x[n - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return x
 
 
 def parse_pitch_range(text: str, pitch_range: tuple[int, int]) -> list[int]:
@@ -209,5 +242,6 @@ def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
     return ExportResult(sfz, samples, sr)
 
 
-__all__ = ["ExportResult", "ExportedSample", "check_export_name", "export_point",
+__all__ = ["ExportResult", "ExportedSample", "check_export_name", "decaying_file",
+           "export_point",
            "file_with_loop", "level_db", "parse_pitch_range", "release_time_s", "sfz_text"]

@@ -189,3 +189,38 @@ def test_the_engine_exports_in_its_own_process_and_confines_network_sources(
         assert e._export_job((0.2, -0.3), None, [60], "repl", None).name == "p0.20_m0.30"
     finally:
         rig.close()
+
+
+class DecayingFakeSynth(HeldFakeSynth):
+    """A plucked sound: it decays 10 dB/s while held (3 s), then releases with tau 0.05 s
+    (60 dB in 0.35 s) into a noise floor 70 dB under its peak."""
+
+    def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        t = np.arange(4 * SR) / SR
+        env = np.minimum(1.0, t / 0.005) * 10 ** (-10.0 * np.minimum(t, 3.0) / 20) \
+            * np.where(t < 3.0, 1.0, np.exp(-(t - 3.0) / 0.05))
+        out = []
+        for p in pitches:
+            f0 = 440.0 * 2 ** ((int(p) - 69) / 12)
+            x = 0.5 * env * np.sin(2 * np.pi * f0 * t) + 0.5 * 10 ** (-70 / 20) \
+                * rng.standard_normal(len(t)) / np.sqrt(2)
+            out.append(x.astype(np.float32))
+        return np.stack(out)
+
+
+def test_a_decaying_sound_keeps_decaying_while_held_and_releases_at_its_own_rate(
+        tmp_path: Path) -> None:
+    """A held key plays the note as the instrument holds it (the decay goes on past the
+    render's 3 s: no release baked in), and the release is timed on the render's release
+    though the floor stops it 40 dB down (extrapolated: 0.35 s to -60 dB, not the render's
+    end)."""
+    r = export_point(DecayingFakeSynth(), 0.0, 0.0, tmp_path, pitches=[60], name="pluck")
+    (s,) = r.samples
+    assert s.loop is None
+    x, sr = sf.read(str(tmp_path / s.file), dtype="float32")
+    assert len(x) > 6 * sr  # longer than the 4 s render: the decay to -60 dB of its loop
+    env = envelope_db(x, sr)
+    slope = (env[450] - env[350]) / 1.0  # 3.5 s .. 4.5 s: past the render's release onset
+    assert slope == pytest.approx(-10.0, abs=1.5)
+    assert s.release_s == pytest.approx(0.35 * 100 / 60, rel=0.25)
