@@ -413,8 +413,8 @@ class WebServer:
         except Exception as exc:  # a bug here ends this socket only
             faults.record("web: a page's socket", exc)
         finally:
+            await self._release_held(client)  # before it is gone: then nothing is left held
             self._open.pop(client.id, None)
-            await self._release_held(client)
             self.clients.forget(client.id)
             if client.listening:
                 client.listening = False
