@@ -18,7 +18,7 @@ from typing import Any
 
 from pgesam_live.errors import ConfigError, PgesamError
 from pgesam_live.render.export_job import ExportJob
-from pgesam_live.render.sfz import check_export_name
+from pgesam_live.render.sfz import check_export_name, coords_label
 from pgesam_live.vocab.sources import source
 from pgesam_live.vocab.views import Reply
 
@@ -63,10 +63,10 @@ class Exports:
             label = point
         elif point is None:
             x, y = self.scheduler.current_point()
-            label = self.point_name or _coords_label(x, y)
+            label = self.point_name or coords_label(x, y)
         else:
             x, y = float(point[0]), float(point[1])
-            label = _coords_label(x, y)
+            label = coords_label(x, y)
         name = check_export_name(name or re.sub(r"[^A-Za-z0-9_.\-]", "", label) or "point")
         lo, hi = self.model.pitch_range
         want = list(range(lo, hi + 1)) if pitches is None else [int(p) for p in pitches]
@@ -87,12 +87,6 @@ class Exports:
         if target.exists() and not target.is_dir():
             raise ConfigError(f"export: {target} is a file; give a folder")
         return _Export(self, x, y, target, want, name)
-
-
-def _coords_label(x: float, y: float) -> str:
-    """A point's coordinates as a file name: (0.2, -0.3) -> `p0.20_m0.30` (signs spelt, so
-    a name never starts with `-`); point names keep their own spelling (`warm-pad`)."""
-    return f"{x:+.2f}_{y:+.2f}".replace("+", "p").replace("-", "m")
 
 
 class _Export:

@@ -82,6 +82,12 @@ def check_export_name(name: str) -> str:
     return name
 
 
+def coords_label(x: float, y: float) -> str:
+    """A point's coordinates as a file name: (0.2, -0.3) -> `p0.20_m0.30` (signs spelt, so
+    a name never starts with `-`); point names keep their own spelling (`warm-pad`)."""
+    return f"{x:+.2f}_{y:+.2f}".replace("+", "p").replace("-", "m")
+
+
 def release_time_s(sustain: Sustain) -> float:
     """The `ampeg_release` of a note: how long its rendered release takes to fall
     RELEASE_TO_DB below the level at its onset (10 ms envelope frames), scaled to
@@ -100,12 +106,11 @@ def release_time_s(sustain: Sustain) -> float:
     fall_db = ref - target
     below = np.flatnonzero(env[i0:] < target)
     if fall_db < RELEASE_FLOOR_MARGIN_DB or not len(below):
-        frames = len(env) - i0
-        fall_db = -RELEASE_TO_DB
+        frames, fall_db = len(env) - i0, -RELEASE_TO_DB
     else:
         frames = int(below[0])
-    return max(RELEASE_MIN_S, frames * 0.01 * (-RELEASE_TO_DB / fall_db)
-               * SF2_RELEASE_DB / -RELEASE_TO_DB)
+    # `fall_db` in `frames`: the SF2 release's whole span at that rate
+    return max(RELEASE_MIN_S, frames * 0.01 * SF2_RELEASE_DB / fall_db)
 
 
 def file_with_loop(sustain: Sustain) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -204,8 +209,7 @@ def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
     for v in (x, y):
         if not np.isfinite(v):
             raise ConfigError(f"export: the point ({x}, {y}) must be finite numbers")
-    name = check_export_name(name or f"pgesam_{x:+.2f}_{y:+.2f}".replace("+", "p")
-                             .replace("-", "m"))
+    name = check_export_name(name or f"pgesam_{coords_label(x, y)}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export: {out} is a file; give a folder for --out")
@@ -242,6 +246,6 @@ def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
     return ExportResult(sfz, samples, sr)
 
 
-__all__ = ["ExportResult", "ExportedSample", "check_export_name", "decaying_file",
-           "export_point",
+__all__ = ["ExportResult", "ExportedSample", "check_export_name", "coords_label",
+           "decaying_file", "export_point",
            "file_with_loop", "level_db", "parse_pitch_range", "release_time_s", "sfz_text"]
