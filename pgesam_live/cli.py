@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel decoder: weight of a loss on decoded audio spectra (0: off)")
     p.add_argument("--point-noise", type=float, default=None,
                    help="Gaussian noise (map units) on the training points (default 0)")
+    p.add_argument("--instrument-points", type=float, default=None, metavar="P",
+                   help="condition a share P of the training notes on their instrument's point "
+                        "(the mean of its notes' points: the named point a performer plays) "
+                        "instead of the note's own (default 0: the paper's per-note point)")
     p.add_argument("--pitch-weight", type=float, default=None,
                    help="loss weight of the pitch channel (harmonic codec; default 300)")
     p.add_argument("--loudness-weight", type=float, default=None,

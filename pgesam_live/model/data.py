@@ -34,7 +34,8 @@ from pgesam_live.model.codec import Codec
 from pgesam_live.model.soundfont import FAMILIES, SOURCES
 
 __all__ = ["FAMILIES", "SOURCES", "SPLITS", "NoteRecord", "FrameSet", "read_split",
-           "filter_notes", "load_frames", "load_audio", "codec_fingerprint", "midi_to_hz"]
+           "filter_notes", "load_frames", "load_audio", "codec_fingerprint", "midi_to_hz",
+           "instrument_means"]
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 CACHE_DIRNAME = ".pgesam-cache"
@@ -339,6 +340,15 @@ def _encode_all(notes: Sequence[NoteRecord], codec: Codec, n_samples: int, batch
         if bar is not None:
             bar.close()
     return torch.cat(chunks, dim=0)
+
+
+def instrument_means(mu: torch.Tensor, instrument: torch.Tensor) -> torch.Tensor:
+    """Per-note VAE means mu [N, 2] and instrument ids [N] -> [N, 2]: each note's
+    instrument's mean point (the training point the instrument plays at)."""
+    n = int(instrument.max()) + 1 if instrument.numel() else 0
+    sums = torch.zeros(n, 2, device=mu.device, dtype=mu.dtype).index_add_(0, instrument, mu)
+    counts = torch.bincount(instrument, minlength=n).clamp_min(1).to(mu.dtype)
+    return (sums / counts[:, None])[instrument]
 
 
 def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,

@@ -29,7 +29,14 @@ import torch
 from pgesam_live.errors import CodecError, ConfigError, DataError
 from pgesam_live.model import metrics
 from pgesam_live.model.checkpoints import ModelBundle, load_model
-from pgesam_live.model.data import FAMILIES, FrameSet, load_audio, load_frames, read_split
+from pgesam_live.model.data import (
+    FAMILIES,
+    FrameSet,
+    instrument_means,
+    load_audio,
+    load_frames,
+    read_split,
+)
 
 DEFAULT_MAX_NOTES = 240  # generated notes for the audio figures (deterministic subsample)
 
@@ -130,26 +137,34 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     # Stage 2, free-running, on a deterministic subsample (generation is the slow part).
     idx = _subsample(len(frames), max_notes, seed)
     synth = Synth(bundle, device=str(device))
-    gen_frames, gen_audio = [], []
     from tqdm import tqdm  # noqa: PLC0415
 
-    # A progress bar on stderr when it is a terminal (disable=None): the slow part.
-    for sl in tqdm(_batches(len(idx), 25), desc="eval: generating", unit="batch",
-                   disable=None, dynamic_ncols=True, mininterval=1.0):
-        sel = idx[sl]
-        pts = mu_all[sel].numpy()
-        g = synth.finish_frames(tr.generate(torch.as_tensor(pts, device=device),
-                                            fs.pitch[sel].to(device), n_frames=frames.shape[1]),
-                                fs.pitch[sel].to(device))
-        gen_frames.append(g.float().cpu())
-        gen_audio.append(synth.decode_frames(g, seed=seed))
-    gen = torch.cat(gen_frames)
+    def generate(points: torch.Tensor, what: str) -> tuple[torch.Tensor, np.ndarray]:
+        """Notes idx at points [len(idx), 2] -> their frames [n, T, D] and audio [n, N]."""
+        gen_frames, gen_audio = [], []
+        # A progress bar on stderr when it is a terminal (disable=None): the slow part.
+        for sl in tqdm(_batches(len(idx), 25), desc=f"eval: generating {what}", unit="batch",
+                       disable=None, dynamic_ncols=True, mininterval=1.0):
+            sel = idx[sl]
+            g = synth.finish_frames(tr.generate(points[sl].to(device), fs.pitch[sel].to(device),
+                                                n_frames=frames.shape[1]),
+                                    fs.pitch[sel].to(device))
+            gen_frames.append(g.float().cpu())
+            gen_audio.append(synth.decode_frames(g, seed=seed))
+        return torch.cat(gen_frames), np.concatenate(gen_audio)
+
+    # At each note's own point (the VAE's mean of that note: the paper's condition), and at
+    # its instrument's point (the mean of the instrument's notes in this split: where a
+    # performer plays the instrument, as the training points are), notes scattering about
+    # their instrument's point farther than other instruments' points lie.
+    gen, audio = generate(mu_all[idx], "at the notes' points")
+    inst_points = instrument_means(mu_all, fs.instrument.long())
+    gen_inst, audio_inst = generate(inst_points[idx], "at the instruments' points")
     mse_tr = float(((gen - frames[idx]) ** 2).mean())
     acc_gen = 0
     for sl in _batches(len(gen), 64):
         logits = vae.encode(gen[sl, :n_vae].to(device))[2]
         acc_gen += int((logits.argmax(-1).cpu() == pitch_idx[idx[sl]]).sum())
-    audio = np.concatenate(gen_audio)
 
     # Independent pitch trackers on the decoded audio vs the original note and vs MIDI. PESTO
     # for the 50-cent tests (it reads bars and two-voice leads as a listener names them, where
@@ -193,16 +208,22 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     # Codec round trip on the evaluated originals (the foundation issue's MR-STFT).
     # And the generated notes against their originals, on the same distance: how close the
     # whole sound comes (the codec's figure above is its floor).
-    mrstft, mrstft_gen = [], []
+    mrstft, mrstft_gen, mrstft_inst = [], [], []
     for j in range(min(len(idx), 60)):
         n = min(len(originals[j]), rt.shape[1], audio.shape[1])
         mrstft.append(metrics.mrstft_distance(originals[j][:n], rt[j, :n]))
         mrstft_gen.append(metrics.mrstft_distance(originals[j][:n], audio[j, :n]))
+        mrstft_inst.append(metrics.mrstft_distance(originals[j][:n], audio_inst[j, :n]))
 
     # What the map changes (the sound issue's figures): is a generated note nearest to its own
     # instrument among every evaluated instrument's original at its pitch, and does its level
     # follow the original's over time. The codec's round trip gives the ceiling of both.
-    sound = _identity_and_envelope(fs, idx, originals, audio, rt, sr)
+    cands = _candidates(fs, idx, sr, audio.shape[1])
+    sound = _identity_and_envelope(fs, idx, originals, audio, rt, sr, cands)
+    at_inst = _identity_and_envelope(fs, idx, originals, audio_inst, rt, sr, cands)
+    sound_inst = {"identity_nn": at_inst["identity_nn"], "envelope_db": at_inst["envelope_db"],
+                  "mrstft_generated": float(np.mean(mrstft_inst)),
+                  "mse_transformer": float(((gen_inst - frames[idx]) ** 2).mean())}
 
     mu_np = mu_all.numpy()
     inst_np, pitch_np, fam_np = fs.instrument.numpy(), fs.pitch.numpy(), fs.family.numpy()
@@ -244,25 +265,40 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
         "codec_mrstft": float(np.mean(mrstft)),
         "mrstft_generated": float(np.mean(mrstft_gen)),
         **sound,
+        "at_instrument_point": sound_inst,
         "map_spread": map_spread(bundle, synth, data_dir, split, seed=seed),
         "eval_s": round(time.time() - t0, 1),
     }
 
 
-def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.ndarray],
-                           audio: np.ndarray, rt: np.ndarray, sr: int) -> dict[str, Any]:
-    """identity_nn (+ its codec ceiling and chance level) and envelope_db (+ codec) for the
-    generated notes `audio[j]` of notes `idx[j]`, against all originals of the split."""
+Candidates = dict[int, list[tuple[str, np.ndarray]]]  # pitch -> (identity key, spectrogram)
+
+
+def _candidates(fs: FrameSet, idx: np.ndarray, sr: int, n_samples: int) -> Candidates:
+    """Every original of the split at the pitches of notes `idx`, as identity_nn compares
+    with: its identity key and log-band spectrogram, by pitch."""
     keys = [metrics.identity_key(fs.instrument_names[int(i)]) for i in fs.instrument]
     pitches = fs.pitch.numpy()
     wanted = {int(pitches[i]) for i in idx}
-    cands: dict[int, list[tuple[str, np.ndarray]]] = {p: [] for p in wanted}
-    n_samples = audio.shape[1]
+    cands: Candidates = {p: [] for p in wanted}
     for k, note in enumerate(fs.notes):
         p = int(pitches[k])
         if p in wanted:
             wave = load_audio(note.path, sr, n_samples)
             cands[p].append((keys[k], metrics.log_band_spectrogram(wave, sr)))
+    return cands
+
+
+def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.ndarray],
+                           audio: np.ndarray, rt: np.ndarray, sr: int,
+                           cands: Candidates | None = None) -> dict[str, Any]:
+    """identity_nn (+ its codec ceiling and chance level) and envelope_db (+ codec) for the
+    generated notes `audio[j]` of notes `idx[j]`, against all originals of the split
+    (`cands`: _candidates' answer, when the caller has it)."""
+    keys = [metrics.identity_key(fs.instrument_names[int(i)]) for i in fs.instrument]
+    pitches = fs.pitch.numpy()
+    if cands is None:
+        cands = _candidates(fs, idx, sr, audio.shape[1])
     own_gen, own_rt, chance, env_gen, env_rt = [], [], [], [], []
     for j, i in enumerate(idx):
         key, c = keys[int(i)], cands[int(pitches[i])]
@@ -382,6 +418,11 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"| envelope_db: level error at 0.5/1.5/2.5 s (codec) | {r['envelope_db']:.1f} dB "
         f"({r['envelope_db_codec']:.1f} dB) |",
     ]
+    ai = r.get("at_instrument_point") or {}
+    if ai:
+        lines.append(f"| at the instruments' points: identity_nn / envelope_db / MR-STFT | "
+                     f"{ai['identity_nn']:.3f} / {ai['envelope_db']:.1f} dB / "
+                     f"{ai['mrstft_generated']:.3f} |")
     ms = r.get("map_spread") or {}
     if "level_2_5s_ratio" in ms:
         lines.append(f"| map_spread at C4: level at 2.5 s / centroid, re the originals | "

@@ -305,3 +305,11 @@ def test_missing_and_unreadable_wav(tmp_path: Path) -> None:
 def test_empty_after_filtering(nsynth: Path) -> None:
     with pytest.raises(DataError, match="passes the filters"):
         load(nsynth, "train", FakeCodec(), pitch_range=(80, 90))
+
+
+def test_instrument_means_are_each_notes_instruments_mean_point() -> None:
+    mu = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [0.5, 3.0]])
+    inst = torch.tensor([0, 0, 2, 0])
+    got = dm.instrument_means(mu, inst)
+    want = torch.tensor([[0.5, 1.0], [0.5, 1.0], [5.0, 5.0], [0.5, 1.0]])
+    assert torch.allclose(got, want)

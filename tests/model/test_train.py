@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -544,7 +545,8 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     st = load_training_state(out / "transformer.pt")
     assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
                                   "point_noise": 0.02, "pitch_weight": 300.0,
-                                  "loudness_weight": 40.0, "log_dist_weight": 0.0}
+                                  "loudness_weight": 40.0, "log_dist_weight": 0.0,
+                                  "instrument_points": 0.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
@@ -585,3 +587,42 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     c = widened.transformer.generate(pts, pit)
     assert float((a - c).abs().max()) < 1e-2
     assert widened.meta.training_points == got.meta.training_points
+
+
+def test_instrument_points_condition_notes_on_their_instruments_mean_point(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--instrument-points 1`: every training note is conditioned on its instrument's point
+    (one point per instrument, the training point it plays at); 0 (the paper's): on its own
+    point (one per note). Refused for the autoregressive decoder, and out of [0, 1]."""
+    from pgesam_live.model.parallel import ParallelFrameTransformer
+
+    seen: list[torch.Tensor] = []
+    forward = ParallelFrameTransformer.forward
+
+    def spy(self: ParallelFrameTransformer, points: torch.Tensor, *a: Any, **k: Any) -> Any:
+        seen.append(points.detach().clone())
+        return forward(self, points, *a, **k)
+
+    monkeypatch.setattr(ParallelFrameTransformer, "forward", spy)
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    distinct = {}
+    for share, run in (("0", "note"), ("1", "inst")):
+        seen.clear()
+        assert T.run_train(train_args("transformer", data_dir, out, "--steps", "6",
+                                      "--decoder", "parallel", "--instrument-points", share,
+                                      "--out", str(tmp_path / run), "--vae",
+                                      str(out / "vae.pt"))) == 0
+        pts = torch.cat(seen).reshape(-1, 2)
+        distinct[run] = len({tuple(round(float(v), 6) for v in row) for row in pts})
+        st = load_training_state(tmp_path / run / "transformer.pt")
+        assert st["loss_options"]["instrument_points"] == float(share)
+    n_inst = len(load_model(next((tmp_path / "inst").glob("pgesam_*.pt"))).training_points)
+    assert distinct["inst"] <= n_inst < distinct["note"]
+    with pytest.raises(ConfigError, match="instrument-points"):
+        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out,
+                                                 "--instrument-points", "1.5"))
+    with pytest.raises(ConfigError, match="instrument-points"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
+                               str(out / "vae.pt"), "--steps", "2", "--decoder",
+                               "autoregressive", "--instrument-points", "0.5"))
