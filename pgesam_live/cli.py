@@ -128,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func="pgesam_live.tools.mapplot:run_map")
 
+    p = sub.add_parser("locate", help="where recordings lie on the map: the point that plays "
+                                      "like them (several notes of one instrument: their mean)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="recordings of single notes")
+    p.add_argument("--pitch", default=None,
+                   help="the notes' pitch (C4, 60); default: read from each recording")
+    p.add_argument("--json", action="store_true", help="print the points as JSON")
+    _add_common(p)
+    p.set_defaults(func="pgesam_live.tools.locate:run_locate")
+
     p = sub.add_parser("dataset", help="build an NSynth-format data set")
     dsub = p.add_subparsers(dest="dataset_cmd", required=True)
     d = dsub.add_parser("soundfont", help="render one from General MIDI soundfonts")
