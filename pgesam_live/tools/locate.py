@@ -99,6 +99,12 @@ def _nearest(points: list[dict[str, Any]], xy: tuple[float, float]) -> dict[str,
     return {"nearest": points[k]["name"], "family": points[k]["family"], "distance": d[k]}
 
 
+def _nearest_text(f: dict[str, Any]) -> str:
+    if f["nearest"] is None:
+        return "no training instruments in this model to compare with"
+    return f"nearest {f['nearest']} ({f['family']}) at {f['distance']:.3f}"
+
+
 def run_locate(ns: Namespace) -> int:
     import json  # noqa: PLC0415
 
@@ -116,11 +122,11 @@ def run_locate(ns: Namespace) -> int:
         print(json.dumps({"model": bundle.model_id, "files": found, "point": point}))
         return 0
     for f in found:
-        print(f"{f['file']}: ({f['x']:+.4f}, {f['y']:+.4f}) pitch {f['pitch']}, nearest "
-              f"{f['nearest']} ({f['family']}) at {f['distance']:.3f}")
+        print(f"{f['file']}: ({f['x']:+.4f}, {f['y']:+.4f}) pitch {f['pitch']}, "
+              f"{_nearest_text(f)}")
     if len(found) > 1:
-        print(f"their point (the mean): ({point['x']:+.4f}, {point['y']:+.4f}), nearest "
-              f"{point['nearest']} ({point['family']}) at {point['distance']:.3f}")
+        print(f"their point (the mean): ({point['x']:+.4f}, {point['y']:+.4f}), "
+              f"{_nearest_text(point)}")
     print(f"play it: at {point['x']:.4f} {point['y']:.4f}   (model {bundle.model_id})")
     return 0
 

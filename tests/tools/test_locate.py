@@ -64,6 +64,12 @@ def test_gain_does_not_move_a_note_and_bad_files_are_named(
     a, b = (_run([str(f), "--model", str(model), "--pitch", "49"], capsys)["point"]
             for f in (loud, quiet))
     assert a["x"] == pytest.approx(b["x"], abs=1e-3) and a["y"] == pytest.approx(b["y"], abs=1e-3)
+    # Printed for a person: each file, their mean, and the line that plays it.
+    ns = build_parser().parse_args(["locate", str(loud), str(quiet), "--model", str(model)])
+    assert L.run_locate(ns) == 0
+    printed = capsys.readouterr().out
+    assert "their point (the mean)" in printed and "nearest syn_" in printed
+    assert "play it: at " in printed
     silent, text = tmp_path / "silent.wav", tmp_path / "notes.txt"
     sf.write(silent, np.zeros(sr, np.float32), sr)
     text.write_text("not audio")
