@@ -35,7 +35,7 @@ from pgesam_live.model.soundfont import FAMILIES, SOURCES
 
 __all__ = ["FAMILIES", "SOURCES", "SPLITS", "NoteRecord", "FrameSet", "read_split",
            "filter_notes", "load_frames", "load_audio", "codec_fingerprint", "midi_to_hz",
-           "instrument_means"]
+           "encode_notes", "instrument_means", "instrument_points"]
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 CACHE_DIRNAME = ".pgesam-cache"
@@ -298,15 +298,35 @@ def _safe_name(text: str) -> str:
 # Encoding
 
 
-def _encode_all(notes: Sequence[NoteRecord], codec: Codec, n_samples: int, batch_size: int,
-                progress: bool) -> torch.Tensor:
-    """Encode every note's audio: frames [N, T, D] float32 on the CPU."""
+def encode_notes(codec: Codec, wave: torch.Tensor, pitches: Sequence[int]) -> torch.Tensor:
+    """Notes' audio [B, N] at the codec's rate and their MIDI pitches (B) -> frames [B, T, D]
+    float32 on the CPU, as the data set is encoded: the codec's f0 search guided by each
+    note's pitch when its encode takes a hint (harmonic codecs; EnCodec takes none)."""
     try:
         params = inspect.signature(codec.encode).parameters
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
-    takes_f0 = "f0_hint_hz" in params
     device = getattr(codec, "device", None)
+    if device is not None:
+        wave = wave.to(device)
+    with torch.no_grad():
+        if "f0_hint_hz" in params:
+            f0 = midi_to_hz(torch.tensor(list(pitches)))
+            if device is not None:
+                f0 = f0.to(device)
+            frames = codec.encode(wave, f0_hint_hz=f0)  # type: ignore[call-arg]
+        else:
+            frames = codec.encode(wave)
+    if frames.ndim != 3 or frames.shape[0] != len(pitches):
+        raise DataError(f"codec {codec.name!r} returned frames of shape "
+                        f"{tuple(frames.shape)} for {len(pitches)} notes; it must return "
+                        "[B, T, D]: fix the codec")
+    return frames.detach().to("cpu", torch.float32)
+
+
+def _encode_all(notes: Sequence[NoteRecord], codec: Codec, n_samples: int, batch_size: int,
+                progress: bool) -> torch.Tensor:
+    """Encode every note's audio: frames [N, T, D] float32 on the CPU."""
     bar = None
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
@@ -319,21 +339,7 @@ def _encode_all(notes: Sequence[NoteRecord], codec: Codec, n_samples: int, batch
             batch = notes[i:i + batch_size]
             wave = torch.from_numpy(np.stack([load_audio(n.path, codec.sample_rate, n_samples)
                                               for n in batch]))
-            if device is not None:
-                wave = wave.to(device)
-            with torch.no_grad():
-                if takes_f0:
-                    f0 = midi_to_hz(torch.tensor([n.pitch for n in batch]))
-                    if device is not None:
-                        f0 = f0.to(device)
-                    frames = codec.encode(wave, f0_hint_hz=f0)  # type: ignore[call-arg]
-                else:
-                    frames = codec.encode(wave)
-            if frames.ndim != 3 or frames.shape[0] != len(batch):
-                raise DataError(f"codec {codec.name!r} returned frames of shape "
-                                f"{tuple(frames.shape)} for {len(batch)} notes; it must return "
-                                "[B, T, D]: fix the codec")
-            chunks.append(frames.detach().to("cpu", torch.float32))
+            chunks.append(encode_notes(codec, wave, [n.pitch for n in batch]))
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -342,13 +348,22 @@ def _encode_all(notes: Sequence[NoteRecord], codec: Codec, n_samples: int, batch
     return torch.cat(chunks, dim=0)
 
 
+def instrument_points(mu: torch.Tensor, instrument: torch.Tensor, n: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-note VAE means mu [N, 2] and instrument ids [N] -> each instrument's mean point
+    [n, 2] (the training point it plays at; 0 where it has no notes) and its note count [n]
+    (n: the number of instruments, default the largest id + 1)."""
+    if n is None:
+        n = int(instrument.max()) + 1 if instrument.numel() else 0
+    sums = torch.zeros(n, 2, device=mu.device, dtype=mu.dtype).index_add_(0, instrument, mu)
+    counts = torch.bincount(instrument, minlength=n)
+    return sums / counts.clamp_min(1).to(mu.dtype)[:, None], counts
+
+
 def instrument_means(mu: torch.Tensor, instrument: torch.Tensor) -> torch.Tensor:
     """Per-note VAE means mu [N, 2] and instrument ids [N] -> [N, 2]: each note's
-    instrument's mean point (the training point the instrument plays at)."""
-    n = int(instrument.max()) + 1 if instrument.numel() else 0
-    sums = torch.zeros(n, 2, device=mu.device, dtype=mu.dtype).index_add_(0, instrument, mu)
-    counts = torch.bincount(instrument, minlength=n).clamp_min(1).to(mu.dtype)
-    return (sums / counts[:, None])[instrument]
+    instrument's mean point (instrument_points, per note)."""
+    return instrument_points(mu, instrument)[0][instrument]
 
 
 def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,

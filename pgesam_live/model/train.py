@@ -809,12 +809,12 @@ def encode_all(vae: TimbreVAE, frames: torch.Tensor, batch: int = 256
 def training_points(vae: TimbreVAE, data: TrainData, device: torch.device
                     ) -> list[dict[str, Any]]:
     """Each training instrument's mean latent point (mean of its notes' VAE means)."""
+    from pgesam_live.model.data import instrument_points  # noqa: PLC0415
+
     mu, _ = encode_all(vae, data.frames)
-    n = len(data.instrument_names)
-    sums = torch.zeros(n, 2, device=mu.device).index_add_(0, data.instrument, mu)
-    counts = torch.bincount(data.instrument, minlength=n).clamp_min(1).unsqueeze(1)
-    present = torch.bincount(data.instrument, minlength=n) > 0
-    xy = (sums / counts)[present]
+    xy, counts = instrument_points(mu, data.instrument, len(data.instrument_names))
+    present = counts > 0
+    xy = xy[present]
     keep = present.nonzero().flatten().tolist()
     return make_training_points(xy, [data.instrument_family[i] for i in keep],
                                 [data.instrument_names[i] for i in keep])

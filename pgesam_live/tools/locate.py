@@ -10,7 +10,6 @@ printed with its nearest training instrument.
 
 from __future__ import annotations
 
-import inspect
 import math
 from argparse import Namespace
 from pathlib import Path
@@ -30,18 +29,16 @@ DATA_PEAK = 0.1
 
 def _read(path: Path, sample_rate: int) -> np.ndarray:
     """A recording as mono float32 [N] at `sample_rate`, NOTE_S long (trimmed or padded)."""
-    import soundfile as sf  # noqa: PLC0415
-
+    from pgesam_live.errors import DataError  # noqa: PLC0415
     from pgesam_live.model.data import load_audio  # noqa: PLC0415
 
     if not path.is_file():
         raise PgesamError(f"{path}: no such file; give a WAV/FLAC/OGG recording of one note")
-    try:
-        sf.info(str(path))
-    except (RuntimeError, OSError, sf.LibsndfileError) as e:
-        raise PgesamError(f"{path} is not an audio file soundfile can read ({e}); give a "
+    try:  # as the data set is read
+        wave = load_audio(path, sample_rate, int(round(NOTE_S * sample_rate)))
+    except DataError as e:  # (its message names the data set's fix, not this one)
+        raise PgesamError(f"{path} is not an audio file soundfile can read; give a "
                           "WAV/FLAC/OGG recording of one note") from e
-    wave = load_audio(path, sample_rate, int(round(NOTE_S * sample_rate)))  # as the data set
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak <= 10 ** (QUIET_DB / 20):
         raise PgesamError(f"{path}: silent (peak below {QUIET_DB:g} dBFS in its first "
@@ -71,20 +68,17 @@ def locate(bundle: Any, paths: list[Path], pitch: int | None = None
     """Each recording's point: [{file, pitch, x, y, nearest, family, distance}]."""
     import torch  # noqa: PLC0415
 
+    from pgesam_live.model.data import encode_notes  # noqa: PLC0415
+
     codec, vae = bundle.codec, bundle.vae
     sr = codec.sample_rate
     out = []
     for path in paths:
         wave = _read(path, sr)
         p = _pitch_of(wave, sr, pitch, path)
-        hz = torch.tensor([440.0 * 2 ** ((p - 69) / 12)])
+        frames = encode_notes(codec, torch.as_tensor(wave)[None], [p])
         with torch.inference_mode():
-            x = torch.as_tensor(wave)[None]
-            if "f0_hint_hz" in inspect.signature(codec.encode).parameters:
-                frames = codec.encode(x, f0_hint_hz=hz)
-            else:  # a codec without a pitch hint (EnCodec)
-                frames = codec.encode(x)
-            mu = vae.encode(frames[:, :vae.cfg.n_frames].float())[0][0]
+            mu = vae.encode(frames[:, :vae.cfg.n_frames])[0][0]
         xy = (float(mu[0]), float(mu[1]))
         out.append({"file": str(path), "pitch": p, "x": xy[0], "y": xy[1],
                     **_nearest(bundle.training_points, xy)})
