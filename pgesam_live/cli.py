@@ -184,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition a share P of the training notes on their instrument's point "
                         "(the mean of its notes' points: the named point a performer plays) "
                         "instead of the note's own (default 0: the paper's per-note point)")
+    p.add_argument("--map-grid", default=None, metavar="SIDES",
+                   help="parallel decoder: a learned feature grid over the map, tables of these "
+                        "side lengths (e.g. 16,32,64,128,256), for the map's fine detail; read "
+                        "by every block in a new run, by the trained blocks with --init")
+    p.add_argument("--train-blocks", type=int, default=None, metavar="K",
+                   help="with --init (parallel decoder): train only the last K blocks, the "
+                        "output layer and the map grid, on the frozen blocks' output cached "
+                        "per note (own point and instrument's point, no point noise): "
+                        "several times the steps an hour")
     p.add_argument("--pitch-weight", type=float, default=None,
                    help="loss weight of the pitch channel (harmonic codec; default 300)")
     p.add_argument("--loudness-weight", type=float, default=None,

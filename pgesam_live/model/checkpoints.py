@@ -471,6 +471,8 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
                                        "5bdc272"),
     "pgesam_small_harmonic-869fda4e": ("the bundled default before the parallel decoder "
                                        "(autoregressive, packed on be8bcbcb)", "5bdc272"),
+    "pgesam_small_harmonic-a0523680": ("the bundled default before the map grid (parallel "
+                                       "decoder)", "2ad58dd"),
 }
 
 

@@ -17,6 +17,7 @@ Shapes: points [B, 2] or [B, T, 2] (one per frame), pitches [B] MIDI numbers, fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -42,6 +43,47 @@ def fourier_points(points: torch.Tensor) -> torch.Tensor:
     freqs = (2.0 ** torch.arange(N_FOURIER, device=points.device, dtype=points.dtype)) * math.pi
     ang = points[..., None] * freqs  # [..., 2, F]
     return torch.cat([points, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+MAP_GRID_RANGE = (-1.0, 1.0)  # the latent plane's nominal square; points beyond read its edge
+
+
+class MapGrid(nn.Module):
+    """Learned features on the map at several resolutions, read bilinearly: points
+    [..., 2] -> [..., d]. The tables start random and the projection at zero, so a grid added
+    to a trained decoder changes nothing until it trains; bilinear reading keeps the map
+    continuous (piecewise linear between the finest cells' corners)."""
+
+    def __init__(self, sides: Sequence[int], features: int, d: int) -> None:
+        super().__init__()
+        self.sides = [int(r) for r in sides]
+        gen = torch.Generator().manual_seed(0)
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.randn((r + 1) * (r + 1), features, generator=gen) * 0.1)
+            for r in self.sides)
+        self.proj = nn.Linear(features * len(self.sides), d)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        lo, hi = MAP_GRID_RANGE
+        unit = ((points - lo) / (hi - lo)).clamp(0.0, 1.0)  # [..., 2] in [0, 1]
+        feats = []
+        for r, table in zip(self.sides, self.tables, strict=True):
+            u = unit * r
+            i0 = u.floor().clamp(max=r - 1)
+            f = u - i0  # [..., 2] position inside the cell
+            ix, iy = i0[..., 0].long(), i0[..., 1].long()
+            fx, fy = f[..., :1], f[..., 1:]
+            row = r + 1
+
+            def at(dx: int, dy: int, ix: torch.Tensor = ix, iy: torch.Tensor = iy,
+                   row: int = row, table: torch.Tensor = table) -> torch.Tensor:
+                return table[(ix + dx) * row + iy + dy]
+
+            feats.append(at(0, 0) * (1 - fx) * (1 - fy) + at(1, 0) * fx * (1 - fy)
+                         + at(0, 1) * (1 - fx) * fy + at(1, 1) * fx * fy)
+        return self.proj(torch.cat(feats, dim=-1))
 
 
 class AdaBlock(nn.Module):
@@ -81,6 +123,8 @@ class ParallelFrameTransformer(nn.Module):
             layers += [nn.SiLU(), nn.Linear(d, d)]
         self.point_mlp = nn.Sequential(*layers)
         self.null_point = nn.Parameter(torch.zeros(d))  # the dropped condition
+        self.map_grid = (MapGrid(cfg.map_grid, cfg.map_grid_features, d) if cfg.map_grid
+                         else None)
         self.pitch_embed = nn.Embedding(cfg.n_pitches, d)
         self.pitch_lin = nn.Linear(1, d)  # a smooth pitch axis beside the per-pitch table
         self.pos = nn.Parameter(torch.randn(cfg.n_steps, d) * 0.02)
@@ -119,19 +163,26 @@ class ParallelFrameTransformer(nn.Module):
 
     def condition(self, points: torch.Tensor, pitch_idx: torch.Tensor, s: int,
                   drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token condition [B, S, d] (or [B, 1, d] for fixed points) from points, pitch
-        indices [B]; `drop` [B] bool replaces those notes' point by the null condition."""
+        """Per-token condition from points, pitch indices [B]: [B, S, d] (or [B, 1, d] for
+        fixed points), or with a map grid [B, S, 2, d]: the condition without and with the
+        grid's features (blocks before / from cfg.map_grid_from_block). `drop` [B] bool
+        replaces those notes' point (grid included) by the null condition."""
         pts = self._token_points(points, s)
         c_pt = self.point_mlp(fourier_points(pts))  # [B, S, d]
-        if drop is not None:
-            c_pt = torch.where(drop[:, None, None], self.null_point.to(c_pt.dtype), c_pt)
         p_norm = ((pitch_idx.to(pts.dtype) + self.cfg.pitch_min - 60.0) / 12.0)[:, None]
         c_pitch = self.pitch_embed(pitch_idx) + self.pitch_lin(p_norm)  # [B, d]
-        return c_pt + c_pitch[:, None, :]
+        if self.map_grid is not None:
+            c_pt = torch.stack([c_pt, c_pt + self.map_grid(pts)], dim=2)  # [B, S, 2, d]
+        if drop is not None:
+            null = self.null_point.to(c_pt.dtype)
+            c_pt = torch.where(drop.view(-1, *([1] * (c_pt.dim() - 1))), null, c_pt)
+        c_pitch = c_pitch[:, None, None, :] if self.map_grid is not None else c_pitch[:, None]
+        return c_pt + c_pitch
 
     def _run(self, c: torch.Tensor, pitch_idx: torch.Tensor, s: int,
              context_stride: int | None = None) -> torch.Tensor:
-        """Condition [B, S or 1, d] (S: every step of the note with a context_stride) ->
+        """Condition [B, S or 1, d] (S: every step of the note with a context_stride; with a
+        map grid [B, S or 1, 2, d], see `condition`) ->
         frames [B, s * G, D] of the first s steps, then, with a context_stride, those of the
         context tokens (steps s + stride // 2, s + stride // 2 + stride, ...).
 
@@ -141,7 +192,6 @@ class ParallelFrameTransformer(nn.Module):
         first frames of a note nearly as the whole pass gives them (on the bundled model,
         32 of 300 frames with a stride of 16: mean |difference| 0.0002 of the normalised
         frame, against 0.024 with the first frames alone), for a fraction of the cost."""
-        b = c.shape[0]
         bias = None
         if context_stride is None or s >= self.cfg.n_steps:
             idx = torch.arange(s, device=c.device)
@@ -154,16 +204,68 @@ class ParallelFrameTransformer(nn.Module):
                                          device=c.device)])
         if c.shape[1] > 1:
             c = c[:, idx]
-        h = self.pos[idx] + c
-        cs = F.silu(c)
-        for block in self.blocks:
-            h = block(h, cs, bias)
-        shift, scale = self.mod_out(cs).chunk(2, dim=-1)
+        if c.dim() == 4:  # with a map grid: the blocks from map_grid_from_block read it
+            c, c_grid = c[:, :, 0], c[:, :, 1]
+        else:
+            c_grid = c
+        h = self.pos[idx] + (c_grid if self._grid_start() == 0 else c)
+        h = self._blocks(h, F.silu(c), F.silu(c_grid), 0, len(self.blocks), bias)
+        return self._head(h, F.silu(c_grid), pitch_idx)
+
+    def _grid_start(self) -> int:
+        """The first block that reads the map grid (the number of blocks: none does)."""
+        return self.cfg.map_grid_from_block if self.map_grid is not None else len(self.blocks)
+
+    def _blocks(self, h: torch.Tensor, cs: torch.Tensor, cs_grid: torch.Tensor, first: int,
+                stop: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks first..stop-1 on h [B, N, d]; cs / cs_grid [B, N or 1, d]: the SiLU'd
+        condition without / with the map grid's features (the same without a grid)."""
+        start = self._grid_start()
+        for i in range(first, stop):
+            h = self.blocks[i](h, cs_grid if i >= start else cs, bias)
+        return h
+
+    def _head(self, h: torch.Tensor, cs_grid: torch.Tensor, pitch_idx: torch.Tensor
+              ) -> torch.Tensor:
+        """The output layer: h [B, N, d] -> frames [B, N * G, D]."""
+        shift, scale = self.mod_out(cs_grid).chunk(2, dim=-1)
         out = self.out_proj(self.norm_out(h) * (1 + scale) + shift)  # [B, N, G*D]
-        out = out.reshape(b, len(idx) * self.cfg.frames_per_step, self.cfg.frame_dim)
+        out = out.reshape(h.shape[0], h.shape[1] * self.cfg.frames_per_step,
+                          self.cfg.frame_dim)
         if self.out_bias is not None:
             out = out + self.out_bias(pitch_idx)[:, None, :]
         return out
+
+    # -- training the last blocks on a cached trunk ------------------------------------------
+    @torch.no_grad()
+    def trunk(self, points: torch.Tensor, pitches: torch.Tensor, first_trained: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed points [B, 2], pitches [B] -> (the hidden state entering block
+        `first_trained` [B, S, d] for the whole note, the condition without the map grid
+        [B, d]): what `top` continues from. The blocks before `first_trained` must not read
+        the map grid."""
+        if self.map_grid is not None and self._grid_start() == 0:
+            raise ConfigError("a map grid read from block 0 leaves no trunk to cache")
+        if self.map_grid is not None and first_trained > self._grid_start():
+            raise ConfigError(f"blocks from {self._grid_start()} read the map grid: the trunk "
+                              f"can end there at the latest, not at {first_trained}")
+        s = self.cfg.n_steps
+        c = self.condition(points.to(self.pos.dtype), self.pitch_index(pitches), s)
+        c = c[:, :, 0] if c.dim() == 4 else c  # [B, 1, d]
+        h = self._blocks(self.pos[:s] + c, F.silu(c), F.silu(c), 0, first_trained)
+        return h, c[:, 0]
+
+    def top(self, h: torch.Tensor, c: torch.Tensor, points: torch.Tensor,
+            pitches: torch.Tensor, first_trained: int) -> torch.Tensor:
+        """The rest of the pass from `trunk`'s output: h [B, S, d], c [B, d], the same points
+        [B, 2] (read by the map grid) and pitches [B] -> frames [B, S * G, D], as `forward`
+        gives them without condition dropout."""
+        if self.map_grid is not None and self._grid_start() == 0:
+            raise ConfigError("a map grid read from block 0 leaves no trunk to cache")
+        c_grid = c + self.map_grid(points.to(c.dtype)) if self.map_grid is not None else c
+        cs, cs_grid = F.silu(c)[:, None], F.silu(c_grid)[:, None]
+        h = self._blocks(h, cs, cs_grid, first_trained, len(self.blocks))
+        return self._head(h, cs_grid, self.pitch_index(pitches))
 
     # -- training ----------------------------------------------------------------------------
     def forward(self, points: torch.Tensor, pitches: torch.Tensor, frames: torch.Tensor
@@ -257,6 +359,23 @@ class ParallelFrameTransformer(nn.Module):
             self.train(was_training)
 
 
+def grow_map_grid(tr: ParallelFrameTransformer, sides: Sequence[int], from_block: int
+                  ) -> ParallelFrameTransformer:
+    """A copy of a decoder without a map grid, with one of `sides` read from block
+    `from_block` on; it renders exactly as `tr` until the grid trains (its projection starts
+    at zero)."""
+    if tr.map_grid is not None:
+        raise ConfigError(f"this decoder has a map grid already ({list(tr.cfg.map_grid)})")
+    cfg = dataclasses.replace(tr.cfg, map_grid=tuple(int(r) for r in sides),
+                              map_grid_from_block=int(from_block))
+    grown = ParallelFrameTransformer(cfg).to(device=tr.pos.device, dtype=tr.pos.dtype)
+    missing, unexpected = grown.load_state_dict(tr.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("map_grid.") for k in missing):
+        raise ConfigError(f"cannot grow a map grid into this decoder: {unexpected or missing}")
+    grown.train(tr.training)
+    return grown
+
+
 Decoder = FrameTransformer | ParallelFrameTransformer
 
 
@@ -265,4 +384,5 @@ def make_transformer(cfg: TransformerConfig) -> Decoder:
     return ParallelFrameTransformer(cfg) if cfg.parallel else FrameTransformer(cfg)
 
 
-__all__ = ["Decoder", "ParallelFrameTransformer", "fourier_points", "make_transformer"]
+__all__ = ["Decoder", "MapGrid", "ParallelFrameTransformer", "fourier_points", "grow_map_grid",
+           "make_transformer"]

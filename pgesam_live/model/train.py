@@ -61,7 +61,12 @@ from pgesam_live.model.checkpoints import (
 )
 from pgesam_live.model.codec import Codec, HarmonicCodec, get_codec
 from pgesam_live.model.device import resolve_device
-from pgesam_live.model.parallel import Decoder, make_transformer
+from pgesam_live.model.parallel import (
+    Decoder,
+    ParallelFrameTransformer,
+    grow_map_grid,
+    make_transformer,
+)
 from pgesam_live.model.transformer import DECODERS
 from pgesam_live.model.vae import TimbreVAE, vae_losses
 from pgesam_live.notes import parse_pitch_span
@@ -182,6 +187,15 @@ class TrainOptions:
     # about its point farther (median 0.022) than the nearest other instrument's point lies
     # (0.014), so at a named point the per-note decoder hears a blend of its neighbours.
     instrument_points: float | None = None
+    # Parallel decoder: a learned feature grid over the map (parallel.MapGrid) of these side
+    # lengths, read from block 0 in a new run, or, grown into an --init model that has none,
+    # by the blocks that train (--train-blocks). Stored in the model's config.
+    map_grid: tuple[int, ...] | None = None
+    # Parallel decoder: train only the last K blocks, the output layer and the map grid; the
+    # frozen blocks run once per note (at its own point and at its instrument's point, with
+    # no point noise) and are cached, so a step costs a fraction of a whole one.
+    # None: the resumed run's, else 0 (every weight trains).
+    train_blocks: int | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -248,6 +262,18 @@ class TrainOptions:
             v = g(name)
             if v is not None and not 0.0 <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
+        grid_arg, tb_arg = g("map_grid"), g("train_blocks")
+        map_grid = None if grid_arg is None else parse_map_grid(grid_arg)
+        if tb_arg is not None and not 1 <= int(tb_arg) <= 64:
+            raise ConfigError(f"--train-blocks must be in 1..64, got {tb_arg}")
+        if (map_grid or tb_arg is not None) and stage != "transformer":
+            raise ConfigError("--map-grid and --train-blocks go with `train transformer`")
+        if tb_arg is not None and init is None and not g("resume"):
+            raise ConfigError("--train-blocks trains the last blocks of a trained decoder: give "
+                              "it --init MODEL (or --resume such a run)")
+        if tb_arg is not None and lora_rank:
+            raise ConfigError("--train-blocks and --lora-rank are two ways of training part of "
+                              "a model: use one")
         if decoder == "parallel" and (g("self_feed") or g("input_noise")):
             raise ConfigError("--self-feed and --input-noise feed frames to the autoregressive "
                               "decoder; the parallel decoder reads none: leave them out")
@@ -288,6 +314,8 @@ class TrainOptions:
             loudness_weight=_opt_float(g("loudness_weight")),
             log_dist_weight=_opt_float(g("log_dist_weight")),
             instrument_points=_opt_float(g("instrument_points")),
+            map_grid=map_grid,
+            train_blocks=_opt_int(tb_arg),
         )
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
@@ -307,6 +335,18 @@ class TrainOptions:
             return given
         v = STAGE_DEFAULTS[self.config][stage][key]
         return float(v) if key == "lr" else int(v)
+
+
+def parse_map_grid(text: Any) -> tuple[int, ...]:
+    """'16,32,64' -> (16, 32, 64): the side lengths of a map grid's tables (2..1024 each)."""
+    try:
+        sides = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        sides = ()
+    if not sides or len(sides) > 8 or any(not 2 <= r <= 1024 for r in sides):
+        raise ConfigError(f"--map-grid {text!r}: give up to 8 side lengths in 2..1024, "
+                          "comma-separated, e.g. 16,32,64,128,256")
+    return sides
 
 
 def parse_pitch_range(text: Any) -> tuple[int, int]:
@@ -918,6 +958,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     if parallel and (opts.self_feed or opts.input_noise):
         raise ConfigError("--self-feed and --input-noise are for the autoregressive decoder")
     loss_opts = {k: opts.loss_value(k, saved) for k in LOSS_DEFAULTS}
+    train_blocks = (opts.train_blocks if opts.train_blocks is not None
+                    else int(saved.get("train_blocks") or 0) if saved else 0)
+    tr, first_trained = _grid_and_blocks(tr, opts, train_blocks, bool(saved), lora_rank, d)
     tr.to(d.device).train()
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
     mu, logvar = encode_all(vae, data.frames)
@@ -927,6 +970,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     from pgesam_live.model.data import instrument_means  # noqa: PLC0415
 
     inst_mu = instrument_means(mu, data.instrument)  # [N, 2]: each note's instrument's point
+    trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
+             if first_trained is not None else None)
     steps = opts.steps or (int(saved["steps"]) if saved
                            else opts.stage_value("transformer", "steps"))
     batch = opts.batch_size or (int(saved["batch_size"]) if saved
@@ -942,9 +987,18 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     if lora_rank:
         params = lora.attach(tr, lora_rank, seed=opts.seed,
                              factors=saved.get("lora_factors") if saved else None)
+    elif first_trained is not None:
+        params = _top_parameters(tr, first_trained)
     else:
         params = list(tr.parameters())
-    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.01)
+    grid = getattr(tr, "map_grid", None)
+    grid_ids = {id(p) for p in grid.parameters()} if grid is not None else set()
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if id(p) not in grid_ids], "lr_scale": 1.0}]
+    if grid_ids:
+        groups.append({"params": [p for p in params if id(p) in grid_ids],
+                       "lr_scale": MAP_GRID_LR_SCALE})
+    opt = torch.optim.AdamW(groups, lr=base_lr, weight_decay=0.01)
     sampler = BatchSampler(data.instrument, batch, opts.seed + 1, 1)
     step, elapsed0 = 0, 0.0
     torch.manual_seed(opts.seed * 1000003 + d.rank * 7919 + 1)
@@ -973,7 +1027,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "previous_steps": previous_steps, "init_training": init_training,
             "init": str(opts.init) if opts.init is not None else "",
             "vae": str(opts.vae) if opts.vae is not None else "",
-            "lora_rank": lora_rank,
+            "lora_rank": lora_rank, "train_blocks": train_blocks,
             "loss_options": loss_opts,
             "lora_factors": lora.factors_of(tr) if lora_rank else None,
             "model_config": config_to_dict(tr.cfg),
@@ -1001,34 +1055,31 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             guard.begin()
             lr = transformer_lr(base_lr, step, steps)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * float(group.get("lr_scale", 1.0))
             idx_cpu = sampler.shard(sampler.next(), d.rank, d.world)
-            noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
-            idx = idx_cpu.to(d.device)
-            points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
-            if loss_opts["instrument_points"] > 0:
-                use = torch.rand(idx.numel(), generator=sampler.gen).to(d.device)
-                use = use < loss_opts["instrument_points"]
-                points = torch.where(use[:, None], inst_mu[idx], points)
-            if loss_opts["point_noise"] > 0:
-                points = points + loss_opts["point_noise"] * torch.randn_like(points)
-            x = data.frames[idx]
-            x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
-            if self_feed > 0:
-                x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
-                                        feed_passes)
-            pred = model(points, data.pitch[idx], x_in)
-            if parallel:
-                loss = audible_frame_loss(pred, x, codec, chan_w, loss_opts["delta_weight"],
-                                          loss_opts["loudness_weight"])
-                if loss_opts["spectral_weight"] > 0:
-                    loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(
-                        pred, x, codec)
-                if loss_opts["log_dist_weight"] > 0:
-                    loss = loss + loss_opts["log_dist_weight"] * log_distribution_loss(
-                        pred, x, codec)
+            if trunk is not None:  # the last blocks, on the cached trunk
+                loss = _top_loss(tr, trunk, idx_cpu.to(d.device), mu, inst_mu, data, codec,
+                                 chan_w, loss_opts, sampler.gen, int(first_trained or 0))
             else:
-                loss = (((pred - x) ** 2) * chan_w).mean()
+                noise = torch.randn(idx_cpu.numel(), 2, generator=sampler.gen)
+                idx = idx_cpu.to(d.device)
+                points = mu[idx] + COND_NOISE * sigma[idx] * noise.to(d.device)
+                if loss_opts["instrument_points"] > 0:
+                    use = torch.rand(idx.numel(), generator=sampler.gen).to(d.device)
+                    use = use < loss_opts["instrument_points"]
+                    points = torch.where(use[:, None], inst_mu[idx], points)
+                if loss_opts["point_noise"] > 0:
+                    points = points + loss_opts["point_noise"] * torch.randn_like(points)
+                x = data.frames[idx]
+                x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
+                if self_feed > 0:
+                    x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
+                                            feed_passes)
+                pred = model(points, data.pitch[idx], x_in)
+                if parallel:
+                    loss = parallel_loss(pred, x, codec, chan_w, loss_opts)
+                else:
+                    loss = (((pred - x) ** 2) * chan_w).mean()
             _check_finite(loss, "transformer", step, opts.out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -1070,6 +1121,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         phase_time_s += float(init_training.get("transformer_time_s", 0.0))
     training.update({
         "transformer_steps": previous_steps + step, "transformer_lora_rank": lora_rank,
+        "transformer_train_blocks": train_blocks,
         "transformer_last_phase_steps": step, "transformer_time_s": phase_time_s,
         "transformer_hardware": st.get("hardware", {}), "seed": opts.seed,
         "transformer_input_noise": float(st.get("input_noise", 0.0)),
@@ -1091,6 +1143,116 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     path = save_model(opts.out, vae, tr, model_meta)
     _say(d, f"model file: {path}")
     return path
+
+
+# The map grid's tables and projection learn at this multiple of the decoder's learning rate
+# (Instant-NGP trains its grids at 1e-2; a grid starts from nothing where the decoder is
+# trained).
+MAP_GRID_LR_SCALE = 20.0
+
+
+def parallel_loss(pred: torch.Tensor, x: torch.Tensor, codec: Codec, chan_w: torch.Tensor,
+                  loss_opts: dict[str, float]) -> torch.Tensor:
+    """The parallel decoder's training loss of predicted frames [B, T, D] against the truth:
+    the audible frame loss plus the weighted spectral and log-distribution terms."""
+    loss = audible_frame_loss(pred, x, codec, chan_w, loss_opts["delta_weight"],
+                              loss_opts["loudness_weight"])
+    if loss_opts["spectral_weight"] > 0:
+        loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(pred, x, codec)
+    if loss_opts["log_dist_weight"] > 0:
+        loss = loss + loss_opts["log_dist_weight"] * log_distribution_loss(pred, x, codec)
+    return loss
+
+
+def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed: bool,
+                     lora_rank: int, d: Dist) -> tuple[Decoder, int | None]:
+    """Apply --map-grid and --train-blocks to the run's decoder: (the decoder, grown a map
+    grid if asked; the first block that trains, None when every weight trains)."""
+    if not opts.map_grid and not train_blocks:
+        return tr, None
+    if not isinstance(tr, ParallelFrameTransformer):
+        raise ConfigError("--map-grid and --train-blocks are for the parallel decoder "
+                          "(--decoder parallel)")
+    n = len(tr.blocks)
+    if train_blocks and not 1 <= train_blocks <= n:
+        raise ConfigError(f"--train-blocks {train_blocks}: this decoder has {n} blocks")
+    first = n - train_blocks if train_blocks else None
+    if opts.map_grid:
+        if lora_rank:
+            raise ConfigError("--map-grid does not go with --lora-rank: train the grid with "
+                              "the full weights or --train-blocks")
+        if tr.map_grid is None:
+            if resumed:
+                raise ConfigError(f"--map-grid: {opts.out}'s decoder has no map grid; start "
+                                  "another --out with --init")
+            tr = grow_map_grid(tr, opts.map_grid, first or 0)
+        elif tuple(tr.cfg.map_grid) != tuple(opts.map_grid):
+            raise ConfigError(f"--map-grid {','.join(map(str, opts.map_grid))}: this decoder's "
+                              f"grid is {','.join(map(str, tr.cfg.map_grid))}; leave "
+                              "--map-grid out")
+    if first is not None:
+        if d.world > 1:
+            raise ConfigError("--train-blocks runs in one process: leave out torchrun")
+        if tr.map_grid is not None and tr.cfg.map_grid_from_block < first:
+            raise ConfigError(f"block {tr.cfg.map_grid_from_block} reads the map grid but "
+                              f"--train-blocks {train_blocks} freezes it: train at least "
+                              f"{n - tr.cfg.map_grid_from_block} blocks")
+    return tr, first
+
+
+def _top_parameters(tr: Decoder, first: int) -> list[nn.Parameter]:
+    """Freeze all but what --train-blocks trains (blocks first.., the output layer, the map
+    grid); returns those parameters."""
+    assert isinstance(tr, ParallelFrameTransformer)
+    mods: list[nn.Module] = [*tr.blocks[first:], tr.mod_out, tr.out_proj]
+    mods += [m for m in (tr.out_bias, tr.map_grid) if m is not None]
+    for p in tr.parameters():
+        p.requires_grad_(False)
+    params = [p for m in mods for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@dataclass
+class TrunkCache:
+    """The frozen blocks' output per training note [N, S, d] and its condition without the
+    map grid [N, d], at the note's own point and at its instrument's point."""
+
+    h_own: torch.Tensor
+    c_own: torch.Tensor
+    h_inst: torch.Tensor
+    c_inst: torch.Tensor
+
+
+def _trunk_cache(tr: Decoder, mu: torch.Tensor, inst_mu: torch.Tensor, pitch: torch.Tensor,
+                 first: int, batch: int = 32) -> TrunkCache:
+    assert isinstance(tr, ParallelFrameTransformer)
+    was = tr.training
+    tr.eval()
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    for i in range(0, len(pitch), batch):
+        for k, pts in enumerate((mu, inst_mu)):
+            h, c = tr.trunk(pts[i:i + batch], pitch[i:i + batch], first)
+            parts[2 * k].append(h)
+            parts[2 * k + 1].append(c)
+    tr.train(was)
+    return TrunkCache(*(torch.cat(p) for p in parts))
+
+
+def _top_loss(tr: Decoder, trunk: TrunkCache, idx: torch.Tensor, mu: torch.Tensor,
+              inst_mu: torch.Tensor, data: TrainData, codec: Codec, chan_w: torch.Tensor,
+              loss_opts: dict[str, float], gen: torch.Generator, first: int) -> torch.Tensor:
+    """One --train-blocks step's loss: notes idx [B] from the cached trunk, a share
+    loss_opts['instrument_points'] of them at their instrument's point."""
+    assert isinstance(tr, ParallelFrameTransformer)
+    use = (torch.rand(idx.numel(), generator=gen) < loss_opts["instrument_points"]).to(idx.device)
+    h = torch.where(use[:, None, None], trunk.h_inst[idx], trunk.h_own[idx])
+    c = torch.where(use[:, None], trunk.c_inst[idx], trunk.c_own[idx])
+    pts = torch.where(use[:, None], inst_mu[idx], mu[idx])
+    x = data.frames[idx]
+    pred = tr.top(h, c, pts, data.pitch[idx], first)[:, :x.shape[1]]
+    return parallel_loss(pred, x, codec, chan_w, loss_opts)
 
 
 # Floors of the audible-frame loss (harmonic codec): below them a level is inaudible, so a

@@ -81,6 +81,15 @@ class TransformerConfig:
     # loudness zig-zags frame to frame (0.73 dB, the sign alternating at 77 % of frames: an
     # amplitude buzz at half the frame rate, 37.5 Hz; the originals' frames: 0.35 dB, 34 %).
     debuzz: bool = False
+    # Parallel decoder only: a learned feature grid over the map (Instant-NGP's multiresolution
+    # encoding, dense): one table of map_grid_features per side length in map_grid, over
+    # MAP_GRID_RANGE, read bilinearly at the point and projected into the condition of blocks
+    # map_grid_from_block.. and of the output layer. Why: through an MLP of Fourier features
+    # the decoder learns the map's fine detail slowly (spectral bias), and the training
+    # instruments lie 0.005-0.02 apart (median nearest 0.014). () = no grid.
+    map_grid: tuple[int, ...] = ()
+    map_grid_features: int = 8
+    map_grid_from_block: int = 0
 
     def __post_init__(self) -> None:
         for name in ("frame_dim", "d_model", "n_heads", "n_enc_layers", "n_dec_layers", "d_ff",
@@ -105,6 +114,14 @@ class TransformerConfig:
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError("TransformerConfig.cond_dropout must be in [0, 1), got "
                               f"{self.cond_dropout}")
+        if any(int(r) < 1 for r in self.map_grid) or self.map_grid_features < 1:
+            raise ConfigError("TransformerConfig.map_grid sides and map_grid_features must be "
+                              f">= 1, got {self.map_grid} and {self.map_grid_features}")
+        if self.map_grid and not 0 <= self.map_grid_from_block < self.n_dec_layers:
+            raise ConfigError(f"TransformerConfig.map_grid_from_block must be in 0.."
+                              f"{self.n_dec_layers - 1}, got {self.map_grid_from_block}")
+        if self.map_grid and self.decoder != "parallel":
+            raise ConfigError("TransformerConfig.map_grid is for the parallel decoder")
         if not 0.0 <= self.guidance <= 10.0:
             raise ConfigError(f"TransformerConfig.guidance must be in [0, 10], got {self.guidance}")
 

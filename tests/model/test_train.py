@@ -626,3 +626,61 @@ def test_instrument_points_condition_notes_on_their_instruments_mean_point(
         T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
                                str(out / "vae.pt"), "--steps", "2", "--decoder",
                                "autoregressive", "--instrument-points", "0.5"))
+
+
+def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
+        data_dir: Path, tmp_path: Path) -> None:
+    """`--init M --train-blocks 1 --map-grid 4,8`: a grid grows into the last block, which
+    trains with the output layer on the cached trunk; the frozen blocks stay the init's; the
+    model file keeps its grid, renders, resumes; bad combinations are refused."""
+    from pgesam_live.model.parallel import ParallelFrameTransformer
+
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "2"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--decoder",
+                           "parallel"))
+    base_path = next(out.glob("pgesam_*.pt"))
+    base = load_model(base_path).transformer
+    ft = tmp_path / "ft"
+    assert T.run_train(train_args("transformer", data_dir, ft, "--init", str(base_path),
+                                  "--train-blocks", "1", "--map-grid", "4,8",
+                                  "--instrument-points", "0.5", "--steps", "4",
+                                  "--lr", "1e-2", "--ckpt-every", "2")) == 0
+    got = load_model(next(ft.glob("pgesam_*.pt")))
+    tr = got.transformer
+    assert isinstance(tr, ParallelFrameTransformer) and isinstance(base, ParallelFrameTransformer)
+    assert tr.cfg.map_grid == (4, 8) and tr.cfg.map_grid_from_block == len(tr.blocks) - 1
+    assert tr.map_grid is not None and float(tr.map_grid.proj.weight.abs().sum()) > 0
+    frozen, trained = tr.blocks[0].state_dict(), tr.blocks[-1].state_dict()
+    assert all(torch.equal(v, base.blocks[0].state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, base.blocks[-1].state_dict()[k]) for k, v in trained.items())
+    assert torch.equal(tr.point_mlp[0].weight, base.point_mlp[0].weight)
+    assert got.meta.training["transformer_train_blocks"] == 1
+    audio = Synth(got, "cpu").render(np.array([[0.1, -0.1]]), [50], seed=0)
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    # The cached trunk and the top give what the whole pass gives.
+    pts, pit = torch.tensor([[0.1, -0.2], [0.3, 0.2]]), torch.tensor([48, 51])
+    h, c = tr.trunk(pts, pit, len(tr.blocks) - 1)
+    with torch.no_grad():
+        top = tr.top(h, c, pts, pit, len(tr.blocks) - 1)
+    assert torch.allclose(top[:, :tr.cfg.n_frames], tr.generate(pts, pit), atol=1e-5)
+    # A resume keeps the grid and the frozen blocks (no --map-grid / --train-blocks given).
+    assert T.run_train(train_args("transformer", data_dir, ft, "--resume", "--steps", "6")) == 0
+    st = load_training_state(ft / "transformer.pt")
+    assert st["train_blocks"] == 1 and st["step"] == 6
+    for bad, match in ((["--train-blocks", "1"], "--init"),
+                       (["--init", str(base_path), "--train-blocks", "9"], "has 2 blocks"),
+                       (["--init", str(base_path), "--map-grid", "4,x"], "--map-grid"),
+                       (["--init", str(base_path), "--map-grid", "1"], "2..1024")):
+        with pytest.raises(ConfigError, match=match):
+            T.run_train(train_args("transformer", data_dir, tmp_path / "bad", *bad))
+    with pytest.raises(ConfigError, match="parallel decoder"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
+                               str(out / "vae.pt"), "--steps", "2", "--map-grid", "4"))
+    # A new parallel run with a grid: every block reads it.
+    fresh = tmp_path / "fresh"
+    assert T.run_train(train_args("transformer", data_dir, fresh, "--vae", str(out / "vae.pt"),
+                                  "--steps", "2", "--decoder", "parallel", "--map-grid",
+                                  "4")) == 0
+    cfg = load_model(next(fresh.glob("pgesam_*.pt"))).transformer.cfg
+    assert cfg.map_grid == (4,) and cfg.map_grid_from_block == 0

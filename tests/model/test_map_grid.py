@@ -1,0 +1,111 @@
+"""The parallel decoder's map grid: learned features over the map, read bilinearly."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgesam_live.errors import ConfigError
+from pgesam_live.model.parallel import MAP_GRID_RANGE, MapGrid, ParallelFrameTransformer
+from pgesam_live.model.transformer import TransformerConfig
+
+D = 10
+
+
+def _cfg(**kw: object) -> TransformerConfig:
+    return TransformerConfig.tiny(D, decoder="parallel", **kw)  # type: ignore[arg-type]
+
+
+def _points() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([[0.1, -0.4], [-0.9, 0.7], [0.5, 0.5]]), torch.tensor([48, 50, 52])
+
+
+def test_grid_reads_its_tables_bilinearly_and_clamps_at_the_map_edge() -> None:
+    g = MapGrid([2, 4], features=3, d=5)
+    torch.nn.init.normal_(g.proj.weight)
+    lo, hi = MAP_GRID_RANGE
+    step = (hi - lo) / 4  # the finer table's cell
+    corner = torch.tensor([[lo + 2 * step, lo + 2 * step]])
+    # At a corner of the fine table (and so of the coarse one), the features are the entries
+    # (row-major, x first: corner (i, j) of a table of side r is entry i * (r + 1) + j).
+    feats = torch.cat([g.tables[0][1 * 3 + 1], g.tables[1][2 * 5 + 2]])
+    assert torch.allclose(g(corner)[0], g.proj(feats), atol=1e-6)
+    # Halfway between two corners: their mean (bilinear), so the map stays continuous.
+    a, b = corner, corner + torch.tensor([[step, 0.0]])
+    mid = (a + b) / 2
+    assert torch.allclose(g(mid), (g(a) + g(b)) / 2, atol=1e-5)
+    near = (g(a + 1e-6) - g(a)).detach()
+    assert float(near.abs().max()) < 1e-3
+    # Beyond the map's square a point reads the edge.
+    assert torch.allclose(g(torch.tensor([[hi + 3.0, lo - 1.0]])),
+                          g(torch.tensor([[hi, lo]])), atol=1e-6)
+
+
+def test_a_grown_grid_changes_nothing_until_it_trains_then_only_its_blocks() -> None:
+    torch.manual_seed(0)
+    base = ParallelFrameTransformer(_cfg()).eval()
+    for lin in [*(b.mod for b in base.blocks), base.mod_out]:  # adaLN-Zero starts at zero:
+        torch.nn.init.normal_(lin.weight, std=0.1)  # as trained, the condition matters
+    grown = ParallelFrameTransformer(dataclasses.replace(
+        base.cfg, map_grid=(4, 8), map_grid_from_block=base.cfg.n_dec_layers - 1)).eval()
+    missing, unexpected = grown.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("map_grid.") for k in missing)
+    pts, pitch = _points()
+    assert torch.equal(base.generate(pts, pitch), grown.generate(pts, pitch))
+    assert grown.map_grid is not None
+    torch.nn.init.normal_(grown.map_grid.proj.weight)
+    moved = grown.generate(pts, pitch)
+    assert float((moved - base.generate(pts, pitch)).abs().max()) > 1e-3
+    # The blocks before map_grid_from_block do not see it: zeroing the last block's and the
+    # output layer's modulation (where the grid enters) leaves the two decoders equal again.
+    for m in (grown, base):
+        for lin in (m.blocks[-1].mod, m.mod_out):
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+    assert torch.allclose(base.generate(pts, pitch), grown.generate(pts, pitch), atol=1e-6)
+
+
+def test_grid_decoder_trains_renders_per_frame_points_and_drops_its_condition() -> None:
+    torch.manual_seed(1)
+    tr = ParallelFrameTransformer(_cfg(map_grid=(4,), cond_dropout=0.5))
+    pts, pitch = _points()
+    frames = torch.randn(3, tr.cfg.n_frames, D)
+    tr.train()
+    loss = (tr(pts, pitch, frames) - frames).pow(2).mean()
+    loss.backward()
+    assert tr.map_grid is not None and tr.map_grid.proj.weight.grad is not None
+    tr.eval()
+    fixed = tr.generate(pts, pitch)
+    per_frame = tr.generate(pts[:, None, :].expand(-1, tr.cfg.n_frames, -1), pitch)
+    assert torch.allclose(fixed, per_frame, atol=1e-5)
+    head, _ = tr.generate_head(pts, pitch, 4, context_stride=2)
+    assert head.shape == (3, 4, D)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"map_grid": (0,)}, "map_grid"),
+    ({"map_grid": (4,), "map_grid_features": 0}, "map_grid"),
+    ({"map_grid": (4,), "map_grid_from_block": 99}, "map_grid_from_block"),
+])
+def test_bad_grid_configs_are_refused(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _cfg(**kw)
+    with pytest.raises(ConfigError, match="parallel"):
+        TransformerConfig.tiny(D, map_grid=(4,))
+
+
+def test_grid_model_file_round_trips(tmp_path: Path) -> None:
+    from pgesam_live.model.checkpoints import build_transformer
+    from pgesam_live.model.configs import config_to_dict
+
+    torch.manual_seed(2)
+    tr = ParallelFrameTransformer(_cfg(map_grid=(4, 8), map_grid_from_block=1)).eval()
+    assert tr.map_grid is not None
+    torch.nn.init.normal_(tr.map_grid.proj.weight)
+    back = build_transformer(config_to_dict(tr.cfg), tr.state_dict(), tmp_path / "m.pt")
+    assert back.cfg == tr.cfg and back.cfg.map_grid == (4, 8)
+    pts, pitch = _points()
+    assert torch.equal(back.generate(pts, pitch), tr.generate(pts, pitch))
