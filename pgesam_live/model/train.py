@@ -1191,6 +1191,9 @@ def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
                               f"grid is {','.join(map(str, tr.cfg.map_grid))}; leave "
                               "--map-grid out")
     if first is not None:
+        if opts.point_noise:
+            raise ConfigError("--train-blocks caches the frozen blocks at noise-free points: "
+                              "leave out --point-noise")
         if d.world > 1:
             raise ConfigError("--train-blocks runs in one process: leave out torchrun")
         if tr.map_grid is not None and tr.cfg.map_grid_from_block < first:

@@ -671,7 +671,9 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     for bad, match in ((["--train-blocks", "1"], "--init"),
                        (["--init", str(base_path), "--train-blocks", "9"], "has 2 blocks"),
                        (["--init", str(base_path), "--map-grid", "4,x"], "--map-grid"),
-                       (["--init", str(base_path), "--map-grid", "1"], "2..1024")):
+                       (["--init", str(base_path), "--map-grid", "1"], "2..1024"),
+                       (["--init", str(base_path), "--train-blocks", "1", "--point-noise",
+                         "0.01"], "noise-free")):
         with pytest.raises(ConfigError, match=match):
             T.run_train(train_args("transformer", data_dir, tmp_path / "bad", *bad))
     with pytest.raises(ConfigError, match="parallel decoder"):
