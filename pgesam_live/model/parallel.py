@@ -85,6 +85,58 @@ class MapGrid(nn.Module):
                          + at(0, 1) * (1 - fx) * fy + at(1, 1) * fx * fy)
         return self.proj(torch.cat(feats, dim=-1))
 
+    def read_entries(self, points: torch.Tensor) -> list[torch.Tensor]:
+        """Per table, a bool mask [(r + 1)^2] of the entries that `points` [N, 2] read (the
+        corners of the cells they fall in): the entries training at those points moves."""
+        lo, hi = MAP_GRID_RANGE
+        unit = ((points.detach().float().cpu() - lo) / (hi - lo)).clamp(0.0, 1.0)
+        masks = []
+        for r in self.sides:
+            i0 = (unit * r).floor().clamp(max=r - 1).long()
+            mask = torch.zeros((r + 1) * (r + 1), dtype=torch.bool)
+            for dx in (0, 1):
+                for dy in (0, 1):
+                    mask[(i0[:, 0] + dx) * (r + 1) + i0[:, 1] + dy] = True
+            masks.append(mask)
+        return masks
+
+    @torch.no_grad()
+    def fill_unread(self, points: torch.Tensor) -> int:
+        """Replace every table entry that no point of `points` [N, 2] reads (still its random
+        start, since training never moved it) by the harmonic interpolation of the entries
+        that are read: per table, Laplace's equation on its (r + 1) x (r + 1) lattice with the
+        read entries fixed. Between and around the trained points the grid then blends their
+        features smoothly instead of adding random ones. Returns how many entries changed."""
+        import numpy as np  # noqa: PLC0415
+        from scipy.sparse import coo_matrix, diags  # noqa: PLC0415
+        from scipy.sparse.linalg import spsolve  # noqa: PLC0415
+
+        changed = 0
+        for r, table, known in zip(self.sides, self.tables, self.read_entries(points),
+                                   strict=True):
+            n_side = r + 1
+            if not bool(known.any()) or bool(known.all()):
+                continue
+            idx = np.arange(n_side * n_side).reshape(n_side, n_side)
+            rows = np.concatenate([idx[1:, :].ravel(), idx[:-1, :].ravel(),
+                                   idx[:, 1:].ravel(), idx[:, :-1].ravel()])
+            cols = np.concatenate([idx[:-1, :].ravel(), idx[1:, :].ravel(),
+                                   idx[:, :-1].ravel(), idx[:, 1:].ravel()])
+            adj = coo_matrix((np.ones(len(rows)), (rows, cols)),
+                             shape=(n_side * n_side,) * 2).tocsr()
+            lap = diags(np.asarray(adj.sum(axis=1)).ravel()) - adj
+            k = known.numpy()
+            u = ~k
+            values = table.detach().cpu().double().numpy()
+            rhs = adj[u][:, k] @ values[k]  # [U, F]
+            solved = spsolve(lap[u][:, u].tocsc(), rhs)
+            solved = solved.reshape(int(u.sum()), -1)
+            filled = values.copy()
+            filled[u] = solved
+            table.copy_(torch.from_numpy(filled).to(table))
+            changed += int(u.sum())
+        return changed
+
 
 class AdaBlock(nn.Module):
     """Pre-norm Transformer block whose norms are modulated by the condition (adaLN-Zero)."""

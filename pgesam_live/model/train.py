@@ -1132,6 +1132,12 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         # The stage's own finish time (not now): resuming a finished run rewrites the same file.
         "date": str(st.get("finished_at", "")),
     })
+    grid = getattr(tr, "map_grid", None)
+    if trunk is not None and grid is not None:
+        # A cached run trains the grid exactly at these points; every other entry is still
+        # its random start, and a point between instruments would read it as noise.
+        training["map_grid_filled_entries"] = grid.fill_unread(
+            torch.cat([mu, inst_mu]).cpu())
     names = list(meta["instrument_names"])
     fams = sorted({p["family"] for p in meta.get("training_points", [])})
     model_meta = ModelMeta(

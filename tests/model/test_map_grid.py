@@ -109,3 +109,39 @@ def test_grid_model_file_round_trips(tmp_path: Path) -> None:
     assert back.cfg == tr.cfg and back.cfg.map_grid == (4, 8)
     pts, pitch = _points()
     assert torch.equal(back.generate(pts, pitch), tr.generate(pts, pitch))
+
+
+def test_fill_unread_keeps_what_points_read_and_solves_laplace_between() -> None:
+    g = MapGrid([4, 8], features=2, d=3)
+    torch.nn.init.normal_(g.proj.weight)
+    pts = torch.tensor([[-0.6, -0.6], [0.55, 0.3]])
+    before = g(pts).detach()
+    read = g.read_entries(pts)
+    assert [int(m.sum()) for m in read] == [8, 8]  # 4 corners of each point's cell, per table
+    kept = [t.detach().clone() for t in g.tables]
+    changed = g.fill_unread(pts)
+    assert changed == (25 - 8) + (81 - 8)
+    # What the points read is untouched, so the decoder plays them exactly as before.
+    assert torch.equal(g(pts).detach(), before)
+    for t, k, m in zip(g.tables, kept, read, strict=True):
+        assert torch.equal(t[m], k[m]) and not torch.equal(t[~m], k[~m])
+    # Every filled entry is the mean of its lattice neighbours (discrete Laplace), so the
+    # filled values stay within the read ones (maximum principle).
+    for r, t, m in zip(g.sides, g.tables, read, strict=True):
+        lat = t.detach().reshape(r + 1, r + 1, -1)
+        mm = m.reshape(r + 1, r + 1)
+        for i in range(r + 1):
+            for j in range(r + 1):
+                if mm[i, j]:
+                    continue
+                nb = [lat[a, b] for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+                      if 0 <= a <= r and 0 <= b <= r]
+                assert torch.allclose(lat[i, j], torch.stack(nb).mean(0), atol=1e-5)
+        assert float(lat.max()) <= float(t.detach()[m].max()) + 1e-6
+    # Read entries all equal: the whole table becomes that constant.
+    h = MapGrid([4], features=1, d=1)
+    with torch.no_grad():
+        h.tables[0].fill_(0.25)
+        h.tables[0][~h.read_entries(pts)[0]] = 9.0
+    h.fill_unread(pts)
+    assert torch.allclose(h.tables[0], torch.full_like(h.tables[0], 0.25))

@@ -656,6 +656,9 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     assert any(not torch.equal(v, base.blocks[-1].state_dict()[k]) for k, v in trained.items())
     assert torch.equal(tr.point_mlp[0].weight, base.point_mlp[0].weight)
     assert got.meta.training["transformer_train_blocks"] == 1
+    # The grid entries no training point reads were filled from the read ones (not left at
+    # their random start): some of the 5 x 5 + 9 x 9 entries, not all.
+    assert 0 < got.meta.training["map_grid_filled_entries"] < 25 + 81
     audio = Synth(got, "cpu").render(np.array([[0.1, -0.1]]), [50], seed=0)
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
     # The cached trunk and the top give what the whole pass gives.
@@ -684,5 +687,7 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     assert T.run_train(train_args("transformer", data_dir, fresh, "--vae", str(out / "vae.pt"),
                                   "--steps", "2", "--decoder", "parallel", "--map-grid",
                                   "4")) == 0
-    cfg = load_model(next(fresh.glob("pgesam_*.pt"))).transformer.cfg
+    fresh_model = load_model(next(fresh.glob("pgesam_*.pt")))
+    cfg = fresh_model.transformer.cfg
     assert cfg.map_grid == (4,) and cfg.map_grid_from_block == 0
+    assert "map_grid_filled_entries" not in fresh_model.meta.training  # noisy points: kept
