@@ -355,16 +355,21 @@ def test_init_lora_fine_tune_of_a_model_file_packs_small(data_dir: Path, tmp_pat
         T.run_train(train_args("vae", data_dir, tmp_path / "bad", "--init", str(base)))
 
 
-def _remote_finetune():  # noqa: ANN202
-    """scripts/remote_finetune.py as a module (it is a script, not part of the package)."""
+def _script(name: str):  # noqa: ANN202
+    """scripts/<name>.py as a module (a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "remote_finetune", Path(__file__).resolve().parents[2] / "scripts/remote_finetune.py")
+        name, Path(__file__).resolve().parents[2] / f"scripts/{name}.py")
     assert spec is not None and spec.loader is not None
-    rf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rf)
-    return rf
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _remote_finetune():  # noqa: ANN202
+    """scripts/remote_finetune.py as a module."""
+    return _script("remote_finetune")
 
 
 def test_portable_frames_round_trip_and_train_without_the_audio(data_dir: Path,
@@ -629,7 +634,7 @@ def test_instrument_points_condition_notes_on_their_instruments_mean_point(
 
 
 def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
-        data_dir: Path, tmp_path: Path) -> None:
+        data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--init M --train-blocks 1 --map-grid 4,8`: a grid grows into the last block, which
     trains with the output layer on the cached trunk; the frozen blocks stay the init's; the
     model file keeps its grid, renders, resumes; bad combinations are refused."""
@@ -691,3 +696,20 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     cfg = fresh_model.transformer.cfg
     assert cfg.map_grid == (4,) and cfg.map_grid_from_block == 0
     assert "map_grid_filled_entries" not in fresh_model.meta.training  # noisy points: kept
+    # scripts/fill_map_grid.py fills such a file afterwards; the training points still play
+    # what they played; a filled file and one without a grid are refused.
+    fill = _script("fill_map_grid")
+    filled_dir = tmp_path / "filled"
+    assert fill.main([str(fresh_model.path), "--data", str(data_dir), "--out",
+                      str(filled_dir)]) == 0
+    filled = load_model(next(filled_dir.glob("pgesam_*.pt")))
+    assert 0 < filled.meta.training["map_grid_filled_entries"] < 25
+    grid_before, grid_after = fresh_model.transformer.map_grid, filled.transformer.map_grid
+    assert grid_before is not None and grid_after is not None
+    assert not torch.equal(grid_before.tables[0], grid_after.tables[0])
+    assert fill.main([str(filled.path), "--data", str(data_dir), "--out",
+                      str(tmp_path / "again")]) == 2
+    assert "filled already" in capsys.readouterr().err
+    assert fill.main([str(base_path), "--data", str(data_dir), "--out",
+                      str(tmp_path / "nogrid")]) == 2
+    assert "no map grid" in capsys.readouterr().err
