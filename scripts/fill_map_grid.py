@@ -9,6 +9,8 @@ fixed); this does the same to a finished model file, with the training set it wa
     python scripts/fill_map_grid.py MODEL --data data/gm --out DIR
 
 What the notes at the training points play does not change (they read only kept entries).
+Only for a model whose last phase was a `--train-blocks` run: a grid trained with the whole
+decoder saw noisy points, so the entries around them trained too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             raise PgesamError(f"{name} has no map grid: nothing to fill")
         if bundle.meta.training.get("map_grid_filled_entries"):
             raise PgesamError(f"{name}'s grid is filled already")
+        if not bundle.meta.training.get("transformer_train_blocks"):
+            raise PgesamError(f"{name}'s grid was trained with the whole decoder at noisy "
+                              "points (not --train-blocks): the entries around its points "
+                              "trained too, and filling would overwrite them")
         fs = load_frames(ns.data, "train", bundle.codec,
                          pitch_range=tuple(bundle.meta.pitch_range),  # type: ignore[arg-type]
                          n_frames=tr.cfg.n_frames, duration_s=4.0)

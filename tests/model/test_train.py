@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -20,7 +22,8 @@ import torch
 from pgesam_live.cli import build_parser
 from pgesam_live.errors import CheckpointError, ConfigError
 from pgesam_live.model import train as T
-from pgesam_live.model.checkpoints import load_model, load_training_state, short_hash
+from pgesam_live.model.checkpoints import load_model, load_training_state, save_model, short_hash
+from pgesam_live.model.data import instrument_means, load_frames
 from pgesam_live.model.synth import Synth
 
 SR = 24000
@@ -696,20 +699,32 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     cfg = fresh_model.transformer.cfg
     assert cfg.map_grid == (4,) and cfg.map_grid_from_block == 0
     assert "map_grid_filled_entries" not in fresh_model.meta.training  # noisy points: kept
-    # scripts/fill_map_grid.py fills such a file afterwards; the training points still play
-    # what they played; a filled file and one without a grid are refused.
+    # scripts/fill_map_grid.py fills a --train-blocks model file written before `train` did:
+    # the same entries, the same values as `train`'s own fill.
     fill = _script("fill_map_grid")
+    old_tr = copy.deepcopy(tr)
+    assert old_tr.map_grid is not None
+    fs = load_frames(data_dir, "train", got.codec, pitch_range=tuple(got.meta.pitch_range),
+                     n_frames=tr.cfg.n_frames, duration_s=4.0)
+    mu, _ = T.encode_all(got.vae, fs.frames[:, :tr.cfg.n_frames].float())
+    trained_at = torch.cat([mu, instrument_means(mu, fs.instrument.long())])
+    unread = [~m for m in old_tr.map_grid.read_entries(trained_at)]
+    with torch.no_grad():
+        for t, u in zip(old_tr.map_grid.tables, unread, strict=True):
+            t[u] = torch.randn(int(u.sum()), t.shape[1])  # as a run left it: random
+    old_meta = dataclasses.replace(got.meta, training={
+        k: v for k, v in got.meta.training.items() if k != "map_grid_filled_entries"})
+    old_file = save_model(tmp_path / "old", got.vae, old_tr, old_meta)
     filled_dir = tmp_path / "filled"
-    assert fill.main([str(fresh_model.path), "--data", str(data_dir), "--out",
-                      str(filled_dir)]) == 0
+    assert fill.main([str(old_file), "--data", str(data_dir), "--out", str(filled_dir)]) == 0
     filled = load_model(next(filled_dir.glob("pgesam_*.pt")))
-    assert 0 < filled.meta.training["map_grid_filled_entries"] < 25
-    grid_before, grid_after = fresh_model.transformer.map_grid, filled.transformer.map_grid
-    assert grid_before is not None and grid_after is not None
-    assert not torch.equal(grid_before.tables[0], grid_after.tables[0])
-    assert fill.main([str(filled.path), "--data", str(data_dir), "--out",
-                      str(tmp_path / "again")]) == 2
-    assert "filled already" in capsys.readouterr().err
-    assert fill.main([str(base_path), "--data", str(data_dir), "--out",
-                      str(tmp_path / "nogrid")]) == 2
-    assert "no map grid" in capsys.readouterr().err
+    assert filled.meta.training["map_grid_filled_entries"] == \
+        got.meta.training["map_grid_filled_entries"]
+    assert filled.transformer.map_grid is not None and tr.map_grid is not None
+    for a, b in zip(filled.transformer.map_grid.tables, tr.map_grid.tables, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    for model, match in ((filled.path, "filled already"), (fresh_model.path, "noisy points"),
+                         (base_path, "no map grid")):
+        assert fill.main([str(model), "--data", str(data_dir), "--out",
+                          str(tmp_path / "refused")]) == 2
+        assert match in capsys.readouterr().err
