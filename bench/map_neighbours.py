@@ -1,0 +1,82 @@
+"""Does the map put a held-out instrument near training instruments that sound like it?
+
+For every held-out instrument of a split (its point: the mean of its notes' latent points, as
+`eval`'s `at_instrument_point` takes it) and each of MIDI 48 / 60 / 72, the envelope error
+(`metrics.envelope_error_db`, as `eval`'s `envelope_db`) between its original and the
+original of the same pitch of:
+- the training instrument nearest to it on the map (what a decoder that plays its
+  neighbours can at best give there),
+- the best training instrument (a perfect map's ceiling),
+- the median training instrument (a map that knows nothing).
+If the nearest is no better than the median, the map's neighbourhoods do not carry the
+envelope, and no decoder trained on the training points will play a held-out instrument's
+envelope from its point: the lever is the map (the VAE), not the decoder.
+
+    .venv/bin/python bench/map_neighbours.py --data data/gm --split test \\
+        [--train-data data/gm] [--model M]
+
+Figures on stdout, one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from pgesam_live.model.checkpoints import load_model
+from pgesam_live.model.data import instrument_means, load_audio, load_frames
+from pgesam_live.model.metrics import envelope_error_db
+from pgesam_live.model.train import encode_all
+
+PITCHES = (48, 60, 72)
+NOTE_S = 4
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="NSynth-format set of the held-out notes")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--train-data", default="data/gm",
+                    help="the set the model was trained on (its train split's originals)")
+    ap.add_argument("--model", default="default")
+    ns = ap.parse_args()
+
+    b = load_model(ns.model)
+    sr, n = int(b.codec.sample_rate), b.transformer.cfg.n_frames
+    rng = tuple(b.meta.pitch_range)
+    held = load_frames(ns.data, ns.split, b.codec, pitch_range=rng,  # type: ignore[arg-type]
+                       n_frames=n, duration_s=float(NOTE_S))
+    mu, _ = encode_all(b.vae, held.frames[:, :n].float())
+    points = instrument_means(mu, held.instrument.long()).numpy()  # [N, 2] per note
+    names = [t["name"] for t in b.meta.training_points]
+    xy = np.array([[t["x"], t["y"]] for t in b.meta.training_points])
+    train = load_frames(ns.train_data, "train", b.codec, pitch_range=rng,  # type: ignore[arg-type]
+                        n_frames=n, duration_s=float(NOTE_S))
+    originals = {(r.instrument_str, r.pitch): r.path for r in train.notes}
+
+    nearest, best, median, dist = [], [], [], []
+    seen: set[tuple[str, int]] = set()
+    for i, r in enumerate(held.notes):
+        if r.pitch not in PITCHES or (r.instrument_str, r.pitch) in seen:
+            continue
+        seen.add((r.instrument_str, r.pitch))
+        x = load_audio(r.path, sr, NOTE_S * sr)
+        errs = {k: envelope_error_db(x, load_audio(originals[(k, r.pitch)], sr, NOTE_S * sr), sr)
+                for k in names if (k, r.pitch) in originals}
+        if not errs:
+            continue
+        d = np.linalg.norm(xy - points[i], axis=1)
+        near = next(j for j in np.argsort(d) if names[j] in errs)
+        nearest.append(errs[names[near]])
+        best.append(min(errs.values()))
+        median.append(float(np.median(list(errs.values()))))
+        dist.append(float(d[near]))
+    print(f"{ns.data} {ns.split}, {len(nearest)} notes (MIDI {'/'.join(map(str, PITCHES))}): "
+          f"envelope_db against the nearest training instrument on the map "
+          f"{np.mean(nearest):.2f}, the best {np.mean(best):.2f}, the median "
+          f"{np.mean(median):.2f}; distance to the nearest, median {np.median(dist):.3f}")
+
+
+if __name__ == "__main__":
+    main()
