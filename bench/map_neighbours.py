@@ -13,7 +13,10 @@ envelope, and no decoder trained on the training points will play a held-out ins
 envelope from its point: the lever is the map (the VAE), not the decoder.
 
     .venv/bin/python bench/map_neighbours.py --data data/gm --split test \\
-        [--train-data data/gm] [--model M]
+        [--train-data data/gm] [--model M | --vae RUN/vae.pt]
+
+`--vae` scores a VAE run's map before any Transformer is trained on it (e.g. one of
+`train vae --vae-frames 300`, which reads the whole note), with its own training points.
 
 Figures on stdout, one line.
 """
@@ -21,10 +24,12 @@ Figures on stdout, one line.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-from pgesam_live.model.checkpoints import load_model
+from pgesam_live.model.checkpoints import build_vae, load_model, load_training_state
+from pgesam_live.model.codec import get_codec
 from pgesam_live.model.data import instrument_means, load_audio, load_frames
 from pgesam_live.model.metrics import envelope_error_db
 from pgesam_live.model.train import encode_all
@@ -40,18 +45,27 @@ def main() -> None:
     ap.add_argument("--train-data", default="data/gm",
                     help="the set the model was trained on (its train split's originals)")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--vae", default=None, help="a VAE training state (RUN/vae.pt) instead")
     ns = ap.parse_args()
 
-    b = load_model(ns.model)
-    sr, n = int(b.codec.sample_rate), b.transformer.cfg.n_frames
-    rng = tuple(b.meta.pitch_range)
-    held = load_frames(ns.data, ns.split, b.codec, pitch_range=rng,  # type: ignore[arg-type]
+    if ns.vae:
+        st = load_training_state(Path(ns.vae))
+        vae = build_vae(st["model_config"], st["model"], ns.vae).eval()
+        codec = get_codec(st["data"]["codec"]["name"])
+        rng = tuple(st["data"]["pitch_range"])
+        training_points = st["training_points"]
+    else:
+        b = load_model(ns.model)
+        vae, codec, rng = b.vae, b.codec, tuple(b.meta.pitch_range)
+        training_points = b.meta.training_points
+    sr, n = int(codec.sample_rate), NOTE_S * int(codec.frame_rate_hz)
+    held = load_frames(ns.data, ns.split, codec, pitch_range=rng,  # type: ignore[arg-type]
                        n_frames=n, duration_s=float(NOTE_S))
-    mu, _ = encode_all(b.vae, held.frames[:, :n].float())
+    mu, _ = encode_all(vae, held.frames[:, :n].float())
     points = instrument_means(mu, held.instrument.long()).numpy()  # [N, 2] per note
-    names = [t["name"] for t in b.meta.training_points]
-    xy = np.array([[t["x"], t["y"]] for t in b.meta.training_points])
-    train = load_frames(ns.train_data, "train", b.codec, pitch_range=rng,  # type: ignore[arg-type]
+    names = [t["name"] for t in training_points]
+    xy = np.array([[t["x"], t["y"]] for t in training_points])
+    train = load_frames(ns.train_data, "train", codec, pitch_range=rng,  # type: ignore[arg-type]
                         n_frames=n, duration_s=float(NOTE_S))
     originals = {(r.instrument_str, r.pitch): r.path for r in train.notes}
 

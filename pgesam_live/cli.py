@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "output layer and the map grid, on the frozen blocks' output cached "
                         "per note (own point and instrument's point, no point noise): "
                         "several times the steps an hour")
+    p.add_argument("--vae-frames", type=int, default=None, metavar="N",
+                   help="a new VAE reads the first N frames of each note (default: the "
+                        "config's, 96 = 1.28 s for small; 300: the whole note, its decay "
+                        "and release)")
     p.add_argument("--pitch-weight", type=float, default=None,
                    help="loss weight of the pitch channel (harmonic codec; default 300)")
     p.add_argument("--loudness-weight", type=float, default=None,

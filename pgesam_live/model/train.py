@@ -68,7 +68,7 @@ from pgesam_live.model.parallel import (
     make_transformer,
 )
 from pgesam_live.model.transformer import DECODERS
-from pgesam_live.model.vae import TimbreVAE, vae_losses
+from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
 from pgesam_live.notes import parse_pitch_span
 
 DEFAULT_PITCH_RANGE = (48, 72)  # the authors'
@@ -196,6 +196,9 @@ class TrainOptions:
     # no point noise) and are cached, so a step costs a fraction of a whole one.
     # None: the resumed run's, else 0 (every weight trains).
     train_blocks: int | None = None
+    # VAE of a new run: read this many frames of each note (None: the config's; `small` reads
+    # 96, 1.28 s), average-pooled so the encoder sees about as many steps as the config's.
+    vae_frames: int | None = None
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> TrainOptions:
@@ -277,6 +280,11 @@ class TrainOptions:
         if decoder == "parallel" and (g("self_feed") or g("input_noise")):
             raise ConfigError("--self-feed and --input-noise feed frames to the autoregressive "
                               "decoder; the parallel decoder reads none: leave them out")
+        vae_frames = _opt_int(g("vae_frames"))
+        if vae_frames is not None and (stage == "transformer" or g("resume")
+                                       or not 4 <= vae_frames <= 4096):
+            raise ConfigError("--vae-frames N (4..4096) sets the frames a new VAE reads: use it "
+                              f"with `train vae` or `train all`, not resuming (got {vae_frames})")
         if stage == "vae":  # Transformer-only options on a VAE run would be silently unused
             given = [f"--{k.replace('_', '-')}" for k in
                      ("frames_per_step", "input_noise", "self_feed", "self_feed_passes",
@@ -316,6 +324,7 @@ class TrainOptions:
             instrument_points=_opt_float(g("instrument_points")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
+            vae_frames=vae_frames,
         )
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
@@ -707,6 +716,16 @@ class VAEResult:
     config_name: str
 
 
+def vae_frames_config(cfg: VAEConfig, n_frames: int, note_frames: int) -> VAEConfig:
+    """`cfg` reading the first n_frames of a note (at most note_frames, the whole note), its
+    time pool scaled so the encoder sees about as many pooled steps as before: the `small`
+    VAE reads 96 frames pooled 4x (24 steps); the whole 300-frame note, pooled 12x, is 25."""
+    if n_frames > note_frames:
+        raise ConfigError(f"--vae-frames {n_frames}: a note has {note_frames} frames")
+    pool = max(1, round(cfg.time_pool * n_frames / cfg.n_frames))
+    return dataclasses.replace(cfg, n_frames=n_frames, time_pool=pool)
+
+
 def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
     saved = _start_state(opts, "vae")
     config = saved["config_name"] if saved else opts.config
@@ -731,6 +750,8 @@ def train_vae(opts: TrainOptions, d: Dist) -> VAEResult:
                                   f"resume with the same data")
     else:
         vae_cfg, _ = make_configs(config, codec.dim, n_inst, pitch_range)  # type: ignore[arg-type]
+        if opts.vae_frames is not None:
+            vae_cfg = vae_frames_config(vae_cfg, opts.vae_frames, tr_cfg.n_frames)
         torch.manual_seed(opts.seed)  # identical initial weights on every rank
         vae = TimbreVAE(vae_cfg)
     vae.to(d.device).train()

@@ -150,6 +150,33 @@ def test_resume_continues_at_the_right_step(data_dir: Path, tmp_path: Path,
     assert log_steps(out, "vae")[-1] == 6 and len(log_steps(out, "vae")) == 6
 
 
+def test_vae_frames_reads_the_whole_note_and_the_transformer_trains_on_its_map(
+        data_dir: Path, tmp_path: Path) -> None:
+    """`train vae --vae-frames N`: the VAE reads the first N frames (the tiny config's note
+    is 24; the config's VAE reads 16, pooled 2x), its pool scaled; the Transformer stage and
+    the model file take that VAE as it is; misuse is refused."""
+    out = tmp_path / "run"
+    assert T.run_train(train_args("vae", data_dir, out, "--steps", "2",
+                                  "--vae-frames", "24")) == 0
+    cfg = load_training_state(out / "vae.pt")["model_config"]
+    assert (cfg["n_frames"], cfg["time_pool"]) == (24, 3)
+    assert T.run_train(train_args("transformer", data_dir, out, "--steps", "2",
+                                  "--decoder", "parallel")) == 0
+    b = load_model(next(out.glob("pgesam_*.pt")), "cpu")
+    assert (b.vae.cfg.n_frames, b.vae.cfg.time_pool) == (24, 3)
+    # The map reads the frames after the 16th: changing only those moves a note's point.
+    frames = torch.randn(1, 24, b.vae.cfg.frame_dim)
+    later = frames.clone()
+    later[:, 16:] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(b.vae.encode(frames)[0], b.vae.encode(later)[0])
+    for stage, extra, match in (("vae", ["--vae-frames", "25"], "a note has 24 frames"),
+                                ("vae", ["--vae-frames", "2"], "4..4096"),
+                                ("transformer", ["--vae-frames", "24"], "train vae")):
+        with pytest.raises(ConfigError, match=match):
+            T.run_train(train_args(stage, data_dir, tmp_path / "bad", "--steps", "1", *extra))
+
+
 def test_transformer_stage_needs_a_vae(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="train vae"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "none", "--steps", "1"))
