@@ -7,7 +7,9 @@ original of the same pitch of:
 - the training instrument nearest to it on the map (what a decoder that plays its
   neighbours can at best give there),
 - the best training instrument (a perfect map's ceiling),
-- the median training instrument (a map that knows nothing).
+- the median training instrument (a map that knows nothing);
+and the same for the log-band spectrogram distance (levels re peak, as `identity_nn`
+compares notes), and how often the nearest is of the note's own family.
 If the nearest is no better than the median, the map's neighbourhoods do not carry the
 envelope, and no decoder trained on the training points will play a held-out instrument's
 envelope from its point: the lever is the map (the VAE), not the decoder.
@@ -31,7 +33,11 @@ import numpy as np
 from pgesam_live.model.checkpoints import build_vae, load_model, load_training_state
 from pgesam_live.model.codec import get_codec
 from pgesam_live.model.data import instrument_means, load_audio, load_frames
-from pgesam_live.model.metrics import envelope_error_db
+from pgesam_live.model.metrics import (
+    envelope_error_db,
+    log_band_spectrogram,
+    spectrogram_distance,
+)
 from pgesam_live.model.train import encode_all
 
 PITCHES = (48, 60, 72)
@@ -69,28 +75,54 @@ def main() -> None:
                         n_frames=n, duration_s=float(NOTE_S))
     originals = {(r.instrument_str, r.pitch): r.path for r in train.notes}
 
-    nearest, best, median, dist = [], [], [], []
+    waves: dict[tuple[str, int], np.ndarray] = {}
+
+    def original(key: tuple[str, int]) -> np.ndarray:
+        if key not in waves:
+            waves[key] = load_audio(originals[key], sr, NOTE_S * sr)
+        return waves[key]
+
+    spectra: dict[tuple[str, int], np.ndarray] = {}
+
+    def spectrum(key: tuple[str, int]) -> np.ndarray:
+        if key not in spectra:
+            spectra[key] = log_band_spectrogram(original(key), sr)
+        return spectra[key]
+
+    figs: dict[str, list[float]] = {k: [] for k in (
+        "env_near", "env_best", "env_median", "spec_near", "spec_median", "own_family")}
+    dist: list[float] = []
+    family = {t["name"]: t["family"] for t in training_points}
     seen: set[tuple[str, int]] = set()
     for i, r in enumerate(held.notes):
         if r.pitch not in PITCHES or (r.instrument_str, r.pitch) in seen:
             continue
         seen.add((r.instrument_str, r.pitch))
         x = load_audio(r.path, sr, NOTE_S * sr)
-        errs = {k: envelope_error_db(x, load_audio(originals[(k, r.pitch)], sr, NOTE_S * sr), sr)
-                for k in names if (k, r.pitch) in originals}
-        if not errs:
+        keys = [k for k in names if (k, r.pitch) in originals]
+        if not keys:
             continue
+        env = {k: envelope_error_db(x, original((k, r.pitch)), sr) for k in keys}
+        spec_x = log_band_spectrogram(x, sr)
+        spec = {k: spectrogram_distance(spec_x, spectrum((k, r.pitch))) for k in keys}
         d = np.linalg.norm(xy - points[i], axis=1)
-        near = next(j for j in np.argsort(d) if names[j] in errs)
-        nearest.append(errs[names[near]])
-        best.append(min(errs.values()))
-        median.append(float(np.median(list(errs.values()))))
-        dist.append(float(d[near]))
-    print(f"{ns.data} {ns.split}, {len(nearest)} notes (MIDI {'/'.join(map(str, PITCHES))}): "
+        j_near = next(int(j) for j in np.argsort(d) if names[j] in env)
+        near = names[j_near]
+        figs["env_near"].append(env[near])
+        figs["env_best"].append(min(env.values()))
+        figs["env_median"].append(float(np.median(list(env.values()))))
+        figs["spec_near"].append(spec[near])
+        figs["spec_median"].append(float(np.median(list(spec.values()))))
+        figs["own_family"].append(float(family[near] == r.family_str))
+        dist.append(float(d[j_near]))
+    m = {k: float(np.mean(v)) for k, v in figs.items()}
+    print(f"{ns.data} {ns.split}, {len(dist)} notes (MIDI {'/'.join(map(str, PITCHES))}): "
           f"envelope_db against the nearest training instrument on the map "
-          f"{np.mean(nearest):.2f}, the best {np.mean(best):.2f}, the median "
-          f"{np.mean(median):.2f}; distance to the nearest, median {np.median(dist):.3f}")
-
+          f"{m['env_near']:.2f}, the best {m['env_best']:.2f}, the median "
+          f"{m['env_median']:.2f}; log-band spectrogram distance (dB) to the nearest "
+          f"{m['spec_near']:.2f}, the median {m['spec_median']:.2f}; the nearest of its own "
+          f"family {m['own_family']:.2f}; distance to the nearest, median "
+          f"{np.median(dist):.3f}")
 
 if __name__ == "__main__":
     main()
