@@ -124,5 +124,6 @@ def main() -> None:
           f"family {m['own_family']:.2f}; distance to the nearest, median "
           f"{np.median(dist):.3f}")
 
+
 if __name__ == "__main__":
     main()

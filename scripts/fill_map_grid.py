@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             raise PgesamError(f"{ns.data} lacks {len(missing)} of the model's training "
                               f"instruments (e.g. {sorted(missing)[0]}): give the set it "
                               "was trained on")
-        mu, _ = encode_all(bundle.vae, fs.frames[:, :tr.cfg.n_frames].float())
-        points = torch.cat([mu, instrument_means(mu, fs.instrument.long())])
+        # Only the model's own instruments' notes (a run with --max-instruments-per-family
+        # trained on fewer than the set holds): those are the points its grid was trained at.
+        trained = set(bundle.meta.instrument_names)
+        ours = torch.tensor([fs.instrument_names[int(i)] in trained for i in fs.instrument])
+        mu, _ = encode_all(bundle.vae, fs.frames[ours, :tr.cfg.n_frames].float())
+        points = torch.cat([mu, instrument_means(mu, fs.instrument[ours].long())])
         filled = grid.fill_unread(points)
         training = {**bundle.meta.training, "map_grid_filled_entries": filled}
         path = save_model(ns.out, bundle.vae, tr,
