@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--vae", default=None, help="VAE checkpoint for the transformer stage")
+    p.add_argument("--vae", default=None,
+                   help="VAE checkpoint for the transformer stage (a run's vae.pt or a model "
+                        "file); with --init, the map the init model's decoder is moved onto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--fine-tune", action="store_true",
                    help="with --resume on a finished Transformer run: another phase from its "
@@ -215,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chained prediction passes behind each self-fed group (default 2)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="transformer stage: start from this model file's Transformer (and use "
-                        "its VAE), e.g. to fine-tune the bundled model")
+                        "its VAE), e.g. to fine-tune the bundled model; with --vae OTHER the "
+                        "decoder is first moved onto OTHER's map (its point MLP and map grid "
+                        "refitted, about a minute; --steps 0 stops there)")
     p.add_argument("--lora-rank", type=int, default=None, metavar="R",
                    help="with --init: train a rank-R delta of each large weight (LoRA) plus "
                         "the small tensors; `pack` then stores it in about 1 MB")

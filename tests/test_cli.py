@@ -208,6 +208,7 @@ def test_map_json_prints_what_the_page_draws(capsys: pytest.CaptureFixture[str])
     import json
 
     from pgesam_live.app.build import model_info
+    from pgesam_live.patches.schema import load_patch
     from pgesam_live.settings import Settings
     from pgesam_live.vocab.mapview import region_of
 
@@ -217,7 +218,8 @@ def test_map_json_prints_what_the_page_draws(capsys: pytest.CaptureFixture[str])
     assert data["model"] == info.model_id
     assert len(data["training_points"]) == len(info.training_points) > 0
     assert set(data["training_points"][0]) >= {"name", "family", "x", "y"}
-    assert data["points"]["glass"] == [0.31, 0.12]   # a demo patch's point: `at glass`
+    glass = load_patch(Settings().patch_dir / "drift-arpeggio.yaml").points["glass"]
+    assert data["points"]["glass"] == list(glass)  # a demo patch's point: `at glass`
     assert data["region"] == region_of(info.training_points).as_dict()
 
 

@@ -67,6 +67,7 @@ from pgesam_live.model.parallel import (
     grow_map_grid,
     make_transformer,
 )
+from pgesam_live.model.remap import move_decoder_to_map
 from pgesam_live.model.transformer import DECODERS
 from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
 from pgesam_live.notes import parse_pitch_span
@@ -212,10 +213,15 @@ class TrainOptions:
         config_given = g("config") is not None
         if config not in CONFIG_NAMES:
             raise ConfigError(f"unknown --config {config!r}: choose {', '.join(CONFIG_NAMES)}")
+        move_only = stage == "transformer" and bool(g("init")) and bool(g("vae"))
         for name in ("steps", "batch_size", "ckpt_every"):
             v = g(name)
-            if v is not None and int(v) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            if v is not None and int(v) < 1 and not (name == "steps" and int(v) == 0
+                                                      and move_only):
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v} (0 only "
+                                  "with --init and --vae: move the decoder to the new map "
+                                  "and train nothing)" if name == "steps"
+                                  else f"--{name.replace('_', '-')} must be >= 1, got {v}")
         noise_arg = g("input_noise")
         input_noise = None if noise_arg is None else float(noise_arg)
         if input_noise is not None and not 0.0 <= input_noise < 1.0:
@@ -233,8 +239,6 @@ class TrainOptions:
         if init is not None and stage != "transformer":
             raise ConfigError("--init goes with `train transformer` (start its Transformer "
                               "from a model file)")
-        if init is not None and g("vae") is not None:
-            raise ConfigError("--init uses the model file's own VAE: leave out --vae")
         if init is not None and g("fine_tune"):
             raise ConfigError("--init starts a new run from a model file; --fine-tune continues "
                               "a run of --out: use one of them")
@@ -714,6 +718,8 @@ class VAEResult:
     vae: TimbreVAE
     data_meta: dict[str, Any]  # codec, pitch range, names, training points, training
     config_name: str
+    # With --init MODEL --vae OTHER: MODEL's own VAE, whose map the decoder is moved from.
+    moved_from: TimbreVAE | None = None
 
 
 def vae_frames_config(cfg: VAEConfig, n_frames: int, note_frames: int) -> VAEConfig:
@@ -889,6 +895,8 @@ def _load_vae_for_transformer(opts: TrainOptions) -> VAEResult:
         if given is not None and not Path(given).is_file():
             raise CheckpointError(f"{flag} {given}: no such file; give a model file "
                                   "(pgesam_*.pt) or a run's vae.pt")
+    if opts.init is not None and opts.vae is not None:
+        return _vae_to_move_to(Path(opts.init), Path(opts.vae))
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no VAE to condition on; train one first "
                               f"(`pgesam-live train vae --data DIR --out {opts.out}`) or pass "
@@ -917,13 +925,71 @@ def _load_vae_for_transformer(opts: TrainOptions) -> VAEResult:
     return VAEResult(vae=vae, data_meta=meta, config_name=str(st["config_name"]))
 
 
+def _vae_to_move_to(init: Path, vae_path: Path) -> VAEResult:
+    """--init MODEL --vae OTHER: OTHER's VAE (a run's vae.pt or a model file) and map, MODEL's
+    meta; the decoder is moved from MODEL's map to OTHER's (remap.move_decoder_to_map)."""
+    obj, _ = read_model_payload(init)
+    old = build_vae(obj["vae_config"], obj["vae_state"], init)
+    if vae_path.name.startswith("pgesam_"):
+        other, _ = read_model_payload(vae_path)
+        vae = build_vae(other["vae_config"], other["vae_state"], vae_path)
+        data = {"codec": other["codec"], "normalisation": other["normalisation"],
+                "pitch_range": other["pitch_range"]}
+        points = list(other["training_points"])
+        vae_training = {k: v for k, v in dict(other["training"]).items() if k.startswith("vae_")}
+    else:
+        st = load_training_state(vae_path, required=STATE_KEYS)
+        if st["stage"] != "vae":
+            raise CheckpointError(f"--vae {vae_path}: a {st['stage']} state, not a VAE; pass "
+                                  "the run's vae.pt")
+        if not st.get("finished"):
+            raise CheckpointError(f"--vae {vae_path}: an unfinished VAE (step {st['step']} of "
+                                  f"{st['steps']}); finish it with `train vae --resume` first")
+        vae = build_vae(st["model_config"], st["model"], vae_path)
+        data = dict(st["data"])
+        points = list(st.get("training_points") or [])
+        vae_training = {"vae_steps": int(st["step"]), "vae_time_s": float(st["elapsed_s"]),
+                        "vae_hardware": st.get("hardware", {})}
+    for key, what in (("codec", "codec"), ("normalisation", "frame normalisation"),
+                      ("pitch_range", "pitch range")):
+        if _plain_eq(data.get(key), obj[key]) is False:
+            raise ConfigError(f"--vae {vae_path} was trained with another {what} than --init "
+                              f"{init} ({data.get(key)} against {obj[key]}); train the VAE on "
+                              "the model's data set and codec")
+    names = set(obj["instrument_names"])
+    points = [p for p in points if p["name"] in names]
+    if not points:
+        raise ConfigError(f"--vae {vae_path} has none of {init}'s instruments on its map; "
+                          "train the VAE on the model's data set")
+    meta = {"codec": obj["codec"], "normalisation": obj["normalisation"],
+            "pitch_range": list(obj["pitch_range"]), "instrument_names": obj["instrument_names"],
+            "training_points": points, "training": {**obj["training"], **vae_training},
+            "data_dir": obj["training"].get("data_dir", "")}
+    return VAEResult(vae=vae, data_meta=meta, config_name=str(obj["config_name"]),
+                     moved_from=old)
+
+
+def _plain_eq(a: Any, b: Any) -> bool:
+    """Equality of plain config values, lists and tuples alike, floats to 1e-6."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_plain_eq(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_plain_eq(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+        except (TypeError, ValueError):
+            return False
+    return bool(a == b)
+
+
 def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = None) -> Path | None:
     """Stage 2; returns the model file's path on rank 0 (None on the others)."""
     saved = _start_state(opts, "transformer")
-    if saved and saved.get("init") and opts.init is None and opts.vae is None:
-        opts = dataclasses.replace(opts, init=Path(str(saved["init"])))  # resuming an --init run
-    if saved and saved.get("vae") and opts.vae is None and opts.init is None:
-        opts = dataclasses.replace(opts, vae=Path(str(saved["vae"])))  # resuming a --vae run
+    if saved and opts.init is None and opts.vae is None:  # resuming: the run's own files
+        opts = dataclasses.replace(
+            opts, init=Path(str(saved["init"])) if saved.get("init") else None,
+            vae=Path(str(saved["vae"])) if saved.get("vae") else None)
     if vae_res is None:
         vae_res = _load_vae_for_transformer(opts)
     vae = vae_res.vae.to(d.device).eval()
@@ -991,10 +1057,23 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     from pgesam_live.model.data import instrument_means  # noqa: PLC0415
 
     inst_mu = instrument_means(mu, data.instrument)  # [N, 2]: each note's instrument's point
+    map_moved = dict(saved.get("map_moved") or {}) if saved else {}
+    if vae_res.moved_from is not None and not saved:
+        if not isinstance(tr, ParallelFrameTransformer):
+            raise ConfigError("--init with --vae moves the decoder to the new VAE's map: that "
+                              "needs the parallel decoder")
+        old_mu, _ = encode_all(vae_res.moved_from.to(d.device).eval(), data.frames)
+        report = move_decoder_to_map(
+            tr, torch.cat([old_mu, instrument_means(old_mu, data.instrument)]),
+            torch.cat([mu, inst_mu]), seed=opts.seed)
+        map_moved = {**report.as_dict(), "vae": str(opts.vae)}
+        _say(d, f"moved the decoder to {opts.vae}'s map: condition error "
+                f"{report.condition_error:.4f} (with the grid {report.grid_condition_error}) "
+                f"of its variance, {report.points} points, {report.time_s:.0f} s")
     trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
              if first_trained is not None else None)
-    steps = opts.steps or (int(saved["steps"]) if saved
-                           else opts.stage_value("transformer", "steps"))
+    steps = opts.steps if opts.steps is not None else (
+        int(saved["steps"]) if saved else opts.stage_value("transformer", "steps"))
     batch = opts.batch_size or (int(saved["batch_size"]) if saved
                                 else opts.stage_value("transformer", "batch"))
     base_lr = opts.lr or (float(saved["base_lr"]) if saved
@@ -1049,7 +1128,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
             "init": str(opts.init) if opts.init is not None else "",
             "vae": str(opts.vae) if opts.vae is not None else "",
             "lora_rank": lora_rank, "train_blocks": train_blocks,
-            "loss_options": loss_opts,
+            "loss_options": loss_opts, "map_moved": map_moved,
             "lora_factors": lora.factors_of(tr) if lora_rank else None,
             "model_config": config_to_dict(tr.cfg),
             "model": lora.merged_state(tr),
@@ -1153,8 +1232,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
         # The stage's own finish time (not now): resuming a finished run rewrites the same file.
         "date": str(st.get("finished_at", "")),
     })
+    if map_moved:
+        training["map_moved"] = map_moved
     grid = getattr(tr, "map_grid", None)
-    if trunk is not None and grid is not None:
+    if trunk is not None and grid is not None and step > 0:
         # A cached run trains the grid exactly at these points; every other entry is still
         # its random start, and a point between instruments would read it as noise.
         training["map_grid_filled_entries"] = grid.fill_unread(

@@ -145,3 +145,37 @@ def test_fill_unread_keeps_what_points_read_and_solves_laplace_between() -> None
         h.tables[0][~h.read_entries(pts)[0]] = 9.0
     h.fill_unread(pts)
     assert torch.allclose(h.tables[0], torch.full_like(h.tables[0], 0.25))
+
+
+def test_moving_a_decoder_to_another_map_keeps_each_points_condition() -> None:
+    """remap.move_decoder_to_map: after the move, each new point gives the condition (point
+    MLP, and with the grid's features) its old point gave; nothing but the point MLP and the
+    grid changed; misuse is refused."""
+    from pgesam_live.model.remap import _conditions, move_decoder_to_map
+
+    torch.manual_seed(0)
+    tr = ParallelFrameTransformer(_cfg(map_grid=(4, 8)))
+    assert tr.map_grid is not None
+    torch.nn.init.normal_(tr.map_grid.proj.weight, std=0.5)
+    old = torch.rand(12, 2) * 1.6 - 0.8
+    new = old.flip(0) * 0.5 + 0.1  # the same notes elsewhere, in another order
+    with torch.no_grad():
+        c_old, cg_old = _conditions(tr, old)
+        before = _conditions(tr, new)[1]
+    blocks = {k: v.clone() for k, v in tr.blocks.state_dict().items()}
+    report = move_decoder_to_map(tr, old, new, steps=1500, batch=12)
+    with torch.no_grad():
+        c_new, cg_new = _conditions(tr, new)
+    assert cg_old is not None and cg_new is not None and before is not None
+    miss = float(((cg_new - cg_old) ** 2).mean())
+    assert miss < 0.05 * float(((before - cg_old) ** 2).mean())
+    assert report.points == 12 and report.grid_condition_error is not None
+    assert report.grid_condition_error < 0.05 and report.filled_entries > 0
+    assert all(torch.equal(v, blocks[k]) for k, v in tr.blocks.state_dict().items())
+    assert all(p.requires_grad for p in tr.parameters())  # left trainable, as it was
+    with pytest.raises(ConfigError, match="both be"):
+        move_decoder_to_map(tr, old, new[:5])
+    with pytest.raises(ConfigError, match="no points"):
+        move_decoder_to_map(tr, old[:0], new[:0])
+    with pytest.raises(ConfigError, match="parallel decoder"):
+        move_decoder_to_map(torch.nn.Linear(2, 2), old, new)  # type: ignore[arg-type]

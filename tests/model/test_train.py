@@ -755,3 +755,60 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
         assert fill.main([str(model), "--data", str(data_dir), "--out",
                           str(tmp_path / "refused")]) == 2
         assert match in capsys.readouterr().err
+
+
+def test_init_with_another_vae_moves_the_decoder_to_that_map(data_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """`--init M --vae OTHER`: M's decoder is moved onto OTHER's map (its point MLP and grid
+    refitted so each training note's new point gives the condition its old point gave): the
+    blocks are M's, each instrument sounds at its new point as it did at its old one, the
+    model file carries OTHER's VAE and map; `--steps 0` trains nothing else; misuse refused."""
+    from pgesam_live.model.parallel import ParallelFrameTransformer
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "2"))
+    T.run_train(train_args("transformer", data_dir, out, "--steps", "2", "--decoder",
+                           "parallel", "--map-grid", "4,8"))
+    base_path = next(out.glob("pgesam_*.pt"))
+    base = load_model(base_path)
+    T.run_train(train_args("vae", data_dir, other, "--steps", "3", "--seed", "1"))
+    moved_dir = tmp_path / "moved"
+    assert T.run_train(train_args("transformer", data_dir, moved_dir, "--init", str(base_path),
+                                  "--vae", str(other / "vae.pt"), "--steps", "0")) == 0
+    moved = load_model(next(moved_dir.glob("pgesam_*.pt")))
+    tr, tr0 = moved.transformer, base.transformer
+    assert isinstance(tr, ParallelFrameTransformer) and isinstance(tr0, ParallelFrameTransformer)
+    for a, b in zip(tr.blocks.parameters(), tr0.blocks.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(tr.point_mlp[0].weight, tr0.point_mlp[0].weight)
+    new_state = load_training_state(other / "vae.pt")
+    for k, v in moved.vae.state_dict().items():
+        assert torch.equal(v, new_state["model"][k])
+    assert moved.meta.training_points == new_state["training_points"]
+    report = moved.meta.training["map_moved"]
+    assert report["points"] == 24 and report["grid_condition_error"] < 0.05
+    # Each instrument at its new point plays what it played at its old point.
+    fs = load_frames(data_dir, "train", base.codec, pitch_range=(48, 51),
+                     n_frames=tr.cfg.n_frames, duration_s=4.0)
+    frames, inst = fs.frames[:, :tr.cfg.n_frames].float(), fs.instrument.long()
+    old_pts = instrument_means(T.encode_all(base.vae, frames)[0], inst)
+    new_pts = instrument_means(T.encode_all(moved.vae, frames)[0], inst)
+    assert float((new_pts - old_pts).abs().max()) > 0.01  # the map did change
+    with torch.no_grad():
+        then, now = tr0.generate(old_pts, fs.pitch.long()), tr.generate(new_pts, fs.pitch.long())
+        elsewhere = tr0.generate(new_pts, fs.pitch.long())
+    assert float((now - then).abs().mean()) < 0.25 * float((elsewhere - then).abs().mean())
+    # It trains on from the moved decoder; a resume does not move it again.
+    assert T.run_train(train_args("transformer", data_dir, tmp_path / "ft", "--init",
+                                  str(base_path), "--vae", str(other / "vae.pt"),
+                                  "--steps", "2")) == 0
+    st = load_training_state(tmp_path / "ft" / "transformer.pt")
+    assert st["map_moved"]["points"] == 24
+    assert T.run_train(train_args("transformer", data_dir, tmp_path / "ft", "--resume",
+                                  "--steps", "3")) == 0
+    for bad, err, match in (
+            (["--steps", "0"], ConfigError, "only with --init and --vae"),
+            (["--init", str(base_path), "--vae", str(out / "transformer.pt")],
+             CheckpointError, "not a VAE")):
+        with pytest.raises(err, match=match):
+            T.run_train(train_args("transformer", data_dir, tmp_path / "bad", *bad))

@@ -257,6 +257,34 @@ def test_demo_patches_are_valid() -> None:
         assert p.sequences or p.events
 
 
+# What each demo patch's named point is named after (its comment says so): the family of
+# the training instruments nearest to it on the bundled model's map.
+POINT_FAMILIES = {"glass": "mallet", "pluck": "guitar", "reed": "reed", "dark": "bass",
+                  "keys": "keyboard", "brass": "brass", "strings": "string", "flute": "flute"}
+
+
+def test_demo_patch_points_sit_among_the_instruments_they_are_named_after() -> None:
+    """A new bundled model may bring a new map: the demo patches' named points must move
+    with it. Each point's three nearest training instruments are of its family."""
+    import math
+
+    from pgesam_live.model.checkpoints import (
+        meta_from_payload,
+        read_model_payload,
+        resolve_model,
+    )
+
+    payload, _ = read_model_payload(resolve_model("default"))
+    training = meta_from_payload(payload).training_points
+    seen = set()
+    for f in sorted(PATCHES.glob("*.yaml")):
+        for name, (x, y) in load_patch(f).points.items():
+            seen.add(name)
+            near = sorted(training, key=lambda t: math.hypot(t["x"] - x, t["y"] - y))[:3]
+            assert {t["family"] for t in near} == {POINT_FAMILIES[name]}, (f.name, name, near)
+    assert seen == set(POINT_FAMILIES)
+
+
 def test_demo_patches_stay_in_the_models_pitch_range() -> None:
     # The bundled model is trained on MIDI 48..72 (the method's 25 pitch classes).
     for f in sorted(PATCHES.glob("*.yaml")):
