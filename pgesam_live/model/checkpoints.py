@@ -473,6 +473,9 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
                                        "(autoregressive, packed on be8bcbcb)", "5bdc272"),
     "pgesam_small_harmonic-a0523680": ("the bundled default before the map grid (parallel "
                                        "decoder)", "2ad58dd"),
+    "pgesam_small_harmonic-0e9dab5e": ("the bundled default before its decoder moved onto a "
+                                       "map that reads the whole note (parallel decoder, map "
+                                       "grid)", "8f8661f"),
 }
 
 
