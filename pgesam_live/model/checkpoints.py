@@ -476,6 +476,9 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
     "pgesam_small_harmonic-0e9dab5e": ("the bundled default before its decoder moved onto a "
                                        "map that reads the whole note (parallel decoder, map "
                                        "grid)", "8f8661f"),
+    "pgesam_small_harmonic-75bff41e": ("the same weights as 2a07b441 (the default that replaced "
+                                       "it) with its VAE's training record uncorrected",
+                                       "5d05c3e"),
 }
 
 

@@ -216,12 +216,11 @@ class TrainOptions:
         move_only = stage == "transformer" and bool(g("init")) and bool(g("vae"))
         for name in ("steps", "batch_size", "ckpt_every"):
             v = g(name)
-            if v is not None and int(v) < 1 and not (name == "steps" and int(v) == 0
-                                                      and move_only):
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v} (0 only "
-                                  "with --init and --vae: move the decoder to the new map "
-                                  "and train nothing)" if name == "steps"
-                                  else f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            if v is None or int(v) >= 1 or (name == "steps" and int(v) == 0 and move_only):
+                continue
+            why = (" (0 only with --init and --vae: move the decoder to the new map and train "
+                   "nothing)" if name == "steps" else "")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}{why}")
         noise_arg = g("input_noise")
         input_noise = None if noise_arg is None else float(noise_arg)
         if input_noise is not None and not 0.0 <= input_noise < 1.0:
@@ -952,7 +951,7 @@ def _vae_to_move_to(init: Path, vae_path: Path) -> VAEResult:
                         "vae_hardware": st.get("hardware", {})}
     for key, what in (("codec", "codec"), ("normalisation", "frame normalisation"),
                       ("pitch_range", "pitch range")):
-        if _plain_eq(data.get(key), obj[key]) is False:
+        if not _plain_eq(data.get(key), obj[key]):
             raise ConfigError(f"--vae {vae_path} was trained with another {what} than --init "
                               f"{init} ({data.get(key)} against {obj[key]}); train the VAE on "
                               "the model's data set and codec")
@@ -1234,6 +1233,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     })
     if map_moved:
         training["map_moved"] = map_moved
+        # the map is the new VAE's: its own training, not the init model's VAE's
+        training.update({k: v for k, v in dict(meta.get("training") or {}).items()
+                         if k.startswith("vae_")})
     grid = getattr(tr, "map_grid", None)
     if trunk is not None and grid is not None and step > 0:
         # A cached run trains the grid exactly at these points; every other entry is still

@@ -786,6 +786,7 @@ def test_init_with_another_vae_moves_the_decoder_to_that_map(data_dir: Path,
     for k, v in moved.vae.state_dict().items():
         assert torch.equal(v, new_state["model"][k])
     assert moved.meta.training_points == new_state["training_points"]
+    assert moved.meta.training["vae_steps"] == 3  # the new VAE's record, not the init's (2)
     report = moved.meta.training["map_moved"]
     assert report["points"] == 24 and report["grid_condition_error"] < 0.05
     # Each instrument at its new point plays what it played at its old point.
