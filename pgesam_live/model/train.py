@@ -951,7 +951,7 @@ def _vae_to_move_to(init: Path, vae_path: Path) -> VAEResult:
                         "vae_hardware": st.get("hardware", {})}
     for key, what in (("codec", "codec"), ("normalisation", "frame normalisation"),
                       ("pitch_range", "pitch range")):
-        if not _plain_eq(data.get(key), obj[key]):
+        if data.get(key) != obj[key]:  # plain values, as pack_model compares them
             raise ConfigError(f"--vae {vae_path} was trained with another {what} than --init "
                               f"{init} ({data.get(key)} against {obj[key]}); train the VAE on "
                               "the model's data set and codec")
@@ -966,20 +966,6 @@ def _vae_to_move_to(init: Path, vae_path: Path) -> VAEResult:
             "data_dir": obj["training"].get("data_dir", "")}
     return VAEResult(vae=vae, data_meta=meta, config_name=str(obj["config_name"]),
                      moved_from=old)
-
-
-def _plain_eq(a: Any, b: Any) -> bool:
-    """Equality of plain config values, lists and tuples alike, floats to 1e-6."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_plain_eq(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_plain_eq(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
-        except (TypeError, ValueError):
-            return False
-    return bool(a == b)
 
 
 def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = None) -> Path | None:
