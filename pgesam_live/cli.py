@@ -250,9 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.model.eval:run_eval")
 
     p = sub.add_parser("pack", help="store a fine-tuned model compactly, as a difference "
-                                    "from the model it was fine-tuned from")
+                                    "from the model it was fine-tuned from, or a model's "
+                                    "weights as float16")
     p.add_argument("model", help="the fine-tuned model file (same VAE and configs as --base)")
-    p.add_argument("--base", required=True, help="the model file it was fine-tuned from")
+    p.add_argument("--base", default=None, help="the model file it was fine-tuned from")
+    p.add_argument("--float16", action="store_true",
+                   help="instead of --base: store the model's weights as float16 (half the "
+                        "bytes, self-contained)")
     p.add_argument("--out", default=None, help="folder to write into (default: --base's)")
     p.add_argument("--default", action="store_true",
                    help="also make it the folder's default model (writes DEFAULT)")

@@ -15,7 +15,8 @@ file, its base, compactly: the same VAE (stored once, in the base) and the Trans
 differ from the full one's about as much as rounding the weights to float16 makes them),
 except that a difference of low rank (a `train --lora-rank` fine-tune's) is stored as float16
 factors. It loads like any model file, from the base in the same folder (whose hash is
-checked); the base may itself be packed.
+checked); the base may itself be packed. `pack MODEL --float16` instead stores a model's
+weights as float16 (half the bytes, self-contained; loaded into float32 modules).
 
 `checkpoints/DEFAULT`, when present, names the file `--model default` loads; otherwise the
 newest `pgesam_*.pt` there.
@@ -420,8 +421,59 @@ def pack_model(model: Path | str, base: Path | str, directory: Path | str) -> Pa
     return _write_model_payload(directory, payload)
 
 
+FLOAT16_MAX = 65504.0
+
+
+def halve_model(model: Path | str, directory: Path | str) -> Path:
+    """Write `model` (a self-contained model file) with its float32 weights stored as float16
+    into `directory` (half the bytes; they load back into float32 modules). A tensor with a
+    value beyond float16's range, or one that rounding would flush from nonzero to zero,
+    stays float32."""
+    model = Path(model)
+    obj, _ = read_model_payload(model)
+    if obj.get("vae_state") is None or obj.get("transformer_state") is None:
+        raise CheckpointError(f"{model} is packed against a base: halve a self-contained "
+                              "model file")
+
+    def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in state.items():
+            if v.dtype == torch.float32 and v.numel():
+                h = v.half()
+                fits = float(v.abs().max()) <= FLOAT16_MAX and not bool(
+                    ((h == 0) & (v != 0)).any())
+                out[k] = h if fits else v
+            else:
+                out[k] = v
+        return out
+
+    payload = {**obj, "vae_state": half(obj["vae_state"]),
+               "transformer_state": half(obj["transformer_state"]),
+               "stored_as": {"dtype": "float16", "from": model.stem}}
+    return _write_model_payload(directory, payload)
+
+
 def run_pack(ns: Any) -> int:
-    """`pgesam-live pack MODEL --base BASE [--out DIR] [--default]`."""
+    """`pgesam-live pack MODEL --base BASE [--out DIR] [--default]`, or
+    `pgesam-live pack MODEL --float16 [--out DIR] [--default]`."""
+    if getattr(ns, "float16", False):
+        if ns.base:
+            raise CheckpointError("pack: give --base (a difference from a base) or --float16 "
+                                  "(the weights as float16), not both")
+        if not Path(ns.model).is_file():
+            raise CheckpointError(f"MODEL {ns.model}: no such model file")
+        out_dir = Path(ns.out) if ns.out else Path(ns.model).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = halve_model(ns.model, out_dir)
+        print(f"float16 model: {path} ({path.stat().st_size / 1e6:.2f} MB, from "
+              f"{Path(ns.model).stat().st_size / 1e6:.2f} MB)")
+        if ns.default:
+            atomic_write_bytes(out_dir / DEFAULT_FILE, (path.name + "\n").encode())
+            print(f"default model of {out_dir}: {path.name}")
+        return 0
+    if not ns.base:
+        raise CheckpointError("pack: give --base BASE (the model it was fine-tuned from) or "
+                              "--float16")
     base = Path(ns.base)
     for flag, f in (("MODEL", Path(ns.model)), ("--base", base)):
         if not f.is_file():
@@ -479,6 +531,9 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
     "pgesam_small_harmonic-75bff41e": ("the same weights as 2a07b441 (the default that replaced "
                                        "it) with its VAE's training record uncorrected",
                                        "5d05c3e"),
+    "pgesam_small_harmonic-2a07b441": ("the bundled default before its decoder moved onto a "
+                                       "map whose VAE was chosen on the validation split "
+                                       "(parallel decoder, map grid)", "1917800"),
 }
 
 

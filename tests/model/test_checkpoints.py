@@ -319,3 +319,55 @@ def test_a_superseded_bundled_model_is_named_with_where_to_get_it(tmp_path: Path
             resolve_model(stem, tmp_path)
     with pytest.raises(CheckpointError, match="its base pgesam_small_harmonic-be8bcbcb.pt"):
         resolve_model("pgesam_small_harmonic-869fda4e.pt", tmp_path)
+
+
+def test_float16_model_is_half_the_size_and_plays_the_same(saved: tuple, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    path, vae, tr = saved
+    out = tmp_path / "half"
+    assert ck.run_pack(SimpleNamespace(model=str(path), base=None, float16=True,
+                                       out=str(out), default=True)) == 0
+    (half,) = out.glob("pgesam_*.pt")
+    assert (out / ck.DEFAULT_FILE).read_text().strip() == half.name
+    assert "float16 model" in capsys.readouterr().out
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    obj, _ = ck.read_model_payload(half)
+    assert obj["stored_as"] == {"dtype": "float16", "from": path.stem}
+    stored = [v.dtype for v in obj["transformer_state"].values() if v.is_floating_point()]
+    assert stored and all(d == torch.float16 for d in stored)
+    b = ck.load_model(half)
+    assert b.id == half.stem
+    for k, v in tr.state_dict().items():  # loaded into float32, within float16's rounding
+        got = b.transformer.state_dict()[k]
+        assert got.dtype == v.dtype, k
+        assert torch.allclose(got, v, rtol=1e-3, atol=1e-4), k
+    pts, pitches = torch.tensor([[0.1, 0.2]]), torch.tensor([50])
+    ref = tr.eval().generate(pts, pitches, n_frames=8)
+    other = _fine_tune(tr, size=1e-2).eval().generate(pts, pitches, n_frames=8)
+    err = float((b.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max())
+    assert err < 0.1 * float((other - ref).abs().max())
+
+
+def test_float16_keeps_float32_where_float16_would_lose_the_value(tmp_path: Path) -> None:
+    vae, tr = _models()
+    with torch.no_grad():
+        first = next(iter(tr.parameters()))
+        first.view(-1)[0] = 1e5       # beyond float16's range
+        last = list(tr.parameters())[-1]
+        last.view(-1)[0] = 1e-9       # flushed to zero in float16
+    path = ck.save_model(tmp_path, vae, tr, _meta())
+    (tmp_path / "h").mkdir()
+    obj, _ = ck.read_model_payload(ck.halve_model(path, tmp_path / "h"))
+    names = {id(p): n for n, p in tr.named_parameters()}
+    assert obj["transformer_state"][names[id(first)]].dtype == torch.float32
+    assert obj["transformer_state"][names[id(last)]].dtype == torch.float32
+
+
+def test_pack_asks_for_base_or_float16(saved: tuple) -> None:
+    path, _, _ = saved
+    with pytest.raises(CheckpointError, match="--base BASE .* or --float16"):
+        ck.run_pack(SimpleNamespace(model=str(path), base=None, float16=False, out=None,
+                                    default=False))
+    with pytest.raises(CheckpointError, match="not both"):
+        ck.run_pack(SimpleNamespace(model=str(path), base=str(path), float16=True, out=None,
+                                    default=False))
