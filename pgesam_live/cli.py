@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float16", action="store_true",
                    help="instead of --base: store the model's weights as float16 (half the "
                         "bytes, self-contained)")
-    p.add_argument("--out", default=None, help="folder to write into (default: --base's)")
+    p.add_argument("--out", default=None,
+                   help="folder to write into (default: --base's; with --float16, MODEL's)")
     p.add_argument("--default", action="store_true",
                    help="also make it the folder's default model (writes DEFAULT)")
     p.set_defaults(func="pgesam_live.model.checkpoints:run_pack")

@@ -80,7 +80,7 @@ class EngineView(Protocol):
 # -- the snapshot's forms --------------------------------------------------------------------
 
 def fmt_point(snap: Snapshot) -> str:
-    """The point as the status line shows it: `glass (-0.37, 0.21)` or `(-0.37, 0.21)`."""
+    """The point as the status line shows it: `glass (-0.37, +0.21)` or `(-0.37, +0.21)`."""
     point = snap.get("point") or [0.0, 0.0]
     name = snap.get("point_name")
     xy = f"({float(point[0]):+.2f}, {float(point[1]):+.2f})"
