@@ -456,12 +456,12 @@ def halve_model(model: Path | str, directory: Path | str) -> Path:
 def run_pack(ns: Any) -> int:
     """`pgesam-live pack MODEL --base BASE [--out DIR] [--default]`, or
     `pgesam-live pack MODEL --float16 [--out DIR] [--default]`."""
+    if not Path(ns.model).is_file():
+        raise CheckpointError(f"MODEL {ns.model}: no such model file")
     if getattr(ns, "float16", False):
         if ns.base:
             raise CheckpointError("pack: give --base (a difference from a base) or --float16 "
                                   "(the weights as float16), not both")
-        if not Path(ns.model).is_file():
-            raise CheckpointError(f"MODEL {ns.model}: no such model file")
         out_dir = Path(ns.out) if ns.out else Path(ns.model).parent
         out_dir.mkdir(parents=True, exist_ok=True)
         path = halve_model(ns.model, out_dir)
@@ -475,9 +475,8 @@ def run_pack(ns: Any) -> int:
         raise CheckpointError("pack: give --base BASE (the model it was fine-tuned from) or "
                               "--float16")
     base = Path(ns.base)
-    for flag, f in (("MODEL", Path(ns.model)), ("--base", base)):
-        if not f.is_file():
-            raise CheckpointError(f"{flag} {f}: no such model file")
+    if not base.is_file():
+        raise CheckpointError(f"--base {base}: no such model file")
     if Path(ns.model).resolve() == base.resolve() or \
             read_model_payload(Path(ns.model))[1] == read_model_payload(base)[1]:
         raise CheckpointError(f"{ns.model} is the base itself: pack the fine-tuned model "

@@ -105,14 +105,11 @@ def move_decoder_to_map(tr: ParallelFrameTransformer, old_points: torch.Tensor,
     gen = torch.Generator().manual_seed(seed)
     n = old_points.shape[0]
 
-    def loss_of(idx: torch.Tensor | None) -> torch.Tensor:
-        pts = new_points if idx is None else new_points[idx]
-        c, cg = _conditions(tr, pts)
-        t_c = c_old if idx is None else c_old[idx]
-        loss = ((c - t_c) ** 2).mean() / var_c
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        c, cg = _conditions(tr, new_points[idx])
+        loss = ((c - c_old[idx]) ** 2).mean() / var_c
         if cg is not None and cg_old is not None and var_cg is not None:
-            t_cg = cg_old if idx is None else cg_old[idx]
-            loss = loss + ((cg - t_cg) ** 2).mean() / var_cg
+            loss = loss + ((cg - cg_old[idx]) ** 2).mean() / var_cg
         return loss
 
     try:

@@ -47,6 +47,7 @@ def _key(kind: str, h: float, suffix: str = "") -> str:
 
 def hold_figures(model: str = "default", device: str = "cpu",
                  soundfont: str = SOUNDFONT) -> dict[str, Any]:
+    from pgesam_live.model.codec_eval import round_trip  # noqa: PLC0415
     from pgesam_live.model.soundfont import render_note, soundfont_problem  # noqa: PLC0415
     from pgesam_live.model.synth import Synth  # noqa: PLC0415
     from pgesam_live.render.dsp import normalise_peak  # noqa: PLC0415
@@ -91,7 +92,8 @@ def hold_figures(model: str = "default", device: str = "cpu",
     notes = normalise_peak(synth.render(pts, [RELEASE_PITCH] * len(pts)))
     own_notes = np.stack([render_note(soundfont, p, RELEASE_PITCH, sample_rate=sr, hold_s=3.0,
                                       release_s=1.0) for p in HOLD_PROGRAMS])
-    trips = codec_round_trip(synth, own_notes)
+    trips, _, _ = round_trip(synth.codec, own_notes.astype(np.float32),
+                             [RELEASE_PITCH] * len(own_notes))
     errs: dict[str, dict[float, list[float]]] = {
         kind: {h: [] for h in HOLDS_S}
         for kind in ("release_err", "release_method_err", "release_codec_err")}
@@ -111,14 +113,4 @@ def hold_figures(model: str = "default", device: str = "cpu",
     return out
 
 
-def codec_round_trip(synth: Any, audio: np.ndarray) -> np.ndarray:
-    """Notes float32 [B, N] at the synth's rate -> the same through its codec and back
-    (encode, decode; normalised frames, no generator): float32 [B, N'] (N' ~ N)."""
-    import torch  # noqa: PLC0415
-
-    with torch.inference_mode():
-        frames = synth.codec.encode(torch.from_numpy(np.asarray(audio, np.float32)))
-        return np.asarray(synth.decode_frames(frames), np.float32)
-
-
-__all__ = ["HOLD_KEYS", "codec_round_trip", "hold_figures"]
+__all__ = ["HOLD_KEYS", "hold_figures"]
