@@ -41,8 +41,14 @@ _seed = _int_in(0, 2**31 - 1)
 def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
     """The contract's common options, on every command that plays or renders. The live ones
     are accepted everywhere, so one option list serves a whole script; an offline command
-    (`audio` False) does not use them."""
-    unused = "" if audio else " (not used by this command: it renders offline)"
+    (`audio` False) ignores them and leaves them out of its help (its epilog names them)."""
+    def live(text: str) -> str:
+        return text if audio else argparse.SUPPRESS
+
+    if not audio:
+        p.epilog = ("It also accepts the live instrument's options (audio, OSC, MIDI and web; "
+                    "see play's help), so one option list serves a whole script, and ignores "
+                    "them: it renders offline.")
     # Defaults are None: a value not given on the command line leaves the patch's, the
     # environment's (PGESAM_*) or the settings' default in place (settings.py).
     p.add_argument("--model", default=None,
@@ -51,20 +57,19 @@ def _add_common(p: argparse.ArgumentParser, *, audio: bool = False) -> None:
                    help="where the model runs (default auto: prefers CUDA)")
     p.add_argument("--audio", default=None,
                    choices=["auto", "portaudio", "jack", "record", "none"],
-                   help="audio backend (default auto: a real device, else record to "
-                        "sessions/)" + unused)
+                   help=live("audio backend (default auto: a real device, else record to "
+                             "sessions/)"))
     p.add_argument("--osc-host", default=None,
-                   help="OSC bind address (default 127.0.0.1)" + unused)
+                   help=live("OSC bind address (default 127.0.0.1)"))
     p.add_argument("--osc-port", type=_port, default=None,
-                   help="OSC UDP port (default 9000)" + unused)
-    p.add_argument("--midi", default=None, metavar="PORT|auto", help="MIDI input port" + unused)
+                   help=live("OSC UDP port (default 9000)"))
+    p.add_argument("--midi", default=None, metavar="PORT|auto", help=live("MIDI input port"))
     p.add_argument("--web-host", default=None,
-                   help="web page bind address (default 127.0.0.1; beyond loopback the "
-                        "printed address carries a token)" + unused)
+                   help=live("web page bind address (default 127.0.0.1; beyond loopback the "
+                             "printed address carries a token)"))
     p.add_argument("--web-port", type=_port, default=None,
-                   help="web page TCP port (default 8765)" + unused)
-    p.add_argument("--no-web", action="store_true",
-                   help="serve no web page" + unused)
+                   help=live("web page TCP port (default 8765)"))
+    p.add_argument("--no-web", action="store_true", help=live("serve no web page"))
     p.add_argument("--sample-rate", type=_sample_rate, default=None,
                    help="output sample rate in Hz (the model renders at its own and is "
                         "resampled)")
@@ -207,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dist-weight", type=float, default=None,
                    help="parallel decoder: weight of a loss on the harmonic distribution in "
                         "dB (harmonic codec; 0: off, the default)")
+    p.add_argument("--release-weight", type=float, default=None,
+                   help="parallel decoder: weight of a loss on the loudness over the first "
+                        "0.4 s after the training notes' note-off (harmonic codec; 0: off, "
+                        "the default)")
     p.add_argument("--input-noise", type=float, default=None,
                    help="std of Gaussian noise on the Transformer's teacher-forced input "
                         "frames (training only; 0 = off)")
