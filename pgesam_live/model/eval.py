@@ -222,6 +222,7 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     sound = _identity_and_envelope(fs, idx, originals, audio, rt, sr, cands)
     at_inst = _identity_and_envelope(fs, idx, originals, audio_inst, rt, sr, cands)
     sound_inst = {"identity_nn": at_inst["identity_nn"], "envelope_db": at_inst["envelope_db"],
+                  "release_db": at_inst["release_db"],
                   "mrstft_generated": float(np.mean(mrstft_inst)),
                   "mse_transformer": float(((gen_inst - frames[idx]) ** 2).mean())}
 
@@ -300,6 +301,8 @@ def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.nda
     if cands is None:
         cands = _candidates(fs, idx, sr, audio.shape[1])
     own_gen, own_rt, chance, env_gen, env_rt = [], [], [], [], []
+    rel_gen: list[float] = []
+    rel_rt: list[float] = []
     for j, i in enumerate(idx):
         key, c = keys[int(i)], cands[int(pitches[i])]
         own_gen.append(metrics.nearest_is_own(metrics.log_band_spectrogram(audio[j], sr), key, c))
@@ -307,11 +310,20 @@ def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.nda
         chance.append(sum(k == key for k, _ in c) / max(1, len(c)))
         env_gen.append(metrics.envelope_error_db(originals[j], audio[j], sr))
         env_rt.append(metrics.envelope_error_db(originals[j], rt[j], sr))
+        for out, wave in ((rel_gen, audio[j]), (rel_rt, rt[j])):
+            err = metrics.release_error_db(originals[j], wave, sr, NOTE_OFF_S)
+            if err is not None:
+                out.append(err)
     return {"identity_nn": float(np.mean(own_gen)), "identity_nn_codec": float(np.mean(own_rt)),
             "identity_nn_chance": float(np.mean(chance)),
-            "envelope_db": float(np.mean(env_gen)), "envelope_db_codec": float(np.mean(env_rt))}
+            "envelope_db": float(np.mean(env_gen)), "envelope_db_codec": float(np.mean(env_rt)),
+            "release_db": float(np.median(rel_gen)) if rel_gen else None,
+            "release_db_codec": float(np.median(rel_rt)) if rel_rt else None}
 
 
+# The note-off of an NSynth note (and of `dataset soundfont`'s: 3 s held, 1 s release), where
+# release_db compares a generated note's release with its original's.
+NOTE_OFF_S = 3.0
 MAP_GRID = 5
 MAP_PITCH = 60  # C4
 
@@ -418,6 +430,10 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"| envelope_db: level error at 0.5/1.5/2.5 s (codec) | {r['envelope_db']:.1f} dB "
         f"({r['envelope_db_codec']:.1f} dB) |",
     ]
+    if r.get("release_db") is not None:
+        lines.append(f"| release_db: largest level error over the 300 ms after the note-off at "
+                     f"3 s, median (codec) | {r['release_db']:.1f} dB "
+                     f"({r['release_db_codec']:.1f} dB) |")
     ai = r.get("at_instrument_point") or {}
     if ai:
         lines.append(f"| at the instruments' points: identity_nn / envelope_db / MR-STFT | "

@@ -9,6 +9,9 @@
   for the 50-cent tests, not for the median in cents.
 - `cents`: interval between two frequencies.
 - `half_peak_time_s`: when a note's short-time envelope first reaches half its peak.
+- `release_envelope_db` / `release_error_db`: a note's level over the 300 ms after its
+  note-off, re its level just before it; the largest difference of two such envelopes (the
+  held-note issue's release figure: `eval`'s `release_db`, `bench`'s `release_err_*`).
 
 Inputs are 1-D float arrays (numpy or torch) at `sample_rate`; outputs are Python floats.
 """
@@ -288,6 +291,46 @@ def envelope_error_db(ref: np.ndarray | torch.Tensor, est: np.ndarray | torch.Te
     """Mean |level(est) - level(ref)| in dB at ENVELOPE_TIMES_S (levels re each note's own
     peak, floored at -60 dB): 0 for the same envelope at any gain."""
     return float(np.abs(levels_db(est, sample_rate) - levels_db(ref, sample_rate)).mean())
+
+
+RELEASE_COMPARE_S = 0.3  # release_envelope_db's span after the note-off
+RELEASE_FLOOR_DB = -60.0
+RELEASE_HOP_S = 0.01
+RELEASE_WIN_S = 0.02
+
+
+def _rms_db(x: np.ndarray) -> float:
+    """RMS level of x in dB re full scale (-200 for silence)."""
+    if x.size == 0:
+        return -200.0
+    return float(10.0 * np.log10(np.mean(x * x) + 1e-20))
+
+
+def release_envelope_db(x: np.ndarray | torch.Tensor, off: int, sample_rate: int,
+                        span_s: float = RELEASE_COMPARE_S) -> np.ndarray:
+    """The level after a note-off at sample `off` of x [N], in dB re the level over the
+    RELEASE_WIN_S before it, every RELEASE_HOP_S for span_s (RELEASE_WIN_S windows, floored
+    at RELEASE_FLOOR_DB): float64 [round(span_s / RELEASE_HOP_S)]."""
+    x = _as_numpy(x).astype(np.float64)
+    hop = int(round(RELEASE_HOP_S * sample_rate))
+    win = int(round(RELEASE_WIN_S * sample_rate))
+    ref = _rms_db(x[max(0, off - win): off])
+    n = int(round(span_s / RELEASE_HOP_S))
+    lev = np.array([_rms_db(x[off + i * hop: off + i * hop + win]) for i in range(n)])
+    return np.maximum(lev - ref, RELEASE_FLOOR_DB)
+
+
+def release_error_db(ref: np.ndarray | torch.Tensor, est: np.ndarray | torch.Tensor,
+                     sample_rate: int, off_s: float) -> float | None:
+    """Largest |dB| difference of `est`'s and `ref`'s release envelopes (release_envelope_db)
+    after a note-off at off_s: 0 for the same release at any gain. None when either note ends
+    before the RELEASE_COMPARE_S after the note-off are over."""
+    off = int(round(off_s * sample_rate))
+    need = off + int(round((RELEASE_COMPARE_S + RELEASE_WIN_S) * sample_rate))
+    if min(len(ref), len(est)) < need or off <= 0:
+        return None
+    return float(np.max(np.abs(release_envelope_db(est, off, sample_rate)
+                               - release_envelope_db(ref, off, sample_rate))))
 
 
 def spectral_centroid_hz(wave: np.ndarray | torch.Tensor, sample_rate: int) -> float:

@@ -30,6 +30,7 @@ import numpy as np
 from scipy.signal import correlate
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.model.metrics import RELEASE_COMPARE_S, release_envelope_db
 
 HOLD_S = 3.0             # the render's hold before its release (model/soundfont.NOTE_HOLD_S)
 HOLD_FRACTION = 0.75     # ... of its 4 s: a note re-pitched (longer or shorter) keeps it
@@ -475,23 +476,6 @@ def seam_figures(sustain: Sustain, n_seams: int = 3) -> dict[str, float]:
 
 __all__ = ["Playhead", "Sustain", "blend", "envelope_db", "estimate_period", "level_db",
            "seam_figures", "spectral_flux"]
-
-
-RELEASE_COMPARE_S = 0.3
-RELEASE_FLOOR_DB = -60.0
-
-
-def release_envelope_db(x: np.ndarray, off: int, sample_rate: int,
-                        span_s: float = RELEASE_COMPARE_S) -> np.ndarray:
-    """The level after a note-off at sample `off` of x [N], in dB re the level over the
-    ENV_WIN_S before it, every ENV_HOP_S for span_s (floored at RELEASE_FLOOR_DB):
-    float64 [round(span_s / ENV_HOP_S)]."""
-    x = np.asarray(x, dtype=np.float64)
-    hop, win = int(round(ENV_HOP_S * sample_rate)), int(round(ENV_WIN_S * sample_rate))
-    ref = level_db(x[max(0, off - win): off])
-    n = int(round(span_s / ENV_HOP_S))
-    lev = np.array([level_db(x[off + i * hop: off + i * hop + win]) for i in range(n)])
-    return np.maximum(lev - ref, RELEASE_FLOOR_DB)
 
 
 def held_output(sustain: Sustain, hold_s: float, after_s: float = 1.0) -> np.ndarray:

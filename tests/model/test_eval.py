@@ -21,8 +21,8 @@ KEYS = {"mse_vae", "mse_transformer", "pitch_acc_classifier", "pitch_within_50c"
         "pitch_within_50c_midi", "octave_errors", "pitch_within_50c_codec", "pitch_misses",
         "pitch_median_abs_cents", "var_per_instrument", "var_per_pitch", "family_knn_acc",
         "codec_mrstft", "mrstft_generated", "pitch_yin", "identity_nn", "identity_nn_codec",
-        "identity_nn_chance", "envelope_db", "envelope_db_codec", "map_spread",
-        "at_instrument_point"}
+        "identity_nn_chance", "envelope_db", "envelope_db_codec", "release_db",
+        "release_db_codec", "map_spread", "at_instrument_point"}
 
 
 def test_knn_family_votes_and_breaks_ties_by_the_nearest() -> None:
@@ -88,9 +88,11 @@ def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # One instrument in the split: it is always its own nearest (chance 1).
     assert r["identity_nn"] == r["identity_nn_codec"] == r["identity_nn_chance"] == 1.0
     assert r["envelope_db"] >= 0 and r["envelope_db_codec"] >= 0
+    # 0.5 s notes have no note-off at 3 s to compare releases after: no figure, not a guess.
+    assert r["release_db"] is None and r["release_db_codec"] is None
     # The same notes rendered at their instrument's point (its notes' mean point).
     ai = r["at_instrument_point"]
-    assert ai["identity_nn"] == 1.0 and ai["envelope_db"] >= 0
+    assert ai["identity_nn"] == 1.0 and ai["envelope_db"] >= 0 and ai["release_db"] is None
     assert ai["mrstft_generated"] > r["codec_mrstft"] and ai["mse_transformer"] > 0
     assert "at the instruments' points" in report.read_text()
     ms = r["map_spread"]

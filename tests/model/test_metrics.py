@@ -161,6 +161,25 @@ def test_envelope_error_is_the_level_difference_in_db() -> None:
     assert M.levels_db(silent_tail, SR)[-1] == M.ENVELOPE_FLOOR_DB
 
 
+def test_release_error_compares_the_levels_after_the_note_off() -> None:
+    """Identical releases at any gain score 0; a tone that keeps sounding against one that
+    stops at the note-off scores the floor's 60 dB; a release decaying 20 dB per 100 ms
+    against a held tone scores the 300 ms window's last level (about 60 dB less the first
+    window's 10 ms); notes too short for the window give None."""
+    t = np.arange(int(4.0 * SR)) / SR
+    tone = np.sin(2 * np.pi * 220.0 * t)
+    off_s = 3.0
+    stop = tone * (t < off_s)
+    fall = tone * np.where(t < off_s, 1.0, 10 ** (-(t - off_s) / 0.1))  # 20 dB / 100 ms
+    assert M.release_error_db(fall, fall, SR, off_s) == pytest.approx(0.0, abs=1e-9)
+    assert M.release_error_db(fall, 0.05 * fall, SR, off_s) == pytest.approx(0.0, abs=1e-6)
+    assert M.release_error_db(stop, tone, SR, off_s) == pytest.approx(-M.RELEASE_FLOOR_DB)
+    env = M.release_envelope_db(fall, int(off_s * SR), SR)
+    assert env[0] > -3.0 and env[10] == pytest.approx(-20.0 - 2.0, abs=1.5)
+    assert 50.0 < M.release_error_db(fall, tone, SR, off_s) < 60.0
+    assert M.release_error_db(fall[: int(3.2 * SR)], tone, SR, off_s) is None
+
+
 def test_spectral_centroid_and_identity_keys() -> None:
     t = np.arange(SR) / SR
     assert M.spectral_centroid_hz(np.sin(2 * np.pi * 1000 * t), SR) == pytest.approx(1000, rel=0.01)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pgesam_live.errors import ConfigError
+from pgesam_live.model.metrics import release_envelope_db
 from pgesam_live.render.loop import (
     Playhead,
     Sustain,
@@ -16,7 +17,6 @@ from pgesam_live.render.loop import (
     estimate_period,
     held_output,
     level_db,
-    release_envelope_db,
     release_error_db,
     seam_figures,
 )
