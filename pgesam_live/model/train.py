@@ -68,6 +68,7 @@ from pgesam_live.model.parallel import (
     make_transformer,
 )
 from pgesam_live.model.remap import move_decoder_to_map
+from pgesam_live.model.soundfont import NOTE_HOLD_S
 from pgesam_live.model.transformer import DECODERS
 from pgesam_live.model.vae import TimbreVAE, VAEConfig, vae_losses
 from pgesam_live.notes import parse_pitch_span
@@ -111,7 +112,7 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 # Defaults of the parallel decoder's loss options (TrainOptions.loss_value).
 LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
                  "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0,
-                 "log_dist_weight": 0.0, "instrument_points": 0.0}
+                 "log_dist_weight": 0.0, "instrument_points": 0.0, "release_weight": 0.0}
 
 
 def _opt_int(v: Any) -> int | None:
@@ -182,6 +183,9 @@ class TrainOptions:
     loudness_weight: float | None = None
     # Parallel decoder, harmonic codec: weight of log_distribution_loss (0 = off).
     log_dist_weight: float | None = None
+    # Parallel decoder, harmonic codec: weight of release_loudness_loss, the loudness error
+    # over the first RELEASE_WINDOW_S after the training notes' note-off (0 = off).
+    release_weight: float | None = None
     # Parallel decoder: the share of training notes conditioned on their instrument's point
     # (the mean of its notes' VAE means: the training point the instrument plays at) instead
     # of the note's own VAE mean (0 = off, the paper's). The notes of one instrument scatter
@@ -264,7 +268,7 @@ class TrainOptions:
         for name, top in (("delta_weight", 100.0), ("spectral_weight", 100.0),
                           ("point_noise", 1.0), ("pitch_weight", 1e5),
                           ("loudness_weight", 1e5), ("log_dist_weight", 100.0),
-                          ("instrument_points", 1.0)):
+                          ("instrument_points", 1.0), ("release_weight", 1e5)):
             v = g(name)
             if v is not None and not 0.0 <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
@@ -324,6 +328,7 @@ class TrainOptions:
             pitch_weight=_opt_float(g("pitch_weight")),
             loudness_weight=_opt_float(g("loudness_weight")),
             log_dist_weight=_opt_float(g("log_dist_weight")),
+            release_weight=_opt_float(g("release_weight")),
             instrument_points=_opt_float(g("instrument_points")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
@@ -332,7 +337,7 @@ class TrainOptions:
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
         """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight,
-        loudness_weight, log_dist_weight, instrument_points): given,
+        loudness_weight, log_dist_weight, release_weight, instrument_points): given,
         else the resumed run's, else LOSS_DEFAULTS."""
         given = getattr(self, name)
         if given is not None:
@@ -1257,6 +1262,8 @@ def parallel_loss(pred: torch.Tensor, x: torch.Tensor, codec: Codec, chan_w: tor
         loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(pred, x, codec)
     if loss_opts["log_dist_weight"] > 0:
         loss = loss + loss_opts["log_dist_weight"] * log_distribution_loss(pred, x, codec)
+    if loss_opts.get("release_weight", 0.0) > 0:
+        loss = loss + loss_opts["release_weight"] * release_loudness_loss(pred, x, codec)
     return loss
 
 
@@ -1425,6 +1432,32 @@ def audible_frame_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec,
         if delta_weight > 0:
             loss = loss + delta_weight * ((p_x.diff(dim=1) - t_x.diff(dim=1)) ** 2 * w_x).mean()
     return loss
+
+
+# release_loudness_loss: the window after the training notes' note-off (NOTE_HOLD_S) that it
+# weighs; the held-note bench compares releases over their first 300 ms.
+RELEASE_WINDOW_S = 0.4
+
+
+def release_loudness_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
+                          ) -> torch.Tensor:
+    """The loudness error over the release: frames [B, T, D] of the harmonic codec.
+
+    The mean squared loudness error (normalised units, floored as audible_frame_loss floors
+    it) over the RELEASE_WINDOW_S after the data set's note-off at NOTE_HOLD_S. A release is
+    a tenth of a note's frames, so in the whole-note mean a release blurred over 300 ms costs
+    little while a performer hears it on every key let go. 0 for other codecs, or for notes
+    shorter than the note-off."""
+    if not isinstance(codec, HarmonicCodec):
+        return pred.new_zeros(())
+    start = codec.frames_for(NOTE_HOLD_S)
+    stop = min(target.shape[1], start + codec.frames_for(RELEASE_WINDOW_S))
+    if stop <= start:
+        return pred.new_zeros(())
+    loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
+    p, t = pred[:, start:stop, 1], target[:, start:stop, 1]
+    err = torch.where(t > loud_floor, p - t, F.relu(p - loud_floor))
+    return (err ** 2).mean()
 
 
 LOG_DIST_FLOOR_DB = -60.0  # log_distribution_loss: harmonic shares floored here (re total)

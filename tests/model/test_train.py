@@ -562,6 +562,37 @@ def test_log_distribution_loss_weighs_a_weak_harmonic_by_its_level() -> None:
     assert float(T.log_distribution_loss(high, t, codec)) < 1e-6
 
 
+def test_release_loudness_loss_counts_only_the_release_window() -> None:
+    """An error in the 0.4 s after the note-off (3 s) costs; the same error before it, or
+    after the window, costs nothing; below the floor only overshoot counts; a note shorter
+    than its note-off costs nothing."""
+    from pgesam_live.model.codec import HarmonicCodec
+
+    codec = HarmonicCodec()
+    t = torch.zeros(2, 300, codec.dim)
+    t[..., 1] = 0.6
+    assert float(T.release_loudness_loss(t, t, codec)) == 0.0
+    off = codec.frames_for(3.0)
+    win = codec.frames_for(T.RELEASE_WINDOW_S)
+    for a, b, costs in ((off, off + win, True), (0, off, False), (off + win, 300, False)):
+        p = t.clone()
+        p[:, a:b, 1] += 0.05
+        got = float(T.release_loudness_loss(p, t, codec))
+        assert (got == pytest.approx(0.05 ** 2, rel=1e-4)) if costs else got == 0.0
+    floor = (T.LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
+    quiet = t.clone()
+    quiet[..., 1] = floor - 0.1  # the original is silent after its note-off
+    under, over = quiet.clone(), quiet.clone()
+    under[..., 1] -= 0.1
+    over[:, off:off + win, 1] = floor + 0.1
+    assert float(T.release_loudness_loss(under, quiet, codec)) == 0.0
+    assert float(T.release_loudness_loss(over, quiet, codec)) == pytest.approx(0.01, rel=1e-4)
+    assert float(T.release_loudness_loss(t[:, :off], t[:, :off] + 1, codec)) == 0.0
+    with pytest.raises(ConfigError, match="--release-weight must be in"):
+        T.TrainOptions.from_namespace(train_args("transformer", Path("d"), Path("o"),
+                                                 "--release-weight", "-1"))
+
+
 def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
         data_dir: Path, tmp_path: Path) -> None:
     """`--decoder parallel`: a new Transformer run on a VAE, the audible loss (with the
@@ -582,7 +613,7 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
                                   "point_noise": 0.02, "pitch_weight": 300.0,
                                   "loudness_weight": 40.0, "log_dist_weight": 0.0,
-                                  "instrument_points": 0.0}
+                                  "instrument_points": 0.0, "release_weight": 0.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
