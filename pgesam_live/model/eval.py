@@ -37,6 +37,7 @@ from pgesam_live.model.data import (
     load_frames,
     read_split,
 )
+from pgesam_live.model.soundfont import NOTE_HOLD_S  # the data set's note-off: release_db's
 
 DEFAULT_MAX_NOTES = 240  # generated notes for the audio figures (deterministic subsample)
 
@@ -311,7 +312,7 @@ def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.nda
         env_gen.append(metrics.envelope_error_db(originals[j], audio[j], sr))
         env_rt.append(metrics.envelope_error_db(originals[j], rt[j], sr))
         for out, wave in ((rel_gen, audio[j]), (rel_rt, rt[j])):
-            err = metrics.release_error_db(originals[j], wave, sr, NOTE_OFF_S)
+            err = metrics.release_error_db(originals[j], wave, sr, NOTE_HOLD_S)
             if err is not None:
                 out.append(err)
     return {"identity_nn": float(np.mean(own_gen)), "identity_nn_codec": float(np.mean(own_rt)),
@@ -321,9 +322,6 @@ def _identity_and_envelope(fs: FrameSet, idx: np.ndarray, originals: list[np.nda
             "release_db_codec": float(np.median(rel_rt)) if rel_rt else None}
 
 
-# The note-off of an NSynth note (and of `dataset soundfont`'s: 3 s held, 1 s release), where
-# release_db compares a generated note's release with its original's.
-NOTE_OFF_S = 3.0
 MAP_GRID = 5
 MAP_PITCH = 60  # C4
 

@@ -299,8 +299,9 @@ RELEASE_HOP_S = 0.01
 RELEASE_WIN_S = 0.02
 
 
-def _rms_db(x: np.ndarray) -> float:
+def level_db(x: np.ndarray) -> float:
     """RMS level of x in dB re full scale (-200 for silence)."""
+    x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return -200.0
     return float(10.0 * np.log10(np.mean(x * x) + 1e-20))
@@ -314,9 +315,9 @@ def release_envelope_db(x: np.ndarray | torch.Tensor, off: int, sample_rate: int
     x = _as_numpy(x).astype(np.float64)
     hop = int(round(RELEASE_HOP_S * sample_rate))
     win = int(round(RELEASE_WIN_S * sample_rate))
-    ref = _rms_db(x[max(0, off - win): off])
+    ref = level_db(x[max(0, off - win): off])
     n = int(round(span_s / RELEASE_HOP_S))
-    lev = np.array([_rms_db(x[off + i * hop: off + i * hop + win]) for i in range(n)])
+    lev = np.array([level_db(x[off + i * hop: off + i * hop + win]) for i in range(n)])
     return np.maximum(lev - ref, RELEASE_FLOOR_DB)
 
 

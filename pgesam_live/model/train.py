@@ -1262,7 +1262,7 @@ def parallel_loss(pred: torch.Tensor, x: torch.Tensor, codec: Codec, chan_w: tor
         loss = loss + loss_opts["spectral_weight"] * decoded_spectral_loss(pred, x, codec)
     if loss_opts["log_dist_weight"] > 0:
         loss = loss + loss_opts["log_dist_weight"] * log_distribution_loss(pred, x, codec)
-    if loss_opts.get("release_weight", 0.0) > 0:
+    if loss_opts["release_weight"] > 0:
         loss = loss + loss_opts["release_weight"] * release_loudness_loss(pred, x, codec)
     return loss
 

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.signal import correlate
 
 from pgesam_live.errors import ConfigError
-from pgesam_live.model.metrics import RELEASE_COMPARE_S, release_envelope_db
+from pgesam_live.model.metrics import RELEASE_COMPARE_S, level_db, release_envelope_db
 
 HOLD_S = 3.0             # the render's hold before its release (model/soundfont.NOTE_HOLD_S)
 HOLD_FRACTION = 0.75     # ... of its 4 s: a note re-pitched (longer or shorter) keeps it
@@ -50,14 +50,6 @@ NO_LOOP_BELOW_DB = -60.0  # a note this far below its peak at the loop end is no
 END_FADE_S = 0.005       # the last samples of a release, faded (a render's edge never clicks)
 ENV_HOP_S = 0.01
 ENV_WIN_S = 0.02
-
-
-def level_db(x: np.ndarray) -> float:
-    """RMS level of x in dB re full scale (-200 for silence)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return -200.0
-    return float(10.0 * np.log10(np.mean(x * x) + 1e-20))
 
 
 def envelope_db(x: np.ndarray, sample_rate: int, hop_s: float = ENV_HOP_S,
