@@ -178,10 +178,15 @@ class OfflineRig:
         if self.progress is None:
             self.audio.advance_to(t_s)
             return
-        # In steps of a second, so the bar moves through a long stretch.
+        # In steps of a second, so the bar moves through a long stretch. `advance_to` stops
+        # at the block that reaches t_s within a rounding tolerance, so a t_s a hair past a
+        # block boundary (0.1 added up) may stay above time_s(): stop when a step moved nothing.
         while self.audio.time_s() < t_s:
-            self.audio.advance_to(min(t_s, self.audio.time_s() + 1.0))
+            before_s = self.audio.time_s()
+            self.audio.advance_to(min(t_s, before_s + 1.0))
             self.progress.update(max(0.0, self.audio.time_s() - self.progress.n))
+            if self.audio.time_s() == before_s:
+                break
 
     def run_to_end(self, from_s: float, max_s: float, ring_out_max_s: float = RING_OUT_MAX_S
                    ) -> float:

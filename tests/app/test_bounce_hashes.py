@@ -122,3 +122,32 @@ def test_a_bounce_reuses_the_disk_note_cache_and_sounds_the_same(tmp_path: Path)
     assert rendered[0] >= 3 and rendered[1] == 0
     assert np.array_equal(outs[0], outs[1])
     assert list((tmp_path / "cache" / "notes").rglob("*.npy"))
+
+
+def test_a_bounce_ends_at_a_time_a_hair_past_a_block_boundary() -> None:
+    """`render` and `replay --out` step time by adding 0.1 s (0.1 * 3.2 comes out as
+    0.32000000000000006): a target a rounding error past a block boundary must end the run,
+    not spin for ever waiting for a block that `advance_to` rightly does not compute."""
+    import signal
+
+    from tests.fakes import FakeSynth
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("run_until spun without advancing")
+
+    rig = OfflineRig(Settings().replace(audio="offline", patch_dir=PATCH_DIR),
+                     synth=FakeSynth(24000))
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        rig.bar(None, "test")
+        block_s = rig.audio.buffer_size / rig.audio.sample_rate
+        t_s = 25 * block_s + 1e-12  # a hair past the 25th block's end
+        rig.run_until(t_s)
+        assert rig.audio.time_s() == pytest.approx(25 * block_s)
+        end_s = rig.run_to_end(0.1 * 3.2, 0.1 * 3.2 + 0.3)
+        assert end_s >= 0.32
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        rig.close()
