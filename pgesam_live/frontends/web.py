@@ -371,7 +371,13 @@ class WebServer:
     async def _post_cmd(self, request: Any) -> Any:
         from aiohttp import web  # noqa: PLC0415
 
-        raw = await request.text()
+        try:
+            raw = (await request.read()).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return web.json_response({"error": f"the body is not UTF-8 text ({exc.reason} at "
+                                               f"byte {exc.start}): send the command line, "
+                                               "or JSON {\"cmd\": LINE}, as UTF-8"},
+                                     status=400)
         line: Any = raw
         if request.content_type == "application/json":
             try:

@@ -162,6 +162,20 @@ def test_a_foreign_or_missing_origin_is_refused(served: Served) -> None:
     assert served.engine.submitted == [("web", "tempo 91", None)]
 
 
+def test_a_post_that_is_not_utf8_is_answered_not_crashed(served: Served) -> None:
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(served.base + "/cmd", data=b"\xff\xfe\x00",
+                                 headers={"Origin": served.base}) as r:
+                assert r.status == 400
+                assert "not UTF-8" in (await r.json())["error"]
+            async with http.post(served.base + "/cmd", data="tempo 92".encode(),
+                                 headers={"Origin": served.base}) as r:
+                assert r.status == 200  # and the page goes on answering
+    run(go())
+    assert served.engine.submitted == [("web", "tempo 92", None)]
+
+
 def test_beyond_loopback_every_request_needs_the_token() -> None:
     s = Served(require_token=True, token="s3cret")
     try:
