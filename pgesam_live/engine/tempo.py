@@ -25,7 +25,9 @@ class TempoMap:
 
     def set(self, beat: float, bpm: float) -> None:
         """Tempo ``bpm`` from ``beat`` on (replacing a change at the same beat; later
-        changes stay)."""
+        changes stay). A change before beat 0 (asked for during a fresh clock's pre-roll)
+        takes effect at beat 0, replacing the tempo the clock was started with."""
+        beat = max(0.0, float(beat))
         self.changes = [c for c in self.changes if c[0] != beat]
         self.changes.append((beat, float(bpm)))
         self.changes.sort(key=lambda c: c[0])

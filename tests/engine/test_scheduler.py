@@ -758,3 +758,17 @@ def test_a_held_note_started_on_a_fallback_moves_to_its_own_render_when_it_comes
     assert held.follows == [(60, 0.0, 0.0)]
     rig.run(0.4)
     assert len(held.follows) == 1  # once
+
+
+def test_a_tempo_set_during_a_fresh_loads_pre_roll_is_kept() -> None:
+    """`load P` then `tempo 20` at once: the clock's beat 0 is still a pre-roll away (the
+    next beat is -1), and the tempo typed last must be the one that plays, not the patch's."""
+    rig = Rig(tempo_bpm=120, preroll_s=1.0)
+    rig.run(0.5)
+    rig.sched.load_patch(patch("tempo: 100\nevents: [{at: 0, note: C2}, {at: 8, note: D2}]"))
+    assert rig.sched.committed_beat() < -1.0
+    assert rig.sched.set_tempo(20) == 0.0
+    rig.run(8.0)
+    assert rig.sched.tempo.changes == [(0.0, 20.0)]
+    assert rig.sched.status()["tempo_bpm"] == 20
+    assert rig.sched.tempo.bpm_at(rig.sched.committed_beat()) == 20.0
