@@ -94,3 +94,21 @@ def test_a_pads_xy_lands_on_the_engines_map_region() -> None:
             assert rig.engine.snapshot()["point"] == pytest.approx(list(want), abs=1e-4)
     finally:
         rig.close()
+
+
+def test_the_readme_names_the_bundled_models_region() -> None:
+    """A pad's `xy U V` spans this region; the README tells performers where it is."""
+    import re
+    from pathlib import Path
+
+    from pgesam_live.model.checkpoints import meta_from_payload, read_model_payload, \
+        resolve_model
+
+    meta = meta_from_payload(read_model_payload(resolve_model("default"))[0])
+    r = region_of(meta.training_points)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    stated = re.findall(r"`x (\S+) \.\. (\S+),\s+y (\S+) \.\. (\S+)` for the bundled", readme)
+    assert stated, "the README no longer states the bundled model's region"
+    for s in stated:
+        assert tuple(float(v) for v in s) == pytest.approx(
+            (r.x_min, r.x_max, r.y_min, r.y_max), abs=0.006)
