@@ -132,6 +132,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     from pgesam_live.frontends.seam import FrontView  # noqa: PLC0415
     view = FrontView(engine, journal_path=journal.path)
     started = False
+    interrupted = False  # Ctrl-C or a signal ended the session
     _stop_on_signals()
     try:
         journal.on_error = engine.message
@@ -192,8 +193,12 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             while not idle.wait(0.5):
                 pass
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
+        # An export still rendering is finished before the session ends (Ctrl-C: cancelled,
+        # and said so); after Ctrl-C or a signal ended the session, cancelled at once.
+        engine.finish_exports(lambda text: print(text, flush=True),
+                              wait=not interrupted and sys.exc_info()[0] is None)
         if web is not None:
             web.close()
         if osc is not None:

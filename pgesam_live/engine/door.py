@@ -199,6 +199,7 @@ class Engine(NameChecks, StateViews, Exports):
         self.clock = clock
         self.voices = voices
         self.cache = cache
+        self.exports_started = []  # engine/exports.py
         self.renderer = renderer
         self.model = model
         self.patch_dir = Path(patch_dir)

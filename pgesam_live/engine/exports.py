@@ -36,6 +36,8 @@ class Exports:
     export_dir: Path = Path("sessions")
     #: tests: a picklable function building the synth in the export's process
     export_synth_factory: Callable[[], Any] | None = None
+    #: every export this engine started (the Engine's __init__ makes the list)
+    exports_started: list[_Export]
 
     # The Engine's own (engine/door.py, engine/names.py).
     resolve_point: Callable[[str], tuple[float, float]]
@@ -53,7 +55,33 @@ class Exports:
         except PgesamError as e:
             return Reply(False, str(e))
         job.start()
+        self.exports_started.append(job)
         return Reply(True, f"export: rendering {len(job.pitches)} notes into {job.out_dir}")
+
+    def exports_running(self) -> list[_Export]:
+        """The exports started from this engine that have not finished."""
+        return [x for x in self.exports_started if not x.job.done.is_set()]
+
+    def finish_exports(self, say: Callable[[str], None], wait: bool = True) -> None:
+        """At the end of a session: wait for the exports still rendering (`wait`; Ctrl-C
+        stops waiting), then cancel what is left, saying for each what its folder holds, so
+        quitting never drops an export without a word."""
+        running = self.exports_running()
+        try:
+            for x in running if wait else []:
+                done, total = x.job.progress
+                say(f"export {x.name}: {done} of {total or len(x.pitches)} notes rendered; "
+                    "finishing it before quitting (Ctrl-C cancels it)")
+                x.job.wait()
+        except KeyboardInterrupt:
+            pass
+        for x in self.exports_running():
+            x.cancelled = True
+            x.job.cancel()
+            x.job.wait(5.0)
+            done = x.job.progress[0]
+            say(f"export {x.name} cancelled at {done} of {len(x.pitches)} notes: {x.out_dir} "
+                "holds no SFZ; run the export again")
 
     def _export_job(self, point: str | tuple[float, float] | None,
                     out_dir: str | Path | None, pitches: Sequence[int] | None, src: str,
@@ -96,6 +124,7 @@ class _Export:
                  name: str) -> None:
         self.e, self.out_dir, self.pitches, self.name = e, out_dir, pitches, name
         self._last = -1
+        self.cancelled = False  # by the session's end: finish_exports says so, once
         self._lock = threading.Lock()
         self.job = ExportJob(x, y, out_dir, model=e.export_model, device=e.export_device,
                              pitches=pitches, name=name, seed=int(e.scheduler.seed),
@@ -110,6 +139,8 @@ class _Export:
                      "sfz": None, "error": None})
 
     def _done(self, sfz: Path | None, error: str | None) -> None:
+        if self.cancelled:
+            return
         total = len(self.pitches)
         self.e.emit({"kind": "export", "name": self.name, "done": total if sfz else 0,
                      "total": total, "sfz": str(sfz) if sfz else None, "error": error})

@@ -169,7 +169,7 @@ def test_a_post_that_is_not_utf8_is_answered_not_crashed(served: Served) -> None
                                  headers={"Origin": served.base}) as r:
                 assert r.status == 400
                 assert "not UTF-8" in (await r.json())["error"]
-            async with http.post(served.base + "/cmd", data="tempo 92".encode(),
+            async with http.post(served.base + "/cmd", data=b"tempo 92",
                                  headers={"Origin": served.base}) as r:
                 assert r.status == 200  # and the page goes on answering
     run(go())

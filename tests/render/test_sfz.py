@@ -224,3 +224,46 @@ def test_a_decaying_sound_keeps_decaying_while_held_and_releases_at_its_own_rate
     slope = (env[450] - env[350]) / 1.0  # 3.5 s .. 4.5 s: past the render's release onset
     assert slope == pytest.approx(-10.0, abs=1.5)
     assert s.release_s == pytest.approx(0.35 * 100 / 60, rel=0.25)
+
+
+class SlowFakeSynth(HeldFakeSynth):
+    """Takes its time: an export of it is still rendering when the session ends."""
+
+    def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
+        time.sleep(3.0)
+        return super().render(points, pitches, seed)
+
+
+def make_slow_synth() -> SlowFakeSynth:
+    return SlowFakeSynth()
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_an_export_running_when_the_session_ends_is_finished_or_said_cancelled(
+        tmp_path: Path, wait: bool) -> None:
+    """`export` then `quit`: the session waits for the export (or, after Ctrl-C, cancels
+    it) and says so; never an empty folder without a word."""
+    from pgesam_live.app.build import OfflineRig
+    from pgesam_live.settings import Settings
+
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=HeldFakeSynth())
+    e = rig.engine
+    e.export_dir = tmp_path / "sessions"
+    e.export_synth_factory = make_slow_synth
+    said: list[str] = []
+    try:
+        assert e.start_export(pitches=[60], name="late").ok
+        assert [x.name for x in e.exports_running()] == ["late"]
+        e.finish_exports(said.append, wait=wait)
+        assert e.exports_running() == []
+        sfz = tmp_path / "sessions" / "export-late" / "late.sfz"
+        if wait:
+            assert "finishing it before quitting" in said[0] and len(said) == 1
+            assert sfz.is_file()
+        else:
+            assert said == [f"export late cancelled at 0 of 1 notes: {sfz.parent.resolve()} "
+                            "holds no SFZ; run the export again"]
+            assert not sfz.exists()
+    finally:
+        rig.close()

@@ -101,8 +101,11 @@ def test_the_readme_names_the_bundled_models_region() -> None:
     import re
     from pathlib import Path
 
-    from pgesam_live.model.checkpoints import meta_from_payload, read_model_payload, \
-        resolve_model
+    from pgesam_live.model.checkpoints import (
+        meta_from_payload,
+        read_model_payload,
+        resolve_model,
+    )
 
     meta = meta_from_payload(read_model_payload(resolve_model("default"))[0])
     r = region_of(meta.training_points)
