@@ -14,6 +14,7 @@ from pgesam_live.notes import (
 )
 from pgesam_live.vocab.commands import (
     NAME_RE,
+    STEP_MAX_BEATS,
     XY_LIMIT,
     Command,
     parse_line,
@@ -23,9 +24,6 @@ FORMAT_VERSION = 1
 
 
 GATE_MAX = 16.0         # gate > 1 overlaps the next step (legato pads); 16 steps is plenty
-
-
-STEP_MAX_BEATS = 64.0
 
 
 DEFAULT_TEMPO_BPM = 120.0

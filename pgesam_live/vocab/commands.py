@@ -11,6 +11,7 @@ Argument kinds (ranges are inclusive unless noted):
   velocity  float in [0, 1]
   bpm       float in [20, 400]
   beats     float > 0 (at most 1024)
+  step      float > 0 (at most 64): a sequence's beats per step
   seconds   float > 0 (at most 60)
   lookahead float in [0.01, 5] seconds
   gain      float in [0, 2], linear master gain (1 = unity)
@@ -49,6 +50,7 @@ XY_LIMIT = 1.5            # the latent plane is nominally [-1, 1]; a little over
 TEMPO_MIN_BPM = 20.0
 TEMPO_MAX_BPM = 400.0
 BEATS_MAX = 1024.0        # a length or glide in beats
+STEP_MAX_BEATS = 64.0     # a sequence's step (the same in a patch and at the REPL)
 SECONDS_MAX = 60.0        # a note length in seconds
 LOOKAHEAD_MIN_S = 0.01
 LOOKAHEAD_MAX_S = 5.0
@@ -209,7 +211,7 @@ _SPECS: list[Spec] = [
          "end a held note (a MIDI note off): `release C4`"),
     Spec("seq", (Form((Arg("name", "name", "a new or running sequence's name"),
                        Arg("notes", "notes", 'quoted note string, e.g. "C4 E4 [G4 B4] ~"'),
-                       Arg("step", "beats", "beats per step", optional=True,
+                       Arg("step", "step", "beats per step", optional=True,
                            default=DEFAULT_STEP_BEATS),
                        Arg("vel", "velocity", "velocity 0..1", default=0.8, keyword="vel"),
                        Arg("gate", "gate", "note length as a fraction of the step "
@@ -290,6 +292,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "velocity": (0.0, 1.0, False),
     "bpm": (TEMPO_MIN_BPM, TEMPO_MAX_BPM, False),
     "beats": (0.0, BEATS_MAX, True),
+    "step": (0.0, STEP_MAX_BEATS, True),
     "seconds": (0.0, SECONDS_MAX, True),
     "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
     "gain": (0.0, GAIN_MAX, False),
