@@ -298,12 +298,28 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"pgesam-live: warning: {message}\n"
 
 
+def _command_first(ap: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """Arguments that start with an option: `play`'s (`pgesam-live --web-port 9000`), or
+    common options written before the command's name (`pgesam-live --model M doctor` ->
+    `doctor --model M`)."""
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    commands: dict[str, argparse.ArgumentParser] = dict(sub.choices)
+    takes_value = {o for a in commands["play"]._actions if a.nargs != 0
+                   for o in a.option_strings}
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in takes_value else 1  # (`--opt=value` is one word)
+    if i < len(args) and args[i] in commands and args[i] != "play":
+        return [args[i], *args[:i], *args[i + 1:]]
+    return ["play", *args]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PYO_GUI_WX", "0")
     ap = build_parser()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
-        args = ["play", *args]
+        args = _command_first(ap, args)
     ns = ap.parse_args(args)
     if ns.cmd is None:
         ap.print_help()

@@ -291,3 +291,23 @@ def test_map_without_out_writes_a_default_picture(
     assert main(["map"]) == 0
     made = list(tmp_path.glob("map-*.png"))
     assert len(made) == 1 and made[0].stat().st_size > 1000
+
+
+def test_common_options_before_the_command_name_go_to_that_command(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`pgesam-live --model M doctor` is `doctor --model M`, not a patch named "doctor";
+    options alone stay the instrument's (`play`)."""
+    from pgesam_live.cli import _command_first
+
+    ap = build_parser()
+    assert _command_first(ap, ["--model", "m.pt", "doctor"]) == ["doctor", "--model", "m.pt"]
+    assert _command_first(ap, ["--device", "cpu", "note", "glass", "C4", "--out", "n.wav"]) \
+        == ["note", "--device", "cpu", "glass", "C4", "--out", "n.wav"]
+    assert _command_first(ap, ["--model=m.pt", "--no-web", "map", "--json"]) == \
+        ["map", "--model=m.pt", "--no-web", "--json"]
+    assert _command_first(ap, ["--web-port", "9000"]) == ["play", "--web-port", "9000"]
+    assert _command_first(ap, ["--model", "m.pt", "morph"]) == ["play", "--model", "m.pt",
+                                                                 "morph"]
+    assert main(["--model", "no-such-model.pt", "map", "--json"]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-model.pt" in err and "no patch" not in err
