@@ -125,7 +125,8 @@ def bind_problem(host: str, port: int, exc: OSError) -> str:
     else:
         fix = "give --web-host an address of this machine (127.0.0.1, or 0.0.0.0 for every " \
               "interface), or --no-web"
-    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    # (an unknown host name is a socket.gaierror: its errno is a resolver code, not errno's)
+    why = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
     return f"web page: cannot listen on {host}:{port} ({why}); {fix}"
 
 

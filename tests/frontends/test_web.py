@@ -445,3 +445,16 @@ def test_beyond_loopback_the_printed_address_carries_the_token_and_status_does_n
     assert server.page_url == f"{server.url}?token={server.token}"
     assert server.token not in server.url and server.url.endswith(":8765/")
     assert not WebServer(FakeEngine(), "127.0.0.1", 8765).needs_token
+
+
+def test_a_bind_failure_is_one_line_naming_the_option() -> None:
+    import errno
+    import socket
+
+    from pgesam_live.frontends.web import bind_problem
+
+    line = bind_problem("nosuchhost.invalid", 8765,
+                        socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert "(Name or service not known)" in line and "--web-host" in line
+    line = bind_problem("127.0.0.1", 8765, OSError(errno.EADDRINUSE, "Address in use"))
+    assert "--web-port" in line and "\n" not in line
