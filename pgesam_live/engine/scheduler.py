@@ -683,6 +683,10 @@ class Scheduler:
         self._held_notes = {}
         self._follow_asked = set()
 
+    def held_keys(self) -> list[int]:
+        """Pitches held now (a key down, `note P V hold` not yet released)."""
+        return sorted(self._held_notes)
+
     def followers(self) -> list[int]:
         """Pitches of the held notes following the point."""
         return sorted(p for p, n in self._held_notes.items() if n.follows)

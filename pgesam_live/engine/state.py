@@ -105,6 +105,7 @@ class StateViews:
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],
             "held_notes": st["held"],  # held notes handed over (a key, a length, a gate)
+            "held_now": self.scheduler.held_keys(),  # the keys held down now
             # notes started from their head while the rest was rendered (render/stream.py)
             "streamed_notes": st["streamed"],
             "following": self.scheduler.followers(),  # held keys following the point

@@ -172,3 +172,22 @@ def test_bad_modes_are_refused_with_the_fix() -> None:
         assert not r.ok and "follow on" in r.text
     finally:
         rig.close()
+
+
+def test_status_says_which_keys_are_held_now_beside_the_running_count() -> None:
+    rig = make_rig()
+    try:
+        e = rig.engine
+        for t, line in [(0.0, "at 0 0"), (0.1, "note C4 0.8 hold"), (0.2, "note E4 0.8 hold"),
+                        (1.0, "release C4")]:
+            assert e.submit(line, src="midi", at_s=t).ok
+        rig.run_until(0.5)
+        assert e.snapshot()["held_now"] == [60, 64]
+        rig.run_until(1.5)
+        st = e.snapshot()
+        assert st["held_now"] == [64] and st["held_notes"] == 2
+        assert e.submit("panic", src="repl").ok
+        rig.run_until(1.7)
+        assert e.snapshot()["held_now"] == []
+    finally:
+        rig.close()
