@@ -32,6 +32,20 @@ def _int_in(lo: int, hi: int, hint: str = "") -> Callable[[str], int]:
     return parse
 
 
+def _lookahead(text: str) -> float:
+    """An argparse type: the look-ahead in seconds, in the REPL's `lookahead` range."""
+    from pgesam_live.vocab.commands import LOOKAHEAD_MAX_S, LOOKAHEAD_MIN_S  # noqa: PLC0415
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not LOOKAHEAD_MIN_S <= value <= LOOKAHEAD_MAX_S:  # (nan fails too)
+        raise argparse.ArgumentTypeError(f"{text}: use {LOOKAHEAD_MIN_S:g}..{LOOKAHEAD_MAX_S:g}"
+                                         " seconds")
+    return value
+
+
 _sample_rate = _int_in(*SAMPLE_RATES_HZ, " Hz (e.g. 44100, 48000)")
 _port = _int_in(1, 65535)
 _positive = _int_in(1, 2**31 - 1)
@@ -85,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, audio=True)
     p.add_argument("--no-repl", action="store_true",
                    help="no prompt: run until interrupted (OSC / MIDI only)")
-    p.add_argument("--lookahead", type=float, default=None, help="look-ahead in seconds")
+    p.add_argument("--lookahead", type=_lookahead, default=None,
+                   help="look-ahead in seconds (as the REPL's `lookahead`)")
     p.set_defaults(func="pgesam_live.app.live:run_play")
 
     p = sub.add_parser("render", help="offline bounce of a patch")

@@ -45,6 +45,8 @@ def test_user_errors_are_one_line_and_exit_1(args: list[str], fragment: str, tmp
     ["note", "0", "0", "60", "--out", "a.wav", "--sample-rate", "0"],
     ["play", "--osc-port", "70000"],
     ["play", "--web-port", "0"],
+    ["play", "--lookahead", "99"],  # as a bad port: a bad option value is bad usage
+    ["play", "--lookahead", "nan"],
     ["map", "--out", "m.png", "--json"],  # not both
 ])
 def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
