@@ -152,7 +152,7 @@ def run_replay(ns: Namespace) -> int:
     except PgesamError as e:
         raise PgesamError(f"{ns.session}:1: header: {e}") from None
     out_path = check_out_path(ns.out, (".wav",)) if ns.out is not None else None
-    if out_path is not None and \
+    if out_path is not None and out_path.is_file() and \
             out_path.resolve() == Path(ns.session).with_suffix(".wav").resolve():
         raise PgesamError(f"--out {ns.out} is the session's own live recording; a bounce "
                           f"never replaces it: choose another name, e.g. "
