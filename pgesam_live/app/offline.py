@@ -18,7 +18,9 @@ from pgesam_live.errors import PgesamError
 
 def _speed(audio_s: float, wall_s: float) -> str:
     """`in 12.3 s (29x real time)`: how fast a bounce went."""
-    return f"in {wall_s:.1f} s ({audio_s / max(wall_s, 1e-6):.0f}x real time)"
+    ratio = audio_s / max(wall_s, 1e-6)
+    return f"in {wall_s:.1f} s ({ratio:.0f}x real time)" if ratio >= 9.5 else \
+        f"in {wall_s:.1f} s ({ratio:.2g}x real time)"  # a slow or busy machine: 0.29x, not 0x
 
 
 def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, float, str]:

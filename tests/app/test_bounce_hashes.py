@@ -151,3 +151,11 @@ def test_a_bounce_ends_at_a_time_a_hair_past_a_block_boundary() -> None:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
         rig.close()
+
+
+def test_a_bounce_slower_than_real_time_says_how_much() -> None:
+    from pgesam_live.app.offline import _speed
+
+    assert _speed(19.9, 69.6) == "in 69.6 s (0.29x real time)"
+    assert _speed(60.0, 2.0) == "in 2.0 s (30x real time)"
+    assert _speed(6.0, 2.0) == "in 2.0 s (3x real time)"
