@@ -41,6 +41,7 @@ class Exports:
 
     # The Engine's own (engine/door.py, engine/names.py).
     resolve_point: Callable[[str], tuple[float, float]]
+    settle: Callable[[], None]
     emit: Callable[[dict[str, Any]], None]
     message: Callable[[str], None]
 
@@ -50,6 +51,9 @@ class Exports:
         """Start exporting `point` (a name, (x, y), or None: the current point) to `out_dir`
         (None: `<export_dir>/export-<name>`); the reply says where, or what is wrong. Never
         raises for bad input."""
+        # The point is read as the lines before this one left it (`at flute` then `export`
+        # piped in one go: the `at` is applied by the next audio block).
+        self.settle()
         try:
             job = self._export_job(point, out_dir, pitches, src, name)
         except PgesamError as e:

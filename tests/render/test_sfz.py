@@ -267,3 +267,39 @@ def test_an_export_running_when_the_session_ends_is_finished_or_said_cancelled(
             assert not sfz.exists()
     finally:
         rig.close()
+
+
+def test_export_takes_the_point_the_lines_before_it_set(tmp_path: Path) -> None:
+    """`at 0.3 0.1` then `export` piped in one go: the export is of (0.3, 0.1), though the
+    `at` is applied only by the next audio block."""
+    import threading
+
+    from pgesam_live.app.build import OfflineRig
+    from pgesam_live.settings import Settings
+
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=HeldFakeSynth())
+    e = rig.engine
+    e.export_dir = tmp_path / "sessions"
+    e.export_synth_factory = make_fake_synth
+    stop = threading.Event()
+
+    def drive() -> None:  # the audio thread: a block every 5 ms
+        while not stop.is_set():
+            rig.run_until(rig.audio.time_s() + 0.005)
+            time.sleep(0.005)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    try:
+        assert e.submit("at 0.5 -0.5").ok
+        driver.start()
+        time.sleep(0.1)
+        for x, y, label in [(0.3, 0.1, "p0.30_p0.10"), (-0.2, 0.4, "m0.20_p0.40")]:
+            assert e.submit(f"at {x} {y}").ok
+            r = e.start_export(pitches=[60])
+            assert r.ok and label in r.text, r.text
+        e.finish_exports(lambda text: None, wait=False)
+    finally:
+        stop.set()
+        driver.join(5)
+        rig.close()
