@@ -47,6 +47,9 @@ DECAY_MIN_DB_PER_S = 3.0  # a steadier level than this is a sustaining sound (a 
 # string's swell measures up to 2 dB/s over a second; a piano's or guitar's decay 7-15)
 SILENT_DB = -100.0       # a decaying held note ends here (re its loop level)
 NO_LOOP_BELOW_DB = -60.0  # a note this far below its peak at the loop end is not looped
+# ... nor one this far below it whose level has stopped falling there: what is left of a
+# struck sound after it decayed (a floor of residue), which a loop would hum on for ever.
+NO_LOOP_FLAT_BELOW_DB = -40.0
 END_FADE_S = 0.005       # the last samples of a release, faded (a render's edge never clicks)
 ENV_HOP_S = 0.01
 ENV_WIN_S = 0.02
@@ -211,6 +214,8 @@ class Sustain:
         t = np.arange(i0, i1) * ENV_HOP_S
         slope = float(np.polyfit(t, env[i0:i1], 1)[0]) if i1 - i0 >= 4 else 0.0
         decay = slope if slope < -DECAY_MIN_DB_PER_S else 0.0
+        if not decay and level_db(tail) < peak_db + NO_LOOP_FLAT_BELOW_DB:
+            return unlooped(period)  # a decayed sound's floor: plays as it is, and ends
         # Flattened copy: a decaying sound at the level of the loop end throughout.
         gain = 10.0 ** (-decay * (np.arange(len(x64)) - le) / sr / 20.0) if decay else 1.0
         flat = x64 * gain

@@ -135,6 +135,19 @@ def test_a_note_that_decays_to_silence_is_not_looped() -> None:
     assert np.all(out[len(x):] == 0)
 
 
+def test_a_struck_sounds_floor_is_not_looped_but_a_quiet_sustain_is() -> None:
+    """A bell decays 58 dB in its first second, then a residue holds at that level: a loop
+    there would hum on for as long as the key is held. A sound whose level holds 20 dB under
+    its attack (a sustain after an accent) still loops."""
+    t = np.arange(4 * SR) / SR
+    struck = note(220.0) * np.maximum(10 ** (-58 * t / 20), 10 ** (-58 / 20)).astype(
+        np.float32)
+    s = Sustain.analyse(struck, SR, 220.0)
+    assert not s.looped and s.silent_after == len(struck)
+    accent = note(220.0) * np.maximum(10 ** (-60 * t / 20), 0.1).astype(np.float32)
+    assert Sustain.analyse(accent, SR, 220.0).looped
+
+
 @pytest.mark.parametrize("hold_s", [0.5, 2.0, 10.0])
 def test_release_follows_the_instruments_release(hold_s: float) -> None:
     """Released after any hold, the note goes into the rendered release (tau 0.15 s), from the
