@@ -420,7 +420,9 @@ class VoicePool:
             v.buf[v.written_end: v.written_end + (until - a)] = \
                 head.read(a - v.onset, until - a) * np.float32(v.gain)
             v.written_end += until - a
-        if end is not None:
+        if end is None:
+            v.end_sample = HELD_FOREVER  # (it may have followed a decaying point, and back)
+        else:
             v.end_sample = v.onset + end
             if v.table_start + v.written_end >= v.end_sample:
                 v.head = None  # all of it is written: it plays out as a one-shot
@@ -445,7 +447,9 @@ class VoicePool:
             self._write_held(v, v.onset + end, block_start)
 
     def _follow_held(self, v: _Voice, at: int, material: Any) -> None:
-        n = v.head.follow(at - v.onset, material)
+        # (what this voice has not written yet is rendered with the moved parts)
+        n = v.head.follow(at - v.onset, material,
+                          read_from=min(at, v.table_start + v.written_end) - v.onset)
         if n is None:
             return
         # Rewritten from where the move starts (after an earlier move's crossfade): what

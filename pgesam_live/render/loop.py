@@ -332,9 +332,11 @@ class Playhead:
         """Samples since the onset after which the note is silent; None: still held."""
         if self.released_at is not None and self._release is not None:
             return self.released_at + len(self._release)
-        last_n, s, off, _ = self._parts[-1]
+        last_n, s, off, xf = self._parts[-1]
         after = s.silent_after
-        return None if after is None else max(last_n, after - off)
+        # A move to a sound that has ended by the note's age (a decayed point) fades out
+        # through the move's crossfade, not at once.
+        return None if after is None else max(last_n + xf, after - off)
 
     def _held(self, n0: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.float32)
@@ -380,31 +382,43 @@ class Playhead:
         self._release = s.release_material(n + off)
         self.released_at = n
 
-    def follow(self, n: int, sustain: Sustain, xfade_s: float = FOLLOW_XFADE_S) -> int | None:
+    def follow(self, n: int, sustain: Sustain, xfade_s: float = FOLLOW_XFADE_S,
+               read_from: int | None = None) -> int | None:
         """From sample n, sound `sustain` (the same pitch at another point) instead, through a
         crossfade of xfade_s; aligned to the sounding waveform within two pitch periods, so
-        the two do not cancel. Ignored once released; a follow before the previous one's
-        crossfade has ended starts when it ends. Returns the sample it starts from (what lies
-        before it is unchanged), None when ignored."""
+        the two do not cancel. Ignored once released. A move that has not begun by n (moves
+        come faster than crossfades: a glide) is replaced by this one, so the timbre never
+        lags the point by more than a crossfade; one whose crossfade is under way finishes
+        first. `read_from`: the earliest sample a voice may still ask for (default n; what it
+        has not written yet), from which on what sounds is kept. Returns the sample the move
+        starts from (what lies before it is unchanged), None when ignored."""
         if self.released_at is not None:
             return None
+        n = int(n)
+        read_from = n if read_from is None else min(n, int(read_from))
+        if len(self._parts) > 1 and self._parts[-1][0] >= n:
+            self._parts = self._parts[:-1]  # a move still to come: this one replaces it
         last_n, _, _, last_xf = self._parts[-1]
-        n = max(int(n), last_n + last_xf)
+        start = max(n, last_n + last_xf)
         xf = max(8, int(xfade_s * self.sample_rate))
-        now = self._held(n, xf).astype(np.float64)
+        now = self._held(start, xf).astype(np.float64)
         span = max(1, int(round(2 * sustain.period))) if sustain.period else 0
         off = 0
         if span and np.any(now):
-            cand = sustain.render(n - span, xf + 2 * span).astype(np.float64)
+            cand = sustain.render(start - span, xf + 2 * span).astype(np.float64)
             if np.any(cand):
                 ncc = _ncc_scan(cand, now)
                 off = int(np.argmax(ncc)) - span
-        # The last part, the one it may still be fading in from (a voice can read again
-        # from its last move on, never before it), and the new one.
-        keep = self._parts[-2:]
-        first = keep[0]
-        self._parts = [(0, first[1], first[2], 0), *keep[1:], (n, sustain, off, xf)]
-        return n
+        # Keep the parts still heard from read_from on: the first kept one has finished
+        # fading in by then, so it may stand alone from sample 0.
+        first = 0
+        for i in range(1, len(self._parts)):
+            if self._parts[i][0] + self._parts[i][3] <= read_from:
+                first = i
+        keep = self._parts[first:]
+        head = keep[0]
+        self._parts = [(0, head[1], head[2], 0), *keep[1:], (start, sustain, off, xf)]
+        return start
 
 
 SEAM_FFT = 1024

@@ -172,7 +172,7 @@ class StreamPlayhead:
                 if self._pending_follow is not None:
                     n, sustain, xfade_s = self._pending_follow
                     self._pending_follow = None
-                    self.follow(max(n, n0), sustain, xfade_s)
+                    self.follow(max(n, n0), sustain, xfade_s, read_from=n0)
                 return self._inner.read(n0, count)
             note = s.note
             assert note is not None
@@ -213,7 +213,8 @@ class StreamPlayhead:
         else:
             self._fade_at = int(n)
 
-    def follow(self, n: int, sustain: Sustain, xfade_s: float | None = None) -> int | None:
+    def follow(self, n: int, sustain: Sustain, xfade_s: float | None = None,
+               read_from: int | None = None) -> int | None:
         """Move to another point's sustain from sample n (a held note whose note has come).
         Asked before the note has come, the head plays on and the move waits: it is made at
         the first read once the note is here (the latest move asked wins; None is returned,
@@ -224,8 +225,8 @@ class StreamPlayhead:
             self._pending_follow = (int(n), sustain, xfade_s)
             return None
         if xfade_s is None:
-            return self._inner.follow(n, sustain)
-        return self._inner.follow(n, sustain, xfade_s)
+            return self._inner.follow(n, sustain, read_from=read_from)
+        return self._inner.follow(n, sustain, xfade_s, read_from=read_from)
 
 
 __all__ = ["HEAD_FRAMES", "NoteStream", "StreamPlayhead", "join_frame", "level_joined",

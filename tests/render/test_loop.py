@@ -10,6 +10,7 @@ import pytest
 from pgesam_live.errors import ConfigError
 from pgesam_live.model.metrics import release_envelope_db
 from pgesam_live.render.loop import (
+    FOLLOW_XFADE_S,
     Playhead,
     Sustain,
     blend,
@@ -179,6 +180,33 @@ def test_follow_crossfades_to_another_timbre_without_a_click() -> None:
     assert clicks(x, 1.5 * own) == 0
     assert level_db(x[-SR:]) - level_db(x[3 * SR: 4 * SR]) == pytest.approx(
         20 * np.log10(0.7), abs=0.5)
+
+
+def test_a_glide_follows_without_lag_or_clicks_as_a_voice_reads_it() -> None:
+    """A glide moves a held note every 64 ms, faster than a move's 80 ms crossfade, while a
+    voice reads ahead block by block (and rewrites from each move). No move may queue behind
+    the others (the timbre lagged the point by seconds), and what the voice has not written
+    yet must still hold the crossfades it needs (dropping them clicked)."""
+    sounds = [Sustain.analyse(note(220.0) * g, SR, 220.0) for g in (1.0, 0.5)]
+    sounds.append(Sustain.analyse(np.roll(note(220.0), 37) * 0.8, SR, 220.0))  # other phase
+    p = Playhead(sounds[0])
+    block, ahead, written, out = 256, 1024, 0, np.zeros(8 * SR, np.float32)
+    last_start = 0
+    for k in range(int(7.5 * SR) // block):
+        now = k * block
+        if now >= SR and k % 6 == 0:  # every 64 ms, from 1 s on
+            at = now + 2 * block
+            start = p.follow(at, sounds[(k // 6) % 3], read_from=min(at, written))
+            assert start is not None and start - at <= int(FOLLOW_XFADE_S * SR)  # no lag
+            last_start = start
+            written = min(written, start)  # the voice rewrites from the move on
+        until = now + block + ahead
+        if until > written:
+            out[written: until] = p.read(written, until - written)
+            written = until
+    assert last_start > 7 * SR - int(0.2 * SR)
+    own = np.abs(np.diff(sounds[0].audio[SR: 2 * SR].astype(np.float64))).max()
+    assert clicks(out[: 7 * SR], 1.5 * own) == 0
 
 
 def test_blend_holds_the_level_for_noise_and_for_a_tone() -> None:
