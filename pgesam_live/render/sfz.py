@@ -21,6 +21,7 @@ let go.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,9 @@ class ExportResult:
 
 def check_export_name(name: str) -> str:
     """A file-name-safe export name, or ConfigError naming the rule."""
-    if not SFZ_NAME_RE.match(name):
-        raise ConfigError(f"export name {name!r}: use 1-64 letters, digits, _ . - (it names "
-                          "the SFZ and its WAV files)")
+    if not SFZ_NAME_RE.match(name) or name[0] in ".-":
+        raise ConfigError(f"export name {name!r}: use 1-64 letters, digits, _ . -, starting "
+                          "with a letter, digit or _ (it names the SFZ and its WAV files)")
     return name
 
 
@@ -154,12 +155,13 @@ def parse_pitch_range(text: str, pitch_range: tuple[int, int]) -> list[int]:
     range; ConfigError naming the forms, or the range, otherwise."""
     span = parse_pitch_span(text)
     if span is None:
+        ends = text.strip().split("-") if text.strip().count("-") == 1 else [text.strip()]
         try:
-            one = parse_pitch(text.strip())
+            pitches = [parse_pitch(e.strip()) for e in ends]  # the end that is wrong, said
         except NoteError as exc:
             raise ConfigError(f"--pitches {text!r}: {exc}; give a span like C3-C5 or 48-72"
                               ) from None
-        span = (one, one)
+        span = (pitches[0], pitches[-1])
     lo, hi = span
     if lo > hi:
         raise ConfigError(f"--pitches {text!r}: the low end is above the high end")
@@ -169,6 +171,11 @@ def parse_pitch_range(text: str, pitch_range: tuple[int, int]) -> list[int]:
         raise ConfigError(f"--pitches {text!r} lies outside the model's range "
                           f"{midi_to_note(mlo)}-{midi_to_note(mhi)} ({mlo}-{mhi}); keys "
                           "beyond it play the nearest sample anyway: choose pitches inside")
+    if len(inside) < hi - lo + 1:
+        warnings.warn(f"--pitches {text}: the model renders {midi_to_note(mlo)}-"
+                      f"{midi_to_note(mhi)}; exporting {midi_to_note(inside[0])}-"
+                      f"{midi_to_note(inside[-1])}, and the SFZ plays keys beyond from the "
+                      "nearest sample", stacklevel=2)
     return inside
 
 

@@ -303,3 +303,16 @@ def test_export_takes_the_point_the_lines_before_it_set(tmp_path: Path) -> None:
         stop.set()
         driver.join(5)
         rig.close()
+
+
+def test_export_names_and_pitch_spans_are_checked_with_the_fix() -> None:
+    from pgesam_live.render.sfz import check_export_name
+
+    for bad in (".", "..", ".hidden", "-x", "a/b", "", "x" * 65):
+        with pytest.raises(ConfigError, match="starting with a letter"):
+            check_export_name(bad)
+    assert check_export_name("warm-pad.v2") == "warm-pad.v2"
+    with pytest.raises(ConfigError, match='"200" is pitch 200'):
+        parse_pitch_range("20-200", (48, 72))
+    with pytest.warns(UserWarning, match="exporting B4-C5"):
+        assert parse_pitch_range("B4-D5", (48, 72)) == [71, 72]
