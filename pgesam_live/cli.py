@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func="pgesam_live.app.offline:run_note")
 
-    p = sub.add_parser("export", help="a point as a multisample: 24-bit WAVs + an SFZ file")
-    p.add_argument("where", nargs="+", metavar="X Y|NAME",
-                   help="map coordinates, or a training instrument's name")
+    p = sub.add_parser("export", help="a point as a multisample: 24-bit WAVs + an SFZ file",
+                       usage="%(prog)s (X Y | NAME) --out DIR [--pitches C3-C5] [options]")
+    p.add_argument("where", nargs="+", metavar="X Y | NAME",
+                   help="one point: map coordinates, or a name (a demo patch's point such "
+                        "as glass, or a training instrument's name as `map --json` lists)")
     p.add_argument("--out", required=True, help="folder for the WAVs and the SFZ")
     p.add_argument("--pitches", default=None,
                    help="e.g. C3-C5 or 48-72 (default: the model's range); keys beyond it "
