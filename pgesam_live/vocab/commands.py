@@ -709,4 +709,6 @@ def help_text(name: str | None = None) -> str:
 
 # What /pgesam/cmd answers for the front-end words (see frontends/osc.py).
 _CMD_REPLIES = {"status": "/pgesam/state", "help": "/pgesam/help", "map": "/pgesam/map",
-                "points": "/pgesam/points", "seqs": "/pgesam/seqs"}
+                "points": "/pgesam/points", "seqs": "/pgesam/seqs",
+                "export": "/pgesam/export, then /pgesam/export/progress and /done or /error "
+                          "(a NAME: into the sessions folder)"}
