@@ -159,7 +159,8 @@ def _check_seq(args: dict[str, Any]) -> None:
 _X = Arg("x", "coord", "timbre x, -1.5..1.5")
 _Y = Arg("y", "coord", "timbre y, -1.5..1.5")
 _VEL_OPT = Arg("vel", "velocity", "velocity 0..1", optional=True, default=0.8)
-_LEN_S_OPT = Arg("len_s", "seconds", "length in seconds (default: the full one-shot)",
+_LEN_S_OPT = Arg("len_s", "seconds", f"length in seconds, at most {SECONDS_MAX:g} (default: "
+                 "the full one-shot; `hold` instead: until `release`, any length)",
                  optional=True)
 
 HOLD_MODES = ("hold", "follow")
@@ -695,6 +696,9 @@ def help_text(name: str | None = None) -> str:
             # (keywords are the REPL's: OSC takes the positionals; the rest via /pgesam/cmd)
             kw = f" (keywords via /pgesam/cmd \"{spec.name} ...\")" if f.keywords else ""
             lines.append(f"  OSC: {' '.join([f.osc, *(a.name for a in f.positionals)])}{kw}")
+        elif spec.journal and any(g.osc for g in spec.forms):
+            form_usage = " ".join([spec.name, *(a.meta for a in f.args)])
+            lines.append(f'  OSC: /pgesam/cmd "{form_usage}"')
     if not any(f.osc for f in spec.forms):
         reply = _CMD_REPLIES.get(name)
         lines.append(f'  OSC: /pgesam/cmd "{name} ..."' if spec.journal and name != "quit" else
