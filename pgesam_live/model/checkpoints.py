@@ -422,13 +422,15 @@ def pack_model(model: Path | str, base: Path | str, directory: Path | str) -> Pa
 
 
 FLOAT16_MAX = 65504.0
+FLOAT16_EPS = 2.0 ** -11  # float16's relative rounding (half an ulp at 1)
 
 
 def halve_model(model: Path | str, directory: Path | str) -> Path:
     """Write `model` (a self-contained model file) with its float32 weights stored as float16
     into `directory` (half the bytes; they load back into float32 modules). A tensor with a
-    value beyond float16's range, or one that rounding would flush from nonzero to zero,
-    stays float32."""
+    value beyond float16's range, or one whose values rounding would flush from nonzero to
+    zero by more than float16's own rounding of its largest value (a tensor of tiny values;
+    not one stray 3e-8 in a matrix of 0.1s), stays float32."""
     model = Path(model)
     obj, _ = read_model_payload(model)
     if obj.get("vae_state") is None or obj.get("transformer_state") is None:
@@ -440,8 +442,10 @@ def halve_model(model: Path | str, directory: Path | str) -> Path:
         for k, v in state.items():
             if v.dtype == torch.float32 and v.numel():
                 h = v.half()
-                fits = float(v.abs().max()) <= FLOAT16_MAX and not bool(
-                    ((h == 0) & (v != 0)).any())
+                flushed = (h == 0) & (v != 0)
+                absmax = float(v.abs().max())
+                fits = absmax <= FLOAT16_MAX and (not bool(flushed.any()) or float(
+                    v[flushed].abs().max()) <= FLOAT16_EPS * absmax)
                 out[k] = h if fits else v
             else:
                 out[k] = v
