@@ -537,6 +537,9 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
     "pgesam_small_harmonic-2a07b441": ("the bundled default before its decoder moved onto a "
                                        "map whose VAE was chosen on the validation split "
                                        "(parallel decoder, map grid)", "1917800"),
+    "pgesam_small_harmonic-82093872": ("the bundled default before its whole decoder was "
+                                       "trained with a loss on the release (parallel decoder, "
+                                       "map grid; the same map)", "f4fb38a"),
 }
 
 
