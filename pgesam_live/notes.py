@@ -28,14 +28,21 @@ _SPAN_RE = re.compile(r"^\s*(?P<lo>[A-Ga-g][#b]?-?\d+|\d+)\s*[-:]\s*"
                       r"(?P<hi>[A-Ga-g][#b]?-?\d+|\d+)\s*$")
 
 
+def span_ends(text: str) -> tuple[str, str] | None:
+    """The two ends of a span as written (`C3-C5` -> ("C3", "C5"), `20-200` -> ("20", "200"),
+    pitches or not); None if `text` is not shaped as a span."""
+    m = _SPAN_RE.match(str(text))
+    return None if m is None else (m.group("lo"), m.group("hi"))
+
+
 def parse_pitch_span(text: str) -> tuple[int, int] | None:
     """`48-72`, `C3-C5` or `C-1:G9` -> (low, high) MIDI, inclusive; None if `text` is not a
     span (a single pitch, or not pitches at all: the caller says what is allowed)."""
-    m = _SPAN_RE.match(str(text))
-    if m is None:
+    ends = span_ends(text)
+    if ends is None:
         return None
     try:
-        return parse_pitch(m.group("lo")), parse_pitch(m.group("hi"))
+        return parse_pitch(ends[0]), parse_pitch(ends[1])
     except NoteError:
         return None
 

@@ -452,8 +452,7 @@ class Scheduler:
         """Change tempo at the next beat (or bar, or the horizon for "now"), keeping every
         earlier beat where it was. Returns the beat the change takes effect."""
         _check_tempo(bpm)
-        beat = max(0.0, self._quantise(quantum))  # in a fresh clock's pre-roll: from beat 0
-        self.tempo.set(beat, bpm)
+        beat = self.tempo.set(self._quantise(quantum), bpm)  # (pre-roll: from beat 0)
         self._request_ahead()
         return beat
 

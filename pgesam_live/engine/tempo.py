@@ -23,10 +23,11 @@ class TempoMap:
             starts.append(starts[-1] + (b1 - b0) * 60.0 / bpm0)
         self._starts_s = starts
 
-    def set(self, beat: float, bpm: float) -> None:
+    def set(self, beat: float, bpm: float) -> float:
         """Tempo ``bpm`` from ``beat`` on (replacing a change at the same beat; later
         changes stay). A change before beat 0 (asked for during a fresh clock's pre-roll)
-        takes effect at beat 0, replacing the tempo the clock was started with."""
+        takes effect at beat 0, replacing the tempo the clock was started with. Returns the
+        beat it takes effect."""
         beat = max(0.0, float(beat))
         self.changes = [c for c in self.changes if c[0] != beat]
         self.changes.append((beat, float(bpm)))
@@ -34,6 +35,7 @@ class TempoMap:
         if self.changes[0][0] > 0.0:  # a change before beat 0 cannot happen; keep beat 0
             self.changes.insert(0, (0.0, self.changes[0][1]))
         self._rebuild()
+        return beat
 
     def remove(self, beat: float, bpm: float) -> None:
         """Undo ``set(beat, bpm)`` if that change is still there (a cancelled patch swap)."""

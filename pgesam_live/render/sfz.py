@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from pgesam_live.errors import ConfigError
-from pgesam_live.notes import NoteError, midi_to_note, parse_pitch, parse_pitch_span
+from pgesam_live.notes import (
+    NoteError,
+    midi_to_note,
+    parse_pitch,
+    parse_pitch_span,
+    span_ends,
+)
 from pgesam_live.render.dsp import normalise_peak
 from pgesam_live.render.loop import (
     LOOP_END_MARGIN_S,
@@ -150,18 +156,27 @@ def decaying_file(sustain: Sustain) -> np.ndarray:
     return x
 
 
+def _bad_end(text: str) -> NoteError | None:
+    """What is wrong with a span's end (`20-200`: 200 is outside MIDI), if `text` is one."""
+    for end in span_ends(text) or ():
+        try:
+            parse_pitch(end)
+        except NoteError as exc:
+            return exc
+    return None
+
+
 def parse_pitch_range(text: str, pitch_range: tuple[int, int]) -> list[int]:
     """`C3-C5`, `48-72` or one pitch (`C4`) -> the MIDI pitches of it within the model's
     range; ConfigError naming the forms, or the range, otherwise."""
     span = parse_pitch_span(text)
     if span is None:
-        ends = text.strip().split("-") if text.strip().count("-") == 1 else [text.strip()]
         try:
-            pitches = [parse_pitch(e.strip()) for e in ends]  # the end that is wrong, said
+            one = parse_pitch(text.strip())
         except NoteError as exc:
-            raise ConfigError(f"--pitches {text!r}: {exc}; give a span like C3-C5 or 48-72"
-                              ) from None
-        span = (pitches[0], pitches[-1])
+            raise ConfigError(f"--pitches {text!r}: {_bad_end(text) or exc}; give a span "
+                              "like C3-C5 or 48-72") from None
+        span = (one, one)
     lo, hi = span
     if lo > hi:
         raise ConfigError(f"--pitches {text!r}: the low end is above the high end")
