@@ -73,6 +73,15 @@ OscReply = tuple[Addr, str, list[Any]]
 
 _MOVE_ADDRESSES = ("/pgesam/xy", "/pgesam/timbre", "/pgesam/point")
 
+ADDRESS_ECHO_CHARS = 120  # an address echoed in an error reply
+ERROR_CHARS = 1000        # an error reply's text (a UDP datagram holds at most 65,507 bytes)
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` with control characters escaped (`\\x1b`), cut to `limit` characters (`...`)."""
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return safe if len(safe) <= limit else safe[:limit - 3] + "..."
+
 
 @dataclass
 class _PendingMove:
@@ -154,10 +163,15 @@ class OscCore:
             except Exception as exc:  # an engine bug must not stop the server
                 self.stats["errors"] += 1
                 replies.append((addr, "/pgesam/error",
-                                [msg.address, f"internal error: {type(exc).__name__}: {exc}"]))
+                                [_clip(msg.address, ADDRESS_ECHO_CHARS),
+                                 _clip(f"internal error: {type(exc).__name__}: {exc}",
+                                       ERROR_CHARS)]))
         return replies
 
     def _error(self, addr: Addr, address: str, message: str) -> list[OscReply]:
+        """Answer `message` about `address`, both clipped (a reply fits one UDP datagram)
+        and with control characters escaped (they reach the performer's terminal)."""
+        address, message = _clip(address, ADDRESS_ECHO_CHARS), _clip(message, ERROR_CHARS)
         self.stats["errors"] += 1
         self._tell(addr, address, message)
         return [(addr, "/pgesam/error", [address, message])]

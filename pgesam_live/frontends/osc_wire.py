@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_FIXED_SIZES = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8,
-                "T": 0, "F": 0, "N": 0, "I": 0, "[": 0, "]": 0}
+# The type tags python-osc parses ('c' and 'I' are OSC too, but it drops them silently).
+_FIXED_SIZES = {"i": 4, "f": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8,
+                "T": 0, "F": 0, "N": 0, "[": 0, "]": 0}
+MAX_BUNDLE_DEPTH = 8  # bundles in bundles: deeper ones are refused, not recursed into
 
 
 def _padded_string_end(data: bytes, start: int) -> int:
@@ -15,7 +17,7 @@ def _padded_string_end(data: bytes, start: int) -> int:
     return start + ((nul - start) // 4 + 1) * 4
 
 
-def strict_problem(data: bytes) -> str | None:
+def strict_problem(data: bytes, depth: int = 0) -> str | None:
     """Why a datagram is not exactly one well-formed OSC packet, or None.
 
     python-osc pads a short final argument with zeros (a truncated /pgesam/note 60 0.5 reads
@@ -25,6 +27,8 @@ def strict_problem(data: bytes) -> str | None:
         if len(data) % 4:
             return f"length {len(data)} is not a multiple of 4 (truncated?)"
         if data.startswith(b"#bundle\0"):
+            if depth >= MAX_BUNDLE_DEPTH:
+                return f"bundles nested deeper than {MAX_BUNDLE_DEPTH}; flatten them"
             pos = 16
             if len(data) < pos:
                 return "bundle header is truncated"
@@ -34,7 +38,7 @@ def strict_problem(data: bytes) -> str | None:
                 size = int.from_bytes(data[pos:pos + 4], "big")
                 if size % 4 or pos + 4 + size > len(data):
                     return f"bundle element of {size} bytes does not fit (truncated?)"
-                inner = strict_problem(data[pos + 4:pos + 4 + size])
+                inner = strict_problem(data[pos + 4:pos + 4 + size], depth + 1)
                 if inner is not None:
                     return inner
                 pos += 4 + size
@@ -58,7 +62,7 @@ def strict_problem(data: bytes) -> str | None:
                 size = int.from_bytes(data[pos:pos + 4], "big")
                 pos += 4 + ((size + 3) // 4) * 4
             else:
-                return f"unknown type tag {tag!r}"
+                return f"type tag {tag!r} is not supported; send i, h, f, d, s or T/F"
             if pos > len(data):
                 return "arguments are truncated"
         if pos != len(data):

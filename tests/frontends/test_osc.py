@@ -196,6 +196,40 @@ def test_every_rejection_is_answered(data: bytes, address: str, fragment: str) -
     assert engine.submitted == []
 
 
+def _nested(depth: int) -> bytes:
+    """/pgesam/hush inside `depth` bundles, each built by hand as the OSC 1.0 spec lays it
+    out ("#bundle", a time tag of 1 = immediately, the element's size, the element)."""
+    data = msg("/pgesam/hush")
+    for _ in range(depth):
+        data = b"#bundle\0" + (1).to_bytes(8, "big") + len(data).to_bytes(4, "big") + data
+    return data
+
+
+def test_hostile_datagrams_are_answered_briefly_and_safely() -> None:
+    """Bundles nested without end are refused (not recursed into), type tags python-osc would
+    drop are named, and an address full of terminal escapes or 60 kB long is echoed escaped
+    and clipped: the reply still fits a datagram and the terminal line cannot clear the
+    screen."""
+    core, engine, _ = make_core()
+    assert errors(core.handle_datagram(_nested(8), A)) == []  # 8 levels: played
+    assert engine.submitted == [("osc", "hush", None)]
+    (err,) = errors(core.handle_datagram(_nested(990), A))
+    assert "nested deeper than 8" in err[1]
+    typed = b"/pgesam/note\0\0\0\0,c\0\0" + (65).to_bytes(4, "big")
+    (err,) = errors(core.handle_datagram(typed, A))
+    assert "type tag 'c' is not supported" in err[1]
+    said: list[str] = []
+    engine.message = said.append  # type: ignore[attr-defined]
+    core.tell_every_s = 0.0  # every error told in the terminal
+    (err,) = errors(core.handle_datagram(msg("/pgesam/\x1b[2J\x1b]0;pwned\x07"), A))
+    assert "\x1b" not in err[0] + err[1] and "\\x1b[2J" in err[0]
+    assert said and "\x1b" not in said[-1]
+    replies = core.handle_datagram(msg("/pgesam/" + "x" * 65_000), A)
+    (err,) = errors(replies)
+    assert len(err[0]) <= 120 and len(err[1]) <= 1000
+    assert len(encode_message("/pgesam/error", list(err))) < 65_507
+
+
 def test_status_help_and_state_format() -> None:
     core, engine, _ = make_core()
     engine.state["bookmarks"] = {"nice": [0.1, 0.2]}
