@@ -91,11 +91,20 @@ class Journal:
             item = self._queue.get()
             if item is None:
                 return
-            self.write(*item)
+            try:
+                self.write(*item)
+            except Exception as exc:  # one bad line must not silence the rest of the session
+                faults.record("journal: writing a line", exc)
 
     def _write_obj(self, obj: dict[str, Any]) -> None:
         assert self._fh is not None
-        self._backlog.append(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
+        line = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+        if not line.isascii():
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:  # a file name's undecodable byte (`caf\udce9.yaml`):
+                line = json.dumps(obj, allow_nan=False)  # escaped, read back the same
+        self._backlog.append(line + "\n")
         try:
             while self._backlog:  # into the file's buffer, a whole line at a time...
                 self._fh.write(self._backlog[0])

@@ -212,3 +212,22 @@ def test_a_background_journal_never_waits_for_the_disk(tmp_path: Path) -> None:
     _, entries = read_journal(path)
     assert [e.t_s for e in entries] == pytest.approx([i * 0.1 for i in range(20)])
     assert j.count == 20
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_an_undecodable_file_name_is_journalled_and_read_back(tmp_path: Path,
+                                                              background: bool) -> None:
+    """A patch named with a byte that is not UTF-8 (Python hands it over as a lone
+    surrogate) is written escaped; the lines after it are not lost, and it reads back the
+    same name."""
+    path = tmp_path / "s.jsonl"
+    name = "caf\udce9.yaml"
+    with Journal(path, make_header("m", 0, 120), background=background) as j:
+        j({"kind": "command", "t": 0.1, "src": "repl", "cmd": f'load "{name}"'})
+        j({"kind": "command", "t": 0.2, "src": "repl", "cmd": "tempo 96"})
+        j({"kind": "command", "t": 0.3, "src": "repl", "cmd": 'load "café.yaml"'})
+        j.drain()
+        assert j.error is None
+    _, entries = read_journal(path)
+    assert [e.cmd for e in entries] == [f'load "{name}"', "tempo 96", 'load "café.yaml"']
+    assert "café" in path.read_text(encoding="utf-8")  # readable where it can be
