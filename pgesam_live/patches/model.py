@@ -15,6 +15,7 @@ from pgesam_live.notes import (
 from pgesam_live.vocab.commands import (
     NAME_RE,
     STEP_MAX_BEATS,
+    STEP_MIN_BEATS,
     XY_LIMIT,
     Command,
     parse_line,
@@ -253,8 +254,9 @@ def make_sequence(
     if not NAME_RE.match(name):
         raise CommandError(f"sequence name {name!r}: use letters, digits, _ or -")
     pattern = parse_notes(notes)
-    if not 0 < step_beats <= STEP_MAX_BEATS:
-        raise CommandError(f"step {step_beats}: use a number of beats in (0, {STEP_MAX_BEATS:g}]")
+    if not STEP_MIN_BEATS <= step_beats <= STEP_MAX_BEATS:
+        raise CommandError(f"step {step_beats}: use a number of beats in "
+                           f"{STEP_MIN_BEATS:g}..{STEP_MAX_BEATS:g}")
     vels = (velocity,) if isinstance(velocity, int | float) else tuple(velocity)
     if not vels or any(not 0.0 <= v <= 1.0 for v in vels):
         raise CommandError(f"velocity {velocity}: use 0..1 (or a list of them)")

@@ -33,6 +33,7 @@ from pgesam_live.patches.model import (
     FORMAT_VERSION,
     GATE_MAX,
     STEP_MAX_BEATS,
+    STEP_MIN_BEATS,
     XY,
     Event,
     Patch,
@@ -481,8 +482,8 @@ def _sequences(
                     ok = v.pitches_in_range(nnode, f"{path}.notes", pattern) and ok
         step = DEFAULT_STEP_BEATS
         if "step" in fields:
-            s = v.number(fields["step"][1], f"{path}.step", 1e-3, STEP_MAX_BEATS,
-                         f"beats per step, > 0 and <= {STEP_MAX_BEATS:g}")
+            s = v.number(fields["step"][1], f"{path}.step", STEP_MIN_BEATS, STEP_MAX_BEATS,
+                         f"beats per step, {STEP_MIN_BEATS:g}..{STEP_MAX_BEATS:g}")
             ok = ok and s is not None
             step = s if s is not None else step
         velocity: tuple[float, ...] = (DEFAULT_VELOCITY,)

@@ -50,6 +50,7 @@ XY_LIMIT = 1.5            # the latent plane is nominally [-1, 1]; a little over
 TEMPO_MIN_BPM = 20.0
 TEMPO_MAX_BPM = 400.0
 BEATS_MAX = 1024.0        # a length or glide in beats
+STEP_MIN_BEATS = 1e-3     # a sequence's shortest step: finer ones would flood the audio thread
 STEP_MAX_BEATS = 64.0     # a sequence's step (the same in a patch and at the REPL)
 SECONDS_MAX = 60.0        # a note length in seconds
 LOOKAHEAD_MIN_S = 0.01
@@ -293,7 +294,7 @@ _NUMERIC_RANGES: dict[str, tuple[float, float, bool]] = {
     "velocity": (0.0, 1.0, False),
     "bpm": (TEMPO_MIN_BPM, TEMPO_MAX_BPM, False),
     "beats": (0.0, BEATS_MAX, True),
-    "step": (0.0, STEP_MAX_BEATS, True),
+    "step": (STEP_MIN_BEATS, STEP_MAX_BEATS, False),
     "seconds": (0.0, SECONDS_MAX, True),
     "lookahead": (LOOKAHEAD_MIN_S, LOOKAHEAD_MAX_S, False),
     "gain": (0.0, GAIN_MAX, False),

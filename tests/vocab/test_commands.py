@@ -90,8 +90,9 @@ def test_float_journal_text_is_exact() -> None:
         ("note 60.5", "not a note name"),
         ('seq a "C4 [E4" 1', "seq: notes:"),
         ('seq a "C4 E4 1', "close the quote"),
-        ('seq a "C4" 0', "step 0 is out of range > 0 and <= 64"),  # as a patch's step
-        ('seq a "C4" 65', "step 65 is out of range > 0 and <= 64"),
+        ('seq a "C4" 0', "step 0 is out of range 0.001..64"),  # as a patch's step
+        ('seq a "C4" 0.0001', "step 0.0001 is out of range 0.001..64"),  # floods the audio
+        ('seq a "C4" 65', "step 65 is out of range 0.001..64"),
         ("seq 1a C4 1", "not a name"),
         ("tempp 3", "did you mean tempo"),
         ("prerender 0 0 C5 C3", "above HIGH"),
