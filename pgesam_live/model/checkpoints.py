@@ -15,8 +15,10 @@ file, its base, compactly: the same VAE (stored once, in the base) and the Trans
 differ from the full one's about as much as rounding the weights to float16 makes them),
 except that a difference of low rank (a `train --lora-rank` fine-tune's) is stored as float16
 factors. It loads like any model file, from the base in the same folder (whose hash is
-checked); the base may itself be packed. `pack MODEL --float16` instead stores a model's
-weights as float16 (half the bytes, self-contained; loaded into float32 modules).
+checked); the base may itself be packed, or stored as float16 (its VAE is then the
+fine-tune's rounded to float16, and the rebuilt Transformer is float32). `pack MODEL
+--float16` instead stores a model's weights as float16 (half the bytes, self-contained;
+loaded into float32 modules).
 
 `checkpoints/DEFAULT`, when present, names the file `--model default` loads; otherwise the
 newest `pgesam_*.pt` there.
@@ -359,6 +361,12 @@ def _pack_delta(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
                         else torch.zeros(0, dtype=torch.float16)}}
 
 
+def _unpacked_dtype(base: torch.Tensor) -> torch.dtype:
+    """A fine-tune's weights rebuilt on a float16 base stay float32: the difference was taken
+    from the base's float16 values exactly, so base + difference is finer than float16."""
+    return torch.float32 if base.dtype == torch.float16 else base.dtype
+
+
 def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
                   path: Path) -> dict[str, torch.Tensor]:
     """base + the packed difference -> a full state dict of the base's dtypes."""
@@ -373,7 +381,7 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
             b = base[key]
             d = _dq8(q_all[at:at + b.numel()], delta["scales"][key], b.shape)
             at += b.numel()
-            out[key] = (b.double() + d).to(b.dtype)
+            out[key] = (b.double() + d).to(_unpacked_dtype(b))
         if at != q_all.numel():
             raise ValueError(f"{q_all.numel() - at} values left over")
         low = delta.get("lowrank") or {"keys": [], "ranks": []}
@@ -384,7 +392,7 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
             a_t = low["factors"][f_at:f_at + r * m].double().view(r, m)
             f_b = low["factors"][f_at + r * m:f_at + r * (m + n)].double().view(r, n)
             f_at += r * (m + n)
-            out[key] = (b.double() + a_t.t() @ f_b).to(b.dtype)
+            out[key] = (b.double() + a_t.t() @ f_b).to(_unpacked_dtype(b))
         if low["keys"] and f_at != low["factors"].numel():
             raise ValueError(f"{low['factors'].numel() - f_at} factor values left over")
         missing = [k for k in base if k not in out]
@@ -408,8 +416,10 @@ def pack_model(model: Path | str, base: Path | str, directory: Path | str) -> Pa
         if obj[key] != ref[key]:
             raise CheckpointError(f"{model}: its {key} differs from {base}'s; only a fine-tune "
                                   "of the base (same configs and codec) can be packed")
+    # A float16 base (`pack --float16`) holds the fine-tune's VAE rounded to float16.
     same_vae = obj["vae_state"].keys() == ref["vae_state"].keys() and all(
-        torch.equal(v, ref["vae_state"][k]) for k, v in obj["vae_state"].items())
+        torch.equal(v.to(ref["vae_state"][k].dtype), ref["vae_state"][k])
+        for k, v in obj["vae_state"].items())
     if not same_vae:
         raise CheckpointError(f"{model}: its VAE differs from {base}'s; only a Transformer "
                               "fine-tuned on the base's VAE can be packed")

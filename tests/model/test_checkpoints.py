@@ -252,6 +252,38 @@ def test_packed_fine_tune_loads_close_to_the_full_one(saved: tuple, tmp_path: Pa
     assert err < 0.1 * moved  # the fine-tune's change survives packing, to within 10 %
 
 
+def test_fine_tune_packs_against_a_float16_base(saved: tuple, tmp_path: Path) -> None:
+    """The bundled default is stored as float16: a fine-tune of its float32 original packs
+    against it (the VAE matches once rounded) and plays like the full fine-tune, closer than
+    float16 itself would."""
+    path, vae, tr = saved
+    shipped = tmp_path / "ship"
+    shipped.mkdir()
+    half = ck.halve_model(path, shipped)
+    ft = _fine_tune(tr)
+    full = ck.save_model(tmp_path / "run", vae, ft, _meta())
+    packed = ck.pack_model(full, half, shipped)
+    assert packed.stat().st_size < 0.5 * full.stat().st_size
+    b = ck.load_model(packed)
+    base_state = ck.read_model_payload(half)[0]["transformer_state"]
+    for k, v in ft.state_dict().items():
+        got = b.transformer.state_dict()[k]
+        assert got.dtype == torch.float32, k  # base + difference: not rounded to float16
+        d = ck._blocks(v - base_state[k].float())  # the difference from the float16 base
+        bound = d.abs().amax(1, keepdim=True) / ck.DELTA_LEVELS * 0.502 + 1e-7
+        assert bool((ck._blocks(got - v).abs() <= bound).all()), k
+    pts, pitches = torch.tensor([[0.1, 0.2]]), torch.tensor([50])
+    ref = ft.eval().generate(pts, pitches, n_frames=8)
+    moved = float((tr.eval().generate(pts, pitches, n_frames=8) - ref).abs().max())
+    assert float((b.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max()) \
+        < 0.1 * moved
+    # A different VAE is still refused, rounded or not.
+    other_vae, other_tr = _models(seed=5)
+    stranger = ck.save_model(tmp_path / "s", other_vae, other_tr, _meta())
+    with pytest.raises(CheckpointError, match="VAE differs"):
+        ck.pack_model(stranger, half, shipped)
+
+
 def test_packed_file_needs_its_own_base(saved: tuple, tmp_path: Path) -> None:
     base, vae, tr = saved
     full = ck.save_model(tmp_path / "run", vae, _fine_tune(tr), _meta())
