@@ -2,7 +2,9 @@
 (render/sfz.py), rendered in its own process (render/export_job.py) while the music plays.
 Progress and the result are engine messages (the REPL prints them; OSC and the web page get
 them as events); a front end's word calls `Engine.start_export`. A part of the Engine (a
-mixin). Not journalled: it changes nothing in the performance.
+mixin). Not journalled: it changes nothing in the performance. One export renders at a time,
+in a process niced below the live worker's (render/export_job.py): a second is refused, saying
+which one is rendering.
 
 Where it writes: the command line and the REPL anywhere (`--out DIR`; default
 `<sessions>/export-<name>`); OSC and the web page (confined sources, vocab/sources.py) only
@@ -54,6 +56,11 @@ class Exports:
         # The point is read as the lines before this one left it (`at flute` then `export`
         # piped in one go: the `at` is applied by the next audio block).
         self.settle()
+        for x in self.exports_running():  # one at a time: each takes a core from the worker
+            done, total = x.job.progress
+            return Reply(False, f"export: {x.name} is still rendering ({done} of "
+                                f"{total or len(x.pitches)} notes into {x.out_dir}); export "
+                                "again when it is done")
         try:
             job = self._export_job(point, out_dir, pitches, src, name)
         except PgesamError as e:

@@ -255,6 +255,9 @@ def test_an_export_running_when_the_session_ends_is_finished_or_said_cancelled(
     try:
         assert e.start_export(pitches=[60], name="late").ok
         assert [x.name for x in e.exports_running()] == ["late"]
+        # One at a time: a second export while one renders is refused, saying which.
+        r = e.start_export(pitches=[61], name="second")
+        assert not r.ok and "late is still rendering" in r.text, r.text
         e.finish_exports(said.append, wait=wait)
         assert e.exports_running() == []
         sfz = tmp_path / "sessions" / "export-late" / "late.sfz"
