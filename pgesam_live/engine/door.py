@@ -519,11 +519,14 @@ class Engine(NameChecks, StateViews, Exports):
 
     def _seq_timbre(self, name: str | None, now: bool = True) -> tuple[Any, str | None]:
         """`seq ... at NAME`: a trajectory of the loaded patch, else a point (the current
-        point when no `at`). A name that lines queued before it (`mark`) or a timed line
-        (a replay) will make is left to resolve when it applies (timbre None, the name kept:
-        engine/handlers.py do_seq)."""
+        point when no `at`). A timed line's name (a replay's: lines before it, also timed,
+        may mark it anew), and a name lines queued before it (`mark`) will make, are left to
+        resolve when the line applies (timbre None, the name kept: engine/handlers.py
+        do_seq)."""
         if name is None:
             return None, None
+        if not now:  # a timed line: the names it sees are those of its own time
+            return None, name
         for patch in (self.scheduler.pending_patch, self.scheduler.patch):
             if patch is not None and name in patch.trajectories:
                 return patch.trajectories[name], name

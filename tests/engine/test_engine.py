@@ -567,6 +567,21 @@ def test_load_name_checks_follow_queued_and_timed_lines(tmp_path: Path) -> None:
     rig.close()
 
 
+def test_a_timed_seq_at_a_name_plays_the_point_the_name_has_at_its_time() -> None:
+    """A replay submits every line up front: `seq ... at m` after a timed `mark m` plays
+    where m is when the seq applies, not where an older bookmark m was at submit."""
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit("at 0.1 0.1").ok and e.submit("mark m").ok
+    rig.run_until(0.1)
+    assert e.submit("at 0.5 -0.5", at_s=0.5).ok and e.submit("mark m", at_s=0.6).ok
+    assert e.submit('seq s "C4" 1 at m', at_s=0.7).ok
+    rig.run_until(1.5)
+    assert e.apply_errors == 0
+    assert e.scheduler._sequences["s"].seq.timbre == pytest.approx((0.5, -0.5))
+    rig.close()
+
+
 def test_a_bookmark_cannot_hide_a_patch_point_and_says_when_it_hides_a_demo_one(
         tmp_path: Path) -> None:
     rig = make_rig()
