@@ -280,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "weights as float16")
     p.add_argument("model", help="the fine-tuned model file (same VAE and configs as --base)")
     p.add_argument("--base", default=None, help="the model file it was fine-tuned from")
+    p.add_argument("--rank", type=int, default=None, metavar="R",
+                   help="with --base: cut each large matrix's difference to its best rank-R "
+                        "approximation, in 8-bit factors (lossy, a quarter of the bytes at "
+                        "R=32 for a whole-decoder fine-tune; measure the packed file with "
+                        "eval before shipping it)")
     p.add_argument("--float16", action="store_true",
                    help="instead of --base: store the model's weights as float16 (half the "
                         "bytes, self-contained)")

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import time
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -398,6 +399,51 @@ def test_float16_keeps_float32_where_float16_would_lose_the_value(tmp_path: Path
     assert obj["transformer_state"][names[id(last)]].dtype == torch.float32
     # 1e-9 -> 0 is far below the rounding of the tensor's own values: halved
     assert obj["transformer_state"][names[id(big)]].dtype == torch.float16
+
+
+def test_pack_rank_cuts_large_differences_to_low_rank_factors(saved: tuple,
+                                                             tmp_path: Path) -> None:
+    """`pack --rank R` (lossy): a fine-tune whose matrices moved by rank-2 changes (plus
+    noise well below them) packs at rank 2 into fewer bytes than the lossless difference,
+    loads back to within the 8-bit factors' rounding and plays like the full fine-tune."""
+    import copy
+
+    base, vae, tr = saved
+    g = torch.Generator().manual_seed(3)
+    ft = copy.deepcopy(tr)
+    with torch.no_grad():
+        for p in ft.parameters():
+            if p.dim() == 2:
+                m, n = p.shape
+                p.add_(1e-2 * torch.randn(m, 2, generator=g) @ torch.randn(2, n, generator=g))
+            p.add_(1e-4 * torch.randn(p.shape, generator=g))
+    full = ck.save_model(tmp_path / "run", vae, ft, _meta())
+    out = tmp_path / "ship"
+    out.mkdir()
+    shutil.copy(base, out / base.name)
+    lossless = ck.pack_model(full, out / base.name, out)
+    cut = ck.pack_model(full, out / base.name, out, max_rank=2)
+    assert cut.stat().st_size < 0.7 * lossless.stat().st_size
+    obj = ck.read_model_payload(cut)[0]
+    assert obj["training"]["packed_rank"] == 2
+    cut_keys = set(obj["transformer_delta"]["truncated"]["keys"])
+    big = {k for k, v in tr.state_dict().items() if v.dim() == 2 and 8 * sum(v.shape)
+           <= v.numel()}
+    assert big and cut_keys == big
+    b = ck.load_model(cut)
+    for k, v in ft.state_dict().items():
+        moved = float((v - tr.state_dict()[k]).abs().max())
+        err = float((b.transformer.state_dict()[k] - v).abs().max())
+        assert err <= 0.02 * moved + 1e-5, (k, err, moved)
+    pts, pitches = torch.tensor([[0.1, 0.2]]), torch.tensor([50])
+    ref = ft.eval().generate(pts, pitches, n_frames=8)
+    moved = float((tr.eval().generate(pts, pitches, n_frames=8) - ref).abs().max())
+    assert float((b.transformer.generate(pts, pitches, n_frames=8) - ref).abs().max()) \
+        < 0.1 * moved
+    for bad in (dict(base=None, rank=2), dict(base=str(base), rank=0)):
+        with pytest.raises(CheckpointError, match="--rank"):
+            ck.run_pack(SimpleNamespace(model=str(full), float16=False, out=None,
+                                        default=False, **bad))
 
 
 def test_pack_asks_for_base_or_float16(saved: tuple) -> None:
