@@ -6,8 +6,8 @@ import hashlib
 import io
 import os
 import re
-import time
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
