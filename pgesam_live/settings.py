@@ -14,7 +14,12 @@ from typing import Any
 
 from pgesam_live.errors import ConfigError
 from pgesam_live.files import user_cache_dir
-from pgesam_live.vocab.commands import LOOKAHEAD_MAX_S, LOOKAHEAD_MIN_S
+from pgesam_live.vocab.commands import (
+    LOOKAHEAD_MAX_S,
+    LOOKAHEAD_MIN_S,
+    TEMPO_MAX_BPM,
+    TEMPO_MIN_BPM,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +84,13 @@ class Settings:
                 if kind is bool:
                     value = value if isinstance(value, bool) else str(value).lower() in (
                         "1", "true", "yes", "on")
+                elif kind is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)  # a seed of 1.7 is not silently 1
+                elif isinstance(value, bool) and kind in (int, float):
+                    raise ValueError(value)
                 elif not isinstance(value, kind):
                     value = kind(value)
-            except ValueError as e:
+            except (ValueError, TypeError, OverflowError) as e:
                 raise ConfigError(f"setting {name}: {value!r} is not a valid "
                                   f"{kind.__name__}") from e
             clean[name] = value
@@ -97,6 +106,9 @@ class Settings:
         if not LOOKAHEAD_MIN_S <= self.lookahead_s <= LOOKAHEAD_MAX_S:
             raise ConfigError(f"lookahead {self.lookahead_s} s is out of range "
                               f"{LOOKAHEAD_MIN_S:g}..{LOOKAHEAD_MAX_S:g}")
+        if not TEMPO_MIN_BPM <= self.tempo_bpm <= TEMPO_MAX_BPM:  # also refuses nan
+            raise ConfigError(f"tempo {self.tempo_bpm} bpm is out of range "
+                              f"{TEMPO_MIN_BPM:g}..{TEMPO_MAX_BPM:g}")
         if not 1 <= self.n_voices <= 256:
             raise ConfigError(f"voices {self.n_voices} is out of range 1..256")
         if not 0 < self.osc_port < 65536:

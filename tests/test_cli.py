@@ -192,6 +192,30 @@ def test_a_replay_bounce_never_replaces_the_sessions_own_recording(
     assert (tmp_path / "s.wav").read_bytes() == b"RIFF live take"
 
 
+@pytest.mark.parametrize("field, value, fragment", [
+    ("tempo", [120], 'header "tempo" = [120]: setting tempo_bpm: [120] is not a valid float'),
+    ("tempo", 0, 'header "tempo" = 0: tempo 0.0 bpm is out of range 20..400'),
+    ("tempo", float("nan"), 'header "tempo" = NaN: tempo nan bpm is out of range'),
+    ("seed", 1.7, 'header "seed" = 1.7: setting seed: 1.7 is not a valid int'),
+    ("seed", True, 'header "seed" = true: setting seed: True is not a valid int'),
+])
+def test_a_journal_header_with_a_bad_value_is_named(
+        field: str, value: object, fragment: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited header: refused in one line naming the line and value, never a
+    TypeError or a seed quietly rounded."""
+    import json
+
+    from pgesam_live.sessions.journal import make_header
+
+    header = {**make_header("m", 0, 120.0), field: value}
+    (tmp_path / "s.jsonl").write_text(json.dumps(header) + "\n")
+    assert main(["replay", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "x.wav")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "s.jsonl:1: " in err and fragment in err, err
+    assert "Traceback" not in err
+
+
 def test_web_options_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from pgesam_live.app.common import settings_from_args
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -147,9 +148,15 @@ def run_replay(ns: Namespace) -> int:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
     s = settings_from_args(ns)
+    for key, field in (("seed", "seed"), ("tempo", "tempo_bpm")):
+        try:
+            s = s.replace(**{field: header.get(key)})
+        except PgesamError as e:
+            raise PgesamError(f"{ns.session}:1: header \"{key}\" = "
+                              f"{json.dumps(header.get(key))}: {e} (edit the journal's first "
+                              "line)") from None
     try:
-        s = s.replace(seed=header.get("seed"), tempo_bpm=header.get("tempo"),
-                      model=journal_model(ns.session, str(header.get("model") or ""),
+        s = s.replace(model=journal_model(ns.session, str(header.get("model") or ""),
                                            ns.model, s.model))
     except PgesamError as e:
         raise PgesamError(f"{ns.session}:1: header: {e}") from None
