@@ -580,9 +580,11 @@ class Engine(NameChecks, StateViews, Exports):
             self.last_pitch = int(pitches[-1])
 
     def _beats(self, length_s: float | None) -> float | None:
+        """A note's length in seconds as beats from now, through the tempo map: a tempo
+        change still to come (at the next beat) counts only from where it takes effect."""
         if length_s is None:
             return None
-        return float(length_s) * self.scheduler.tempo.last_bpm / 60.0
+        return self.scheduler.beats_for_s(float(length_s), self._time_s)
 
     def _run_patch_line(self, patch_command: PatchCommand) -> None:
         """A patch's timed command (parsed at load), fired inside a tick at its exact time.

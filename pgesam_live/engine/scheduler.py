@@ -594,6 +594,12 @@ class Scheduler:
         for c in settings:  # the installed patch's load-time settings (`at glass`) hold
             self._run_command(c)
 
+    def beats_for_s(self, length_s: float, now_s: float) -> float:
+        """`length_s` seconds as beats from where a note played now starts (a patch
+        command's exact time, else `now_s`), through the tempo map with its changes to come."""
+        t0_s = self._action_s if self._action_s is not None else now_s
+        return self.tempo.s_to_beat(t0_s + length_s) - self.tempo.s_to_beat(t0_s)
+
     def play_now(self, pitches: list[int] | tuple[int, ...], velocity: float = 0.8,
                  length_beats: float | None = None, point: XY | None = None,
                  mode: str | None = None) -> None:

@@ -122,6 +122,13 @@ def test_a_note_with_a_length_releases_into_its_own_release() -> None:
     assert sounding_until(out) == pytest.approx(6.5 + 0.9, abs=0.2)
 
 
+def test_a_note_length_in_seconds_is_seconds_across_a_pending_tempo_change() -> None:
+    """`tempo 30` waits for the next beat: a 6 s note started with it, before that beat,
+    still lasts 6 s (it was 4.8 s when its beats were counted at the coming tempo)."""
+    out = held_session([(0.0, "at 0 0"), (0.6, "tempo 30"), (0.6, "note C4 0.8 6")], 9.0)
+    assert sounding_until(out) == pytest.approx(6.6 + 0.9, abs=0.2)
+
+
 def test_release_before_the_loop_goes_into_the_release_at_once() -> None:
     out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8 hold"), (0.8, "release C4")], 3.0)
     assert sounding_until(out) == pytest.approx(0.8 + 0.9, abs=0.2)
