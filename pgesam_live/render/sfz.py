@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pgesam_live.errors import ConfigError
+from pgesam_live.errors import CheckpointError, ConfigError
 from pgesam_live.notes import (
     NoteError,
     midi_to_note,
@@ -209,6 +209,23 @@ def sfz_text(samples: Sequence[ExportedSample], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+SILENT_PEAK = 1e-5  # a rendered note whose peak is under this (-100 dBFS) is silence
+
+
+def _check_rendered(audio: np.ndarray, pitches: Sequence[int], x: float, y: float) -> None:
+    """Refuse to export notes a sampler would play as silence or noise: NaN or infinite
+    samples (a diverged or damaged model), or a note with no sound at all."""
+    for p, a in zip(pitches, audio, strict=True):
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"export: the model rendered non-finite samples at pitch {p} "
+                                  f"(point {x:+.3f} {y:+.3f}): the model file is damaged or "
+                                  "diverged; run `pgesam-live doctor` or choose another "
+                                  "--model")
+        if float(np.abs(a).max(initial=0.0)) < SILENT_PEAK:
+            raise ConfigError(f"export: pitch {p} is silent at point ({x:+.3f}, {y:+.3f}); "
+                              "nothing was written: choose another point or pitch range")
+
+
 def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
                  pitches: Sequence[int] | None = None, name: str | None = None, seed: int = 0,
                  progress: Progress | None = None) -> ExportResult:
@@ -245,7 +262,9 @@ def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
     for i in range(0, total, EXPORT_BATCH):
         batch = want[i: i + EXPORT_BATCH]
         pts = np.tile(np.array([[x, y]], np.float32), (len(batch), 1))
-        audio = normalise_peak(synth.render(pts, np.array(batch, np.int64), seed=seed))
+        raw = np.asarray(synth.render(pts, np.array(batch, np.int64), seed=seed))
+        _check_rendered(raw, batch, x, y)
+        audio = normalise_peak(raw)
         for p, a in zip(batch, audio, strict=True):
             rendered[p] = a
         done += len(batch)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pgesam_live.errors import ConfigError
+from pgesam_live.errors import CheckpointError, ConfigError
 from pgesam_live.render.dsp import normalise_peak
 from pgesam_live.render.loop import envelope_db, estimate_period
 from pgesam_live.render.sfz import export_point, parse_pitch_range
@@ -141,6 +141,28 @@ def test_bad_requests_name_the_fix(tmp_path: Path) -> None:
         parse_pitch_range("H4-C5", (48, 72))
     with pytest.raises(ConfigError, match="outside"):
         parse_pitch_range("C1-C2", (48, 72))
+
+
+class BrokenFakeSynth(HeldFakeSynth):
+    """Renders NaN at MIDI 61 and silence at MIDI 62."""
+
+    def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
+        out = super().render(points, pitches, seed)
+        out[pitches == 61] = np.nan
+        out[pitches == 62] = 0.0
+        return out
+
+
+@pytest.mark.parametrize("pitch, error, fragment", [
+    (61, CheckpointError, "non-finite samples at pitch 61"),
+    (62, ConfigError, "pitch 62 is silent"),
+])
+def test_a_nan_or_silent_note_writes_no_sfz(tmp_path: Path, pitch: int, error: type,
+                                            fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        export_point(BrokenFakeSynth(), 0, 0, tmp_path / "out", pitches=[60, pitch])
+    assert not list((tmp_path / "out").glob("*.sfz"))
+    assert not list((tmp_path / "out").glob("*.wav"))
 
 
 def make_fake_synth() -> HeldFakeSynth:
