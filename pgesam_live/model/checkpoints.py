@@ -192,6 +192,12 @@ def _read_payload(path: Path, data: bytes, fmt: str) -> dict[str, Any]:
                               f"or retrain with `{TRAIN_HINT}`") from e
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        if got == STATE_FORMAT and fmt == FORMAT:  # a run's vae.pt / transformer.pt
+            models = sorted(path.parent.glob("pgesam_*.pt"))
+            hint = (f"pass the run's model file, {models[-1]}" if models else
+                    "a run writes its model file (pgesam_*.pt) beside it when it finishes; "
+                    "resume the run with --resume, or pass a pgesam_*.pt")
+            raise CheckpointError(f"{path}: a training state, not a model file; {hint}")
         raise CheckpointError(f"{path}: not a {fmt} file (format {got!r}); "
                               f"pass a file written by pgesam-live")
     if obj.get("format_version") != FORMAT_VERSION:
@@ -633,6 +639,11 @@ def resolve_model(name_or_path: str | Path = "default", directory: Path | None =
     p = Path(name).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():  # a run's folder, or a checkpoints folder
+        inside = sorted(p.glob("pgesam_*.pt"), key=lambda q: (q.stat().st_mtime, q.name))
+        hint = (f"pass the model file in it, e.g. --model {inside[-1]}" if inside else
+                "it holds no model file (pgesam_*.pt); pass one")
+        raise CheckpointError(f"model {name!r} is a folder: {hint}")
     for cand in (directory / name, directory / f"{name}.pt"):
         if cand.is_file():
             return cand

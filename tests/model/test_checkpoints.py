@@ -193,6 +193,28 @@ def test_default_dir_is_the_repository_checkpoints(monkeypatch: pytest.MonkeyPat
     assert ck.checkpoints_dir() == Path(pgesam_live.__file__).resolve().parents[1] / "checkpoints"
 
 
+def test_a_runs_folder_or_training_state_given_as_a_model_names_the_model_file(
+        saved: tuple, tmp_path: Path) -> None:
+    """`--model runs/x` or `--model runs/x/transformer.pt`: the message names the run's
+    pgesam_*.pt, the file the performer meant."""
+    model, _, _ = saved
+    run = model.parent
+    state = ck.save_training_state(run / "transformer.pt", {"step": 1})
+    with pytest.raises(CheckpointError, match=f"a training state, not a model file; pass the "
+                       f"run's model file, {re.escape(str(model))}"):
+        ck.read_model_payload(state)
+    with pytest.raises(CheckpointError, match=f"is a folder: pass the model file in it, e.g. "
+                       f"--model {re.escape(str(model))}"):
+        ck.resolve_model(str(run), directory=tmp_path / "none")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    ck.save_training_state(bare / "vae.pt", {"step": 1})
+    with pytest.raises(CheckpointError, match="resume the run with --resume"):
+        ck.read_model_payload(bare / "vae.pt")
+    with pytest.raises(CheckpointError, match="holds no model file"):
+        ck.resolve_model(str(bare), directory=tmp_path / "none")
+
+
 def test_training_state_round_trip_and_damage(tmp_path: Path) -> None:
     vae, _ = _models()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
