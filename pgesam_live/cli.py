@@ -336,6 +336,11 @@ def _command_first(ap: argparse.ArgumentParser, args: list[str]) -> list[str]:
     return ["play", *args]
 
 
+def _subparser(ap: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PYO_GUI_WX", "0")
     ap = build_parser()
@@ -346,6 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.cmd is None:
         ap.print_help()
         return 2
+    if ns.cmd == "export":  # the point's words, checked before a model loads (exit 2)
+        from pgesam_live.app.export import export_usage_problem  # noqa: PLC0415
+
+        problem = export_usage_problem(list(ns.where))
+        if problem is not None:
+            _subparser(ap, "export").error(problem.removeprefix("export: "))
     mod_name, fn_name = ns.func.split(":")
     # Our warnings are one line for a performer, not a source location and a code line.
     warnings.formatwarning = _one_line_warning

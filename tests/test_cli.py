@@ -55,6 +55,28 @@ def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize("where, fragment", [
+    (["0.1", "0.2", "0.3"], "give X Y or one point NAME"),
+    (["0.1", "zz"], "give X Y (numbers)"),
+    (["0.1", "9"], "outside the map"),
+])
+def test_export_point_words_are_usage_errors_before_a_model_loads(
+        where: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgesam_live.model import synth
+
+    def no_model(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(synth.Synth, "load", no_model)
+    with pytest.raises(SystemExit) as info:
+        main(["export", *where, "--out", str(tmp_path / "e")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "usage: pgesam-live export" in err
+    assert not (tmp_path / "e").exists()
+
+
 def test_common_options_are_accepted_everywhere(patch_file: Path) -> None:
     common = ["--model", "default", "--device", "cpu", "--audio", "none", "--osc-host",
               "127.0.0.1", "--osc-port", "9100", "--sample-rate", "48000"]

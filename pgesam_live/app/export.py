@@ -13,18 +13,32 @@ from pgesam_live.app.common import settings_from_args
 from pgesam_live.errors import PgesamError
 
 
-def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]],
-                         training_points: list[dict[str, Any]]) -> tuple[float, float, str]:
-    """`X Y` (map coordinates) or one NAME (a named point of the demo patches, or a training
-    instrument of the model) -> x, y, a name for the files."""
+def export_usage_problem(where: list[str]) -> str | None:
+    """What is wrong with the point's words before any model is loaded (a usage error, exit
+    2), or None: `X Y` must be two numbers on the map, NAME one word."""
+    if len(where) not in (1, 2):
+        return (f"export: {' '.join(where)!r}: give X Y or one point NAME, e.g. "
+                "`export 0.2 -0.1 --out DIR` or `export glass --out DIR`")
     if len(where) == 2:
         try:
             x, y = float(where[0]), float(where[1])
         except ValueError:
-            raise PgesamError(f"export: {' '.join(where)!r}: give X Y (numbers) or one point "
-                              "name") from None
+            return (f"export: {' '.join(where)!r}: give X Y (numbers) or one point name "
+                    "(a name is one word)")
         if not (math.isfinite(x) and math.isfinite(y)) or abs(x) > 1.5 or abs(y) > 1.5:
-            raise PgesamError(f"export: ({x}, {y}) is outside the map: use -1.5..1.5")
+            return f"export: ({x}, {y}) is outside the map: use -1.5..1.5"
+    return None
+
+
+def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]],
+                         training_points: list[dict[str, Any]]) -> tuple[float, float, str]:
+    """`X Y` (map coordinates) or one NAME (a named point of the demo patches, or a training
+    instrument of the model) -> x, y, a name for the files."""
+    problem = export_usage_problem(where)
+    if problem is not None:
+        raise PgesamError(problem)
+    if len(where) == 2:
+        x, y = float(where[0]), float(where[1])
         return x, y, f"point_{x:.2f}_{y:.2f}"
     if len(where) == 1:
         name = where[0]
@@ -45,8 +59,7 @@ def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]]
         hint = f"; did you mean {', '.join(close)}?" if close else \
             f" (named points: {', '.join(sorted(named)) or 'none'}; `pgesam-live map --json` " \
             "lists the model's)"
-        raise PgesamError(f"export: no point named {name!r} in the model{hint}")
-    raise PgesamError("export: give X Y or one point NAME, e.g. `export 0.2 -0.1 --out DIR`")
+    raise PgesamError(f"export: no point named {name!r} in the model{hint}")
 
 
 def run_export(ns: Namespace) -> int:

@@ -323,6 +323,7 @@ def test_export_takes_the_point_the_lines_before_it_set(tmp_path: Path) -> None:
             assert e.submit(f"at {x} {y}").ok
             r = e.start_export(pitches=[60])
             assert r.ok and label in r.text, r.text
+            assert e.exports_started[-1].job.wait(60.0)  # one export at a time
         e.finish_exports(lambda text: None, wait=False)
     finally:
         stop.set()
