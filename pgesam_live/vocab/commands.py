@@ -399,7 +399,10 @@ def _to_number(a: Arg, raw: Any, where: str) -> float:
         try:
             value = float(raw)
         except ValueError:
-            raise CommandError(f"{where}: {a.name} must be a number, got {raw!r}") from None
+            hint = (f"; a held note gives its velocity first: `{where} C4 0.8 {raw}`"
+                    if a.name == "vel" and raw in HOLD_MODES else "")
+            raise CommandError(f"{where}: {a.name} must be a number, got {raw!r}{hint}") \
+                from None
     else:
         raise CommandError(f"{where}: {a.name} must be a number, got {type(raw).__name__}")
     if not math.isfinite(value):

@@ -205,7 +205,9 @@ def test_completion_by_position(text: str, expected: set, absent: set) -> None:
 
 @pytest.mark.parametrize("line,fragment", [
     ("at nan nan", "finite"), ("at inf 0", "finite"), ("at 5 0", "x 5 is out of range"),
-    ("at glass 1", "too many arguments"), ("at 0.1", "missing Y")])
+    ("at glass 1", "too many arguments"), ("at 0.1", "missing Y"),
+    ("note C4 hold", "a held note gives its velocity first: `note C4 0.8 hold`"),
+    ("note C4 follow", "`note C4 0.8 follow`")])
 def test_the_error_of_the_form_the_performer_meant(line: str, fragment: str) -> None:
     with pytest.raises(CommandError, match=fragment):
         parse_line(line)
