@@ -271,6 +271,9 @@ def parse_patch(text: str, path: str = "<patch>",
     checked too (``known_sequences``: sequences running outside it, which it may stop)."""
     try:
         root = yaml.compose(text)
+    except RecursionError:
+        raise PatchValidationError([f"{path}:1: lists or mappings nested too deeply for a "
+                                    "patch; flatten them"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -465,9 +468,12 @@ def _sequences(
             raw = v.value(nnode)
             if isinstance(raw, int) and not isinstance(raw, bool):
                 raw = str(raw)  # a single MIDI number is a one-step pattern
-            if isinstance(nnode, SequenceNode):
-                raw = _notes_from_list(v, nnode)  # [C4, 64, "~", [C4, E4]]: one step each
-            if not isinstance(raw, str):
+            listed = isinstance(nnode, SequenceNode)
+            if listed:  # [C4, 64, "~", [C4, E4]]: one step each
+                raw = _notes_from_list(v, nnode, f"{path}.notes")
+            if listed and raw is None:
+                ok = False  # the bad step is reported
+            elif not isinstance(raw, str):
                 v.err(nnode, f"{path}.notes", f'{_show(nnode)} is not a note string '
                       '(e.g. "C4 E4 G4 ~ [C4 E4]")')
                 ok = False
@@ -523,20 +529,26 @@ def _sequences(
     return out
 
 
-def _notes_from_list(v: _Validator, node: SequenceNode) -> str | None:
+def _notes_from_list(v: _Validator, node: SequenceNode, path: str) -> str | None:
     """A YAML list of steps as a note string: a note, a number or ~ per step, a list for a
-    chord. None (not a note string: reported by the caller) for anything else."""
+    chord. None for anything else, the step named (`notes[1]: 64.5 is not a note ...`)."""
     words: list[str] = []
-    for item in node.value:
+    what = "a note name (E4), a whole MIDI number (64) or ~ (a rest)"
+    for i, item in enumerate(node.value):
         if isinstance(item, SequenceNode):
             inner = [v.value(n) for n in item.value]
-            if not inner or any(isinstance(x, bool) or not isinstance(x, str | int)
-                                for x in inner):
+            bad = [n for n, x in zip(item.value, inner, strict=True)
+                   if isinstance(x, bool) or not isinstance(x, str | int)]
+            if not inner or bad:
+                v.err(bad[0] if bad else item, f"{path}[{i}]",
+                      f"{_show(bad[0])} is not a note in a chord: give {what}" if bad else
+                      "an empty chord: give its notes, e.g. [C4, E4]")
                 return None
             words.append("[" + " ".join(str(x) for x in inner) + "]")
             continue
         x = v.value(item)
         if isinstance(x, bool) or not isinstance(x, str | int):
+            v.err(item, f"{path}[{i}]", f"{_show(item)} is not a note: give {what}")
             return None
         words.append(str(x))
     return " ".join(words)

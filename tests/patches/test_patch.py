@@ -301,6 +301,17 @@ def test_notes_may_be_a_yaml_list_of_steps() -> None:
     errors = errors_of("pgesam: 1\npoints:\n  bad: [0.1]\n")
     assert errors == ["patches/x.yaml:3: points.bad: a list of 1 value is not a point: give "
                       "[x, y], two numbers"]
+    # A bad step is named where it is, not "a list is not a note string".
+    what = "a note name (E4), a whole MIDI number (64) or ~ (a rest)"
+    assert errors_of("pgesam: 1\nsequences:\n  a:\n    notes: [60, 64.5]\n") == [
+        f'patches/x.yaml:4: sequences.a.notes[1]: "64.5" is not a note: give {what}']
+    assert errors_of("pgesam: 1\nsequences:\n  a:\n    notes: [C4, [E4, 1.5]]\n") == [
+        f'patches/x.yaml:4: sequences.a.notes[1]: "1.5" is not a note in a chord: give {what}']
+
+
+def test_yaml_nested_without_end_is_an_error_not_a_crash() -> None:
+    errors = errors_of("pgesam: 1\ncommands: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert len(errors) == 1 and "nested too deeply" in errors[0], errors
 
 
 def test_a_bare_name_is_the_patch_folders_first(tmp_path: Path,
