@@ -469,7 +469,7 @@ def _sequences(
             if isinstance(raw, int) and not isinstance(raw, bool):
                 raw = str(raw)  # a single MIDI number is a one-step pattern
             listed = isinstance(nnode, SequenceNode)
-            if listed:  # [C4, 64, "~", [C4, E4]]: one step each
+            if isinstance(nnode, SequenceNode):  # [C4, 64, "~", [C4, E4]]: one step each
                 raw = _notes_from_list(v, nnode, f"{path}.notes")
             if listed and raw is None:
                 ok = False  # the bad step is reported
