@@ -12,7 +12,8 @@ Routes (the contract's "Web page"):
                     line; at most push_hz a second, latest wins, never echoing the page's
                     own moves: seam.py) and {"message": TEXT} (what the REPL prints above
                     its prompt).
-  POST /cmd         one line (JSON {"cmd": LINE} or plain text), answered as on the socket.
+  POST /cmd         one line (JSON {"cmd": LINE}, a form's cmd=LINE, or plain text), answered
+                    as on the socket.
 
 Every line goes through the seam's `run_line` with src `web`: the same command table, the
 same door, journalled with `src` `web`; a `load` only of patches in the patch folder, no
@@ -380,12 +381,21 @@ class WebServer:
                                                "or JSON {\"cmd\": LINE}, as UTF-8"},
                                      status=400)
         line: Any = raw
-        if request.content_type == "application/json":
+        # JSON by its type, or by its look (curl -d sends form-encoded; no command line
+        # starts with "{"); a form's cmd= field (curl --data-urlencode cmd=...).
+        if request.content_type == "application/json" or raw.lstrip().startswith("{"):
             try:
                 body = json.loads(raw)
             except ValueError as exc:
-                return web.json_response({"error": f"not JSON ({exc})"}, status=400)
+                return web.json_response({"error": f"not JSON ({exc}): send "
+                                                   "{\"cmd\": LINE} or the line as text"},
+                                         status=400)
             line = body.get("cmd") if isinstance(body, dict) else None
+        elif request.content_type == "application/x-www-form-urlencoded" and \
+                raw.startswith("cmd="):
+            from urllib.parse import parse_qs  # noqa: PLC0415
+
+            line = (parse_qs(raw).get("cmd") or [""])[0]
         answer = await self._line(line, client_id=0)
         return web.json_response(answer, status=200 if "reply" in answer else 400)
 

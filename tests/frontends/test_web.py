@@ -172,8 +172,22 @@ def test_a_post_that_is_not_utf8_is_answered_not_crashed(served: Served) -> None
             async with http.post(served.base + "/cmd", data=b"tempo 92",
                                  headers={"Origin": served.base}) as r:
                 assert r.status == 200  # and the page goes on answering
+            # What curl sends: `-d '{"cmd": ...}'` (form-encoded type, a JSON body) and
+            # `--data-urlencode cmd=...`.
+            form = {"Origin": served.base,
+                    "Content-Type": "application/x-www-form-urlencoded"}
+            async with http.post(served.base + "/cmd", data=b'{"cmd": "tempo 93"}',
+                                 headers=form) as r:
+                assert r.status == 200 and (await r.json())["reply"] == "tempo 93"
+            async with http.post(served.base + "/cmd", data=b"cmd=tempo%2094",
+                                 headers=form) as r:
+                assert r.status == 200 and (await r.json())["reply"] == "tempo 94"
+            async with http.post(served.base + "/cmd", data=b'{"cmd": ',
+                                 headers=form) as r:
+                assert r.status == 400 and "not JSON" in (await r.json())["error"]
     run(go())
-    assert served.engine.submitted == [("web", "tempo 92", None)]
+    assert served.engine.submitted == [("web", "tempo 92", None), ("web", "tempo 93", None),
+                                       ("web", "tempo 94", None)]
 
 
 def test_beyond_loopback_every_request_needs_the_token() -> None:
