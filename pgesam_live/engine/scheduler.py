@@ -684,9 +684,12 @@ class Scheduler:
             n.key = new
 
     def forget_followers(self) -> None:
-        """Nothing is held or follows the point any more (panic)."""
+        """Nothing is held or follows the point any more (panic), and notes played in this
+        block but not yet handed to the sink are dropped: `note` then `panic` pasted
+        together end in silence, as the same lines at one time in a replay do."""
         self._held_notes = {}
         self._follow_asked = set()
+        self._immediate = []
 
     def held_keys(self) -> list[int]:
         """Pitches held now (a key down, `note P V hold` not yet released)."""

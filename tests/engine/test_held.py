@@ -129,6 +129,22 @@ def test_a_note_length_in_seconds_is_seconds_across_a_pending_tempo_change() -> 
     assert sounding_until(out) == pytest.approx(6.6 + 0.9, abs=0.2)
 
 
+@pytest.mark.parametrize("line", ["note C4 0.8 hold", "note C4 0.8 2"])
+def test_panic_after_a_note_in_one_block_silences_it_live_as_in_a_replay(line: str) -> None:
+    """`note` then `panic` pasted together (one audio block) end in silence, as the same two
+    lines at one time in a replay do: the queued note is dropped, not played after."""
+    replayed = held_session([(0.0, "at 0 0"), (0.5, line), (0.5, "panic")], 2.0)
+    assert np.abs(replayed[int(0.5 * SR):]).max() == 0.0
+    rig = make_rig()
+    assert rig.engine.submit("at 0 0").ok
+    rig.run_until(0.5)
+    assert rig.engine.submit(line).ok and rig.engine.submit("panic").ok
+    rig.run_until(2.0)
+    live = rig.audio.render_to_array()[:, 0]
+    rig.close()
+    assert np.abs(live[int(0.5 * SR):]).max() == 0.0
+
+
 def test_release_before_the_loop_goes_into_the_release_at_once() -> None:
     out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8 hold"), (0.8, "release C4")], 3.0)
     assert sounding_until(out) == pytest.approx(0.8 + 0.9, abs=0.2)
