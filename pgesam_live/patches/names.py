@@ -20,13 +20,15 @@ from pgesam_live.vocab.commands import (
 def command_name_errors(commands: list[tuple[Command, float | None]],
                         points: Collection[str], sequences: Collection[str],
                         known_points: Collection[str],
-                        known_sequences: Collection[str]) -> list[tuple[int, str]]:
+                        known_sequences: Collection[str],
+                        trajectories: Collection[str] = ()) -> list[tuple[int, str]]:
     """(index, message) for each of a patch's commands (in the order they run) that names
     what will not exist when it runs: `at NAME` a point of the patch, a `mark` before it or
     one of `known_points`; `mark NAME` not one of the patch's points; `start NAME` a sequence
     of the patch; `stop NAME` one running then (the patch's, one of `known_sequences`, one a
     `seq` or `start` before it started; a stop or hush before it ends them); a rests-only
-    `seq NAME` one running then (it silences that one). Lines after a `load` are not judged
+    `seq NAME` one running then (it silences that one); `seq ... at NAME` a point as for `at`,
+    or one of the patch's `trajectories`. Lines after a `load` are not judged
     (their names may be the other patch's)."""
     marks = set(points) | set(known_points)
     running = set(sequences) | set(known_sequences)
@@ -41,6 +43,12 @@ def command_name_errors(commands: list[tuple[Command, float | None]],
                                "name"))
             marks.add(name)
         elif cmd.name == "seq":
+            at = cmd.args.get("at")
+            if at is not None and at not in marks and at not in trajectories:
+                have = ", ".join(sorted({*marks, *trajectories})) or \
+                    "none (define it under points: or trajectories:)"
+                out.append((k, f"seq {name}: no point or trajectory named {at!r} before this "
+                               f"line runs; known: {have}"))
             if not any(_rest_free(cmd.args.get("notes", ""))):
                 if name not in running:
                     out.append((k, f"seq {name}: rests only, and no sequence {name!r} runs "
@@ -85,4 +93,5 @@ def patch_name_errors(patch: Patch, known_points: Collection[str],
     cmds = [(c.parsed(), c.at_beats) for c in patch.commands]
     return [f"{patch.path}: commands: \"{patch.commands[k].line}\": {message}"
             for k, message in command_name_errors(cmds, patch.points, patch.sequences,
-                                                  known_points, known_sequences)]
+                                                  known_points, known_sequences,
+                                                  patch.trajectories)]

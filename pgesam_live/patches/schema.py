@@ -335,7 +335,8 @@ def parse_patch(text: str, path: str = "<patch>",
     events = _events(v, top, resolve)
     commands = _commands(v, top)
     if known_points is not None:
-        _check_command_names(v, commands, points, sequences, known_points, known_sequences)
+        _check_command_names(v, commands, points, sequences, known_points, known_sequences,
+                             trajectories)
     if v.errors:
         raise PatchValidationError(v.errors)
     return Patch(path=path, tempo_bpm=tempo, model=model, seed=seed, points=points,
@@ -681,12 +682,14 @@ def _commands(v: _Validator, top: dict[str, tuple[Node, Node]]) -> list[_ReadCom
 
 def _check_command_names(v: _Validator, commands: list[_ReadCommand], points: Collection[str],
                          sequences: Collection[str], known_points: Collection[str],
-                         known_sequences: Collection[str]) -> None:
+                         known_sequences: Collection[str],
+                         trajectories: Collection[str]) -> None:
     """command_name_errors on the read lines, each error at its line and key path."""
     # (Names defined with a bad value are reported there, not again here.)
     found = command_name_errors([(c.cmd, c.at_beats) for c in commands], points,
                                 set(sequences) | v.broken_names,
-                                set(known_points) | v.broken_names, known_sequences)
+                                set(known_points) | v.broken_names, known_sequences,
+                                trajectories)
     for k, message in found:
         v.err(commands[k].node, commands[k].path, message)
 

@@ -361,6 +361,21 @@ def test_command_names_are_checked_in_the_order_the_commands_run() -> None:
     assert parse_patch(text, "p.yaml").commands[0].line == "at nowhere"
 
 
+def test_seq_at_a_name_is_checked_against_points_marks_and_trajectories() -> None:
+    text = ('pgesam: 1\npoints:\n  a: [0.1, 0.1]\n'
+            'trajectories:\n  sweep: {keys: [[0, a], [4, [0.2, 0.2]]]}\n'
+            'commands:\n'
+            '  - \'seq s1 "C4" 1 at a\'\n'          # a point of the patch
+            '  - \'seq s2 "C4" 1 at sweep\'\n'      # a trajectory
+            '  - \'seq s3 "C4" 1 at glass\'\n'      # a point outside the patch
+            '  - \'seq s4 "C4" 1 at nowhere\'\n')   # 10: none of them
+    with pytest.raises(PatchValidationError) as info:
+        parse_patch(text, "p.yaml", known_points={"glass"})
+    (error,) = info.value.errors
+    assert error.startswith("p.yaml:10: commands[3]: seq s4: no point or trajectory named "
+                            "'nowhere' before this line runs; known: a, glass, sweep"), error
+
+
 def test_a_folder_given_as_a_patch_is_named_with_what_is_in_it(tmp_path: Path) -> None:
     (tmp_path / "set").mkdir()
     (tmp_path / "set" / "a.yaml").write_text(CONTRACT)
