@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session")
     p.add_argument("--out", default=None)
     _add_common(p, audio=True)
+    p.add_argument("--lookahead", type=_lookahead, default=None,
+                   help="look-ahead in seconds (default: the session's, from its journal)")
     p.set_defaults(func="pgesam_live.app.offline:run_replay")
 
     p = sub.add_parser("note", help="render one note: X Y PITCH or NAME PITCH (a demo "

@@ -115,3 +115,9 @@ class Settings:
             raise ConfigError(f"OSC port {self.osc_port} is out of range 1..65535")
         if not 0 < self.web_port < 65536:
             raise ConfigError(f"web port {self.web_port} is out of range 1..65535")
+        if self.sample_rate is not None and not 8000 <= self.sample_rate <= 192000:
+            raise ConfigError(f"sample rate {self.sample_rate} Hz is out of range "
+                              "8000..192000")
+        if not 0.001 <= self.cache_grid <= 0.5:  # also refuses nan
+            raise ConfigError(f"cache grid {self.cache_grid} is out of range 0.001..0.5 "
+                              "(map units)")

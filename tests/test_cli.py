@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pgesam_live.errors import PgesamError
+
 os.environ.setdefault("PYO_GUI_WX", "0")
 
 from pgesam_live.cli import build_parser, main  # noqa: E402
@@ -236,6 +238,26 @@ def test_a_journal_header_with_a_bad_value_is_named(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "s.jsonl:1: " in err and fragment in err, err
     assert "Traceback" not in err
+
+
+def test_a_replay_takes_the_sessions_settings_from_its_header_unless_told_otherwise(
+        ) -> None:
+    from pgesam_live.app.offline import header_settings
+    from pgesam_live.sessions.journal import make_header
+    from pgesam_live.settings import Settings
+
+    header = make_header("m", 7, 96.0, lookahead_s=0.3, sample_rate=48000, cache_grid=0.05)
+    s = header_settings(Settings(), header, "s.jsonl")
+    assert (s.seed, s.tempo_bpm, s.lookahead_s, s.sample_rate, s.cache_grid) == \
+        (7, 96.0, 0.3, 48000, 0.05)
+    s = header_settings(Settings(), header, "s.jsonl", lookahead_s=0.2, sample_rate=44100)
+    assert (s.lookahead_s, s.sample_rate) == (Settings().lookahead_s, Settings().sample_rate)
+    # (the command line's values are already in the settings given; the header's are not
+    # applied over them)
+    older = make_header("m", 0, 120.0)  # a journal from before these keys
+    assert header_settings(Settings(), older, "s.jsonl") == Settings()
+    with pytest.raises(PgesamError, match='s.jsonl:1: header "cache_grid" = 0: cache grid 0'):
+        header_settings(Settings(), {**header, "cache_grid": 0}, "s.jsonl")
 
 
 def test_web_options_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,8 +112,10 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         print(line, flush=True)
     # The journal first: it takes the session's name, which the recording shares.
     # Written on its own thread: the engine's events come from the audio hook.
-    journal = Journal(session_path(s.session_dir), make_header(info.model_id, s.seed,
-                                                               s.tempo_bpm), background=True)
+    journal = Journal(session_path(s.session_dir),
+                      make_header(info.model_id, s.seed, s.tempo_bpm,
+                                  lookahead_s=s.lookahead_s, sample_rate=s.sample_rate,
+                                  cache_grid=s.cache_grid), background=True)
     try:
         rig = build_live(s, info, path, record_path=journal.path.with_suffix(".wav")
                          if s.audio in ("auto", "record") else None)

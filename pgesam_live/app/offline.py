@@ -8,6 +8,7 @@ import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from pgesam_live.app.build import LIVE_PREROLL_S, MAX_BOUNCE_S, MAX_REPLAY_S, TA
 from pgesam_live.app.common import check_out_path, quote, settings_from_args, write_wav
 from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_checked
 from pgesam_live.errors import PgesamError
+from pgesam_live.settings import Settings
 
 
 def _speed(audio_s: float, wall_s: float) -> str:
@@ -134,6 +136,27 @@ def run_render(ns: Namespace) -> int:
     return 0
 
 
+#: journal header key -> setting, in the order a replay applies them
+HEADER_SETTINGS = (("seed", "seed"), ("tempo", "tempo_bpm"), ("lookahead_s", "lookahead_s"),
+                   ("sample_rate", "sample_rate"), ("cache_grid", "cache_grid"))
+
+
+def header_settings(s: Settings, header: dict[str, Any], session: str,
+                    **given: Any) -> Settings:
+    """`s` with a journal header's settings (HEADER_SETTINGS; a key an older journal lacks
+    keeps `s`'s), except those `given` on the command line; a bad value is named with its
+    line."""
+    for key, field in HEADER_SETTINGS:
+        if given.get(field) is not None:
+            continue
+        try:
+            s = s.replace(**{field: header.get(key)})
+        except PgesamError as e:
+            raise PgesamError(f"{session}:1: header \"{key}\" = {json.dumps(header.get(key))}: "
+                              f"{e} (edit the journal's first line)") from None
+    return s
+
+
 def run_replay(ns: Namespace) -> int:
     """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
     from pgesam_live.sessions.journal import read_schedule  # noqa: PLC0415
@@ -148,13 +171,8 @@ def run_replay(ns: Namespace) -> int:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
     s = settings_from_args(ns)
-    for key, field in (("seed", "seed"), ("tempo", "tempo_bpm")):
-        try:
-            s = s.replace(**{field: header.get(key)})
-        except PgesamError as e:
-            raise PgesamError(f"{ns.session}:1: header \"{key}\" = "
-                              f"{json.dumps(header.get(key))}: {e} (edit the journal's first "
-                              "line)") from None
+    s = header_settings(s, header, ns.session, lookahead_s=getattr(ns, "lookahead", None),
+                        sample_rate=getattr(ns, "sample_rate", None))
     try:
         s = s.replace(model=journal_model(ns.session, str(header.get("model") or ""),
                                            ns.model, s.model))

@@ -41,11 +41,21 @@ def session_path(session_dir: str | Path, now: _dt.datetime | None = None) -> Pa
 
 
 def make_header(model: str, seed: int, tempo_bpm: float,
-                started: _dt.datetime | None = None) -> dict[str, Any]:
-    """The journal's first line. `started` defaults to now, local time with its offset."""
+                started: _dt.datetime | None = None, *, lookahead_s: float | None = None,
+                sample_rate: int | None = None,
+                cache_grid: float | None = None) -> dict[str, Any]:
+    """The journal's first line. `started` defaults to now, local time with its offset. The
+    settings a replay needs to sound the same (the look-ahead decides the point a note of a
+    sequence is rendered at, the cache grid the points rendered, the rate the recording's):
+    written when given; a replay takes them unless its command line says otherwise."""
     when = started or _dt.datetime.now().astimezone()
-    return {"pgesam_session": SESSION_FORMAT, "model": model, "seed": int(seed),
-            "tempo": float(tempo_bpm), "started": when.isoformat(timespec="seconds")}
+    header = {"pgesam_session": SESSION_FORMAT, "model": model, "seed": int(seed),
+              "tempo": float(tempo_bpm), "started": when.isoformat(timespec="seconds")}
+    for key, value in (("lookahead_s", lookahead_s), ("sample_rate", sample_rate),
+                       ("cache_grid", cache_grid)):
+        if value is not None:
+            header[key] = value
+    return header
 
 
 class Journal:
