@@ -115,7 +115,8 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     journal = Journal(session_path(s.session_dir),
                       make_header(info.model_id, s.seed, s.tempo_bpm,
                                   lookahead_s=s.lookahead_s, sample_rate=s.sample_rate,
-                                  cache_grid=s.cache_grid), background=True)
+                                  cache_grid=s.cache_grid), background=True,
+                      patch_dir=s.patch_dir)
     try:
         rig = build_live(s, info, path, record_path=journal.path.with_suffix(".wav")
                          if s.audio in ("auto", "record") else None)

@@ -5,8 +5,9 @@ append-only, one JSON object per line, flushed per line. First the header
 `{"pgesam_session": 1, "model": .., "seed": .., "tempo": .., "started": <ISO time>}`, then
 `{"t": <engine seconds since start>, "src": "repl|osc|midi|patch", "cmd": "<REPL line>"}`.
 `t` is the engine time the engine gave the command (for a bundle with a future timetag, the
-time it plays), so a replay needs no guessing. A journal cut off by a crash mid-line reads up
-to its last whole line.
+time it plays), so a replay needs no guessing. A `load` line also carries `"patch_sha256"`,
+the patch file's content hash then, so a replay can say when the file has changed since
+(`patch_changes`). A journal cut off by a crash mid-line reads up to its last whole line.
 
 `Journal` is an engine listener (`engine.add_listener(journal)`); `read_journal` and
 `replay_schedule` give the replay (live or offline: sessions/replay.py, wired in app/) its commands in order.
@@ -71,11 +72,13 @@ class Journal:
     writes what is queued. file_wrapper: wraps the open file (a slow-disk double)."""
 
     def __init__(self, path: str | Path, header: dict[str, Any], background: bool = False,
-                 file_wrapper: Callable[[IO[str]], IO[str]] | None = None) -> None:
+                 file_wrapper: Callable[[IO[str]], IO[str]] | None = None,
+                 patch_dir: str | Path | None = None) -> None:
         if header.get("pgesam_session") != SESSION_FORMAT:
             raise DataError(f"journal header needs pgesam_session: {SESSION_FORMAT}; "
                             "build it with session.make_header()")
         self.path = Path(path)
+        self.patch_dir = patch_dir  # where a `load NAME` line's patch is found (its hash)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
         self.error: str | None = None  # why lines are waiting (None: all written)
@@ -137,8 +140,23 @@ class Journal:
         with self._lock:
             if self._fh is None:
                 return
-            self._write_obj({"t": round(float(t_s), 6), "src": src, "cmd": cmd_line})
+            obj: dict[str, Any] = {"t": round(float(t_s), 6), "src": src, "cmd": cmd_line}
+            sha = self._patch_sha(cmd_line)
+            if sha is not None:
+                obj["patch_sha256"] = sha
+            self._write_obj(obj)
             self.count += 1
+
+    def _patch_sha(self, cmd_line: str) -> str | None:
+        """The content hash of the patch a `load` line loads (None: not a load, or the file
+        cannot be read; the line is journalled without it)."""
+        if self.patch_dir is None or not cmd_line.startswith("load "):
+            return None
+        try:
+            return _file_sha256(_find_patch(parse_line(cmd_line).args["patch"],
+                                            self.patch_dir))
+        except Exception:  # the hash is a help to replay, never a reason to lose the line
+            return None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("kind") == "command":
@@ -198,6 +216,7 @@ class JournalEntry:
     cmd: str
     line_no: int
     parsed: Command | None = field(default=None, compare=False, repr=False)
+    patch_sha256: str | None = None  # a load line's: the patch file's hash when journalled
 
     def command(self) -> Command:
         """The line as a Command (parsed once, when the journal was read)."""
@@ -264,10 +283,44 @@ def _entry(p: Path, i: int, obj: dict[str, Any]) -> JournalEntry:
         raise DataError(f"{p}:{i}: {exc}") from None
     if not parsed.journal:
         raise DataError(f"{p}:{i}: `{parsed.name}` is a front-end word and never journalled")
-    return JournalEntry(float(t), src, cmd, i, parsed)
+    sha = obj.get("patch_sha256")
+    return JournalEntry(float(t), src, cmd, i, parsed, sha if isinstance(sha, str) else None)
 
 
 Schedule = list[tuple[float, str, Command]]
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _find_patch(name: str, patch_dir: str | Path) -> Path:
+    from pgesam_live.patches.files import find_patch  # noqa: PLC0415
+
+    return find_patch(name, patch_dir)
+
+
+def patch_changes(path: str | Path, patch_dir: str | Path) -> list[str]:
+    """One line for each patch a journal loads whose file is gone or has changed since the
+    session (its `patch_sha256`): the replay plays the file as it is now."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for e in read_journal(path)[1]:
+        if e.patch_sha256 is None or e.cmd in seen:
+            continue
+        seen.add(e.cmd)
+        name = str(e.command().args["patch"])
+        try:
+            now = _file_sha256(_find_patch(name, patch_dir))
+        except Exception:  # (the replay's own load says what is wrong with the file)
+            continue
+        if now != e.patch_sha256:
+            out.append(f"line {e.line_no}: `{e.cmd}`: the patch has changed since the session "
+                       f"(sha256 {e.patch_sha256[:12]} then, {now[:12]} now); the replay plays "
+                       "it as it is now (restore that version to hear the session as played)")
+    return out
 
 
 def read_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule, bool]:

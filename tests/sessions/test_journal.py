@@ -231,3 +231,28 @@ def test_an_undecodable_file_name_is_journalled_and_read_back(tmp_path: Path,
     _, entries = read_journal(path)
     assert [e.cmd for e in entries] == [f'load "{name}"', "tempo 96", 'load "café.yaml"']
     assert "café" in path.read_text(encoding="utf-8")  # readable where it can be
+
+
+def test_a_load_line_keeps_the_patchs_hash_and_a_replay_says_when_the_file_changed(
+        tmp_path: Path) -> None:
+    from pgesam_live.sessions.journal import patch_changes
+
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "jam.yaml").write_text("pgesam: 1\ntempo: 100\n")
+    (patches / "other.yaml").write_text("pgesam: 1\n")
+    path = tmp_path / "s.jsonl"
+    with Journal(path, make_header("m", 0, 120), patch_dir=patches) as j:
+        j({"kind": "command", "t": 0.5, "src": "repl", "cmd": "load jam.yaml"})
+        j({"kind": "command", "t": 0.6, "src": "repl", "cmd": "load other.yaml"})
+        j({"kind": "command", "t": 0.7, "src": "repl", "cmd": "tempo 90"})
+    lines = [json.loads(raw) for raw in path.read_text().splitlines()[1:]]
+    assert len(lines[0]["patch_sha256"]) == 64 and "patch_sha256" not in lines[2]
+    assert patch_changes(path, patches) == []  # unchanged: nothing to say
+    (patches / "jam.yaml").write_text("pgesam: 1\ntempo: 140\n")
+    (changed,) = patch_changes(path, patches)
+    assert changed.startswith("line 2: `load jam.yaml`: the patch has changed since the "
+                              "session") and "plays it as it is now" in changed
+    # The journal reads as before: the hash is an extra key.
+    assert [e.cmd for e in read_journal(path)[1]] == ["load jam.yaml", "load other.yaml",
+                                                     "tempo 90"]
