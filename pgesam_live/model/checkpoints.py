@@ -187,7 +187,13 @@ def _read_payload(path: Path, data: bytes, fmt: str) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged archives
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):  # a whole pickled object, not weights
+            raise CheckpointError(f"{path}: holds pickled Python objects (a module or class), "
+                                  "not a pgesam-live file of tensors; it is not loaded, for "
+                                  "safety: pass a pgesam_*.pt written by `pgesam-live train` "
+                                  "or `pack`") from e
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal colour codes
+        first = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(f"{path}: damaged checkpoint ({first[:160]}); replace the file "
                               f"or retrain with `{TRAIN_HINT}`") from e
     if not isinstance(obj, dict) or obj.get("format") != fmt:

@@ -110,6 +110,13 @@ def test_not_a_torch_file_is_named(tmp_path: Path) -> None:
     _expect_error(bad, "not a torch checkpoint")
 
 
+def test_a_pickled_module_is_refused_as_such_not_called_damaged(tmp_path: Path) -> None:
+    pickled = tmp_path / "pgesam_module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    msg = _expect_error(pickled, "holds pickled Python objects", "not loaded, for safety")
+    assert "damaged" not in msg and "\x1b" not in msg
+
+
 def test_hash_mismatch_is_named(saved: tuple, tmp_path: Path) -> None:
     data = bytearray(saved[0].read_bytes())
     # Same name, one byte changed: the content no longer matches the name's hash.
