@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="the SFZ's and samples' name")
     p.add_argument("--seed", type=_seed, default=0)
     _add_common(p)
+    for action in p._actions:  # an export is written at the model's rate
+        if "--sample-rate" in action.option_strings:
+            action.help = ("only the model's own rate: the samples are written at it and "
+                           "any SFZ sampler converts them on load")
     p.set_defaults(func="pgesam_live.app.export:run_export")
 
     p = sub.add_parser("map", help="the timbre map: a picture (--out) or data (--json)")
