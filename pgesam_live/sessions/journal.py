@@ -303,8 +303,9 @@ def _find_patch(name: str, patch_dir: str | Path) -> Path:
 
 
 def patch_changes(path: str | Path, patch_dir: str | Path) -> list[str]:
-    """One line for each patch a journal loads whose file is gone or has changed since the
-    session (its `patch_sha256`): the replay plays the file as it is now."""
+    """One line for each patch a journal loads whose file has changed since the session
+    (its `patch_sha256`): the replay plays the file as it is now. A file gone is left to the
+    replay's own `load`, which names it."""
     out: list[str] = []
     seen: set[str] = set()
     for e in read_journal(path)[1]:
