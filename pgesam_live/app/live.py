@@ -16,6 +16,7 @@ from pgesam_live.app.build import LIVE_PREROLL_S, RING_OUT_MAX_S, TAIL_S, build_
 from pgesam_live.app.common import quote, settings_from_args
 from pgesam_live.app.inputs import load_checked
 from pgesam_live.errors import PgesamError
+from pgesam_live.patches.files import find_patch
 from pgesam_live.settings import Settings
 
 
@@ -116,7 +117,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
                       make_header(info.model_id, s.seed, s.tempo_bpm,
                                   lookahead_s=s.lookahead_s, sample_rate=s.sample_rate,
                                   cache_grid=s.cache_grid), background=True,
-                      patch_dir=s.patch_dir)
+                      find_patch=lambda name: find_patch(name, s.patch_dir))
     try:
         rig = build_live(s, info, path, record_path=journal.path.with_suffix(".wav")
                          if s.audio in ("auto", "record") else None)

@@ -159,6 +159,7 @@ def header_settings(s: Settings, header: dict[str, Any], session: str,
 
 def run_replay(ns: Namespace) -> int:
     """`pgesam-live replay SESSION [--out WAV]`: live, or offline through the same engine."""
+    from pgesam_live.patches.files import find_patch  # noqa: PLC0415
     from pgesam_live.sessions.journal import patch_changes, read_schedule  # noqa: PLC0415
     from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
 
@@ -173,7 +174,7 @@ def run_replay(ns: Namespace) -> int:
     s = settings_from_args(ns)
     s = header_settings(s, header, ns.session, lookahead_s=getattr(ns, "lookahead", None),
                         sample_rate=getattr(ns, "sample_rate", None))
-    for line in patch_changes(ns.session, s.patch_dir):
+    for line in patch_changes(ns.session, lambda name: find_patch(name, s.patch_dir)):
         print(f"{ns.session}: {line}", file=sys.stderr)
     try:
         s = s.replace(model=journal_model(ns.session, str(header.get("model") or ""),

@@ -73,12 +73,12 @@ class Journal:
 
     def __init__(self, path: str | Path, header: dict[str, Any], background: bool = False,
                  file_wrapper: Callable[[IO[str]], IO[str]] | None = None,
-                 patch_dir: str | Path | None = None) -> None:
+                 find_patch: Callable[[str], Path] | None = None) -> None:
         if header.get("pgesam_session") != SESSION_FORMAT:
             raise DataError(f"journal header needs pgesam_session: {SESSION_FORMAT}; "
                             "build it with session.make_header()")
         self.path = Path(path)
-        self.patch_dir = patch_dir  # where a `load NAME` line's patch is found (its hash)
+        self.find_patch = find_patch  # a `load NAME` line's patch file (for its hash)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
         self.error: str | None = None  # why lines are waiting (None: all written)
@@ -150,11 +150,10 @@ class Journal:
     def _patch_sha(self, cmd_line: str) -> str | None:
         """The content hash of the patch a `load` line loads (None: not a load, or the file
         cannot be read; the line is journalled without it)."""
-        if self.patch_dir is None or not cmd_line.startswith("load "):
+        if self.find_patch is None or not cmd_line.startswith("load "):
             return None
         try:
-            return _file_sha256(_find_patch(parse_line(cmd_line).args["patch"],
-                                            self.patch_dir))
+            return _file_sha256(self.find_patch(parse_line(cmd_line).args["patch"]))
         except Exception:  # the hash is a help to replay, never a reason to lose the line
             return None
 
@@ -296,13 +295,7 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _find_patch(name: str, patch_dir: str | Path) -> Path:
-    from pgesam_live.patches.files import find_patch  # noqa: PLC0415
-
-    return find_patch(name, patch_dir)
-
-
-def patch_changes(path: str | Path, patch_dir: str | Path) -> list[str]:
+def patch_changes(path: str | Path, find_patch: Callable[[str], Path]) -> list[str]:
     """One line for each patch a journal loads whose file has changed since the session
     (its `patch_sha256`): the replay plays the file as it is now. A file gone is left to the
     replay's own `load`, which names it."""
@@ -314,7 +307,7 @@ def patch_changes(path: str | Path, patch_dir: str | Path) -> list[str]:
         seen.add(e.cmd)
         name = str(e.command().args["patch"])
         try:
-            now = _file_sha256(_find_patch(name, patch_dir))
+            now = _file_sha256(find_patch(name))
         except Exception:  # (the replay's own load says what is wrong with the file)
             continue
         if now != e.patch_sha256:

@@ -235,6 +235,7 @@ def test_an_undecodable_file_name_is_journalled_and_read_back(tmp_path: Path,
 
 def test_a_load_line_keeps_the_patchs_hash_and_a_replay_says_when_the_file_changed(
         tmp_path: Path) -> None:
+    from pgesam_live.patches.files import find_patch
     from pgesam_live.sessions.journal import patch_changes
 
     patches = tmp_path / "patches"
@@ -242,15 +243,18 @@ def test_a_load_line_keeps_the_patchs_hash_and_a_replay_says_when_the_file_chang
     (patches / "jam.yaml").write_text("pgesam: 1\ntempo: 100\n")
     (patches / "other.yaml").write_text("pgesam: 1\n")
     path = tmp_path / "s.jsonl"
-    with Journal(path, make_header("m", 0, 120), patch_dir=patches) as j:
+    def find(name: str) -> Path:
+        return find_patch(name, patches)
+
+    with Journal(path, make_header("m", 0, 120), find_patch=find) as j:
         j({"kind": "command", "t": 0.5, "src": "repl", "cmd": "load jam.yaml"})
         j({"kind": "command", "t": 0.6, "src": "repl", "cmd": "load other.yaml"})
         j({"kind": "command", "t": 0.7, "src": "repl", "cmd": "tempo 90"})
     lines = [json.loads(raw) for raw in path.read_text().splitlines()[1:]]
     assert len(lines[0]["patch_sha256"]) == 64 and "patch_sha256" not in lines[2]
-    assert patch_changes(path, patches) == []  # unchanged: nothing to say
+    assert patch_changes(path, find) == []  # unchanged: nothing to say
     (patches / "jam.yaml").write_text("pgesam: 1\ntempo: 140\n")
-    (changed,) = patch_changes(path, patches)
+    (changed,) = patch_changes(path, find)
     assert changed.startswith("line 2: `load jam.yaml`: the patch has changed since the "
                               "session") and "plays it as it is now" in changed
     # The journal reads as before: the hash is an extra key.
