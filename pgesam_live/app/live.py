@@ -149,8 +149,10 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
         threading.Thread(target=loop.run_forever, daemon=True, name="osc-loop").start()
         from pgesam_live.frontends.osc_server import OscServer  # noqa: PLC0415
 
-        # what `status` shows of the page: its address, never its token
-        view.add_info("web", lambda: web.url if web is not None else "off")
+        # what `status` shows of the page: its address, never its token; "starting" until
+        # it listens or is given up (OSC answers from here on, the page starts after)
+        web_state = ["starting" if s.web else "off"]
+        view.add_info("web", lambda: web.url if web is not None else web_state[0])
         osc = OscServer(view, s.osc_host, s.osc_port)
         asyncio.run_coroutine_threadsafe(osc.start(), loop).result(5)
         osc_stats = osc.stats
@@ -161,6 +163,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
 
             web = start_web(view, loop, s.web_host, s.web_port, audio=audio,
                             message=lambda text: print(text, flush=True))
+            web_state[0] = "off"  # (shown only when it did not start)
         if s.midi:
             from pgesam_live.frontends.midi import start_midi  # noqa: PLC0415
 
