@@ -326,12 +326,16 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"pgesam-live: warning: {message}\n"
 
 
+def _subcommands(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
 def _command_first(ap: argparse.ArgumentParser, args: list[str]) -> list[str]:
     """Arguments that start with an option: `play`'s (`pgesam-live --web-port 9000`), or
     common options written before the command's name (`pgesam-live --model M doctor` ->
     `doctor --model M`)."""
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
-    commands: dict[str, argparse.ArgumentParser] = dict(sub.choices)
+    commands = _subcommands(ap)
     takes_value = {o for a in commands["play"]._actions if a.nargs != 0
                    for o in a.option_strings}
     i = 0
@@ -342,9 +346,6 @@ def _command_first(ap: argparse.ArgumentParser, args: list[str]) -> list[str]:
     return ["play", *args]
 
 
-def _subparser(ap: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         problem = export_usage_problem(list(ns.where))
         if problem is not None:
-            _subparser(ap, "export").error(problem.removeprefix("export: "))
+            _subcommands(ap)["export"].error(problem.removeprefix("export: "))
     mod_name, fn_name = ns.func.split(":")
     # Our warnings are one line for a performer, not a source location and a code line.
     warnings.formatwarning = _one_line_warning

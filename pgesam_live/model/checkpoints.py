@@ -411,6 +411,13 @@ def _unpacked_dtype(base: torch.Tensor) -> torch.dtype:
     return torch.float32 if base.dtype == torch.float16 else base.dtype
 
 
+def _plus_factors(b: torch.Tensor, factors: torch.Tensor, r: int) -> torch.Tensor:
+    """base [m, n] + A @ B from `factors` (float64, A^T [r, m] then B [r, n], flattened)."""
+    m, n = b.shape
+    a_t, f_b = factors[:r * m].view(r, m), factors[r * m:].view(r, n)
+    return (b.double() + a_t.t() @ f_b).to(_unpacked_dtype(b))
+
+
 def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
                   path: Path) -> dict[str, torch.Tensor]:
     """base + the packed difference -> a full state dict of the base's dtypes."""
@@ -433,10 +440,8 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
         for key, r in zip(low["keys"], low["ranks"], strict=True):
             b, r = base[key], int(r)
             m, n = b.shape
-            a_t = low["factors"][f_at:f_at + r * m].double().view(r, m)
-            f_b = low["factors"][f_at + r * m:f_at + r * (m + n)].double().view(r, n)
+            out[key] = _plus_factors(b, low["factors"][f_at:f_at + r * (m + n)].double(), r)
             f_at += r * (m + n)
-            out[key] = (b.double() + a_t.t() @ f_b).to(_unpacked_dtype(b))
         if low["keys"] and f_at != low["factors"].numel():
             raise ValueError(f"{low['factors'].numel() - f_at} factor values left over")
         cut = delta.get("truncated")
@@ -447,10 +452,9 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
             for key, r in zip(cut["keys"], cut["ranks"], strict=True):
                 b, r = base[key], int(r)
                 m, n = b.shape
-                ab = _dq8(q_cut[at:at + r * (m + n)], cut["scales"][key], (r * (m + n),))
+                out[key] = _plus_factors(b, _dq8(q_cut[at:at + r * (m + n)],
+                                                 cut["scales"][key], (r * (m + n),)), r)
                 at += r * (m + n)
-                a_t, f_b = ab[:r * m].view(r, m), ab[r * m:].view(r, n)
-                out[key] = (b.double() + a_t.t() @ f_b).to(_unpacked_dtype(b))
             if at != q_cut.numel():
                 raise ValueError(f"{q_cut.numel() - at} truncated factor values left over")
         missing = [k for k in base if k not in out]
@@ -565,7 +569,6 @@ def run_pack(ns: Any) -> int:
     if out_dir.resolve() != base.parent.resolve() and not (out_dir / base.name).is_file():
         raise CheckpointError(f"{out_dir} does not hold the base {base.name}: the packed file "
                               "loads only next to it; copy the base there first")
-    rank = getattr(ns, "rank", None)
     path = pack_model(ns.model, base, out_dir, max_rank=rank)
     size_mb = path.stat().st_size / 1e6
     print(f"packed model: {path} ({size_mb:.2f} MB; loads with {base.name} next to it)")
