@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition a share P of the training notes on their instrument's point "
                         "(the mean of its notes' points: the named point a performer plays) "
                         "instead of the note's own (default 0: the paper's per-note point)")
+    p.add_argument("--blend-points", type=float, default=None, metavar="P",
+                   help="parallel decoder: replace a share P of the training notes by points "
+                        "drawn between the instruments, each playing the inverse-distance "
+                        "blend of its nearest instruments' notes at that pitch (default 0)")
     p.add_argument("--map-grid", default=None, metavar="SIDES",
                    help="parallel decoder: a learned feature grid over the map, tables of these "
                         "side lengths (e.g. 16,32,64,128,256), for the map's fine detail; read "

@@ -112,7 +112,8 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 # Defaults of the parallel decoder's loss options (TrainOptions.loss_value).
 LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
                  "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0,
-                 "log_dist_weight": 0.0, "instrument_points": 0.0, "release_weight": 0.0}
+                 "log_dist_weight": 0.0, "instrument_points": 0.0, "release_weight": 0.0,
+                 "blend_points": 0.0}
 
 
 def _opt_int(v: Any) -> int | None:
@@ -192,6 +193,12 @@ class TrainOptions:
     # about its point farther (median 0.022) than the nearest other instrument's point lies
     # (0.014), so at a named point the per-note decoder hears a blend of its neighbours.
     instrument_points: float | None = None
+    # Parallel decoder: the share of training notes replaced by a map blend (MapBlender): a
+    # random point of the training points' box, its target the inverse-distance blend of the
+    # notes at the same pitch of the instruments nearest to it (0 = off). The box is mostly
+    # space between the instruments (the 5 x 5 map grid lies 0.02-0.36 from the nearest, the
+    # instruments 0.015 from each other), which nothing else trains.
+    blend_points: float | None = None
     # Parallel decoder: a learned feature grid over the map (parallel.MapGrid) of these side
     # lengths, read from block 0 in a new run, or, grown into an --init model that has none,
     # by the blocks that train (--train-blocks). Stored in the model's config.
@@ -268,7 +275,8 @@ class TrainOptions:
         for name, top in (("delta_weight", 100.0), ("spectral_weight", 100.0),
                           ("point_noise", 1.0), ("pitch_weight", 1e5),
                           ("loudness_weight", 1e5), ("log_dist_weight", 100.0),
-                          ("instrument_points", 1.0), ("release_weight", 1e5)):
+                          ("instrument_points", 1.0), ("release_weight", 1e5),
+                          ("blend_points", 1.0)):
             v = g(name)
             if v is not None and not 0.0 <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
@@ -330,6 +338,7 @@ class TrainOptions:
             log_dist_weight=_opt_float(g("log_dist_weight")),
             release_weight=_opt_float(g("release_weight")),
             instrument_points=_opt_float(g("instrument_points")),
+            blend_points=_opt_float(g("blend_points")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
             vae_frames=vae_frames,
@@ -337,7 +346,8 @@ class TrainOptions:
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
         """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight,
-        loudness_weight, log_dist_weight, release_weight, instrument_points): given,
+        loudness_weight, log_dist_weight, release_weight, instrument_points, blend_points):
+        given,
         else the resumed run's, else LOSS_DEFAULTS."""
         given = getattr(self, name)
         if given is not None:
@@ -1042,8 +1052,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
     mu, logvar = encode_all(vae, data.frames)
     sigma = torch.exp(0.5 * logvar)
-    if loss_opts["instrument_points"] > 0 and not parallel:
-        raise ConfigError("--instrument-points is for the parallel decoder")
+    for opt_name in ("instrument_points", "blend_points"):
+        if loss_opts[opt_name] > 0 and not parallel:
+            raise ConfigError(f"--{opt_name.replace('_', '-')} is for the parallel decoder")
     from pgesam_live.model.data import instrument_means  # noqa: PLC0415
 
     inst_mu = instrument_means(mu, data.instrument)  # [N, 2]: each note's instrument's point
@@ -1062,6 +1073,11 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 f"of its variance, {report.points} points, {report.time_s:.0f} s")
     trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
              if first_trained is not None else None)
+    if trunk is not None and loss_opts["blend_points"] > 0:
+        raise ConfigError("--blend-points trains points between the instruments, which the "
+                          "cached trunk of --train-blocks does not hold: leave one out")
+    blender = (MapBlender(mu, data.instrument, data.pitch)
+               if loss_opts["blend_points"] > 0 else None)
     steps = opts.steps if opts.steps is not None else (
         int(saved["steps"]) if saved else opts.stage_value("transformer", "steps"))
     batch = opts.batch_size or (int(saved["batch_size"]) if saved
@@ -1161,6 +1177,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 if loss_opts["point_noise"] > 0:
                     points = points + loss_opts["point_noise"] * torch.randn_like(points)
                 x = data.frames[idx]
+                if blender is not None:
+                    points, x = blender.apply(points, x, data.frames, data.pitch[idx],
+                                              loss_opts["blend_points"], sampler.gen)
                 x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
                 if self_feed > 0:
                     x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
@@ -1244,6 +1263,69 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     path = save_model(opts.out, vae, tr, model_meta)
     _say(d, f"model file: {path}")
     return path
+
+
+class MapBlender:
+    """Targets for the space between the training instruments (--blend-points).
+
+    A point p drawn uniformly from the instruments' bounding box (widened by BOX_MARGIN of
+    its size) plays, at pitch m, the inverse-distance blend (weights 1 / (d^2 + EPS^2)) of
+    the notes at m of the K instruments nearest to p that have one: at an instrument's own
+    point that instrument, halfway between two a morph of both. Frames blend in the codec's
+    normalised space (loudness and noise in dB, the harmonic shares linearly), where a blend
+    of two envelopes is a level between them, not a sum.
+    """
+
+    K = 3
+    EPS = 0.003         # map units: within this of an instrument, it dominates the blend
+    BOX_MARGIN = 0.05
+
+    def __init__(self, mu: torch.Tensor, instrument: torch.Tensor, pitch: torch.Tensor
+                 ) -> None:
+        """mu [N, 2] the notes' points, instrument [N], pitch [N] (MIDI)."""
+        from pgesam_live.model.data import instrument_points  # noqa: PLC0415
+
+        n_inst = int(instrument.max()) + 1
+        self.points, counts = instrument_points(mu, instrument, n_inst)  # [I, 2]
+        self.has = counts > 0
+        lo = self.points[self.has].min(0).values
+        hi = self.points[self.has].max(0).values
+        span = hi - lo
+        self.lo, self.hi = lo - self.BOX_MARGIN * span, hi + self.BOX_MARGIN * span
+        self.p_lo = int(pitch.min())
+        # note_at[i, m - p_lo]: a note of instrument i at pitch m (the last one read), or -1
+        self.note_at = torch.full((n_inst, int(pitch.max()) - self.p_lo + 1), -1,
+                                  dtype=torch.long, device=mu.device)
+        self.note_at[instrument, pitch - self.p_lo] = torch.arange(len(pitch), device=mu.device)
+
+    def blend(self, p: torch.Tensor, pitch: torch.Tensor, frames: torch.Tensor
+              ) -> torch.Tensor:
+        """Points p [B, 2], pitches [B] -> blended target frames [B, T, D]."""
+        notes = self.note_at[:, pitch - self.p_lo].T                      # [B, I]
+        d2 = ((p[:, None, :] - self.points[None]) ** 2).sum(-1)           # [B, I]
+        d2 = torch.where(notes >= 0, d2, torch.full_like(d2, float("inf")))
+        k = min(self.K, int(self.has.sum()))
+        near_d2, near = torch.topk(d2, k, dim=1, largest=False)          # [B, k]
+        w = torch.where(torch.isfinite(near_d2), 1.0 / (near_d2 + self.EPS ** 2),
+                        torch.zeros_like(near_d2))
+        w = w / w.sum(1, keepdim=True)
+        idx = torch.gather(notes, 1, near)                               # [B, k]
+        return (frames[idx.clamp(min=0)] * w[:, :, None, None]).sum(1)
+
+    def apply(self, points: torch.Tensor, x: torch.Tensor, frames: torch.Tensor,
+              pitch: torch.Tensor, share: float, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace a share of a batch (points [B, 2], targets x [B, T, D] at pitch [B]) by
+        blends at random points of the box; new tensors."""
+        use = (torch.rand(len(points), generator=gen) < share).to(points.device)
+        if not bool(use.any()):
+            return points, x
+        u = torch.rand(int(use.sum()), 2, generator=gen).to(points.device)
+        p = self.lo + u * (self.hi - self.lo)
+        points, x = points.clone(), x.clone()
+        points[use] = p
+        x[use] = self.blend(p, pitch[use], frames)
+        return points, x
 
 
 # The map grid's tables and projection learn at this multiple of the decoder's learning rate

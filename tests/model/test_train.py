@@ -613,7 +613,8 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
     assert st["loss_options"] == {"delta_weight": 1.0, "spectral_weight": 0.5,
                                   "point_noise": 0.02, "pitch_weight": 300.0,
                                   "loudness_weight": 40.0, "log_dist_weight": 0.0,
-                                  "instrument_points": 0.0, "release_weight": 0.0}
+                                  "instrument_points": 0.0, "release_weight": 0.0,
+                                  "blend_points": 0.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
@@ -693,6 +694,54 @@ def test_instrument_points_condition_notes_on_their_instruments_mean_point(
         T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
                                str(out / "vae.pt"), "--steps", "2", "--decoder",
                                "autoregressive", "--instrument-points", "0.5"))
+
+
+def test_map_blender_plays_an_instrument_at_its_point_and_a_morph_between() -> None:
+    """MapBlender's targets: at an instrument's own point its note at that pitch; halfway
+    between two with a third far off, mostly those two, equally; only instruments that have
+    the pitch take part; `apply` replaces about the share asked and keeps the rest."""
+    inst = torch.tensor([0, 0, 1, 1, 2, 3])
+    pitch = torch.tensor([60, 61, 60, 61, 61, 60])
+    mu = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.2, 0.0], [0.2, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    frames = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 3, 2).clone()
+    b = T.MapBlender(mu, inst, pitch)
+    at = b.blend(torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.1, 0.0]]),
+                 torch.tensor([60, 61, 60]), frames)
+    assert float(at[0, 0, 0]) == pytest.approx(0.0, abs=0.01)       # instrument 0's C4
+    assert float(at[1, 0, 0]) == pytest.approx(3.0, abs=0.01)       # instrument 1's C#4
+    # (0.1, 0): instrument 2 sits there but has no note at 60: 0 and 1 share it, 3 is far
+    assert float(at[2, 0, 0]) == pytest.approx(1.0, abs=0.01)
+    # the box: the instruments' points widened by BOX_MARGIN
+    assert torch.allclose(b.lo, torch.tensor([-0.25, -0.25])) and float(b.hi[0]) == 5.25
+    gen = torch.Generator().manual_seed(0)
+    pts = mu[torch.zeros(400, dtype=torch.long)]
+    x = frames[torch.zeros(400, dtype=torch.long)]
+    p2, x2 = b.apply(pts, x, frames, torch.full((400,), 60), 0.25, gen)
+    moved = (p2 != pts).any(1)
+    assert 60 < int(moved.sum()) < 140 and bool((x2[~moved] == 0).all())
+    assert bool(((p2 >= b.lo) & (p2 <= b.hi)).all())
+
+
+def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
+    """`--blend-points`: a parallel run records it; refused for the autoregressive decoder,
+    with --train-blocks (the cached trunk holds no other points) and out of [0, 1]."""
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--decoder",
+                                  "parallel", "--blend-points", "0.5")) == 0
+    st = load_training_state(out / "transformer.pt")
+    assert st["loss_options"]["blend_points"] == 0.5
+    with pytest.raises(ConfigError, match="blend-points"):
+        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out,
+                                                 "--blend-points", "2"))
+    with pytest.raises(ConfigError, match="blend-points"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
+                               str(out / "vae.pt"), "--steps", "2", "--decoder",
+                               "autoregressive", "--blend-points", "0.5"))
+    model = next(out.glob("pgesam_*.pt"))
+    with pytest.raises(ConfigError, match="blend-points"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "top", "--init", str(model),
+                               "--train-blocks", "1", "--blend-points", "0.5", "--steps", "2"))
 
 
 def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
