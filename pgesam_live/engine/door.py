@@ -39,7 +39,7 @@ from pgesam_live.errors import CommandError, PgesamError
 from pgesam_live.notes import rendered_pitch
 from pgesam_live.patches.files import find_patch
 from pgesam_live.patches.model import Patch, PatchCommand, make_sequence
-from pgesam_live.patches.schema import load_patch
+from pgesam_live.patches.schema import PatchValidationError, load_patch, load_target_errors
 from pgesam_live.render.cache import AudioThreadSource, RenderCache
 from pgesam_live.render.keys import NoteKey
 from pgesam_live.vocab.commands import (
@@ -502,10 +502,17 @@ class Engine(NameChecks, StateViews, Exports):
         a = c.args
         if c.name == "load":
             points, sequences = self._known_names() if check_names else (None, [])
-            return load_patch(find_patch(a["patch"], self.patch_dir,
-                                         confined=source(src).confined_loads),
-                              pitch_range=self.model.pitch_range,
-                              known_points=points, known_sequences=sequences)
+            patch = load_patch(find_patch(a["patch"], self.patch_dir,
+                                          confined=source(src).confined_loads),
+                               pitch_range=self.model.pitch_range,
+                               known_points=points, known_sequences=sequences)
+            # Validated completely before anything plays: the patches it loads later too
+            # (their lines run as the patch's, loading as the patch source may).
+            bad = load_target_errors(patch, self.patch_dir, source("patch").confined_loads,
+                                     self.model.pitch_range)
+            if bad:
+                raise PatchValidationError(bad)
+            return patch
         if c.name == "seq":
             step = a.get("step") or DEFAULT_STEP_BEATS
             gate = a.get("gate")

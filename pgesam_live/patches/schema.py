@@ -709,3 +709,27 @@ def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None,
         raise PatchError(f"{p}: cannot read the patch ({exc.__class__.__name__}); "
                          "is it a UTF-8 YAML file?") from None
     return parse_patch(text, str(path), pitch_range, known_points, known_sequences)
+
+
+def load_target_errors(patch: Patch, folder: str | Path, confined: bool = False,
+                       pitch_range: tuple[int, int] | None = None) -> list[str]:
+    """The patch's `load` lines whose patch will not load: missing (found as `load` finds it:
+    find_patch in `folder`, `confined` as for the source that loads this one) or itself
+    invalid; each as `FILE: commands: "LINE": message`. The targets' own `load` lines are
+    not followed (two patches may load each other in turn)."""
+    from pgesam_live.patches.files import find_patch  # noqa: PLC0415
+
+    out: list[str] = []
+    for c in patch.commands:
+        cmd = c.parsed()
+        if cmd.name != "load":
+            continue
+        where = f"{patch.path}: commands: \"{c.line}\""
+        try:
+            target = find_patch(str(cmd.args["patch"]), folder, confined=confined)
+            load_patch(target, pitch_range)
+        except PatchValidationError as exc:
+            out.append(f"{where}: that patch has errors, first: {exc.errors[0]}")
+        except PatchError as exc:
+            out.append(f"{where}: {exc}")
+    return out

@@ -508,6 +508,33 @@ def test_a_live_load_checks_its_command_names_against_bookmarks_and_running_sequ
     rig.close()
 
 
+def test_a_patch_whose_commands_load_a_missing_or_broken_patch_is_refused_at_load(
+        tmp_path: Path) -> None:
+    """A patch is validated completely before anything plays: a `load` among its commands
+    names a patch that must be found (as that line will find it) and valid. Two patches that
+    load each other in turn are fine."""
+    good = tmp_path / "good.yaml"
+    good.write_text(f'pgesam: 1\ncommands: [{{at: 8, do: "load {tmp_path / "other.yaml"}"}}]\n')
+    other = tmp_path / "other.yaml"
+    other.write_text(f'pgesam: 1\ncommands: [{{at: 8, do: "load {good}"}}]\n')
+    missing = tmp_path / "missing.yaml"
+    missing.write_text('pgesam: 1\ncommands: [{at: 4, do: "load nowhere"}]\n')
+    broken = tmp_path / "broken.yaml"
+    broken.write_text('pgesam: 1\ntempo: 9999\n')
+    uses_broken = tmp_path / "uses.yaml"
+    uses_broken.write_text(f'pgesam: 1\ncommands: [{{at: 4, do: "load {broken}"}}]\n')
+    rig = make_rig()
+    e = rig.engine
+    r = e.submit(f"load {missing}")
+    assert not r.ok and '"load nowhere"' in r.text and "no patch 'nowhere'" in r.text
+    r = e.submit(f"load {uses_broken}")
+    assert not r.ok and "that patch has errors" in r.text and "tempo" in r.text
+    assert e.submit(f"load {good}").ok
+    rig.run_until(0.5)
+    assert e.apply_errors == 0 and e.snapshot()["patch"].endswith("good.yaml")
+    rig.close()
+
+
 def test_a_seq_of_rests_only_silences_a_running_sequence_and_is_refused_otherwise() -> None:
     rig = make_rig()
     e = rig.engine
