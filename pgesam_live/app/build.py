@@ -191,8 +191,8 @@ class OfflineRig:
     def run_to_end(self, from_s: float, max_s: float, ring_out_max_s: float = RING_OUT_MAX_S
                    ) -> float:
         """Run from `from_s` until nothing is scheduled and no voice sounds; whatever still
-        plays at `max_s` is stopped (hush: notes ring out, within `ring_out_max_s`). Returns
-        the end time, on a block boundary."""
+        plays at `max_s` is stopped (held keys released, hush: notes ring out, within
+        `ring_out_max_s`). Returns the end time, on a block boundary."""
         self.run_until(from_s)
         t = from_s
         sched, step = self.engine.scheduler, 0.1
@@ -201,6 +201,8 @@ class OfflineRig:
             self.run_until(t)
             if t >= max_s or not (sched.is_playing() or self.voices.in_use()):
                 break
+        for pitch in sched.held_keys():  # a key still down (its journal ended first)
+            self.engine.submit(f"release {pitch}", src="patch")  # rings its own release
         if sched.is_playing():
             sched.hush()
         end = t + ring_out_max_s

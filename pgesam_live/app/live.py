@@ -28,6 +28,7 @@ def _drop_unused(journal: Any) -> None:
 
 
 RECORD_SETTLE_S = 0.3  # after the last voice: the recorder's blocks reach the file
+RELEASE_AT_QUIT_S = 2.0  # keys held at quit: their releases ring this long at most
 
 
 def _ring_out(engine: Any, voices: Any, max_s: float = RING_OUT_MAX_S,
@@ -62,9 +63,24 @@ def _finish_piped(engine: Any, voices: Any, clock: Callable[[], float] | None = 
     sleep(0.3)
     while engine.busy() and clock() < tail_end:
         sleep(0.05)
+    _let_go(engine)
+    _ring_out(engine, voices, clock=clock, sleep=sleep)
+
+
+def _let_go_held(engine: Any) -> list[int]:
+    """Keys still held are released, each into its own release and journalled `release P`
+    (so a replay holds them exactly as long). Returns the pitches released."""
+    held = list(engine.snapshot().get("held_now", []))
+    for pitch in held:
+        engine.submit(f"release {pitch}", src="patch")
+    return held
+
+
+def _let_go(engine: Any) -> None:
+    """The end of what plays: held keys released (_let_go_held), sequences hushed."""
+    _let_go_held(engine)
     if engine.busy():
         engine.submit("hush", src="patch")
-    _ring_out(engine, voices, clock=clock, sleep=sleep)
 
 
 def run_play(ns: Namespace) -> int:
@@ -183,8 +199,7 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             last = t0 + (replay[-1][0] if replay else 0.0)
             while engine.time_s() < last or (engine.busy() and engine.time_s() < last + TAIL_S):
                 time.sleep(0.1)
-            if engine.busy():
-                engine.submit("hush", src="patch")
+            _let_go(engine)  # a journal from before quit released its keys
             _ring_out(engine, voices, max_s=RING_OUT_MAX_S)
         elif repl:
             from pgesam_live.frontends.repl import run_repl  # noqa: PLC0415
@@ -212,6 +227,18 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
             loop.call_soon_threadsafe(osc.close)
         if midi is not None:
             midi.close()
+        if started:
+            # Keys still down at quit: released now, in the journal and the recording, so the
+            # replay ends them where the performance did and they ring as the instrument does
+            # (after Ctrl-C or a signal: journalled, not waited for).
+            try:
+                if _let_go_held(engine):
+                    if interrupted:
+                        engine.settle()
+                    else:
+                        _ring_out(engine, voices, max_s=RELEASE_AT_QUIT_S)
+            except Exception as exc:  # never lose the session's end over it
+                print(f"held notes at quit: {exc}", flush=True)
         loop.call_soon_threadsafe(loop.stop)
         audio.stop()
         audio.close()

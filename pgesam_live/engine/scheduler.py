@@ -294,8 +294,10 @@ class Scheduler:
             self._recent_pitches[pitch] = None
             if len(self._recent_pitches) > _RECENT_PITCHES:
                 del self._recent_pitches[next(iter(self._recent_pitches))]
-            note_tag = pitch if held else tag
             holding = held and mode in ("hold", "follow") and length_s is None
+            # `release P` ends held notes and notes of a length; a one-shot plays the model's
+            # whole note (a key-up of P elsewhere does not cut it).
+            note_tag = pitch if held and (holding or length_s) else tag
             stream = self._stream_for(xy, pitch, seed)
             if stream is not None and self.held is not None:
                 # Not rendered yet, but its head is here: it starts from that (render/stream.py).

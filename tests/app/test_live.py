@@ -169,6 +169,25 @@ def test_a_signal_stops_the_instrument_cleanly(tiny_model: Path, tmp_path: Path,
     assert len(wavs) == 1 and sf.info(str(wavs[0])).frames > 0
 
 
+def test_keys_held_at_quit_are_released_in_the_journal(tiny_model: Path, tmp_path: Path) -> None:
+    """A key still down when the instrument stops: its `release` is journalled at the end,
+    so the replay holds it exactly as long as the performance did."""
+    proc, c, _ = start_instrument(tiny_model, tmp_path)
+    try:
+        c.send("/pgesam/cmd", "note C4 0.8 hold")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    journal = next((tmp_path / "sessions").glob("*.jsonl"))
+    lines = [json.loads(x) for x in journal.read_text().splitlines()[1:]]
+    assert [x["cmd"] for x in lines][-2:] == ["note 60 0.8 hold", "release 60"], lines
+    assert lines[-1]["t"] >= lines[-2]["t"] + 0.9
+
+
 class _PipedRig:
     """A live engine and voice pool as `_finish_piped` sees them, on a fake clock: a
     sequence runs until `busy_until`, a note sounds until `sounding_until`."""
@@ -179,6 +198,7 @@ class _PipedRig:
         self.now = 0.0
         self.busy_until, self.sounding_until = busy_until, sounding_until
         self.submitted: list[tuple[float, str]] = []
+        self.held: list[int] = []
         self.renderer = SimpleNamespace(pending=0)
         self.slept_after_silence = 0.0
 
@@ -192,6 +212,9 @@ class _PipedRig:
 
     def busy(self) -> bool:
         return self.now < self.busy_until
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"held_now": list(self.held)}
 
     def in_use(self) -> int:
         return int(self.now < self.sounding_until)
@@ -220,3 +243,9 @@ def test_piped_input_ends_after_the_sound_has_rung_out() -> None:
     (t_hush, hush), (t_panic, panic) = rig.submitted
     assert hush == "hush" and t_hush == pytest.approx(TAIL_S, abs=0.1)
     assert panic == "panic" and t_panic == pytest.approx(TAIL_S + RING_OUT_MAX_S, abs=0.5)
+    # a key still held when the input ends: released (its own release, journalled), then
+    # what rings rings out
+    rig = _PipedRig(busy_until=0.0, sounding_until=1e9)
+    rig.held = [60, 64]
+    _finish_piped(rig, rig, clock=rig.clock, sleep=rig.sleep)
+    assert [line for _, line in rig.submitted][:2] == ["release 60", "release 64"]

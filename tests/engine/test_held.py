@@ -62,8 +62,8 @@ class HeldFakeSynth:
         return np.stack(out)
 
 
-def make_rig() -> OfflineRig:
-    s = Settings().replace(audio="offline", cache_spill=False)
+def make_rig(**changes: object) -> OfflineRig:
+    s = Settings().replace(audio="offline", cache_spill=False, **changes)
     return OfflineRig(s, synth=HeldFakeSynth())
 
 
@@ -113,6 +113,46 @@ def test_a_held_note_of_ten_seconds_sounds_ten_seconds_and_releases(tmp_path: Pa
 def test_a_plain_note_stays_a_one_shot() -> None:
     out = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8")], 8.0)
     assert sounding_until(out) == pytest.approx(0.5 + 3.0 + 0.9, abs=0.2)  # the render's 4 s
+
+
+def test_a_release_of_its_pitch_does_not_cut_a_one_shot() -> None:
+    """A one-shot plays the model's whole note: a key-up of the same pitch (a MIDI or web key
+    let go while `note C4 0.8` sounds) ends only held notes."""
+    alone = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8")], 6.0)
+    released = held_session([(0.0, "at 0 0"), (0.5, "note C4 0.8"), (1.5, "release C4")], 6.0)
+    assert np.array_equal(alone, released)
+
+
+def test_a_bounce_releases_a_key_its_journal_never_let_go() -> None:
+    """A replayed journal that ends with a key down (cut off, or from before quit released
+    it): the bounce ends the note in its own release, not a fade at the ring-out's end."""
+    rig = make_rig()
+    assert rig.engine.submit("at 0 0", src="midi", at_s=0.0).ok
+    assert rig.engine.submit("note C4 0.8 hold", src="midi", at_s=0.5).ok
+    end_s = rig.run_to_end(0.5, 5.0)
+    out = rig.audio.render_to_array()[: int(end_s * SR), 0]
+    rig.close()
+    assert end_s < 5.0 + 1.5  # the release rang (0.9 s), not the whole 12 s ring-out
+    env = envelope_db(out, SR)
+    assert env[480] > env[200] - 1.5  # held until the end (5 s)...
+    assert sounding_until(out) == pytest.approx(5.0 + 0.9, abs=0.25)  # ...then its release
+
+
+def test_a_patch_release_acts_at_its_beat_whatever_the_look_ahead(tmp_path: Path) -> None:
+    p = tmp_path / "rel.yaml"
+    p.write_text('pgesam: 1\ntempo: 120\ncommands:\n  - {at: 1, do: "note C4 0.8 hold"}\n'
+                 '  - {at: 2, do: "release C4"}\n')
+    outs = []
+    for lookahead in (0.2, 0.6):
+        rig = make_rig(lookahead_s=lookahead)
+        assert rig.engine.submit(f"load {p}", at_s=0.0).ok
+        rig.run_until(2.5)
+        outs.append(rig.audio.render_to_array()[:, 0])
+        rig.close()
+    env = envelope_db(outs[0], SR)
+    assert env[60:99].min() > env.max() - 1.5  # sounding until beat 2 (1.0 s)...
+    assert -30.0 < env[130] - env[99] < -6.0  # ...then in its own release
+    assert np.array_equal(outs[0], outs[1])
 
 
 def test_a_note_with_a_length_releases_into_its_own_release() -> None:
