@@ -51,7 +51,9 @@ RELEASE_TO_DB = -60.0  # the rendered release is timed to fall this far ...
 SF2_RELEASE_DB = 100.0  # ... and scaled to an SF2 release's span (volEnvRelease: to -100 dB)
 RELEASE_MIN_S = 0.01
 RELEASE_FLOOR_MARGIN_DB = 6.0  # a release is timed to this far above the render's last level
-DECAY_FILE_MAX_S = 15.0  # a decaying sound's file: at most this long ...
+# A decaying sound's file: at most this long (a decay of DECAY_MIN_DB_PER_S = 3 dB/s, the
+# slowest that is not looped, falls 60 dB in 20 s after the loop end) ...
+DECAY_FILE_MAX_S = 25.0
 DECAY_END_FADE_S = 0.1  # ... its last samples faded
 SFZ_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 Progress = Callable[[int, int], object]

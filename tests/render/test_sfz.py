@@ -217,10 +217,12 @@ class DecayingFakeSynth(HeldFakeSynth):
     """A plucked sound: it decays 10 dB/s while held (3 s), then releases with tau 0.05 s
     (60 dB in 0.35 s) into a noise floor 70 dB under its peak."""
 
+    decay_db_per_s = 10.0
+
     def render(self, points: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(0)
         t = np.arange(4 * SR) / SR
-        env = np.minimum(1.0, t / 0.005) * 10 ** (-10.0 * np.minimum(t, 3.0) / 20) \
+        env = np.minimum(1.0, t / 0.005) * 10 ** (-self.decay_db_per_s * np.minimum(t, 3.0) / 20) \
             * np.where(t < 3.0, 1.0, np.exp(-(t - 3.0) / 0.05))
         out = []
         for p in pitches:
@@ -246,6 +248,25 @@ def test_a_decaying_sound_keeps_decaying_while_held_and_releases_at_its_own_rate
     slope = (env[450] - env[350]) / 1.0  # 3.5 s .. 4.5 s: past the render's release onset
     assert slope == pytest.approx(-10.0, abs=1.5)
     assert s.release_s == pytest.approx(0.35 * 100 / 60, rel=0.25)
+
+
+class SlowDecayFakeSynth(DecayingFakeSynth):
+    """An organ-like sound that dies away slowly (4 dB/s: 60 dB take 15 s)."""
+
+    decay_db_per_s = 4.0
+
+
+def test_a_slowly_decaying_sound_decays_all_the_way_in_its_file(tmp_path: Path) -> None:
+    """Its file goes on until the sound is 60 dB under its loop's level, as the instrument
+    holds it, not cut short (a producer's chord: one key stopping while the others ring)."""
+    r = export_point(SlowDecayFakeSynth(), 0.0, 0.0, tmp_path, pitches=[60], name="organ")
+    (s,) = r.samples
+    assert s.loop is None
+    x, sr = sf.read(str(tmp_path / s.file), dtype="float32")
+    env = envelope_db(x, sr)
+    loop_level = float(env[250])  # 2.5 s, in the held part
+    assert len(x) > 16 * sr
+    assert env[-30:-12].max() < loop_level - 50.0  # before the last 0.1 s fade
 
 
 class SlowFakeSynth(HeldFakeSynth):
