@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.cmd == "export":  # the point's words, checked before a model loads (exit 2)
         from pgesam_live.app.export import export_usage_problem  # noqa: PLC0415
 
-        problem = export_usage_problem(list(ns.where))
+        problem = export_usage_problem(list(ns.where), ns.pitches)
         if problem is not None:
             _subcommands(ap)["export"].error(problem.removeprefix("export: "))
     mod_name, fn_name = ns.func.split(":")

@@ -61,6 +61,10 @@ def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     (["0.1", "0.2", "0.3"], "give X Y or one point NAME"),
     (["0.1", "zz"], "give X Y (numbers)"),
     (["0.1", "9"], "outside the map"),
+    (["glass", "--pitches", "H4"], "--pitches 'H4'"),
+    (["glass", "--pitches", "C5-C4"], "low end is above the high end"),
+    (["glass", "--pitches", "20-200"], "200"),
+    (["glass", "--pitches", ""], "--pitches is empty"),
 ])
 def test_export_point_words_are_usage_errors_before_a_model_loads(
         where: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -13,9 +13,22 @@ from pgesam_live.app.common import settings_from_args
 from pgesam_live.errors import PgesamError
 
 
-def export_usage_problem(where: list[str]) -> str | None:
-    """What is wrong with the point's words before any model is loaded (a usage error, exit
-    2), or None: `X Y` must be two numbers on the map, NAME one word."""
+def export_usage_problem(where: list[str], pitches: str | None = None) -> str | None:
+    """What is wrong with the point's words or `--pitches` before any model is loaded (a
+    usage error, exit 2), or None: `X Y` must be two numbers on the map, NAME one word,
+    the pitches a span of MIDI notes (whether the model renders them is checked once it is
+    loaded)."""
+    if pitches is not None:
+        from pgesam_live.errors import ConfigError  # noqa: PLC0415
+        from pgesam_live.render.sfz import parse_pitch_range  # noqa: PLC0415
+
+        if not pitches.strip():
+            return "export: --pitches is empty: give a span like C3-C5 or 48-72 (or leave " \
+                   "it out: the model's range)"
+        try:
+            parse_pitch_range(pitches, (0, 127))
+        except ConfigError as exc:
+            return f"export: {exc}"
     if len(where) not in (1, 2):
         return (f"export: {' '.join(where)!r}: give X Y or one point NAME, e.g. "
                 "`export 0.2 -0.1 --out DIR` or `export glass --out DIR`")
@@ -78,7 +91,7 @@ def run_export(ns: Namespace) -> int:
     x, y, label = resolve_export_point(list(ns.where), named_points(s.patch_dir),
                                     synth.training_points)
     pr = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
-    pitches = parse_pitch_range(ns.pitches, pr) if ns.pitches else None
+    pitches = parse_pitch_range(ns.pitches, pr) if ns.pitches is not None else None
     out_dir = Path(ns.out)
     name = ns.name or label
     n = len(pitches) if pitches is not None else pr[1] - pr[0] + 1
