@@ -11,6 +11,7 @@ from typing import Any
 
 from pgesam_live.app.common import settings_from_args
 from pgesam_live.errors import PgesamError
+from pgesam_live.render.sfz import coords_label
 
 
 def export_usage_problem(where: list[str], pitches: str | None = None) -> str | None:
@@ -52,7 +53,7 @@ def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]]
         raise PgesamError(problem)
     if len(where) == 2:
         x, y = float(where[0]), float(where[1])
-        return x, y, f"point_{x:.2f}_{y:.2f}"
+        return x, y, coords_label(x, y)  # as the instrument's `export` names it
     if len(where) == 1:
         name = where[0]
         try:

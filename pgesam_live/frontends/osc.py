@@ -18,10 +18,12 @@ plus the front-end ones handled here:
   /pgesam/hello           register the sender as a controller: state pushed on change
   /pgesam/bye             unregister
 
-An export started with `/pgesam/cmd "export [NAME]"` is answered `/pgesam/export TEXT` (where
-it renders, or why not), then reported to its sender (and to every controller) as
+An export started with `/pgesam/cmd "export [FOLDER]"` (FOLDER: a folder name inside the
+sessions folder; default `export-NAME`) is answered `/pgesam/export TEXT` (where it renders,
+or why not), then reported to its sender (and to every controller) as
 `/pgesam/export/progress NAME DONE TOTAL` while it renders and `/pgesam/export/done NAME
-SFZ_PATH` or `/pgesam/export/error NAME MESSAGE` at its end.
+SFZ_PATH` or `/pgesam/export/error NAME MESSAGE` at its end. NAME is the point's (its
+name, or its coordinates as `p0.20_m0.10`), which also names the SFZ and WAV files.
 
 Replies go to the sender: `/pgesam/error <address> <message>` for anything rejected (address
 "" for a datagram that is not OSC at all), `/pgesam/ready <x> <y> <pitch>` when a render the

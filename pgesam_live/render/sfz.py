@@ -250,7 +250,7 @@ def export_point(synth: Any, x: float, y: float, out_dir: str | Path,
     for v in (x, y):
         if not np.isfinite(v):
             raise ConfigError(f"export: the point ({x}, {y}) must be finite numbers")
-    name = check_export_name(name or f"pgesam_{coords_label(x, y)}")
+    name = check_export_name(name or coords_label(x, y))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export: {out} is a file; give a folder for --out")
