@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel decoder: a learned feature grid over the map, tables of these "
                         "side lengths (e.g. 16,32,64,128,256), for the map's fine detail; read "
                         "by every block in a new run, by the trained blocks with --init")
+    p.add_argument("--map-grid-from-block", type=int, default=None, metavar="K",
+                   help="parallel decoder with a map grid (--init or --map-grid): the grid is "
+                        "read from block K on (0: every block); the whole decoder trains")
     p.add_argument("--train-blocks", type=int, default=None, metavar="K",
                    help="with --init (parallel decoder): train only the last K blocks, the "
                         "output layer and the map grid, on the frozen blocks' output cached "

@@ -467,6 +467,11 @@ def _unpack_delta(delta: dict[str, Any], base: dict[str, torch.Tensor],
     return out
 
 
+# Transformer config keys a fine-tune may change and still pack against its base: they
+# change what reads the weights, not their shapes (the packed file keeps its own config).
+PACK_CONFIG_FREE = ("map_grid_from_block",)
+
+
 def pack_model(model: Path | str, base: Path | str, directory: Path | str,
                max_rank: int | None = None) -> Path:
     """Write `model`, a fine-tune of `base` (same configs, codec and VAE weights), as a packed
@@ -477,6 +482,13 @@ def pack_model(model: Path | str, base: Path | str, directory: Path | str,
     ref, base_id = read_model_payload(base)
     for key in ("config_name", "vae_config", "transformer_config", "codec", "normalisation",
                 "pitch_range"):
+        if key == "transformer_config":  # the same weights read from another block: packs
+            mine, theirs = dict(obj[key]), dict(ref[key])
+            for same_weights in PACK_CONFIG_FREE:
+                mine.pop(same_weights, None)
+                theirs.pop(same_weights, None)
+            if mine == theirs:
+                continue
         if obj[key] != ref[key]:
             raise CheckpointError(f"{model}: its {key} differs from {base}'s; only a fine-tune "
                                   "of the base (same configs and codec) can be packed")

@@ -208,6 +208,10 @@ class TrainOptions:
     # no point noise) and are cached, so a step costs a fraction of a whole one.
     # None: the resumed run's, else 0 (every weight trains).
     train_blocks: int | None = None
+    # Parallel decoder, --init a model with a map grid: its grid is read from this block on
+    # (the same weights; a lower block than the model's makes the first blocks read the
+    # map's fine detail too, and the whole decoder then trains with it).
+    map_grid_from_block: int | None = None
     # VAE of a new run: read this many frames of each note (None: the config's; `small` reads
     # 96, 1.28 s), average-pooled so the encoder sees about as many steps as the config's.
     vae_frames: int | None = None
@@ -341,6 +345,7 @@ class TrainOptions:
             blend_points=_opt_float(g("blend_points")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
+            map_grid_from_block=_opt_int(g("map_grid_from_block")),
             vae_frames=vae_frames,
         )
 
@@ -1353,6 +1358,8 @@ def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
                      lora_rank: int, d: Dist) -> tuple[Decoder, int | None]:
     """Apply --map-grid and --train-blocks to the run's decoder: (the decoder, grown a map
     grid if asked; the first block that trains, None when every weight trains)."""
+    if opts.map_grid_from_block is not None:
+        tr = _grid_from_block(tr, opts, train_blocks, resumed)
     if not opts.map_grid and not train_blocks:
         return tr, None
     if not isinstance(tr, ParallelFrameTransformer):
@@ -1386,6 +1393,34 @@ def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
                               f"--train-blocks {train_blocks} freezes it: train at least "
                               f"{n - tr.cfg.map_grid_from_block} blocks")
     return tr, first
+
+
+def _grid_from_block(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed: bool
+                     ) -> Decoder:
+    """--map-grid-from-block K: the decoder with its map grid read from block K on (same
+    weights, its config changed); a grid grown by --map-grid is grown there."""
+    k = int(opts.map_grid_from_block or 0)
+    if not isinstance(tr, ParallelFrameTransformer):
+        raise ConfigError("--map-grid-from-block is for the parallel decoder")
+    if train_blocks:
+        raise ConfigError("--map-grid-from-block changes what the first blocks read: train "
+                          "the whole decoder (leave out --train-blocks)")
+    if not 0 <= k < len(tr.blocks):
+        raise ConfigError(f"--map-grid-from-block {k}: this decoder's blocks are "
+                          f"0..{len(tr.blocks) - 1}")
+    if tr.map_grid is None:
+        if not opts.map_grid:
+            raise ConfigError("--map-grid-from-block: this decoder has no map grid; grow one "
+                              "with --map-grid SIDES")
+        return grow_map_grid(tr, opts.map_grid, k)
+    if tr.cfg.map_grid_from_block == k:
+        return tr
+    if resumed:
+        raise ConfigError(f"--map-grid-from-block {k}: {opts.out}'s decoder reads its grid "
+                          f"from block {tr.cfg.map_grid_from_block}; leave the option out")
+    moved = ParallelFrameTransformer(dataclasses.replace(tr.cfg, map_grid_from_block=k))
+    moved.load_state_dict(tr.state_dict())
+    return moved.to(device=tr.pos.device, dtype=tr.pos.dtype).train(tr.training)
 
 
 def _top_parameters(tr: Decoder, first: int) -> list[nn.Parameter]:

@@ -806,6 +806,29 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     fresh_model = load_model(next(fresh.glob("pgesam_*.pt")))
     cfg = fresh_model.transformer.cfg
     assert cfg.map_grid == (4,) and cfg.map_grid_from_block == 0
+    # --map-grid-from-block 0 on the grown model: every block reads its grid, the whole
+    # decoder trains (the first block moves), and it still packs against its init.
+    low = tmp_path / "low"
+    model_path = next(ft.glob("pgesam_*.pt"))
+    assert T.run_train(train_args("transformer", data_dir, low, "--init", str(model_path),
+                                  "--map-grid-from-block", "0", "--steps", "2",
+                                  "--lr", "1e-2")) == 0
+    low_model = next(low.glob("pgesam_*.pt"))
+    low_tr = load_model(low_model).transformer
+    assert low_tr.cfg.map_grid_from_block == 0 and low_tr.cfg.map_grid == (4, 8)
+    assert any(not torch.equal(v, tr.blocks[0].state_dict()[k])
+               for k, v in low_tr.blocks[0].state_dict().items())
+    from pgesam_live.model.checkpoints import pack_model
+    packed = load_model(pack_model(low_model, model_path, ft))
+    assert packed.transformer.cfg.map_grid_from_block == 0
+    assert torch.allclose(packed.transformer.generate(pts, pit), low_tr.generate(pts, pit),
+                          atol=1e-2)
+    for bad, match in ((["--init", str(model_path), "--map-grid-from-block", "0",
+                         "--train-blocks", "1"], "whole decoder"),
+                       (["--init", str(model_path), "--map-grid-from-block", "7"], "blocks are"),
+                       (["--init", str(base_path), "--map-grid-from-block", "0"], "no map grid")):
+        with pytest.raises(ConfigError, match=match):
+            T.run_train(train_args("transformer", data_dir, tmp_path / "bad2", *bad))
     assert "map_grid_filled_entries" not in fresh_model.meta.training  # noisy points: kept
     # scripts/fill_map_grid.py fills a --train-blocks model file written before `train` did:
     # the same entries, the same values as `train`'s own fill.
