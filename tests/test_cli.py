@@ -110,10 +110,14 @@ def test_a_bad_start_patch_ends_the_start(tmp_path: Path,
     try:
         assert main(["play", str(bad), "--no-repl", "--audio", "record", "--osc-port", "9219"]) == 1
         assert main(["play", "nosuch.yaml", "--no-repl", "--audio", "none"]) == 1
+        chain = tmp_path / "chain.yaml"  # it loads a patch that is not there, later
+        chain.write_text('pgesam: 1\ncommands: [{at: 8, do: "load gone"}]\n')
+        assert main(["play", str(chain), "--no-repl", "--audio", "none"]) == 1
     finally:
         os.chdir(cwd)
     err = capsys.readouterr().err
     assert "low.yaml:3: events[0].note: C1 (24) is outside" in err and "no patch" in err
+    assert "\"load gone\": no patch 'gone'" in err
     assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
 
 

@@ -35,7 +35,11 @@ def load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[
     """A patch named on the command line, validated completely (pitches against the model
     it will play with) before anything starts; the settings with its model."""
     from pgesam_live.patches.files import find_patch  # noqa: PLC0415
-    from pgesam_live.patches.schema import PatchValidationError, load_patch  # noqa: PLC0415
+    from pgesam_live.patches.schema import (  # noqa: PLC0415
+        PatchValidationError,
+        load_patch,
+        load_target_errors,
+    )
 
     path = find_patch(patch_arg, s.patch_dir)
     try:
@@ -54,8 +58,12 @@ def load_checked(patch_arg: str, s: Settings, given_model: str | None) -> tuple[
         raise
     s = _patch_model(s, first, given_model)
     _, info = model_info(s.model, s.patch_dir)
-    return load_patch(path, pitch_range=tuple(info.pitch_range),
-                      known_points=info.named_points), s
+    patch = load_patch(path, pitch_range=tuple(info.pitch_range),
+                       known_points=info.named_points)
+    bad = load_target_errors(patch, s.patch_dir, pitch_range=tuple(info.pitch_range))
+    if bad:  # the patches its `load` lines play later, as the instrument checks them
+        raise PatchValidationError(bad)
+    return patch, s
 
 
 def _raw_patch_model(path: Path) -> str | None:
