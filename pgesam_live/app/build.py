@@ -190,19 +190,23 @@ class OfflineRig:
 
     def run_to_end(self, from_s: float, max_s: float, ring_out_max_s: float = RING_OUT_MAX_S
                    ) -> float:
-        """Run from `from_s` until nothing is scheduled and no voice sounds; whatever still
-        plays at `max_s` is stopped (held keys released, hush: notes ring out, within
-        `ring_out_max_s`). Returns the end time, on a block boundary."""
+        """Run from `from_s` until nothing is scheduled and no voice sounds; keys still held
+        are released once nothing more is scheduled; whatever still plays at `max_s` is
+        stopped (hush: notes ring out, within `ring_out_max_s`). Returns the end time, on a
+        block boundary."""
         self.run_until(from_s)
         t = from_s
         sched, step = self.engine.scheduler, 0.1
         while True:  # at least one step: what was submitted at from_s is applied in it
             t = min(max_s, t + step)
             self.run_until(t)
+            if not sched.is_playing():
+                # Nothing more to come, and a key still down (its journal ended first): let
+                # it go into its own release, where a live replay lets it go.
+                self._let_go_held()
             if t >= max_s or not (sched.is_playing() or self.voices.in_use()):
                 break
-        for pitch in sched.held_keys():  # a key still down (its journal ended first)
-            self.engine.submit(f"release {pitch}", src="patch")  # rings its own release
+        self._let_go_held()
         if sched.is_playing():
             sched.hush()
         end = t + ring_out_max_s
@@ -210,6 +214,10 @@ class OfflineRig:
             t += step
             self.run_until(t)
         return self.audio.time_s()
+
+    def _let_go_held(self) -> None:
+        for pitch in self.engine.scheduler.held_keys():
+            self.engine.submit(f"release {pitch}", src="patch")
 
     def save(self, path: str | Path, seconds: float | None = None) -> Path:
         """The bounce as 16-bit WAV, cut at `seconds`; a note still sounding there fades

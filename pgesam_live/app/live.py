@@ -77,10 +77,27 @@ def _let_go_held(engine: Any) -> list[int]:
 
 
 def _let_go(engine: Any) -> None:
-    """The end of what plays: held keys released (_let_go_held), sequences hushed."""
+    """The end of what plays: held keys released (_let_go_held), sequences hushed (if any
+    still run: asked before the releases queue, which busy() would count)."""
+    busy = engine.busy()
     _let_go_held(engine)
-    if engine.busy():
+    if busy:
         engine.submit("hush", src="patch")
+
+
+def _release_at_quit(engine: Any, voices: Any, started: bool, interrupted: bool) -> None:
+    """Release the keys held at the end of a live run (journalled); their releases ring out
+    (after Ctrl-C or a signal: journalled, not waited for). Never raises."""
+    if not started:
+        return
+    try:
+        if _let_go_held(engine):
+            if interrupted:
+                engine.settle()
+            else:
+                _ring_out(engine, voices, max_s=RELEASE_AT_QUIT_S)
+    except Exception as exc:  # never lose the session's end over it
+        print(f"held notes at quit: {exc}", flush=True)
 
 
 def run_play(ns: Namespace) -> int:
@@ -217,28 +234,29 @@ def run_live(s: Settings, patch: str | None = None, replay: list | None = None,
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        # Keys still down at quit: released now, in the journal and the recording, so the
+        # replay ends them where the performance did (not after an export finishes) and they
+        # ring as the instrument does; again after the front ends close (a key pressed while
+        # an export finished).
+        _release_at_quit(engine, voices, started, interrupted)
         # An export still rendering is finished before the session ends (Ctrl-C: cancelled,
         # and said so); after Ctrl-C or a signal ended the session, cancelled at once.
         engine.finish_exports(lambda text: print(text, flush=True),
                               wait=not interrupted and sys.exc_info()[0] is None)
         if web is not None:
             web.close()
+        osc_closed = threading.Event()
         if osc is not None:
-            loop.call_soon_threadsafe(osc.close)
+            def close_osc(server: Any = osc) -> None:
+                server.close()
+                osc_closed.set()
+
+            loop.call_soon_threadsafe(close_osc)
         if midi is not None:
             midi.close()
-        if started:
-            # Keys still down at quit: released now, in the journal and the recording, so the
-            # replay ends them where the performance did and they ring as the instrument does
-            # (after Ctrl-C or a signal: journalled, not waited for).
-            try:
-                if _let_go_held(engine):
-                    if interrupted:
-                        engine.settle()
-                    else:
-                        _ring_out(engine, voices, max_s=RELEASE_AT_QUIT_S)
-            except Exception as exc:  # never lose the session's end over it
-                print(f"held notes at quit: {exc}", flush=True)
+        if osc is not None:
+            osc_closed.wait(1.0)  # closed on its loop: no key-down after the last look
+        _release_at_quit(engine, voices, started, interrupted)
         loop.call_soon_threadsafe(loop.stop)
         audio.stop()
         audio.close()

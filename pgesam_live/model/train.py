@@ -194,7 +194,7 @@ class TrainOptions:
     # (0.014), so at a named point the per-note decoder hears a blend of its neighbours.
     instrument_points: float | None = None
     # Parallel decoder: the share of training notes replaced by a map blend (MapBlender): a
-    # random point of the training points' box, its target the inverse-distance blend of the
+    # random point of the instruments' points' box, its target the inverse-distance blend of the
     # notes at the same pitch of the instruments nearest to it (0 = off). The box is mostly
     # space between the instruments (the 5 x 5 map grid lies 0.02-0.36 from the nearest, the
     # instruments 0.015 from each other), which nothing else trains.
@@ -1052,6 +1052,9 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     loss_opts = {k: opts.loss_value(k, saved) for k in LOSS_DEFAULTS}
     train_blocks = (opts.train_blocks if opts.train_blocks is not None
                     else int(saved.get("train_blocks") or 0) if saved else 0)
+    if train_blocks and loss_opts["blend_points"] > 0:
+        raise ConfigError("--blend-points trains points between the instruments, which the "
+                          "cached trunk of --train-blocks does not hold: leave one out")
     tr, first_trained = _grid_and_blocks(tr, opts, train_blocks, bool(saved), lora_rank, d)
     tr.to(d.device).train()
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
@@ -1078,9 +1081,6 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 f"of its variance, {report.points} points, {report.time_s:.0f} s")
     trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
              if first_trained is not None else None)
-    if trunk is not None and loss_opts["blend_points"] > 0:
-        raise ConfigError("--blend-points trains points between the instruments, which the "
-                          "cached trunk of --train-blocks does not hold: leave one out")
     blender = (MapBlender(mu, data.instrument, data.pitch)
                if loss_opts["blend_points"] > 0 else None)
     steps = opts.steps if opts.steps is not None else (
@@ -1298,24 +1298,33 @@ class MapBlender:
         span = hi - lo
         self.lo, self.hi = lo - self.BOX_MARGIN * span, hi + self.BOX_MARGIN * span
         self.p_lo = int(pitch.min())
-        # note_at[i, m - p_lo]: a note of instrument i at pitch m (the last one read), or -1
-        self.note_at = torch.full((n_inst, int(pitch.max()) - self.p_lo + 1), -1,
-                                  dtype=torch.long, device=mu.device)
-        self.note_at[instrument, pitch - self.p_lo] = torch.arange(len(pitch), device=mu.device)
+        self.n_pitch = int(pitch.max()) - self.p_lo + 1
+        # The notes by (instrument, pitch) cell (several when a set has several velocities):
+        # cell c = instrument * n_pitch + pitch - p_lo holds order[starts[c]:starts[c] + n[c]].
+        cell = instrument * self.n_pitch + (pitch - self.p_lo)
+        self.order = torch.argsort(cell, stable=True)
+        self.cell_n = torch.bincount(cell, minlength=n_inst * self.n_pitch)
+        self.starts = torch.cumsum(self.cell_n, 0) - self.cell_n
 
-    def blend(self, p: torch.Tensor, pitch: torch.Tensor, frames: torch.Tensor
-              ) -> torch.Tensor:
-        """Points p [B, 2], pitches [B] -> blended target frames [B, T, D]."""
-        notes = self.note_at[:, pitch - self.p_lo].T                      # [B, I]
+    def blend(self, p: torch.Tensor, pitch: torch.Tensor, frames: torch.Tensor,
+              gen: torch.Generator | None = None) -> torch.Tensor:
+        """Points p [B, 2], pitches [B] -> blended target frames [B, T, D]. Each neighbour
+        gives one of its notes at the pitch: drawn with `gen`, else its first."""
+        cells = torch.arange(len(self.points), device=p.device)[None] * self.n_pitch \
+            + (pitch - self.p_lo)[:, None]                                  # [B, I]
         d2 = ((p[:, None, :] - self.points[None]) ** 2).sum(-1)           # [B, I]
-        d2 = torch.where(notes >= 0, d2, torch.full_like(d2, float("inf")))
+        d2 = torch.where(self.cell_n[cells] > 0, d2, torch.full_like(d2, float("inf")))
         k = min(self.K, int(self.has.sum()))
         near_d2, near = torch.topk(d2, k, dim=1, largest=False)          # [B, k]
         w = torch.where(torch.isfinite(near_d2), 1.0 / (near_d2 + self.EPS ** 2),
                         torch.zeros_like(near_d2))
         w = w / w.sum(1, keepdim=True)
-        idx = torch.gather(notes, 1, near)                               # [B, k]
-        return (frames[idx.clamp(min=0)] * w[:, :, None, None]).sum(1)
+        c = torch.gather(cells, 1, near)                                 # [B, k]
+        u = (torch.rand(c.shape, generator=gen).to(p.device) if gen is not None
+             else torch.zeros(c.shape, device=p.device))
+        within = (u * self.cell_n[c]).long().clamp(min=0)
+        idx = self.order[self.starts[c] + torch.minimum(within, (self.cell_n[c] - 1).clamp(min=0))]
+        return (frames[idx] * w[:, :, None, None]).sum(1)
 
     def apply(self, points: torch.Tensor, x: torch.Tensor, frames: torch.Tensor,
               pitch: torch.Tensor, share: float, gen: torch.Generator
@@ -1329,7 +1338,7 @@ class MapBlender:
         p = self.lo + u * (self.hi - self.lo)
         points, x = points.clone(), x.clone()
         points[use] = p
-        x[use] = self.blend(p, pitch[use], frames)
+        x[use] = self.blend(p, pitch[use], frames, gen)
         return points, x
 
 
@@ -1412,6 +1421,9 @@ def _grid_from_block(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
         if not opts.map_grid:
             raise ConfigError("--map-grid-from-block: this decoder has no map grid; grow one "
                               "with --map-grid SIDES")
+        if resumed:
+            raise ConfigError(f"--map-grid: {opts.out}'s decoder has no map grid; start "
+                              "another --out with --init")
         return grow_map_grid(tr, opts.map_grid, k)
     if tr.cfg.map_grid_from_block == k:
         return tr

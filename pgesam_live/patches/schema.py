@@ -714,9 +714,10 @@ def load_patch(path: str | Path, pitch_range: tuple[int, int] | None = None,
 def load_target_errors(patch: Patch, folder: str | Path, confined: bool = False,
                        pitch_range: tuple[int, int] | None = None) -> list[str]:
     """The patch's `load` lines whose patch will not load: missing (found as `load` finds it:
-    find_patch in `folder`, `confined` as for the source that loads this one) or itself
-    invalid; each as `FILE: commands: "LINE": message`. The targets' own `load` lines are
-    not followed (two patches may load each other in turn)."""
+    find_patch in `folder`, `confined` as for the source that runs the line) or itself
+    invalid as a file (its names are checked when it loads, against the state then); each as
+    `FILE: commands: "LINE": message`. The targets' own `load` lines are not followed (two
+    patches may load each other in turn)."""
     from pgesam_live.patches.files import find_patch  # noqa: PLC0415
 
     out: list[str] = []

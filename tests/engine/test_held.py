@@ -129,13 +129,14 @@ def test_a_bounce_releases_a_key_its_journal_never_let_go() -> None:
     rig = make_rig()
     assert rig.engine.submit("at 0 0", src="midi", at_s=0.0).ok
     assert rig.engine.submit("note C4 0.8 hold", src="midi", at_s=0.5).ok
-    end_s = rig.run_to_end(0.5, 5.0)
+    assert rig.engine.submit("at 0.1 0", src="midi", at_s=5.0).ok  # the journal's last line
+    end_s = rig.run_to_end(5.0, 5.0 + 4.5)  # as `replay --out` runs past it
     out = rig.audio.render_to_array()[: int(end_s * SR), 0]
     rig.close()
     assert end_s < 5.0 + 1.5  # the release rang (0.9 s), not the whole 12 s ring-out
     env = envelope_db(out, SR)
-    assert env[480] > env[200] - 1.5  # held until the end (5 s)...
-    assert sounding_until(out) == pytest.approx(5.0 + 0.9, abs=0.25)  # ...then its release
+    assert env[480] > env[200] - 1.5  # held until the journal ends (5 s)...
+    assert sounding_until(out) == pytest.approx(5.0 + 0.1 + 0.9, abs=0.25)  # ...then released
 
 
 def test_a_patch_release_acts_at_its_beat_whatever_the_look_ahead(tmp_path: Path) -> None:

@@ -720,6 +720,13 @@ def test_map_blender_plays_an_instrument_at_its_point_and_a_morph_between() -> N
     moved = (p2 != pts).any(1)
     assert 60 < int(moved.sum()) < 140 and bool((x2[~moved] == 0).all())
     assert bool(((p2 >= b.lo) & (p2 <= b.hi)).all())
+    # Several notes of an instrument at a pitch (velocities): each blend draws one of them.
+    two = T.MapBlender(torch.cat([mu, mu[:1]]), torch.cat([inst, inst[:1]]),
+                       torch.cat([pitch, pitch[:1]]))
+    frames7 = torch.arange(7, dtype=torch.float32)[:, None, None].expand(7, 3, 2).clone()
+    at0 = two.blend(torch.zeros(200, 2), torch.full((200,), 60), frames7,
+                    torch.Generator().manual_seed(1))[:, 0, 0]
+    assert {round(float(v)) for v in at0} == {0, 6}  # note 0 and its second velocity, note 6
 
 
 def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
@@ -816,6 +823,10 @@ def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
     low_model = next(low.glob("pgesam_*.pt"))
     low_tr = load_model(low_model).transformer
     assert low_tr.cfg.map_grid_from_block == 0 and low_tr.cfg.map_grid == (4, 8)
+    # (the same weights read from block 0 play differently: the first block reads the grid)
+    same = ParallelFrameTransformer(dataclasses.replace(tr.cfg, map_grid_from_block=0)).eval()
+    same.load_state_dict(tr.state_dict())
+    assert not torch.allclose(same.generate(pts, pit), tr.generate(pts, pit), atol=1e-4)
     assert any(not torch.equal(v, tr.blocks[0].state_dict()[k])
                for k, v in low_tr.blocks[0].state_dict().items())
     from pgesam_live.model.checkpoints import pack_model
