@@ -185,7 +185,8 @@ def test_keys_held_at_quit_are_released_in_the_journal(tiny_model: Path, tmp_pat
     journal = next((tmp_path / "sessions").glob("*.jsonl"))
     lines = [json.loads(x) for x in journal.read_text().splitlines()[1:]]
     assert [x["cmd"] for x in lines][-2:] == ["note 60 0.8 hold", "release 60"], lines
-    assert lines[-1]["t"] >= lines[-2]["t"] + 0.9
+    assert lines[-1]["t"] > lines[-2]["t"]  # at quit (when, depends on the machine's load)
+    assert lines[-1]["src"] == "patch"  # the instrument's own line, as its hush at an end
 
 
 class _PipedRig:
