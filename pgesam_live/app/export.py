@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pgesam_live.app.common import settings_from_args
-from pgesam_live.errors import PgesamError
-from pgesam_live.render.sfz import coords_label
+from pgesam_live.errors import ConfigError, PgesamError
+from pgesam_live.render.sfz import coords_label, parse_pitch_range
 
 
 def export_usage_problem(where: list[str], pitches: str | None = None) -> str | None:
@@ -20,9 +20,6 @@ def export_usage_problem(where: list[str], pitches: str | None = None) -> str | 
     the pitches a span of MIDI notes (whether the model renders them is checked once it is
     loaded)."""
     if pitches is not None:
-        from pgesam_live.errors import ConfigError  # noqa: PLC0415
-        from pgesam_live.render.sfz import parse_pitch_range  # noqa: PLC0415
-
         if not pitches.strip():
             return "export: --pitches is empty: give a span like C3-C5 or 48-72 (or leave " \
                    "it out: the model's range)"
@@ -81,7 +78,7 @@ def run_export(ns: Namespace) -> int:
 
     from pgesam_live.app.build import named_points  # noqa: PLC0415
     from pgesam_live.model.synth import Synth, resolve_device  # noqa: PLC0415
-    from pgesam_live.render.sfz import export_point, parse_pitch_range  # noqa: PLC0415
+    from pgesam_live.render.sfz import export_point  # noqa: PLC0415
 
     s = settings_from_args(ns)
     synth = Synth.load(s.model, device=resolve_device(s.device))

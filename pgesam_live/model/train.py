@@ -1322,8 +1322,10 @@ class MapBlender:
         c = torch.gather(cells, 1, near)                                 # [B, k]
         u = (torch.rand(c.shape, generator=gen).to(p.device) if gen is not None
              else torch.zeros(c.shape, device=p.device))
-        within = (u * self.cell_n[c]).long().clamp(min=0)
-        idx = self.order[self.starts[c] + torch.minimum(within, (self.cell_n[c] - 1).clamp(min=0))]
+        n = self.cell_n[c]
+        within = torch.minimum((u * n).long(), (n - 1).clamp(min=0))
+        # (a neighbour without the pitch has weight 0: any note index serves)
+        idx = self.order[(self.starts[c] + within).clamp(max=len(self.order) - 1)]
         return (frames[idx] * w[:, :, None, None]).sum(1)
 
     def apply(self, points: torch.Tensor, x: torch.Tensor, frames: torch.Tensor,
@@ -1386,7 +1388,9 @@ def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
             if resumed:
                 raise ConfigError(f"--map-grid: {opts.out}'s decoder has no map grid; start "
                                   "another --out with --init")
-            tr = grow_map_grid(tr, opts.map_grid, first or 0)
+            from_block = (opts.map_grid_from_block if opts.map_grid_from_block is not None
+                          else first or 0)
+            tr = grow_map_grid(tr, opts.map_grid, from_block)
         elif tuple(tr.cfg.map_grid) != tuple(opts.map_grid):
             raise ConfigError(f"--map-grid {','.join(map(str, opts.map_grid))}: this decoder's "
                               f"grid is {','.join(map(str, tr.cfg.map_grid))}; leave "
@@ -1407,7 +1411,8 @@ def _grid_and_blocks(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
 def _grid_from_block(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed: bool
                      ) -> Decoder:
     """--map-grid-from-block K: the decoder with its map grid read from block K on (same
-    weights, its config changed); a grid grown by --map-grid is grown there."""
+    weights, its config changed); a decoder without one is returned as it is, for
+    _grid_and_blocks to grow the grid of --map-grid there."""
     k = int(opts.map_grid_from_block or 0)
     if not isinstance(tr, ParallelFrameTransformer):
         raise ConfigError("--map-grid-from-block is for the parallel decoder")
@@ -1421,10 +1426,7 @@ def _grid_from_block(tr: Decoder, opts: TrainOptions, train_blocks: int, resumed
         if not opts.map_grid:
             raise ConfigError("--map-grid-from-block: this decoder has no map grid; grow one "
                               "with --map-grid SIDES")
-        if resumed:
-            raise ConfigError(f"--map-grid: {opts.out}'s decoder has no map grid; start "
-                              "another --out with --init")
-        return grow_map_grid(tr, opts.map_grid, k)
+        return tr  # _grid_and_blocks grows it, read from block k
     if tr.cfg.map_grid_from_block == k:
         return tr
     if resumed:

@@ -86,6 +86,21 @@ def start_instrument(model: Path, tmp_path: Path, **popen: Any
     pytest.fail("the instrument did not answer /pgesam/status")
 
 
+def play_then_stop(proc: subprocess.Popen[str], c: Client, sig: int, address: str,
+                   *args: Any) -> str:
+    """Send one OSC message, let it sound a second, stop the instrument with `sig`; its
+    output (the process is killed if it outlives the wait)."""
+    try:
+        c.send(address, *args)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
 def test_live_record_then_offline_replay_matches(tiny_model: Path, tmp_path: Path) -> None:
     proc, c, env = start_instrument(tiny_model, tmp_path)
     try:
@@ -155,14 +170,8 @@ def test_a_signal_stops_the_instrument_cleanly(tiny_model: Path, tmp_path: Path,
     proc, c, _ = start_instrument(
         tiny_model, tmp_path,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
-    try:
-        c.send("/pgesam/note", 60, 0.9)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT if ignore else signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = play_then_stop(proc, c, signal.SIGINT if ignore else signal.SIGTERM,
+                         "/pgesam/note", 60, 0.9)
     assert proc.returncode == 0, out
     assert "session journal" in out, out
     wavs = list((tmp_path / "sessions").glob("*.wav"))
@@ -173,14 +182,7 @@ def test_keys_held_at_quit_are_released_in_the_journal(tiny_model: Path, tmp_pat
     """A key still down when the instrument stops: its `release` is journalled at the end,
     so the replay holds it exactly as long as the performance did."""
     proc, c, _ = start_instrument(tiny_model, tmp_path)
-    try:
-        c.send("/pgesam/cmd", "note C4 0.8 hold")
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = play_then_stop(proc, c, signal.SIGTERM, "/pgesam/cmd", "note C4 0.8 hold")
     assert proc.returncode == 0, out
     journal = next((tmp_path / "sessions").glob("*.jsonl"))
     lines = [json.loads(x) for x in journal.read_text().splitlines()[1:]]

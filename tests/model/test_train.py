@@ -687,13 +687,21 @@ def test_instrument_points_condition_notes_on_their_instruments_mean_point(
         assert st["loss_options"]["instrument_points"] == float(share)
     n_inst = len(load_model(next((tmp_path / "inst").glob("pgesam_*.pt"))).training_points)
     assert distinct["inst"] <= n_inst < distinct["note"]
-    with pytest.raises(ConfigError, match="instrument-points"):
-        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out,
-                                                 "--instrument-points", "1.5"))
-    with pytest.raises(ConfigError, match="instrument-points"):
+    _refused_out_of_range_and_autoregressive("--instrument-points", "1.5", data_dir, out,
+                                             tmp_path)
+
+
+def _refused_out_of_range_and_autoregressive(option: str, too_big: str, data_dir: Path,
+                                             out: Path, tmp_path: Path) -> None:
+    """A parallel decoder's share option (`out` holds a VAE run) is refused above its range
+    and for the autoregressive decoder, naming the option."""
+    name = option.removeprefix("--")
+    with pytest.raises(ConfigError, match=name):
+        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out, option, too_big))
+    with pytest.raises(ConfigError, match=name):
         T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
                                str(out / "vae.pt"), "--steps", "2", "--decoder",
-                               "autoregressive", "--instrument-points", "0.5"))
+                               "autoregressive", option, "0.5"))
 
 
 def test_map_blender_plays_an_instrument_at_its_point_and_a_morph_between() -> None:
@@ -738,13 +746,7 @@ def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> 
                                   "parallel", "--blend-points", "0.5")) == 0
     st = load_training_state(out / "transformer.pt")
     assert st["loss_options"]["blend_points"] == 0.5
-    with pytest.raises(ConfigError, match="blend-points"):
-        T.TrainOptions.from_namespace(train_args("transformer", data_dir, out,
-                                                 "--blend-points", "2"))
-    with pytest.raises(ConfigError, match="blend-points"):
-        T.run_train(train_args("transformer", data_dir, tmp_path / "ar", "--vae",
-                               str(out / "vae.pt"), "--steps", "2", "--decoder",
-                               "autoregressive", "--blend-points", "0.5"))
+    _refused_out_of_range_and_autoregressive("--blend-points", "2", data_dir, out, tmp_path)
     model = next(out.glob("pgesam_*.pt"))
     with pytest.raises(ConfigError, match="blend-points"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "top", "--init", str(model),
