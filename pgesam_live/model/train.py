@@ -113,7 +113,7 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
                  "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0,
                  "log_dist_weight": 0.0, "instrument_points": 0.0, "release_weight": 0.0,
-                 "blend_points": 0.0}
+                 "blend_points": 0.0, "blend_power": 2.0}
 
 
 def _opt_int(v: Any) -> int | None:
@@ -199,6 +199,10 @@ class TrainOptions:
     # space between the instruments (the 5 x 5 map grid lies 0.02-0.36 from the nearest, the
     # instruments 0.015 from each other), which nothing else trains.
     blend_points: float | None = None
+    # The blend's sharpness: weights 1 / (d^q + EPS^q) for distance d; 2 (inverse square)
+    # spreads a point between its neighbours, higher keeps each instrument's own sound
+    # farther from its point (a sharper map).
+    blend_power: float | None = None
     # Parallel decoder: a learned feature grid over the map (parallel.MapGrid) of these side
     # lengths, read from block 0 in a new run, or, grown into an --init model that has none,
     # by the blocks that train (--train-blocks). Stored in the model's config.
@@ -276,14 +280,15 @@ class TrainOptions:
         decoder = g("decoder")
         if decoder is not None and decoder not in DECODERS:
             raise ConfigError(f"--decoder {decoder!r}: choose {' or '.join(DECODERS)}")
-        for name, top in (("delta_weight", 100.0), ("spectral_weight", 100.0),
-                          ("point_noise", 1.0), ("pitch_weight", 1e5),
-                          ("loudness_weight", 1e5), ("log_dist_weight", 100.0),
-                          ("instrument_points", 1.0), ("release_weight", 1e5),
-                          ("blend_points", 1.0)):
+        for name, low, top in (("delta_weight", 0.0, 100.0), ("spectral_weight", 0.0, 100.0),
+                               ("point_noise", 0.0, 1.0), ("pitch_weight", 0.0, 1e5),
+                               ("loudness_weight", 0.0, 1e5), ("log_dist_weight", 0.0, 100.0),
+                               ("instrument_points", 0.0, 1.0), ("release_weight", 0.0, 1e5),
+                               ("blend_points", 0.0, 1.0), ("blend_power", 1.0, 16.0)):
             v = g(name)
-            if v is not None and not 0.0 <= float(v) <= top:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {top:g}], got {v}")
+            if v is not None and not low <= float(v) <= top:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [{low:g}, {top:g}], "
+                                  f"got {v}")
         grid_arg, tb_arg = g("map_grid"), g("train_blocks")
         map_grid = None if grid_arg is None else parse_map_grid(grid_arg)
         if tb_arg is not None and not 1 <= int(tb_arg) <= 64:
@@ -343,6 +348,7 @@ class TrainOptions:
             release_weight=_opt_float(g("release_weight")),
             instrument_points=_opt_float(g("instrument_points")),
             blend_points=_opt_float(g("blend_points")),
+            blend_power=_opt_float(g("blend_power")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
             map_grid_from_block=_opt_int(g("map_grid_from_block")),
@@ -351,8 +357,8 @@ class TrainOptions:
 
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
         """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight,
-        loudness_weight, log_dist_weight, release_weight, instrument_points, blend_points):
-        given,
+        loudness_weight, log_dist_weight, release_weight, instrument_points, blend_points,
+        blend_power): given,
         else the resumed run's, else LOSS_DEFAULTS."""
         given = getattr(self, name)
         if given is not None:
@@ -1052,6 +1058,8 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     loss_opts = {k: opts.loss_value(k, saved) for k in LOSS_DEFAULTS}
     train_blocks = (opts.train_blocks if opts.train_blocks is not None
                     else int(saved.get("train_blocks") or 0) if saved else 0)
+    if opts.blend_power is not None and loss_opts["blend_points"] == 0:
+        raise ConfigError("--blend-power shapes the blends of --blend-points: give that too")
     if train_blocks and loss_opts["blend_points"] > 0:
         raise ConfigError("--blend-points trains points between the instruments, which the "
                           "cached trunk of --train-blocks does not hold: leave one out")
@@ -1081,7 +1089,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 f"of its variance, {report.points} points, {report.time_s:.0f} s")
     trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
              if first_trained is not None else None)
-    blender = (MapBlender(mu, data.instrument, data.pitch)
+    blender = (MapBlender(mu, data.instrument, data.pitch, power=loss_opts["blend_power"])
                if loss_opts["blend_points"] > 0 else None)
     steps = opts.steps if opts.steps is not None else (
         int(saved["steps"]) if saved else opts.stage_value("transformer", "steps"))
@@ -1274,20 +1282,22 @@ class MapBlender:
     """Targets for the space between the training instruments (--blend-points).
 
     A point p drawn uniformly from the instruments' bounding box (widened by BOX_MARGIN of
-    its size) plays, at pitch m, the inverse-distance blend (weights 1 / (d^2 + EPS^2)) of
-    the notes at m of the K instruments nearest to p that have one: at an instrument's own
-    point that instrument, halfway between two a morph of both. Frames blend in the codec's
-    normalised space (loudness and noise in dB, the harmonic shares linearly), where a blend
-    of two envelopes is a level between them, not a sum.
+    its size) plays, at pitch m, the inverse-distance blend (weights 1 / (d^q + EPS^q), q =
+    `power`, 2 by default) of the notes at m of the K instruments nearest to p that have one:
+    at an instrument's own point that instrument, halfway between two a morph of both.
+    Frames blend in the codec's normalised space (loudness and noise in dB, the harmonic
+    shares linearly), where a blend of two envelopes is a level between them, not a sum.
     """
 
     K = 3
     EPS = 0.003         # map units: within this of an instrument, it dominates the blend
     BOX_MARGIN = 0.05
 
-    def __init__(self, mu: torch.Tensor, instrument: torch.Tensor, pitch: torch.Tensor
-                 ) -> None:
-        """mu [N, 2] the notes' points, instrument [N], pitch [N] (MIDI)."""
+    def __init__(self, mu: torch.Tensor, instrument: torch.Tensor, pitch: torch.Tensor,
+                 power: float = 2.0) -> None:
+        """mu [N, 2] the notes' points, instrument [N], pitch [N] (MIDI); power q of the
+        inverse-distance weights."""
+        self.power = power
         from pgesam_live.model.data import instrument_points  # noqa: PLC0415
 
         n_inst = int(instrument.max()) + 1
@@ -1316,7 +1326,8 @@ class MapBlender:
         d2 = torch.where(self.cell_n[cells] > 0, d2, torch.full_like(d2, float("inf")))
         k = min(self.K, int(self.has.sum()))
         near_d2, near = torch.topk(d2, k, dim=1, largest=False)          # [B, k]
-        w = torch.where(torch.isfinite(near_d2), 1.0 / (near_d2 + self.EPS ** 2),
+        q = self.power / 2
+        w = torch.where(torch.isfinite(near_d2), 1.0 / (near_d2 ** q + self.EPS ** self.power),
                         torch.zeros_like(near_d2))
         w = w / w.sum(1, keepdim=True)
         c = torch.gather(cells, 1, near)                                 # [B, k]

@@ -735,6 +735,12 @@ def test_map_blender_plays_an_instrument_at_its_point_and_a_morph_between() -> N
     at0 = two.blend(torch.zeros(200, 2), torch.full((200,), 60), frames7,
                     torch.Generator().manual_seed(1))[:, 0, 0]
     assert {round(float(v)) for v in at0} == {0, 6}  # note 0 and its second velocity, note 6
+    # --blend-power: a quarter of the way from instrument 0 to 1, inverse square gives 0 a
+    # weight of 0.9 (target 0.9 * 0 + 0.1 * 2); power 8 keeps it nearer instrument 0's own note.
+    quarter = (torch.tensor([[0.05, 0.0]]), torch.tensor([60]))
+    soft = float(b.blend(*quarter, frames)[0, 0, 0])
+    sharp = float(T.MapBlender(mu, inst, pitch, power=8).blend(*quarter, frames)[0, 0, 0])
+    assert soft == pytest.approx(0.2, abs=0.01) and sharp == pytest.approx(0.0, abs=0.01)
 
 
 def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
@@ -746,7 +752,15 @@ def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> 
                                   "parallel", "--blend-points", "0.5")) == 0
     st = load_training_state(out / "transformer.pt")
     assert st["loss_options"]["blend_points"] == 0.5
+    assert st["loss_options"]["blend_power"] == 2.0
     _refused_out_of_range_and_autoregressive("--blend-points", "2", data_dir, out, tmp_path)
+    with pytest.raises(ConfigError, match=r"blend-power must be in \[1, 16\]"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "p", "--decoder", "parallel",
+                               "--blend-points", "0.5", "--blend-power", "0.5"))
+    with pytest.raises(ConfigError, match="give that too"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "p", "--decoder", "parallel",
+                               "--vae", str(out / "vae.pt"), "--blend-power", "4",
+                               "--steps", "2"))
     model = next(out.glob("pgesam_*.pt"))
     with pytest.raises(ConfigError, match="blend-points"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "top", "--init", str(model),
