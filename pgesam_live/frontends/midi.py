@@ -18,6 +18,9 @@ sounds at the new point. Every channel is heard (PGESAM_MIDI_CHANNEL=1..16 picks
 bend, program change and aftertouch are ignored. A note the engine refuses (outside what the
 model plays) is said above the prompt, and its key-up is not sent.
 Every command is submitted with src "midi", so it is journalled like any other.
+A port that disappears (the keyboard unplugged) lets go of its keys down and under the pedal
+(journalled `release P`, as their key-ups would have been) and says so; when a port of that
+name comes back (its ALSA client number may change) it is opened again and said.
 
 `MidiMapper` is the pure message -> commands mapping (tests feed it mido.Message objects);
 `MidiInput` binds it to a port. A missing backend or port is one ConfigError line, never a
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +145,20 @@ class MidiMapper:
     def xy(self) -> Command:
         return Command("xy", {"u": self.u, "v": self.v})
 
+    def let_go(self) -> list[Command]:
+        """The port is gone: its keys down and under the pedal are released, the pedal up."""
+        sounding = sorted(self.held | self.sustained)
+        self.held.clear()
+        self.sustained.clear()
+        self.sustain = False
+        return [Command("release", {"pitch": p}) for p in sounding]
+
+
+def port_base(name: str) -> str:
+    """A port's name without ALSA's client:port numbers ("Keystation 49 MIDI 1 20:0" ->
+    "Keystation 49 MIDI 1"): a device plugged in again may get another client number."""
+    return re.sub(r"\s+\d+:\d+$", "", name)
+
 
 def list_ports() -> tuple[list[str], str | None]:
     """(input port names, None) or ([], one line saying why MIDI is unavailable)."""
@@ -181,6 +200,8 @@ class MidiInput:
     """A MIDI input port feeding the engine. Notes are submitted from rtmidi's thread as they
     arrive; x/y controller streams are coalesced by a small flusher thread."""
 
+    WATCH_S = 1.0  # how often the port list is read for an unplugged or replugged device
+
     def __init__(self, engine: EngineView, port_name: str, mapping: MidiMapping | None = None,
                  coalesce_s: float = 0.010) -> None:
         self.engine = engine
@@ -196,8 +217,18 @@ class MidiInput:
         self._port: Any = None
         self._silent: set[int] = set()  # keys whose note the engine refused: no key-up sent
         self._flusher = threading.Thread(target=self._flush_loop, name="midi-xy", daemon=True)
+        self.connected = True   # False from an unplugging until the port comes back
+        self._watcher: threading.Thread | None = None
 
     def open(self) -> MidiInput:
+        """Open the port (ConfigError when it cannot be) and watch for it to go and return."""
+        self._port = self._open_port(self.port_name)
+        self._watcher = threading.Thread(target=self._watch_loop, name="midi-watch",
+                                         daemon=True)
+        self._watcher.start()
+        return self.start()
+
+    def _open_port(self, name: str) -> Any:
         try:
             import mido
         except ImportError:
@@ -205,12 +236,55 @@ class MidiInput:
                               "python-rtmidi)") from None
         try:
             with quiet_c_stderr():
-                self._port = mido.open_input(self.port_name, callback=self.on_message)
+                return mido.open_input(name, callback=self.on_message)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"cannot open MIDI input {self.port_name!r}: {first}; "
+            raise ConfigError(f"cannot open MIDI input {name!r}: {first}; "
                               "`pgesam-live doctor` lists ports") from None
-        return self.start()
+
+    def check_port(self, inputs: list[str],
+                   reopen: Callable[[str], Any] | None = None) -> None:
+        """One look at the input ports (the watcher's, every WATCH_S): the port gone lets go
+        of its keys; a port of its name back (`reopen`, default: open it) plays again."""
+        base = port_base(self.port_name)
+        if self.connected:
+            if self.port_name in inputs:
+                return
+            self.connected = False
+            self._close_port()
+            with self._lock:
+                releases = self.mapper.let_go()
+                self._pending_xy = None
+            releases = [c for c in releases if c.args["pitch"] not in self._silent]
+            self._silent.clear()
+            for cmd in releases:
+                self._submit(cmd)
+            keys = f"; released {len(releases)} key(s) it held" if releases else ""
+            self.engine.message(f"MIDI: {self.port_name} disconnected{keys}; it plays again "
+                                "when plugged back in")
+            return
+        back = [n for n in inputs if port_base(n) == base]
+        if not back:
+            return
+        try:
+            self._port = (reopen or self._open_port)(back[0])
+        except ConfigError as exc:
+            self.errors += 1
+            log.warning("MIDI: %s", exc)
+            return
+        self.port_name, self.connected = back[0], True
+        self.engine.message(f"MIDI: {self.port_name} is back")
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(self.WATCH_S):
+            inputs, problem = list_ports()
+            if problem is not None:
+                continue
+            try:
+                self.check_port(inputs)
+            except Exception:  # the watcher lives on: logged and counted
+                self.errors += 1
+                log.exception("MIDI: watching %r failed", self.port_name)
 
     def start(self) -> MidiInput:
         """Start the x/y flusher (open() does; tests call it to feed on_message directly)."""
@@ -281,17 +355,21 @@ class MidiInput:
                     log.exception("MIDI: submitting %r failed", cmd)
                 time.sleep(self.coalesce_s)   # later moves in this window: latest wins
 
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
+    def _close_port(self) -> None:
         if self._port is not None:
             try:
                 self._port.close()
-            except Exception as exc:  # closing at shutdown: said, never raised
+            except Exception as exc:  # closing at shutdown or unplugged: said, never raised
                 log.warning("MIDI: closing %r failed: %s", self.port_name, exc)
             self._port = None
-        if self._flusher.is_alive():
-            self._flusher.join(timeout=1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._close_port()
+        for t in (self._flusher, self._watcher):
+            if t is not None and t.is_alive():
+                t.join(timeout=1.0)
 
 
 def open_midi(engine: EngineView, spec: str, mapping: MidiMapping | None = None) -> MidiInput:

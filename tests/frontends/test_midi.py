@@ -10,7 +10,14 @@ import mido
 import pytest
 
 from pgesam_live.errors import ConfigError
-from pgesam_live.frontends.midi import MidiInput, MidiMapper, MidiMapping, list_ports, resolve_port
+from pgesam_live.frontends.midi import (
+    MidiInput,
+    MidiMapper,
+    MidiMapping,
+    list_ports,
+    port_base,
+    resolve_port,
+)
 from pgesam_live.vocab.commands import Command, parse_line
 
 
@@ -182,3 +189,37 @@ def test_a_refused_note_is_said_and_its_key_up_not_sent() -> None:
     got = [line for _, line in engine.got]
     assert [g.split()[:2] for g in got] == [["note", "60"], ["release", "60"]]
     assert engine.messages and "outside what the model plays" in engine.messages[0]
+
+
+def test_an_unplugged_keyboard_lets_go_of_its_keys_and_plays_again_when_back() -> None:
+    """The port gone from the list: keys down and under the pedal are released (src midi,
+    so journalled) and it is said; the same device back under another ALSA client number
+    is opened again and plays; another device does not stand in for it."""
+    engine = PointEngine()
+    inp = MidiInput(engine, "Keys MIDI 1 20:0").start()
+    try:
+        inp.on_message(mido.Message("note_on", note=60, velocity=127))
+        inp.on_message(mido.Message("control_change", control=64, value=127))
+        inp.on_message(mido.Message("note_on", note=64, velocity=127))
+        inp.on_message(mido.Message("note_off", note=64))   # held by the pedal
+        inp.on_message(mido.Message("note_on", note=20, velocity=100))  # refused: no key-up
+        inp.check_port(["Keys MIDI 1 20:0", "Midi Through Port-0 14:0"])
+        assert inp.connected and [g for _, g in engine.got] == ["note 60 1 hold",
+                                                               "note 64 1 hold"]
+        inp.check_port(["Midi Through Port-0 14:0"])
+        assert not inp.connected
+        assert [g for g in engine.got[2:]] == [("midi", "release 60"), ("midi", "release 64")]
+        assert "disconnected; released 2 key(s)" in engine.messages[-1]
+        inp.check_port(["Midi Through Port-0 14:0", "Other Synth 24:0"])
+        assert not inp.connected
+        opened: list[str] = []
+        inp.check_port(["Keys MIDI 1 24:0"], reopen=lambda name: opened.append(name))
+        assert inp.connected and opened == ["Keys MIDI 1 24:0"]
+        assert engine.messages[-1] == "MIDI: Keys MIDI 1 24:0 is back"
+        inp.on_message(mido.Message("note_on", note=62, velocity=127))
+        inp.on_message(mido.Message("control_change", control=64, value=0))  # pedal was reset
+        inp.on_message(mido.Message("note_off", note=62))
+        assert [g for _, g in engine.got[4:]] == ["note 62 1 hold", "release 62"]
+    finally:
+        inp.close()
+    assert port_base("Keys MIDI 1 20:0") == "Keys MIDI 1" and port_base("Keys") == "Keys"
