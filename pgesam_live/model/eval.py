@@ -8,7 +8,9 @@ pitch_yin {within_50c, within_50c_midi, within_50c_codec} (the 50-cent tests by 
 var_per_instrument, var_per_pitch, family_knn_acc, codec_mrstft, mrstft_generated (generated
 notes against their originals, same distance), identity_nn (+ _codec, _chance), envelope_db
 (+ _codec), map_spread {level_2_5s_ratio, centroid_ratio, neighbour_distance_db,
-two_step_distance_db, neighbour_closer_share, continuous, ...}, plus counts. A short markdown
+two_step_distance_db, neighbour_closer_share, continuous, level_2_5s_ratio_nearest,
+centroid_ratio_nearest (the ceiling: the same spread over the originals of the training
+instrument nearest each cell), ...}, plus counts. A short markdown
 report goes next to the JSON (or to --report).
 """
 
@@ -333,6 +335,23 @@ def _grid_note_figures(waves: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarr
     return level, centroid
 
 
+def nearest_originals(grid: np.ndarray, points: list[dict[str, Any]], ref_names: list[str]
+                      ) -> np.ndarray | None:
+    """For each grid cell [G, 2], the index into ref_names of the original of the training
+    instrument nearest to it (points: the model's training points {name, x, y}) among those
+    the reference has; the first original of an instrument with several. None when no
+    training instrument is in the reference (another data set)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(ref_names):
+        first.setdefault(name, i)
+    have = [p for p in points if p["name"] in first]
+    if not have:
+        return None
+    xy = np.array([[p["x"], p["y"]] for p in have], dtype=np.float64)
+    d2 = ((grid[:, None, :].astype(np.float64) - xy[None]) ** 2).sum(-1)
+    return np.array([first[have[int(j)]["name"]] for j in d2.argmin(1)])
+
+
 def map_spread(bundle: ModelBundle, synth: Any, data_dir: str | Path, split: str,
                seed: int = 0) -> dict[str, Any]:
     """How much, and how smoothly, the map changes the sound at C4.
@@ -369,6 +388,12 @@ def map_spread(bundle: ModelBundle, synth: Any, data_dir: str | Path, split: str
         r_level, r_centroid = _grid_note_figures(ref_waves, sr)
         out["level_2_5s_ratio"] = float(level.std() / max(r_level.std(), 1e-9))
         out["centroid_ratio"] = float(centroid.std() / max(r_centroid.std(), 1e-9))
+        near = nearest_originals(grid, pts, [n.instrument_str for n in ref])
+        if near is not None:  # what a map playing its nearest instrument, unblended, spreads
+            n_level, n_centroid = r_level[near], r_centroid[near]
+            out["level_2_5s_ratio_nearest"] = float(n_level.std() / max(r_level.std(), 1e-9))
+            out["centroid_ratio_nearest"] = float(n_centroid.std()
+                                                  / max(r_centroid.std(), 1e-9))
     out["level_2_5s_std_db"] = float(level.std())
     out["centroid_std_hz"] = float(centroid.std())
     specs = [metrics.log_band_spectrogram(w, sr) for w in waves]
@@ -441,6 +466,10 @@ def report_markdown(r: dict[str, Any]) -> str:
     if "level_2_5s_ratio" in ms:
         lines.append(f"| map_spread at C4: level at 2.5 s / centroid, re the originals | "
                      f"{ms['level_2_5s_ratio']:.2f} / {ms['centroid_ratio']:.2f} |")
+    if "centroid_ratio_nearest" in ms:
+        lines.append(f"| the same for the originals of the instrument nearest each cell (a "
+                     f"ceiling) | {ms['level_2_5s_ratio_nearest']:.2f} / "
+                     f"{ms['centroid_ratio_nearest']:.2f} |")
     if "neighbour_distance_db" in ms:
         lines.append(f"| map continuity: neighbour / two-step distance (closer share) | "
                      f"{ms['neighbour_distance_db']:.1f} / {ms['two_step_distance_db']:.1f} dB "

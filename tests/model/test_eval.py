@@ -99,6 +99,9 @@ def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert ms["grid"] == 5 and ms["pitch"] == 51  # C4 clamped into the model's 48..51
     assert ms["reference"] == "train split, 3 originals"
     assert ms["level_2_5s_ratio"] >= 0 and ms["centroid_ratio"] >= 0
+    # The ceiling: the grid's cells play the originals of their nearest training instrument.
+    assert ms["level_2_5s_ratio_nearest"] >= 0 and ms["centroid_ratio_nearest"] >= 0
+    assert "nearest each cell" in md
     assert 0.0 <= ms["neighbour_closer_share"] <= 1.0
     assert "identity_nn" in md and "map_spread" in md
 
@@ -146,3 +149,17 @@ def test_a_report_path_that_cannot_be_written_fails_before_the_evaluation(
                                     "--report", str(tmp_path / "afile" / "r.md")])
     with pytest.raises(DataError, match=r"--report .*afile is a file, not a folder"):
         E.run_eval(ns)
+
+
+def test_nearest_originals_picks_each_cells_nearest_instrument_the_reference_has() -> None:
+    """Each grid cell's nearest training instrument among those with an original in the
+    reference (the first of several); None when the reference has none of them."""
+    from pgesam_live.model.eval import nearest_originals
+
+    points = [{"name": "a", "x": 0.0, "y": 0.0}, {"name": "b", "x": 1.0, "y": 0.0},
+              {"name": "c", "x": 0.0, "y": 1.0}]
+    grid = np.array([[0.1, 0.0], [0.9, 0.1], [0.0, 0.8], [0.6, 0.9]], dtype=np.float32)
+    near = nearest_originals(grid, points, ["b", "a", "a", "x"])
+    # "c" has no original: (0, 0.8) and (0.6, 0.9) fall to a and b
+    assert near is not None and near.tolist() == [1, 0, 1, 0]
+    assert nearest_originals(grid, points, ["x", "y"]) is None
