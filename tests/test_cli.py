@@ -347,6 +347,7 @@ def test_note_takes_a_point_by_name_and_writes_a_default_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from pgesam_live.app.build import named_points
+    from pgesam_live.model.checkpoints import load_model
     from pgesam_live.settings import Settings
 
     monkeypatch.chdir(tmp_path)
@@ -356,7 +357,13 @@ def test_note_takes_a_point_by_name_and_writes_a_default_file(
     assert (tmp_path / "note-glass-C4.wav").is_file()
     assert f"at glass ({glass[0]:+.2f}, {glass[1]:+.2f})" in said
     assert main(["note", "nowhere", "C4"]) == 1
-    assert "no point named 'nowhere'; the named points:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no point named 'nowhere'; the named points:" in err and "training instrument" in err
+    # A training instrument by a word of its program: the bundled model's violin.
+    violin = next(p for p in load_model("default").training_points
+                  if p["name"] == "fluidr3_gm_040")
+    assert main(["note", "violin", "C4"]) == 0
+    assert f"at violin ({violin['x']:+.2f}, {violin['y']:+.2f})" in capsys.readouterr().out
     assert main(["note", "0.1", "0.2", "0.3", "C4"]) == 1  # neither form
     assert "give X Y PITCH" in capsys.readouterr().err
     assert main(["note", "0.1", "0.2", "C4", "--out", "n.wav"]) == 0

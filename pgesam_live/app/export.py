@@ -12,6 +12,7 @@ from typing import Any
 from pgesam_live.app.common import settings_from_args
 from pgesam_live.errors import ConfigError, PgesamError
 from pgesam_live.render.sfz import coords_label, parse_pitch_range
+from pgesam_live.vocab.instruments import find_instrument
 
 
 def export_usage_problem(where: list[str], pitches: str | None = None) -> str | None:
@@ -44,7 +45,8 @@ def export_usage_problem(where: list[str], pitches: str | None = None) -> str | 
 def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]],
                          training_points: list[dict[str, Any]]) -> tuple[float, float, str]:
     """`X Y` (map coordinates) or one NAME (a named point of the demo patches, or a training
-    instrument of the model) -> x, y, a name for the files."""
+    instrument of the model: its name or a word of its program, vocab/instruments.py) -> x,
+    y, a name for the files."""
     problem = export_usage_problem(where)
     if problem is not None:
         raise PgesamError(problem)
@@ -62,9 +64,9 @@ def resolve_export_point(where: list[str], named: dict[str, tuple[float, float]]
                               "NAME, e.g. `export 0.2 -0.1 --out DIR`")
         if name in named:
             return float(named[name][0]), float(named[name][1]), name
-        for p in training_points:
-            if str(p["name"]) == name:
-                return float(p["x"]), float(p["y"]), name
+        inst = find_instrument(name, training_points)
+        if inst is not None:  # its own name, or a word of its program (`export violin`)
+            return inst.x, inst.y, name
         close = sorted(n for n in [*named, *(str(p["name"]) for p in training_points)]
                        if name.lower() in n.lower())[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else \

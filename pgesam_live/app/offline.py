@@ -12,11 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from pgesam_live.app.build import LIVE_PREROLL_S, MAX_BOUNCE_S, MAX_REPLAY_S, TAIL_S, OfflineRig
+from pgesam_live.app.build import (
+    LIVE_PREROLL_S,
+    MAX_BOUNCE_S,
+    MAX_REPLAY_S,
+    TAIL_S,
+    OfflineRig,
+    named_points,
+)
 from pgesam_live.app.common import check_out_path, quote, settings_from_args, write_wav
 from pgesam_live.app.inputs import apply_patch_settings, journal_model, load_checked
 from pgesam_live.errors import PgesamError
 from pgesam_live.settings import Settings
+from pgesam_live.vocab.instruments import find_instrument
 
 
 def _speed(audio_s: float, wall_s: float) -> str:
@@ -26,11 +34,11 @@ def _speed(audio_s: float, wall_s: float) -> str:
         f"in {wall_s:.1f} s ({ratio:.2g}x real time)"  # a slow or busy machine: 0.29x, not 0x
 
 
-def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, float, str]:
+def note_where(words: list[str], patch_dir: Path,
+               training_points: list[dict[str, Any]] | None = None
+               ) -> tuple[str | None, float, float, str]:
     """`X Y PITCH` or `NAME PITCH` (a demo patch's point, as `at NAME` before a patch is
-    loaded) -> (name, x, y, pitch)."""
-    from pgesam_live.app.build import named_points  # noqa: PLC0415
-
+    loaded, or one of `training_points`' instruments: `violin C4`) -> (name, x, y, pitch)."""
     if len(words) == 3:
         try:
             return None, float(words[0]), float(words[1]), words[2]
@@ -40,10 +48,14 @@ def note_where(words: list[str], patch_dir: Path) -> tuple[str | None, float, fl
                 from None
     if len(words) == 2:
         points = named_points(patch_dir)
+        inst = find_instrument(words[0], training_points or [])
+        if words[0] not in points and inst is not None:
+            return words[0], inst.x, inst.y, words[1]
         if words[0] not in points:
             known = ", ".join(sorted(points)) or "none (no demo patches found)"
             raise PgesamError(f"note: no point named {words[0]!r}; the named points: {known} "
-                              "(or give X Y PITCH)")
+                              "or a training instrument (a word of its program: piano, "
+                              "violin) (or give X Y PITCH)")
         x, y = points[words[0]]
         return words[0], float(x), float(y), words[1]
     raise PgesamError(f"note: give X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4), "
@@ -67,7 +79,11 @@ def run_note(ns: Namespace) -> int:
     )
 
     s = settings_from_args(ns)
-    name, ns.x, ns.y, ns.pitch = note_where(ns.where, s.patch_dir)
+    synth = None
+    if len(ns.where) == 2 and ns.where[0] not in named_points(s.patch_dir):
+        synth = Synth.load(s.model, device=resolve_device(s.device))  # where its instruments are
+    name, ns.x, ns.y, ns.pitch = note_where(ns.where, s.patch_dir,
+                                            synth.training_points if synth else None)
     pitch = note_to_midi(ns.pitch)
     if ns.out is None:
         place = name or f"{ns.x:g}_{ns.y:g}"
@@ -78,7 +94,7 @@ def run_note(ns: Namespace) -> int:
     for axis, v in (("x", ns.x), ("y", ns.y)):
         if not np.isfinite(v) or abs(v) > 1.5:
             raise PgesamError(f"{axis} = {v} is outside the map: use -1.5..1.5")
-    synth = Synth.load(s.model, device=resolve_device(s.device))
+    synth = synth or Synth.load(s.model, device=resolve_device(s.device))
     model_range = (int(synth.pitch_range[0]), int(synth.pitch_range[1]))
     lo, hi = playable_range(model_range)
     if not lo <= pitch <= hi:

@@ -1,5 +1,6 @@
 """The names a command may use, checked against the state it will meet: points (a patch's,
-bookmarks, the demo patches'), a patch's sequences, the running sequences, as the immediate
+bookmarks, the demo patches', then the model's training instruments: vocab/instruments.py),
+a patch's sequences, the running sequences, as the immediate
 commands already queued will leave them (`mark a` then `at a`, `seq s ...` then `stop s`
 pass at once). A part of the Engine (a mixin): it reads the engine's state under its lock."""
 
@@ -13,6 +14,7 @@ from pgesam_live.errors import CommandError
 from pgesam_live.notes import pitch_range_message, playable_range
 from pgesam_live.patches.model import Patch, Sequence
 from pgesam_live.vocab.commands import Command
+from pgesam_live.vocab.instruments import InstrumentMatch, find_instrument
 
 if TYPE_CHECKING:
     from pgesam_live.engine.scheduler import Scheduler
@@ -108,9 +110,9 @@ class NameChecks:
                 if q.name == "mark")]))
             self._bookmark_by_digit(name, order)
             return
-        if c.name == "at" and name not in points:
-            known = ", ".join(sorted(points)) or "none yet (`mark NAME` makes one)"
-            raise CommandError(f"no point named {name!r}; known: {known}")
+        if c.name == "at" and name not in points and \
+                find_instrument(name, self.model.training_points) is None:
+            raise CommandError(self._no_point(name, sorted(points)))
         if c.name == "start" and name not in sequences:
             have = ", ".join(sorted(sequences)) or (
                 "no patch loaded" if current is None and pending is None else "it has none")
@@ -181,7 +183,8 @@ class NameChecks:
         bookmark's own place, even when a patch point of its name hides it from `at NAME`).
 
         Precedence (what `points` shows too): the loaded patch's points, then bookmarks,
-        then the demo patches' named points."""
+        then the demo patches' named points, then the model's training instruments (an
+        instrument's name, or a word of its program: `piano`)."""
         if name.isdigit():
             x, y = self.bookmarks[self._bookmark_by_digit(name, list(self.bookmarks))]
             return float(x), float(y)
@@ -189,8 +192,24 @@ class NameChecks:
             if name in table:
                 x, y = table[name]
                 return float(x), float(y)
-        known = ", ".join(self.point_names()) or "none yet (`mark NAME` makes one)"
-        raise CommandError(f"no point named {name!r}; known: {known}")
+        inst = find_instrument(name, self.model.training_points)
+        if inst is not None:
+            return inst.x, inst.y
+        raise CommandError(self._no_point(name, self.point_names()))
+
+    def _no_point(self, name: str, known: list[str]) -> str:
+        have = ", ".join(known) or "none yet (`mark NAME` makes one)"
+        inst = "; or a training instrument (`at piano`, `at violin`: a word of its program)" \
+            if self.model.training_points else ""
+        return f"no point named {name!r}; known: {have}{inst}"
+
+    def instrument_of(self, name: str) -> InstrumentMatch | None:
+        """The training instrument `at NAME` goes to, when no patch point, bookmark or demo
+        point has that name."""
+        if name.isdigit() or name in self._patch_points() or name in self.bookmarks or \
+                name in self.model.named_points:
+            return None
+        return find_instrument(name, self.model.training_points)
 
     def _patch_points(self) -> dict[str, tuple[float, float]]:
         """The playing patch's points, and a pending one's (which win)."""

@@ -182,9 +182,11 @@ def _check_follow_state(args: dict[str, Any]) -> None:
 
 _SPECS: list[Spec] = [
     Spec("at", (Form((_X, _Y), "/pgesam/timbre"),
-                Form((Arg("name", "point", "a point or bookmark name, or a bookmark's digit "
-                          "on the map"),), "/pgesam/point")),
-         "set the timbre point: `at 0.4 -0.3`, `at glass`, or `at 1` (bookmark 1 on the map)"),
+                Form((Arg("name", "point", "a point or bookmark name, a bookmark's digit "
+                          "on the map, or a training instrument (a word of its program)"),),
+                     "/pgesam/point")),
+         "set the timbre point: `at 0.4 -0.3`, `at glass`, `at 1` (bookmark 1 on the map), "
+         "or a training instrument's: `at piano`, `at violin`, `at elec-bass`"),
     Spec("xy", (Form((Arg("u", "unit", "pad x 0..1"), Arg("v", "unit", "pad y 0..1")),
                      "/pgesam/xy"),),
          "set the timbre from a 0..1 pad laid over the map's region (what `map` and the web "

@@ -104,13 +104,15 @@ def region_of(training_points: Iterable[Any]) -> MapRegion:
 # GM program names for the training instruments' labels (`fluidr3_gm_000` -> "Acoustic Grand
 # Piano"); the data set names an instrument `<soundfont>_<program:03d>`.
 _PROGRAM_RE = re.compile(r"^(?P<bank>.+)_(?P<program>\d{3})$")
+# NSynth's own instruments are `<family>_<source>_<n:03d>` (guitar_acoustic_010): no program.
+_NSYNTH_RE = re.compile(r"^[a-z_]+_(acoustic|electronic|synthetic)_\d{3}$")
 
 
 def instrument_label(name: str) -> str:
     """A training instrument's name for people: its GM program and soundfont when the name
     says them, else the name as it is."""
     m = _PROGRAM_RE.match(name)
-    if m is None or int(m["program"]) > 127:
+    if m is None or int(m["program"]) > 127 or _NSYNTH_RE.match(name):
         return name
     from pgesam_live.model.soundfont import GM_NAMES  # noqa: PLC0415  (a plain table)
 

@@ -261,9 +261,13 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None,
         snap = view.snapshot()
         marks = snap.get("bookmarks") or {}
         names = view.point_names()
+        n_inst = len(getattr(view.model, "training_points", None) or [])
+        also = (f"and the model's {n_inst} training instruments: `at piano`, `at violin` (a "
+                "word of a General MIDI program; `pgesam-live map --json` lists them)"
+                if n_inst else "")
         if not names and not marks:
             return Answer(name, "no named points (load a patch, or `mark NAME` the current "
-                                "point)", [])
+                                "point)" + (f"; {also}" if also else ""), [])
         # Each name with the place `at NAME` goes to (a patch's point hides a bookmark of
         # its name: said, with the bookmark's digit, which still reaches it).
         digits = {m: i + 1 for i, m in enumerate(marks) if i < 9}
@@ -284,6 +288,8 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None,
                 else:
                     text += f"  bookmark {digits[n]}"
             lines.append(text)
+        if also:
+            lines.append(also)
         return Answer(name, "\n".join(lines), [str(n) for n in names])
     if name == "seqs":
         running = sorted(str(n) for n in view.snapshot().get("sequences") or [])

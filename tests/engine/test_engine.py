@@ -714,3 +714,34 @@ def test_at_another_output_rate_a_cached_note_is_resampled_before_it_plays() -> 
     assert first_nonzero(out) >= 0
     assert e._resampler.resampled_in_hook == 0
     rig.close()
+
+
+def test_at_a_training_instruments_word_goes_to_its_point_and_says_which() -> None:
+    """`at violin` (no patch point, bookmark or demo point of that name) goes to the
+    training instrument's point and says which program it took; a bookmark of that name
+    wins; a name nothing has is refused, naming the instruments as a way."""
+    synth = FakeSynth(SR)
+    synth.training_points = [
+        {"name": "fluidr3_gm_000", "x": -0.25, "y": 0.0, "family": "keyboard"},
+        {"name": "fluidr3_gm_001", "x": -0.2, "y": 0.05, "family": "keyboard"},
+        {"name": "fluidr3_gm_040", "x": 0.3, "y": -0.2, "family": "string"}]
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False), synth=synth)
+    e = rig.engine
+    said: list[str] = []
+    e.add_listener(lambda ev: said.append(ev["text"]) if ev["kind"] == "message" else None)
+    assert e.submit("at violin").ok
+    rig.run_until(0.1)
+    assert e.snapshot()["point"] == pytest.approx([0.3, -0.2])
+    assert said[-1] == "at violin: Violin (fluidr3_gm) (+0.30, -0.20)"
+    assert e.submit("at piano").ok
+    rig.run_until(0.2)
+    assert e.snapshot()["point"] == pytest.approx([-0.25, 0.0])
+    assert "also Bright Acoustic Piano: name more words" in said[-1]
+    assert e.submit("at 0.1 0.1").ok and e.submit("mark violin").ok
+    assert e.submit("at 0 0").ok and e.submit("at violin").ok
+    rig.run_until(0.3)
+    assert e.snapshot()["point"] == pytest.approx([0.1, 0.1])  # the bookmark
+    r = e.submit("at tuba")
+    assert not r.ok and "no point named 'tuba'" in r.text and "training instrument" in r.text
+    assert e.apply_errors == 0
+    rig.close()

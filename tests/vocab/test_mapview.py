@@ -64,6 +64,9 @@ def test_instrument_labels_name_the_gm_program() -> None:
     assert instrument_label("musescore_general_073") == "Flute (musescore_general)"
     assert instrument_label("mine") == "mine"
     assert instrument_label("x_999") == "x_999"
+    # NSynth's own names carry no program: guitar_acoustic_010 is not a Music Box.
+    assert instrument_label("guitar_acoustic_010") == "guitar_acoustic_010"
+    assert instrument_label("synth_lead_synthetic_000") == "synth_lead_synthetic_000"
 
 
 def test_the_terminal_map_shows_the_same_region() -> None:
