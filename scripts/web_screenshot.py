@@ -5,10 +5,10 @@ Start an instrument first (the bundled model, no sound card needed), then take t
     pgesam-live play --audio record --no-repl &
     python scripts/web_screenshot.py --url http://127.0.0.1:8765/ --out docs/web-page.png
 
-It loads the demo patch `drift-arpeggio.yaml` (its points, its sequence running), marks a
-bookmark, plays a key, points at a training instrument (its name on hover) and listens, as a
-performer would, then saves the page. Needs Debian's `chromium` and Playwright's Python API
-(`make system-deps setup`).
+It loads the demo patch `drift-arpeggio.yaml` (its points, its sequence running), goes to a
+training instrument by name (`at violin`), marks a bookmark, plays a key, points at a
+training instrument (its name on hover) and listens, as a performer would, then saves the
+page. Needs Debian's `chromium` and Playwright's Python API (`make system-deps setup`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def take(url: str, out: Path, chromium: str) -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 880})
         page.goto(url)
         page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
-        for line in ("hush", "load drift-arpeggio.yaml", "at 0.2 0.1", "mark mine",
-                     "glide 0.05 -0.3 8"):
+        for line in ("hush", "load drift-arpeggio.yaml", "at violin", "at 0.2 0.1",
+                     "mark mine", "glide 0.05 -0.3 8"):
             page.fill("#cmd", line)
             page.press("#cmd", "Enter")
             time.sleep(0.3)
@@ -44,6 +44,10 @@ def take(url: str, out: Path, chromium: str) -> None:
         time.sleep(0.5)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=True)
+        # A 128-colour palette: a third of the bytes, and the history keeps every version.
+        from PIL import Image
+
+        Image.open(out).convert("RGB").quantize(128).save(out, optimize=True)
         page.keyboard.up("d")
         page.fill("#cmd", "hush")
         page.press("#cmd", "Enter")
