@@ -25,6 +25,7 @@ from pgesam_live import faults
 from pgesam_live.frontends.seam import run_line
 from pgesam_live.vocab.commands import COMMANDS, Command
 from pgesam_live.vocab.completion import CompletionContext, complete
+from pgesam_live.vocab.instruments import instrument_words
 from pgesam_live.vocab.views import EngineView, status_line, status_text
 
 __all__ = ["EngineLike", "handle_line", "make_completer", "run_repl", "status_line",
@@ -72,6 +73,8 @@ def completion_context(engine: EngineLike) -> CompletionContext:
             return []
     return CompletionContext(
         point_names=safe(engine.point_names),
+        instrument_words=safe(lambda: instrument_words(
+            getattr(engine.model, "training_points", None) or [])),
         sequence_names=safe(engine.sequence_names),
         patch_files=safe(lambda: patch_files(engine.patch_dir)),
         pitch_range=_pitch_range(engine),

@@ -25,6 +25,7 @@ class CompletionContext:
     """What the completer may offer besides the table's own words."""
 
     point_names: Sequence[str] = ()
+    instrument_words: Sequence[str] = ()  # `at piano`: after the point names (instruments.py)
     sequence_names: Sequence[str] = ()
     patch_files: Sequence[str] = ()
     pitch_range: tuple[int, int] | None = None  # the model's: only playable notes offered
@@ -36,7 +37,7 @@ def candidates_for_kind(kind: str, ctx: CompletionContext) -> list[str]:
             return completion_note_names()
         return completion_note_names(*playable_range(ctx.pitch_range))
     if kind == "point":
-        return list(ctx.point_names)
+        return [*ctx.point_names, *ctx.instrument_words]
     if kind == "seq":
         return list(ctx.sequence_names)
     if kind == "patch":

@@ -75,3 +75,11 @@ def find_instrument(name: str, training_points: Sequence[dict[str, Any]]
     others = tuple(dict.fromkeys(_program(p) for _, p in hits[1:]
                                  if _program(p) != _program(best)))[:MAX_OTHERS]
     return match(best, others)
+
+
+def instrument_words(training_points: Sequence[dict[str, Any]]) -> list[str]:
+    """The words `at WORD` finds an instrument by (tab completion offers them after the
+    point names): each program name's words of three letters or more, sorted."""
+    words = {w for p in training_points for w in _words(_program(p))
+             if len(w) >= 3 and not w.isdigit()}
+    return sorted(words)

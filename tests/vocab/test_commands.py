@@ -178,7 +178,8 @@ def test_help() -> None:
 
 
 CTX = CompletionContext(point_names=["glass", "reed"], sequence_names=["arp", "bass"],
-                        patch_files=["ambient.yaml", "live/set1.yaml"])
+                        patch_files=["ambient.yaml", "live/set1.yaml"],
+                        instrument_words=["grand", "piano", "violin"])
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,8 @@ CTX = CompletionContext(point_names=["glass", "reed"], sequence_names=["arp", "b
     [
         ("te", {"tempo"}, {"at"}),
         ("at ", {"glass", "reed"}, {"C4"}),
-        ("at g", {"glass"}, {"reed"}),
+        ("at g", {"glass", "grand"}, {"reed", "piano"}),
+        ("at vi", {"violin"}, {"glass"}),
         ("play C", {"C4", "C#4"}, {"D4", "vel"}),
         ("play C4 ", {"vel", "len", "E4"}, set()),
         ("play C4 vel 0.5 ", {"len"}, {"vel"}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgesam_live.vocab.instruments import find_instrument
+from pgesam_live.vocab.instruments import find_instrument, instrument_words
 
 POINTS = [{"name": n, "x": float(i), "y": -float(i), "family": "x"} for i, n in enumerate(
     ["fluidr3_gm_006", "fluidr3_gm_000", "fluidr3_gm_046", "fluidr3_gm_040", "musescore_gm_000",
@@ -35,3 +35,9 @@ def test_an_exact_name_wins_and_nothing_matches_nothing() -> None:
     for miss in ("zzz", "", "-", "piano-zzz"):
         assert find_instrument(miss, POINTS) is None
     assert find_instrument("piano", []) is None
+
+
+def test_the_words_completion_offers() -> None:
+    words = instrument_words(POINTS)
+    assert {"piano", "grand", "harp", "harpsichord", "violin", "bassoon"} <= set(words)
+    assert words == sorted(set(words)) and all(len(w) >= 3 for w in words)
