@@ -1,8 +1,8 @@
 """The names a command may use, checked against the state it will meet: points (a patch's,
 bookmarks, the demo patches', then the model's training instruments: vocab/instruments.py),
-a patch's sequences, the running sequences, as the immediate
-commands already queued will leave them (`mark a` then `at a`, `seq s ...` then `stop s`
-pass at once). A part of the Engine (a mixin): it reads the engine's state under its lock."""
+a patch's sequences, the running sequences, as the immediate commands already queued will
+leave them (`mark a` then `at a`, `seq s ...` then `stop s` pass at once). A part of the
+Engine (a mixin): it reads the engine's state under its lock."""
 
 from __future__ import annotations
 

@@ -276,9 +276,12 @@ class MidiInput:
         self.engine.message(f"MIDI: {self.port_name} is back")
 
     def _watch_loop(self) -> None:
+        import mido
+
         while not self._stop.wait(self.WATCH_S):
-            inputs, problem = list_ports()
-            if problem is not None:
+            try:  # (not list_ports: its moment of quieted fd 2 would swallow others' lines)
+                inputs = list(mido.get_input_names())
+            except Exception:  # the MIDI service gone for a moment: look again later
                 continue
             try:
                 self.check_port(inputs)
