@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "drawn between the instruments, each playing the inverse-distance "
                         "blend of its nearest instruments' notes at that pitch (default 0)")
     p.add_argument("--blend-power", type=float, default=None, metavar="Q",
-                   help="with --blend-points: the blend's weights 1/d^Q (default 2); higher "
-                        "keeps each instrument's own sound nearer its point (a sharper map)")
+                   help="with --blend-points: the blend's weights 1/d^Q (default 2), 1..256; "
+                        "higher keeps each instrument's own sound farther from its point (a "
+                        "sharper map; 64: nearly the nearest instrument alone)")
     p.add_argument("--map-grid", default=None, metavar="SIDES",
                    help="parallel decoder: a learned feature grid over the map, tables of these "
                         "side lengths (e.g. 16,32,64,128,256), for the map's fine detail; read "

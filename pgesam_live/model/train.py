@@ -199,9 +199,9 @@ class TrainOptions:
     # space between the instruments (the 5 x 5 map grid lies 0.02-0.36 from the nearest, the
     # instruments 0.015 from each other), which nothing else trains.
     blend_points: float | None = None
-    # The blend's sharpness: weights 1 / (d^q + EPS^q) for distance d; 2 (inverse square)
+    # The blend's sharpness: weights (d^2 + EPS^2)^(-q/2) for distance d; 2 (inverse square)
     # spreads a point between its neighbours, higher keeps each instrument's own sound
-    # farther from its point (a sharper map).
+    # farther from its point (a sharper map; 64: nearly the nearest instrument alone).
     blend_power: float | None = None
     # Parallel decoder: a learned feature grid over the map (parallel.MapGrid) of these side
     # lengths, read from block 0 in a new run, or, grown into an --init model that has none,
@@ -284,7 +284,7 @@ class TrainOptions:
                                ("point_noise", 0.0, 1.0), ("pitch_weight", 0.0, 1e5),
                                ("loudness_weight", 0.0, 1e5), ("log_dist_weight", 0.0, 100.0),
                                ("instrument_points", 0.0, 1.0), ("release_weight", 0.0, 1e5),
-                               ("blend_points", 0.0, 1.0), ("blend_power", 1.0, 16.0)):
+                               ("blend_points", 0.0, 1.0), ("blend_power", 1.0, 256.0)):
             v = g(name)
             if v is not None and not low <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [{low:g}, {top:g}], "
@@ -1282,8 +1282,8 @@ class MapBlender:
     """Targets for the space between the training instruments (--blend-points).
 
     A point p drawn uniformly from the instruments' bounding box (widened by BOX_MARGIN of
-    its size) plays, at pitch m, the inverse-distance blend (weights 1 / (d^q + EPS^q), q =
-    `power`, 2 by default) of the notes at m of the K instruments nearest to p that have one:
+    its size) plays, at pitch m, the inverse-distance blend (weights (d^2 + EPS^2)^(-q/2), q
+    = `power`, 2 by default) of the notes at m of the K instruments nearest to p that have one:
     at an instrument's own point that instrument, halfway between two a morph of both.
     Frames blend in the codec's normalised space (loudness and noise in dB, the harmonic
     shares linearly), where a blend of two envelopes is a level between them, not a sum.
@@ -1326,10 +1326,10 @@ class MapBlender:
         d2 = torch.where(self.cell_n[cells] > 0, d2, torch.full_like(d2, float("inf")))
         k = min(self.K, int(self.has.sum()))
         near_d2, near = torch.topk(d2, k, dim=1, largest=False)          # [B, k]
-        q = self.power / 2
-        w = torch.where(torch.isfinite(near_d2), 1.0 / (near_d2 ** q + self.EPS ** self.power),
-                        torch.zeros_like(near_d2))
-        w = w / w.sum(1, keepdim=True)
+        # weights (d^2 + EPS^2)^(-q/2), normalised in log space (any power, no underflow)
+        logw = -(self.power / 2) * torch.log(near_d2.clamp(max=1e30) + self.EPS ** 2)
+        logw = torch.where(torch.isfinite(near_d2), logw, torch.full_like(logw, -torch.inf))
+        w = torch.softmax(logw, dim=1)
         c = torch.gather(cells, 1, near)                                 # [B, k]
         u = (torch.rand(c.shape, generator=gen).to(p.device) if gen is not None
              else torch.zeros(c.shape, device=p.device))

@@ -741,6 +741,10 @@ def test_map_blender_plays_an_instrument_at_its_point_and_a_morph_between() -> N
     soft = float(b.blend(*quarter, frames)[0, 0, 0])
     sharp = float(T.MapBlender(mu, inst, pitch, power=8).blend(*quarter, frames)[0, 0, 0])
     assert soft == pytest.approx(0.2, abs=0.01) and sharp == pytest.approx(0.0, abs=0.01)
+    # A very high power is the nearest instrument alone, with no underflow to 0 / 0.
+    far = T.MapBlender(mu, inst, pitch, power=256).blend(torch.tensor([[0.09, 0.0]]),
+                                                          torch.tensor([60]), frames)
+    assert float(far[0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
@@ -754,9 +758,12 @@ def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> 
     assert st["loss_options"]["blend_points"] == 0.5
     assert st["loss_options"]["blend_power"] == 2.0
     _refused_out_of_range_and_autoregressive("--blend-points", "2", data_dir, out, tmp_path)
-    with pytest.raises(ConfigError, match=r"blend-power must be in \[1, 16\]"):
+    with pytest.raises(ConfigError, match=r"blend-power must be in \[1, 256\]"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "p", "--decoder", "parallel",
                                "--blend-points", "0.5", "--blend-power", "0.5"))
+    with pytest.raises(ConfigError, match="blend-power"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "p", "--decoder", "parallel",
+                               "--blend-points", "0.5", "--blend-power", "300"))
     with pytest.raises(ConfigError, match="give that too"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "p", "--decoder", "parallel",
                                "--vae", str(out / "vae.pt"), "--blend-power", "4",
