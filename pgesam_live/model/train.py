@@ -1297,9 +1297,9 @@ class MapBlender:
                  power: float = 2.0) -> None:
         """mu [N, 2] the notes' points, instrument [N], pitch [N] (MIDI); power q of the
         inverse-distance weights."""
-        self.power = power
         from pgesam_live.model.data import instrument_points  # noqa: PLC0415
 
+        self.power = power
         n_inst = int(instrument.max()) + 1
         self.points, counts = instrument_points(mu, instrument, n_inst)  # [I, 2]
         self.has = counts > 0

@@ -2,13 +2,13 @@
 
 A model's training points are its instruments' places on the map ({name, x, y}; a name such
 as fluidr3_gm_000 reads as a General MIDI program and its bank, "Acoustic Grand Piano
-(fluidr3_gm)": mapview.instrument_label). A point
-name that no patch, bookmark or demo point has is looked up here: an instrument's own name
-exactly, else words (split on `-` and `_`) that each begin a word of an instrument's
-program name: `piano`, `grand-piano`, `nylon`, `elec_bass`. Of several, those whose words
-match whole win (`harp` is the Orchestral Harp, not the Harpsichord), then the lowest program
-number (General MIDI puts each family's archetype first: 0 Acoustic Grand Piano, 24
-Acoustic Guitar (nylon), 40 Violin), then the first bank.
+(fluidr3_gm)": mapview.instrument_label). A point name that no patch, bookmark or demo point
+has is looked up here: an instrument's own name exactly, else words (split on `-` and `_`)
+that each begin a word of an instrument's program name: `piano`, `grand-piano`, `nylon`,
+`elec_bass`. Of several, those whose words match whole win (`harp` is the Orchestral Harp,
+not the Harpsichord), then the lowest program number (General MIDI puts each family's
+archetype first: 0 Acoustic Grand Piano, 24 Acoustic Guitar (nylon), 40 Violin), then the
+first bank.
 """
 
 from __future__ import annotations
