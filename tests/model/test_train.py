@@ -614,7 +614,7 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
                                   "point_noise": 0.02, "pitch_weight": 300.0,
                                   "loudness_weight": 40.0, "log_dist_weight": 0.0,
                                   "instrument_points": 0.0, "release_weight": 0.0,
-                                  "blend_points": 0.0}
+                                  "blend_points": 0.0, "blend_power": 2.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
