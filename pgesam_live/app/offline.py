@@ -34,11 +34,12 @@ def _speed(audio_s: float, wall_s: float) -> str:
         f"in {wall_s:.1f} s ({ratio:.2g}x real time)"  # a slow or busy machine: 0.29x, not 0x
 
 
-def note_where(words: list[str], patch_dir: Path,
+def note_where(words: list[str], points: dict[str, tuple[float, float]],
                training_points: list[dict[str, Any]] | None = None
                ) -> tuple[str | None, float, float, str]:
-    """`X Y PITCH` or `NAME PITCH` (a demo patch's point, as `at NAME` before a patch is
-    loaded, or one of `training_points`' instruments: `violin C4`) -> (name, x, y, pitch)."""
+    """`X Y PITCH` or `NAME PITCH` (one of `points`, the demo patches' named points, as `at
+    NAME` before a patch is loaded, or one of `training_points`' instruments: `violin C4`)
+    -> (name, x, y, pitch)."""
     if len(words) == 3:
         try:
             return None, float(words[0]), float(words[1]), words[2]
@@ -47,7 +48,6 @@ def note_where(words: list[str], patch_dir: Path,
                               "X Y PITCH (e.g. 0.3 0.1 C4) or NAME PITCH (e.g. glass C4)") \
                 from None
     if len(words) == 2:
-        points = named_points(patch_dir)
         inst = find_instrument(words[0], training_points or [])
         if words[0] not in points and inst is not None:
             return words[0], inst.x, inst.y, words[1]
@@ -79,10 +79,11 @@ def run_note(ns: Namespace) -> int:
     )
 
     s = settings_from_args(ns)
+    points = named_points(s.patch_dir) if len(ns.where) == 2 else {}
     synth = None
-    if len(ns.where) == 2 and ns.where[0] not in named_points(s.patch_dir):
+    if len(ns.where) == 2 and ns.where[0] not in points:
         synth = Synth.load(s.model, device=resolve_device(s.device))  # where its instruments are
-    name, ns.x, ns.y, ns.pitch = note_where(ns.where, s.patch_dir,
+    name, ns.x, ns.y, ns.pitch = note_where(ns.where, points,
                                             synth.training_points if synth else None)
     pitch = note_to_midi(ns.pitch)
     if ns.out is None:

@@ -40,9 +40,9 @@ def handles(name: str) -> Callable[[Handler], Handler]:
 @handles("at")
 def do_at(e: Engine, a: dict[str, Any], _: Any) -> None:
     if "name" in a:
-        x, y = e.resolve_point(a["name"])
-        e.point_name = a["name"]
         inst = e.instrument_of(a["name"])
+        x, y = (inst.x, inst.y) if inst is not None else e.resolve_point(a["name"])
+        e.point_name = a["name"]
         if inst is not None:  # said: which of the programs the word matched, and where
             also = f"; also {', '.join(inst.others)}: name more words" if inst.others else ""
             e.message(f"at {a['name']}: {inst.label} ({x:+.2f}, {y:+.2f}){also}")

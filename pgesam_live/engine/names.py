@@ -188,14 +188,22 @@ class NameChecks:
         if name.isdigit():
             x, y = self.bookmarks[self._bookmark_by_digit(name, list(self.bookmarks))]
             return float(x), float(y)
-        for table in (self._patch_points(), self.bookmarks, self.model.named_points):
-            if name in table:
-                x, y = table[name]
-                return float(x), float(y)
+        named = self._named_point(name)
+        if named is not None:
+            return named
         inst = find_instrument(name, self.model.training_points)
         if inst is not None:
             return inst.x, inst.y
         raise CommandError(self._no_point(name, self.point_names()))
+
+    def _named_point(self, name: str) -> tuple[float, float] | None:
+        """A name's place in the patch's points, the bookmarks or the demo points (in that
+        order), else None."""
+        for table in (self._patch_points(), self.bookmarks, self.model.named_points):
+            if name in table:
+                x, y = table[name]
+                return float(x), float(y)
+        return None
 
     def _no_point(self, name: str, known: list[str]) -> str:
         have = ", ".join(known) or "none yet (`mark NAME` makes one)"
@@ -206,8 +214,7 @@ class NameChecks:
     def instrument_of(self, name: str) -> InstrumentMatch | None:
         """The training instrument `at NAME` goes to, when no patch point, bookmark or demo
         point has that name."""
-        if name.isdigit() or name in self._patch_points() or name in self.bookmarks or \
-                name in self.model.named_points:
+        if name.isdigit() or self._named_point(name) is not None:
             return None
         return find_instrument(name, self.model.training_points)
 
