@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --blend-points: the blend's weights 1/d^Q (default 2), 1..256; "
                         "higher keeps each instrument's own sound farther from its point (a "
                         "sharper map; 64: nearly the nearest instrument alone)")
+    p.add_argument("--contrast-weight", type=float, default=None, metavar="C",
+                   help="parallel decoder: weight of a loss that pushes each note's harmonic "
+                        "spectrum away from the nearest other instrument's at its pitch where "
+                        "it is nearer that one than its own (default 0: off), 0..100")
     p.add_argument("--map-grid", default=None, metavar="SIDES",
                    help="parallel decoder: a learned feature grid over the map, tables of these "
                         "side lengths (e.g. 16,32,64,128,256), for the map's fine detail; read "

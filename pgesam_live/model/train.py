@@ -113,7 +113,7 @@ def channel_weights(codec_name: str, dim: int, device: torch.device | str = "cpu
 LOSS_DEFAULTS = {"delta_weight": 1.0, "spectral_weight": 0.0, "point_noise": 0.0,
                  "pitch_weight": CHANNEL_WEIGHTS["harmonic"][0], "loudness_weight": 10.0,
                  "log_dist_weight": 0.0, "instrument_points": 0.0, "release_weight": 0.0,
-                 "blend_points": 0.0, "blend_power": 2.0}
+                 "blend_points": 0.0, "blend_power": 2.0, "contrast_weight": 0.0}
 
 
 def _opt_int(v: Any) -> int | None:
@@ -203,6 +203,11 @@ class TrainOptions:
     # spreads a point between its neighbours, higher keeps each instrument's own sound
     # farther from its point (a sharper map; 64: nearly the nearest instrument alone).
     blend_power: float | None = None
+    # Parallel decoder: weight of a loss that pushes each note's harmonic spectrum (in dB) away
+    # from that of the nearest other instrument on the map at the same pitch, wherever it is
+    # not already nearer its own (contrast_loss): the decoder regresses the mean of a crowded
+    # point, which is nearer a neighbour than the note's own instrument (identity_nn).
+    contrast_weight: float | None = None
     # Parallel decoder: a learned feature grid over the map (parallel.MapGrid) of these side
     # lengths, read from block 0 in a new run, or, grown into an --init model that has none,
     # by the blocks that train (--train-blocks). Stored in the model's config.
@@ -284,7 +289,8 @@ class TrainOptions:
                                ("point_noise", 0.0, 1.0), ("pitch_weight", 0.0, 1e5),
                                ("loudness_weight", 0.0, 1e5), ("log_dist_weight", 0.0, 100.0),
                                ("instrument_points", 0.0, 1.0), ("release_weight", 0.0, 1e5),
-                               ("blend_points", 0.0, 1.0), ("blend_power", 1.0, 256.0)):
+                               ("blend_points", 0.0, 1.0), ("blend_power", 1.0, 256.0),
+                               ("contrast_weight", 0.0, 100.0)):
             v = g(name)
             if v is not None and not low <= float(v) <= top:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [{low:g}, {top:g}], "
@@ -349,6 +355,7 @@ class TrainOptions:
             instrument_points=_opt_float(g("instrument_points")),
             blend_points=_opt_float(g("blend_points")),
             blend_power=_opt_float(g("blend_power")),
+            contrast_weight=_opt_float(g("contrast_weight")),
             map_grid=map_grid,
             train_blocks=_opt_int(tb_arg),
             map_grid_from_block=_opt_int(g("map_grid_from_block")),
@@ -358,7 +365,7 @@ class TrainOptions:
     def loss_value(self, name: str, saved: dict[str, Any] | None) -> float:
         """A loss option (delta_weight, spectral_weight, point_noise, pitch_weight,
         loudness_weight, log_dist_weight, release_weight, instrument_points, blend_points,
-        blend_power): given,
+        blend_power, contrast_weight): given,
         else the resumed run's, else LOSS_DEFAULTS."""
         given = getattr(self, name)
         if given is not None:
@@ -1063,12 +1070,15 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     if train_blocks and loss_opts["blend_points"] > 0:
         raise ConfigError("--blend-points trains points between the instruments, which the "
                           "cached trunk of --train-blocks does not hold: leave one out")
+    if train_blocks and loss_opts["contrast_weight"] > 0:
+        raise ConfigError("--contrast-weight trains the whole decoder; --train-blocks trains "
+                          "its top on a cached trunk: leave one out")
     tr, first_trained = _grid_and_blocks(tr, opts, train_blocks, bool(saved), lora_rank, d)
     tr.to(d.device).train()
     data = load_train_data(opts, codec, pitch_range, tr.cfg.n_frames, d.device, d)
     mu, logvar = encode_all(vae, data.frames)
     sigma = torch.exp(0.5 * logvar)
-    for opt_name in ("instrument_points", "blend_points"):
+    for opt_name in ("instrument_points", "blend_points", "contrast_weight"):
         if loss_opts[opt_name] > 0 and not parallel:
             raise ConfigError(f"--{opt_name.replace('_', '-')} is for the parallel decoder")
     from pgesam_live.model.data import instrument_means  # noqa: PLC0415
@@ -1090,7 +1100,7 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
     trunk = (_trunk_cache(tr, mu, inst_mu, data.pitch, first_trained)
              if first_trained is not None else None)
     blender = (MapBlender(mu, data.instrument, data.pitch, power=loss_opts["blend_power"])
-               if loss_opts["blend_points"] > 0 else None)
+               if loss_opts["blend_points"] > 0 or loss_opts["contrast_weight"] > 0 else None)
     steps = opts.steps if opts.steps is not None else (
         int(saved["steps"]) if saved else opts.stage_value("transformer", "steps"))
     batch = opts.batch_size or (int(saved["batch_size"]) if saved
@@ -1190,9 +1200,12 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 if loss_opts["point_noise"] > 0:
                     points = points + loss_opts["point_noise"] * torch.randn_like(points)
                 x = data.frames[idx]
+                real = None  # the notes still their own (not blends): what contrast_loss reads
                 if blender is not None:
-                    points, x = blender.apply(points, x, data.frames, data.pitch[idx],
-                                              loss_opts["blend_points"], sampler.gen)
+                    points, x, blended = blender.apply_masked(
+                        points, x, data.frames, data.pitch[idx], loss_opts["blend_points"],
+                        sampler.gen)
+                    real = ~blended
                 x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
                 if self_feed > 0:
                     x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
@@ -1200,6 +1213,14 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 pred = model(points, data.pitch[idx], x_in)
                 if parallel:
                     loss = parallel_loss(pred, x, codec, chan_w, loss_opts)
+                    if loss_opts["contrast_weight"] > 0 and blender is not None:
+                        rival = blender.rival_notes(data.instrument[idx], data.pitch[idx],
+                                                    sampler.gen)
+                        keep = (real if real is not None
+                                else torch.ones_like(rival, dtype=torch.bool))
+                        keep = keep & (rival >= 0)
+                        loss = loss + loss_opts["contrast_weight"] * contrast_loss(
+                            pred, x, data.frames[rival.clamp(min=0)], keep, codec)
                 else:
                     loss = (((pred - x) ** 2) * chan_w).mean()
             _check_finite(loss, "transformer", step, opts.out)
@@ -1344,15 +1365,40 @@ class MapBlender:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace a share of a batch (points [B, 2], targets x [B, T, D] at pitch [B]) by
         blends at random points of the box; new tensors."""
+        return self.apply_masked(points, x, frames, pitch, share, gen)[:2]
+
+    def apply_masked(self, points: torch.Tensor, x: torch.Tensor, frames: torch.Tensor,
+                     pitch: torch.Tensor, share: float, gen: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As `apply`, with which rows were replaced: (points, x, blended bool [B])."""
         use = (torch.rand(len(points), generator=gen) < share).to(points.device)
         if not bool(use.any()):
-            return points, x
+            return points, x, use
         u = torch.rand(int(use.sum()), 2, generator=gen).to(points.device)
         p = self.lo + u * (self.hi - self.lo)
         points, x = points.clone(), x.clone()
         points[use] = p
         x[use] = self.blend(p, pitch[use], frames, gen)
-        return points, x
+        return points, x, use
+
+    def rival_notes(self, instrument: torch.Tensor, pitch: torch.Tensor,
+                    gen: torch.Generator | None = None) -> torch.Tensor:
+        """For notes of `instrument` [B] at `pitch` [B]: the index of a note at the same pitch
+        of the instrument nearest on the map that is not theirs (one of its velocities, drawn
+        with `gen`, else its first), -1 where no other instrument has the pitch. [B] long."""
+        d2 = ((self.points[instrument][:, None, :] - self.points[None]) ** 2).sum(-1)  # [B, I]
+        cells = torch.arange(len(self.points), device=pitch.device)[None] * self.n_pitch \
+            + (pitch - self.p_lo)[:, None]
+        mine = torch.arange(len(self.points), device=pitch.device)[None] == instrument[:, None]
+        d2 = torch.where((self.cell_n[cells] > 0) & ~mine, d2, torch.full_like(d2, float("inf")))
+        best_d2, best = d2.min(1)
+        c = cells.gather(1, best[:, None])[:, 0]
+        n = self.cell_n[c]
+        u = (torch.rand(len(c), generator=gen).to(pitch.device) if gen is not None
+             else torch.zeros(len(c), device=pitch.device))
+        within = torch.minimum((u * n).long(), (n - 1).clamp(min=0))
+        idx = self.order[(self.starts[c] + within).clamp(max=len(self.order) - 1)]
+        return torch.where(torch.isfinite(best_d2), idx, torch.full_like(idx, -1))
 
 
 # The map grid's tables and projection learn at this multiple of the decoder's learning rate
@@ -1605,6 +1651,49 @@ def release_loudness_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
 LOG_DIST_FLOOR_DB = -60.0  # log_distribution_loss: harmonic shares floored here (re total)
 
 
+def _share_db(pred: torch.Tensor, target: torch.Tensor, codec: HarmonicCodec
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The harmonic shares of predicted and true frames [B, T, D] in dB, floored near
+    LOG_DIST_FLOOR_DB, and where they count (harmonics below Nyquist in the target's audible
+    frames): (db_p, db_t, w), each [B, T, K]. The predicted share goes through a sharp
+    softplus so that a harmonic predicted below zero still has a gradient."""
+    k = codec.n_harmonics
+    floor = 10.0 ** (LOG_DIST_FLOOR_DB / 20.0)
+    loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
+    audible = (target[..., 1] > loud_floor).to(pred.dtype)  # [B, T]
+    midi = target[..., 0] * codec.PITCH_SCALE_MIDI + codec.PITCH_OFFSET_MIDI
+    f0_hz = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    n = torch.arange(1, k + 1, device=pred.device, dtype=pred.dtype)
+    below = (f0_hz[..., None] * n < codec.sample_rate / 2 * 0.98).to(pred.dtype)  # [B, T, K]
+    share_p = F.softplus(pred[..., 2:2 + k], beta=1.0 / floor)
+    share_t = target[..., 2:2 + k].clamp(min=0.0)
+    db_p = 20.0 * torch.log10(share_p + floor)
+    db_t = 20.0 * torch.log10(share_t + floor)
+    return db_p, db_t, below * audible[..., None]
+
+
+def contrast_loss(pred: torch.Tensor, own: torch.Tensor, rival: torch.Tensor,
+                  keep: torch.Tensor, codec: Codec) -> torch.Tensor:
+    """How much nearer each predicted note [B, T, D] is to a rival note (the nearest other
+    instrument's at its pitch, `MapBlender.rival_notes`) than to its own target: the mean over
+    the notes `keep` [B] bool of max(0, d(pred, own) - d(pred, rival)), d the mean squared
+    difference of the harmonic shares in dB (divided by the floor's depth) where the own
+    note's harmonics are audible, as log_distribution_loss weighs them. Where the note is
+    nearer its own it is 0; where not, its gradient points from the rival's spectrum to the
+    own one: the detail that names an instrument among its neighbours, which a loss on the
+    own target alone averages away at a crowded point. 0 for other codecs."""
+    if not isinstance(codec, HarmonicCodec) or not bool(keep.any()):
+        return pred.new_zeros(())
+    db_p, db_t, w = _share_db(pred, own, codec)
+    _, db_r, _ = _share_db(pred, rival, codec)
+    depth = -LOG_DIST_FLOOR_DB
+    norm = w.sum((1, 2)).clamp(min=1.0)
+    d_own = (((db_p - db_t) / depth) ** 2 * w).sum((1, 2)) / norm     # [B]
+    d_rival = (((db_p - db_r) / depth) ** 2 * w).sum((1, 2)) / norm
+    gap = F.relu(d_own - d_rival) * keep.to(pred.dtype)
+    return gap.sum() / keep.sum().clamp(min=1)
+
+
 def log_distribution_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
                           ) -> torch.Tensor:
     """The harmonic distribution's error in dB: frames [B, T, D] of the harmonic codec.
@@ -1618,19 +1707,7 @@ def log_distribution_loss(pred: torch.Tensor, target: torch.Tensor, codec: Codec
     still has a gradient. 0 for other codecs."""
     if not isinstance(codec, HarmonicCodec):
         return pred.new_zeros(())
-    k = codec.n_harmonics
-    floor = 10.0 ** (LOG_DIST_FLOOR_DB / 20.0)
-    loud_floor = (LOUD_FLOOR_DB + codec.LOUD_OFFSET_DB) / codec.LOUD_SCALE_DB
-    audible = (target[..., 1] > loud_floor).to(pred.dtype)  # [B, T]
-    midi = target[..., 0] * codec.PITCH_SCALE_MIDI + codec.PITCH_OFFSET_MIDI
-    f0_hz = 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
-    n = torch.arange(1, k + 1, device=pred.device, dtype=pred.dtype)
-    below = (f0_hz[..., None] * n < codec.sample_rate / 2 * 0.98).to(pred.dtype)  # [B, T, K]
-    share_p = F.softplus(pred[..., 2:2 + k], beta=1.0 / floor)
-    share_t = target[..., 2:2 + k].clamp(min=0.0)
-    db_p = 20.0 * torch.log10(share_p + floor)
-    db_t = 20.0 * torch.log10(share_t + floor)
-    w = below * audible[..., None]
+    db_p, db_t, w = _share_db(pred, target, codec)
     err = ((db_p - db_t) / -LOG_DIST_FLOOR_DB) ** 2 * w
     return err.sum() / w.sum().clamp(min=1.0)
 

@@ -23,6 +23,7 @@ from pgesam_live.cli import build_parser
 from pgesam_live.errors import CheckpointError, ConfigError
 from pgesam_live.model import train as T
 from pgesam_live.model.checkpoints import load_model, load_training_state, save_model, short_hash
+from pgesam_live.model.codec import HarmonicCodec
 from pgesam_live.model.data import instrument_means, load_frames
 from pgesam_live.model.synth import Synth
 
@@ -614,7 +615,8 @@ def test_parallel_decoder_trains_end_to_end_and_from_the_portable_frames(
                                   "point_noise": 0.02, "pitch_weight": 300.0,
                                   "loudness_weight": 40.0, "log_dist_weight": 0.0,
                                   "instrument_points": 0.0, "release_weight": 0.0,
-                                  "blend_points": 0.0, "blend_power": 2.0}
+                                  "blend_points": 0.0, "blend_power": 2.0,
+                                  "contrast_weight": 0.0}
     assert T.run_train(train_args("transformer", data_dir, out, "--resume", "--steps", "4")) == 0
     assert load_training_state(out / "transformer.pt")["loss_options"] == st["loss_options"]
     assert b.meta.training["transformer_loss_options"]["spectral_weight"] == 0.5
@@ -772,6 +774,63 @@ def test_blend_points_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="blend-points"):
         T.run_train(train_args("transformer", data_dir, tmp_path / "top", "--init", str(model),
                                "--train-blocks", "1", "--blend-points", "0.5", "--steps", "2"))
+
+
+def test_rival_notes_are_the_nearest_other_instrument_at_the_pitch() -> None:
+    """MapBlender.rival_notes: the nearest instrument on the map that is not the note's own
+    and has a note at its pitch; -1 where none has."""
+    inst = torch.tensor([0, 0, 1, 1, 2, 3])
+    pitch = torch.tensor([60, 61, 60, 61, 61, 62])
+    mu = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.2, 0.0], [0.2, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    b = T.MapBlender(mu, inst, pitch)
+    got = b.rival_notes(torch.tensor([0, 0, 1, 2, 3]), torch.tensor([60, 61, 61, 61, 62]))
+    # 0 at 60: 2 is nearer but has no 60, so 1's C4 (note 2); 0 at 61: 2's (note 4);
+    # 1 at 61: 2's; 2 at 61: 0 and 1 lie equally far, the first (note 1); 3 at 62: nobody
+    assert got.tolist() == [2, 4, 4, 1, -1]
+
+
+def test_contrast_loss_is_zero_nearer_its_own_and_pushes_from_the_rival() -> None:
+    """contrast_loss: 0 for a note that is its own target (or nearer it than the rival), > 0
+    for one that is the rival, and its gradient moves that note toward its own spectrum;
+    notes not kept do not count."""
+    codec = HarmonicCodec(n_harmonics=8, n_noise_bands=4)
+    t = 5
+    own = torch.zeros(2, t, codec.dim)
+    own[..., 0] = (60 - codec.PITCH_OFFSET_MIDI) / codec.PITCH_SCALE_MIDI
+    own[..., 1] = 0.8  # audible
+    rival = own.clone()
+    own[..., 2:10] = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.005])
+    rival[..., 2:10] = torch.tensor([0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05])
+    keep = torch.tensor([True, True])
+    assert float(T.contrast_loss(own.clone(), own, rival, keep, codec)) == 0.0
+    nearer_own = 0.8 * own + 0.2 * rival
+    assert float(T.contrast_loss(nearer_own, own, rival, keep, codec)) == 0.0
+    pred = rival.clone().requires_grad_(True)
+    loss = T.contrast_loss(pred, own, rival, keep, codec)
+    assert float(loss) > 0.01
+    loss.backward()
+    assert pred.grad is not None
+    step = pred.detach() - 1e-2 * pred.grad / pred.grad.abs().max()
+    d_before = float((pred.detach() - own)[..., 2:10].abs().sum())
+    assert float((step - own)[..., 2:10].abs().sum()) < d_before
+    assert float(T.contrast_loss(pred, own, rival, torch.tensor([False, False]), codec)) == 0.0
+
+
+def test_contrast_weight_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
+    """`--contrast-weight`: a parallel run trains with it and records it; refused for the
+    autoregressive decoder, out of [0, 100] and with --train-blocks."""
+    out = tmp_path / "run"
+    T.run_train(train_args("vae", data_dir, out, "--steps", "3"))
+    assert T.run_train(train_args("transformer", data_dir, out, "--steps", "3", "--decoder",
+                                  "parallel", "--contrast-weight", "5")) == 0
+    st = load_training_state(out / "transformer.pt")
+    assert st["loss_options"]["contrast_weight"] == 5.0
+    _refused_out_of_range_and_autoregressive("--contrast-weight", "200", data_dir, out,
+                                             tmp_path)
+    model = next(out.glob("pgesam_*.pt"))
+    with pytest.raises(ConfigError, match="contrast-weight"):
+        T.run_train(train_args("transformer", data_dir, tmp_path / "top", "--init", str(model),
+                               "--train-blocks", "1", "--contrast-weight", "5", "--steps", "2"))
 
 
 def test_train_blocks_with_a_map_grid_trains_only_the_top_of_an_init_model(
