@@ -281,8 +281,10 @@ def answer(view: EngineView, cmd: Command, columns: int | None = None,
             text = f"{n}  ({xy[0]:+.2f}, {xy[1]:+.2f})" if xy else n
             mark = marks.get(n)
             if n in digits:
+                # (the snapshot's bookmarks are rounded to 4 places: compare as rounded)
                 if mark is not None and xy is not None and \
-                        (abs(mark[0] - xy[0]) > 1e-9 or abs(mark[1] - xy[1]) > 1e-9):
+                        (round(float(xy[0]), 4), round(float(xy[1]), 4)) != \
+                        (float(mark[0]), float(mark[1])):
                     text += (f"  (the patch's point; bookmark {digits[n]} {n} at "
                              f"({mark[0]:+.2f}, {mark[1]:+.2f}) is `at {digits[n]}`)")
                 else:

@@ -97,6 +97,17 @@ def test_points_and_at_name_the_same_place_after_a_patch_hides_a_bookmark(
     assert e.submit("at 1").ok and point_now(rig) == (-0.7, 0.6)
 
 
+def test_points_calls_a_bookmark_a_bookmark_where_no_patch_hides_it(rig: OfflineRig) -> None:
+    """A bookmark made at a point of many decimals (an instrument's) is listed as the
+    bookmark it is, not as hidden by a patch point, when no patch is loaded."""
+    e = rig.engine
+    assert e.submit("at -0.123456789 0.987654321").ok and e.submit("mark nice").ok
+    step(rig)
+    line = next(t for t in run_line(e, "points", "repl").text.splitlines()
+                if t.startswith("nice "))
+    assert line == "nice  (-0.12, +0.99)  bookmark 1", line
+
+
 def messages_of(rig: OfflineRig) -> list[str]:
     said: list[str] = []
     rig.engine.add_listener(lambda ev: said.append(ev["text"]) if ev.get("kind") == "message"
