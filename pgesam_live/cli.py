@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.app.offline:run_replay")
 
     p = sub.add_parser("note", help="render one note: X Y PITCH or NAME PITCH (a demo "
-                                    "patch's point, e.g. glass C4)")
+                                    "patch's point, e.g. glass C4)",
+                       usage="%(prog)s (X Y PITCH | NAME PITCH) [--out WAV] [options]")
     p.add_argument("where", nargs="+", metavar="X Y PITCH | NAME PITCH",
                    help="a point (x y, or a name) and a pitch")
     p.add_argument("--out", default=None,

@@ -83,6 +83,15 @@ def test_export_point_words_are_usage_errors_before_a_model_loads(
     assert not (tmp_path / "e").exists()
 
 
+def test_note_usage_names_one_note() -> None:
+    """`note` renders one note: its usage line does not offer more (argparse's own form of
+    its words would repeat them)."""
+    from pgesam_live.cli import _subcommands
+
+    usage = _subcommands(build_parser())["note"].format_usage()
+    assert "(X Y PITCH | NAME PITCH)" in usage and "..." not in usage
+
+
 def test_common_options_are_accepted_everywhere(patch_file: Path) -> None:
     common = ["--model", "default", "--device", "cpu", "--audio", "none", "--osc-host",
               "127.0.0.1", "--osc-port", "9100", "--sample-rate", "48000"]
