@@ -244,6 +244,11 @@ def _run_lines(engine: EngineLike, stdin: TextIO, stdout: TextIO) -> None:
                 printer.reply(o)
             if done:
                 break
+            # What this line brings about when applied (a message, a refusal) is printed
+            # before the next line's reply, so a script's answers come in its lines' order
+            # (a terminal's typing leaves that time anyway; here it is a block, a few ms).
+            with faults.logged("repl: waiting for a line to be applied"):
+                engine.settle()
         # What the last lines bring about (a refusal when applied, an engine message) is
         # printed before the input's end ends the REPL.
         with faults.logged("repl: waiting for the last lines"):

@@ -191,6 +191,35 @@ def test_piped_input(engine: FakeEngine) -> None:
     assert "unknown command 'bogus'" in out.getvalue()
 
 
+class QueueingEngine(FakeEngine):
+    """As the engine: what a command says when applied comes at the next block, which
+    `settle` waits for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[str] = []
+
+    def submit(self, cmd: Command | str, src: str = "repl", at_s: float | None = None) -> Reply:
+        reply = super().submit(cmd, src, at_s)
+        if reply.ok and reply.text.startswith("tempo"):
+            self.queued.append(f"applied {reply.text}")
+        return reply
+
+    def settle(self) -> None:
+        while self.queued:
+            self.emit({"kind": "message", "text": self.queued.pop(0)})
+
+
+def test_piped_input_answers_in_the_lines_order() -> None:
+    """A script's replies come in its lines' order: what a line says when applied is printed
+    before the next line's refusal."""
+    engine, out = QueueingEngine(), io.StringIO()
+    run_repl(engine, stdin=io.StringIO("tempo 90\nbogus\ntempo 100\nplay H4\n"), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["applied", "error:", "applied", "error:"]
+    assert lines[0] == "applied tempo 90" and lines[2] == "applied tempo 100"
+
+
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
