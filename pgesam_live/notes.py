@@ -24,8 +24,9 @@ PITCH_MAX = 127
 REPITCH_BEYOND_SEMITONES = 12
 
 
-_SPAN_RE = re.compile(r"^\s*(?P<lo>[A-Ga-g][#b]?-?\d+|\d+)\s*[-:]\s*"
-                      r"(?P<hi>[A-Ga-g][#b]?-?\d+|\d+)\s*$")
+# (any letter: `H4-C5` is shaped as a span, so that its bad end can be named)
+_SPAN_RE = re.compile(r"^\s*(?P<lo>[A-Za-z][#b]?-?\d+|\d+)\s*[-:]\s*"
+                      r"(?P<hi>[A-Za-z][#b]?-?\d+|\d+)\s*$")
 
 
 def span_ends(text: str) -> tuple[str, str] | None:

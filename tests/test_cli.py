@@ -62,6 +62,7 @@ def test_bad_option_values_are_usage_errors(args: list[str]) -> None:
     (["0.1", "zz"], "give X Y (numbers)"),
     (["0.1", "9"], "outside the map"),
     (["glass", "--pitches", "H4"], "--pitches 'H4'"),
+    (["glass", "--pitches", "H4-C5"], '"H4" is not a note name'),
     (["glass", "--pitches", "C5-C4"], "low end is above the high end"),
     (["glass", "--pitches", "20-200"], "200"),
     (["glass", "--pitches", ""], "--pitches is empty"),
