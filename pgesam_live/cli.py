@@ -104,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.app.live:run_play")
 
     p = sub.add_parser("render", help="offline bounce of a patch")
-    p.add_argument("patch")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("patch", help="a YAML patch (a path, or a name in the patches folder)")
+    p.add_argument("--out", required=True, help="the WAV file to write")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="the bounce's length (default: to the patch's last note and its "
+                        "ring-out; needed when a sequence repeats forever)")
     _add_common(p)
     p.set_defaults(func="pgesam_live.app.offline:run_render")
 
