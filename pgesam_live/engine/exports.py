@@ -84,6 +84,8 @@ class Exports:
                 say(f"export {x.name}: {done} of {total or len(x.pitches)} notes rendered; "
                     "finishing it before quitting (Ctrl-C cancels it)")
                 x.job.wait()
+                if x.outcome is not None:  # the REPL that would print its message has ended
+                    say(x.outcome)
         except KeyboardInterrupt:
             pass
         for x in self.exports_running():
@@ -136,6 +138,7 @@ class _Export:
         self.e, self.out_dir, self.pitches, self.name = e, out_dir, pitches, name
         self._last = -1
         self.cancelled = False  # by the session's end: finish_exports says so, once
+        self.outcome: str | None = None  # what it said when it ended (the SFZ, or why not)
         self._lock = threading.Lock()
         self.job = ExportJob(x, y, out_dir, model=e.export_model, device=e.export_device,
                              pitches=pitches, name=name, seed=int(e.scheduler.seed),
@@ -155,8 +158,9 @@ class _Export:
         total = len(self.pitches)
         self.e.emit({"kind": "export", "name": self.name, "done": total if sfz else 0,
                      "total": total, "sfz": str(sfz) if sfz else None, "error": error})
-        self.e.message(f"export {self.name}: {sfz}" if sfz else
-                       f"export {self.name} failed: {error}")
+        self.outcome = (f"export {self.name}: {sfz}" if sfz else
+                        f"export {self.name} failed: {error}")
+        self.e.message(self.outcome)
 
 
 __all__ = ["Exports"]

@@ -305,8 +305,9 @@ def test_an_export_running_when_the_session_ends_is_finished_or_said_cancelled(
         assert e.exports_running() == []
         sfz = tmp_path / "sessions" / "export-late" / "late.sfz"
         if wait:
-            assert "finishing it before quitting" in said[0] and len(said) == 1
+            assert "finishing it before quitting" in said[0] and len(said) == 2
             assert sfz.is_file()
+            assert said[1] == f"export late: {sfz.resolve()}", said  # and that it finished
         else:
             assert said == [f"export late cancelled at 0 of 1 notes: {sfz.parent.resolve()} "
                             "holds no SFZ; run the export again"]
