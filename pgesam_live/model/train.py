@@ -1200,12 +1200,11 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 if loss_opts["point_noise"] > 0:
                     points = points + loss_opts["point_noise"] * torch.randn_like(points)
                 x = data.frames[idx]
-                real = None  # the notes still their own (not blends): what contrast_loss reads
+                blended = torch.zeros(idx.numel(), dtype=torch.bool, device=d.device)
                 if blender is not None:
                     points, x, blended = blender.apply_masked(
                         points, x, data.frames, data.pitch[idx], loss_opts["blend_points"],
                         sampler.gen)
-                    real = ~blended
                 x_in = x + input_noise * torch.randn_like(x) if input_noise > 0 else x
                 if self_feed > 0:
                     x_in = _self_fed_inputs(tr, points, data.pitch[idx], x_in, self_feed,
@@ -1214,11 +1213,10 @@ def train_transformer(opts: TrainOptions, d: Dist, vae_res: VAEResult | None = N
                 if parallel:
                     loss = parallel_loss(pred, x, codec, chan_w, loss_opts)
                     if loss_opts["contrast_weight"] > 0 and blender is not None:
+                        # the notes still their own (not blends) that have a rival
                         rival = blender.rival_notes(data.instrument[idx], data.pitch[idx],
                                                     sampler.gen)
-                        keep = (real if real is not None
-                                else torch.ones_like(rival, dtype=torch.bool))
-                        keep = keep & (rival >= 0)
+                        keep = ~blended & (rival >= 0)
                         loss = loss + loss_opts["contrast_weight"] * contrast_loss(
                             pred, x, data.frames[rival.clamp(min=0)], keep, codec)
                 else:
@@ -1341,8 +1339,7 @@ class MapBlender:
               gen: torch.Generator | None = None) -> torch.Tensor:
         """Points p [B, 2], pitches [B] -> blended target frames [B, T, D]. Each neighbour
         gives one of its notes at the pitch: drawn with `gen`, else its first."""
-        cells = torch.arange(len(self.points), device=p.device)[None] * self.n_pitch \
-            + (pitch - self.p_lo)[:, None]                                  # [B, I]
+        cells = self._cells(pitch)                                           # [B, I]
         d2 = ((p[:, None, :] - self.points[None]) ** 2).sum(-1)           # [B, I]
         d2 = torch.where(self.cell_n[cells] > 0, d2, torch.full_like(d2, float("inf")))
         k = min(self.K, int(self.has.sum()))
@@ -1351,14 +1348,23 @@ class MapBlender:
         logw = -(self.power / 2) * torch.log(near_d2.clamp(max=1e30) + self.EPS ** 2)
         logw = torch.where(torch.isfinite(near_d2), logw, torch.full_like(logw, -torch.inf))
         w = torch.softmax(logw, dim=1)
-        c = torch.gather(cells, 1, near)                                 # [B, k]
-        u = (torch.rand(c.shape, generator=gen).to(p.device) if gen is not None
-             else torch.zeros(c.shape, device=p.device))
+        # (a neighbour without the pitch has weight 0: any note index serves)
+        idx = self._note_in(torch.gather(cells, 1, near), gen)          # [B, k]
+        return (frames[idx] * w[:, :, None, None]).sum(1)
+
+    def _cells(self, pitch: torch.Tensor) -> torch.Tensor:
+        """Pitches [B] -> every instrument's (instrument, pitch) cell at them [B, I]."""
+        return torch.arange(len(self.points), device=pitch.device)[None] * self.n_pitch \
+            + (pitch - self.p_lo)[:, None]
+
+    def _note_in(self, c: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Cells c (any shape) -> the index of one note in each (one of its velocities: drawn
+        with `gen`, else its first; an empty cell gives some note)."""
+        u = (torch.rand(c.shape, generator=gen).to(c.device) if gen is not None
+             else torch.zeros(c.shape, device=c.device))
         n = self.cell_n[c]
         within = torch.minimum((u * n).long(), (n - 1).clamp(min=0))
-        # (a neighbour without the pitch has weight 0: any note index serves)
-        idx = self.order[(self.starts[c] + within).clamp(max=len(self.order) - 1)]
-        return (frames[idx] * w[:, :, None, None]).sum(1)
+        return self.order[(self.starts[c] + within).clamp(max=len(self.order) - 1)]
 
     def apply(self, points: torch.Tensor, x: torch.Tensor, frames: torch.Tensor,
               pitch: torch.Tensor, share: float, gen: torch.Generator
@@ -1387,17 +1393,11 @@ class MapBlender:
         of the instrument nearest on the map that is not theirs (one of its velocities, drawn
         with `gen`, else its first), -1 where no other instrument has the pitch. [B] long."""
         d2 = ((self.points[instrument][:, None, :] - self.points[None]) ** 2).sum(-1)  # [B, I]
-        cells = torch.arange(len(self.points), device=pitch.device)[None] * self.n_pitch \
-            + (pitch - self.p_lo)[:, None]
+        cells = self._cells(pitch)
         mine = torch.arange(len(self.points), device=pitch.device)[None] == instrument[:, None]
         d2 = torch.where((self.cell_n[cells] > 0) & ~mine, d2, torch.full_like(d2, float("inf")))
         best_d2, best = d2.min(1)
-        c = cells.gather(1, best[:, None])[:, 0]
-        n = self.cell_n[c]
-        u = (torch.rand(len(c), generator=gen).to(pitch.device) if gen is not None
-             else torch.zeros(len(c), device=pitch.device))
-        within = torch.minimum((u * n).long(), (n - 1).clamp(min=0))
-        idx = self.order[(self.starts[c] + within).clamp(max=len(self.order) - 1)]
+        idx = self._note_in(cells.gather(1, best[:, None])[:, 0], gen)
         return torch.where(torch.isfinite(best_d2), idx, torch.full_like(idx, -1))
 
 
