@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("PYO_GUI_WX", "0")
 
-from pgesam_live.app.build import OfflineRig  # noqa: E402
+from pgesam_live.app.build import LIVE_PREROLL_S, OfflineRig  # noqa: E402
 from pgesam_live.patches.schema import PatchValidationError, load_patch  # noqa: E402
 from pgesam_live.sessions.journal import Journal, make_header, replay_schedule  # noqa: E402
 from pgesam_live.settings import REPO_ROOT, Settings  # noqa: E402
@@ -622,6 +622,31 @@ def test_hush_after_load_keeps_the_patchs_load_time_settings_not_its_sound(
     assert e.submit(f"load {p}").ok and e.submit("hush").ok
     rig.run_until(1.0)
     assert e.snapshot()["point"] == pytest.approx([0.3, -0.2]) and starts == []
+    assert e.apply_errors == 0
+    rig.close()
+
+
+def test_a_line_after_a_load_that_plays_now_comes_after_the_patchs_settings(
+        tmp_path: Path) -> None:
+    """Lines apply in order: a patch that plays now is loaded (status names it) with its
+    load-time settings applied before the next line, which the patch then never undoes;
+    its sound still waits for beat 0."""
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\n'
+                 'commands: ["at p1", "tempo 90", "play C4"]\n')
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=FakeSynth(SR), preroll_s=LIVE_PREROLL_S)  # as the live instrument
+    e = rig.engine
+    starts = spy_starts(rig)
+    assert e.submit(f"load {p}").ok
+    rig.run_until(0.05)
+    snap = e.snapshot()
+    assert snap["point"] == pytest.approx([0.3, -0.2]) and snap["patch"] == str(p)
+    assert snap["tempo_now_bpm"] == 90
+    assert e.submit("at -0.1 0.1").ok
+    rig.run_until(2.5)
+    assert e.snapshot()["point"] == pytest.approx([-0.1, 0.1])  # not undone by `at p1`
+    assert starts == [pytest.approx(0.05 + LIVE_PREROLL_S, abs=0.06)]  # at beat 0
     assert e.apply_errors == 0
     rig.close()
 
