@@ -14,6 +14,7 @@ import numpy as np
 
 from pgesam_live.render.batcher import Batcher
 from pgesam_live.render.dsp import normalise_peak
+from pgesam_live.render.lifeline import exit_with_parent
 from pgesam_live.render.messages import (
     Cancel,
     Failed,
@@ -43,6 +44,7 @@ def worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int)
     # Ctrl-C in the terminal reaches the whole process group: the instrument shuts down and
     # stops this process (a Stop on the queue); a traceback from here would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()  # an instrument killed outright sends no Stop
 
     # Before torch: the Synth reads this when it sets the process's threads.
     os.environ["PGESAM_TORCH_THREADS"] = str(max(1, n_threads))
