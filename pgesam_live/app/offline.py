@@ -180,12 +180,14 @@ def run_replay(ns: Namespace) -> int:
     from pgesam_live.sessions.journal import patch_changes, read_schedule  # noqa: PLC0415
     from pgesam_live.sessions.replay import submit_schedule  # noqa: PLC0415
 
-    header, schedule, truncated = read_schedule(ns.session)  # read and parsed once
+    header, schedule, read = read_schedule(ns.session)  # read and parsed once
+    for text in read.skipped:  # one damaged line never costs the rest of the session
+        print(f"skipped {text}", file=sys.stderr)
     if schedule and schedule[-1][0] > MAX_REPLAY_S:
         raise PgesamError(f"{ns.session}: its last command is at {schedule[-1][0]:.0f} s; a "
                           f"replay runs at most {MAX_REPLAY_S / 3600:g} h (check the journal's "
                           "t values)")
-    if truncated:
+    if read.truncated:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
     s = settings_from_args(ns)

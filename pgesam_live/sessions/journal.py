@@ -223,15 +223,22 @@ class JournalEntry:
 
 
 class JournalEntries(list[JournalEntry]):
-    """The entries in file order; `truncated` is True when a partial last line was dropped."""
+    """The entries in file order; `truncated` is True when a partial last line was dropped;
+    `skipped` names each other bad line left out ("FILE:LINE: what is wrong")."""
 
     truncated: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[str] = []
 
 
 def read_journal(path: str | Path) -> tuple[dict[str, Any], JournalEntries]:
     """(header, entries) of a journal. A partial last line (not JSON: a crash mid-write) is
-    dropped and `entries.truncated` set; any other bad line raises DataError
-    naming the file, the line and what is wrong. Every `cmd` is checked with parse_line."""
+    dropped and `entries.truncated` set; any other bad line after the header is left out and
+    named in `entries.skipped` (the file, the line and what is wrong), so one damaged line
+    never costs the rest of a session. A bad header raises DataError. Every `cmd` is checked
+    with parse_line."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig", errors="replace")  # (a BOM from an editor)
@@ -252,19 +259,36 @@ def read_journal(path: str | Path) -> tuple[dict[str, Any], JournalEntries]:
             if i == last_text and i > 1:
                 entries.truncated = True  # the crash case: keep everything before it
                 break
-            raise DataError(f"{p}:{i}: not JSON ({exc.msg}); delete or repair that line") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}")
-        if header is None:
-            if obj.get("pgesam_session") != SESSION_FORMAT:
-                raise DataError(f"{p}:{i}: not a pgesam session journal (the first line needs "
-                                f'"pgesam_session": {SESSION_FORMAT})')
-            header = obj
+            if header is None:
+                raise DataError(f"{p}:{i}: not JSON ({exc.msg}); the first line must be the "
+                                "journal's header") from None
+            entries.skipped.append(f"{p}:{i}: not JSON ({exc.msg}); delete or repair that line")
             continue
-        entries.append(_entry(p, i, obj))
+        if header is None:
+            header = _header(p, i, obj)
+            continue
+        try:
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}")
+            entries.append(_entry(p, i, obj))
+        except DataError as exc:
+            entries.skipped.append(str(exc))
     if header is None:
         raise DataError(f"{p}: empty journal (no header line); record one with pgesam-live play")
     return header, entries
+
+
+def _header(p: Path, i: int, obj: object) -> dict[str, Any]:
+    """The first line, checked: a journal of this format's version."""
+    if not isinstance(obj, dict) or "pgesam_session" not in obj:
+        raise DataError(f"{p}:{i}: not a pgesam session journal (the first line needs "
+                        f'"pgesam_session": {SESSION_FORMAT})')
+    version = obj["pgesam_session"]
+    if version != SESSION_FORMAT or isinstance(version, bool):
+        raise DataError(f"{p}:{i}: journal format \"pgesam_session\": {json.dumps(version)} is "
+                        f"not one this build reads ({SESSION_FORMAT}); replay it with the "
+                        "pgesam-live that recorded it")
+    return obj
 
 
 def _entry(p: Path, i: int, obj: dict[str, Any]) -> JournalEntry:
@@ -317,14 +341,15 @@ def patch_changes(path: str | Path, find_patch: Callable[[str], Path]) -> list[s
     return out
 
 
-def read_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule, bool]:
-    """(header, [(t_s, src, Command)], truncated): the journal read and parsed once, sorted
+def read_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule, JournalEntries]:
+    """(header, [(t_s, src, Command)], entries): the journal read and parsed once, sorted
     by time (stable: same-time commands keep file order), ready to submit with
-    `engine.submit(cmd, src, at_s=t_s)` (sessions/replay.py)."""
+    `engine.submit(cmd, src, at_s=t_s)` (sessions/replay.py); `entries.truncated` and
+    `entries.skipped` say what was left out."""
     header, entries = read_journal(path)
     schedule = [(e.t_s, e.src, e.command()) for e in entries]
     schedule.sort(key=lambda item: item[0])
-    return header, schedule, entries.truncated
+    return header, schedule, entries
 
 
 def replay_schedule(path: str | Path) -> tuple[dict[str, Any], Schedule]:

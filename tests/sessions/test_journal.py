@@ -77,8 +77,9 @@ def test_bad_line_in_the_middle_is_named(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     lines.insert(2, "garbage{")
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r":3: not JSON"):
-        read_journal(path)
+    header, entries = read_journal(path)  # the rest of the session is kept
+    assert len(entries) == 3 and not entries.truncated
+    assert len(entries.skipped) == 1 and ":3: not JSON" in entries.skipped[0]
 
 
 @pytest.mark.parametrize("obj, fragment", [
@@ -89,10 +90,14 @@ def test_bad_line_in_the_middle_is_named(tmp_path: Path) -> None:
 ])
 def test_bad_entries(tmp_path: Path, obj: dict, fragment: str) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(make_header("m", 0, 120)) + "\n" + json.dumps(obj) + "\n")
-    with pytest.raises(DataError) as info:
-        read_journal(path)
-    assert fragment in str(info.value) and "bad.jsonl:2" in str(info.value)
+    good = {"t": 2, "src": "repl", "cmd": "hush"}
+    path.write_text("\n".join(json.dumps(o) for o in (make_header("m", 0, 120), obj, good, obj,
+                                                       good)) + "\n")
+    _, entries = read_journal(path)
+    assert [e.line_no for e in entries] == [3, 5]  # every good line, around the bad ones
+    assert len(entries.skipped) == 2, entries.skipped  # every bad one named
+    assert all(fragment in x for x in entries.skipped)
+    assert "bad.jsonl:2" in entries.skipped[0] and "bad.jsonl:4" in entries.skipped[1]
 
 
 def test_not_a_journal(tmp_path: Path) -> None:
@@ -102,6 +107,13 @@ def test_not_a_journal(tmp_path: Path) -> None:
         read_journal(path)
     with pytest.raises(DataError, match="cannot read"):
         read_journal(tmp_path / "missing.jsonl")
+    path.write_text('{"pgesam_session": 2, "model": "m"}\n')
+    with pytest.raises(DataError, match=r'x.jsonl:1: journal format "pgesam_session": 2 is not '
+                                        r"one this build reads \(1\)"):
+        read_journal(path)
+    path.write_text('garbage\n{"t": 1, "src": "repl", "cmd": "hush"}\n')
+    with pytest.raises(DataError, match="x.jsonl:1: not JSON.*must be the journal's header"):
+        read_journal(path)
 
 
 def test_never_clobbers_and_threads_do_not_interleave(tmp_path: Path) -> None:
