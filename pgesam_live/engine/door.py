@@ -248,7 +248,8 @@ class Engine(NameChecks, StateViews, Exports):
         self._listeners: list[Listener] = []
         self._stats: dict[str, Callable[[], int]] = {}
         self.bookmarks: dict[str, tuple[float, float]] = {}
-        self.point_name: str | None = None
+        self.point_name: str | None = None  # (name_point, current_point_name)
+        self.point_name_xy: tuple[float, float] | None = None
         self.gain = 1.0  # master gain (`gain`)
         self._steals_told = (0, -math.inf)  # voice steals reported so far, and when
         self.last_pitch = (model.pitch_range[0] + model.pitch_range[1]) // 2

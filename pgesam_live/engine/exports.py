@@ -30,7 +30,7 @@ class Exports:
 
     model: Any
     scheduler: Any
-    point_name: str | None
+    current_point_name: Callable[[], str | None]  # (names.py)
     #: what an export loads in its process: the engine's model name and device (the builder
     #: sets them from the settings), the folder exports go to by default.
     export_model: str = "default"
@@ -104,7 +104,7 @@ class Exports:
             label = point
         elif point is None:
             x, y = self.scheduler.current_point()
-            label = self.point_name or coords_label(x, y)
+            label = self.current_point_name() or coords_label(x, y)
         else:
             x, y = float(point[0]), float(point[1])
             label = coords_label(x, y)

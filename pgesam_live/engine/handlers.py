@@ -42,19 +42,19 @@ def do_at(e: Engine, a: dict[str, Any], _: Any) -> None:
     if "name" in a:
         inst = e.instrument_of(a["name"])
         x, y = (inst.x, inst.y) if inst is not None else e.resolve_point(a["name"])
-        e.point_name = a["name"]
+        e.name_point(a["name"], (x, y))
         if inst is not None:  # said: which of the programs the word matched, and where
             also = f"; also {', '.join(inst.others)}: name more words" if inst.others else ""
             e.message(f"at {a['name']}: {inst.label} ({x:+.2f}, {y:+.2f}){also}")
     else:
         x, y = a["x"], a["y"]
-        e.point_name = None
+        e.name_point(None)
     e._set_point(x, y)
 
 
 @handles("xy")
 def do_xy(e: Engine, a: dict[str, Any], _: Any) -> None:
-    e.point_name = None
+    e.name_point(None)
     e._set_point(*e.map_region.to_xy(a["u"], a["v"]))  # the map's region (vocab/mapview.py)
 
 
@@ -108,7 +108,7 @@ def do_stop(e: Engine, a: dict[str, Any], _: Any) -> None:
 
 @handles("glide")
 def do_glide(e: Engine, a: dict[str, Any], _: Any) -> None:
-    e.point_name = None
+    e.name_point(None)
     e.scheduler.glide(a["x"], a["y"], a["beats"])
 
 
@@ -145,7 +145,7 @@ def do_mark(e: Engine, a: dict[str, Any], _: Any) -> None:
     # Where the point is at this command's own time (a patch line fires ahead, at its
     # beat: `at p1` then `mark home` marks p1).
     e.bookmarks[name] = e.scheduler.point_at(e.scheduler.now_or_action_s())
-    e.point_name = a["name"]
+    e.name_point(name, e.bookmarks[name])
 
 
 @handles("hush")

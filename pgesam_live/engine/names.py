@@ -20,12 +20,19 @@ if TYPE_CHECKING:
     from pgesam_live.engine.scheduler import Scheduler
 
 
+# The current point keeps its name while it stays within this of where it was named (map units;
+# `status` shows points to 0.01).
+NAME_HOLDS_WITHIN = 5e-4
+
+
 class NameChecks:
     """Engine methods for names (see the module docstring)."""
 
     _lock: threading.RLock
     _queue: list[tuple[float, int, Command, str, Any]]
     bookmarks: dict[str, tuple[float, float]]
+    point_name: str | None
+    point_name_xy: tuple[float, float] | None
     model: Any
     scheduler: Scheduler
     voices: Any
@@ -233,6 +240,19 @@ class NameChecks:
             x, y = patch_points[name]
             raise CommandError(f"mark: {name!r} is a point of the loaded patch ({x:+.2f}, "
                                f"{y:+.2f}); choose another name (e.g. {name}2)")
+
+    def name_point(self, name: str | None, xy: tuple[float, float] | None = None) -> None:
+        """The current point now goes by `name` (set at `xy`), or by none."""
+        self.point_name, self.point_name_xy = name, (xy if name is not None else None)
+
+    def current_point_name(self) -> str | None:
+        """The name the current point goes by, while the point is still where that name
+        put it (a glide under way when `mark` named it, or a patch's, moves it on)."""
+        if self.point_name is None or self.point_name_xy is None:
+            return None
+        x, y = self.scheduler.current_point()
+        nx, ny = self.point_name_xy
+        return self.point_name if max(abs(x - nx), abs(y - ny)) <= NAME_HOLDS_WITHIN else None
 
     def point_names(self) -> list[str]:
         names = dict.fromkeys([*self.bookmarks, *self._patch_points(), *self.model.named_points])

@@ -30,7 +30,7 @@ class StateViews:
     _block_thread: int | None
     _stats: dict[str, Callable[[], int]]
     bookmarks: dict[str, tuple[float, float]]
-    point_name: str | None
+    current_point_name: Callable[[], str | None]  # (names.py)
     gain: float
     model: Any
     scheduler: Scheduler
@@ -100,7 +100,7 @@ class StateViews:
             # its beat 0 a moment ahead, for the renders) the beat is 0, not negative.
             "beat": max(0.0, round(st["beat"], 3)),
             "point": [round(x, 4), round(y, 4)],
-            "point_name": self.point_name,
+            "point_name": self.current_point_name(),
             "gain": self.gain,
             "late_notes": st["late"],
             "fallbacks": st["fallbacks"],

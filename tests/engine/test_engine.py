@@ -770,3 +770,20 @@ def test_at_a_training_instruments_word_goes_to_its_point_and_says_which() -> No
     assert not r.ok and "no point named 'tuba'" in r.text and "training instrument" in r.text
     assert e.apply_errors == 0
     rig.close()
+
+
+def test_the_point_keeps_its_name_only_while_it_stays_there() -> None:
+    """`mark` during a glide names where the point was; status stops showing the name once
+    the glide carries the point on (and shows it again at `at NAME`)."""
+    rig = make_rig()
+    e = rig.engine
+    assert e.submit("glide 0.5 0.5 8").ok
+    rig.run_until(0.5)
+    assert e.submit("mark m1").ok
+    rig.run_until(2.0)
+    snap = e.snapshot()
+    assert snap["point_name"] is None and snap["point"] != pytest.approx(e.bookmarks["m1"])
+    assert e.submit("at m1").ok
+    rig.run_until(2.1)
+    assert e.snapshot()["point_name"] == "m1"
+    rig.close()
