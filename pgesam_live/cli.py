@@ -113,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.app.offline:run_render")
 
     p = sub.add_parser("replay", help="replay a session journal live, or offline with --out")
-    p.add_argument("session")
-    p.add_argument("--out", default=None)
+    p.add_argument("session", metavar="SESSION",
+                   help="a session journal, e.g. sessions/20261207-210000.jsonl")
+    p.add_argument("--out", default=None, metavar="WAV",
+                   help="bounce it offline into this WAV file (faster than real time); "
+                        "without it the session plays live, in real time")
     _add_common(p, audio=True)
     p.add_argument("--lookahead", type=_lookahead, default=None,
                    help="look-ahead in seconds (default: the session's, from its journal)")

@@ -159,15 +159,20 @@ class NameChecks:
         sequence, a running sequence. Raises CommandError naming what exists."""
         a = c.args
         if c.name == "at" and "name" in a:
-            return self.resolve_point(a["name"])
+            try:
+                return self.resolve_point(a["name"])
+            except CommandError as e:  # said as every other refusal is: with its word
+                raise CommandError(str(e) if str(e).startswith("at: ") else f"at: {e}") from None
         if c.name == "start":
             # A patch loaded but waiting for its bar first, then the playing one.
             for patch in (self.scheduler.pending_patch, self.scheduler.patch):
                 if patch is not None and a["name"] in patch.sequences:
                     return patch.sequences[a["name"]]
-            have = ", ".join(self.sequence_names()) or (
-                "no patch loaded" if self.scheduler.patch is None
-                and self.scheduler.pending_patch is None else "it has none")
+            if self.scheduler.patch is None and self.scheduler.pending_patch is None:
+                raise CommandError(f"start: no patch is loaded, so no sequence "
+                                   f"{a['name']!r} to start (`load PATCH` first, or make one "
+                                   f"with `seq {a['name']} \"NOTES\" STEP`)")
+            have = ", ".join(self.sequence_names()) or "it has none"
             raise CommandError(f"start: no sequence {a['name']!r} in the patch ({have})")
         if c.name == "stop" and a["name"] not in self.scheduler.running_sequences():
             running = ", ".join(self.scheduler.running_sequences()) or "none"

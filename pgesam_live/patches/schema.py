@@ -291,7 +291,10 @@ def parse_patch(text: str, path: str = "<patch>",
     if "pgesam" in top:
         node = top["pgesam"][1]
         ver = v.value(node)
-        if isinstance(ver, bool) or ver != FORMAT_VERSION:
+        if isinstance(ver, str) and ver.strip() == str(FORMAT_VERSION):
+            v.err(node, "pgesam", f"version {_show(node)} is quoted text; write the number "
+                  f"without quotes: 'pgesam: {FORMAT_VERSION}'")
+        elif isinstance(ver, bool) or ver != FORMAT_VERSION:
             v.err(node, "pgesam", f"version {_show(node)} is not supported; this build reads "
                   f"'pgesam: {FORMAT_VERSION}'")
     tempo = DEFAULT_TEMPO_BPM

@@ -112,6 +112,8 @@ def errors_of(text: str, path: str = "patches/x.yaml") -> list[str]:
     [
         ("tempo: 120\n", "patches/x.yaml:1: pgesam: is required"),
         ("pgesam: 2\n", "patches/x.yaml:1: pgesam: version \"2\" is not supported"),
+        ('pgesam: "1"\n', "patches/x.yaml:1: pgesam: version \"1\" is quoted text; write the "
+                           "number without quotes: 'pgesam: 1'"),
         ("pgesam: 1\ncolour: red\n", "patches/x.yaml:2: colour: unknown key; allowed: pgesam"),
         ("pgesam: 1\ntempo: fast\n", 'patches/x.yaml:2: tempo: "fast" is not a number'),
         ("pgesam: 1\ntempo: 1000\n", "patches/x.yaml:2: tempo: 1000 is out of range"),
