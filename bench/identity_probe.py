@@ -61,7 +61,7 @@ def main() -> None:
     with torch.no_grad():
         mu = vae.encode(frames[idx, :vae.cfg.n_frames])[0]
         gen = synth.finish_frames(tr.generate(mu, fs.pitch[idx], n_frames=frames.shape[1]),
-                                  fs.pitch[idx])
+                                  fs.pitch[idx], mu)
     true = frames[idx]
     k, sr = codec.n_harmonics, codec.sample_rate
     n_samples = int(round(frames.shape[1] / codec.frame_rate_hz * sr))

@@ -321,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also make it the folder's default model (writes DEFAULT)")
     p.set_defaults(func="pgesam_live.model.checkpoints:run_pack")
 
+    p = sub.add_parser("memory", help="give a model a spectral memory of its training "
+                                      "instruments (their spectra, read at render time)")
+    p.add_argument("model", help="the model file (packed or not)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the NSynth-format set it was trained on")
+    p.add_argument("--split", default="train", help="that set's training split (default train)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to write the new model file into (default: MODEL's; a packed "
+                        "model's base must be there too)")
+    p.add_argument("--device", default="cpu", help="where the decoder renders (default cpu)")
+    p.set_defaults(func="pgesam_live.model.memory:run_memory")
+
     p = sub.add_parser("bench", help="performance figures")
     p.add_argument("--json", action="store_true")
     _add_common(p)

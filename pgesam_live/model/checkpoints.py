@@ -50,6 +50,7 @@ import torch
 import pgesam_live
 from pgesam_live.errors import CheckpointError, CodecError, ConfigError
 from pgesam_live.model.configs import _plain, config_from_dict, config_to_dict
+from pgesam_live.model.memory import SpectralMemory
 
 if TYPE_CHECKING:
     from pgesam_live.model.codec import Codec
@@ -124,6 +125,8 @@ class ModelBundle:
     meta: ModelMeta
     id: str
     path: Path | None
+    # the training instruments' spectra, read at render time (model/memory.py); None: none
+    memory: SpectralMemory | None = None
 
     @property
     def model_id(self) -> str:
@@ -691,6 +694,14 @@ def read_model_payload_verified(path: Path) -> tuple[dict[str, Any], str, bool]:
     """`read_model_payload`, and whether a checksum vouched for the bytes (the hash in the
     file's name or the checksum inside it); False for an older file without an inner
     checksum that was renamed: it reads, but damage could go unnoticed."""
+    obj, model_id, verified = read_stored_payload(path)
+    if obj.get("base") is not None:
+        obj = _unpack(Path(path), obj)
+    return obj, model_id, verified
+
+
+def read_stored_payload(path: Path) -> tuple[dict[str, Any], str, bool]:
+    """As `read_model_payload_verified`, with a packed model left packed (as stored)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -717,8 +728,8 @@ def read_model_payload_verified(path: Path) -> tuple[dict[str, Any], str, bool]:
     if bad_points:
         raise CheckpointError(f"{path}: training_points need keys "
                               f"{', '.join(TRAINING_POINT_KEYS)}; the file is damaged, retrain")
-    if obj.get("base") is not None:
-        obj = _unpack(path, obj)
+    if obj.get("spectral_memory") is not None:  # checked here: a damaged one never loads
+        SpectralMemory.from_payload(obj["spectral_memory"], str(path))
     stem = m.group("stem") if m else path.stem
     return obj, f"{stem}-{digest}", verified
 
@@ -799,5 +810,25 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
         m.to(dev)
         for p in m.parameters():
             p.requires_grad_(False)
+    memory = None
+    if obj.get("spectral_memory") is not None:
+        memory = SpectralMemory.from_payload(obj["spectral_memory"], str(path))
+        if memory.n_harmonics != getattr(codec, "n_harmonics", None):
+            raise CheckpointError(f"{path}: its spectral memory holds {memory.n_harmonics} "
+                                  f"harmonics, codec {meta.codec_name!r} makes "
+                                  f"{getattr(codec, 'n_harmonics', 'none')}; rebuild it with "
+                                  "`pgesam-live memory`")
+        memory = memory.to(dev)
     return ModelBundle(vae=vae, transformer=transformer, codec=codec.to(dev), meta=meta,
-                       id=model_id, path=path)
+                       id=model_id, path=path, memory=memory)
+
+
+def save_with_memory(model: Path | str, memory: SpectralMemory, directory: Path | str) -> Path:
+    """`model` (packed or not, kept as it is stored) with `memory` in it, as a new model file
+    in `directory` (a packed model's base must sit there too when it is loaded)."""
+    obj, model_id, _ = read_stored_payload(Path(model))
+    payload = {k: v for k, v in obj.items() if k != CONTENT_KEY}
+    payload["spectral_memory"] = memory.to_payload()
+    payload["training"] = {**dict(payload.get("training") or {}),
+                           "spectral_memory": {"from": memory.source, "model": model_id}}
+    return _write_model_payload(directory, payload)

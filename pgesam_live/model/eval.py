@@ -151,7 +151,7 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
             sel = idx[sl]
             g = synth.finish_frames(tr.generate(points[sl].to(device), fs.pitch[sel].to(device),
                                                 n_frames=frames.shape[1]),
-                                    fs.pitch[sel].to(device))
+                                    fs.pitch[sel].to(device), points[sl].to(device))
             gen_frames.append(g.float().cpu())
             gen_audio.append(synth.decode_frames(g, seed=seed))
         return torch.cat(gen_frames), np.concatenate(gen_audio)

@@ -34,6 +34,8 @@ class Synth:
         bundle.vae.to(self.device).eval()
         bundle.transformer.to(self.device).eval()
         self.codec = bundle.codec.to(self.device)
+        if bundle.memory is not None:
+            bundle.memory = bundle.memory.to(self.device)
         self.meta = bundle.meta
         self.model_id: str = bundle.id
         self.codec_name: str = bundle.meta.codec_name
@@ -114,12 +116,18 @@ class Synth:
         with self._seeded(seed):
             frames = self.bundle.transformer.generate(pts, p,
                                                       noise_seed=note_seeds(seed, pts, p))
-        return self.finish_frames(frames, p)
+        return self.finish_frames(frames, p, pts)
 
-    def finish_frames(self, frames: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
-        """Generated frames [B, T, D] -> what is decoded: tuned to the keys `pitches` [B] and
-        their loudness de-buzzed when the model asks for it (TransformerConfig.tune_f0,
-        .debuzz) and the codec can (harmonic)."""
+    def finish_frames(self, frames: torch.Tensor, pitches: torch.Tensor,
+                      points: torch.Tensor | None = None) -> torch.Tensor:
+        """Generated frames [B, T, D] -> what is decoded: their spectra corrected by the
+        model's spectral memory at `points` [B, 2] (or [B, T, 2]) when it has one
+        (model/memory.py), tuned to the keys `pitches` [B] and their loudness de-buzzed when
+        the model asks for it (TransformerConfig.tune_f0, .debuzz) and the codec can
+        (harmonic)."""
+        memory = self.bundle.memory
+        if memory is not None and points is not None:
+            frames = memory.apply(frames, points, pitches)
         cfg = self.bundle.transformer.cfg
         tune = getattr(self.codec, "tune", None)
         if getattr(cfg, "tune_f0", False) and callable(tune):
@@ -191,7 +199,7 @@ class Synth:
                     later = np.maximum(0.0, gap.double().cpu().numpy() * float(scale))
             else:
                 frames = tr.generate(pts, p, n_frames=n, noise_seed=seeds)
-        frames = self.finish_frames(frames, p)
+        frames = self.finish_frames(frames, p, pts)
         return frames, self.decode_frames(frames, seed, seeds), later
 
     @staticmethod
