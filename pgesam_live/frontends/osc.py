@@ -13,7 +13,8 @@ plus the front-end ones handled here:
   /pgesam/cmd LINE        one REPL line (front-end words: status -> /pgesam/state,
                           help [CMD] -> /pgesam/help TEXT, map -> /pgesam/map TEXT,
                           points -> /pgesam/points NAME..., seqs -> /pgesam/seqs NAME...
-                          then /pgesam/seqs/running NAME...; quit refused)
+                          then /pgesam/seqs/running NAME...; save NAME ->
+                          /pgesam/save TEXT, where it saved; quit refused)
   /pgesam/status          reply /pgesam/state (below)
   /pgesam/hello           register the sender as a controller: state pushed on change
   /pgesam/bye             unregister
@@ -232,6 +233,8 @@ class OscCore:
                             del self._exporters[next(iter(self._exporters))]
                 return self._answer(addr, result.answer)
             if not submitted:
+                if result.text and result.command is not None:  # said, e.g. `save NAME`
+                    return [(addr, f"/pgesam/{result.command.name}", [result.text])]
                 return []   # an empty line, a comment
             cmd = submitted[0]
         else:

@@ -150,6 +150,17 @@ def test_save_names_the_sessions_journal_and_says_where(tmp_path: Path) -> None:
         assert not refused.ok and "exists" in refused.text and "save older2" in refused.text
         no_journal = run_line(r.engine, "save x", "repl")
         assert not no_journal.ok and "no journal" in no_journal.text
+        # Over OSC the sender is told where, as the REPL prints it (never silence).
+        from pythonosc.osc_message_builder import OscMessageBuilder
+
+        from pgesam_live.frontends.osc import OscCore
+
+        b = OscMessageBuilder("/pgesam/cmd")
+        b.add_arg("save from-osc")
+        replies = OscCore(view).handle_datagram(b.build().dgram, ("127.0.0.1", 9999))
+        assert [(a, args[0].split(" (")[0]) for _, a, args in replies] == \
+            [("/pgesam/save", f"saved {tmp_path / 'from-osc.jsonl'}")], replies
+        assert (tmp_path / "from-osc.jsonl").is_file()
     finally:
         journal.close()
         r.close()
