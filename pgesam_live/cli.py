@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder to write the new model file into (default: MODEL's; a packed "
                         "model's base must be there too)")
+    p.add_argument("--reach", type=float, default=None, metavar="D",
+                   help="map units: the memory's say fades as exp(-(d/D)^2) with the distance "
+                        "d to the nearest training instrument, so points far from all of them "
+                        "play the decoder alone (default: full strength everywhere)")
     p.add_argument("--device", default="cpu", help="where the decoder renders (default cpu)")
     p.set_defaults(func="pgesam_live.model.memory:run_memory")
 

@@ -20,6 +20,7 @@ in the model file (`spectral_memory`), about 0.5 MB for 160 instruments x 25 pit
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,20 +59,27 @@ class SpectralMemory:
     has: torch.Tensor
     pitch_lo: int
     source: str = ""
+    # Map units: the memory's say fades with the distance d to the nearest instrument that
+    # has the pitch, as exp(-(d / reach)^2): beyond its instruments it knows nothing, and
+    # the decoder plays alone. None: full strength everywhere.
+    reach: float | None = None
 
     def __post_init__(self) -> None:
         i, p, h = self.residual.shape
         if self.xy.shape != (i, 2) or self.has.shape != (i, p) or h < 1 or p < 1:
             raise CheckpointError(f"spectral memory: shapes xy {list(self.xy.shape)}, residual "
                                   f"{[i, p, h]}, has {list(self.has.shape)} do not agree")
+        if self.reach is not None and not (math.isfinite(self.reach) and self.reach > 0):
+            raise CheckpointError(f"spectral memory: reach {self.reach} must be a positive "
+                                  "distance (map units)")
 
     @property
     def n_harmonics(self) -> int:
         return int(self.residual.shape[2])
 
     def to(self, device: torch.device | str) -> SpectralMemory:
-        return SpectralMemory(self.xy.to(device), self.residual.to(device),
-                              self.has.to(device), self.pitch_lo, self.source)
+        return dataclasses.replace(self, xy=self.xy.to(device),
+                                   residual=self.residual.to(device), has=self.has.to(device))
 
     def gains_log(self, points: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
         """points [B, 2] (or [B, T, 2]: a point per frame), pitches [B] (MIDI) -> log gain per
@@ -94,6 +102,9 @@ class SpectralMemory:
         res = self.residual.float()[near, m[:, None, None]]                     # [B, T, k, H]
         lim = MAX_GAIN_DB / 20.0 * 2.302585092994046  # dB -> natural log of amplitude
         g = (res * w[..., None]).sum(-2).clamp(-lim, lim)
+        if self.reach is not None:
+            d_min = near_d2[..., :1].clamp(max=1e30).sqrt()                     # [B, T, 1]
+            g = g * torch.exp(-(d_min / self.reach) ** 2)
         return g if per_frame else g[:, 0]
 
     def apply(self, frames: torch.Tensor, points: torch.Tensor,
@@ -110,14 +121,16 @@ class SpectralMemory:
 
     def to_payload(self) -> dict[str, Any]:
         return {"xy": self.xy.float().cpu(), "residual": self.residual.half().cpu(),
-                "has": self.has.cpu(), "pitch_lo": int(self.pitch_lo), "source": self.source}
+                "has": self.has.cpu(), "pitch_lo": int(self.pitch_lo), "source": self.source,
+                "reach": self.reach}
 
     @classmethod
     def from_payload(cls, d: Any, where: str) -> SpectralMemory:
         try:
             return cls(torch.as_tensor(d["xy"]).float(), torch.as_tensor(d["residual"]).float(),
                        torch.as_tensor(d["has"]).bool(), int(d["pitch_lo"]),
-                       str(d.get("source", "")))
+                       str(d.get("source", "")),
+                       None if d.get("reach") is None else float(d["reach"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: damaged spectral memory ({e}); rebuild it with "
                                   "`pgesam-live memory`") from None
@@ -127,7 +140,7 @@ __all__ = ["SpectralMemory", "static_log_profile"]
 
 
 def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 64,
-                 progress: bool = True) -> SpectralMemory:
+                 progress: bool = True, reach: float | None = None) -> SpectralMemory:
     """The memory of `bundle` (a ModelBundle, harmonic codec) from the `split` of the
     NSynth-format set it was trained on: each instrument's profile at each pitch (the mean
     over its notes there, e.g. velocities) minus the decoder's own profile at that
@@ -178,7 +191,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
         frames = plain.render_frames(xy[i_b].numpy(), (m_b + lo).numpy(), seed=0)
         model_prof = static_log_profile(frames.float().cpu(), scale, offset, h)
         residual[i_b, m_b] = own[i_b, m_b] - model_prof
-    return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})")
+    return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})", reach=reach)
 
 
 def run_memory(ns: Any) -> int:
@@ -198,7 +211,11 @@ def run_memory(ns: Any) -> int:
     if bundle.memory is not None:
         print(f"{model.name} has a spectral memory already ({bundle.memory.source}); "
               "building a new one from the decoder alone")
-    memory = build_memory(bundle, ns.data, ns.split)
+    reach = getattr(ns, "reach", None)
+    if reach is not None and not (math.isfinite(reach) and reach > 0):
+        raise CheckpointError(f"--reach {reach}: give a positive distance in map units (the "
+                              "instruments lie ~0.015 apart; 0.03 fades out between them)")
+    memory = build_memory(bundle, ns.data, ns.split, reach=reach)
     path = save_with_memory(model, memory, out_dir)
     n_i, n_p, _ = memory.residual.shape
     print(f"model with a spectral memory: {path} ({path.stat().st_size / 1e6:.2f} MB; "

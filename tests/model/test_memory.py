@@ -60,6 +60,22 @@ def test_an_instrument_without_the_pitch_gives_it_no_say() -> None:
                        torch.zeros(1, H))
 
 
+def test_a_reach_fades_the_memory_away_from_its_instruments() -> None:
+    import dataclasses
+
+    m = dataclasses.replace(_memory(), reach=0.1)
+    at, off, far = m.gains_log(torch.tensor([[0.0, 0.0], [0.0, 0.1], [0.0, 5.0]]),
+                               torch.tensor([60, 60, 60]))
+    assert torch.allclose(at, m.residual[0, 0], atol=1e-3)
+    assert torch.allclose(off, _memory().gains_log(torch.tensor([[0.0, 0.1]]),
+                                                   torch.tensor([60]))[0] * math.exp(-1),
+                          atol=1e-6)  # one reach away: e^-1 of its say
+    assert torch.allclose(far, torch.zeros(H), atol=1e-9)
+    with pytest.raises(CheckpointError, match="reach -1.0 must be a positive distance"):
+        dataclasses.replace(m, reach=-1.0)
+    assert SpectralMemory.from_payload(m.to_payload(), "m.pt").reach == 0.1
+
+
 def test_a_point_per_frame_gives_each_frame_its_own_gains() -> None:
     m = _memory()
     path = torch.tensor([[[0.0, 0.0], [0.25, 0.0], [0.5, 0.0]]])  # [1, T=3, 2]
