@@ -31,18 +31,19 @@ from pgesam_live.errors import CheckpointError
 K_NEAREST = 3
 EPS = 0.003          # map units: within this of an instrument, it dominates the blend
 MAX_GAIN_DB = 60.0   # no harmonic moved further than this
-FLOOR_DB = 30.0      # a note's profile: its frames within this of its loudest
+FRAMES_WITHIN_DB = 30.0  # a note's profile: its frames within this of its loudest
+FLOOR_DB = 60.0      # a profile's harmonics count down to this below its strongest
 LOG_FLOOR = 1e-6     # shares below this count as this (-120 dB)
 
 
 def static_log_profile(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float,
                        n_harmonics: int) -> torch.Tensor:
     """A note's harmonic profile: frames [B, T, D] (harmonic codec, normalised) -> the log of
-    its harmonic shares averaged over its frames within FLOOR_DB of its loudest, weighted by
+    its harmonic shares averaged over its frames within FRAMES_WITHIN_DB of its loudest, weighted by
     their energy [B, n_harmonics]."""
     loud_db = frames[..., 1].float() * loud_scale_db - loud_offset_db           # [B, T]
     w = torch.pow(10.0, (loud_db - loud_db.amax(1, keepdim=True)) / 10.0)
-    w = w * (loud_db > loud_db.amax(1, keepdim=True) - FLOOR_DB)
+    w = w * (loud_db > loud_db.amax(1, keepdim=True) - FRAMES_WITHIN_DB)
     shares = frames[..., 2:2 + n_harmonics].float().clamp(min=0.0)
     shares = shares / (shares.sum(-1, keepdim=True) + 1e-8)
     mean = (shares * w[..., None]).sum(1) / (w.sum(1, keepdim=True) + 1e-12)
@@ -139,12 +140,20 @@ class SpectralMemory:
 __all__ = ["SpectralMemory", "static_log_profile"]
 
 
+def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
+    """A log profile [..., H] with every harmonic raised to at least `floor_db` below its
+    strongest: what lies further down is not heard, and its difference is not kept."""
+    floor = profile.amax(-1, keepdim=True) - floor_db / 20.0 * math.log(10.0)
+    return torch.maximum(profile, floor)
+
+
 def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 64,
                  progress: bool = True, reach: float | None = None) -> SpectralMemory:
     """The memory of `bundle` (a ModelBundle, harmonic codec) from the `split` of the
     NSynth-format set it was trained on: each instrument's profile at each pitch (the mean
     over its notes there, e.g. velocities) minus the decoder's own profile at that
-    instrument's map point and pitch (rendered as the instrument plays it, seed 0)."""
+    instrument's map point and pitch (rendered as the instrument plays it, seed 0), both
+    floored FLOOR_DB below their strongest harmonic (`floored`)."""
     from pgesam_live.errors import DataError  # noqa: PLC0415
     from pgesam_live.model.data import load_frames  # noqa: PLC0415
     from pgesam_live.model.synth import Synth  # noqa: PLC0415
@@ -190,7 +199,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
         i_b, m_b = ii[s:s + batch], mm[s:s + batch]
         frames = plain.render_frames(xy[i_b].numpy(), (m_b + lo).numpy(), seed=0)
         model_prof = static_log_profile(frames.float().cpu(), scale, offset, h)
-        residual[i_b, m_b] = own[i_b, m_b] - model_prof
+        residual[i_b, m_b] = floored(own[i_b, m_b]) - floored(model_prof)
     return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})", reach=reach)
 
 

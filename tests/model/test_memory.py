@@ -18,6 +18,7 @@ from pgesam_live.model.memory import (
     MAX_GAIN_DB,
     SpectralMemory,
     build_memory,
+    floored,
     static_log_profile,
 )
 from pgesam_live.model.synth import Synth
@@ -105,6 +106,13 @@ def test_the_profile_weighs_the_loud_frames_only() -> None:
     assert prof[2:] == pytest.approx([0.0, 0.0], abs=1e-5)
 
 
+def test_a_profile_is_floored_60_db_below_its_strongest_harmonic() -> None:
+    prof = torch.log(torch.tensor([[1.0, 1e-2, 1e-4, 1e-8]]))
+    out = floored(prof).exp()[0]
+    assert out[:3].tolist() == pytest.approx([1.0, 1e-2, 1e-3], rel=1e-4)  # -60 dB: 1e-3
+    assert float(out[3]) == pytest.approx(1e-3, rel=1e-4)
+
+
 def test_a_damaged_memory_is_refused_with_its_fix() -> None:
     with pytest.raises(CheckpointError, match="do not agree"):
         SpectralMemory(torch.zeros(2, 2), torch.zeros(3, 2, H), torch.zeros(3, 2).bool(), 60)
@@ -155,8 +163,10 @@ def test_a_built_memory_gives_each_training_instrument_its_own_spectrum(
                                                 codec.LOUD_SCALE_DB, codec.LOUD_OFFSET_DB,
                                                 codec.n_harmonics)
                              for s in (plain, remembering))
-            # the harmonics it sounds, where the gain is not at its limit
-            fits = (own > math.log(1e-4)) & ((own - before).abs() < LIMIT)
+            # as the memory counts them (60 dB below the strongest), where the gain is not
+            # at its limit
+            own, before, after = floored(own), floored(before), floored(after)
+            fits = (own - before).abs() < LIMIT
             err_before = (before - own)[fits].abs().mean()
             err_after = (after - own)[fits].abs().mean()
             assert err_after < err_before, (i, pitch)
