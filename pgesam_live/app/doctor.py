@@ -51,10 +51,15 @@ def run_doctor(ns: Namespace) -> int:
 
         path = resolve_model(s.model)
         # Checksums, format, a packed file's base.
-        _, model_id, verified = read_model_payload_verified(path)
+        obj, model_id, verified = read_model_payload_verified(path)
         how = ("verified" if verified else
                "reads, but cannot be verified: an older file without a checksum inside, "
                "renamed: keep its <name>-<hash>.pt name so that the hash is checked")
+        mem = obj.get("spectral_memory")
+        if mem is not None:  # (checked as it was read)
+            n_i = len(mem["xy"])
+            reach = f", reach {mem['reach']:g}" if mem.get("reach") is not None else ""
+            how += f"; a spectral memory of its {n_i} training instruments{reach}"
         rows.append(("model", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB, "
                                     f"{model_id}): {how}"))
     except PgesamError as e:

@@ -68,6 +68,7 @@ def test_eval_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert KEYS <= set(r)
     assert r["notes"] == 4 and r["instruments"] == 1 and r["notes_generated"] == 4
+    assert r["spectral_memory"] is None  # (model/memory.py: `pgesam-live memory` adds one)
     for key in ("pitch_within_50c", "pitch_within_50c_midi", "pitch_within_50c_codec",
                 "family_knn_acc"):
         assert 0.0 <= r[key] <= 1.0, key
