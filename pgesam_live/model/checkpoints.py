@@ -638,6 +638,14 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
     "pgesam_small_harmonic-82093872": ("the bundled default before its whole decoder was "
                                        "trained with a loss on the release (parallel decoder, "
                                        "map grid; the same map)", "f4fb38a"),
+    "pgesam_small_harmonic-7dca1a90": ("the bundled default before its spectral memory (the "
+                                       "same decoder, packed on ee2894f8, without the memory)",
+                                       "953dee5"),
+}
+# The packed ones among them: the base each loads with (next to it in checkpoints/).
+SUPERSEDED_BASES: dict[str, str] = {
+    "pgesam_small_harmonic-869fda4e": "pgesam_small_harmonic-be8bcbcb",
+    "pgesam_small_harmonic-7dca1a90": "pgesam_small_harmonic-ee2894f8",
 }
 
 
@@ -674,7 +682,10 @@ def resolve_model(name_or_path: str | Path = "default", directory: Path | None =
     stem = Path(name).name.removesuffix(".pt")
     if stem in SUPERSEDED:
         what, commit = SUPERSEDED[stem]
-        need = " and its base pgesam_small_harmonic-be8bcbcb.pt" if "packed" in what else ""
+        base = SUPERSEDED_BASES.get(stem)
+        need = (f" and its base {base}.pt (`git show {commit}:checkpoints/{base}.pt > "
+                f"checkpoints/{base}.pt`)"
+                if base is not None and not (directory / f"{base}.pt").is_file() else "")
         raise CheckpointError(
             f"model {stem} was {what}; it is no longer shipped in {directory}. Get it back "
             f"from the repository's history: `git show {commit}:checkpoints/{stem}.pt > "

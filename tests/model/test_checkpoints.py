@@ -381,6 +381,12 @@ def test_a_superseded_bundled_model_is_named_with_where_to_get_it(tmp_path: Path
             resolve_model(stem, tmp_path)
     with pytest.raises(CheckpointError, match="its base pgesam_small_harmonic-be8bcbcb.pt"):
         resolve_model("pgesam_small_harmonic-869fda4e.pt", tmp_path)
+    with pytest.raises(CheckpointError, match="its base pgesam_small_harmonic-ee2894f8.pt"):
+        resolve_model("pgesam_small_harmonic-7dca1a90", tmp_path)
+    (tmp_path / "pgesam_small_harmonic-ee2894f8.pt").write_bytes(b"")  # the base is there
+    with pytest.raises(CheckpointError) as info:
+        resolve_model("pgesam_small_harmonic-7dca1a90", tmp_path)
+    assert "its base" not in str(info.value)
 
 
 def test_float16_model_is_half_the_size_and_plays_the_same(saved: tuple, tmp_path: Path,
