@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "d to the nearest training instrument, so points far from all of them "
                         "play the decoder alone (default: full strength everywhere)")
     p.add_argument("--device", default="cpu", help="where the decoder renders (default cpu)")
-    p.set_defaults(func="pgesam_live.model.memory:run_memory")
+    p.set_defaults(func="pgesam_live.model.memory_build:run_memory")
 
     p = sub.add_parser("bench", help="performance figures")
     p.add_argument("--json", action="store_true")

@@ -13,8 +13,9 @@ out). The decoder's dynamics (how the spectrum changes over the note, its envelo
 noise) are untouched. A pure function of (point, pitch): a streamed head, the rest of its note
 and a note following a moving point (points per frame) get the same gains.
 
-Built by `pgesam-live memory` from the training split the model was trained on; stored
-in the model file (`spectral_memory`), about 0.5 MB for 160 instruments x 25 pitches.
+Built by `pgesam-live memory` (model/memory_build.py) from the training split the model was
+trained on; stored in the model file (`spectral_memory`), about 0.5 MB for 160 instruments
+x 25 pitches.
 """
 
 from __future__ import annotations
@@ -111,13 +112,17 @@ class SpectralMemory:
     def apply(self, frames: torch.Tensor, points: torch.Tensor,
               pitches: torch.Tensor) -> torch.Tensor:
         """frames [B, T, D] (harmonic codec, normalised) with each harmonic's share scaled by
-        its gain (the codec renormalises the shares; loudness, pitch and noise unchanged)."""
+        its gain, the shares' sum kept (loudness, pitch and noise unchanged)."""
         g = self.gains_log(points, pitches).to(frames.device, frames.dtype)
         h = self.n_harmonics
         out = frames.clone()
         gain = torch.exp(g if g.dim() == 3 else g[:, None, :])
-        # (a share the decoder left at zero gets the floor the profiles count it at)
-        out[..., 2:2 + h] = (frames[..., 2:2 + h].clamp(min=0.0) + LOG_FLOOR) * gain
+        # (a share the decoder left at zero gets the floor the profiles count it at; the
+        # shares keep their sum, as the codec and the figures on frames read them)
+        shares = frames[..., 2:2 + h].clamp(min=0.0)
+        scaled = (shares + LOG_FLOOR) * gain
+        out[..., 2:2 + h] = scaled * (shares.sum(-1, keepdim=True)
+                                      / scaled.sum(-1, keepdim=True).clamp(min=1e-12))
         return out
 
     def to_payload(self) -> dict[str, Any]:
@@ -137,7 +142,6 @@ class SpectralMemory:
                                   "`pgesam-live memory`") from None
 
 
-__all__ = ["SpectralMemory", "static_log_profile"]
 
 
 def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
@@ -147,87 +151,4 @@ def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
     return torch.maximum(profile, floor)
 
 
-def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 64,
-                 progress: bool = True, reach: float | None = None) -> SpectralMemory:
-    """The memory of `bundle` (a ModelBundle, harmonic codec) from the `split` of the
-    NSynth-format set it was trained on: each instrument's profile at each pitch (the mean
-    over its notes there, e.g. velocities) minus the decoder's own profile at that
-    instrument's map point and pitch (rendered as the instrument plays it, seed 0), both
-    floored FLOOR_DB below their strongest harmonic (`floored`)."""
-    from pgesam_live.errors import DataError  # noqa: PLC0415
-    from pgesam_live.model.data import load_frames  # noqa: PLC0415
-    from pgesam_live.model.synth import Synth  # noqa: PLC0415
-
-    codec = bundle.codec
-    h = getattr(codec, "n_harmonics", None)
-    if h is None:
-        raise DataError(f"codec {bundle.meta.codec_name!r} has no harmonic shares: the "
-                        "spectral memory is for the harmonic and partials codecs")
-    scale, offset = float(codec.LOUD_SCALE_DB), float(codec.LOUD_OFFSET_DB)
-    tr = bundle.transformer
-    n_frames = tr.cfg.n_frames
-    # as training read them (model/train.py: load_train_data), so its frame cache serves
-    duration_s = 4.0 if n_frames >= codec.frame_rate_hz else n_frames / codec.frame_rate_hz + 0.1
-    fs = load_frames(data_dir, split, codec, pitch_range=bundle.meta.pitch_range,
-                     velocities=None, n_frames=n_frames, cache=True, progress=progress,
-                     duration_s=duration_s)
-    points = {str(p["name"]): (float(p["x"]), float(p["y"])) for p in bundle.training_points}
-    names = list(fs.instrument_names)
-    missing = [n for n in names if n not in points]
-    if not names or missing:
-        raise DataError(f"{data_dir} ({split}): instruments {', '.join(missing[:5]) or 'none'} "
-                        "are not this model's training instruments; give the data set it was "
-                        "trained on")
-    xy = torch.tensor([points[n] for n in names], dtype=torch.float32)
-    lo, hi = bundle.meta.pitch_range
-    n_i, n_p = len(names), hi - lo + 1
-    total = torch.zeros(n_i, n_p, h)
-    count = torch.zeros(n_i, n_p)
-    inst, pitch = fs.instrument.long(), fs.pitch.long() - lo
-    for s in range(0, len(inst), 256):
-        prof = static_log_profile(fs.frames[s:s + 256, :n_frames], scale, offset, h)
-        total.index_put_((inst[s:s + 256], pitch[s:s + 256]), prof, accumulate=True)
-        count.index_put_((inst[s:s + 256], pitch[s:s + 256]),
-                         torch.ones(len(prof)), accumulate=True)
-    has = count > 0
-    own = total / count.clamp(min=1)[..., None]
-    plain = Synth(dataclasses.replace(bundle, memory=None),
-                  device=next(bundle.transformer.parameters()).device)
-    ii, mm = torch.nonzero(has, as_tuple=True)
-    residual = torch.zeros(n_i, n_p, h)
-    for s in range(0, len(ii), batch):
-        i_b, m_b = ii[s:s + batch], mm[s:s + batch]
-        frames = plain.render_frames(xy[i_b].numpy(), (m_b + lo).numpy(), seed=0)
-        model_prof = static_log_profile(frames.float().cpu(), scale, offset, h)
-        residual[i_b, m_b] = floored(own[i_b, m_b]) - floored(model_prof)
-    return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})", reach=reach)
-
-
-def run_memory(ns: Any) -> int:
-    """`pgesam-live memory MODEL --data DIR [--split S] [--out DIR] [--device D]`."""
-    import time  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    from pgesam_live.model.checkpoints import load_model, save_with_memory  # noqa: PLC0415
-
-    model = Path(ns.model)
-    if not model.is_file():
-        raise CheckpointError(f"MODEL {ns.model}: no such model file")
-    out_dir = Path(ns.out) if ns.out else model.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    bundle = load_model(model, device=ns.device)
-    if bundle.memory is not None:
-        print(f"{model.name} has a spectral memory already ({bundle.memory.source}); "
-              "building a new one from the decoder alone")
-    reach = getattr(ns, "reach", None)
-    if reach is not None and not (math.isfinite(reach) and reach > 0):
-        raise CheckpointError(f"--reach {reach}: give a positive distance in map units (the "
-                              "instruments lie ~0.015 apart; 0.03 fades out between them)")
-    memory = build_memory(bundle, ns.data, ns.split, reach=reach)
-    path = save_with_memory(model, memory, out_dir)
-    n_i, n_p, _ = memory.residual.shape
-    print(f"model with a spectral memory: {path} ({path.stat().st_size / 1e6:.2f} MB; "
-          f"{n_i} instruments x {n_p} pitches, {int(memory.has.sum())} notes, "
-          f"{time.monotonic() - t0:.0f} s); measure it with `pgesam-live eval --model {path}`")
-    return 0
+__all__ = ["SpectralMemory", "floored", "static_log_profile"]

@@ -17,10 +17,10 @@ from pgesam_live.model.memory import (
     EPS,
     MAX_GAIN_DB,
     SpectralMemory,
-    build_memory,
     floored,
     static_log_profile,
 )
+from pgesam_live.model.memory_build import build_memory
 from pgesam_live.model.synth import Synth
 from tests.model.test_train import make_tiny_nsynth, train_args
 
@@ -91,7 +91,9 @@ def test_apply_scales_the_shares_and_nothing_else() -> None:
     frames = torch.rand(1, 5, 2 + H + 3)
     out = m.apply(frames, torch.tensor([[0.0, 0.0]]), torch.tensor([60]))
     gain = torch.exp(m.gains_log(torch.tensor([[0.0, 0.0]]), torch.tensor([60])))[0]
-    assert torch.allclose(out[..., 2:2 + H], (frames[..., 2:2 + H] + 1e-6) * gain, atol=1e-6)
+    scaled = (frames[..., 2:2 + H] + 1e-6) * gain
+    want = scaled / scaled.sum(-1, keepdim=True) * frames[..., 2:2 + H].sum(-1, keepdim=True)
+    assert torch.allclose(out[..., 2:2 + H], want, atol=1e-6)  # the shares' sum kept
     assert torch.equal(out[..., :2], frames[..., :2])
     assert torch.equal(out[..., 2 + H:], frames[..., 2 + H:])
 
@@ -191,7 +193,7 @@ def test_memory_cli_refuses_a_set_of_other_instruments(tiny_run: tuple[Path, Pat
                                                        tmp_path: Path) -> None:
     from pgesam_live.cli import build_parser
     from pgesam_live.errors import DataError
-    from pgesam_live.model.memory import run_memory
+    from pgesam_live.model.memory_build import run_memory
 
     data, model = tiny_run
     other = make_tiny_nsynth(tmp_path / "other")
