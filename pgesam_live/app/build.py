@@ -90,7 +90,9 @@ def build_rig(s: Settings, info: Any, *, backend: str, make_renderer: Callable[[
         cache = RenderCache(info.model_id, info.codec, grid=s.cache_grid,
                             max_bytes=s.cache_max_bytes,
                             spill_dir=(s.cache_dir / "notes") if spill and s.cache_spill
-                            else None)
+                            else None,
+                            anchors=[(float(p["x"]), float(p["y"]))
+                                     for p in info.training_points])
     renderer = make_renderer(cache)
     engine = Engine(clock=audio, voices=voices, cache=cache, renderer=renderer, model=info,
                     tempo_bpm=s.tempo_bpm, lookahead_s=s.lookahead_s, seed=s.seed,

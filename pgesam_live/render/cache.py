@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ DEFAULT_GRID = 0.02
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_DISK_BYTES = 2 * 1024 * 1024 * 1024
 
+# A point within this share of a grid step of an anchor (a training instrument's point) is
+# rendered at the anchor itself (RenderCache's anchors).
+ANCHOR_SHARE = 0.25
+
 STREAMS_MAX = 64  # notes streaming in at once, at most (more is a burst of failures)
 
 
@@ -54,7 +58,12 @@ class RenderCache:
     def __init__(self, model_id: str, codec: str, grid: float = DEFAULT_GRID,
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  spill_dir: str | os.PathLike[str] | None = None,
-                 max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES) -> None:
+                 max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
+                 anchors: Sequence[tuple[float, float]] = ()) -> None:
+        """anchors: points played exactly, not at their grid node (the training
+        instruments': a point within ANCHOR_SHARE of a grid step of one renders there, so
+        `at violin` plays the violin's own point, which the model's spectral memory and the
+        decoder were fitted at, not a node up to 0.01 away that may be nearer another)."""
         if grid <= 0:
             raise ConfigError(f"cache grid must be > 0 (got {grid}): e.g. 0.02")
         if max_bytes < 0 or max_disk_bytes < 0:
@@ -62,6 +71,7 @@ class RenderCache:
         self.model_id = model_id
         self.codec = codec
         self.grid = float(grid)
+        self._anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 2)
         self.max_bytes = int(max_bytes)
         self.max_disk_bytes = int(max_disk_bytes)
         self.hits = 0
@@ -99,6 +109,13 @@ class RenderCache:
 
     # ------------------------------------------------------------------ keys
     def key(self, x: float, y: float, pitch: int, seed: int = 0) -> NoteKey:
+        if len(self._anchors):
+            d = np.abs(self._anchors - (float(x), float(y))).max(1)
+            i = int(d.argmin())
+            if d[i] <= ANCHOR_SHARE * self.grid:
+                ax, ay = self._anchors[i]
+                return NoteKey(self.model_id, self.codec, round(float(ax), 9) + 0.0,
+                               round(float(ay), 9) + 0.0, int(pitch), int(seed))
         return NoteKey(self.model_id, self.codec, quantise(x, self.grid), quantise(y, self.grid),
                        int(pitch), int(seed))
 

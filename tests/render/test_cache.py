@@ -273,3 +273,21 @@ def test_prefetch_reads_a_spilled_note_ahead(tmp_path: Path) -> None:
         time.sleep(0.01)
     assert cache.in_memory(k)
     cache.close()
+
+
+def test_a_training_instruments_point_is_rendered_exactly_not_at_its_grid_node() -> None:
+    """`at violin` plays the violin's own point (where the decoder and its spectral memory
+    were fitted), not a grid node up to half a step away that may be nearer another
+    instrument; a point off every instrument keeps its grid node."""
+    violin, near_other = (0.4713, -0.1107), (0.4809, -0.1191)  # both round to (0.48, -0.12)
+    c = RenderCache("m", "harmonic", grid=0.02, anchors=[violin, near_other])
+    k = c.key(*violin, 60)
+    assert (k.xq, k.yq) == violin
+    k = c.key(violin[0] + 0.004, violin[1], 60)  # within a quarter step: the violin
+    assert (k.xq, k.yq) == violin
+    k = c.key(*near_other, 60)
+    assert (k.xq, k.yq) == near_other
+    k = c.key(0.30, 0.10, 60)
+    assert (k.xq, k.yq) == (0.3, 0.1)
+    plain = RenderCache("m", "harmonic", grid=0.02)
+    assert (plain.key(*violin, 60).xq, plain.key(*violin, 60).yq) == (0.48, -0.12)
