@@ -595,8 +595,9 @@ class Scheduler:
         sequences, seed and tempo from that bar) with nothing of it started (`start NAME`
         plays its sequences); of its load-time commands the settings (HUSH_KEEPS) run now."""
         settings: list[PatchCommand] = []
-        if self._swap is not None:
-            for c in self._swap.patch.commands:
+
+        def keep_settings(commands: tuple[PatchCommand, ...]) -> None:
+            for c in commands:
                 word = c.parsed().name
                 if c.at_beats is not None:
                     continue
@@ -604,8 +605,15 @@ class Scheduler:
                     break  # what follows may be the other patch's
                 if word in HUSH_KEEPS:
                     settings.append(c)
+
+        if self._swap is not None:
+            keep_settings(self._swap.patch.commands)
             self._swap.streams = []
             self._install_patch(self._swap)
+        # A patch installed at its load, in its pre-roll: its load-time settings not run yet.
+        for st in self._streams:
+            if isinstance(st, CommandStream) and st.next_beat() is not None:
+                keep_settings(st.commands[st.i:])
         self._streams = []
         self._sequences = {}
         here = self.point_at(self._now_or_action_s())

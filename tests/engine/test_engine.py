@@ -651,6 +651,22 @@ def test_a_line_after_a_load_that_plays_now_comes_after_the_patchs_settings(
     rig.close()
 
 
+def test_hush_in_a_patchs_pre_roll_keeps_its_later_load_time_settings(
+        tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\ncommands: ["play C4", "at p1"]\n')
+    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
+                     synth=FakeSynth(SR), preroll_s=LIVE_PREROLL_S)
+    e = rig.engine
+    starts = spy_starts(rig)
+    assert e.submit(f"load {p}").ok
+    rig.run_until(0.05)
+    assert e.submit("hush").ok  # in the pre-roll: nothing of it sounds, its `at p1` holds
+    rig.run_until(2.0)
+    assert e.snapshot()["point"] == pytest.approx([0.3, -0.2]) and starts == []
+    rig.close()
+
+
 def test_refusals_when_a_line_comes_due_are_told_with_the_line(tmp_path: Path) -> None:
     own = tmp_path / "own.yaml"
     own.write_text('pgesam: 1\npoints:\n  p1: [0.1, 0.1]\ncommands: ["mark p1"]\n')
