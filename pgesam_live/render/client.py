@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -103,7 +104,8 @@ class WorkerClient:
         self._res_q = self._ctx.Queue()
         self._proc = self._ctx.Process(
             target=worker_main, name="pgesam-worker", daemon=True,
-            args=(self.model, self.device, self._req_q, self._res_q, self.n_threads))
+            args=(self.model, self.device, self._req_q, self._res_q, self.n_threads,
+                  os.getpid()))
         self._proc.start()
         self.status = "starting"
 

@@ -11,11 +11,11 @@ import time
 POLL_S = 0.5
 
 
-def exit_with_parent(poll_s: float = POLL_S) -> threading.Thread:
-    """Watch the parent from a daemon thread: once this process's parent changes (the
-    original died and the process was re-parented), exit at once (os._exit: no cleanup
-    is owed to an instrument that is gone). Returns the watching thread."""
-    parent = os.getppid()
+def exit_with_parent(parent: int, poll_s: float = POLL_S) -> threading.Thread:
+    """Watch the parent from a daemon thread: once this process's parent is no longer
+    `parent` (the pid the parent passed itself, so one that died while this process was
+    starting is caught too: it was re-parented), exit at once (os._exit: no cleanup is owed
+    to an instrument that is gone). Returns the watching thread."""
 
     def watch() -> None:
         while True:

@@ -36,15 +36,19 @@ from pgesam_live.render.stream import (
 )
 
 
-def worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int) -> None:
-    """Process entry: load the model once, then render batches of the earliest deadlines."""
+def worker_main(model: str, device: str, req_q: Any, res_q: Any, n_threads: int,
+                parent_pid: int | None = None) -> None:
+    """Process entry: load the model once, then render batches of the earliest deadlines.
+    parent_pid: the instrument's process, which this one ends with (render/lifeline.py);
+    None: no lifeline (run in a thread, as tests do)."""
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     # Ctrl-C in the terminal reaches the whole process group: the instrument shuts down and
     # stops this process (a Stop on the queue); a traceback from here would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent()  # an instrument killed outright sends no Stop
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)  # an instrument killed outright sends no Stop
 
     # Before torch: the Synth reads this when it sets the process's threads.
     os.environ["PGESAM_TORCH_THREADS"] = str(max(1, n_threads))

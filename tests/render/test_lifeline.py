@@ -14,13 +14,14 @@ import pytest
 PARENT = r'''
 import multiprocessing as mp, sys, time
 
-def child():
+def child(parent):
     from pgesam_live.render.lifeline import exit_with_parent
-    exit_with_parent(poll_s=0.1)
+    exit_with_parent(parent, poll_s=0.1)
     time.sleep(60)
 
 if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=child, daemon=True)
+    import os
+    p = mp.get_context("spawn").Process(target=child, args=(os.getpid(),), daemon=True)
     p.start()
     print(p.pid, flush=True)
     time.sleep(60)
