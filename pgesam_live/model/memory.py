@@ -1,17 +1,18 @@
 """A spectral memory of the training instruments, read at render time.
 
 The decoder regresses toward the mean of a crowded map: even at a training instrument's own
-point its harmonic spectrum is smoother than the instrument's (the model card's oracle probe:
-the harmonic shares are where a note loses its instrument). The memory holds, for each
-training instrument and pitch, how far the decoder's note-long harmonic profile at that
+point its harmonic spectrum is smoother than the instrument's (the model card's oracle
+probe: the harmonic shares are where a note loses its instrument). The memory holds, for
+each training instrument and pitch, how far the decoder's note-long harmonic profile at that
 instrument's point lies from the instrument's own (log share per harmonic: the residual). A
 note at a point p and pitch m gets the inverse-distance blend of the residuals of the K
 instruments nearest to p that have that pitch (the weights of `MapBlender`), as a gain per
 harmonic on every frame: at an instrument's own point its own spectrum, between instruments
 a blend of their corrections, far from all of them the nearest ones' (their weights even
-out). The decoder's dynamics (how the spectrum changes over the note, its envelope, pitch and
-noise) are untouched. A pure function of (point, pitch): a streamed head, the rest of its note
-and a note following a moving point (points per frame) get the same gains.
+out), or, with a `reach`, nothing: the decoder alone. The decoder's dynamics (how the
+spectrum changes over the note, its envelope, pitch and noise) are untouched. A pure
+function of (point, pitch): a streamed head, the rest of its note and a note following a
+moving point (points per frame) get the same gains.
 
 Built by `pgesam-live memory` (model/memory_build.py) from the training split the model was
 trained on; stored in the model file (`spectral_memory`), about 0.5 MB for 160 instruments
@@ -137,7 +138,7 @@ class SpectralMemory:
                        torch.as_tensor(d["has"]).bool(), int(d["pitch_lo"]),
                        str(d.get("source", "")),
                        None if d.get("reach") is None else float(d["reach"]))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, CheckpointError) as e:
             raise CheckpointError(f"{where}: damaged spectral memory ({e}); rebuild it with "
                                   "`pgesam-live memory`") from None
 
