@@ -366,6 +366,13 @@ def instrument_means(mu: torch.Tensor, instrument: torch.Tensor) -> torch.Tensor
     return instrument_points(mu, instrument)[0][instrument]
 
 
+def notes_duration_s(n_frames: int, frame_rate_hz: float) -> float:
+    """How long a note `load_frames` reads for a model of `n_frames` frames: real configs
+    whole 4 s notes (so the VAE, the Transformer, eval and the spectral memory share one
+    frame cache); tiny test configs only the fraction of each note they read."""
+    return 4.0 if n_frames >= frame_rate_hz else n_frames / frame_rate_hz + 0.1
+
+
 def load_frames(root: str | os.PathLike[str], split: str, codec: Codec, *,
                 pitch_range: tuple[int, int] | None = None,
                 velocities: Iterable[int] | None = None,

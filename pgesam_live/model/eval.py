@@ -37,6 +37,7 @@ from pgesam_live.model.data import (
     instrument_means,
     load_audio,
     load_frames,
+    notes_duration_s,
     read_split,
 )
 from pgesam_live.model.soundfont import NOTE_HOLD_S  # the data set's note-off: release_db's
@@ -112,8 +113,7 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
     device = next(vae.parameters()).device
     lo, hi = bundle.pitch_range
     n_tr = tr.cfg.n_frames
-    # As training reads them: whole 4 s notes (one frame cache), or what a short model needs.
-    duration_s = 4.0 if n_tr >= codec.frame_rate_hz else n_tr / codec.frame_rate_hz + 0.1
+    duration_s = notes_duration_s(n_tr, codec.frame_rate_hz)  # as training reads them
     fs: FrameSet = load_frames(data_dir, split, codec, pitch_range=(lo, hi), velocities=None,
                                max_instruments_per_family=None, progress=progress,
                                n_frames=n_tr, duration_s=duration_s)

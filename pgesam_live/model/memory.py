@@ -38,6 +38,22 @@ FLOOR_DB = 60.0      # a profile's harmonics count down to this below its strong
 LOG_FLOOR = 1e-6     # shares below this count as this (-120 dB)
 
 
+def nearest_weights(d2: torch.Tensor, k: int, eps: float, power: float = 2.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squared distances d2 [..., I] (inf: not a candidate) -> the k nearest (near_d2,
+    near [..., k], nearest first) and their inverse-distance weights w [..., k], (d^2 +
+    eps^2)^(-power/2) normalised in log space (any power, no underflow); all zero where no
+    candidate is finite. The map's blends (train.py's MapBlender) and the memory's."""
+    k = min(k, d2.shape[-1])
+    near_d2, near = torch.topk(d2, k, dim=-1, largest=False)
+    finite = torch.isfinite(near_d2)
+    logw = -(power / 2) * torch.log(near_d2.clamp(max=1e30) + eps ** 2)
+    logw = torch.where(finite, logw, torch.full_like(logw, -torch.inf))
+    any_ok = finite[..., :1]
+    w = torch.softmax(torch.where(any_ok, logw, torch.zeros_like(logw)), dim=-1)
+    return near_d2, near, torch.where(any_ok, w, torch.zeros_like(w))
+
+
 def static_log_profile(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float,
                        n_harmonics: int) -> torch.Tensor:
     """A note's harmonic profile: frames [B, T, D] (harmonic codec, normalised) -> the log of
@@ -95,13 +111,7 @@ class SpectralMemory:
               ).sum(-1)                                                          # [B, T, I]
         usable = self.has[:, m].T[:, None, :]                                    # [B, 1, I]
         d2 = torch.where(usable, d2, torch.full_like(d2, float("inf")))
-        k = min(K_NEAREST, d2.shape[-1])
-        near_d2, near = torch.topk(d2, k, dim=-1, largest=False)               # [B, T, k]
-        logw = -torch.log(near_d2.clamp(max=1e30) + EPS ** 2)
-        logw = torch.where(torch.isfinite(near_d2), logw, torch.full_like(logw, -torch.inf))
-        any_ok = torch.isfinite(near_d2[..., :1])                                # [B, T, 1]
-        w = torch.softmax(torch.where(any_ok, logw, torch.zeros_like(logw)), dim=-1)
-        w = torch.where(any_ok, w, torch.zeros_like(w))
+        near_d2, near, w = nearest_weights(d2, K_NEAREST, EPS)                  # [B, T, k]
         res = self.residual.float()[near, m[:, None, None]]                     # [B, T, k, H]
         lim = MAX_GAIN_DB / 20.0 * 2.302585092994046  # dB -> natural log of amplitude
         g = (res * w[..., None]).sum(-2).clamp(-lim, lim)
@@ -152,4 +162,4 @@ def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
     return torch.maximum(profile, floor)
 
 
-__all__ = ["SpectralMemory", "floored", "static_log_profile"]
+__all__ = ["SpectralMemory", "floored", "nearest_weights", "static_log_profile"]

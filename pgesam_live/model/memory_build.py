@@ -22,7 +22,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     instrument's map point and pitch (rendered as the instrument plays it, seed 0), both
     floored FLOOR_DB below their strongest harmonic (`floored`)."""
     from pgesam_live.errors import DataError  # noqa: PLC0415
-    from pgesam_live.model.data import load_frames  # noqa: PLC0415
+    from pgesam_live.model.data import load_frames, notes_duration_s  # noqa: PLC0415
     from pgesam_live.model.synth import Synth  # noqa: PLC0415
 
     codec = bundle.codec
@@ -33,11 +33,9 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     scale, offset = float(codec.LOUD_SCALE_DB), float(codec.LOUD_OFFSET_DB)
     tr = bundle.transformer
     n_frames = tr.cfg.n_frames
-    # as training read them (model/train.py: load_train_data), so its frame cache serves
-    duration_s = 4.0 if n_frames >= codec.frame_rate_hz else n_frames / codec.frame_rate_hz + 0.1
     fs = load_frames(data_dir, split, codec, pitch_range=bundle.meta.pitch_range,
                      velocities=None, n_frames=n_frames, cache=True, progress=progress,
-                     duration_s=duration_s)
+                     duration_s=notes_duration_s(n_frames, codec.frame_rate_hz))
     points = {str(p["name"]): (float(p["x"]), float(p["y"])) for p in bundle.training_points}
     names = list(fs.instrument_names)
     missing = [n for n in names if n not in points]

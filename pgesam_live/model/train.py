@@ -61,6 +61,8 @@ from pgesam_live.model.checkpoints import (
 )
 from pgesam_live.model.codec import Codec, HarmonicCodec, get_codec
 from pgesam_live.model.device import resolve_device
+from pgesam_live.model.memory import EPS as BLEND_EPS
+from pgesam_live.model.memory import K_NEAREST, nearest_weights
 from pgesam_live.model.parallel import (
     Decoder,
     ParallelFrameTransformer,
@@ -500,7 +502,7 @@ class TrainData:
 
 def load_train_data(opts: TrainOptions, codec: Codec, pitch_range: tuple[int, int],
                     n_frames: int, device: torch.device, d: Dist) -> TrainData:
-    from pgesam_live.model.data import FAMILIES, load_frames
+    from pgesam_live.model.data import FAMILIES, load_frames, notes_duration_s
 
     if not opts.data.is_dir():
         raise DataError(f"--data {opts.data}: no such directory; pass an NSynth-format set "
@@ -508,9 +510,7 @@ def load_train_data(opts: TrainOptions, codec: Codec, pitch_range: tuple[int, in
     # Rank 0 encodes and fills the frame cache first; the others then read the cache.
     if not d.main:
         d.barrier()
-    # Real configs encode whole 4 s notes, so the VAE (2 s) and the Transformer (4 s) share
-    # one frame cache; tiny test configs encode only the fraction of each note they read.
-    duration_s = 4.0 if n_frames >= codec.frame_rate_hz else n_frames / codec.frame_rate_hz + 0.1
+    duration_s = notes_duration_s(n_frames, codec.frame_rate_hz)
     fs = load_frames(opts.data, "train", codec, pitch_range=pitch_range, velocities=None,
                      max_instruments_per_family=opts.max_instruments_per_family,
                      n_frames=n_frames, cache=True, progress=d.main and opts.progress,
@@ -1308,8 +1308,8 @@ class MapBlender:
     shares linearly), where a blend of two envelopes is a level between them, not a sum.
     """
 
-    K = 3
-    EPS = 0.003         # map units: within this of an instrument, it dominates the blend
+    K = K_NEAREST
+    EPS = BLEND_EPS     # map units: within this of an instrument, it dominates the blend
     BOX_MARGIN = 0.05
 
     def __init__(self, mu: torch.Tensor, instrument: torch.Tensor, pitch: torch.Tensor,
@@ -1342,12 +1342,8 @@ class MapBlender:
         cells = self._cells(pitch)                                           # [B, I]
         d2 = ((p[:, None, :] - self.points[None]) ** 2).sum(-1)           # [B, I]
         d2 = torch.where(self.cell_n[cells] > 0, d2, torch.full_like(d2, float("inf")))
-        k = min(self.K, int(self.has.sum()))
-        near_d2, near = torch.topk(d2, k, dim=1, largest=False)          # [B, k]
-        # weights (d^2 + EPS^2)^(-q/2), normalised in log space (any power, no underflow)
-        logw = -(self.power / 2) * torch.log(near_d2.clamp(max=1e30) + self.EPS ** 2)
-        logw = torch.where(torch.isfinite(near_d2), logw, torch.full_like(logw, -torch.inf))
-        w = torch.softmax(logw, dim=1)
+        _, near, w = nearest_weights(d2, min(self.K, int(self.has.sum())), self.EPS,
+                                     self.power)                           # [B, k]
         # (a neighbour without the pitch has weight 0: any note index serves)
         idx = self._note_in(torch.gather(cells, 1, near), gen)          # [B, k]
         return (frames[idx] * w[:, :, None, None]).sum(1)

@@ -20,9 +20,9 @@ from tests.fakes import FakeSynth  # noqa: E402
 SR = 24000
 
 
-def make_rig(**changes: object) -> OfflineRig:
+def make_rig(preroll_s: float = 0.0, **changes: object) -> OfflineRig:
     s = Settings().replace(audio="offline", cache_spill=False, **changes)
-    return OfflineRig(s, synth=FakeSynth(SR))
+    return OfflineRig(s, synth=FakeSynth(SR), preroll_s=preroll_s)
 
 
 def spy_starts(rig: OfflineRig) -> list[float]:
@@ -634,8 +634,7 @@ def test_a_line_after_a_load_that_plays_now_comes_after_the_patchs_settings(
     p = tmp_path / "p.yaml"
     p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\n'
                  'commands: ["at p1", "tempo 90", "play C4"]\n')
-    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
-                     synth=FakeSynth(SR), preroll_s=LIVE_PREROLL_S)  # as the live instrument
+    rig = make_rig(preroll_s=LIVE_PREROLL_S)  # as the live instrument
     e = rig.engine
     starts = spy_starts(rig)
     assert e.submit(f"load {p}").ok
@@ -655,8 +654,7 @@ def test_hush_in_a_patchs_pre_roll_keeps_its_later_load_time_settings(
         tmp_path: Path) -> None:
     p = tmp_path / "p.yaml"
     p.write_text('pgesam: 1\npoints:\n  p1: [0.3, -0.2]\ncommands: ["play C4", "at p1"]\n')
-    rig = OfflineRig(Settings().replace(audio="offline", cache_spill=False),
-                     synth=FakeSynth(SR), preroll_s=LIVE_PREROLL_S)
+    rig = make_rig(preroll_s=LIVE_PREROLL_S)
     e = rig.engine
     starts = spy_starts(rig)
     assert e.submit(f"load {p}").ok
