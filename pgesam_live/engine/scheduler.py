@@ -488,24 +488,22 @@ class Scheduler:
         # A patch that plays now is installed now, and its leading load-time settings (`at
         # glass`, `mark`, `tempo`...) apply now: the performer's next line comes after them,
         # as lines apply in order; what sounds waits for beat 0 (the pre-roll).
-        settings: tuple[PatchCommand, ...] = ()
+        now = beat == 0.0
         commands = patch.commands
-        if beat == 0.0:
-            n = 0
-            while n < len(commands) and commands[n].at_beats is None \
-                    and commands[n].parsed().name in HUSH_KEEPS:
-                n += 1
-            settings, commands = commands[:n], commands[n:]
-        if commands:
-            streams.append(CommandStream(self._next_order(), beat, patch.seed, commands))
-        self._swap = SwapStream(self._next_order(), beat, patch, streams)
-        if beat == 0.0:
-            swap, self._swap = self._swap, None
-            self._swap_tempo = self._swap_restore_bpm = None
+        n = 0
+        while now and n < len(commands) and commands[n].at_beats is None \
+                and commands[n].parsed().name in HUSH_KEEPS:
+            n += 1
+        if commands[n:]:
+            streams.append(CommandStream(self._next_order(), beat, patch.seed, commands[n:]))
+        swap = SwapStream(self._next_order(), beat, patch, streams)
+        if now:
             swap.done = True
-            self._install_patch(swap)
-            for c in settings:
+            self._install_patch(swap)  # (no swap pending: nothing to cancel)
+            for c in commands[:n]:
                 self._run_command(c)
+        else:
+            self._swap = swap
         self._request_ahead()
         return beat
 
