@@ -411,7 +411,8 @@ def test_common_options_before_the_command_name_go_to_that_command(
 def test_a_replay_skips_damaged_lines_and_plays_the_rest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One damaged line in the middle of a journal (an editor's slip, a disk error) is named
-    and skipped, every one of them; the rest of the session still plays."""
+    and skipped, every one of them (a time past what a replay runs too); the rest of the
+    session still plays."""
     import json
 
     import soundfile as sf
@@ -426,12 +427,15 @@ def test_a_replay_skips_damaged_lines_and_plays_the_rest(
              json.dumps({"t": 0.0, "src": "repl", "cmd": "note 60 0.9"}),
              "garbage {not json",
              json.dumps({"t": 0.1, "src": "repl", "cmd": "tempo 900"}),
-             json.dumps({"t": 0.5, "src": "osc", "cmd": "note 64 0.9"})]
+             json.dumps({"t": 0.5, "src": "osc", "cmd": "note 64 0.9"}),
+             json.dumps({"t": 1e9, "src": "repl", "cmd": "note 67 0.9"}),
+             json.dumps({"t": 0.6, "src": "repl", "cmd": "note 62 0.9"})]
     (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "r.wav"
     assert main(["replay", str(tmp_path / "s.jsonl"), "--out", str(out)]) == 0
     cap = capsys.readouterr()
     skipped = [x for x in cap.err.splitlines() if x.startswith("skipped ")]
-    assert len(skipped) == 2, cap.err
+    assert len(skipped) == 3, cap.err
     assert "s.jsonl:3: not JSON" in skipped[0] and "s.jsonl:4: tempo" in skipped[1]
-    assert "2 commands" in cap.out and sf.info(str(out)).duration > 0.5
+    assert "s.jsonl:6: \"t\" 1000000000 s lies past the 6 h" in skipped[2]
+    assert "3 commands" in cap.out and sf.info(str(out)).duration > 0.6

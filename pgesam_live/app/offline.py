@@ -183,10 +183,12 @@ def run_replay(ns: Namespace) -> int:
     header, schedule, read = read_schedule(ns.session)  # read and parsed once
     for text in read.skipped:  # one damaged line never costs the rest of the session
         print(f"skipped {text}", file=sys.stderr)
-    if schedule and schedule[-1][0] > MAX_REPLAY_S:
-        raise PgesamError(f"{ns.session}: its last command is at {schedule[-1][0]:.0f} s; a "
-                          f"replay runs at most {MAX_REPLAY_S / 3600:g} h (check the journal's "
-                          "t values)")
+    for e in read:  # a damaged time is one bad line too: the rest plays
+        if e.t_s > MAX_REPLAY_S:
+            print(f"skipped {ns.session}:{e.line_no}: \"t\" {e.t_s:.0f} s lies past the "
+                  f"{MAX_REPLAY_S / 3600:g} h a replay runs; repair that line's t",
+                  file=sys.stderr)
+    schedule = [item for item in schedule if item[0] <= MAX_REPLAY_S]
     if read.truncated:
         print(f"{ns.session}: the last line was cut off (a crash mid-write); replaying up to "
               "the line before it", file=sys.stderr)
