@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="pgesam_live.model.checkpoints:run_pack")
 
     p = sub.add_parser("memory", help="give a model a spectral memory of its training "
-                                      "instruments (their spectra, read at render time)")
+                                      "instruments (their spectra and envelopes, read at "
+                                      "render time)")
     p.add_argument("model", help="the model file (packed or not)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="the NSynth-format set it was trained on")
@@ -334,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map units: the memory's say fades as exp(-(d/D)^2) with the distance "
                         "d to the nearest training instrument, so points far from all of them "
                         "play the decoder alone (default: full strength everywhere)")
+    p.add_argument("--note-long", action="store_true",
+                   help="remember each note's spectrum over the whole note only (the first "
+                        "memories); by default the memory also keeps how the notes move: "
+                        "level and spectrum per segment of the note (attack, decay, release)")
     p.add_argument("--device", default="cpu", help="where the decoder renders (default cpu)")
     p.set_defaults(func="pgesam_live.model.memory_build:run_memory")
 

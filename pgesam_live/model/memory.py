@@ -36,6 +36,14 @@ MAX_GAIN_DB = 60.0   # no harmonic moved further than this
 FRAMES_WITHIN_DB = 30.0  # a note's profile: its frames within this of its loudest
 FLOOR_DB = 60.0      # a profile's harmonics count down to this below its strongest
 LOG_FLOOR = 1e-6     # shares below this count as this (-120 dB)
+LN_PER_DB = math.log(10.0) / 20.0  # dB -> natural log of amplitude
+# Dynamics' segments, in frames of the harmonic codec (75 /s; a 4 s note of 3 s held + 1 s
+# release: the note-off at frame 225).
+LEVEL_EDGES = (0, 2, 4, 7, 11, 17, 26, 38, 56, 83, 120, 165, 200, 218, 225, 229, 234, 240,
+               248, 258, 272, 300)
+SPECTRUM_EDGES = (0, 6, 20, 60, 150, 225, 260, 300)
+BAND_EDGES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)  # harmonic bands (0-based)
+CODE_STEP_DB = 0.5  # stored tables: 8-bit codes of this many dB (+-63.5 dB)
 
 
 def nearest_weights(d2: torch.Tensor, k: int, eps: float, power: float = 2.0
@@ -68,10 +76,127 @@ def static_log_profile(frames: torch.Tensor, loud_scale_db: float, loud_offset_d
     return torch.log(mean + LOG_FLOOR)
 
 
+def interpolation(edges: tuple[int, ...], n_frames: int, first_frame: int = 0
+                  ) -> torch.Tensor:
+    """[n_frames, S] weights that read frame first_frame + t's value off S segments (`edges`,
+    S + 1 frame indices) linearly between the segments' centres, held flat before the first
+    centre and after the last."""
+    centres = [(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    t = torch.arange(first_frame, first_frame + n_frames, dtype=torch.float64)
+    c = torch.tensor(centres, dtype=torch.float64)
+    out = torch.zeros(n_frames, len(centres), dtype=torch.float64)
+    if len(centres) == 1:
+        return out.add_(1.0).float()
+    tc = t.clamp(float(c[0]), float(c[-1]))
+    j = torch.searchsorted(c, tc, right=True).clamp(1, len(centres) - 1)
+    frac = (tc - c[j - 1]) / (c[j] - c[j - 1])
+    rows = torch.arange(n_frames)
+    out[rows, j - 1] = 1.0 - frac
+    out[rows, j] += frac
+    return out.float()
+
+
+def _check_edges(edges: tuple[int, ...], what: str) -> None:
+    steps = [b - a for a, b in zip(edges, edges[1:], strict=False)]
+    if len(edges) < 2 or edges[0] != 0 or min(steps) <= 0:
+        raise CheckpointError(f"spectral memory: {what} {list(edges)} must rise from 0")
+
+
+def level_db_re_peak(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float
+                     ) -> torch.Tensor:
+    """frames [B, T, D] (harmonic codec, normalised) -> the harmonic level of each frame in dB
+    re the note's loudest, floored FLOOR_DB down [B, T]."""
+    loud_db = frames[..., 1].float() * loud_scale_db - loud_offset_db
+    return (loud_db - loud_db.amax(1, keepdim=True)).clamp(min=-FLOOR_DB)
+
+
+def segment_means(x: torch.Tensor, edges: tuple[int, ...],
+                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, T, ...] -> its (weighted) mean over each segment of `edges` [B, S, ...] and
+    which segments had any weight [B, S] (frames past T count as none)."""
+    outs, ok = [], []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        seg = x[:, a:b]
+        w = torch.ones(seg.shape[:2], device=x.device) if weight is None else weight[:, a:b]
+        tot = w.sum(1)                                                          # [B]
+        wx = w.reshape(*w.shape, *([1] * (seg.dim() - 2)))
+        outs.append((seg * wx).sum(1) / tot.clamp(min=1e-12).reshape(
+            -1, *([1] * (seg.dim() - 2))))
+        ok.append(tot > 0)
+    return torch.stack(outs, 1), torch.stack(ok, 1)
+
+
+def segment_log_profiles(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float,
+                         n_harmonics: int, edges: tuple[int, ...]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `static_log_profile`, one per segment of `edges`: frames [B, T, D] -> (log
+    profiles [B, S, H], which segments hold frames within FLOOR_DB of the note's loudest
+    [B, S])."""
+    rel = level_db_re_peak(frames, loud_scale_db, loud_offset_db)
+    w = torch.pow(10.0, rel / 10.0) * (rel > -FLOOR_DB)
+    shares = frames[..., 2:2 + n_harmonics].float().clamp(min=0.0)
+    shares = shares / (shares.sum(-1, keepdim=True) + 1e-8)
+    # each segment's frames weigh re the segment's loudest (a quiet tail keeps its colour)
+    outs, ok = [], []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        ws = w[:, a:b]
+        ws = ws / ws.amax(1, keepdim=True).clamp(min=1e-30)
+        mean = (shares[:, a:b] * ws[..., None]).sum(1) / (ws.sum(1, keepdim=True) + 1e-12)
+        outs.append(torch.log(mean + LOG_FLOOR))
+        ok.append(ws.sum(1) > 0)
+    return torch.stack(outs, 1), torch.stack(ok, 1)
+
+
+@dataclass
+class Dynamics:
+    """How a training instrument's note moves, against the decoder's at its point.
+
+    level_db [I, P, S_l] dB added to the level in each of `level_edges`' segments;
+    band_log [I, P, S_s, NB] natural-log gains added to the note-long residual's, per
+    segment of `spectrum_edges` and band of harmonics (`band_edges`, 0-based harmonic
+    indices)."""
+
+    level_db: torch.Tensor
+    band_log: torch.Tensor
+    level_edges: tuple[int, ...] = LEVEL_EDGES
+    spectrum_edges: tuple[int, ...] = SPECTRUM_EDGES
+    band_edges: tuple[int, ...] = BAND_EDGES
+
+    def check(self, i: int, p: int, h: int) -> None:
+        for edges, what in ((self.level_edges, "level edges"),
+                            (self.spectrum_edges, "spectrum edges"),
+                            (self.band_edges, "band edges")):
+            _check_edges(edges, what)
+        want_l = (i, p, len(self.level_edges) - 1)
+        want_s = (i, p, len(self.spectrum_edges) - 1, len(self.band_edges) - 1)
+        if (tuple(self.level_db.shape) != want_l or tuple(self.band_log.shape) != want_s
+                or self.band_edges[-1] != h):
+            raise CheckpointError(
+                f"spectral memory: dynamics' shapes level {list(self.level_db.shape)}, bands "
+                f"{list(self.band_log.shape)} (bands up to harmonic {self.band_edges[-1]}) do "
+                f"not fit {i} instruments x {p} pitches x {h} harmonics")
+
+    def band_of_harmonic(self) -> torch.Tensor:
+        """[H] the band index of each harmonic."""
+        e = self.band_edges
+        widths = [b - a for a, b in zip(e, e[1:], strict=False)]
+        return torch.repeat_interleave(torch.arange(len(e) - 1), torch.tensor(widths))
+
+
+def _code(x: torch.Tensor, per_db: float) -> torch.Tensor:
+    """Values in units of 1 / per_db dB -> 8-bit codes of CODE_STEP_DB."""
+    return (x.float() / per_db / CODE_STEP_DB).round().clamp(-127, 127).to(torch.int8)
+
+
+def _uncode(q: torch.Tensor, per_db: float) -> torch.Tensor:
+    return q.float() * CODE_STEP_DB * per_db
+
+
 @dataclass
 class SpectralMemory:
     """xy [I, 2] the instruments' points; residual [I, P, H] log gains (float) for pitches
-    pitch_lo..pitch_lo + P - 1; has [I, P] where an instrument has a note at that pitch."""
+    pitch_lo..pitch_lo + P - 1; has [I, P] where an instrument has a note at that pitch;
+    dynamics (optional): how the notes move over time (`Dynamics`)."""
 
     xy: torch.Tensor
     residual: torch.Tensor
@@ -82,6 +207,10 @@ class SpectralMemory:
     # has the pitch, as exp(-(d / reach)^2): beyond its instruments it knows nothing, and
     # the decoder plays alone. None: full strength everywhere.
     reach: float | None = None
+    dynamics: Dynamics | None = None
+    # the codec's normalisation of loudness and noise (dB per unit), for the level's moves
+    loud_scale_db: float = 140.0
+    noise_scale_db: float = 160.0
 
     def __post_init__(self) -> None:
         i, p, h = self.residual.shape
@@ -91,68 +220,145 @@ class SpectralMemory:
         if self.reach is not None and not (math.isfinite(self.reach) and self.reach > 0):
             raise CheckpointError(f"spectral memory: reach {self.reach} must be a positive "
                                   "distance (map units)")
+        if self.dynamics is not None:
+            self.dynamics.check(i, p, h)
 
     @property
     def n_harmonics(self) -> int:
         return int(self.residual.shape[2])
 
     def to(self, device: torch.device | str) -> SpectralMemory:
+        dyn = self.dynamics
+        if dyn is not None:
+            dyn = dataclasses.replace(dyn, level_db=dyn.level_db.to(device),
+                                      band_log=dyn.band_log.to(device))
         return dataclasses.replace(self, xy=self.xy.to(device),
-                                   residual=self.residual.to(device), has=self.has.to(device))
+                                   residual=self.residual.to(device), has=self.has.to(device),
+                                   dynamics=dyn)
 
-    def gains_log(self, points: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
-        """points [B, 2] (or [B, T, 2]: a point per frame), pitches [B] (MIDI) -> log gain per
-        harmonic [B, H] (or [B, T, H]); zero where no instrument has the pitch."""
-        per_frame = points.dim() == 3
-        pts = points if per_frame else points[:, None, :]                       # [B, T, 2]
+    def _blend(self, points: torch.Tensor, pitches: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """points [B, T', 2] -> (near [B, T', k], m [B], weights [B, T', k] with the reach's
+        fade folded in, fade [B, T', 1])."""
         n_p = self.residual.shape[1]
         m = (pitches.long().to(self.xy.device) - self.pitch_lo).clamp(0, n_p - 1)  # [B]
-        d2 = ((pts.float().to(self.xy.device)[:, :, None, :] - self.xy[None, None]) ** 2
+        d2 = ((points.float().to(self.xy.device)[:, :, None, :] - self.xy[None, None]) ** 2
               ).sum(-1)                                                          # [B, T, I]
         usable = self.has[:, m].T[:, None, :]                                    # [B, 1, I]
         d2 = torch.where(usable, d2, torch.full_like(d2, float("inf")))
         near_d2, near, w = nearest_weights(d2, K_NEAREST, EPS)                  # [B, T, k]
-        res = self.residual.float()[near, m[:, None, None]]                     # [B, T, k, H]
-        lim = MAX_GAIN_DB / 20.0 * 2.302585092994046  # dB -> natural log of amplitude
-        g = (res * w[..., None]).sum(-2).clamp(-lim, lim)
+        fade = torch.ones_like(near_d2[..., :1])
         if self.reach is not None:
             d_min = near_d2[..., :1].clamp(max=1e30).sqrt()                     # [B, T, 1]
-            g = g * torch.exp(-(d_min / self.reach) ** 2)
+            fade = torch.exp(-(d_min / self.reach) ** 2)
+        return near, m, w, fade
+
+    def gains_log(self, points: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
+        """The note-long part: points [B, 2] (or [B, T, 2]: a point per frame), pitches [B]
+        (MIDI) -> log gain per harmonic [B, H] (or [B, T, H]); zero where no instrument has
+        the pitch."""
+        per_frame = points.dim() == 3
+        pts = points if per_frame else points[:, None, :]                       # [B, T, 2]
+        near, m, w, fade = self._blend(pts, pitches)
+        res = self.residual.float()[near, m[:, None, None]]                     # [B, T, k, H]
+        lim = MAX_GAIN_DB * LN_PER_DB
+        g = (res * w[..., None]).sum(-2).clamp(-lim, lim) * fade
         return g if per_frame else g[:, 0]
 
-    def apply(self, frames: torch.Tensor, points: torch.Tensor,
-              pitches: torch.Tensor) -> torch.Tensor:
-        """frames [B, T, D] (harmonic codec, normalised) with each harmonic's share scaled by
-        its gain, the shares' sum kept (loudness, pitch and noise unchanged)."""
-        g = self.gains_log(points, pitches).to(frames.device, frames.dtype)
+    def frame_gains(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int,
+                    first_frame: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames first_frame .. + n_frames of notes at points [B, 2] (or [B, n_frames, 2])
+        and pitches [B] -> (log gain per harmonic [B, T, H], level dB [B, T]): the note-long
+        gains plus the dynamics' (zero level without them)."""
+        per_frame = points.dim() == 3
+        pts = points if per_frame else points[:, None, :]
+        static = self.gains_log(pts, pitches)                                   # [B, T', H]
+        b = static.shape[0]
+        dyn = self.dynamics
+        if dyn is None:
+            return (static.expand(b, n_frames, -1),
+                    torch.zeros(b, n_frames, device=static.device))
+        near, m, w, fade = self._blend(pts, pitches)
+        wf = w * fade                                                           # [B, T', k]
+        lvl = (dyn.level_db.float()[near, m[:, None, None]] * wf[..., None]).sum(2)
+        bands = (dyn.band_log.float()[near, m[:, None, None]] * wf[..., None, None]).sum(2)
+        m_l = interpolation(dyn.level_edges, n_frames, first_frame).to(lvl.device)
+        m_s = interpolation(dyn.spectrum_edges, n_frames, first_frame).to(lvl.device)
+        if per_frame:
+            level = torch.einsum("ts,bts->bt", m_l, lvl)
+            band_t = torch.einsum("ts,btsn->btn", m_s, bands)
+        else:
+            level = torch.einsum("ts,bs->bt", m_l, lvl[:, 0])
+            band_t = torch.einsum("ts,bsn->btn", m_s, bands[:, 0])
+        lim = MAX_GAIN_DB * LN_PER_DB
+        gains = (static + band_t[..., dyn.band_of_harmonic().to(band_t.device)]
+                 ).clamp(-lim, lim)
+        return gains, level.clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
+
+    def apply(self, frames: torch.Tensor, points: torch.Tensor, pitches: torch.Tensor,
+              first_frame: int = 0) -> torch.Tensor:
+        """frames [B, T, D] (harmonic codec, normalised; frame first_frame onwards of their
+        notes) with each harmonic's share scaled by its gain, the shares' sum kept, and,
+        with dynamics, the loudness and the noise bands moved by the level (pitch
+        unchanged)."""
+        g, level = self.frame_gains(points, pitches, frames.shape[1], first_frame)
+        g, level = g.to(frames.device, frames.dtype), level.to(frames.device, frames.dtype)
         h = self.n_harmonics
         out = frames.clone()
-        gain = torch.exp(g if g.dim() == 3 else g[:, None, :])
+        gain = torch.exp(g)
         # (a share the decoder left at zero gets the floor the profiles count it at; the
         # shares keep their sum, as the codec and the figures on frames read them)
         shares = frames[..., 2:2 + h].clamp(min=0.0)
         scaled = (shares + LOG_FLOOR) * gain
         out[..., 2:2 + h] = scaled * (shares.sum(-1, keepdim=True)
                                       / scaled.sum(-1, keepdim=True).clamp(min=1e-12))
+        if self.dynamics is not None:
+            out[..., 1] = frames[..., 1] + level / self.loud_scale_db
+            out[..., 2 + h:] = frames[..., 2 + h:] + level[..., None] / self.noise_scale_db
         return out
 
     def to_payload(self) -> dict[str, Any]:
-        return {"xy": self.xy.float().cpu(), "residual": self.residual.half().cpu(),
-                "has": self.has.cpu(), "pitch_lo": int(self.pitch_lo), "source": self.source,
-                "reach": self.reach}
+        out: dict[str, Any] = {"xy": self.xy.float().cpu(), "has": self.has.cpu(),
+                               "pitch_lo": int(self.pitch_lo), "source": self.source,
+                               "reach": self.reach}
+        dyn = self.dynamics
+        if dyn is None:
+            out["residual"] = self.residual.half().cpu()
+            return out
+        out.update({
+            "residual_codes": _code(self.residual.cpu(), LN_PER_DB),
+            "loud_scale_db": self.loud_scale_db, "noise_scale_db": self.noise_scale_db,
+            "dynamics": {"level_codes": _code(dyn.level_db.cpu(), 1.0),
+                         "band_codes": _code(dyn.band_log.cpu(), LN_PER_DB),
+                         "level_edges": list(dyn.level_edges),
+                         "spectrum_edges": list(dyn.spectrum_edges),
+                         "band_edges": list(dyn.band_edges)}})
+        return out
 
     @classmethod
     def from_payload(cls, d: Any, where: str) -> SpectralMemory:
         try:
-            return cls(torch.as_tensor(d["xy"]).float(), torch.as_tensor(d["residual"]).float(),
+            if "residual_codes" in d:
+                residual = _uncode(torch.as_tensor(d["residual_codes"]), LN_PER_DB)
+            else:
+                residual = torch.as_tensor(d["residual"]).float()
+            dyn = None
+            if d.get("dynamics") is not None:
+                y = d["dynamics"]
+                dyn = Dynamics(_uncode(torch.as_tensor(y["level_codes"]), 1.0),
+                               _uncode(torch.as_tensor(y["band_codes"]), LN_PER_DB),
+                               tuple(int(e) for e in y["level_edges"]),
+                               tuple(int(e) for e in y["spectrum_edges"]),
+                               tuple(int(e) for e in y["band_edges"]))
+            return cls(torch.as_tensor(d["xy"]).float(), residual,
                        torch.as_tensor(d["has"]).bool(), int(d["pitch_lo"]),
                        str(d.get("source", "")),
-                       None if d.get("reach") is None else float(d["reach"]))
+                       None if d.get("reach") is None else float(d["reach"]), dyn,
+                       float(d.get("loud_scale_db", 140.0)),
+                       float(d.get("noise_scale_db", 160.0)))
         except (KeyError, TypeError, ValueError, CheckpointError) as e:
             raise CheckpointError(f"{where}: damaged spectral memory ({e}); rebuild it with "
                                   "`pgesam-live memory`") from None
-
-
 
 
 def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
@@ -162,4 +368,5 @@ def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
     return torch.maximum(profile, floor)
 
 
-__all__ = ["SpectralMemory", "floored", "nearest_weights", "static_log_profile"]
+__all__ = ["Dynamics", "SpectralMemory", "floored", "interpolation", "level_db_re_peak",
+           "nearest_weights", "segment_log_profiles", "segment_means", "static_log_profile"]

@@ -375,6 +375,16 @@ class ParallelFrameTransformer(nn.Module):
         s = math.ceil(n / self.cfg.frames_per_step)
         return out[:, :n].clone(), out[:, s * self.cfg.frames_per_step:].clone()
 
+    def context_frame_indices(self, n_frames: int, context_stride: int = 16) -> torch.Tensor:
+        """Which frames of the note `generate_head`'s context [B, M, D] holds: [M] indices
+        (the frames of steps s + stride // 2, + stride, ..., s the head's steps; see _run)."""
+        g, n_steps = self.cfg.frames_per_step, self.cfg.n_steps
+        s = math.ceil(int(n_frames) / g)
+        if s >= n_steps:
+            return torch.zeros(0, dtype=torch.long)
+        far = torch.arange(min(s + context_stride // 2, n_steps), n_steps, context_stride)
+        return (far[:, None] * g + torch.arange(g)[None]).reshape(-1)
+
     def _generate(self, points: torch.Tensor, pitches: torch.Tensor, n: int,
                   noise_seed: int | Sequence[int] | None, guidance: float | None,
                   context_stride: int | None) -> torch.Tensor:

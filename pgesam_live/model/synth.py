@@ -189,17 +189,25 @@ class Synth:
         seeds = note_seeds(seed, pts, p)
         tr = self.bundle.transformer
         later = np.zeros(len(p), dtype=np.float64)
+        context = None
         with self._seeded(seed):
             generate_head = getattr(tr, "generate_head", None)  # the parallel decoder's
             if generate_head is not None:
                 frames, context = generate_head(pts, p, n, context_stride, noise_seed=seeds)
-                scale = getattr(self.codec, "LOUD_SCALE_DB", None)
-                if scale is not None and context.shape[1]:
-                    gap = context[..., 1].amax(1) - frames[..., 1].amax(1)  # [B], normalised
-                    later = np.maximum(0.0, gap.double().cpu().numpy() * float(scale))
             else:
                 frames = tr.generate(pts, p, n_frames=n, noise_seed=seeds)
         frames = self.finish_frames(frames, p, pts)
+        scale = getattr(self.codec, "LOUD_SCALE_DB", None)
+        if context is not None and scale is not None and context.shape[1]:
+            ctx_loud = context[..., 1].float()                                  # [B, M]
+            memory = self.bundle.memory
+            if memory is not None and memory.dynamics is not None:
+                # the context's frames as the memory's level will move them
+                idx = getattr(tr, "context_frame_indices")(n, context_stride)  # noqa: B009
+                level = memory.frame_gains(pts, p, int(idx.max()) + 1)[1]       # [B, T]
+                ctx_loud = ctx_loud + level[:, idx].to(ctx_loud.device) / memory.loud_scale_db
+            gap = ctx_loud.amax(1) - frames[..., 1].float().amax(1)             # [B], normalised
+            later = np.maximum(0.0, gap.double().cpu().numpy() * float(scale))
         return frames, self.decode_frames(frames, seed, seeds), later
 
     @staticmethod

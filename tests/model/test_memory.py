@@ -14,10 +14,16 @@ from pgesam_live.errors import CheckpointError
 from pgesam_live.model import train as T
 from pgesam_live.model.checkpoints import load_model, pack_model, save_with_memory
 from pgesam_live.model.memory import (
+    CODE_STEP_DB,
     EPS,
     MAX_GAIN_DB,
+    Dynamics,
     SpectralMemory,
     floored,
+    interpolation,
+    level_db_re_peak,
+    segment_log_profiles,
+    segment_means,
     static_log_profile,
 )
 from pgesam_live.model.memory_build import build_memory
@@ -122,6 +128,95 @@ def test_a_damaged_memory_is_refused_with_its_fix() -> None:
         SpectralMemory.from_payload({"xy": torch.zeros(2, 2)}, "m.pt")
 
 
+def test_interpolation_reads_segments_linearly_between_their_centres() -> None:
+    m = interpolation((0, 2, 6, 10), 12)  # centres 0.5, 3.5, 7.5
+    assert m.shape == (12, 3)
+    assert torch.allclose(m.sum(1), torch.ones(12))
+    assert m[0].tolist() == [1.0, 0.0, 0.0]          # before the first centre: held
+    assert m[2].tolist() == pytest.approx([0.5, 0.5, 0.0])  # halfway from 0.5 to 3.5
+    assert m[6].tolist() == pytest.approx([0.0, 0.375, 0.625])  # 2.5 of 4 from 3.5 to 7.5
+    assert m[11].tolist() == [0.0, 0.0, 1.0]         # after the last: held
+    assert torch.equal(interpolation((0, 2, 6, 10), 4, first_frame=8), m[8:])
+    assert torch.equal(interpolation((0, 10), 3), torch.ones(3, 1))
+
+
+def _dynamic_memory() -> SpectralMemory:
+    """_memory() with dynamics over 8-frame notes: instrument 0 at pitch 60 falls 30 dB from
+    its first segment (frames 0-1) to its last (6-7), its first band brighter by 1 (log) in
+    the second spectrum segment (4-7); instrument 1 has none."""
+    base = _memory()
+    level = torch.zeros(2, 2, 4)
+    level[0, 0] = torch.tensor([0.0, -10.0, -20.0, -30.0])
+    bands = torch.zeros(2, 2, 2, 2)
+    bands[0, 0, 1, 0] = 1.0
+    dyn = Dynamics(level, bands, (0, 2, 4, 6, 8), (0, 4, 8), (0, 2, H))
+    return SpectralMemory(base.xy, base.residual, base.has, 60, dynamics=dyn)
+
+
+def test_dynamics_move_the_level_and_the_spectrum_over_the_note() -> None:
+    m = _dynamic_memory()
+    at = torch.tensor([[0.0, 0.0], [0.5, 0.0]])
+    g, level = m.frame_gains(at, torch.tensor([60, 60]), 8)
+    assert g.shape == (2, 8, H) and level.shape == (2, 8)
+    # segment centres 0.5, 2.5, 4.5, 6.5: frame 0 before the first (held), frame 3 a
+    # quarter of the way from -10 to -20, frame 7 after the last (held)
+    assert level[0, 0] == pytest.approx(0.0, abs=0.01)
+    assert level[0, 3] == pytest.approx(-12.5, abs=0.01)
+    assert level[0, 7] == pytest.approx(-30.0, abs=0.01)
+    assert level[1].abs().max() < 0.01                    # the other instrument: none
+    static = m.gains_log(at, torch.tensor([60, 60]))
+    # before the first spectrum centre (1.5) the note-long gains, after the last (5.5) +1 on
+    # harmonics 0-1 (band 0)
+    assert torch.allclose(g[0, 0], static[0], atol=1e-3)
+    assert torch.allclose(g[0, 7], static[0] + torch.tensor([1.0, 1.0, 0.0, 0.0]), atol=1e-3)
+    frames = torch.rand(2, 8, 2 + H + 3)
+    out = m.apply(frames, at, torch.tensor([60, 60]))
+    assert torch.allclose(out[..., 1], frames[..., 1] + level / SCALE, atol=1e-6)
+    assert torch.allclose(out[..., 2 + H:], frames[..., 2 + H:] + level[..., None] / 160.0,
+                          atol=1e-6)
+    assert torch.equal(out[..., 0], frames[..., 0])          # pitch untouched
+    # a streamed head is its note's start; a later stretch read from its own first frame
+    assert torch.allclose(m.apply(frames[:, :3], at, torch.tensor([60, 60])), out[:, :3])
+    assert torch.allclose(m.apply(frames[:, 5:], at, torch.tensor([60, 60]), first_frame=5),
+                          out[:, 5:])
+    # a point per frame: each frame as the note at that point
+    path = at[:1, None, :].expand(1, 8, 2)
+    assert torch.allclose(m.apply(frames[:1], path, torch.tensor([60])), out[:1], atol=1e-6)
+
+
+def test_a_dynamic_memory_is_stored_in_8_bit_codes_and_read_back() -> None:
+    m = _dynamic_memory()
+    back = SpectralMemory.from_payload(m.to_payload(), "m.pt")
+    assert back.dynamics is not None and m.dynamics is not None
+    assert back.to_payload()["residual_codes"].dtype == torch.int8
+    half_step = CODE_STEP_DB / 2 + 1e-6
+    assert (back.dynamics.level_db - m.dynamics.level_db).abs().max() <= half_step
+    db = 20 / math.log(10)
+    assert (back.residual - m.residual).abs().max() * db <= half_step
+    assert (back.dynamics.band_log - m.dynamics.band_log).abs().max() * db <= half_step
+    assert back.dynamics.level_edges == (0, 2, 4, 6, 8)
+    with pytest.raises(CheckpointError, match="do not fit 2 instruments x 2 pitches x 4"):
+        Dynamics(torch.zeros(2, 2, 3), torch.zeros(2, 2, 2, 2), (0, 2, 4, 6, 8), (0, 4, 8),
+                 (0, 2, H)).check(2, 2, H)
+    with pytest.raises(CheckpointError, match="must rise from 0"):
+        Dynamics(torch.zeros(2, 2, 1), torch.zeros(2, 2, 1, 1), (0, 0), (0, 8),
+                 (0, H)).check(2, 2, H)
+
+
+def test_segment_figures_on_known_notes() -> None:
+    frames = torch.zeros(1, 4, 2 + H)
+    frames[0, :, 1] = (torch.tensor([-10.0, -20.0, -90.0, -10.0]) + OFFSET) / SCALE
+    frames[0, :, 2:] = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0],
+                                     [0, 0, 0, 1.0]])
+    assert level_db_re_peak(frames, SCALE, OFFSET)[0].tolist() == pytest.approx(
+        [0.0, -10.0, -60.0, 0.0])  # floored 60 dB down
+    prof, ok = segment_log_profiles(frames, SCALE, OFFSET, H, (0, 2, 3, 4))
+    # the first segment weighs its frames by energy (10 dB apart: 10 to 1); the second's
+    # only frame lies 80 dB down: no sound
+    assert prof[0, 0].exp()[:2].tolist() == pytest.approx([10 / 11, 1 / 11], abs=1e-4)
+    assert ok[0].tolist() == [True, False, True]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_tiny_nsynth(tmp_path_factory.mktemp("nsynth"))
@@ -133,8 +228,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_a_built_memory_gives_each_training_instrument_its_own_spectrum(
         tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
-    """Built from the training set, the memory brings the note-long harmonic profile of each
-    training instrument's note at its own point nearer its original's (at least halfway
+    """Built from the training set, the memory brings the note-long harmonic profile and the
+    level envelope (dB re peak, per segment of the note) of each training instrument's note
+    at its own point nearer its original's (at least halfway
     where no other instrument lies within the blend's reach: the gains are note-long, the
     shares renormalised frame by frame, and this tiny decoder's frames vary wildly), and
     the model file carries it (packed ones too)."""
@@ -155,16 +251,31 @@ def test_a_built_memory_gives_each_training_instrument_its_own_spectrum(
     xy = memory.xy
     d = torch.cdist(xy, xy) + torch.eye(len(xy)) * 9
     plain, remembering = Synth(load_model(model), "cpu"), Synth(with_mem, "cpu")
-    checked = 0
+    checked = checked_env = 0
     for i in range(len(xy)):
         for n in np.nonzero(fs.instrument.numpy() == i)[0][:2]:
             pitch = int(fs.pitch[n])
             own = static_log_profile(fs.frames[n:n + 1], codec.LOUD_SCALE_DB,
                                      codec.LOUD_OFFSET_DB, codec.n_harmonics)
-            before, after = (static_log_profile(s.render_frames(xy[i:i + 1].numpy(), [pitch]),
-                                                codec.LOUD_SCALE_DB, codec.LOUD_OFFSET_DB,
-                                                codec.n_harmonics)
-                             for s in (plain, remembering))
+            renders = [s.render_frames(xy[i:i + 1].numpy(), [pitch])
+                       for s in (plain, remembering)]
+            before, after = (static_log_profile(r, codec.LOUD_SCALE_DB, codec.LOUD_OFFSET_DB,
+                                                codec.n_harmonics) for r in renders)
+            # the level envelope (dB re peak) per segment of the note, as the dynamics keep it
+            if memory.dynamics is not None and len(np.nonzero(fs.instrument.numpy() == i)[0]
+                                                   [fs.pitch.numpy()[fs.instrument.numpy() == i]
+                                                    == pitch]) == 1:
+                edges = memory.dynamics.level_edges
+                env_own, env_before, env_after = (
+                    segment_means(level_db_re_peak(f[:, :edges[-1]], codec.LOUD_SCALE_DB,
+                                                   codec.LOUD_OFFSET_DB), edges)[0]
+                    for f in (fs.frames[n:n + 1], *renders))
+                e_before = (env_before - env_own).abs().mean()
+                e_after = (env_after - env_own).abs().mean()
+                assert e_after < e_before or e_before < 0.5, (i, pitch)
+                if float(d[i].min()) > 30 * EPS:
+                    assert e_after < 0.8 * e_before, (i, pitch, float(e_after))
+                    checked_env += 1
             # as the memory counts them (60 dB below the strongest), where the gain is not
             # at its limit
             own, before, after = floored(own), floored(before), floored(after)
@@ -176,6 +287,7 @@ def test_a_built_memory_gives_each_training_instrument_its_own_spectrum(
                 assert err_after < 0.5 * err_before, (i, pitch, float(err_after))
                 checked += 1
     assert checked or float(d.min()) <= 30 * EPS
+    assert checked_env or float(d.min()) <= 30 * EPS
     # Packed against its base, it keeps the memory; given a memory, a packed model stays
     # packed (its base record kept, the base next to it).
     (tmp_path / "packed").mkdir()

@@ -72,6 +72,38 @@ def test_a_parallel_head_with_every_token_as_context_is_the_whole_pass() -> None
     alone, none = tr.generate_head(pts, p, 10, context_stride=1000)
     torch.testing.assert_close(alone, tr.generate(pts, p, n_frames=10))
     assert none.shape[1] == 0
+    # which frames a context holds: with a stride of 1 every frame after the head
+    assert torch.equal(tr.context_frame_indices(10, 1), torch.arange(10, whole.shape[1]))
+    _, ctx4 = tr.generate_head(pts, p, 10, context_stride=4)
+    idx = tr.context_frame_indices(10, 4)
+    assert len(idx) == ctx4.shape[1] and int(idx.min()) >= 10
+    assert tr.context_frame_indices(10, 1000).numel() == 0
+
+
+def test_a_heads_later_level_counts_the_memorys_level_moves() -> None:
+    """A head is played lower by as much as its note gets louder later; a spectral memory
+    whose dynamics raise the note's end by 20 dB raises that estimate by about as much (the
+    context frames read as the memory will move them), so the joined note never jumps."""
+    import dataclasses
+
+    import torch
+
+    from pgesam_live.model.memory import Dynamics, SpectralMemory
+
+    sy = Synth.untrained("tiny", device="cpu", decoder="parallel")
+    n_t, h = sy.n_frames, sy.codec.n_harmonics
+    pts, p = np.array([[0.2, -0.4]], np.float32), np.array([60])
+    lo = sy.pitch_range[0]
+    n_p = sy.pitch_range[1] - lo + 1
+    level = torch.zeros(1, n_p, 2)
+    level[0, :, 1] = 20.0  # the second half of the note 20 dB up
+    mem = SpectralMemory(torch.tensor(pts), torch.zeros(1, n_p, h), torch.ones(1, n_p).bool(),
+                         lo, dynamics=Dynamics(level, torch.zeros(1, n_p, 1, 1),
+                                               (0, n_t // 2, n_t), (0, n_t), (0, h)))
+    plain = sy.render_heads(pts, p, 0, 8)[2][0]
+    louder = Synth(dataclasses.replace(sy.bundle, memory=mem), "cpu").render_heads(
+        pts, p, 0, 8)[2][0]
+    assert louder > plain + 10.0, (plain, louder)
 
 
 def test_stitch_refuses_a_join_outside_the_head(synth: Synth) -> None:
