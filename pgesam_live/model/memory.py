@@ -9,14 +9,25 @@ note at a point p and pitch m gets the inverse-distance blend of the residuals o
 instruments nearest to p that have that pitch (the weights of `MapBlender`), as a gain per
 harmonic on every frame: at an instrument's own point its own spectrum, between instruments
 a blend of their corrections, far from all of them the nearest ones' (their weights even
-out), or, with a `reach`, nothing: the decoder alone. The decoder's dynamics (how the
-spectrum changes over the note, its envelope, pitch and noise) are untouched. A pure
-function of (point, pitch): a streamed head, the rest of its note and a note following a
-moving point (points per frame) get the same gains.
+out), or, with a `reach`, nothing: the decoder alone.
+
+A memory with `Dynamics` (the default of `pgesam-live memory`; `--note-long` builds the first
+kind, which leaves the decoder's dynamics untouched) also remembers how the note moves: per
+instrument and pitch the difference of the level envelopes (dB re each note's peak, floored
+60 dB down) in segments of the note (a frame each at the attack and at the note-off,
+`LEVEL_EDGES`), and how each of a few longer segments' harmonic profile (`SPECTRUM_EDGES`, on
+`BAND_EDGES`' bands of harmonics) departs from the note-long one: the piano's decay, its
+upper harmonics dying first, the flute's swell, the release. Between segment centres the
+corrections are interpolated linearly, frame by frame. The level moves the harmonic loudness
+and the noise bands together (their balance stays the decoder's).
+
+A pure function of (point, pitch, frame index): a streamed head (frames from 0), the rest of
+its note and a note following a moving point (points per frame) get the same gains.
 
 Built by `pgesam-live memory` (model/memory_build.py) from the training split the model was
-trained on; stored in the model file (`spectral_memory`), about 0.5 MB for 160 instruments
-x 25 pitches.
+trained on; stored in the model file (`spectral_memory`): for 160 instruments x 25 pitches
+0.5 MB (float16) note-long, about 0.75 MB with the dynamics (every table in 8-bit codes of
+0.5 dB).
 """
 
 from __future__ import annotations
@@ -39,9 +50,11 @@ LOG_FLOOR = 1e-6     # shares below this count as this (-120 dB)
 LN_PER_DB = math.log(10.0) / 20.0  # dB -> natural log of amplitude
 # Dynamics' segments, in frames of the harmonic codec (75 /s; a 4 s note of 3 s held + 1 s
 # release: the note-off at frame 225).
-LEVEL_EDGES = (0, 2, 4, 7, 11, 17, 26, 38, 56, 83, 120, 165, 200, 218, 225, 229, 234, 240,
-               248, 258, 272, 300)
-SPECTRUM_EDGES = (0, 6, 20, 60, 150, 225, 260, 300)
+# The level: a segment per frame where it moves fastest (the first frames, the note-off), so
+# an attack or a release is put frame by frame, not averaged into a spike.
+LEVEL_EDGES = (0, 1, 2, 3, 4, 5, 6, 8, 11, 15, 20, 26, 34, 45, 60, 80, 105, 135, 165, 195,
+               215, 222, 224, 225, 226, 227, 228, 230, 233, 237, 242, 248, 256, 266, 280, 300)
+SPECTRUM_EDGES = (0, 4, 12, 40, 120, 225, 260, 300)
 BAND_EDGES = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)  # harmonic bands (0-based)
 CODE_STEP_DB = 0.5  # stored tables: 8-bit codes of this many dB (+-63.5 dB)
 
@@ -151,10 +164,12 @@ def segment_log_profiles(frames: torch.Tensor, loud_scale_db: float, loud_offset
 class Dynamics:
     """How a training instrument's note moves, against the decoder's at its point.
 
-    level_db [I, P, S_l] dB added to the level in each of `level_edges`' segments;
+    level_db [I, P, S_l] dB added to the harmonic level in each of `level_edges`' segments;
     band_log [I, P, S_s, NB] natural-log gains added to the note-long residual's, per
     segment of `spectrum_edges` and band of harmonics (`band_edges`, 0-based harmonic
-    indices)."""
+    indices). The noise bands follow the level (a table of their own, measured on the
+    bundled model: training identity at the instruments' points 0.81 -> 0.63, MR-STFT 0.53 ->
+    0.60; left untouched: 0.77 and 0.52)."""
 
     level_db: torch.Tensor
     band_log: torch.Tensor
@@ -269,7 +284,7 @@ class SpectralMemory:
                     first_frame: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames first_frame .. + n_frames of notes at points [B, 2] (or [B, n_frames, 2])
         and pitches [B] -> (log gain per harmonic [B, T, H], level dB [B, T]): the note-long
-        gains plus the dynamics' (zero level without them)."""
+        gains plus the dynamics' (a zero level without them)."""
         per_frame = points.dim() == 3
         pts = points if per_frame else points[:, None, :]
         static = self.gains_log(pts, pitches)                                   # [B, T', H]
@@ -280,29 +295,32 @@ class SpectralMemory:
                     torch.zeros(b, n_frames, device=static.device))
         near, m, w, fade = self._blend(pts, pitches)
         wf = w * fade                                                           # [B, T', k]
-        lvl = (dyn.level_db.float()[near, m[:, None, None]] * wf[..., None]).sum(2)
-        bands = (dyn.band_log.float()[near, m[:, None, None]] * wf[..., None, None]).sum(2)
-        m_l = interpolation(dyn.level_edges, n_frames, first_frame).to(lvl.device)
-        m_s = interpolation(dyn.spectrum_edges, n_frames, first_frame).to(lvl.device)
-        if per_frame:
-            level = torch.einsum("ts,bts->bt", m_l, lvl)
-            band_t = torch.einsum("ts,btsn->btn", m_s, bands)
-        else:
-            level = torch.einsum("ts,bs->bt", m_l, lvl[:, 0])
-            band_t = torch.einsum("ts,bsn->btn", m_s, bands[:, 0])
+        m_l = interpolation(dyn.level_edges, n_frames, first_frame).to(wf.device)
+        m_s = interpolation(dyn.spectrum_edges, n_frames, first_frame).to(wf.device)
+
+        def over_time(table: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
+            """table [I, P, S, ...] -> blended [B, T, ...] frame by frame."""
+            x = table.float()[near, m[:, None, None]]                           # [B,T',k,S,..]
+            x = (x * wf.reshape(*wf.shape, *([1] * (x.dim() - 3)))).sum(2)      # [B,T',S,..]
+            if per_frame:
+                return torch.einsum("ts,bts...->bt...", m_t, x)
+            return torch.einsum("ts,bs...->bt...", m_t, x[:, 0])
+
+        level = over_time(dyn.level_db, m_l).clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
+        band_t = over_time(dyn.band_log, m_s)                                   # [B, T, NB]
         lim = MAX_GAIN_DB * LN_PER_DB
         gains = (static + band_t[..., dyn.band_of_harmonic().to(band_t.device)]
                  ).clamp(-lim, lim)
-        return gains, level.clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
+        return gains, level
 
     def apply(self, frames: torch.Tensor, points: torch.Tensor, pitches: torch.Tensor,
               first_frame: int = 0) -> torch.Tensor:
         """frames [B, T, D] (harmonic codec, normalised; frame first_frame onwards of their
         notes) with each harmonic's share scaled by its gain, the shares' sum kept, and,
-        with dynamics, the loudness and the noise bands moved by the level (pitch
+        with dynamics, the loudness and the noise bands moved by the level together (pitch
         unchanged)."""
-        g, level = self.frame_gains(points, pitches, frames.shape[1], first_frame)
-        g, level = g.to(frames.device, frames.dtype), level.to(frames.device, frames.dtype)
+        g, level = (x.to(frames.device, frames.dtype) for x in
+                    self.frame_gains(points, pitches, frames.shape[1], first_frame))
         h = self.n_harmonics
         out = frames.clone()
         gain = torch.exp(g)
@@ -369,4 +387,5 @@ def floored(profile: torch.Tensor, floor_db: float = FLOOR_DB) -> torch.Tensor:
 
 
 __all__ = ["Dynamics", "SpectralMemory", "floored", "interpolation", "level_db_re_peak",
-           "nearest_weights", "segment_log_profiles", "segment_means", "static_log_profile"]
+           "nearest_weights", "segment_log_profiles", "segment_means",
+           "static_log_profile"]

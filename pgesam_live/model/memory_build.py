@@ -37,9 +37,11 @@ class _Stats:
     [B, H], level per `level_edges` segment [B, S_l] (dB re peak), log profile per
     `spectrum_edges` segment [B, S_s, H] and which of those hold sound [B, S_s]."""
 
-    def __init__(self, frames: torch.Tensor, scale: float, offset: float, h: int,
-                 level_edges: tuple[int, ...], spectrum_edges: tuple[int, ...]) -> None:
+    def __init__(self, frames: torch.Tensor, codec: Any, level_edges: tuple[int, ...],
+                 spectrum_edges: tuple[int, ...]) -> None:
         frames = frames.float().cpu()
+        scale, offset = float(codec.LOUD_SCALE_DB), float(codec.LOUD_OFFSET_DB)
+        h = int(codec.n_harmonics)
         self.static = static_log_profile(frames, scale, offset, h)
         self.level = segment_means(level_db_re_peak(frames, scale, offset), level_edges)[0]
         self.spec, self.spec_ok = segment_log_profiles(frames, scale, offset, h,
@@ -71,7 +73,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     if h is None:
         raise DataError(f"codec {bundle.meta.codec_name!r} has no harmonic shares: the "
                         "spectral memory is for the harmonic and partials codecs")
-    scale, offset = float(codec.LOUD_SCALE_DB), float(codec.LOUD_OFFSET_DB)
+    scale = float(codec.LOUD_SCALE_DB)
     tr = bundle.transformer
     n_frames = tr.cfg.n_frames
     fs = load_frames(data_dir, split, codec, pitch_range=bundle.meta.pitch_range,
@@ -101,7 +103,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     inst, pitch = fs.instrument.long(), fs.pitch.long() - lo
     for s in range(0, len(inst), 256):
         idx = (inst[s:s + 256], pitch[s:s + 256])
-        st = _Stats(fs.frames[s:s + 256, :n_frames], scale, offset, h, l_edges, s_edges)
+        st = _Stats(fs.frames[s:s + 256, :n_frames], codec, l_edges, s_edges)
         total.index_put_(idx, st.static, accumulate=True)
         count.index_put_(idx, torch.ones(len(st.static)), accumulate=True)
         if dynamics:
@@ -121,7 +123,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     for s in range(0, len(ii), batch):
         i_b, m_b = ii[s:s + batch], mm[s:s + batch]
         frames = plain.render_frames(xy[i_b].numpy(), (m_b + lo).numpy(), seed=0)
-        st = _Stats(frames, scale, offset, h, l_edges, s_edges)
+        st = _Stats(frames, codec, l_edges, s_edges)
         residual[i_b, m_b] = floored(own[i_b, m_b]) - floored(st.static)
         if dynamics:
             level_db[i_b, m_b] = own_level[i_b, m_b] - st.level
@@ -133,7 +135,7 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     dyn = Dynamics(level_db, band_log, l_edges, s_edges, b_edges) if dynamics else None
     return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})", reach=reach,
                           dynamics=dyn, loud_scale_db=scale,
-                          noise_scale_db=float(getattr(codec, "NOISE_SCALE_DB", 160.0)))
+                          noise_scale_db=float(codec.NOISE_SCALE_DB))
 
 
 def run_memory(ns: Any) -> int:

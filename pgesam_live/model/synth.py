@@ -120,14 +120,12 @@ class Synth:
 
     def finish_frames(self, frames: torch.Tensor, pitches: torch.Tensor,
                       points: torch.Tensor | None = None) -> torch.Tensor:
-        """Generated frames [B, T, D] -> what is decoded: their spectra corrected by the
-        model's spectral memory at `points` [B, 2] (or [B, T, 2]) when it has one
-        (model/memory.py), tuned to the keys `pitches` [B] and their loudness de-buzzed when
-        the model asks for it (TransformerConfig.tune_f0, .debuzz) and the codec can
-        (harmonic)."""
-        memory = self.bundle.memory
-        if memory is not None and points is not None:
-            frames = memory.apply(frames, points, pitches)
+        """Generated frames [B, T, D] -> what is decoded: tuned to the keys `pitches` [B] and
+        their loudness de-buzzed when the model asks for it (TransformerConfig.tune_f0,
+        .debuzz) and the codec can (harmonic), then corrected by the model's spectral memory
+        at `points` [B, 2] (or [B, T, 2]) when it has one (model/memory.py; last, as its
+        build measured the decoder's finished frames: de-buzzing after it would smooth an
+        attack it put back)."""
         cfg = self.bundle.transformer.cfg
         tune = getattr(self.codec, "tune", None)
         if getattr(cfg, "tune_f0", False) and callable(tune):
@@ -135,6 +133,9 @@ class Synth:
         debuzz = getattr(self.codec, "debuzz", None)
         if getattr(cfg, "debuzz", False) and callable(debuzz):
             frames = debuzz(frames)
+        memory = self.bundle.memory
+        if memory is not None and points is not None:
+            frames = memory.apply(frames, points, pitches)
         return frames
 
     @torch.inference_mode()
@@ -204,7 +205,7 @@ class Synth:
             if memory is not None and memory.dynamics is not None:
                 # the context's frames as the memory's level will move them
                 idx = getattr(tr, "context_frame_indices")(n, context_stride)  # noqa: B009
-                level = memory.frame_gains(pts, p, int(idx.max()) + 1)[1]       # [B, T]
+                level = memory.frame_gains(pts, p, int(idx.max()) + 1)[1]     # [B, T]
                 ctx_loud = ctx_loud + level[:, idx].to(ctx_loud.device) / memory.loud_scale_db
             gap = ctx_loud.amax(1) - frames[..., 1].float().amax(1)             # [B], normalised
             later = np.maximum(0.0, gap.double().cpu().numpy() * float(scale))
