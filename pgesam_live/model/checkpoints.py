@@ -641,11 +641,15 @@ SUPERSEDED: dict[str, tuple[str, str]] = {
     "pgesam_small_harmonic-7dca1a90": ("the bundled default before its spectral memory (the "
                                        "same decoder, packed on ee2894f8, without the memory)",
                                        "953dee5"),
+    "pgesam_small_harmonic-de12cb2d": ("the bundled default before its spectral memory kept "
+                                       "how the notes move (the same decoder, packed on "
+                                       "ee2894f8, with a note-long memory)", "1408693"),
 }
 # The packed ones among them: the base each loads with (next to it in checkpoints/).
 SUPERSEDED_BASES: dict[str, str] = {
     "pgesam_small_harmonic-869fda4e": "pgesam_small_harmonic-be8bcbcb",
     "pgesam_small_harmonic-7dca1a90": "pgesam_small_harmonic-ee2894f8",
+    "pgesam_small_harmonic-de12cb2d": "pgesam_small_harmonic-ee2894f8",
 }
 
 
