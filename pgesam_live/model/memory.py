@@ -223,9 +223,13 @@ class SpectralMemory:
     # the decoder plays alone. None: full strength everywhere.
     reach: float | None = None
     dynamics: Dynamics | None = None
-    # the codec's normalisation of loudness and noise (dB per unit), for the level's moves
+    # the codec's normalisation of loudness and noise (dB per unit), for the level's moves,
+    # and its layout after the shares: n_noise_bands noise bands, then (the partials codec)
+    # a stretch channel, n_partials ratios and n_partials levels on the loudness's scale
     loud_scale_db: float = 140.0
     noise_scale_db: float = 160.0
+    n_noise_bands: int = 32
+    n_partials: int = 0
 
     def __post_init__(self) -> None:
         i, p, h = self.residual.shape
@@ -319,9 +323,17 @@ class SpectralMemory:
         notes) with each harmonic's share scaled by its gain, the shares' sum kept, and,
         with dynamics, the loudness and the noise bands moved by the level together (pitch
         unchanged)."""
+        h = self.n_harmonics
+        if self.dynamics is not None:
+            want = 2 + h + self.n_noise_bands + (1 + 2 * self.n_partials if self.n_partials
+                                                 else 0)
+            if frames.shape[-1] != want:
+                raise CheckpointError(
+                    f"spectral memory: built for frames of {want} channels ({h} harmonics, "
+                    f"{self.n_noise_bands} noise bands, {self.n_partials} partials), given "
+                    f"{frames.shape[-1]}: rebuild it with `pgesam-live memory` for this model")
         g, level = (x.to(frames.device, frames.dtype) for x in
                     self.frame_gains(points, pitches, frames.shape[1], first_frame))
-        h = self.n_harmonics
         out = frames.clone()
         gain = torch.exp(g)
         # (a share the decoder left at zero gets the floor the profiles count it at; the
@@ -332,7 +344,13 @@ class SpectralMemory:
                                       / scaled.sum(-1, keepdim=True).clamp(min=1e-12))
         if self.dynamics is not None:
             out[..., 1] = frames[..., 1] + level / self.loud_scale_db
-            out[..., 2 + h:] = frames[..., 2 + h:] + level[..., None] / self.noise_scale_db
+            a, b = 2 + h, 2 + h + self.n_noise_bands
+            out[..., a:b] = frames[..., a:b] + level[..., None] / self.noise_scale_db
+            if self.n_partials:  # the free partials' levels move with it; silent ones stay
+                lv = slice(b + 1 + self.n_partials, b + 1 + 2 * self.n_partials)
+                p_old = frames[..., lv]
+                moved = (p_old + level[..., None] / self.loud_scale_db).clamp(min=0.0)
+                out[..., lv] = torch.where(p_old > 0, moved, p_old)
         return out
 
     def to_payload(self) -> dict[str, Any]:
@@ -346,6 +364,7 @@ class SpectralMemory:
         out.update({
             "residual_codes": _code(self.residual.cpu(), LN_PER_DB),
             "loud_scale_db": self.loud_scale_db, "noise_scale_db": self.noise_scale_db,
+            "n_noise_bands": self.n_noise_bands, "n_partials": self.n_partials,
             "dynamics": {"level_codes": _code(dyn.level_db.cpu(), 1.0),
                          "band_codes": _code(dyn.band_log.cpu(), LN_PER_DB),
                          "level_edges": list(dyn.level_edges),
@@ -373,7 +392,8 @@ class SpectralMemory:
                        str(d.get("source", "")),
                        None if d.get("reach") is None else float(d["reach"]), dyn,
                        float(d.get("loud_scale_db", 140.0)),
-                       float(d.get("noise_scale_db", 160.0)))
+                       float(d.get("noise_scale_db", 160.0)),
+                       int(d.get("n_noise_bands", 32)), int(d.get("n_partials", 0)))
         except (KeyError, TypeError, ValueError, CheckpointError) as e:
             raise CheckpointError(f"{where}: damaged spectral memory ({e}); rebuild it with "
                                   "`pgesam-live memory`") from None

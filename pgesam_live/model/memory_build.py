@@ -135,7 +135,9 @@ def build_memory(bundle: Any, data_dir: str, split: str = "train", batch: int = 
     dyn = Dynamics(level_db, band_log, l_edges, s_edges, b_edges) if dynamics else None
     return SpectralMemory(xy, residual, has, lo, source=f"{data_dir} ({split})", reach=reach,
                           dynamics=dyn, loud_scale_db=scale,
-                          noise_scale_db=float(codec.NOISE_SCALE_DB))
+                          noise_scale_db=float(codec.NOISE_SCALE_DB),
+                          n_noise_bands=int(codec.n_noise_bands),
+                          n_partials=int(getattr(codec, "n_partials", 0)))
 
 
 def run_memory(ns: Any) -> int:

@@ -197,18 +197,21 @@ class Synth:
                 frames, context = generate_head(pts, p, n, context_stride, noise_seed=seeds)
             else:
                 frames = tr.generate(pts, p, n_frames=n, noise_seed=seeds)
-        frames = self.finish_frames(frames, p, pts)
         scale = getattr(self.codec, "LOUD_SCALE_DB", None)
         if context is not None and scale is not None and context.shape[1]:
-            ctx_loud = context[..., 1].float()                                  # [B, M]
+            # head and context as generated (neither tuned nor de-buzzed), each moved by the
+            # memory's level where it has one: as the finished note will sound
+            head_loud, ctx_loud = frames[..., 1].float(), context[..., 1].float()
             memory = self.bundle.memory
             if memory is not None and memory.dynamics is not None:
-                # the context's frames as the memory's level will move them
                 idx = getattr(tr, "context_frame_indices")(n, context_stride)  # noqa: B009
-                level = memory.frame_gains(pts, p, int(idx.max()) + 1)[1]     # [B, T]
-                ctx_loud = ctx_loud + level[:, idx].to(ctx_loud.device) / memory.loud_scale_db
-            gap = ctx_loud.amax(1) - frames[..., 1].float().amax(1)             # [B], normalised
+                level = memory.frame_gains(pts, p, max(int(idx.max()) + 1, n))[1]
+                level = level.to(ctx_loud.device) / memory.loud_scale_db       # [B, T]
+                head_loud = head_loud + level[:, :n]
+                ctx_loud = ctx_loud + level[:, idx]
+            gap = ctx_loud.amax(1) - head_loud.amax(1)                          # [B], normalised
             later = np.maximum(0.0, gap.double().cpu().numpy() * float(scale))
+        frames = self.finish_frames(frames, p, pts)
         return frames, self.decode_frames(frames, seed, seeds), later
 
     @staticmethod

@@ -141,16 +141,16 @@ def test_interpolation_reads_segments_linearly_between_their_centres() -> None:
 
 
 def _dynamic_memory() -> SpectralMemory:
-    """_memory() with dynamics over 8-frame notes: instrument 0 at pitch 60 falls 30 dB from
-    its first segment (frames 0-1) to its last (6-7), its first band brighter by 1 (log) in
-    the second spectrum segment (4-7); instrument 1 has none."""
+    """_memory() with dynamics over 8-frame notes of 3 noise bands: instrument 0 at pitch 60
+    falls 30 dB from its first segment (frames 0-1) to its last (6-7), its first band
+    brighter by 1 (log) in the second spectrum segment (4-7); instrument 1 has none."""
     base = _memory()
     level = torch.zeros(2, 2, 4)
     level[0, 0] = torch.tensor([0.0, -10.0, -20.0, -30.0])
     bands = torch.zeros(2, 2, 2, 2)
     bands[0, 0, 1, 0] = 1.0
     dyn = Dynamics(level, bands, (0, 2, 4, 6, 8), (0, 4, 8), (0, 2, H))
-    return SpectralMemory(base.xy, base.residual, base.has, 60, dynamics=dyn)
+    return SpectralMemory(base.xy, base.residual, base.has, 60, dynamics=dyn, n_noise_bands=3)
 
 
 def test_dynamics_move_the_level_and_the_spectrum_over_the_note() -> None:
@@ -182,6 +182,31 @@ def test_dynamics_move_the_level_and_the_spectrum_over_the_note() -> None:
     # a point per frame: each frame as the note at that point
     path = at[:1, None, :].expand(1, 8, 2)
     assert torch.allclose(m.apply(frames[:1], path, torch.tensor([60])), out[:1], atol=1e-6)
+
+
+def test_dynamics_move_the_noise_bands_and_sounding_partials_only() -> None:
+    """On the partials codec's layout (shares, noise bands, stretch, partial ratios, partial
+    levels) the level moves the loudness, the noise bands and the sounding partials' levels;
+    the stretch, the ratios (a partial's tuning) and a silent partial stay."""
+    import dataclasses
+
+    n_noise, n_part = 3, 2
+    m = dataclasses.replace(_dynamic_memory(), n_partials=n_part)
+    d = 2 + H + n_noise + 1 + 2 * n_part
+    frames = torch.rand(1, 8, d) * 0.5 + 0.25
+    frames[..., d - 1] = 0.0                               # the second partial is silent
+    out = m.apply(frames, torch.tensor([[0.0, 0.0]]), torch.tensor([60]))
+    level = m.frame_gains(torch.tensor([[0.0, 0.0]]), torch.tensor([60]), 8)[1]
+    noise = slice(2 + H, 2 + H + n_noise)
+    assert torch.allclose(out[..., noise], frames[..., noise] + level[..., None] / 160.0,
+                          atol=1e-6)
+    rest = slice(2 + H + n_noise, 2 + H + n_noise + 1 + n_part)  # stretch and ratios
+    assert torch.equal(out[..., rest], frames[..., rest])
+    assert torch.allclose(out[..., d - 2], (frames[..., d - 2] + level / SCALE).clamp(min=0),
+                          atol=1e-6)
+    assert torch.equal(out[..., d - 1], frames[..., d - 1])
+    with pytest.raises(CheckpointError, match="built for frames of 14 channels"):
+        m.apply(frames[..., :-1], torch.tensor([[0.0, 0.0]]), torch.tensor([60]))
 
 
 def test_a_dynamic_memory_is_stored_in_8_bit_codes_and_read_back() -> None:

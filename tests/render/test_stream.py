@@ -76,7 +76,10 @@ def test_a_parallel_head_with_every_token_as_context_is_the_whole_pass() -> None
     assert torch.equal(tr.context_frame_indices(10, 1), torch.arange(10, whole.shape[1]))
     _, ctx4 = tr.generate_head(pts, p, 10, context_stride=4)
     idx = tr.context_frame_indices(10, 4)
-    assert len(idx) == ctx4.shape[1] and int(idx.min()) >= 10
+    g, n_steps = tr.cfg.frames_per_step, tr.cfg.n_steps
+    s = -(-10 // g)  # the head's steps; the context's: s + 4 // 2, then every 4th
+    want = [k * g + j for k in range(s + 2, n_steps, 4) for j in range(g)]
+    assert idx.tolist() == want and len(idx) == ctx4.shape[1]
     assert tr.context_frame_indices(10, 1000).numel() == 0
 
 
@@ -99,7 +102,8 @@ def test_a_heads_later_level_counts_the_memorys_level_moves() -> None:
     level[0, :, 1] = 20.0  # the second half of the note 20 dB up
     mem = SpectralMemory(torch.tensor(pts), torch.zeros(1, n_p, h), torch.ones(1, n_p).bool(),
                          lo, dynamics=Dynamics(level, torch.zeros(1, n_p, 1, 1),
-                                               (0, n_t // 2, n_t), (0, n_t), (0, h)))
+                                               (0, n_t // 2, n_t), (0, n_t), (0, h)),
+                         n_noise_bands=sy.codec.n_noise_bands)
     plain = sy.render_heads(pts, p, 0, 8)[2][0]
     louder = Synth(dataclasses.replace(sy.bundle, memory=mem), "cpu").render_heads(
         pts, p, 0, 8)[2][0]
