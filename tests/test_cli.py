@@ -164,7 +164,10 @@ def test_doctor_verifies_the_model(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "--  model" in out and "not a torch checkpoint" in out and "cannot start" in out
     assert main(["doctor", "--osc-port", "9231"]) == 0
-    assert "verified" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "verified" in out
+    # the bundled model's memory, and what kind it is
+    assert "training instruments (spectra and how their notes move, reach 0.03)" in out
 
 
 def test_render_reports_every_error_of_a_patch_at_once(tmp_path: Path,

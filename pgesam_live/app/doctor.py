@@ -59,7 +59,9 @@ def run_doctor(ns: Namespace) -> int:
         if mem is not None:  # (checked as it was read)
             n_i = len(mem["xy"])
             reach = f", reach {mem['reach']:g}" if mem.get("reach") is not None else ""
-            how += f"; a spectral memory of its {n_i} training instruments{reach}"
+            kind = ("spectra and how their notes move" if mem.get("dynamics") is not None
+                    else "note-long spectra")
+            how += f"; a spectral memory of its {n_i} training instruments ({kind}{reach})"
         rows.append(("model", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB, "
                                     f"{model_id}): {how}"))
     except PgesamError as e:

@@ -246,7 +246,8 @@ def evaluate(bundle: ModelBundle, data_dir: str | Path, split: str = "test",
         "model": bundle.model_id,
         # the training instruments' spectra read at render time (model/memory.py), if any
         "spectral_memory": (None if bundle.memory is None else
-                            {"source": bundle.memory.source, "reach": bundle.memory.reach}),
+                            {"source": bundle.memory.source, "reach": bundle.memory.reach,
+                             "dynamics": bundle.memory.dynamics is not None}),
         "data": str(data_dir),
         "split": split,
         "notes": int(len(frames)),
