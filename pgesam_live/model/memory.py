@@ -257,8 +257,8 @@ class SpectralMemory:
 
     def _blend(self, points: torch.Tensor, pitches: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """points [B, T', 2] -> (near [B, T', k], m [B], weights [B, T', k] with the reach's
-        fade folded in, fade [B, T', 1])."""
+        """points [B, T', 2] -> (near [B, T', k] the nearest instruments with the pitch, m
+        [B] the pitches' rows, their weights [B, T', k], the reach's fade [B, T', 1])."""
         n_p = self.residual.shape[1]
         m = (pitches.long().to(self.xy.device) - self.pitch_lo).clamp(0, n_p - 1)  # [B]
         d2 = ((points.float().to(self.xy.device)[:, :, None, :] - self.xy[None, None]) ** 2
