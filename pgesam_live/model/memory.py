@@ -75,6 +75,12 @@ def nearest_weights(d2: torch.Tensor, k: int, eps: float, power: float = 2.0
     return near_d2, near, torch.where(any_ok, w, torch.zeros_like(w))
 
 
+def _shares(frames: torch.Tensor, n_harmonics: int) -> torch.Tensor:
+    """frames [B, T, D] -> their harmonic shares [B, T, H], non-negative, summing to 1."""
+    shares = frames[..., 2:2 + n_harmonics].float().clamp(min=0.0)
+    return shares / (shares.sum(-1, keepdim=True) + 1e-8)
+
+
 def static_log_profile(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float,
                        n_harmonics: int) -> torch.Tensor:
     """A note's harmonic profile: frames [B, T, D] (harmonic codec, normalised) -> the log of
@@ -83,8 +89,7 @@ def static_log_profile(frames: torch.Tensor, loud_scale_db: float, loud_offset_d
     loud_db = frames[..., 1].float() * loud_scale_db - loud_offset_db           # [B, T]
     w = torch.pow(10.0, (loud_db - loud_db.amax(1, keepdim=True)) / 10.0)
     w = w * (loud_db > loud_db.amax(1, keepdim=True) - FRAMES_WITHIN_DB)
-    shares = frames[..., 2:2 + n_harmonics].float().clamp(min=0.0)
-    shares = shares / (shares.sum(-1, keepdim=True) + 1e-8)
+    shares = _shares(frames, n_harmonics)
     mean = (shares * w[..., None]).sum(1) / (w.sum(1, keepdim=True) + 1e-12)
     return torch.log(mean + LOG_FLOOR)
 
@@ -123,20 +128,10 @@ def level_db_re_peak(frames: torch.Tensor, loud_scale_db: float, loud_offset_db:
     return (loud_db - loud_db.amax(1, keepdim=True)).clamp(min=-FLOOR_DB)
 
 
-def segment_means(x: torch.Tensor, edges: tuple[int, ...],
-                  weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, T, ...] -> its (weighted) mean over each segment of `edges` [B, S, ...] and
-    which segments had any weight [B, S] (frames past T count as none)."""
-    outs, ok = [], []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        seg = x[:, a:b]
-        w = torch.ones(seg.shape[:2], device=x.device) if weight is None else weight[:, a:b]
-        tot = w.sum(1)                                                          # [B]
-        wx = w.reshape(*w.shape, *([1] * (seg.dim() - 2)))
-        outs.append((seg * wx).sum(1) / tot.clamp(min=1e-12).reshape(
-            -1, *([1] * (seg.dim() - 2))))
-        ok.append(tot > 0)
-    return torch.stack(outs, 1), torch.stack(ok, 1)
+def segment_means(x: torch.Tensor, edges: tuple[int, ...]) -> torch.Tensor:
+    """x [B, T, ...] -> its mean over each segment of `edges` (within T) [B, S, ...]."""
+    return torch.stack([x[:, a:b].mean(1)
+                        for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
 
 
 def segment_log_profiles(frames: torch.Tensor, loud_scale_db: float, loud_offset_db: float,
@@ -147,8 +142,7 @@ def segment_log_profiles(frames: torch.Tensor, loud_scale_db: float, loud_offset
     [B, S])."""
     rel = level_db_re_peak(frames, loud_scale_db, loud_offset_db)
     w = torch.pow(10.0, rel / 10.0) * (rel > -FLOOR_DB)
-    shares = frames[..., 2:2 + n_harmonics].float().clamp(min=0.0)
-    shares = shares / (shares.sum(-1, keepdim=True) + 1e-8)
+    shares = _shares(frames, n_harmonics)
     # each segment's frames weigh re the segment's loudest (a quiet tail keeps its colour)
     outs, ok = [], []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
@@ -207,6 +201,10 @@ def _uncode(q: torch.Tensor, per_db: float) -> torch.Tensor:
     return q.float() * CODE_STEP_DB * per_db
 
 
+# (near [B, T', k], m [B], weights [B, T', k], fade [B, T', 1]): SpectralMemory._blend
+_Blend = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class SpectralMemory:
     """xy [I, 2] the instruments' points; residual [I, P, H] log gains (float) for pitches
@@ -255,8 +253,7 @@ class SpectralMemory:
                                    residual=self.residual.to(device), has=self.has.to(device),
                                    dynamics=dyn)
 
-    def _blend(self, points: torch.Tensor, pitches: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _blend(self, points: torch.Tensor, pitches: torch.Tensor) -> _Blend:
         """points [B, T', 2] -> (near [B, T', k] the nearest instruments with the pitch, m
         [B] the pitches' rows, their weights [B, T', k], the reach's fade [B, T', 1])."""
         n_p = self.residual.shape[1]
@@ -272,46 +269,61 @@ class SpectralMemory:
             fade = torch.exp(-(d_min / self.reach) ** 2)
         return near, m, w, fade
 
+    def _note_long(self, blend: _Blend) -> torch.Tensor:
+        """The note-long log gains [B, T', H] of a blend."""
+        near, m, w, fade = blend
+        res = self.residual.float()[near, m[:, None, None]]                     # [B, T', k, H]
+        lim = MAX_GAIN_DB * LN_PER_DB
+        return (res * w[..., None]).sum(-2).clamp(-lim, lim) * fade
+
+    @staticmethod
+    def _over_time(table: torch.Tensor, edges: tuple[int, ...], blend: _Blend,
+                   n_frames: int, first_frame: int) -> torch.Tensor:
+        """A dynamics table [I, P, S, ...] blended and read frame by frame -> [B, T, ...]."""
+        near, m, w, fade = blend
+        wf = w * fade                                                           # [B, T', k]
+        x = table.float()[near, m[:, None, None]]                               # [B,T',k,S,..]
+        x = (x * wf.reshape(*wf.shape, *([1] * (x.dim() - 3)))).sum(2)          # [B,T',S,..]
+        m_t = interpolation(edges, n_frames, first_frame).to(x.device)          # [T, S]
+        if x.shape[1] > 1:  # a point per frame
+            return torch.einsum("ts,bts...->bt...", m_t, x)
+        return torch.einsum("ts,bs...->bt...", m_t, x[:, 0])
+
+    @staticmethod
+    def _per_frame(points: torch.Tensor) -> torch.Tensor:
+        """points [B, 2] -> [B, 1, 2]; [B, T, 2] (a point per frame) as it is."""
+        return points if points.dim() == 3 else points[:, None, :]
+
     def gains_log(self, points: torch.Tensor, pitches: torch.Tensor) -> torch.Tensor:
         """The note-long part: points [B, 2] (or [B, T, 2]: a point per frame), pitches [B]
         (MIDI) -> log gain per harmonic [B, H] (or [B, T, H]); zero where no instrument has
         the pitch."""
-        per_frame = points.dim() == 3
-        pts = points if per_frame else points[:, None, :]                       # [B, T, 2]
-        near, m, w, fade = self._blend(pts, pitches)
-        res = self.residual.float()[near, m[:, None, None]]                     # [B, T, k, H]
-        lim = MAX_GAIN_DB * LN_PER_DB
-        g = (res * w[..., None]).sum(-2).clamp(-lim, lim) * fade
-        return g if per_frame else g[:, 0]
+        g = self._note_long(self._blend(self._per_frame(points), pitches))
+        return g if points.dim() == 3 else g[:, 0]
+
+    def level_db(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int,
+                 first_frame: int = 0, blend: _Blend | None = None) -> torch.Tensor:
+        """The dynamics' level dB [B, T] of frames first_frame .. + n_frames of notes at points
+        [B, 2] (or [B, n_frames, 2]) and pitches [B] (zero without dynamics)."""
+        if self.dynamics is None:
+            return torch.zeros(points.shape[0], n_frames, device=self.xy.device)
+        blend = blend or self._blend(self._per_frame(points), pitches)
+        return self._over_time(self.dynamics.level_db, self.dynamics.level_edges, blend,
+                               n_frames, first_frame).clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
 
     def frame_gains(self, points: torch.Tensor, pitches: torch.Tensor, n_frames: int,
                     first_frame: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames first_frame .. + n_frames of notes at points [B, 2] (or [B, n_frames, 2])
         and pitches [B] -> (log gain per harmonic [B, T, H], level dB [B, T]): the note-long
         gains plus the dynamics' (a zero level without them)."""
-        per_frame = points.dim() == 3
-        pts = points if per_frame else points[:, None, :]
-        static = self.gains_log(pts, pitches)                                   # [B, T', H]
-        b = static.shape[0]
+        blend = self._blend(self._per_frame(points), pitches)
+        static = self._note_long(blend)                                         # [B, T', H]
+        level = self.level_db(points, pitches, n_frames, first_frame, blend)
         dyn = self.dynamics
         if dyn is None:
-            return (static.expand(b, n_frames, -1),
-                    torch.zeros(b, n_frames, device=static.device))
-        near, m, w, fade = self._blend(pts, pitches)
-        wf = w * fade                                                           # [B, T', k]
-        m_l = interpolation(dyn.level_edges, n_frames, first_frame).to(wf.device)
-        m_s = interpolation(dyn.spectrum_edges, n_frames, first_frame).to(wf.device)
-
-        def over_time(table: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
-            """table [I, P, S, ...] -> blended [B, T, ...] frame by frame."""
-            x = table.float()[near, m[:, None, None]]                           # [B,T',k,S,..]
-            x = (x * wf.reshape(*wf.shape, *([1] * (x.dim() - 3)))).sum(2)      # [B,T',S,..]
-            if per_frame:
-                return torch.einsum("ts,bts...->bt...", m_t, x)
-            return torch.einsum("ts,bs...->bt...", m_t, x[:, 0])
-
-        level = over_time(dyn.level_db, m_l).clamp(-MAX_GAIN_DB, MAX_GAIN_DB)
-        band_t = over_time(dyn.band_log, m_s)                                   # [B, T, NB]
+            return static.expand(-1, n_frames, -1), level
+        band_t = self._over_time(dyn.band_log, dyn.spectrum_edges, blend, n_frames,
+                                 first_frame)                                   # [B, T, NB]
         lim = MAX_GAIN_DB * LN_PER_DB
         gains = (static + band_t[..., dyn.band_of_harmonic().to(band_t.device)]
                  ).clamp(-lim, lim)

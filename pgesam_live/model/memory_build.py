@@ -43,7 +43,7 @@ class _Stats:
         scale, offset = float(codec.LOUD_SCALE_DB), float(codec.LOUD_OFFSET_DB)
         h = int(codec.n_harmonics)
         self.static = static_log_profile(frames, scale, offset, h)
-        self.level = segment_means(level_db_re_peak(frames, scale, offset), level_edges)[0]
+        self.level = segment_means(level_db_re_peak(frames, scale, offset), level_edges)
         self.spec, self.spec_ok = segment_log_profiles(frames, scale, offset, h,
                                                        spectrum_edges)
 

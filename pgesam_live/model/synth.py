@@ -205,7 +205,7 @@ class Synth:
             memory = self.bundle.memory
             if memory is not None and memory.dynamics is not None:
                 idx = getattr(tr, "context_frame_indices")(n, context_stride)  # noqa: B009
-                level = memory.frame_gains(pts, p, max(int(idx.max()) + 1, n))[1]
+                level = memory.level_db(pts, p, max(int(idx.max()) + 1, n))
                 level = level.to(ctx_loud.device) / memory.loud_scale_db       # [B, T]
                 head_loud = head_loud + level[:, :n]
                 ctx_loud = ctx_loud + level[:, idx]

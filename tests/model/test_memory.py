@@ -293,7 +293,7 @@ def test_a_built_memory_gives_each_training_instrument_its_own_spectrum(
                 edges = memory.dynamics.level_edges
                 env_own, env_before, env_after = (
                     segment_means(level_db_re_peak(f[:, :edges[-1]], codec.LOUD_SCALE_DB,
-                                                   codec.LOUD_OFFSET_DB), edges)[0]
+                                                   codec.LOUD_OFFSET_DB), edges)
                     for f in (fs.frames[n:n + 1], *renders))
                 e_before = (env_before - env_own).abs().mean()
                 e_after = (env_after - env_own).abs().mean()
